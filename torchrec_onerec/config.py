@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
@@ -47,9 +48,10 @@ class DataConfig:
         user_col, item_col, time_col: column names of a ``table`` source.
         timestamp_unit: unit of ``time_col`` in a ``table`` source: s, ms, us, ns or ``datetime`` (parsed text).
         feedback_cols: extra 0/1 or numeric feedback columns of a ``table`` source to keep.
-        sep: field separator of a ``table`` CSV or a ``sequence`` file (``"whitespace"`` for any run of blanks).
-        drop_duplicates: drop exact duplicate (user, item, timestamp) rows, counted in the statistics;
-            if false, duplicates are an error.
+        sep: field separator of a ``table`` CSV or a ``sequence`` file (``"whitespace"`` for any run of blanks);
+            ``auto`` means ``,`` for a table and whitespace for a sequence file.
+        drop_duplicates: (movielens and table sources) drop duplicate (user, item, timestamp) rows, counted in
+            the statistics; if false, duplicates are an error. KuaiRand keeps its log as released.
     """
 
     source: str = "synthetic"
@@ -59,7 +61,7 @@ class DataConfig:
     time_col: str = "timestamp"
     timestamp_unit: str = "s"
     feedback_cols: List[str] = field(default_factory=list)
-    sep: str = ","
+    sep: str = "auto"
     drop_duplicates: bool = True
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
@@ -83,6 +85,7 @@ class SplitConfig:
             ``gap`` (runs of impressions with gaps under ``session_gap_minutes``).
         valid_start, test_start, test_end: protocol B day boundaries, ``YYYY-MM-DD``; train is every day
             before ``valid_start``, test runs to ``test_end`` inclusive (``""``: to the end of the data).
+            An empty ``valid_start``/``test_start`` defaults to the data's last 4 / last 2 calendar days.
         utc_offset_hours: the time zone the day boundaries are read in (KuaiRand's dates are UTC+8).
         labels: reward signal -> feedback column (protocol B labels, e.g. ``swt: long_view``).
         min_history: samples whose history is shorter are dropped and counted (0 keeps cold-start samples).
@@ -111,6 +114,24 @@ class SplitConfig:
                 raise ConfigError(f"split.{name}={getattr(self, name)} must be >= 1")
         if self.min_history < 0:
             raise ConfigError(f"split.min_history={self.min_history} must be >= 0")
+        if self.session_gap_minutes <= 0:
+            raise ConfigError(f"split.session_gap_minutes={self.session_gap_minutes} must be > 0")
+        if not -24 < self.utc_offset_hours < 24:
+            raise ConfigError(f"split.utc_offset_hours={self.utc_offset_hours} must lie in (-24, 24)")
+        days = {}
+        for name in ("valid_start", "test_start", "test_end"):
+            value = getattr(self, name)
+            if value:
+                try:
+                    days[name] = datetime.date.fromisoformat(value)
+                except ValueError:
+                    raise ConfigError(f"split.{name}={value!r} is not a date; write it as YYYY-MM-DD or leave it empty") from None
+        ordered = [days[k] for k in ("valid_start", "test_start", "test_end") if k in days]
+        if ordered != sorted(ordered):
+            raise ConfigError(
+                f"split day boundaries must satisfy valid_start <= test_start <= test_end, got "
+                f"{self.valid_start!r}, {self.test_start!r}, {self.test_end!r}"
+            )
 
 
 @dataclass

@@ -1,0 +1,114 @@
+"""The run directory: where one run keeps its resolved config, log, metrics and artefacts.
+
+Layout::
+
+    <run_dir>/config.yaml          the resolved config of the last invocation
+    <run_dir>/run.log              the log of every invocation (appended)
+    <run_dir>/metrics.jsonl        one JSON object per logged metric record (appended)
+    <run_dir>/<stage>/...          each stage's artefacts, and ``<stage>/done.json`` once it completed
+
+A stage's ``done.json`` records the fingerprint of the config sections it depends on; a later run skips the
+stage only when the fingerprint matches, so a changed config never reuses stale artefacts. Files are written
+to a temporary name and renamed, so an interrupted run never leaves a half-written file that looks complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+LOG = logging.getLogger("torchrec_onerec")
+
+
+def fingerprint(obj: Any) -> str:
+    """A short stable hash of a JSON-serialisable object (config sections, file lists)."""
+    text = json.dumps(obj, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class RunDir:
+    """A run directory on disk.
+
+    Args:
+        path: the folder; created if missing.
+
+    Example:
+        >>> import tempfile
+        >>> run = RunDir(tempfile.mkdtemp())
+        >>> run.write_json("data/stats.json", {"users": 3})
+        >>> run.read_json("data/stats.json")
+        {'users': 3}
+        >>> run.is_done("data", "abc"), run.mark_done("data", "abc"), run.is_done("data", "abc")
+        (False, None, True)
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def stage_dir(self, stage: str) -> Path:
+        """The artefact folder of one stage (created)."""
+        folder = self.path / stage
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def write_json(self, relpath: str, obj: Any) -> None:
+        atomic_write_text(self.path / relpath, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+    def read_json(self, relpath: str) -> Any:
+        return json.loads((self.path / relpath).read_text())
+
+    def write_text(self, relpath: str, text: str) -> None:
+        atomic_write_text(self.path / relpath, text)
+
+    def log_metrics(self, stage: str, metrics: Dict[str, Any], step: Optional[int] = None) -> None:
+        """Append one record to ``metrics.jsonl``."""
+        record = {"stage": stage, "time": time.time(), **({"step": step} if step is not None else {}), **metrics}
+        with open(self.path / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record, sort_keys=True, default=_json_default) + "\n")
+
+    def is_done(self, stage: str, stage_fingerprint: str) -> bool:
+        """True when ``stage`` completed with the same input fingerprint."""
+        done = self.path / stage / "done.json"
+        if not done.is_file():
+            return False
+        try:
+            return json.loads(done.read_text()).get("fingerprint") == stage_fingerprint
+        except json.JSONDecodeError:
+            return False
+
+    def mark_done(self, stage: str, stage_fingerprint: str) -> None:
+        self.write_json(f"{stage}/done.json", {"fingerprint": stage_fingerprint, "finished": time.time()})
+
+    def clear_done(self, stage: str) -> None:
+        (self.path / stage / "done.json").unlink(missing_ok=True)
+
+    def attach_log(self) -> logging.Handler:
+        """Send the package logger to ``run.log`` (and keep console output); returns the file handler."""
+        handler = logging.FileHandler(self.path / "run.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        LOG.addHandler(handler)
+        LOG.setLevel(logging.INFO)
+        return handler
+
+
+def _json_default(obj: Any) -> Any:
+    """numpy scalars and arrays, paths: the values metrics commonly hold."""
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    raise TypeError(f"cannot write {type(obj).__name__} as JSON")

@@ -1,0 +1,63 @@
+from pathlib import Path
+
+import pytest
+
+from torchrec_onerec.config import ConfigError, OneRecConfig, load_config, to_yaml
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads(path: Path) -> None:
+    cfg = load_config(str(path))
+    assert isinstance(cfg, OneRecConfig)
+    assert cfg.name == path.stem
+
+
+def test_overrides_apply_with_types() -> None:
+    cfg = load_config(str(CONFIGS / "tiny.yaml"), ["seed=5", "split.max_history=7", "tokenizer.codebook_sizes=[4,4]"])
+    assert cfg.seed == 5 and cfg.split.max_history == 7 and cfg.tokenizer.codebook_sizes == [4, 4]
+    assert cfg.run_dir == "runs/tiny"
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.num_experts=8", "unknown config key 'model'"),
+        ("data.synthetic.num_userz=3", "unknown config key 'data.synthetic.num_userz'"),
+        ("seed=abc", "'seed'"),
+        ("split.max_history=many", "'split.max_history'"),
+        ("split.protocol=C", "split.protocol='C'"),
+        ("data.source=csv", "data.source='csv'"),
+        ("loader.batch_size=0", "loader.batch_size=0"),
+        ("seed", "key=value"),
+    ],
+)
+def test_bad_overrides_name_the_key(override: str, message: str) -> None:
+    with pytest.raises(ValueError, match=None) as info:
+        load_config(None, [override])
+    assert message in str(info.value)
+
+
+def test_unknown_key_in_file_names_file_key(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("split:\n  max_hist: 3\n")
+    with pytest.raises(ConfigError, match="split.max_hist"):
+        load_config(str(bad))
+
+
+def test_missing_and_unparsable_files(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        load_config(str(tmp_path / "nope.yaml"))
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("seed: [1,\n")
+    with pytest.raises(ConfigError, match="broken.yaml"):
+        load_config(str(broken))
+
+
+def test_resolved_yaml_round_trips(tmp_path: Path) -> None:
+    cfg = load_config(str(CONFIGS / "kuairand.yaml"), ["seed=3"])
+    saved = tmp_path / "config.yaml"
+    saved.write_text(to_yaml(cfg))
+    again = load_config(str(saved))
+    assert again == cfg
