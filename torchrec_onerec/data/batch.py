@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from torchrec.streamable import Pipelineable
 
-from torchrec_onerec.config import LoaderConfig
+from torchrec_onerec.data.config import LoaderConfig
 from torchrec_onerec.data.samples import PAD_ITEM, Sample, SampleSet, gather_jagged
 
 HISTORY_KEY = "history_item"

@@ -47,7 +47,7 @@ from typing import Dict, List, Tuple, Union
 import numpy as np
 import pandas as pd
 
-from torchrec_onerec.config import SplitConfig
+from torchrec_onerec.data.config import SplitConfig
 from torchrec_onerec.data.samples import PAD_ITEM, SampleSet, take_slices
 from torchrec_onerec.datasets.interactions import DataError, InteractionData
 
@@ -65,6 +65,9 @@ class SplitA:
         test (SampleSet): one sample per user with >= 2 interactions, target = last item (slot 0).
         dropped (Dict[str, int]): what could not become a sample, by reason.
         skipped_signals (Dict[str, str]): label signals whose column the data lacks (signal -> column).
+        train_sequences (pd.DataFrame): ``user_id``, ``item_id`` of every training-side interaction (pre-period,
+            then logged training items), chronological per user: what training-only statistics (collaborative
+            item embeddings, popularity) may read.
     """
 
     train: SampleSet
@@ -72,6 +75,7 @@ class SplitA:
     test: SampleSet
     dropped: Dict[str, int]
     skipped_signals: Dict[str, str]
+    train_sequences: pd.DataFrame
 
     def summary(self) -> Dict[str, object]:
         """Per-split ``SampleSet.summary()`` plus the drop counts."""
@@ -93,6 +97,8 @@ class SplitB:
         dropped (Dict[str, int]): rows, sessions, users and samples left out, by reason.
         stats (Dict[str, object]): resolved day boundaries and per-window counts (users, impressions, sessions,
             users with >= 1/2/3 positives ...).
+        train_sequences (pd.DataFrame): ``user_id``, ``item_id`` of the training positive sequences (pre-period,
+            then training-day positives), chronological per user: what training-only statistics may read.
     """
 
     train: SampleSet
@@ -101,6 +107,7 @@ class SplitB:
     impressions: Dict[str, pd.DataFrame]
     dropped: Dict[str, int]
     stats: Dict[str, object]
+    train_sequences: pd.DataFrame
 
     def summary(self) -> Dict[str, object]:
         """Per-split ``SampleSet.summary()``, drop counts and window statistics."""
@@ -246,7 +253,9 @@ def protocol_a_split(data: InteractionData, config: SplitConfig) -> SplitA:
         "test_short_history": d_test,
         "label_nan_filled": nan_filled,
     }
-    return SplitA(train, valid, test, dropped, skipped)
+    seq_sel = train_sel | ~logged
+    sequences = pd.DataFrame({"user_id": users[seq_sel], "item_id": items[seq_sel]})
+    return SplitA(train, valid, test, dropped, skipped, sequences)
 
 
 def _day_numbers(data: InteractionData, utc_offset_hours: float) -> np.ndarray:
@@ -426,4 +435,5 @@ def protocol_b_split(data: InteractionData, config: SplitConfig) -> SplitB:
         sets[name], dropped[f"{name}_short_history"] = _assemble(who, a_items, hist_start, end - hist_start,
                                                                 target, labels, signals, s0)
         stats[name]["sessions_with_positive"] = int(len(first))
-    return SplitB(sets["train"], sets["valid"], sets["test"], impressions, dropped, stats)
+    sequences = pd.DataFrame({"user_id": t_users, "item_id": t_items})
+    return SplitB(sets["train"], sets["valid"], sets["test"], impressions, dropped, stats, sequences)

@@ -3,7 +3,8 @@ to the synthetic world, KuaiRand-Pure, MovieLens, a sequence file or an interact
 
 from __future__ import annotations
 
-from torchrec_onerec.config import ConfigError, DataConfig
+from torchrec_onerec.datasets.config import DataConfig
+from torchrec_onerec.errors import ConfigError
 from torchrec_onerec.datasets.generic import load_interaction_table, load_sequence_file
 from torchrec_onerec.datasets.interactions import InteractionData
 from torchrec_onerec.datasets.kuairand import load_kuairand
@@ -36,7 +37,7 @@ def load_dataset(config: DataConfig, *, seed: int) -> InteractionData:
         >>> load_dataset(DataConfig(source="table"), seed=0)
         Traceback (most recent call last):
         ...
-        torchrec_onerec.config.ConfigError: data.path is required for data.source='table' (a file)
+        torchrec_onerec.errors.ConfigError: data.path is required for data.source='table' (a file)
     """
     if config.source == "synthetic":
         from torchrec_onerec.datasets.synthetic import load_synthetic

@@ -23,7 +23,9 @@ def test_overrides_apply_with_types() -> None:
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("model.num_experts=8", "unknown config key 'model'"),
+        ("model.num_expertz=8", "unknown config key 'model.num_expertz'"),
+        ("modle.num_experts=8", "unknown config key 'modle'"),
+        ("model.max_history=7", "set split.max_history only"),
         ("data.synthetic.num_userz=3", "unknown config key 'data.synthetic.num_userz'"),
         ("seed=abc", "'seed'"),
         ("split.max_history=many", "'split.max_history'"),
@@ -61,3 +63,9 @@ def test_resolved_yaml_round_trips(tmp_path: Path) -> None:
     saved.write_text(to_yaml(cfg))
     again = load_config(str(saved))
     assert again == cfg
+
+
+def test_model_follows_split_sizes() -> None:
+    cfg = load_config(str(CONFIGS / "tiny.yaml"), ["split.max_history=11", "model.num_experts=6"])
+    assert (cfg.model.max_history, cfg.model.session_items) == (11, cfg.split.session_items)
+    assert cfg.model.num_experts == 6

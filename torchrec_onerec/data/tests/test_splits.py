@@ -184,3 +184,15 @@ def test_split_data_dispatch() -> None:
     assert isinstance(split_data(data, SplitConfig(protocol="A")), SplitA)
     assert isinstance(split_data(data, SplitConfig(protocol="B")), SplitB)
     assert split_data(data, SplitConfig(protocol="B")).summary()["protocol"] == "B"
+
+
+def test_train_sequences_hold_no_evaluation_item() -> None:
+    # user 0: pre-period 50; logged 1, 2, 3, 4 -> valid 3, test 4; user 1: logged 7, 8 -> test 8.
+    data = make_data([(0, 1, 1), (0, 2, 2), (0, 3, 3), (0, 4, 4), (1, 7, 1), (1, 8, 2)], histories=[(0, 50)])
+    seq = protocol_a_split(data, SplitConfig(protocol="A")).train_sequences
+    assert seq.values.tolist() == [[0, 50], [0, 1], [0, 2], [1, 7]]
+    # protocol B: training-day positives only (the clicked ones), after the pre-period items.
+    rows = [(0, 1, T0, 1, 0, 0), (0, 2, T0 + 1, 0, 0, 0), (0, 3, T0 + 2 * DAY, 1, 0, 0), (0, 4, T0 + 3 * DAY, 1, 0, 0)]
+    split = protocol_b_split(make_data(rows, histories=[(0, 60)]),
+                             SplitConfig(protocol="B", valid_start="2022-05-03", test_start="2022-05-04"))
+    assert split.train_sequences.values.tolist() == [[0, 60], [0, 1]]

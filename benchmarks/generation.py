@@ -1,0 +1,94 @@
+"""Beam-search throughput of the OneRec generator (ONEREC.md section 2, serving), as JSON lines.
+
+Each line: the device, torch threads, model size, beam width, users per search call and one measurement:
+- ``mode`` = constrained / unconstrained / constrained_no_cache: median seconds per call over ``--repeats``
+  calls after one warm-up, and ``sessions_per_s`` = users served per second (each user gets a full beam search
+  over M-item sessions; ``num_return`` sessions come back per user);
+- ``ratio`` lines: constrained / unconstrained time (target <= 1.2) and no-cache / cache time (target >= 2 at
+  beam 32).
+
+The model is random (speed does not depend on the weights); the items are random unique code tuples.
+
+    nice .venv/bin/python benchmarks/generation.py [--beam-128] [--threads 1] [--users 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from typing import Dict, List
+
+import torch
+
+from torchrec_onerec.generation.beam_search import constrained_beam_search
+from torchrec_onerec.models.config import model_size
+from torchrec_onerec.models.onerec import OneRecModel, count_parameters
+from torchrec_onerec.models.testing import random_batch, random_codes
+from torchrec_onerec.tokenizer.prefix_index import PrefixIndex
+
+
+def _time(fn, repeats: int) -> float:
+    """Median wall seconds of ``fn()`` over ``repeats`` calls after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def run(args: argparse.Namespace) -> List[Dict[str, object]]:
+    """Measure every mode at every beam width; returns the JSON records (also printed)."""
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    codes, sizes = random_codes(args.items, [args.codebook] * args.levels, seed=0)
+    torch.manual_seed(0)
+    config = model_size(args.size, dropout=0.0)
+    model = OneRecModel(config, sizes).to(device).eval()
+    batch = random_batch(codes, args.users, max_history=config.max_history, session_items=config.session_items,
+                         seed=0).to(device)
+    index = PrefixIndex(codes, vocab_sizes=sizes)
+    amp = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
+    common = {"bench": "beam_search", "device": str(device), "threads": torch.get_num_threads(),
+              "model": args.size, "params": count_parameters(config, sizes)["total"], "items": args.items,
+              "vocab_sizes": sizes, "session_items": config.session_items, "users": args.users, "amp": args.amp}
+    records: List[Dict[str, object]] = []
+    for beam in [32] + ([128] if args.beam_128 else []):
+        seconds = {}
+        for mode, kwargs in (("constrained", {}), ("unconstrained", {"constrained": False}),
+                             ("constrained_no_cache", {"use_cache": False})):
+            seconds[mode] = _time(lambda: constrained_beam_search(
+                model, batch, prefix_index=index, beam_size=beam, num_return=min(10, beam), amp_dtype=amp,
+                **kwargs), args.repeats)
+            records.append({**common, "beam": beam, "mode": mode, "seconds": round(seconds[mode], 4),
+                            "sessions_per_s": round(args.users / seconds[mode], 2)})
+        records.append({**common, "beam": beam, "ratio": "constrained/unconstrained",
+                        "value": round(seconds["constrained"] / seconds["unconstrained"], 3), "target": "<= 1.2"})
+        records.append({**common, "beam": beam, "ratio": "no_cache/cache",
+                        "value": round(seconds["constrained_no_cache"] / seconds["constrained"], 3),
+                        "target": ">= 2" if beam == 32 else None})
+    for record in records:
+        print(json.dumps(record), flush=True)
+    return records
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--beam-128", action="store_true", help="also measure beam 128")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--users", type=int, default=16, help="users per beam-search call")
+    parser.add_argument("--items", type=int, default=5000, help="catalogue size")
+    parser.add_argument("--codebook", type=int, default=64, help="K of each quantiser level")
+    parser.add_argument("--levels", type=int, default=2, help="quantiser levels L (plus a disambiguation level)")
+    parser.add_argument("--size", default="default", help="a name in torchrec_onerec.models.config.MODEL_SIZES")
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per measurement")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none", help="autocast dtype")
+    run(parser.parse_args())
+
+
+if __name__ == "__main__":
+    main()

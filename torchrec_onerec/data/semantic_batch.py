@@ -1,0 +1,220 @@
+"""Semantic-ID batches: a ``OneRecBatch`` whose items are written as their code tuples (ONEREC.md section 2).
+
+The generative model never sees item ids: every history item and every target item is read as its L' codes
+(the L quantiser levels plus the disambiguation level, ONEREC.md section 1). This is a collate-time transform:
+the DataLoader maps each ``OneRecBatch`` to a ``SemanticIdBatch`` (``SemanticIdTransform(codes)`` as its
+collate step), so that TorchRec's input_dist, and ``TrainPipelineSparseDist`` ahead of it, see the code KJT
+that the model's ``EmbeddingCollection`` consumes, and the model's forward stays free of id arithmetic.
+
+The feature KJT has one key per code level for the history and for the target session, plus the user id,
+always in the order of ``semantic_feature_keys(L')``:
+
+- ``history_code_l`` (l = 0 .. L'-1): lengths = the history lengths; values = the level-l code of every
+  history item, in history order (oldest to newest), so position k of every history key is the same item;
+- ``target_code_l``: lengths = the number of real target items; values = the level-l codes of those items;
+- ``user_id``: one id per sample.
+
+Shape legend: B batch, M session items, L code levels (L' in the code tensors), S reward signals, I items.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional
+
+import torch
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+from torchrec.streamable import Pipelineable
+
+from torchrec_onerec.data.batch import HISTORY_KEY, USER_KEY, OneRecBatch
+
+PAD_CODE = -1
+
+
+def history_code_key(level: int) -> str:
+    """The KJT key of the history tokens of code level ``level``."""
+    return f"history_code_{level}"
+
+
+def target_code_key(level: int) -> str:
+    """The KJT key of the target-session tokens of code level ``level``."""
+    return f"target_code_{level}"
+
+
+def semantic_feature_keys(num_levels: int) -> List[str]:
+    """The keys of a semantic feature KJT, in order: history codes, target codes, user id.
+
+    Example:
+        >>> semantic_feature_keys(2)
+        ['history_code_0', 'history_code_1', 'target_code_0', 'target_code_1', 'user_id']
+    """
+    return ([history_code_key(level) for level in range(num_levels)]
+            + [target_code_key(level) for level in range(num_levels)] + [USER_KEY])
+
+
+@dataclass
+class SemanticIdBatch(Pipelineable):
+    """A ``OneRecBatch`` plus its items' semantic codes; implements TorchRec's ``Pipelineable``.
+
+    Args:
+        users (torch.Tensor): [B] int64 user ids.
+        features (KeyedJaggedTensor): the code KJT, keys ``semantic_feature_keys(L')`` (see the module docstring).
+        item_features (KeyedJaggedTensor): the item-id KJT of the source batch (``history_item``, ``user_id``),
+            kept for history exclusion in generation and for item-id features.
+        target (torch.Tensor): [B, M] int64 target item ids, -1 at padding (real items first).
+        target_mask (torch.Tensor): [B, M] bool, True at real target items.
+        target_codes (torch.Tensor): [B, M, L'] int64 codes of the target items, -1 at padding.
+        labels (torch.Tensor): [B, M, S] float32 feedback per target item.
+
+    Example:
+        >>> from torchrec_onerec.data.batch import collate_samples
+        >>> from torchrec_onerec.data.samples import Sample
+        >>> import numpy as np
+        >>> codes = torch.tensor([[0, 0], [0, 1], [1, 0]])  # I = 3 items, L' = 2
+        >>> b = to_semantic_batch(collate_samples([Sample(7, np.array([2, 0]), np.array([1, -1]),
+        ...                                               np.zeros((2, 1), np.float32))]), codes)
+        >>> b.features["history_code_0"].values().tolist(), b.features["history_code_1"].values().tolist()
+        ([1, 0], [0, 0])
+        >>> b.target_codes.tolist()
+        [[[0, 1], [-1, -1]]]
+    """
+
+    users: torch.Tensor
+    features: KeyedJaggedTensor
+    item_features: KeyedJaggedTensor
+    target: torch.Tensor
+    target_mask: torch.Tensor
+    target_codes: torch.Tensor
+    labels: torch.Tensor
+
+    @property
+    def batch_size(self) -> int:
+        """B."""
+        return int(self.users.shape[0])
+
+    @property
+    def num_levels(self) -> int:
+        """L', code levels per item."""
+        return int(self.target_codes.shape[2])
+
+    def to(self, device: torch.device, non_blocking: bool = False) -> "SemanticIdBatch":
+        """A copy on ``device`` (every tensor and both KJTs)."""
+        return SemanticIdBatch(
+            users=self.users.to(device=device, non_blocking=non_blocking),
+            features=self.features.to(device=device, non_blocking=non_blocking),
+            item_features=self.item_features.to(device=device, non_blocking=non_blocking),
+            target=self.target.to(device=device, non_blocking=non_blocking),
+            target_mask=self.target_mask.to(device=device, non_blocking=non_blocking),
+            target_codes=self.target_codes.to(device=device, non_blocking=non_blocking),
+            labels=self.labels.to(device=device, non_blocking=non_blocking),
+        )
+
+    def record_stream(self, stream: torch.Stream) -> None:
+        """Mark accelerator tensors as used on ``stream``; host (CPU) tensors have nothing to record."""
+        if self.users.device.type == "cpu":
+            return
+        for tensor in (self.users, self.target, self.target_mask, self.target_codes, self.labels):
+            tensor.record_stream(stream)
+        self.features.record_stream(stream)
+        self.item_features.record_stream(stream)
+
+    def pin_memory(self) -> "SemanticIdBatch":
+        """A copy in pinned host memory; ``self`` unchanged when no accelerator is available (pinning would raise)."""
+        if not torch.accelerator.is_available():
+            return self
+        return SemanticIdBatch(
+            users=self.users.pin_memory(),
+            features=self.features.pin_memory(),
+            item_features=self.item_features.pin_memory(),
+            target=self.target.pin_memory(),
+            target_mask=self.target_mask.pin_memory(),
+            target_codes=self.target_codes.pin_memory(),
+            labels=self.labels.pin_memory(),
+        )
+
+
+def _check_codes(codes: torch.Tensor) -> None:
+    """Raise ValueError unless ``codes`` is an [I, L'] int64 tensor."""
+    if codes.dim() != 2 or codes.dtype != torch.int64:
+        raise ValueError(f"codes must be an [I, L'] int64 tensor, got shape {tuple(codes.shape)} and {codes.dtype}")
+
+
+def _check_ids(name: str, ids: torch.Tensor, num_items: int) -> None:
+    """Raise ValueError when an item id falls outside the codebook's [0, I)."""
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= num_items):
+        raise ValueError(
+            f"{name} holds item ids in [{int(ids.min())}, {int(ids.max())}] but the codebook covers items "
+            f"[0, {num_items}); tokenize the same item table the samples were built from")
+
+
+def to_semantic_batch(batch: OneRecBatch, codes: torch.Tensor, *, max_history: Optional[int] = None
+                      ) -> SemanticIdBatch:
+    """Replace every item of ``batch`` by its code tuple (vectorised; meant for the DataLoader's collate step).
+
+    Args:
+        batch (OneRecBatch): B samples; history lengths may be 0, target padding must trail the real items.
+        codes (torch.Tensor): [I, L'] int64 code tuple of every item (``Codebook.codes``).
+        max_history (int | None): n of the model that will read the batch; a longer history is an error
+            (None: no check).
+
+    Returns:
+        SemanticIdBatch: on ``batch``'s device, sharing its id tensors.
+    """
+    _check_codes(codes)
+    num_items, num_levels = codes.shape
+    codes = codes.to(batch.target.device)
+    history = batch.features[HISTORY_KEY]
+    if max_history is not None and history.lengths().numel() and int(history.lengths().max()) > max_history:
+        raise ValueError(f"a history has {int(history.lengths().max())} items, more than max_history={max_history}; "
+                         "cut histories to the model's max_history when building samples")
+    history_items = history.values()
+    _check_ids("batch.features['history_item']", history_items, num_items)
+    target_items = batch.target[batch.target_mask]  # real items only, row by row
+    _check_ids("batch.target", target_items, num_items)
+    if not torch.equal(batch.target_mask, batch.target_mask.cummin(dim=1).values):
+        raise ValueError("batch.target_mask has padding before a real item; real target items must come first")
+    target_lengths = batch.target_mask.sum(dim=1)
+    users = batch.features[USER_KEY]
+    values = torch.cat([
+        codes[history_items].t().reshape(-1),  # [L' * sum H], level-major: key l holds every item's level-l code
+        codes[target_items].t().reshape(-1),  # [L' * sum M_b]
+        users.values(),
+    ])
+    lengths = torch.cat([history.lengths()] * num_levels + [target_lengths] * num_levels + [users.lengths()])
+    target_codes = codes[batch.target.clamp(min=0)]  # [B, M, L']
+    target_codes = target_codes.masked_fill(~batch.target_mask.unsqueeze(-1), PAD_CODE)
+    return SemanticIdBatch(
+        users=batch.users,
+        features=KeyedJaggedTensor.from_lengths_sync(
+            keys=semantic_feature_keys(num_levels), values=values, lengths=lengths),
+        item_features=batch.features,
+        target=batch.target,
+        target_mask=batch.target_mask,
+        target_codes=target_codes,
+        labels=batch.labels,
+    )
+
+
+class SemanticIdTransform:
+    """A picklable ``OneRecBatch -> SemanticIdBatch`` step for a DataLoader's ``collate_fn`` (worker-safe).
+
+    Args:
+        codes (torch.Tensor): [I, L'] int64 code tuple of every item.
+        max_history (int | None): n of the model; longer histories are an error (None: no check).
+
+    Example:
+        >>> from torchrec_onerec.data.batch import collate_samples
+        >>> from torchrec_onerec.data.samples import Sample
+        >>> import numpy as np
+        >>> step = SemanticIdTransform(torch.tensor([[0, 1], [1, 1]]))
+        >>> step(collate_samples([Sample(0, np.array([1]), np.array([0]), np.zeros((1, 0), np.float32))])).target_codes
+        tensor([[[0, 1]]])
+    """
+
+    def __init__(self, codes: torch.Tensor, *, max_history: Optional[int] = None) -> None:
+        _check_codes(codes)
+        self.codes = codes
+        self.max_history = max_history
+
+    def __call__(self, batch: OneRecBatch) -> SemanticIdBatch:
+        return to_semantic_batch(batch, self.codes, max_history=self.max_history)

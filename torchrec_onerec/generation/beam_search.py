@@ -1,0 +1,175 @@
+"""Constrained beam search over whole sessions (ONEREC.md section 2, serving: beam search, KV cache, fp16).
+
+For each user the decoder writes M items, each as its L' codes, keeping the N best partial sessions (beams)
+by sequence log-probability. Per user the encoder runs once and every decoder layer projects the memory's
+cross-attention keys/values once; the N beams share them (they ride on the query axis, see
+``modules.attention.CrossAttention``). Decoder self-attention reads a ``KVCache`` (``use_cache=False``
+re-runs the decoder over the whole prefix each step, as the reference). Constraints are logits processors
+(``generation.processors``): by default every finished tuple is a real item and no item repeats within a
+session; ``exclude_history`` also blocks the user's history items.
+
+Scores are sums of the model's code log-probabilities (log-softmax over all K_l codes, before constraints),
+so they equal ``OneRecModel.log_prob`` of the returned sessions. A returned session with score -inf is filler
+(fewer than ``num_return`` valid sessions exist).
+
+Shape legend: B batch (users), N beams, M session items, L code levels (L' here), K codebook size, D width.
+"""
+
+from __future__ import annotations
+
+from typing import List, NamedTuple, Optional, Sequence
+
+import torch
+from torch.nn.utils.rnn import pad_sequence
+
+from torchrec_onerec.data.batch import HISTORY_KEY
+from torchrec_onerec.data.semantic_batch import SemanticIdBatch
+from torchrec_onerec.generation.processors import (BeamState, ExcludeItemsProcessor, LogitsProcessor,
+                                                   NoRepeatProcessor, ValidCodeProcessor)
+from torchrec_onerec.models.onerec import OneRecModel
+from torchrec_onerec.tokenizer.prefix_index import PrefixIndex
+
+
+class BeamSearchOutput(NamedTuple):
+    """The best sessions of each user, best first.
+
+    Args:
+        items (torch.Tensor): [B, R, M] int64 item ids (-1 only in unconstrained search or filler sessions).
+        codes (torch.Tensor): [B, R, M, L'] int64 code tuples.
+        scores (torch.Tensor): [B, R] float32 sequence log-probabilities.
+    """
+
+    items: torch.Tensor
+    codes: torch.Tensor
+    scores: torch.Tensor
+
+
+def history_items(batch: SemanticIdBatch) -> torch.Tensor:
+    """[B, H_max] int64 history item ids per user, -1 padded (H_max = longest history in the batch)."""
+    history = batch.item_features[HISTORY_KEY]
+    rows = history.values().split(history.lengths().tolist())
+    return pad_sequence(list(rows), batch_first=True, padding_value=-1)
+
+
+def default_processors(prefix_index: PrefixIndex, batch: SemanticIdBatch, *, exclude_history: bool = False
+                       ) -> List[LogitsProcessor]:
+    """Valid items only, no repeats, and (optionally) none of the user's history items."""
+    processors: List[LogitsProcessor] = [ValidCodeProcessor(prefix_index), NoRepeatProcessor()]
+    if exclude_history:
+        processors.append(ExcludeItemsProcessor(history_items(batch)))
+    return processors
+
+
+@torch.no_grad()
+def constrained_beam_search(
+    model: OneRecModel,
+    batch: SemanticIdBatch,
+    *,
+    prefix_index: PrefixIndex,
+    beam_size: int,
+    num_return: int,
+    session_items: Optional[int] = None,
+    exclude_history: bool = False,
+    constrained: bool = True,
+    processors: Sequence[LogitsProcessor] = (),
+    use_cache: bool = True,
+    amp_dtype: Optional[torch.dtype] = None,
+) -> BeamSearchOutput:
+    """Write the ``num_return`` most probable sessions of each user of ``batch`` (the model runs in eval mode).
+
+    Args:
+        model (OneRecModel): the trained model (unsharded; dropout is switched off during the search).
+        batch (SemanticIdBatch): the users (``features``, and ``item_features`` for ``exclude_history``).
+        prefix_index (PrefixIndex): the codebook's prefix index (valid codes, tuple -> item), on the batch's
+            device.
+        beam_size (int): N, beams kept per user.
+        num_return (int): R <= N sessions returned per user.
+        session_items (int | None): M items per session (default: the model's ``session_items``, the most).
+        exclude_history (bool): never emit an item of the user's history.
+        constrained (bool): apply the default constraints (valid items, no repeats, history exclusion);
+            False searches freely (``processors`` still apply).
+        processors (Sequence[LogitsProcessor]): extra constraints, applied after the default ones.
+        use_cache (bool): decode with a self-attention KV cache (False: recompute the prefix each step).
+        amp_dtype (torch.dtype | None): autocast dtype (torch.float16 / torch.bfloat16), None = full precision.
+
+    Returns:
+        BeamSearchOutput: items [B, R, M], codes [B, R, M, L'], scores [B, R], best first.
+
+    Example:
+        >>> from torchrec_onerec.models.config import model_size
+        >>> from torchrec_onerec.models.testing import random_batch, random_codes
+        >>> codes, sizes = random_codes(12, [3, 3])
+        >>> model = OneRecModel(model_size("tiny"), sizes)
+        >>> batch = random_batch(codes, 2, max_history=4, session_items=2)
+        >>> index = PrefixIndex(codes, vocab_sizes=sizes)
+        >>> out = constrained_beam_search(model, batch, prefix_index=index, beam_size=4, num_return=2)
+        >>> tuple(out.items.shape), bool((out.items >= 0).all()), bool((out.items[..., 0] != out.items[..., 1]).all())
+        ((2, 2, 2), True, True)
+    """
+    M = model.config.session_items if session_items is None else session_items
+    if not 1 <= M <= model.config.session_items:
+        raise ValueError(f"session_items={session_items} must lie in [1, {model.config.session_items}] "
+                         "(the model's positions cover config.session_items items)")
+    if beam_size < 1 or not 1 <= num_return <= beam_size:
+        raise ValueError(f"need beam_size >= 1 and 1 <= num_return <= beam_size, got beam_size={beam_size}, "
+                         f"num_return={num_return}; raise beam_size or lower num_return")
+    if list(prefix_index.vocab_sizes) != model.vocab_sizes:
+        raise ValueError(f"prefix_index.vocab_sizes={list(prefix_index.vocab_sizes)} differ from the model's "
+                         f"{model.vocab_sizes}; use the codebook the model was trained on")
+    device = batch.target_codes.device
+    if prefix_index.device.type != device.type:
+        raise ValueError(f"prefix_index is on {prefix_index.device}, the batch on {device}; "
+                         "move it with prefix_index.to(device)")
+    steps = list(default_processors(prefix_index, batch, exclude_history=exclude_history)) if constrained else []
+    steps += list(processors)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            return _search(model, batch, prefix_index, steps, beam_size, num_return, M, use_cache)
+    finally:
+        model.train(was_training)
+
+
+def _search(model: OneRecModel, batch: SemanticIdBatch, prefix_index: PrefixIndex,
+            processors: List[LogitsProcessor], N: int, num_return: int, M: int, use_cache: bool) -> BeamSearchOutput:
+    """The search loop of ``constrained_beam_search`` (arguments already checked)."""
+    embedding, decoder, L = model.embedding, model.decoder, model.num_levels
+    tokens, memory = model.encode(batch.features)
+    memory_kv = decoder.project_memory(memory)  # once per user, shared by its beams
+    B, _, D = memory.shape
+    device = memory.device
+    codes = torch.full((B * N, M, L), -1, dtype=torch.long, device=device)
+    items = torch.full((B * N, M), -1, dtype=torch.long, device=device)
+    scores = torch.full((B, N), float("-inf"), device=device)
+    scores[:, 0] = 0.0  # the beams start identical: expand only the first
+    user_rows = torch.arange(B, device=device).unsqueeze(1) * N  # (B, 1) first row of each user
+    cache = decoder.new_cache(B * N, M * (L + 1), dtype=memory_kv[0][0].dtype, device=device) if use_cache else None
+    step_tokens = embedding.bos.expand(B * N, 1, D)  # (BN, 1, D): tokens not yet fed to the cached decoder
+    for j in range(M):
+        for level in range(L):
+            if cache is not None:
+                x = embedding.add_decoder_positions(step_tokens, cache.length)
+                hidden = decoder(x, memory_kv, tokens.mask, cache=cache).hidden[:, -1]  # (BN, D)
+            else:
+                x = embedding.decoder_tokens(embedding.embed_codes(codes[:, :j + 1]))[:, :j * (L + 1) + level + 1]
+                hidden = decoder(x, memory_kv, tokens.mask).hidden[:, -1]
+            log_probs = model.level_logits(hidden, level).float().log_softmax(dim=-1)  # (BN, K_l)
+            state = BeamState(codes, items, j, level, N, prefix_index)
+            for processor in processors:
+                log_probs = processor(state, log_probs)
+            K = log_probs.shape[1]
+            total = (scores.view(B * N, 1) + log_probs).view(B, N * K)
+            scores, best = total.topk(N, dim=1)  # (B, N), sorted best first
+            rows = (user_rows + best // K).view(B * N)  # the beam each new beam extends
+            codes, items = codes[rows], items[rows]
+            codes[:, j, level] = (best % K).view(B * N)
+            if level == L - 1:
+                items[:, j] = prefix_index.item_of(codes[:, j])
+            if cache is not None:
+                cache.reorder(rows)
+                step_tokens = embedding.embed_codes(codes[:, j:j + 1])[:, 0, level:level + 1]  # (BN, 1, D)
+                if level == L - 1:  # the item is complete: the next one starts with [BOS]
+                    step_tokens = torch.cat([step_tokens, embedding.bos.expand(B * N, 1, D)], dim=1)
+    R = num_return
+    return BeamSearchOutput(items.view(B, N, M)[:, :R], codes.view(B, N, M, L)[:, :R], scores[:, :R])

@@ -1,0 +1,177 @@
+"""Sparse Mixture-of-Experts feed-forward layer of the OneRec decoder (ONEREC.md section 2; paper: 24 experts,
+top-2 routing, with a load-balancing mechanism).
+
+Routing: a linear router gives each token a softmax distribution p over the E experts; the token goes to its
+``top_k`` most probable experts, weighted by their probabilities renormalised over the chosen ones (Mixtral)
+when top_k > 1, or by the raw probability when top_k = 1 (Switch), so the router always gets a gradient from
+the main loss. Dispatch is dropless: every assignment is computed (no capacity factor), by sorting the
+assignments by expert and running each expert once on its contiguous block (``grouped_expert_forward``).
+
+Load balancing: the auxiliary loss of Switch Transformer / GShard, chosen over DeepSeek's bias-based balancing
+because it needs no state updated outside the optimiser step (it works unchanged under DMP, gradient
+accumulation and checkpoint resume):
+
+    aux = E * sum_e f_e * P_e,   f_e = share of the N * top_k assignments sent to e,   P_e = mean_t p_t(e)
+
+over the real (non-padding) tokens. It is 1 when routing is uniform and E when every token picks one expert;
+the model adds ``moe_aux_weight`` times its mean over layers to the loss. ``expert_load`` (f) is returned
+for logging expert utilisation.
+
+Shape legend: B batch, T tokens, D width, E experts, N = B * T routed tokens.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from torchrec_onerec.modules.feed_forward import FeedForwardOutput
+
+
+@dataclass
+class MoEConfig:
+    """Sizes of a Mixture-of-Experts feed-forward layer.
+
+    Args:
+        d_model: D.
+        num_experts: E.
+        top_k: experts per token (1 <= top_k <= E).
+        expert_hidden: inner width of each expert's GELU MLP.
+        dropout: dropout on the output (training only).
+    """
+
+    d_model: int
+    num_experts: int = 8
+    top_k: int = 2
+    expert_hidden: int = 256
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.num_experts < 1:
+            raise ValueError(f"num_experts={self.num_experts} must be >= 1")
+        if not 1 <= self.top_k <= self.num_experts:
+            raise ValueError(f"top_k={self.top_k} must lie in [1, num_experts={self.num_experts}]")
+        if self.d_model < 1 or self.expert_hidden < 1:
+            raise ValueError(f"d_model={self.d_model} and expert_hidden={self.expert_hidden} must both be >= 1")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout={self.dropout} must lie in [0, 1)")
+
+
+@torch.fx.wrap
+def grouped_expert_forward(x: torch.Tensor, expert_index: torch.Tensor, gates: torch.Tensor,
+                           weights: List[torch.Tensor]) -> torch.Tensor:
+    """Run every token through its chosen experts and sum the gated outputs (vectorised dispatch).
+
+    The split sizes depend on the routing (data-dependent), so fx treats this function as one leaf call.
+
+    Args:
+        x (torch.Tensor): [N, D] tokens.
+        expert_index (torch.Tensor): [N, k] int64 chosen experts.
+        gates (torch.Tensor): [N, k] weight of each chosen expert.
+        weights (List[torch.Tensor]): ``[w_in [E, D, H], b_in [E, H], w_out [E, H, D], b_out [E, D]]``.
+
+    Returns:
+        torch.Tensor: [N, D] sum over the k choices of gate * GELU-MLP_e(x).
+    """
+    w_in, b_in, w_out, b_out = weights
+    N, D = x.shape
+    k = expert_index.shape[1]
+    flat = expert_index.reshape(-1)  # (N*k,) assignment a belongs to token a // k
+    order = flat.argsort(stable=True)  # assignments grouped by expert
+    token = order // k
+    counts = torch.bincount(flat, minlength=w_in.shape[0]).tolist()
+    blocks = x[token].split(counts)  # E blocks of (count_e, D)
+    outs = [F.gelu(block @ w_in[e] + b_in[e]) @ w_out[e] + b_out[e] for e, block in enumerate(blocks)]
+    y = torch.cat(outs) * gates.reshape(-1)[order].unsqueeze(1)  # (N*k, D)
+    return torch.zeros(N, D, dtype=y.dtype, device=y.device).index_add_(0, token, y)
+
+
+class MoEFeedForward(nn.Module):
+    """Top-k routed Mixture of E GELU-MLP experts with a Switch/GShard balance loss.
+
+    Args:
+        config (MoEConfig): D, E, top_k, expert width, dropout.
+        device (torch.device | None): where to build the parameters ("meta" for DMP).
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> moe = MoEFeedForward(MoEConfig(d_model=4, num_experts=3, top_k=2, expert_hidden=8))
+        >>> out = moe(torch.randn(2, 5, 4))
+        >>> tuple(out.out.shape), tuple(out.expert_load.shape), round(out.expert_load.sum().item(), 6)
+        ((2, 5, 4), (3,), 1.0)
+    """
+
+    def __init__(self, config: MoEConfig, *, device: Optional[torch.device] = None) -> None:
+        super().__init__()
+        self.config = config
+        E, D, H = config.num_experts, config.d_model, config.expert_hidden
+        self.router = nn.Linear(D, E, bias=False, device=device)
+        self.w_in = nn.Parameter(torch.empty(E, D, H, device=device))
+        self.b_in = nn.Parameter(torch.empty(E, H, device=device))
+        self.w_out = nn.Parameter(torch.empty(E, H, D, device=device))
+        self.b_out = nn.Parameter(torch.empty(E, D, device=device))
+        self.dropout = nn.Dropout(config.dropout)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Initialise each expert like a pair of ``nn.Linear`` layers (uniform in +-1/sqrt(fan_in))."""
+        for weight, fan_in in ((self.w_in, self.config.d_model), (self.b_in, self.config.d_model),
+                               (self.w_out, self.config.expert_hidden), (self.b_out, self.config.expert_hidden)):
+            nn.init.uniform_(weight, -1.0 / math.sqrt(fan_in), 1.0 / math.sqrt(fan_in))
+
+    def route(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Router probabilities and the top-k choice of every token.
+
+        Args:
+            x (torch.Tensor): [N, D] tokens.
+
+        Returns:
+            (probs [N, E] float32, expert_index [N, k] int64, gates [N, k] float32).
+        """
+        probs = self.router(x).float().softmax(dim=-1)
+        top_probs, expert_index = probs.topk(self.config.top_k, dim=-1)
+        gates = top_probs / top_probs.sum(dim=-1, keepdim=True) if self.config.top_k > 1 else top_probs
+        return probs, expert_index, gates
+
+    def balance(self, probs: torch.Tensor, expert_index: torch.Tensor,
+                mask: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Switch/GShard balance loss and expert load over the real tokens.
+
+        Args:
+            probs (torch.Tensor): [N, E] router probabilities.
+            expert_index (torch.Tensor): [N, k] chosen experts.
+            mask (torch.Tensor | None): [N] bool real tokens (None: all).
+
+        Returns:
+            (aux_loss [], expert_load [E]): E * sum_e f_e P_e, and f (sums to 1; detached).
+        """
+        E, k = self.config.num_experts, self.config.top_k
+        weight = probs.new_ones(probs.shape[0]) if mask is None else mask.to(probs.dtype)  # (N,)
+        real = weight.sum().clamp(min=1.0)
+        assigned = F.one_hot(expert_index, E).sum(dim=1).to(probs.dtype)  # (N, E) choices per token
+        load = (assigned * weight.unsqueeze(1)).sum(dim=0) / (real * k)  # f_e
+        importance = (probs * weight.unsqueeze(1)).sum(dim=0) / real  # P_e
+        return E * (load * importance).sum(), load.detach()
+
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> FeedForwardOutput:
+        """Route, dispatch and combine.
+
+        Args:
+            x (torch.Tensor): [B, T, D].
+            mask (torch.Tensor | None): [B, T] bool, False at padding tokens (left out of the balance loss
+                and the load; their outputs are computed but meaningless).
+
+        Returns:
+            FeedForwardOutput: out [B, T, D], aux_loss [], expert_load [E].
+        """
+        B, T, D = x.shape
+        tokens = x.reshape(B * T, D)  # (N, D)
+        probs, expert_index, gates = self.route(tokens)
+        aux_loss, load = self.balance(probs, expert_index, None if mask is None else mask.reshape(B * T))
+        out = grouped_expert_forward(tokens, expert_index, gates, [self.w_in, self.b_in, self.w_out, self.b_out])
+        return FeedForwardOutput(self.dropout(out.view(B, T, D).to(x.dtype)), aux_loss, load)

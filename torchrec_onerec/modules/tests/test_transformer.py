@@ -1,0 +1,63 @@
+"""Tests of the encoder/decoder stacks: padding and causal invariance, KV-cache decoding, dense ablation."""
+
+from __future__ import annotations
+
+import torch
+
+from torchrec_onerec.modules.transformer import DecoderConfig, EncoderConfig, TransformerDecoder, TransformerEncoder
+
+D = 8
+
+
+def _decoder(use_moe: bool = True) -> TransformerDecoder:
+    torch.manual_seed(0)
+    return TransformerDecoder(DecoderConfig(d_model=D, num_heads=2, num_layers=2, ffn_hidden=16, use_moe=use_moe,
+                                            num_experts=4, top_k=2, expert_hidden=8)).eval()
+
+
+def test_encoder_ignores_padding_tokens() -> None:
+    torch.manual_seed(0)
+    encoder = TransformerEncoder(EncoderConfig(d_model=D, num_heads=2, num_layers=2, ffn_hidden=16)).eval()
+    x = torch.randn(2, 5, D)
+    mask = torch.tensor([[True, True, True, False, False], [True, True, False, False, False]])
+    noisy = torch.where(mask.unsqueeze(-1), x, torch.randn_like(x))
+    torch.testing.assert_close(encoder(x, mask)[mask], encoder(noisy, mask)[mask])
+
+
+def test_decoder_is_causal_and_ignores_memory_padding() -> None:
+    decoder = _decoder()
+    memory = torch.randn(2, 4, D)
+    memory_mask = torch.tensor([[True, True, True, True], [True, True, False, False]])
+    x = torch.randn(2, 6, D)
+    out = decoder(x, decoder.project_memory(memory), memory_mask).hidden
+    later = x.clone()
+    later[:, 3:] = torch.randn(2, 3, D)
+    torch.testing.assert_close(decoder(later, decoder.project_memory(memory), memory_mask).hidden[:, :3],
+                               out[:, :3])
+    padded = torch.where(memory_mask.unsqueeze(-1), memory, torch.randn_like(memory))
+    torch.testing.assert_close(decoder(x, decoder.project_memory(padded), memory_mask).hidden, out)
+
+
+def test_kv_cache_decoding_equals_full_decoding() -> None:
+    for use_moe in (True, False):
+        decoder = _decoder(use_moe)
+        memory = decoder.project_memory(torch.randn(2, 3, D))
+        memory_mask = torch.ones(2, 3, dtype=torch.bool)
+        x = torch.randn(2 * 3, 5, D)  # 3 beams per user share the memory
+        full = decoder(x, memory, memory_mask).hidden
+        cache = decoder.new_cache(6, 5, dtype=torch.float32, device=torch.device("cpu"))
+        steps = [decoder(x[:, s:e], memory, memory_mask, cache=cache).hidden for s, e in ((0, 1), (1, 3), (3, 5))]
+        assert cache.length == 5
+        torch.testing.assert_close(torch.cat(steps, dim=1), full)
+
+
+def test_decoder_reports_balance_loss_and_load_per_layer() -> None:
+    decoder = _decoder()
+    memory_mask = torch.ones(2, 3, dtype=torch.bool)
+    out = decoder(torch.randn(2, 4, D), decoder.project_memory(torch.randn(2, 3, D)), memory_mask,
+                  mask=torch.tensor([[True] * 4, [True, True, False, False]]))
+    assert out.expert_load.shape == (2, 4) and out.aux_loss.item() > 0
+    torch.testing.assert_close(out.expert_load.sum(dim=1), torch.ones(2))
+    dense = _decoder(use_moe=False)
+    out = dense(torch.randn(2, 4, D), dense.project_memory(torch.randn(2, 3, D)), torch.ones(2, 3, dtype=torch.bool))
+    assert out.aux_loss.item() == 0.0 and out.expert_load.shape == (2, 1)

@@ -1,0 +1,273 @@
+"""Pre-norm transformer encoder and MoE decoder of OneRec (ONEREC.md section 2).
+
+- Encoder block: x + SelfAttention(LN(x)) (fully visible, padding mask), then x + FFN(LN(x)).
+- Decoder block: x + CausalSelfAttention(LN(x)) (optionally through a ``KVCache``), then
+  x + CrossAttention(LN(x), encoder output), then x + MoE(LN(x)) (or a dense FFN when ``use_moe`` is off).
+Each stack ends with a LayerNorm. The decoder sums its layers' balance losses (mean over layers) and stacks
+their expert loads for logging.
+
+Shape legend: B batch, T tokens, S memory tokens, D width, E experts, H heads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, NamedTuple, Optional, Tuple
+
+import torch
+from torch import nn
+
+from torchrec_onerec.modules.attention import AttentionConfig, CrossAttention, SelfAttention
+from torchrec_onerec.modules.feed_forward import FeedForward, FeedForwardConfig, FeedForwardOutput
+from torchrec_onerec.modules.kv_cache import KVCache
+from torchrec_onerec.modules.moe import MoEConfig, MoEFeedForward
+
+MemoryKV = List[Tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class EncoderConfig:
+    """Sizes of the encoder stack.
+
+    Args:
+        d_model: D.
+        num_heads: H.
+        num_layers: blocks.
+        ffn_hidden: inner width of each block's FFN.
+        dropout: dropout in attention and FFN (training only).
+    """
+
+    d_model: int
+    num_heads: int
+    num_layers: int
+    ffn_hidden: int
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.num_layers < 1:
+            raise ValueError(f"num_layers={self.num_layers} must be >= 1")
+        self.attention()  # validates D, H and dropout
+        self.feed_forward()
+
+    def attention(self) -> AttentionConfig:
+        """The self-attention sub-config."""
+        return AttentionConfig(self.d_model, self.num_heads, self.dropout, causal=False)
+
+    def feed_forward(self) -> FeedForwardConfig:
+        """The FFN sub-config."""
+        return FeedForwardConfig(self.d_model, self.ffn_hidden, self.dropout)
+
+
+@dataclass
+class DecoderConfig:
+    """Sizes of the decoder stack.
+
+    Args:
+        d_model: D.
+        num_heads: H.
+        num_layers: blocks.
+        ffn_hidden: inner width of the dense FFN (used when ``use_moe`` is False).
+        dropout: dropout in attention and feed-forward layers (training only).
+        use_moe: Mixture-of-Experts feed-forward layers (the paper's); False = dense FFN, for ablation.
+        num_experts: E.
+        top_k: experts per token.
+        expert_hidden: inner width of each expert.
+    """
+
+    d_model: int
+    num_heads: int
+    num_layers: int
+    ffn_hidden: int
+    dropout: float = 0.0
+    use_moe: bool = True
+    num_experts: int = 8
+    top_k: int = 2
+    expert_hidden: int = 256
+
+    def __post_init__(self) -> None:
+        if self.num_layers < 1:
+            raise ValueError(f"num_layers={self.num_layers} must be >= 1")
+        self.attention(causal=True)  # validates D, H and dropout
+        if self.use_moe:
+            self.moe()
+        else:
+            self.feed_forward()
+
+    def attention(self, *, causal: bool) -> AttentionConfig:
+        """The self-attention (causal) or cross-attention sub-config."""
+        return AttentionConfig(self.d_model, self.num_heads, self.dropout, causal=causal)
+
+    def feed_forward(self) -> FeedForwardConfig:
+        """The dense FFN sub-config."""
+        return FeedForwardConfig(self.d_model, self.ffn_hidden, self.dropout)
+
+    def moe(self) -> MoEConfig:
+        """The MoE sub-config."""
+        return MoEConfig(self.d_model, self.num_experts, self.top_k, self.expert_hidden, self.dropout)
+
+
+class EncoderBlock(nn.Module):
+    """Pre-norm block: fully visible self-attention, then a dense FFN.
+
+    Args:
+        config (EncoderConfig): D, H, FFN width, dropout.
+        device (torch.device | None): where to build the parameters.
+
+    Example:
+        >>> block = EncoderBlock(EncoderConfig(d_model=8, num_heads=2, num_layers=1, ffn_hidden=16))
+        >>> block(torch.randn(2, 3, 8), torch.tensor([[True] * 3, [True, False, False]])).shape
+        torch.Size([2, 3, 8])
+    """
+
+    def __init__(self, config: EncoderConfig, *, device: Optional[torch.device] = None) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.d_model, device=device)
+        self.attn = SelfAttention(config.attention(), device=device)
+        self.ln_2 = nn.LayerNorm(config.d_model, device=device)
+        self.ffn = FeedForward(config.feed_forward(), device=device)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """[B, T, D] tokens, [B, T] bool real-token mask -> [B, T, D]."""
+        x = x + self.attn(self.ln_1(x), key_mask=mask)
+        return x + self.ffn(self.ln_2(x)).out
+
+
+class TransformerEncoder(nn.Module):
+    """A stack of ``EncoderBlock`` and a final LayerNorm.
+
+    Args:
+        config (EncoderConfig): sizes.
+        device (torch.device | None): where to build the parameters.
+
+    Example:
+        >>> enc = TransformerEncoder(EncoderConfig(d_model=8, num_heads=2, num_layers=2, ffn_hidden=16))
+        >>> enc(torch.randn(3, 5, 8), torch.ones(3, 5, dtype=torch.bool)).shape
+        torch.Size([3, 5, 8])
+    """
+
+    def __init__(self, config: EncoderConfig, *, device: Optional[torch.device] = None) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(EncoderBlock(config, device=device) for _ in range(config.num_layers))
+        self.ln_f = nn.LayerNorm(config.d_model, device=device)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Encode.
+
+        Args:
+            x (torch.Tensor): [B, T, D] tokens.
+            mask (torch.Tensor): [B, T] bool, False at padding (no token attends to it).
+
+        Returns:
+            torch.Tensor: [B, T, D] (rows at padding positions are meaningless).
+        """
+        for block in self.blocks:
+            x = block(x, mask)
+        return self.ln_f(x)
+
+
+class DecoderBlock(nn.Module):
+    """Pre-norm block: causal self-attention, cross-attention to the memory, then MoE (or dense) FFN.
+
+    Args:
+        config (DecoderConfig): sizes.
+        device (torch.device | None): where to build the parameters.
+
+    Example:
+        >>> block = DecoderBlock(DecoderConfig(d_model=8, num_heads=2, num_layers=1, ffn_hidden=16, num_experts=3))
+        >>> memory_kv = block.cross_attn.project_memory(torch.randn(2, 4, 8))
+        >>> out = block(torch.randn(2, 3, 8), memory_kv, torch.ones(2, 4, dtype=torch.bool))
+        >>> tuple(out.out.shape), tuple(out.expert_load.shape)
+        ((2, 3, 8), (3,))
+    """
+
+    def __init__(self, config: DecoderConfig, *, device: Optional[torch.device] = None) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.d_model, device=device)
+        self.self_attn = SelfAttention(config.attention(causal=True), device=device)
+        self.ln_2 = nn.LayerNorm(config.d_model, device=device)
+        self.cross_attn = CrossAttention(config.attention(causal=False), device=device)
+        self.ln_3 = nn.LayerNorm(config.d_model, device=device)
+        self.ffn: nn.Module = (MoEFeedForward(config.moe(), device=device) if config.use_moe
+                               else FeedForward(config.feed_forward(), device=device))
+
+    def forward(self, x: torch.Tensor, memory_kv: Tuple[torch.Tensor, torch.Tensor], memory_mask: torch.Tensor,
+                mask: Optional[torch.Tensor] = None, cache: Optional[KVCache] = None,
+                layer: int = 0) -> FeedForwardOutput:
+        """One decoder layer; see ``TransformerDecoder.forward`` for the arguments. Returns out [B, T, D]."""
+        x = x + self.self_attn(self.ln_1(x), cache=cache, layer=layer)
+        x = x + self.cross_attn(self.ln_2(x), memory_kv, memory_mask)
+        ffn = self.ffn(self.ln_3(x), mask)
+        return FeedForwardOutput(x + ffn.out, ffn.aux_loss, ffn.expert_load)
+
+
+class DecoderOutput(NamedTuple):
+    """What the decoder returns.
+
+    Args:
+        hidden (torch.Tensor): [B, T, D] final hidden states.
+        aux_loss (torch.Tensor): [] mean over layers of the MoE balance loss (0 for dense layers).
+        expert_load (torch.Tensor): [layers, E] share of assignments per expert in each layer.
+    """
+
+    hidden: torch.Tensor
+    aux_loss: torch.Tensor
+    expert_load: torch.Tensor
+
+
+class TransformerDecoder(nn.Module):
+    """A stack of ``DecoderBlock`` and a final LayerNorm; memory K/V projected once, self-attention cacheable.
+
+    Args:
+        config (DecoderConfig): sizes.
+        device (torch.device | None): where to build the parameters.
+
+    Example:
+        >>> dec = TransformerDecoder(DecoderConfig(d_model=8, num_heads=2, num_layers=2, ffn_hidden=16,
+        ...                                        num_experts=4, expert_hidden=8))
+        >>> memory_kv = dec.project_memory(torch.randn(2, 3, 8))
+        >>> out = dec(torch.randn(2, 4, 8), memory_kv, torch.ones(2, 3, dtype=torch.bool))
+        >>> tuple(out.hidden.shape), tuple(out.expert_load.shape)
+        ((2, 4, 8), (2, 4))
+    """
+
+    def __init__(self, config: DecoderConfig, *, device: Optional[torch.device] = None) -> None:
+        super().__init__()
+        self.config = config
+        self.blocks = nn.ModuleList(DecoderBlock(config, device=device) for _ in range(config.num_layers))
+        self.ln_f = nn.LayerNorm(config.d_model, device=device)
+
+    def project_memory(self, memory: torch.Tensor) -> MemoryKV:
+        """Every layer's cross-attention keys/values of the [B, S, D] encoder output, each [B, H, S, D / H]."""
+        return [block.cross_attn.project_memory(memory) for block in self.blocks]
+
+    def new_cache(self, batch_size: int, max_length: int, *, dtype: torch.dtype,
+                  device: torch.device) -> KVCache:
+        """An empty self-attention cache for ``batch_size`` rows of up to ``max_length`` tokens."""
+        H = self.config.num_heads
+        return KVCache(self.config.num_layers, batch_size, H, max_length, self.config.d_model // H,
+                       dtype=dtype, device=device)
+
+    def forward(self, x: torch.Tensor, memory_kv: MemoryKV, memory_mask: torch.Tensor,
+                mask: Optional[torch.Tensor] = None, cache: Optional[KVCache] = None) -> DecoderOutput:
+        """Decode.
+
+        Args:
+            x (torch.Tensor): [B * G, T, D] decoder tokens (G >= 1 consecutive rows per memory row, e.g. beams).
+            memory_kv (MemoryKV): ``project_memory`` output of the [B, S, D] memory.
+            memory_mask (torch.Tensor): [B, S] bool, False at padding memory tokens.
+            mask (torch.Tensor | None): [B * G, T] bool real tokens, only for the MoE balance loss and load
+                (padding must trail, so causal attention already keeps it from real tokens).
+            cache (KVCache | None): self-attention cache; the T tokens follow the ``cache.length`` cached ones,
+                and the cache is advanced by T.
+
+        Returns:
+            DecoderOutput: hidden [B * G, T, D], aux_loss [], expert_load [layers, E].
+        """
+        aux_losses, loads = [], []
+        for layer, block in enumerate(self.blocks):
+            x, aux_loss, load = block(x, memory_kv[layer], memory_mask, mask, cache, layer)
+            aux_losses.append(aux_loss)
+            loads.append(load)
+        if cache is not None:
+            cache.advance(x.shape[1])
+        return DecoderOutput(self.ln_f(x), torch.stack(aux_losses).mean(), torch.stack(loads))
