@@ -17,6 +17,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import Callable, Dict, Optional, Sequence
 
 from torchrec_onerec import __version__
@@ -72,10 +73,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "run": _command_run,
             **{stage: _command_stage(stage) for stage in STAGES},
         }
-        summary = commands[args.command](cfg, args)
+        result = commands[args.command](cfg, args)
     except (ConfigError, ValueError, FileNotFoundError) as exc:
         print(f"onerec {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    print(json.dumps(summary, indent=2, sort_keys=True, default=str))
+    print(_render(args.command, result))
     return 0
+
+
+def _render(command: str, result: Dict[str, object]) -> str:
+    """What a command prints: a stage's own output for a single stage, a short account for ``run``."""
+    run_dir = Path(str(result["run_dir"]))
+    if command == "data":
+        return json.dumps(result["stages"]["data"], indent=2, sort_keys=True)  # type: ignore[index]
+    if command == "tokenize":
+        return (run_dir / "tokenize" / "report.md").read_text()
+    seconds: Dict[str, float] = result["seconds"]  # type: ignore[assignment]
+    lines = [f"stage {stage}: " + (f"done in {seconds[stage]:.1f} s" if stage in seconds else "complete, skipped")
+             for stage in result["stages"]]  # type: ignore[union-attr]
+    lines.append(f"run directory: {run_dir} (config.yaml, run.log, metrics.jsonl, one folder per stage)")
+    return "\n".join(lines)
 

@@ -67,13 +67,13 @@ def data_stage(ctx: PipelineContext) -> Dict[str, object]:
 def tokenize_stage(ctx: PipelineContext) -> Dict[str, object]:
     """Item embeddings -> codebook; write ``tokenize/codebook.pt``, ``report.json`` and ``report.md``."""
     cfg = ctx.config
-    embeddings = item_embeddings(ctx.data, cfg.tokenizer, train_interactions=ctx.split.train_sequences)
-    codebook, report = fit_tokenizer(embeddings, cfg.tokenizer, seed=cfg.seed, device=resolve_device(cfg.device))
+    embeddings = item_embeddings(ctx.data, cfg.tokenizer, train_interactions=ctx.split.train_sequences, seed=cfg.seed)
+    codebook, report = fit_tokenizer(embeddings, cfg.tokenizer, seed=cfg.seed, device=resolve_device(cfg.device),
+                                     item_ids=ctx.data.raw_item_ids)
     folder = ctx.run.stage_dir("tokenize")
     codebook.save(folder / "codebook.pt")
     ctx.run.write_json("tokenize/report.json", report.to_json())
     ctx.run.write_text("tokenize/report.md", report.to_markdown())
-    print(report.to_markdown())
     return report.to_json()
 
 

@@ -1,5 +1,5 @@
 """Constrained beam search over whole sessions (ONEREC.md section 2, serving)."""
 
 from torchrec_onerec.generation.beam_search import BeamSearchOutput, constrained_beam_search
-from torchrec_onerec.generation.processors import (BeamState, ExcludeItemsProcessor, LogitsProcessor,
-                                                   NoRepeatProcessor, ValidCodeProcessor)
+from torchrec_onerec.generation.processors import (BeamState, BlockedItemsProcessor, LogitsProcessor,
+                                                   ValidCodeProcessor)

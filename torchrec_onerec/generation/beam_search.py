@@ -6,11 +6,14 @@ cross-attention keys/values once; the N beams share them (they ride on the query
 ``modules.attention.CrossAttention``). Decoder self-attention reads a ``KVCache`` (``use_cache=False``
 re-runs the decoder over the whole prefix each step, as the reference). Constraints are logits processors
 (``generation.processors``): by default every finished tuple is a real item and no item repeats within a
-session; ``exclude_history`` also blocks the user's history items.
+session; ``exclude_history`` also blocks the user's history items. The item constraints look ahead at every
+code level (a prefix is taken only if it still leads to an allowed item), so a beam never dies half-way.
 
 Scores are sums of the model's code log-probabilities (log-softmax over all K_l codes, before constraints),
-so they equal ``OneRecModel.log_prob`` of the returned sessions. A returned session with score -inf is filler
-(fewer than ``num_return`` valid sessions exist).
+so they equal ``OneRecModel.log_prob`` of the returned sessions. A returned session with score -inf is filler,
+with arbitrary items and codes: with the default constraints it comes back only when the user has fewer than
+``num_return`` valid sessions in all (fewer than M items outside the history give none; a tiny catalogue may
+give a few). Extra ``processors`` that block codes without look-ahead can make beams die, and filler, again.
 
 Shape legend: B batch (users), N beams, M session items, L code levels (L' here), K codebook size, D width.
 """
@@ -24,8 +27,8 @@ from torch.nn.utils.rnn import pad_sequence
 
 from torchrec_onerec.data.batch import HISTORY_KEY
 from torchrec_onerec.data.semantic_batch import SemanticIdBatch
-from torchrec_onerec.generation.processors import (BeamState, ExcludeItemsProcessor, LogitsProcessor,
-                                                   NoRepeatProcessor, ValidCodeProcessor)
+from torchrec_onerec.generation.processors import (BeamState, BlockedItemsProcessor, LogitsProcessor,
+                                                   ValidCodeProcessor)
 from torchrec_onerec.models.onerec import OneRecModel
 from torchrec_onerec.tokenizer.prefix_index import PrefixIndex
 
@@ -54,10 +57,8 @@ def history_items(batch: SemanticIdBatch) -> torch.Tensor:
 def default_processors(prefix_index: PrefixIndex, batch: SemanticIdBatch, *, exclude_history: bool = False
                        ) -> List[LogitsProcessor]:
     """Valid items only, no repeats, and (optionally) none of the user's history items."""
-    processors: List[LogitsProcessor] = [ValidCodeProcessor(prefix_index), NoRepeatProcessor()]
-    if exclude_history:
-        processors.append(ExcludeItemsProcessor(history_items(batch)))
-    return processors
+    excluded = history_items(batch) if exclude_history else None
+    return [ValidCodeProcessor(prefix_index), BlockedItemsProcessor(excluded, no_repeat=True)]
 
 
 @torch.no_grad()
@@ -93,7 +94,8 @@ def constrained_beam_search(
         amp_dtype (torch.dtype | None): autocast dtype (torch.float16 / torch.bfloat16), None = full precision.
 
     Returns:
-        BeamSearchOutput: items [B, R, M], codes [B, R, M, L'], scores [B, R], best first.
+        BeamSearchOutput: items [B, R, M], codes [B, R, M, L'], scores [B, R], best first; scores -inf mark
+        filler sessions, which the default constraints return only for a user with fewer than R valid sessions.
 
     Example:
         >>> from torchrec_onerec.models.config import model_size

@@ -3,18 +3,18 @@
 Each constraint is a small callable ``(state, scores) -> scores`` over the [B N, K_l] log-probabilities of the
 next code, composed in a list (as Hugging Face's ``LogitsProcessorList``) and kept apart from the search:
 
-- ``ValidCodeProcessor``: only codes that extend the beam's partial tuple towards a real item
-  (``PrefixIndex.valid_next``), so every finished tuple is an item.
-- ``NoRepeatProcessor``: at an item's last level, block the completions that give an item the session
-  already holds.
-- ``ExcludeItemsProcessor``: at the last level, block completions that give one of a per-user item set
-  (e.g. the history).
+- ``ValidCodeProcessor``: only codes that extend the beam's partial tuple towards a real item, so every
+  finished tuple is an item.
+- ``BlockedItemsProcessor``: items a beam may not write (those its session already holds, and a per-user
+  excluded set such as the history), with look-ahead: at every level a code is kept only if the subtree below
+  the extended prefix still holds an item that is not blocked, so no beam walks into a prefix whose every
+  completion is blocked (at the last level the subtree is the item itself).
 
-The last two look at the candidate items (the item that partial tuple + each last code would be, from the
-tokenizer's ``PrefixIndex``), computed once per step for all beams (``BeamState.candidate_items``); nothing
-loops over beams in Python.
+The candidates (the prefix id that partial tuple + each code would be, from the tokenizer's ``PrefixIndex``)
+are computed once per step for all beams (``BeamState.candidate_nodes``); nothing loops over beams in Python.
 
-Shape legend: B batch (users), N beams, M session items, L code levels (L' here), K codebook size.
+Shape legend: B batch (users), N beams, M session items, L code levels (L' here), K codebook size, S blocked
+items per beam.
 """
 
 from __future__ import annotations
@@ -58,16 +58,14 @@ class BeamState:
         """Whether this step finishes an item."""
         return self.level == self.codes.shape[2] - 1
 
-    def candidate_items(self) -> torch.Tensor:
-        """[B N, K_last] the item each last-level code would finish (-1: none); last level only, memoised."""
-        if not self.is_last_level:
-            raise ValueError(f"candidate_items is defined at the last level {self.codes.shape[2] - 1}, "
-                             f"this step chooses level {self.level}")
+    def candidate_nodes(self) -> torch.Tensor:
+        """[B N, K_l] the prefix id (length l + 1) each code extends the partial tuple to, -1 where that is no
+        item's prefix; at the last level, the item each code finishes. Memoised."""
         if self._candidates is None:
             rows, K = self.codes.shape[0], self.prefix_index.vocab_sizes[self.level]
             parent = self.prefix_index.prefix_ids(self.prefix).unsqueeze(1).expand(rows, K)  # (BN, K), -1: none
-            last = torch.arange(K, device=parent.device).expand(rows, K)
-            self._candidates = self.prefix_index.child(self.level, parent.reshape(-1), last.reshape(-1)).view(rows, K)
+            code = torch.arange(K, device=parent.device).expand(rows, K)
+            self._candidates = self.prefix_index.child(self.level, parent.reshape(-1), code.reshape(-1)).view(rows, K)
         return self._candidates
 
 
@@ -93,54 +91,57 @@ class ValidCodeProcessor:
 
     def __call__(self, state: BeamState, scores: torch.Tensor) -> torch.Tensor:
         """[B N, K_l] scores -> the same with invalid codes at -inf."""
-        return scores.masked_fill(~self.prefix_index.valid_next(state.prefix), float("-inf"))
+        return scores.masked_fill(state.candidate_nodes() < 0, float("-inf"))
 
 
-class NoRepeatProcessor:
-    """At an item's last level, block codes that would finish an item already in the beam's session.
+class BlockedItemsProcessor:
+    """Keep only codes under which the beam can still finish an item it may write (look-ahead at every level).
 
-    Example:
-        >>> index = PrefixIndex(torch.tensor([[0, 0], [0, 1]]))  # items (0, 0) and (0, 1)
-        >>> state = BeamState(torch.tensor([[[0, 1], [0, -1]]]), torch.tensor([[1, -1]]), item=1, level=1,
-        ...                   num_beams=1, prefix_index=index)  # the session holds item 1; writing its 2nd item
-        >>> NoRepeatProcessor()(state, torch.zeros(1, 2))
-        tensor([[0., -inf]])
-    """
-
-    def __call__(self, state: BeamState, scores: torch.Tensor) -> torch.Tensor:
-        """[B N, K_last] scores -> the same with repeats at -inf (other levels unchanged)."""
-        if not state.is_last_level or state.item == 0:
-            return scores
-        candidates = state.candidate_items()  # (BN, K)
-        chosen = state.items[:, :state.item]  # (BN, j), all real items
-        repeat = (candidates.unsqueeze(2) == chosen.unsqueeze(1)).any(dim=2) & (candidates >= 0)
-        return scores.masked_fill(repeat, float("-inf"))
-
-
-class ExcludeItemsProcessor:
-    """At an item's last level, block codes that would finish one of the user's excluded items.
+    A beam's blocked items are those its session already holds (``no_repeat``) and its user's ``excluded``
+    items, each counted once. Code k at level l is kept when the items under prefix + k outnumber the blocked
+    ones there (``PrefixIndex.subtree_sizes`` minus the blocked items whose ``ancestor_ids`` at depth l + 1 is
+    prefix + k, counted with a sorted search per beam); a code that leads to no item is blocked too. At the last
+    level this blocks exactly the blocked items. So a live beam always has a code left to write while its user
+    has at least M items outside ``excluded``.
 
     Args:
-        excluded (torch.Tensor): [B, H] int64 items to exclude per user, -1 padded (e.g. the history).
+        excluded (torch.Tensor | None): [B, H] int64 items to exclude per user, -1 padded (e.g. the history;
+            duplicates allowed). None: none.
+        no_repeat (bool): block the items of the beam's own session.
 
     Example:
-        >>> index = PrefixIndex(torch.tensor([[0, 0], [0, 1]]))
-        >>> state = BeamState(torch.tensor([[[0, -1]]]), torch.tensor([[-1]]), item=0, level=1, num_beams=1,
-        ...                   prefix_index=index)
-        >>> ExcludeItemsProcessor(torch.tensor([[0, -1]]))(state, torch.zeros(1, 2))  # the user saw item 0
+        >>> index = PrefixIndex(torch.tensor([[0, 0], [0, 1], [1, 0]]))  # items 0, 1 under (0,); item 2 under (1,)
+        >>> state = BeamState(torch.tensor([[[0, 1], [-1, -1]]]), torch.tensor([[1, -1]]), item=1, level=0,
+        ...                   num_beams=1, prefix_index=index)  # the session holds item 1; its 2nd item starts
+        >>> BlockedItemsProcessor(torch.tensor([[0, -1]]))(state, torch.zeros(1, 2))  # the user saw item 0
         tensor([[-inf, 0.]])
     """
 
-    def __init__(self, excluded: torch.Tensor) -> None:
-        self.excluded = excluded.sort(dim=1).values  # sorted rows for searchsorted
+    def __init__(self, excluded: Optional[torch.Tensor] = None, *, no_repeat: bool = True) -> None:
+        if excluded is not None and excluded.dim() != 2:
+            raise ValueError(f"excluded must be [B, H] item ids (-1 padded), got shape {tuple(excluded.shape)}")
+        self.excluded = excluded
+        self.no_repeat = no_repeat
+
+    def blocked_items(self, state: BeamState) -> torch.Tensor:
+        """[B N, S] each beam's blocked items, sorted, each once (-1: padding or a duplicate)."""
+        parts = [state.items[:, :state.item]] if self.no_repeat else []  # (BN, j)
+        if self.excluded is not None:
+            parts.append(self.excluded.repeat_interleave(state.num_beams, dim=0))  # (BN, H): a user's beams adjoin
+        if not parts:
+            return state.items.new_empty(state.items.shape[0], 0)
+        blocked = torch.cat(parts, dim=1).sort(dim=1).values  # (BN, S)
+        repeat = torch.zeros_like(blocked, dtype=torch.bool)
+        repeat[:, 1:] = blocked[:, 1:] == blocked[:, :-1]
+        return blocked.masked_fill(repeat, -1)
 
     def __call__(self, state: BeamState, scores: torch.Tensor) -> torch.Tensor:
-        """[B N, K_last] scores -> the same with excluded items at -inf (other levels unchanged)."""
-        if not state.is_last_level or self.excluded.shape[1] == 0:
-            return scores
-        candidates = state.candidate_items()  # (BN, K)
-        B, H = self.excluded.shape
-        per_user = candidates.reshape(B, -1)  # (B, N K): a user's beams are adjacent rows
-        position = torch.searchsorted(self.excluded, per_user).clamp(max=H - 1)
-        hit = (self.excluded.gather(1, position) == per_user) & (per_user >= 0)
-        return scores.masked_fill(hit.view_as(scores), float("-inf"))
+        """[B N, K_l] scores -> the same at -inf where every item below the extended prefix is blocked."""
+        index, depth = state.prefix_index, state.level + 1
+        nodes = state.candidate_nodes()  # (BN, K) prefix ids at depth l + 1, -1: none
+        free = index.subtree_sizes(depth, nodes)  # (BN, K) items under each candidate
+        blocked = self.blocked_items(state)  # (BN, S)
+        if blocked.shape[1] > 0:
+            under = index.ancestor_ids(depth, blocked).sort(dim=1).values  # (BN, S) their prefixes at depth l + 1
+            free = free - (torch.searchsorted(under, nodes, right=True) - torch.searchsorted(under, nodes))
+        return scores.masked_fill(free <= 0, float("-inf"))

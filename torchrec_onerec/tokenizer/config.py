@@ -8,6 +8,8 @@ from typing import List, Optional
 EMBEDDING_SOURCES = ("content", "file", "features", "collaborative", "text")
 QUANTIZERS = ("balanced_kmeans", "residual_kmeans")
 NORMALIZATIONS = ("l2", "standardize", "none")
+BALANCED_ALGORITHMS = ("fast", "reference")
+DISAMBIGUATIONS = ("auto", "always")
 
 
 @dataclass
@@ -25,7 +27,19 @@ class TokenizerConfig:
         quantizer: ``balanced_kmeans`` (the paper's) or ``residual_kmeans`` (plain, the technical report's).
         codebook_sizes: K per level; the number of entries is L.
         max_iter: K-means iterations per level at most (stops earlier when no assignment changes).
-        chunk_size: rows per block of the distance computation (bounds memory at large N and K).
+        chunk_size: rows per block of the distance computation (bounds memory at large N and K): plain
+            K-means holds [chunk_size, K] distances, balanced K-means at most chunk_size * max(K, 1024).
+        balanced_algorithm: ``fast`` (exact, blocked) or ``reference`` (the paper's loop as written, slow).
+        disambiguation: ``auto`` appends an extra code level only when two items share all L codes;
+            ``always`` appends it even when every L-tuple is unique (then it is all zeros).
+        feature_columns: item-table columns used by ``features`` (empty: every column but ``item_id``;
+            free-text string columns, whose token vocabulary exceeds max_feature_categories, are then skipped).
+        max_feature_categories: most one-hot/multi-hot categories kept per column (the most frequent).
+        categorical_max_values: integer columns with at most this many distinct values are one-hot
+            categories; other numeric columns are standardised.
+        text_column: item-table column embedded by ``text``.
+        collaborative_window: ``collaborative`` counts two items as co-occurring when they are at most this
+            many positions apart in a user's time-ordered training interactions.
     """
 
     embedding_source: str = "content"
@@ -36,6 +50,13 @@ class TokenizerConfig:
     codebook_sizes: List[int] = field(default_factory=lambda: [32, 32, 32])
     max_iter: int = 30
     chunk_size: int = 8192
+    balanced_algorithm: str = "fast"
+    disambiguation: str = "auto"
+    feature_columns: List[str] = field(default_factory=list)
+    max_feature_categories: int = 1000
+    categorical_max_values: int = 32
+    text_column: str = "title"
+    collaborative_window: int = 20
 
     def __post_init__(self) -> None:
         if self.embedding_source not in EMBEDDING_SOURCES:
@@ -47,4 +68,19 @@ class TokenizerConfig:
         if not self.codebook_sizes or any(k < 2 for k in self.codebook_sizes):
             raise ValueError(f"tokenizer.codebook_sizes={list(self.codebook_sizes)} needs at least one level, each K >= 2")
         if self.max_iter < 1 or self.chunk_size < 1:
-            raise ValueError("tokenizer.max_iter and tokenizer.chunk_size must be >= 1")
+            raise ValueError(
+                f"tokenizer.max_iter={self.max_iter} and tokenizer.chunk_size={self.chunk_size} must be >= 1"
+            )
+        if self.balanced_algorithm not in BALANCED_ALGORITHMS:
+            raise ValueError(
+                f"tokenizer.balanced_algorithm={self.balanced_algorithm!r} is not one of {BALANCED_ALGORITHMS}"
+            )
+        if self.disambiguation not in DISAMBIGUATIONS:
+            raise ValueError(f"tokenizer.disambiguation={self.disambiguation!r} is not one of {DISAMBIGUATIONS}")
+        if self.embedding_dim < 1 or self.max_feature_categories < 1 or self.categorical_max_values < 1:
+            raise ValueError(
+                f"tokenizer.embedding_dim={self.embedding_dim}, max_feature_categories={self.max_feature_categories} "
+                f"and categorical_max_values={self.categorical_max_values} must be >= 1"
+            )
+        if self.collaborative_window < 1:
+            raise ValueError(f"tokenizer.collaborative_window={self.collaborative_window} must be >= 1")

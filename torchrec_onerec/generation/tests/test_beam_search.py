@@ -1,16 +1,19 @@
-"""Tests of constrained beam search: valid items only, no repeats, history exclusion, exact on a tiny
-vocabulary, KV cache equal to full decoding, scores equal to ``log_prob``."""
+"""Tests of constrained beam search: valid items only, no repeats, history exclusion without filler, exact on a
+tiny vocabulary (with and without exclusion), KV cache equal to full decoding, scores equal to ``log_prob``."""
 
 from __future__ import annotations
 
 import itertools
+from typing import List
 
+import numpy as np
 import pytest
 import torch
 
+from torchrec_onerec.data.batch import collate_samples
+from torchrec_onerec.data.samples import Sample
+from torchrec_onerec.data.semantic_batch import SemanticIdBatch, to_semantic_batch
 from torchrec_onerec.generation.beam_search import constrained_beam_search, history_items
-from torchrec_onerec.generation.processors import (BeamState, ExcludeItemsProcessor, NoRepeatProcessor,
-                                                   ValidCodeProcessor)
 from torchrec_onerec.models.config import model_size
 from torchrec_onerec.models.onerec import OneRecModel
 from torchrec_onerec.models.testing import random_batch, random_codes
@@ -23,6 +26,24 @@ def _setup(num_items: int, codebook: list[int], session_items: int, users: int =
     model = OneRecModel(model_size("tiny", session_items=session_items), sizes).eval()
     batch = random_batch(codes, users, max_history=model.config.max_history, session_items=session_items, seed=seed)
     return codes, PrefixIndex(codes, vocab_sizes=sizes), model, batch
+
+
+def _batch_with_histories(codes: torch.Tensor, histories: List[List[int]], session_items: int) -> SemanticIdBatch:
+    """One user per history (the target session, unused by the search, is item 0)."""
+    target = np.full(session_items, -1, dtype=np.int64)
+    target[0] = 0
+    samples = [Sample(user, np.array(history, dtype=np.int64), target, np.zeros((session_items, 0), np.float32))
+               for user, history in enumerate(histories)]
+    return to_semantic_batch(collate_samples(samples), codes)
+
+
+def _assert_real_sessions(out, codes: torch.Tensor, histories: List[List[int]]) -> None:
+    """Every returned session is finite, of real items matching their codes, repeat-free and history-free."""
+    assert torch.isfinite(out.scores).all(), out.scores
+    assert (out.items >= 0).all() and torch.equal(codes[out.items], out.codes)
+    for user, history in enumerate(histories):
+        for session in out.items[user].tolist():
+            assert len(set(session)) == len(session) and set(session).isdisjoint(history), (user, session)
 
 
 def test_only_valid_items_and_no_repeats() -> None:
@@ -45,6 +66,30 @@ def test_history_items_are_excluded_when_asked() -> None:
         assert seen.isdisjoint(out.items[user].flatten().tolist())
 
 
+def test_history_covering_most_of_a_subtree_gives_no_filler() -> None:
+    codes, sizes = random_codes(12, [3, 3], seed=0)  # 3 levels, 4 items under each first code
+    index = PrefixIndex(codes, vocab_sizes=sizes)
+    torch.manual_seed(0)
+    model = OneRecModel(model_size("tiny", session_items=2), sizes).eval()
+    with torch.no_grad():  # the model wants code 0 at every level: item (0, 0, 0), under (0,) and (0, 0)
+        for head in model.heads:
+            head.weight.mul_(0.1)
+            head.bias.zero_()
+            head.bias[0] = 4.0
+    under = torch.nonzero(codes[:, 0] == 0).squeeze(1).tolist()  # the 4 items under (0,)
+    dead = torch.nonzero((codes[:, 0] == 0) & (codes[:, 1] == 0)).squeeze(1).tolist()  # the 2 under (0, 0)
+    assert len(under) == 4 and len(dead) == 2
+    # histories exhausting (0, 0), most or all of (0,) (user 3 also (1, 0)), one with a duplicate, and none
+    histories = [under[:3], dead, under, under + [4, 7], [dead[0], dead[0], dead[1]], []]
+    batch = _batch_with_histories(codes, histories, session_items=2)
+    for use_cache in (True, False):
+        out = constrained_beam_search(model, batch, prefix_index=index, beam_size=6, num_return=6,
+                                      exclude_history=True, use_cache=use_cache)
+        _assert_real_sessions(out, codes, histories)
+        torch.testing.assert_close(model.log_prob(batch, out.codes), out.scores)
+    assert (out.items[-1, 0] == torch.tensor(dead)).any()  # unexcluded, the user gets the model's favourite
+
+
 def test_matches_exhaustive_search_on_a_tiny_vocabulary() -> None:
     codes, index, model, batch = _setup(6, [2, 2], session_items=2, users=2, seed=3)
     sessions = torch.tensor([pair for pair in itertools.permutations(range(6), 2)])  # all 30 sessions
@@ -56,10 +101,31 @@ def test_matches_exhaustive_search_on_a_tiny_vocabulary() -> None:
     assert torch.equal(out.items, sessions[best.indices])
 
 
-def test_kv_cache_equals_no_cache_and_scores_equal_log_prob() -> None:
+def test_matches_exhaustive_search_with_excluded_history() -> None:
+    codes, index, model, _ = _setup(6, [2, 2], session_items=2, seed=3)
+    sessions = torch.tensor([pair for pair in itertools.permutations(range(6), 2)])  # all 30 sessions
+    # 4, 5, 3 and 1 allowed items (duplicates in a history count once): 12, 20, 6 and 0 valid sessions
+    for history, count in (([0, 3], 12), ([5], 20), ([1, 4, 4, 2], 6), ([0, 1, 2, 3, 4], 0)):
+        batch = _batch_with_histories(codes, [history], session_items=2)
+        valid = torch.tensor([not set(pair).intersection(history) for pair in sessions.tolist()])
+        assert int(valid.sum()) == count
+        expected = model.log_prob(batch, codes[sessions].unsqueeze(0))[0][valid].sort(descending=True)
+        # a beam as wide as the valid sessions holds every valid partial session: the search is exact
+        beam = max(count, 1)
+        out = constrained_beam_search(model, batch, prefix_index=index, beam_size=beam, num_return=beam,
+                                      exclude_history=True)
+        torch.testing.assert_close(out.scores[0, :count], expected.values)
+        assert torch.equal(out.items[0, :count], sessions[valid][expected.indices])
+        assert torch.isneginf(out.scores[0, count:]).all()  # filler only when no valid session is left
+
+
+@pytest.mark.parametrize("exclude_history", [False, True])
+def test_kv_cache_equals_no_cache_and_scores_equal_log_prob(exclude_history: bool) -> None:
     _, index, model, batch = _setup(40, [4, 4], session_items=2)
-    cached = constrained_beam_search(model, batch, prefix_index=index, beam_size=6, num_return=6)
-    full = constrained_beam_search(model, batch, prefix_index=index, beam_size=6, num_return=6, use_cache=False)
+    cached = constrained_beam_search(model, batch, prefix_index=index, beam_size=6, num_return=6,
+                                     exclude_history=exclude_history)
+    full = constrained_beam_search(model, batch, prefix_index=index, beam_size=6, num_return=6, use_cache=False,
+                                   exclude_history=exclude_history)
     assert torch.equal(cached.items, full.items)
     torch.testing.assert_close(cached.scores, full.scores)
     torch.testing.assert_close(model.log_prob(batch, cached.codes), cached.scores)
@@ -76,21 +142,6 @@ def test_unconstrained_search_and_shorter_sessions() -> None:
     model.train()
     constrained_beam_search(model, batch, prefix_index=index, beam_size=2, num_return=1)
     assert model.training  # the caller's mode is restored
-
-
-def test_processors_mask_repeats_and_excluded_items() -> None:
-    codes = torch.tensor([[0, 0], [0, 1], [1, 0]])  # items 0, 1, 2
-    index = PrefixIndex(codes)
-    # 1 user, 2 beams, writing item 1 of the session at its last level, both beams under prefix (0,)
-    state = BeamState(codes=torch.tensor([[[0, 1], [0, -1]], [[1, 0], [0, -1]]]),
-                      items=torch.tensor([[1, -1], [2, -1]]), item=1, level=1, num_beams=2, prefix_index=index)
-    scores = torch.zeros(2, 2)
-    valid = ValidCodeProcessor(index)(state, scores)
-    assert torch.isfinite(valid).all()  # (0, 0) and (0, 1) both exist
-    no_repeat = NoRepeatProcessor()(state, scores)
-    assert torch.isinf(no_repeat[0, 1]) and torch.isfinite(no_repeat[1]).all()  # beam 0 already holds item 1
-    excluded = ExcludeItemsProcessor(torch.tensor([[0, -1]]))(state, scores)
-    assert torch.isinf(excluded[:, 0]).all() and torch.isfinite(excluded[:, 1]).all()
 
 
 def test_argument_errors_name_the_fix() -> None:
