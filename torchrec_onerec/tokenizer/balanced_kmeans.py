@@ -166,7 +166,7 @@ def assign_fast(
         x_sq (torch.Tensor): [N] squared norms of x.
         centroids (torch.Tensor): [K, d] centroids of the previous round (not modified).
         sizes (Sequence[int]): K cluster sizes summing to N.
-        budget (int): most elements of one [b, |U|] distance block.
+        budget (int): most elements of one [|U|, b] distance block.
 
     Returns:
         ([N] int64 labels on x's device, number of candidate rescans).

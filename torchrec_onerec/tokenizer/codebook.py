@@ -54,7 +54,9 @@ def catalogue_fingerprint(item_ids: Union[np.ndarray, Sequence[Any]], config: An
     elif isinstance(config, Mapping):
         settings = dict(config)
     else:
-        raise TypeError(f"config must be a TokenizerConfig, an OmegaConf node or a mapping, got {type(config).__name__}")
+        raise TypeError(
+            f"config must be a TokenizerConfig, an OmegaConf node or a mapping, got {type(config).__name__}"
+        )
     ids = np.asarray(item_ids)
     digest = hashlib.sha256()
     digest.update(f"{len(ids)}|{ids.dtype.kind}|".encode())

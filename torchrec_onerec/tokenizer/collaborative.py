@@ -51,7 +51,9 @@ def cooccurrence(
     items = ordered["item_id"].to_numpy(np.int64)
     if items.size and (items.min() < 0 or items.max() >= num_items):
         bad = np.unique(items[(items < 0) | (items >= num_items)])
-        raise DataError(f"training interactions name item ids {bad[:10].tolist()} outside the catalogue [0, {num_items})")
+        raise DataError(
+            f"training interactions name item ids {bad[:10].tolist()} outside the catalogue [0, {num_items})"
+        )
     pair_keys, pair_counts = [], []
     for offset in range(1, window + 1):
         a, b = items[:-offset], items[offset:]

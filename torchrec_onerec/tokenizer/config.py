@@ -66,7 +66,9 @@ class TokenizerConfig:
         if self.normalize not in NORMALIZATIONS:
             raise ValueError(f"tokenizer.normalize={self.normalize!r} is not one of {NORMALIZATIONS}")
         if not self.codebook_sizes or any(k < 2 for k in self.codebook_sizes):
-            raise ValueError(f"tokenizer.codebook_sizes={list(self.codebook_sizes)} needs at least one level, each K >= 2")
+            raise ValueError(
+                f"tokenizer.codebook_sizes={list(self.codebook_sizes)} needs at least one level, each K >= 2"
+            )
         if self.max_iter < 1 or self.chunk_size < 1:
             raise ValueError(
                 f"tokenizer.max_iter={self.max_iter} and tokenizer.chunk_size={self.chunk_size} must be >= 1"

@@ -99,7 +99,9 @@ def _numeric(series: pd.Series, name: str, config: TokenizerConfig) -> Tuple[Any
     return np.nan_to_num((values - known.mean()) / known.std(), nan=0.0)[:, None], "numeric"
 
 
-def _tokens(series: pd.Series, name: str, explicit: bool, config: TokenizerConfig, notes: Dict[str, Any]) -> Tuple[Any, str]:
+def _tokens(
+    series: pd.Series, name: str, explicit: bool, config: TokenizerConfig, notes: Dict[str, Any]
+) -> Tuple[Any, str]:
     cells = series.tolist()
     listed = any(isinstance(c, (list, tuple, np.ndarray)) for c in cells)
     split = listed or any(isinstance(c, str) and SEPARATORS.search(c.strip()) for c in cells)

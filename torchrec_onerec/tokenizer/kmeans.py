@@ -74,7 +74,8 @@ def check_points(x: torch.Tensor, num_clusters: int, name: str = "x") -> torch.T
         )
     if not x.dtype.is_floating_point:
         raise ValueError(f"{name} must be a floating-point tensor, got {x.dtype}")
-    suspect = (~torch.isfinite(x.sum(1))).nonzero().squeeze(1)  # a row sum is finite unless a value is not (or overflow)
+    # a row sum is finite unless a value is not (or the sum overflows): check only the suspect rows in full
+    suspect = (~torch.isfinite(x.sum(1))).nonzero().squeeze(1)
     rows = suspect[~torch.isfinite(x[suspect]).all(dim=1)]
     if rows.numel() > 0:
         raise ValueError(

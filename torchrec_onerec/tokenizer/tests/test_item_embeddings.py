@@ -23,7 +23,8 @@ def test_content_normalised_and_missing_content_is_an_error() -> None:
     x = item_embeddings(data, TokenizerConfig())
     assert torch.allclose(x.norm(dim=1), torch.tensor([1.0, 1.0, 0.0]))
     z = item_embeddings(data, TokenizerConfig(normalize="standardize"))
-    assert torch.allclose(z.mean(0), torch.zeros(2), atol=1e-6) and torch.allclose(z.std(0, unbiased=False), torch.ones(2))
+    assert torch.allclose(z.mean(0), torch.zeros(2), atol=1e-6)
+    assert torch.allclose(z.std(0, unbiased=False), torch.ones(2))
     assert torch.equal(item_embeddings(data, TokenizerConfig(normalize="none")), torch.from_numpy(content))
     with pytest.raises(DataError, match="no content embedding"):
         item_embeddings(_data(pd.DataFrame({"item_id": [0]})), TokenizerConfig())
@@ -120,7 +121,8 @@ def test_collaborative_reads_only_the_given_interactions() -> None:
     with pytest.raises(ValueError, match="needs train_interactions"):
         item_embeddings(data, cfg)
     with pytest.raises(ValueError, match="embedding_dim=7 exceeds the number of items 6"):
-        item_embeddings(data, TokenizerConfig(embedding_source="collaborative", embedding_dim=7), train_interactions=train)
+        wide = TokenizerConfig(embedding_source="collaborative", embedding_dim=7)
+        item_embeddings(data, wide, train_interactions=train)
     with pytest.raises(DataError, match=r"item ids \[9\] outside the catalogue"):
         item_embeddings(data, cfg, train_interactions=pd.DataFrame({"user_id": [0, 0], "item_id": [1, 9]}))
 
