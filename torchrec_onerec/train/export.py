@@ -1,0 +1,150 @@
+"""The trained model as a plain, unsharded ``OneRecModel``: what generation and evaluation run on.
+
+Generation builds a fresh KeyedJaggedTensor at every decoding step, which a sharded EmbeddingCollection would
+have to redistribute step by step; it runs on an unsharded copy instead. Three ways to get one:
+
+- ``gather_model_state``: during training, every rank sends its table shards to rank 0 (a collective), which
+  gets the whole ``OneRecModel`` state dict; ``plain_model`` turns it into a model without touching the
+  random streams (built on the meta device, weights assigned), so validating does not perturb training;
+- ``save_exported`` / ``load_exported``: that state dict in one file with the model config, code-level sizes
+  and training fingerprint (the best model of a run, ``train/best_model.pt``);
+- ``load_checkpoint_model``: a training checkpoint read by DCP into an unsharded model, in one process, with
+  or without a process group (DCP maps the shards back to the original parameter names).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+from typing import Dict, Optional, Sequence
+
+import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed._shard.sharded_tensor import ShardedTensor
+from torchrec.distributed.model_parallel import DistributedModelParallel
+
+from torchrec_onerec.models.config import OneRecModelConfig
+from torchrec_onerec.models.onerec import OneRecModel
+from torchrec_onerec.train.distributed import DistContext
+from torchrec_onerec.train.train_module import OneRecTrainStep
+
+EXPORT_FORMAT = "torchrec_onerec.exported_model/1"
+MODEL_PREFIX = "model."
+
+
+def gather_model_state(dmp: DistributedModelParallel, ctx: DistContext) -> Optional[Dict[str, torch.Tensor]]:
+    """The whole ``OneRecModel`` state dict on rank 0 (CPU tensors); None on the other ranks. A collective.
+
+    Args:
+        dmp (DistributedModelParallel): the sharded ``OneRecTrainStep``.
+        ctx (DistContext): this rank.
+
+    Returns:
+        Dict[str, torch.Tensor] | None: keys as in ``OneRecModel.state_dict()``.
+    """
+    out: Dict[str, torch.Tensor] = {}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*ShardedTensor.*", category=FutureWarning)
+        for key, value in dmp.state_dict().items():
+            if not key.startswith(MODEL_PREFIX):
+                raise KeyError(f"unexpected state-dict key {key!r}: expected an OneRecTrainStep under DMP")
+            if isinstance(value, ShardedTensor):
+                full = torch.empty(value.size(), dtype=value.dtype, device=ctx.device) if ctx.is_rank0 else None
+                value.gather(dst=0, out=full)
+            else:
+                full = value.detach()
+            if ctx.is_rank0 and full is not None:
+                out[key[len(MODEL_PREFIX):]] = full.cpu().clone()
+    return out if ctx.is_rank0 else None
+
+
+def plain_model(state: Dict[str, torch.Tensor], model_config: OneRecModelConfig, vocab_sizes: Sequence[int], *,
+                device: Optional[torch.device] = None) -> OneRecModel:
+    """An unsharded ``OneRecModel`` holding ``state`` (no random initialisation, no RNG consumed).
+
+    Args:
+        state (Dict[str, torch.Tensor]): a full ``OneRecModel`` state dict.
+        model_config (OneRecModelConfig): the config it was trained with.
+        vocab_sizes (Sequence[int]): K_l of each code level.
+        device (torch.device | None): where to put it (CPU by default).
+
+    Returns:
+        OneRecModel: in eval mode.
+
+    Example:
+        >>> from torchrec_onerec.models.config import model_size
+        >>> source = OneRecModel(model_size("tiny"), [3, 2])
+        >>> copy = plain_model(source.state_dict(), model_config=model_size("tiny"), vocab_sizes=[3, 2])
+        >>> torch.equal(copy.heads[0].weight, source.heads[0].weight), copy.training
+        (True, False)
+    """
+    model = OneRecModel(model_config, vocab_sizes, device=torch.device("meta"))
+    model.load_state_dict(state, assign=True)
+    return model.to(device or torch.device("cpu")).eval()
+
+
+def save_exported(path: Path, state: Dict[str, torch.Tensor], model_config: OneRecModelConfig,
+                  vocab_sizes: Sequence[int], fingerprint: str) -> None:
+    """Write a plain state dict with what is needed to rebuild and check the model (atomically).
+
+    Args:
+        path (Path): the file (``torch.save`` format).
+        state (Dict[str, torch.Tensor]): a full ``OneRecModel`` state dict.
+        model_config (OneRecModelConfig): its config.
+        vocab_sizes (Sequence[int]): K_l of each code level.
+        fingerprint (str): the training fingerprint (model config, codebook, optimiser).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"format": EXPORT_FORMAT, "model_config": asdict(model_config),
+                "vocab_sizes": [int(v) for v in vocab_sizes], "fingerprint": fingerprint, "state_dict": state}, tmp)
+    tmp.replace(path)
+
+
+def load_exported(path: Path, model_config: OneRecModelConfig, vocab_sizes: Sequence[int], *,
+                  device: Optional[torch.device] = None) -> OneRecModel:
+    """Read a model written by ``save_exported``, refusing one built for another config or codebook.
+
+    Args:
+        path (Path): the file.
+        model_config (OneRecModelConfig): the config in use.
+        vocab_sizes (Sequence[int]): the codebook's K_l in use.
+        device (torch.device | None): where to put the model.
+
+    Returns:
+        OneRecModel: in eval mode.
+    """
+    data = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(data, dict) or data.get("format") != EXPORT_FORMAT:
+        raise ValueError(f"{path} is not a model exported by torchrec_onerec.train ({EXPORT_FORMAT})")
+    if data["model_config"] != asdict(model_config) or data["vocab_sizes"] != [int(v) for v in vocab_sizes]:
+        raise ValueError(f"{path} holds a model with config {data['model_config']} and vocab_sizes "
+                         f"{data['vocab_sizes']}, not the {asdict(model_config)} / {list(vocab_sizes)} in use; "
+                         "load it with the config and codebook it was trained with")
+    return plain_model(data["state_dict"], model_config, vocab_sizes, device=device)
+
+
+def load_checkpoint_model(path: Path, model_config: OneRecModelConfig, vocab_sizes: Sequence[int], *,
+                          device: Optional[torch.device] = None) -> OneRecModel:
+    """An unsharded model from a training checkpoint folder (DCP, read by this process alone).
+
+    Args:
+        path (Path): a checkpoint folder (``CheckpointStore``); any world size wrote it.
+        model_config (OneRecModelConfig): the config it was trained with.
+        vocab_sizes (Sequence[int]): K_l of each code level.
+        device (torch.device | None): where to put the model.
+
+    Returns:
+        OneRecModel: in eval mode.
+    """
+    module = OneRecTrainStep(OneRecModel(model_config, vocab_sizes, device=torch.device("meta")))
+    module.to_empty(device=torch.device("cpu"))
+    state = {"model": module.state_dict()}
+    with warnings.catch_warnings():  # DCP notes that it reads in one process, which is the point here
+        warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process.*")
+        dcp.load(state, checkpoint_id=str(path), no_dist=True)
+    module.load_state_dict(state["model"])
+    return module.model.to(device or torch.device("cpu")).eval()
+

@@ -1,0 +1,109 @@
+"""DCP checkpoints of sharded training: exact round trip (weights, optimiser state, RNG), atomicity, refusal of
+a foreign checkpoint, and the plain-model exports generation runs on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, Iterator
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from torchrec_onerec.models.config import model_size
+from torchrec_onerec.models.testing import random_batch, random_codes
+from torchrec_onerec.train.checkpoint import (CheckpointMeta, CheckpointMismatchError, CheckpointStore,
+                                              training_fingerprint)
+from torchrec_onerec.train.config import TrainConfig
+from torchrec_onerec.train.distributed import DistContext, init_distributed, teardown_distributed
+from torchrec_onerec.train.export import gather_model_state, load_checkpoint_model, load_exported, save_exported
+from torchrec_onerec.train.sharding import ShardedTraining, build_sharded_training
+
+CODES, SIZES = random_codes(40, [4, 4], seed=0)
+CONFIG = model_size("tiny", num_users=50)
+TRAIN = TrainConfig(learning_rate=0.01)
+FINGERPRINT = training_fingerprint(CONFIG, SIZES, CODES, TRAIN.sparse_optimizer)
+BATCHES = [random_batch(CODES, 4, max_history=8, session_items=2, num_users=50, seed=s) for s in range(4)]
+
+
+@pytest.fixture
+def ctx() -> Iterator[DistContext]:
+    if dist.is_initialized():
+        pytest.skip("a default process group already exists in this process")
+    context = init_distributed(torch.device("cpu"), timeout_s=60)
+    yield context
+    teardown_distributed(context)
+
+
+def _step(training: ShardedTraining, index: int) -> float:
+    training.optimizer.zero_grad()
+    loss, _ = training.dmp(BATCHES[index])
+    loss.backward()
+    training.optimizer.step()
+    return float(loss.detach())
+
+
+def _state(training: ShardedTraining, ctx: DistContext) -> Dict[str, torch.Tensor]:
+    state = gather_model_state(training.dmp, ctx)
+    assert state is not None
+    return state
+
+
+def _assert_equal(a: Dict[str, torch.Tensor], b: Dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    different = [key for key in a if not torch.equal(a[key], b[key])]
+    assert not different, different
+
+
+def test_round_trip_restores_weights_optimiser_state_and_rng(ctx: DistContext, tmp_path: Path) -> None:
+    training = build_sharded_training(CONFIG, SIZES, TRAIN, ctx, seed=0)
+    for index in range(2):
+        _step(training, index)
+    store = CheckpointStore(tmp_path, ctx, FINGERPRINT)
+    path = store.save(training, CheckpointMeta(FINGERPRINT, step=2, epoch=0, batch_in_epoch=2))
+    after_save = torch.rand(3)
+    restored = build_sharded_training(CONFIG, SIZES, TRAIN, ctx, seed=1)  # other initial weights
+    meta = store.load(path, restored, seed=0)
+    assert (meta.step, meta.batch_in_epoch, meta.world_size) == (2, 2, 1)
+    assert torch.equal(torch.rand(3), after_save)
+    _assert_equal(_state(restored, ctx), _state(training, ctx))
+    # identical AdamW moments and RowWiseAdagrad accumulators: the next steps match exactly
+    assert [_step(restored, i) for i in (2, 3)] == [_step(training, i) for i in (2, 3)]
+    _assert_equal(_state(restored, ctx), _state(training, ctx))
+
+
+def test_partial_saves_are_ignored_and_old_checkpoints_pruned(ctx: DistContext, tmp_path: Path) -> None:
+    training = build_sharded_training(CONFIG, SIZES, TRAIN, ctx, seed=0)
+    store = CheckpointStore(tmp_path, ctx, FINGERPRINT)
+    first = store.save(training, CheckpointMeta(FINGERPRINT, step=1, batch_in_epoch=1))
+    second = store.save(training, CheckpointMeta(FINGERPRINT, step=2, batch_in_epoch=2), keep=[first.name])
+    (tmp_path / ".tmp-step-000000009-epoch-00000-batch-0000009").mkdir()  # a save interrupted before its rename
+    (tmp_path / "step-000000008-epoch-00000-batch-0000008").mkdir()  # no meta.json: not complete
+    assert store.latest() == second and store.complete() == [first, second]
+    third = store.save(training, CheckpointMeta(FINGERPRINT, step=3, batch_in_epoch=3), keep=[first.name])
+    assert store.complete() == [first, third]
+
+
+def test_a_checkpoint_of_another_codebook_or_config_is_refused(ctx: DistContext, tmp_path: Path) -> None:
+    training = build_sharded_training(CONFIG, SIZES, TRAIN, ctx, seed=0)
+    path = CheckpointStore(tmp_path, ctx, FINGERPRINT).save(training, CheckpointMeta(FINGERPRINT, step=1))
+    other_codes = training_fingerprint(CONFIG, SIZES, CODES.flip(0), TRAIN.sparse_optimizer)
+    other_model = training_fingerprint(model_size("tiny", num_users=50, d_model=32), SIZES, CODES, "rowwise_adagrad")
+    for fingerprint in (other_codes, other_model):
+        with pytest.raises(CheckpointMismatchError, match="another model config, codebook"):
+            CheckpointStore(tmp_path, ctx, fingerprint).load(path, training, seed=0)
+
+
+def test_plain_models_from_a_checkpoint_and_from_an_export(ctx: DistContext, tmp_path: Path) -> None:
+    training = build_sharded_training(CONFIG, SIZES, TRAIN, ctx, seed=0)
+    _step(training, 0)
+    path = CheckpointStore(tmp_path / "ckpt", ctx, FINGERPRINT).save(training, CheckpointMeta(FINGERPRINT, step=1))
+    state = _state(training, ctx)
+    _assert_equal(load_checkpoint_model(path, CONFIG, SIZES).state_dict(), state)
+    save_exported(tmp_path / "best.pt", state, CONFIG, SIZES, FINGERPRINT)
+    model = load_exported(tmp_path / "best.pt", CONFIG, SIZES)
+    _assert_equal(model.state_dict(), state)
+    loss, _ = training.dmp(BATCHES[1])
+    assert float(model(BATCHES[1]).loss.detach()) == pytest.approx(float(loss.detach()), rel=1e-6)
+    with pytest.raises(ValueError, match="load it with the config and codebook it was trained with"):
+        load_exported(tmp_path / "best.pt", CONFIG, [4, 4, 7])

@@ -1,0 +1,56 @@
+"""The module the training loop shards and pipelines: OneRec's session NTP loss (ONEREC.md section 2) plus the
+detached numbers the loop logs (NTP and MoE balance losses, expert load).
+
+It is ``OneRecTrainModule`` (same parameter names, so checkpoints and sharding plans are interchangeable) with
+a second output made for logging instead of ``(loss, logits, labels)``: logits are not kept alive between
+steps, and the MoE expert load, which ``OneRecTrainModule`` drops, reaches the metrics.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Tuple
+
+import torch
+
+from torchrec_onerec.data.semantic_batch import SemanticIdBatch
+from torchrec_onerec.models.onerec import OneRecTrainModule
+
+
+class StepMetrics(NamedTuple):
+    """Detached per-step numbers of one rank.
+
+    Args:
+        loss (torch.Tensor): [] the training loss.
+        ntp_loss (torch.Tensor): [] mean cross-entropy over the rank's real target codes.
+        aux_loss (torch.Tensor): [] MoE balance loss (mean over decoder layers).
+        expert_load (torch.Tensor): [decoder layers, E] share of token assignments per expert.
+    """
+
+    loss: torch.Tensor
+    ntp_loss: torch.Tensor
+    aux_loss: torch.Tensor
+    expert_load: torch.Tensor
+
+
+class OneRecTrainStep(OneRecTrainModule):
+    """``forward(batch) -> (loss, StepMetrics)``, the contract of TorchRec's train pipelines.
+
+    Args:
+        model (OneRecModel): the model to train (kept as ``self.model``, as in ``OneRecTrainModule``).
+
+    Example:
+        >>> from torchrec_onerec.models.config import model_size
+        >>> from torchrec_onerec.models.onerec import OneRecModel
+        >>> from torchrec_onerec.models.testing import random_batch, random_codes
+        >>> codes, sizes = random_codes(20, [3, 3])
+        >>> step = OneRecTrainStep(OneRecModel(model_size("tiny"), sizes))
+        >>> loss, metrics = step(random_batch(codes, 2, max_history=8, session_items=2))
+        >>> loss.requires_grad, tuple(metrics.expert_load.shape)
+        (True, (1, 4))
+    """
+
+    def forward(self, batch: SemanticIdBatch) -> Tuple[torch.Tensor, StepMetrics]:  # type: ignore[override]
+        """Loss and its detached parts."""
+        out = self.model(batch)
+        return out.loss, StepMetrics(out.loss.detach(), out.ntp_loss.detach(), out.aux_loss.detach(),
+                                     out.expert_load.detach())
