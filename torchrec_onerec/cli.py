@@ -5,6 +5,8 @@ Usage::
     onerec run CONFIG [key=value ...] [--force STAGE]   every stage that exists, resumable
     onerec data CONFIG [key=value ...]                 load, validate, split; print and write statistics
     onerec tokenize CONFIG [key=value ...]             item embeddings -> semantic IDs, with a report
+    onerec train CONFIG [key=value ...]                train the generative model (torchrun: -m torchrec_onerec)
+    onerec evaluate CONFIG [key=value ...]             test metrics of the trained model and a popularity floor
     onerec config CONFIG [key=value ...]               print the resolved config
 
 Errors in the input (config keys, data files, ids) end the command with exit code 2 and one message that
@@ -40,7 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(run)
     run.add_argument("--force", action="append", default=[], choices=list(STAGES), help="redo this stage")
     for stage, text in (("data", "load, validate and split the data; write statistics"),
-                        ("tokenize", "item embeddings -> semantic IDs, with a quality report")):
+                        ("tokenize", "item embeddings -> semantic IDs, with a quality report"),
+                        ("train", "train the generative model (also under torchrun)"),
+                        ("evaluate", "score the trained model on the test split")):
         p = sub.add_parser(stage, help=text)
         _add_config_args(p)
     show = sub.add_parser("config", help="print the resolved config")
@@ -88,6 +92,8 @@ def _render(command: str, result: Dict[str, object]) -> str:
         return json.dumps(result["stages"]["data"], indent=2, sort_keys=True)  # type: ignore[index]
     if command == "tokenize":
         return (run_dir / "tokenize" / "report.md").read_text()
+    if command == "evaluate":
+        return (run_dir / "evaluate" / "report.md").read_text()
     seconds: Dict[str, float] = result["seconds"]  # type: ignore[assignment]
     lines = [f"stage {stage}: " + (f"done in {seconds[stage]:.1f} s" if stage in seconds else "complete, skipped")
              for stage in result["stages"]]  # type: ignore[union-attr]

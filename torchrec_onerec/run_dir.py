@@ -5,10 +5,12 @@ Layout::
     <run_dir>/config.yaml          the resolved config of the last invocation
     <run_dir>/run.log              the log of every invocation (appended)
     <run_dir>/metrics.jsonl        one JSON object per logged metric record (appended)
-    <run_dir>/<stage>/...          each stage's artefacts, and ``<stage>/done.json`` once it completed
+    <run_dir>/<stage>/...          each stage's artefacts, ``<stage>/started.json`` when it began and
+                                   ``<stage>/done.json`` once it completed
 
-A stage's ``done.json`` records the fingerprint of the config sections it depends on; a later run skips the
-stage only when the fingerprint matches, so a changed config never reuses stale artefacts. Files are written
+Both markers record the fingerprint of the config sections the stage depends on; a later run skips the stage
+only when ``done.json`` matches, and lets an interrupted stage resume its partial work (training checkpoints)
+only when ``started.json`` matches, so a changed config never reuses stale artefacts. Files are written
 to a temporary name and renamed, so an interrupted run never leaves a half-written file that looks complete.
 """
 
@@ -82,16 +84,26 @@ class RunDir:
 
     def is_done(self, stage: str, stage_fingerprint: str) -> bool:
         """True when ``stage`` completed with the same input fingerprint."""
-        done = self.path / stage / "done.json"
-        if not done.is_file():
-            return False
-        try:
-            return json.loads(done.read_text()).get("fingerprint") == stage_fingerprint
-        except json.JSONDecodeError:
-            return False
+        return self._marker_matches(f"{stage}/done.json", stage_fingerprint)
+
+    def was_started(self, stage: str, stage_fingerprint: str) -> bool:
+        """True when ``stage`` was last started with the same input fingerprint (its partial work may resume)."""
+        return self._marker_matches(f"{stage}/started.json", stage_fingerprint)
 
     def mark_done(self, stage: str, stage_fingerprint: str) -> None:
         self.write_json(f"{stage}/done.json", {"fingerprint": stage_fingerprint, "finished": time.time()})
+
+    def mark_started(self, stage: str, stage_fingerprint: str) -> None:
+        self.write_json(f"{stage}/started.json", {"fingerprint": stage_fingerprint, "started": time.time()})
+
+    def _marker_matches(self, relpath: str, stage_fingerprint: str) -> bool:
+        marker = self.path / relpath
+        if not marker.is_file():
+            return False
+        try:
+            return json.loads(marker.read_text()).get("fingerprint") == stage_fingerprint
+        except json.JSONDecodeError:
+            return False
 
     def clear_done(self, stage: str) -> None:
         (self.path / stage / "done.json").unlink(missing_ok=True)

@@ -32,7 +32,8 @@ class AttentionConfig:
     Args:
         d_model: D, the model width.
         num_heads: H; must divide D.
-        dropout: dropout on attention weights and on the output projection (training only).
+        dropout: dropout on the output projection (training only). The attention weights themselves get none:
+            on CPU, SDPA with ``dropout_p > 0`` falls back to its math kernel, about 5x slower fwd+bwd.
         causal: each query sees only keys at its own position and before (decoder self-attention).
     """
 
@@ -74,7 +75,7 @@ def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor] = None, *,
-           causal: bool = False, dropout: float = 0.0) -> torch.Tensor:
+           causal: bool = False) -> torch.Tensor:
     """``scaled_dot_product_attention`` with a boolean mask or a causal flag (the fast path).
 
     Args:
@@ -83,12 +84,11 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[tor
         v (torch.Tensor): [B, H, S, d].
         mask (torch.Tensor | None): bool, broadcastable to [B, H, T, S], True = may attend; not with ``causal``.
         causal (bool): top-left causal mask (query t sees keys 0..t).
-        dropout (float): attention dropout probability.
 
     Returns:
         torch.Tensor: [B, H, T, d].
     """
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
 
 
 def causal_mask(num_queries: int, num_keys: int, *, device: Optional[torch.device] = None) -> torch.Tensor:
@@ -147,8 +147,7 @@ class SelfAttention(nn.Module):
         if self.config.causal and not causal:  # cached tokens or padding: spell the causal mask out
             steps = causal_mask(T, k.shape[2], device=x.device)
             mask = steps if mask is None else mask & steps
-        dropout = self.config.dropout if self.training else 0.0
-        y = attend(q, k, v, mask, causal=causal, dropout=dropout)  # (B, H, T, D/H)
+        y = attend(q, k, v, mask, causal=causal)  # (B, H, T, D/H)
         y = y.transpose(1, 2).reshape(B, T, D)
         return self.resid_dropout(self.proj(y))
 
@@ -208,7 +207,6 @@ class CrossAttention(nn.Module):
         k, v = memory_kv
         B, H = k.shape[0], self.config.num_heads
         q = self.q(x).view(B, -1, H, D // H).transpose(1, 2)  # (B, H, G*T, D/H): a user's beams share its K/V
-        dropout = self.config.dropout if self.training else 0.0
-        y = attend(q, k, v, memory_mask[:, None, None, :], dropout=dropout)  # (B, H, G*T, D/H)
+        y = attend(q, k, v, memory_mask[:, None, None, :])  # (B, H, G*T, D/H)
         y = y.transpose(1, 2).reshape(BG, T, D)
         return self.resid_dropout(self.proj(y))

@@ -42,3 +42,11 @@ def test_writes_leave_no_temporary_files(tmp_path: Path) -> None:
     run.write_json("a/b.json", {"x": 1})
     run.write_text("a/c.md", "hello")
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["b.json", "c.md"]
+
+
+def test_started_marker_tracks_fingerprint(tmp_path: Path) -> None:
+    run = RunDir(tmp_path)
+    assert not run.was_started("train", "f1")
+    run.mark_started("train", "f1")
+    assert run.was_started("train", "f1") and not run.was_started("train", "f2")
+    assert not run.is_done("train", "f1")
