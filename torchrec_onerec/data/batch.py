@@ -131,7 +131,7 @@ def collate_samples(
     )
 
 
-class _SampleSetBatches(Dataset[OneRecBatch]):
+class SampleSetBatches(Dataset[OneRecBatch]):
     """A map-style dataset whose index is a whole batch of rows, so one call slices the columnar arrays."""
 
     def __init__(self, samples: SampleSet) -> None:
@@ -220,5 +220,5 @@ def make_dataloader(
     """
     sampler = EpochBatchSampler(
         len(samples), config.batch_size, shuffle=config.shuffle if shuffle is None else shuffle, seed=seed, epoch=epoch)
-    return DataLoader(_SampleSetBatches(samples), batch_size=None, sampler=sampler,
+    return DataLoader(SampleSetBatches(samples), batch_size=None, sampler=sampler,
                       collate_fn=_no_collate if transform is None else transform, num_workers=config.num_workers)

@@ -89,7 +89,8 @@ class InteractionData:
         return self
 
     def summary(self) -> Dict[str, object]:
-        """Counts a user reads first: users, items, interactions, per-user lengths, label rates, drops."""
+        """Counts a user reads first: users, items, interactions, per-user lengths, feedback means (rates of 0/1
+        columns), drops."""
         inter = self.interactions
         per_user = inter.groupby("user_id").size()
         out: Dict[str, object] = {
@@ -97,6 +98,7 @@ class InteractionData:
             "users": self.num_users,
             "items": self.num_items,
             "interactions": int(len(inter)),
+            "users_with_interactions": int(len(per_user)),
             "interactions_per_user": {
                 "mean": float(per_user.mean()),
                 "median": float(per_user.median()),
@@ -105,7 +107,7 @@ class InteractionData:
             },
             "first_timestamp_ms": int(inter["timestamp"].min()),
             "last_timestamp_ms": int(inter["timestamp"].max()),
-            "feedback_rates": {c: float(inter[c].mean()) for c in self.feedback_columns},
+            "feedback_means": {c: float(inter[c].mean()) for c in self.feedback_columns},  # rates for 0/1 columns
             "dropped": dict(self.dropped),
         }
         if self.histories is not None:

@@ -15,10 +15,10 @@ from typing import Callable, Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Sampler
 from torchrec.streamable import Pipelineable
 
-from torchrec_onerec.data.batch import EpochBatchSampler, OneRecBatch, collate_samples
+from torchrec_onerec.data.batch import EpochBatchSampler, OneRecBatch, SampleSetBatches
 from torchrec_onerec.data.config import LoaderConfig
 from torchrec_onerec.data.samples import SampleSet
 
@@ -87,19 +87,6 @@ class RankBatchSampler(Sampler[np.ndarray]):
                 yield np.array_split(rows, self.world_size)[self.rank]
 
 
-class _RowsDataset(Dataset[OneRecBatch]):
-    """Map-style dataset whose index is a whole array of rows (one columnar slice per batch)."""
-
-    def __init__(self, samples: SampleSet) -> None:
-        self.samples = samples
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, rows: np.ndarray) -> OneRecBatch:
-        return collate_samples(self.samples, rows)
-
-
 def rank_dataloader(samples: SampleSet, config: LoaderConfig, *, seed: int, epoch: int, rank: int, world_size: int,
                     transform: Callable[[OneRecBatch], Pipelineable], start: int = 0) -> DataLoader:
     """This rank's training batches of one epoch.
@@ -121,5 +108,5 @@ def rank_dataloader(samples: SampleSet, config: LoaderConfig, *, seed: int, epoc
                                rank=rank, world_size=world_size, start=start)
     # the loader draws its workers' base seed from this generator, not from the global stream (dropout's)
     generator = torch.Generator().manual_seed(seed)
-    return DataLoader(_RowsDataset(samples), batch_size=None, sampler=sampler, collate_fn=transform,
+    return DataLoader(SampleSetBatches(samples), batch_size=None, sampler=sampler, collate_fn=transform,
                       num_workers=config.num_workers, generator=generator)
