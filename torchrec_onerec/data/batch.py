@@ -9,8 +9,9 @@ Shape legend: B batch, M session items, S reward signals.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional, Sequence, Union
+from typing import Any, Callable, Iterator, Optional, Sequence, TypeVar, Union
 
 import numpy as np
 import torch
@@ -26,13 +27,41 @@ USER_KEY = "user_id"
 FEATURE_KEYS = (HISTORY_KEY, USER_KEY)
 
 
-def _accelerator_available() -> bool:
-    """Whether pinned host memory can be used (pinning needs an accelerator)."""
-    return torch.accelerator.is_available()
+BatchT = TypeVar("BatchT", bound="TensorFieldsBatch")
+
+
+def _device_type(value: Union[torch.Tensor, KeyedJaggedTensor]) -> str:
+    return (value.device() if isinstance(value, KeyedJaggedTensor) else value.device).type
+
+
+class TensorFieldsBatch(Pipelineable):
+    """TorchRec's ``Pipelineable`` for a dataclass whose every field is a tensor or a KeyedJaggedTensor:
+    ``to``, ``record_stream`` and ``pin_memory`` apply to each field in turn."""
+
+    def _map_fields(self: BatchT, fn: Callable[[Any], Any]) -> BatchT:
+        return dataclasses.replace(self, **{f.name: fn(getattr(self, f.name)) for f in dataclasses.fields(self)})
+
+    def to(self: BatchT, device: torch.device, non_blocking: bool = False) -> BatchT:
+        """A copy on ``device`` (every tensor and KJT)."""
+        return self._map_fields(lambda value: value.to(device=device, non_blocking=non_blocking))
+
+    def record_stream(self, stream: torch.Stream) -> None:
+        """Mark accelerator tensors as used on ``stream``; host (CPU) tensors have nothing to record."""
+        values = [getattr(self, f.name) for f in dataclasses.fields(self)]
+        if all(_device_type(v) == "cpu" for v in values):
+            return
+        for value in values:
+            value.record_stream(stream)
+
+    def pin_memory(self: BatchT) -> BatchT:
+        """A copy in pinned host memory; ``self`` unchanged when no accelerator is available (pinning would raise)."""
+        if not torch.accelerator.is_available():
+            return self
+        return self._map_fields(lambda value: value.pin_memory())
 
 
 @dataclass
-class OneRecBatch(Pipelineable):
+class OneRecBatch(TensorFieldsBatch):
     """B samples as tensors; implements TorchRec's ``Pipelineable`` (``to``, ``record_stream``, ``pin_memory``).
 
     Args:
@@ -62,36 +91,6 @@ class OneRecBatch(Pipelineable):
     def batch_size(self) -> int:
         """B."""
         return int(self.users.shape[0])
-
-    def to(self, device: torch.device, non_blocking: bool = False) -> "OneRecBatch":
-        """A copy on ``device`` (every tensor and the KJT)."""
-        return OneRecBatch(
-            users=self.users.to(device=device, non_blocking=non_blocking),
-            features=self.features.to(device=device, non_blocking=non_blocking),
-            target=self.target.to(device=device, non_blocking=non_blocking),
-            target_mask=self.target_mask.to(device=device, non_blocking=non_blocking),
-            labels=self.labels.to(device=device, non_blocking=non_blocking),
-        )
-
-    def record_stream(self, stream: torch.Stream) -> None:
-        """Mark accelerator tensors as used on ``stream``; host (CPU) tensors have nothing to record."""
-        if self.users.device.type == "cpu":
-            return
-        for tensor in (self.users, self.target, self.target_mask, self.labels):
-            tensor.record_stream(stream)
-        self.features.record_stream(stream)
-
-    def pin_memory(self) -> "OneRecBatch":
-        """A copy in pinned host memory; ``self`` unchanged when no accelerator is available (pinning would raise)."""
-        if not _accelerator_available():
-            return self
-        return OneRecBatch(
-            users=self.users.pin_memory(),
-            features=self.features.pin_memory(),
-            target=self.target.pin_memory(),
-            target_mask=self.target_mask.pin_memory(),
-            labels=self.labels.pin_memory(),
-        )
 
 
 def collate_samples(

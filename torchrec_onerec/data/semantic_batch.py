@@ -24,9 +24,8 @@ from typing import List, Optional
 
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
-from torchrec.streamable import Pipelineable
 
-from torchrec_onerec.data.batch import HISTORY_KEY, USER_KEY, OneRecBatch
+from torchrec_onerec.data.batch import HISTORY_KEY, USER_KEY, OneRecBatch, TensorFieldsBatch
 
 PAD_CODE = -1
 
@@ -53,7 +52,7 @@ def semantic_feature_keys(num_levels: int) -> List[str]:
 
 
 @dataclass
-class SemanticIdBatch(Pipelineable):
+class SemanticIdBatch(TensorFieldsBatch):
     """A ``OneRecBatch`` plus its items' semantic codes; implements TorchRec's ``Pipelineable``.
 
     Args:
@@ -96,41 +95,6 @@ class SemanticIdBatch(Pipelineable):
     def num_levels(self) -> int:
         """L', code levels per item."""
         return int(self.target_codes.shape[2])
-
-    def to(self, device: torch.device, non_blocking: bool = False) -> "SemanticIdBatch":
-        """A copy on ``device`` (every tensor and both KJTs)."""
-        return SemanticIdBatch(
-            users=self.users.to(device=device, non_blocking=non_blocking),
-            features=self.features.to(device=device, non_blocking=non_blocking),
-            item_features=self.item_features.to(device=device, non_blocking=non_blocking),
-            target=self.target.to(device=device, non_blocking=non_blocking),
-            target_mask=self.target_mask.to(device=device, non_blocking=non_blocking),
-            target_codes=self.target_codes.to(device=device, non_blocking=non_blocking),
-            labels=self.labels.to(device=device, non_blocking=non_blocking),
-        )
-
-    def record_stream(self, stream: torch.Stream) -> None:
-        """Mark accelerator tensors as used on ``stream``; host (CPU) tensors have nothing to record."""
-        if self.users.device.type == "cpu":
-            return
-        for tensor in (self.users, self.target, self.target_mask, self.target_codes, self.labels):
-            tensor.record_stream(stream)
-        self.features.record_stream(stream)
-        self.item_features.record_stream(stream)
-
-    def pin_memory(self) -> "SemanticIdBatch":
-        """A copy in pinned host memory; ``self`` unchanged when no accelerator is available (pinning would raise)."""
-        if not torch.accelerator.is_available():
-            return self
-        return SemanticIdBatch(
-            users=self.users.pin_memory(),
-            features=self.features.pin_memory(),
-            item_features=self.item_features.pin_memory(),
-            target=self.target.pin_memory(),
-            target_mask=self.target_mask.pin_memory(),
-            target_codes=self.target_codes.pin_memory(),
-            labels=self.labels.pin_memory(),
-        )
 
 
 def _check_codes(codes: torch.Tensor) -> None:
