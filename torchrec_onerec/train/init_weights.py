@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import warnings
 import zlib
-from typing import Sequence
+from typing import Sequence, Tuple
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ from torch import nn
 from torch.distributed._shard.sharded_tensor import ShardedTensor
 from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.types import ShardedModule
-from torchrec.modules.embedding_configs import EmbeddingConfig
+from torchrec.modules.embedding_configs import BaseEmbeddingConfig, EmbeddingConfig
 
 ROW_BLOCK = 65536
 
@@ -35,11 +35,11 @@ def _block_generator(seed: int, table: str, block: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state))
 
 
-def table_rows(config: EmbeddingConfig, seed: int, start: int, stop: int) -> torch.Tensor:
+def table_rows(config: BaseEmbeddingConfig, seed: int, start: int, stop: int) -> torch.Tensor:
     """Rows ``start:stop`` of a table's seeded initial weights (the same whatever slice is asked for).
 
     Args:
-        config (EmbeddingConfig): the table (name, rows, width, init bounds).
+        config (BaseEmbeddingConfig): the table (name, rows, width, init bounds).
         seed (int): the run's seed.
         start (int): first row.
         stop (int): one past the last row.
@@ -66,12 +66,12 @@ def table_rows(config: EmbeddingConfig, seed: int, start: int, stop: int) -> tor
     return torch.cat(parts) * (high - low) + low
 
 
-def _init_tables(dmp: DistributedModelParallel, tables: Sequence[EmbeddingConfig], prefix: str, seed: int) -> None:
+def _init_tables(dmp: DistributedModelParallel, tables: Sequence[Tuple[str, BaseEmbeddingConfig]], seed: int) -> None:
     """Overwrite every local table shard with its rows of ``table_rows``."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*ShardedTensor.*", category=FutureWarning)
         state = dmp.state_dict()
-        for table in tables:
+        for prefix, table in tables:
             key = f"{prefix}{table.name}.weight"
             weight = state.get(key)
             if not isinstance(weight, ShardedTensor):
@@ -98,17 +98,17 @@ def _init_dense(module: nn.Module, seed: int) -> None:
             sub.reset_parameters()
 
 
-def initialise_weights(dmp: DistributedModelParallel, tables: Sequence[EmbeddingConfig], *, table_prefix: str,
+def initialise_weights(dmp: DistributedModelParallel, tables: Sequence[Tuple[str, BaseEmbeddingConfig]], *,
                        seed: int) -> None:
     """Give a freshly built DMP the seed's initial weights (see the module docstring).
 
     Args:
         dmp (DistributedModelParallel): the sharded model, just built.
-        tables (Sequence[EmbeddingConfig]): the tables of its EmbeddingCollection.
-        table_prefix (str): state-dict prefix of the tables, e.g. ``model.embedding.ec.embeddings.``.
+        tables (Sequence[Tuple[str, BaseEmbeddingConfig]]): (state-dict prefix, table config) of every table,
+            e.g. ``("model.embedding.ec.embeddings.", config)``.
         seed (int): the run's seed.
     """
     with torch.no_grad():
         _init_dense(dmp.module, seed)
-        _init_tables(dmp, tables, table_prefix, seed)
+        _init_tables(dmp, tables, seed)
 

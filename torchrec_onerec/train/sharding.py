@@ -23,16 +23,19 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any, Dict, List, Sequence, Tuple, Type
+from typing import Any, Dict, List, Sequence, Tuple, Type, Union
 
 import torch
 import torch.distributed as dist
+from torch import nn
 from torchrec.distributed import DistributedModelParallel
 from torchrec.distributed.embedding import EmbeddingCollectionSharder
+from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.planner import EmbeddingShardingPlanner
 from torchrec.distributed.planner.storage_reservations import HeuristicalStorageReservation
 from torchrec.distributed.planner.types import KernelConfig, ParameterConstraints, TopologyFactory, TrainerConfig
 from torchrec.distributed.types import ShardingPlan
+from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 from torchrec.optim import RowWiseAdagrad
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 from torchrec.optim.clipping import GradientClipping, GradientClippingOptimizer
@@ -46,7 +49,6 @@ from torchrec_onerec.train.distributed import DistContext
 from torchrec_onerec.train.init_weights import initialise_weights
 from torchrec_onerec.train.train_module import OneRecTrainStep
 
-TABLE_PREFIX = "model.embedding.ec.embeddings."
 SPARSE_EPS = 1e-8
 STORAGE_MARGIN = 0.15
 DENSE_BYTES_PER_PARAM = 16  # float32 parameter, gradient and AdamW's two moments
@@ -135,14 +137,20 @@ def _constraints(tables: Sequence[str], sharding_type: str) -> Dict[str, Paramet
     return {name: ParameterConstraints(sharding_types=[sharding_type], compute_kernels=["fused"]) for name in tables}
 
 
-def _planner(module: OneRecTrainStep, tables: Sequence[str], train_config: TrainConfig, ctx: DistContext
-             ) -> EmbeddingShardingPlanner:
+def embedding_collections(module: nn.Module) -> Dict[str, Union[EmbeddingCollection, EmbeddingBagCollection]]:
+    """Module path -> every TorchRec ``EmbeddingCollection`` / ``EmbeddingBagCollection`` inside ``module``."""
+    return {name: sub for name, sub in module.named_modules()
+            if isinstance(sub, (EmbeddingCollection, EmbeddingBagCollection))}
+
+
+def _planner(module: nn.Module, collections: Dict[str, nn.Module], tables: Sequence[str], train_config: TrainConfig,
+             ctx: DistContext) -> EmbeddingShardingPlanner:
     """A planner for this job's topology, told the dense model's true size (it is on the meta device)."""
     topology = TopologyFactory.create_topology(
         TrainerConfig(world_size=ctx.world_size, local_world_size=ctx.local_world_size),
         kernel_config=KernelConfig(compute_device=ctx.device.type))
-    ec_params = {id(p) for p in module.model.embedding.ec.parameters()}
-    dense_params = sum(p.numel() for p in module.parameters() if id(p) not in ec_params)
+    table_params = {id(p) for c in collections.values() for p in c.parameters()}
+    dense_params = sum(p.numel() for p in module.parameters() if id(p) not in table_params)
     with warnings.catch_warnings():  # it warns that estimates from meta tensors are wrong: ours is exact
         warnings.filterwarnings("ignore", message="HeuristicalStorageReservation", category=FutureWarning)
         reservation = HeuristicalStorageReservation(
@@ -151,9 +159,59 @@ def _planner(module: OneRecTrainStep, tables: Sequence[str], train_config: Train
                                     constraints=_constraints(tables, train_config.sharding_type))
 
 
+def shard_for_training(module: nn.Module, train_config: TrainConfig, ctx: DistContext, *, seed: int) -> ShardedTraining:
+    """Shard any meta-built module holding TorchRec embedding collections, and set up its optimisers.
+
+    Steps 2-6 of the module docstring for every ``EmbeddingCollection`` and ``EmbeddingBagCollection`` in
+    ``module`` (the OneRec model, the cascade's towers and ranker, the session reward model all go through
+    here, so they shard and train alike). Each table needs a name unique across the module.
+
+    Args:
+        module (nn.Module): the train module, built on the meta device; its ``forward(batch)`` returns
+            ``(loss, detached outputs)``.
+        train_config (TrainConfig): learning rates, weight decay, clipping, sparse optimiser, sharding type.
+        ctx (DistContext): this rank (``init_distributed``).
+        seed (int): the run's seed; the initial weights depend on it only.
+
+    Returns:
+        ShardedTraining: the DMP-wrapped module and its optimisers, learning rates at their peaks.
+    """
+    if not dist.is_initialized():
+        raise RuntimeError("shard_for_training needs the default process group; call init_distributed first")
+    collections = embedding_collections(module)
+    if not collections:
+        raise ValueError(f"{type(module).__name__} holds no EmbeddingCollection or EmbeddingBagCollection to shard")
+    tables: List[Tuple[str, Any]] = []
+    for path, collection in collections.items():
+        configs = (collection.embedding_configs() if isinstance(collection, EmbeddingCollection)
+                   else collection.embedding_bag_configs())
+        attribute = "embeddings" if isinstance(collection, EmbeddingCollection) else "embedding_bags"
+        tables += [(f"{path}.{attribute}.", config) for config in configs]
+    names = [config.name for _, config in tables]
+    if len(set(names)) != len(names):
+        raise ValueError(f"table names {names} repeat; give every table of {type(module).__name__} its own name")
+    cls, kwargs = sparse_optimizer_args(train_config.sparse_optimizer, train_config.sparse_learning_rate, ctx.device)
+    for collection in collections.values():
+        apply_optimizer_in_backward(cls, collection.parameters(), dict(kwargs))
+    sharders: List[Any] = [EmbeddingCollectionSharder(), EmbeddingBagCollectionSharder()]
+    planner = _planner(module, collections, names, train_config, ctx)
+    plan = planner.collective_plan(module, sharders, dist.GroupMember.WORLD)
+    dmp = DistributedModelParallel(module, device=ctx.device, plan=plan, sharders=sharders)
+    initialise_weights(dmp, tables, seed=seed)
+    lr, weight_decay = train_config.learning_rate, train_config.weight_decay
+    dense = KeyedOptimizerWrapper(dict(in_backward_optimizer_filter(dmp.named_parameters())),
+                                  lambda params: torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay))
+    clipping = GradientClipping.NORM if train_config.grad_clip > 0 else GradientClipping.NONE
+    clipped = GradientClippingOptimizer(dense, clipping=clipping, max_gradient=train_config.grad_clip,
+                                        track_grad_norm=True)
+    optimizer = CombinedOptimizer([("sparse", dmp.fused_optimizer), ("dense", clipped)])
+    return ShardedTraining(dmp, optimizer, dmp.fused_optimizer, clipped, describe_plan(plan),
+                           (lr, train_config.sparse_learning_rate))
+
+
 def build_sharded_training(model_config: OneRecModelConfig, vocab_sizes: Sequence[int], train_config: TrainConfig,
                            ctx: DistContext, *, seed: int) -> ShardedTraining:
-    """Shard a new OneRec model over the default process group and set up its optimisers.
+    """Shard a new OneRec model (in its ``OneRecTrainStep``) with ``shard_for_training``.
 
     Args:
         model_config (OneRecModelConfig): model sizes.
@@ -168,21 +226,4 @@ def build_sharded_training(model_config: OneRecModelConfig, vocab_sizes: Sequenc
     if not dist.is_initialized():
         raise RuntimeError("build_sharded_training needs the default process group; call init_distributed first")
     module = OneRecTrainStep(OneRecModel(model_config, vocab_sizes, device=torch.device("meta")))
-    ec = module.model.embedding.ec
-    tables = ec.embedding_configs()
-    cls, kwargs = sparse_optimizer_args(train_config.sparse_optimizer, train_config.sparse_learning_rate, ctx.device)
-    apply_optimizer_in_backward(cls, ec.parameters(), kwargs)
-    sharders: List[Any] = [EmbeddingCollectionSharder()]
-    planner = _planner(module, [t.name for t in tables], train_config, ctx)
-    plan = planner.collective_plan(module, sharders, dist.GroupMember.WORLD)
-    dmp = DistributedModelParallel(module, device=ctx.device, plan=plan, sharders=sharders)
-    initialise_weights(dmp, tables, table_prefix=TABLE_PREFIX, seed=seed)
-    lr, weight_decay = train_config.learning_rate, train_config.weight_decay
-    dense = KeyedOptimizerWrapper(dict(in_backward_optimizer_filter(dmp.named_parameters())),
-                                  lambda params: torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay))
-    clipping = GradientClipping.NORM if train_config.grad_clip > 0 else GradientClipping.NONE
-    clipped = GradientClippingOptimizer(dense, clipping=clipping, max_gradient=train_config.grad_clip,
-                                        track_grad_norm=True)
-    optimizer = CombinedOptimizer([("sparse", dmp.fused_optimizer), ("dense", clipped)])
-    return ShardedTraining(dmp, optimizer, dmp.fused_optimizer, clipped, describe_plan(plan),
-                           (lr, train_config.sparse_learning_rate))
+    return shard_for_training(module, train_config, ctx, seed=seed)
