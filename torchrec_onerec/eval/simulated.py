@@ -1,0 +1,66 @@
+"""../EVAL.md protocol C: the simulated A/B test, served by the synthetic world's own response model.
+
+Each arm serves every evaluated user one session: its best-scored returned session (the one a live system
+would show). The world knows every user's true response to every item in every slot, so the session's true
+expected reward (``SyntheticWorld.session_reward``: click + long view + 2 x like by default, with the world's
+position, diversity and repeat effects) is that user's outcome. Arms are compared by the mean outcome over
+the same users, with paired bootstrap intervals (``eval.bootstrap``).
+
+Shape legend: U users, R sessions, M session items.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import numpy as np
+
+from torchrec_onerec.datasets.interactions import InteractionData
+from torchrec_onerec.datasets.synthetic import SyntheticWorld
+from torchrec_onerec.eval.protocols import EvalResult
+
+TRUE_REWARD = "true_reward"
+
+
+def served_sessions(result: EvalResult) -> np.ndarray:
+    """[U, M] the best-scored returned session of each user (filler sessions are all -1).
+
+    Example:
+        >>> r = EvalResult({}, {}, np.array([[[1, 2], [3, 4]]]), np.array([[-2.0, -1.0]]))
+        >>> served_sessions(r).tolist()
+        [[3, 4]]
+    """
+    best = np.argmax(np.where(np.isfinite(result.scores), result.scores, -np.inf), axis=1)
+    return result.sessions[np.arange(len(best)), best]
+
+
+def true_session_rewards(world: SyntheticWorld, data: InteractionData, result: EvalResult,
+                         weights: Optional[Dict[str, float]] = None) -> np.ndarray:
+    """[U] the world's expected reward of the session each user is served.
+
+    Args:
+        world (SyntheticWorld): the world that logged ``data``.
+        data (InteractionData): the loaded synthetic data (maps contiguous user/item ids to the world's).
+        result (EvalResult): an arm's evaluation (``per_user["user"]`` holds contiguous user ids).
+        weights (Dict[str, float] | None): signal weights of the reward (None: the world's defaults).
+
+    Returns:
+        [U] float64 true expected reward, aligned with ``result.per_user``.
+    """
+    if data.num_items != world.num_items:
+        raise ValueError(f"data has {data.num_items} items, the world {world.num_items}: pass the world that "
+                         "logged this data (datasets.synthetic.load_synthetic with the same config and seed)")
+    users = np.asarray(data.raw_user_ids)[result.per_user["user"]].astype(np.int64)
+    sessions = served_sessions(result)
+    raw_items = np.asarray(data.raw_item_ids).astype(np.int64)
+    world_items = np.where(sessions >= 0, raw_items[np.clip(sessions, 0, None)], -1)
+    return world.session_reward(users, world_items, weights)
+
+
+def add_true_rewards(world: SyntheticWorld, data: InteractionData, result: EvalResult,
+                     weights: Optional[Dict[str, float]] = None) -> EvalResult:
+    """Add protocol C's per-user ``true_reward`` and its mean to ``result`` (in place) and return it."""
+    values = true_session_rewards(world, data, result, weights)
+    result.per_user[TRUE_REWARD] = values
+    result.metrics[TRUE_REWARD] = float(values.mean())
+    return result
