@@ -26,6 +26,9 @@ class SplitConfig:
         utc_offset_hours: the time zone the day boundaries are read in (KuaiRand's dates are UTC+8).
         labels: reward signal -> feedback column (protocol B labels, e.g. ``swt: long_view``).
         min_history: samples whose history is shorter are dropped and counted (0 keeps cold-start samples).
+        train_stride: protocol B training runs start every this many positives (0 = m: consecutive,
+            non-overlapping runs as EVAL.md states them; 1 = a run at every position, m times the samples,
+            overlapping targets).
     """
 
     protocol: str = "A"
@@ -40,6 +43,7 @@ class SplitConfig:
     utc_offset_hours: float = 0.0
     labels: Dict[str, str] = field(default_factory=lambda: {"swt": "long_view", "vtr": "click", "ltr": "like"})
     min_history: int = 1
+    train_stride: int = 0
 
     def __post_init__(self) -> None:
         if self.protocol not in ("A", "B"):
@@ -49,6 +53,8 @@ class SplitConfig:
         for name in ("max_history", "session_items"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"split.{name}={getattr(self, name)} must be >= 1")
+        if self.train_stride < 0:
+            raise ConfigError(f"split.train_stride={self.train_stride} must be >= 0 (0 = session_items)")
         if self.min_history < 0:
             raise ConfigError(f"split.min_history={self.min_history} must be >= 0")
         if self.session_gap_minutes <= 0:

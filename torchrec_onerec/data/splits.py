@@ -22,7 +22,8 @@ Protocol B (sessions with feedback):
     * Positive: ``positive_col == 1`` (every row when ``positive_col`` is ""). Pre-period ``histories`` rows are
       positives (watched items) that precede every logged row.
     * Training targets: the user's chronological positive sequence (pre-period items, then training-day
-      positives) is cut into consecutive non-overlapping runs of m (stride m), the first run starting at
+      positives) is cut into consecutive non-overlapping runs of m (stride m; ``train_stride`` sets another
+      stride, 1 = a run at every position), the first run starting at
       position ``min_history`` so every run has at least that much history; the final partial run is kept,
       padded with -1. History = the n positives before the run. Pre-period items may be targets (EVAL.md); their
       labels come from the ``histories`` table's column where it has one, else 1 for the positive column and 0
@@ -387,7 +388,8 @@ def protocol_b_split(data: InteractionData, config: SplitConfig) -> SplitB:
     rank = np.arange(len(t_users)) - t_off[t_users]
     length = np.diff(t_off)
     s0 = config.min_history
-    at = np.flatnonzero((rank >= s0) & ((rank - s0) % m == 0))
+    stride = config.train_stride or m
+    at = np.flatnonzero((rank >= s0) & ((rank - s0) % stride == 0))
     who = t_users[at]
     hist_start = np.maximum(t_off[who], at - n)
     target, labels = _runs(t_items, t_labels, at, np.minimum(m, length[who] - rank[at]), m)

@@ -55,3 +55,46 @@ class EvalConfig:
             raise ConfigError(f"eval.ks={list(self.ks)} needs at least one cut-off, each >= 1")
         if len(set(self.ks)) != len(self.ks):
             raise ConfigError(f"eval.ks={list(self.ks)} repeats a cut-off; list each K once")
+
+
+ARM_KINDS = ("cascade", "onerec", "onerec_ipa", "popularity")
+
+
+@dataclass
+class CompareConfig:
+    """The A/B comparison (``onerec compare``): which arms, against which baseline, with what intervals.
+
+    Args:
+        arms: arm names: ``cascade`` (the retrieval -> ranking baseline), ``onerec`` (the NTP-trained model),
+            ``onerec_ipa`` (after preference alignment), ``popularity`` (the floor), or ``model:<path>`` (any
+            exported OneRec model file, e.g. another run's ``train/best_model.pt`` with the same codebook). An
+            arm whose stage did not run (no alignment under protocol A) is left out and the report says so.
+        baseline: the arm the others are compared with (relative lift, paired intervals).
+        resamples: bootstrap resamples of users.
+        level: interval coverage, in (0, 1).
+
+    Example:
+        >>> CompareConfig(arms=["onerec"], baseline="cascade")
+        Traceback (most recent call last):
+        ...
+        torchrec_onerec.errors.ConfigError: compare.baseline='cascade' is not one of compare.arms=['onerec']; add it or pick an arm
+    """
+
+    arms: List[str] = field(default_factory=lambda: ["cascade", "onerec", "onerec_ipa", "popularity"])
+    baseline: str = "cascade"
+    resamples: int = 1000
+    level: float = 0.95
+
+    def __post_init__(self) -> None:
+        for arm in self.arms:
+            if arm not in ARM_KINDS and not (arm.startswith("model:") and len(arm) > len("model:")):
+                raise ConfigError(f"compare.arms has {arm!r}; arms are {list(ARM_KINDS)} or 'model:<path>'")
+        if len(set(self.arms)) != len(self.arms):
+            raise ConfigError(f"compare.arms={list(self.arms)} repeats an arm")
+        if self.baseline not in self.arms:
+            raise ConfigError(f"compare.baseline={self.baseline!r} is not one of compare.arms={list(self.arms)}; "
+                              "add it or pick an arm")
+        if self.resamples < 1:
+            raise ConfigError(f"compare.resamples={self.resamples} must be >= 1")
+        if not 0.0 < self.level < 1.0:
+            raise ConfigError(f"compare.level={self.level} must lie in (0, 1), e.g. 0.95")

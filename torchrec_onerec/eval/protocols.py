@@ -23,7 +23,10 @@ Shape legend: U users, R sessions per user, M session items.
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Dict, Sequence, Tuple
 
 import numpy as np
@@ -57,6 +60,40 @@ class EvalResult:
     sessions: np.ndarray
     scores: np.ndarray
     info: Dict[str, Any] = field(default_factory=dict)
+
+    def save(self, path: Path) -> None:
+        """Write the arrays to ``path`` (.npz) and metrics + info beside it (same stem, .json), atomically.
+
+        Example:
+            >>> import tempfile
+            >>> r = EvalResult({"ndcg@5": 0.5}, {"ndcg@5": np.array([0.5])}, np.zeros((1, 1, 1), np.int64),
+            ...                np.zeros((1, 1), np.float32), {"arm": "x"})
+            >>> path = Path(tempfile.mkdtemp()) / "arm.npz"
+            >>> r.save(path)
+            >>> back = EvalResult.load(path)
+            >>> back.metrics, back.info, back.per_user["ndcg@5"].tolist()
+            ({'ndcg@5': 0.5}, {'arm': 'x'}, [0.5])
+        """
+        path.parent.mkdir(parents=True, exist_ok=True)
+        arrays = {f"per_user/{k}": v for k, v in self.per_user.items()}
+        partial = path.with_name(path.name + ".partial")
+        with open(partial, "wb") as f:
+            np.savez(f, sessions=self.sessions, scores=self.scores, **arrays)
+        partial_json = path.with_suffix(".json.partial")
+        partial_json.write_text(json.dumps({"metrics": self.metrics, "info": self.info}, indent=2, default=float))
+        os.replace(partial, path)
+        os.replace(partial_json, path.with_suffix(".json"))
+
+    @classmethod
+    def load(cls, path: Path) -> "EvalResult":
+        """Read what ``save`` wrote; FileNotFoundError names the missing file."""
+        for needed in (path, path.with_suffix(".json")):
+            if not needed.is_file():
+                raise FileNotFoundError(f"evaluation file {needed} is missing; run the evaluate stage first")
+        meta = json.loads(path.with_suffix(".json").read_text())
+        with np.load(path) as arrays:
+            per_user = {k[len("per_user/"):]: arrays[k] for k in arrays.files if k.startswith("per_user/")}
+            return cls(meta["metrics"], per_user, arrays["sessions"], arrays["scores"], meta["info"])
 
 
 def check_protocol(protocol: str) -> None:

@@ -157,6 +157,9 @@ def test_b_training_runs_of_m_include_pre_period() -> None:
     assert rows_of(split.train) == [(0, [1], [2, 10]), (0, [1, 2, 10], [11, 13]), (0, [1, 2, 10, 11, 13], [14])]
     assert split.train.target[-1].tolist() == [14, -1]
     assert split.stats["train_target_items_from_pre_period"] == 1
+    every = protocol_b_split(make_data(rows, histories=[(0, 1), (0, 2)]),
+                             SplitConfig(**B_CFG, session_items=2, train_stride=1))
+    assert [r[2] for r in rows_of(every.train)] == [[2, 10], [10, 11], [11, 13], [13, 14], [14]]
     none = protocol_b_split(make_data(rows, histories=[(0, 1), (0, 2)]), SplitConfig(**B_CFG, min_history=6))
     assert len(none.train) == 0 and none.dropped["train_users_without_target"] == 1
 
