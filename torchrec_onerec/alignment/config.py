@@ -1,0 +1,70 @@
+"""Schema of the ``align`` config section: iterative preference alignment with DPO (ONEREC.md section 4)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torchrec_onerec.errors import ConfigError
+
+
+@dataclass
+class AlignConfig:
+    """How the generative model is aligned to a reward (``torchrec_onerec.alignment.ipa.align_iteratively``).
+
+    Args:
+        iterations: alignment iterations; after each, the aligned model becomes the next reference.
+        sample_fraction: r_DPO, the share of training samples that get a preference pair in each iteration
+            (paper: 1%; small data sets need more, up to 1.0). At least one sample is drawn.
+        num_candidates: N, sessions beam-searched per sampled user (paper: 128; CPU runs: 16-32); the best and
+            the worst by reward become the chosen and the rejected session.
+        beta: DPO temperature beta on the log-probability ratios to the reference.
+        dpo_weight: lambda in L = L_NTP + lambda * L_DPO.
+        epochs: passes over the training samples per iteration (every sample gives L_NTP; the sampled ones add
+            their pair's L_DPO in the same batch).
+        batch_size: training samples per global batch (the pair rows of those samples come on top).
+        learning_rate: constant learning rate of the dense optimiser (AdamW; weight decay and clipping from
+            the ``train`` section).
+        sparse_learning_rate: constant learning rate of the fused optimiser of the TorchRec tables.
+        generation_batch_size: users per beam-search batch when sampling candidates and scoring generation.
+        eval_users: held-out users (drawn once) whose generated sessions are scored before and after every
+            iteration; 0 skips that evaluation.
+        exclude_history: never generate an item of the user's history (as ``eval.exclude_history``).
+
+    Example:
+        >>> AlignConfig().num_candidates, AlignConfig(sample_fraction=0.5).sample_fraction
+        (128, 0.5)
+        >>> AlignConfig(num_candidates=1)
+        Traceback (most recent call last):
+        ...
+        torchrec_onerec.errors.ConfigError: align.num_candidates=1 must be >= 2: a pair needs a best and a worst session
+    """
+
+    iterations: int = 3
+    sample_fraction: float = 0.01
+    num_candidates: int = 128
+    beta: float = 0.1
+    dpo_weight: float = 1.0
+    epochs: int = 1
+    batch_size: int = 128
+    learning_rate: float = 1e-4
+    sparse_learning_rate: float = 0.01
+    generation_batch_size: int = 32
+    eval_users: int = 256
+    exclude_history: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("iterations", "epochs", "batch_size", "generation_batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"align.{name}={getattr(self, name)} must be >= 1")
+        if not 0.0 < self.sample_fraction <= 1.0:
+            raise ConfigError(f"align.sample_fraction={self.sample_fraction} must lie in (0, 1] "
+                              "(the paper's r_DPO is 0.01)")
+        if self.num_candidates < 2:
+            raise ConfigError(f"align.num_candidates={self.num_candidates} must be >= 2: a pair needs a best and "
+                              "a worst session")
+        for name in ("beta", "learning_rate", "sparse_learning_rate"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"align.{name}={getattr(self, name)} must be > 0")
+        for name in ("dpo_weight", "eval_users"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"align.{name}={getattr(self, name)} must be >= 0")

@@ -1,0 +1,356 @@
+"""Preference pairs for DPO (ONEREC.md section 4, steps 1-2): beam-searched candidate sessions, scored by a reward.
+
+For each sampled training sample (a user and history) the current model M_t writes N candidate sessions with
+constrained beam search (``generation.beam_search``), a reward function scores them, and the best becomes the
+chosen session S^w and the worst the rejected one S^l (ties broken towards the more probable session, beams
+come best first). Users get no pair, and are counted, when fewer than two real sessions came back (the rest are
+filler, see ``constrained_beam_search``) or when every real session has the same reward. The pair keeps the
+reference log-probabilities log M_t(S | H) of both sessions, computed once here by the teacher-forced
+``OneRecModel.log_prob``, so the reference model never runs inside a training step.
+
+Under torchrun every rank builds the pairs of its share of the sampled rows and ``gather_pairs`` joins them, in
+rank order, on every rank.
+
+Reward functions: ``RewardFn(samples, sessions) -> rewards`` takes the U samples (users and histories) and their
+candidate sessions [U, N, M] of item ids (-1 = empty slot; a filler session is all -1) and returns [U, N] floats,
+higher is better (the session reward model, or a simulator's true reward).
+
+Shape legend: U users, N candidates, M session items, L' code levels, P pairs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from torchrec_onerec.data.batch import make_dataloader
+from torchrec_onerec.data.config import LoaderConfig
+from torchrec_onerec.data.samples import PAD_ITEM, SampleSet
+from torchrec_onerec.data.semantic_batch import SemanticIdBatch, SemanticIdTransform
+from torchrec_onerec.generation.beam_search import constrained_beam_search
+from torchrec_onerec.models.onerec import OneRecModel
+from torchrec_onerec.tokenizer.prefix_index import PrefixIndex
+from torchrec_onerec.train.distributed import DistContext
+
+RewardFn = Callable[[SampleSet, np.ndarray], np.ndarray]
+
+
+def sample_preference_rows(num_samples: int, fraction: float, *, seed: int, iteration: int) -> np.ndarray:
+    """The training rows that get a preference pair in one iteration: round(fraction * N) rows, at least one.
+
+    Args:
+        num_samples (int): N training samples.
+        fraction (float): r_DPO in (0, 1].
+        seed (int): the run's seed.
+        iteration (int): the iteration (each draws its own rows, the same ones on every call).
+
+    Returns:
+        np.ndarray: [R] int64 distinct rows, ascending.
+
+    Example:
+        >>> sample_preference_rows(10, 0.3, seed=0, iteration=0).shape, len(sample_preference_rows(10, 1.0, seed=0,
+        ...                                                                                       iteration=1))
+        ((3,), 10)
+    """
+    if num_samples < 1 or not 0.0 < fraction <= 1.0:
+        raise ValueError(f"need num_samples >= 1 and fraction in (0, 1], got {num_samples} and {fraction}")
+    count = min(num_samples, max(1, int(round(fraction * num_samples))))
+    rng = np.random.default_rng(np.random.SeedSequence([seed, iteration, 0x1BA]))
+    return np.sort(rng.choice(num_samples, size=count, replace=False)).astype(np.int64)
+
+
+class CandidateBatch(NamedTuple):
+    """One batch of users with their scored candidate sessions.
+
+    Args:
+        rows (np.ndarray): [U] positions of these users in the samples given to ``scored_candidates``.
+        batch (SemanticIdBatch): the users' batch, on the generation device.
+        items (np.ndarray): [U, N, M] int64 item ids, -1 throughout a filler session.
+        codes (torch.Tensor): [U, N, M, L'] int64 code tuples (arbitrary in filler sessions), on the device.
+        log_probs (torch.Tensor): [U, N] float32 log M(S | H) (the beam scores), -inf for filler sessions.
+        rewards (np.ndarray): [U, N] float64 rewards, NaN for filler sessions.
+    """
+
+    rows: np.ndarray
+    batch: SemanticIdBatch
+    items: np.ndarray
+    codes: torch.Tensor
+    log_probs: torch.Tensor
+    rewards: np.ndarray
+
+    @property
+    def real(self) -> np.ndarray:
+        """[U, N] bool, True at real (non-filler) sessions."""
+        return np.isfinite(self.log_probs.cpu().numpy())
+
+
+def _check_rewards(rewards: np.ndarray, shape: Sequence[int], real: np.ndarray) -> np.ndarray:
+    rewards = np.asarray(rewards, dtype=np.float64)
+    if rewards.shape != tuple(shape):
+        raise ValueError(f"the reward function returned shape {rewards.shape}, expected {tuple(shape)} "
+                         "(one reward per candidate session of each user)")
+    if not np.isfinite(rewards[real]).all():
+        raise ValueError("the reward function returned NaN or infinite rewards for real sessions; it must score "
+                         "every session with a finite number")
+    return np.where(real, rewards, np.nan)
+
+
+@torch.no_grad()
+def scored_candidates(model: OneRecModel, samples: SampleSet, reward_fn: RewardFn, *, codes: torch.Tensor,
+                      prefix_index: PrefixIndex, num_candidates: int, batch_size: int,
+                      exclude_history: bool = False, device: Optional[torch.device] = None,
+                      progress: bool = False) -> Iterator[CandidateBatch]:
+    """Beam-search ``num_candidates`` sessions of M = ``samples.session_items`` items per sample and score them.
+
+    Args:
+        model (OneRecModel): the plain (unsharded) model; generation runs in eval mode.
+        samples (SampleSet): the users (their targets are not read).
+        reward_fn (RewardFn): rewards of candidate sessions (module docstring).
+        codes (torch.Tensor): [I, L'] int64 item codes of the model's codebook.
+        prefix_index (PrefixIndex): the same codebook's index, on ``device``.
+        num_candidates (int): N, the beam width and the sessions returned per user.
+        batch_size (int): users per beam-search batch.
+        exclude_history (bool): never generate an item of the user's history.
+        device (torch.device | None): where to generate (default: the model's device).
+        progress (bool): a tqdm bar over batches.
+
+    Yields:
+        CandidateBatch: per batch, in sample order.
+    """
+    device = device or next(model.parameters()).device
+    M = samples.session_items
+    transform = SemanticIdTransform(codes, max_history=model.config.max_history)
+    loader = make_dataloader(samples, LoaderConfig(batch_size=batch_size, shuffle=False), seed=0, shuffle=False,
+                             transform=transform)
+    start = 0
+    for batch in tqdm(loader, desc="candidates", unit="batch", disable=not progress):
+        batch = batch.to(device)
+        out = constrained_beam_search(model, batch, prefix_index=prefix_index, beam_size=num_candidates,
+                                      num_return=num_candidates, session_items=M, exclude_history=exclude_history)
+        U = batch.batch_size
+        rows = np.arange(start, start + U)
+        start += U
+        real = torch.isfinite(out.scores).cpu().numpy()
+        items = np.where(real[:, :, None], out.items.cpu().numpy(), PAD_ITEM)
+        rewards = _check_rewards(reward_fn(samples.subset(rows), items), (U, num_candidates), real)
+        yield CandidateBatch(rows, batch, items, out.codes, out.scores.float(), rewards)
+
+
+class PairSelection(NamedTuple):
+    """Which candidates of which users form pairs.
+
+    Args:
+        users (np.ndarray): [P] int64 users (rows of the reward matrix) that got a pair, ascending.
+        chosen (np.ndarray): [P] int64 candidate with the highest reward (the first such one).
+        rejected (np.ndarray): [P] int64 candidate with the lowest reward (the first such one).
+        ties (int): users whose real candidates all have the same reward (no pair).
+        fillers (int): users with fewer than two real candidates (no pair).
+    """
+
+    users: np.ndarray
+    chosen: np.ndarray
+    rejected: np.ndarray
+    ties: int
+    fillers: int
+
+
+def select_pairs(rewards: np.ndarray, real: np.ndarray) -> PairSelection:
+    """Best and worst real candidate of every user; users with all-equal rewards or < 2 real ones are skipped.
+
+    Args:
+        rewards (np.ndarray): [U, N] float rewards (ignored where ``real`` is False).
+        real (np.ndarray): [U, N] bool, False at filler sessions.
+
+    Returns:
+        PairSelection: the P pairs and the skipped counts.
+
+    Example:
+        >>> rewards = np.array([[1.0, 3.0, 0.5], [2.0, 2.0, 2.0], [5.0, 0.0, 9.0]])
+        >>> real = np.array([[True, True, True], [True, True, True], [True, False, False]])
+        >>> s = select_pairs(rewards, real)
+        >>> s.users.tolist(), s.chosen.tolist(), s.rejected.tolist(), s.ties, s.fillers
+        ([0], [1], [2], 1, 1)
+    """
+    rewards = np.asarray(rewards, dtype=np.float64)
+    real = np.asarray(real, dtype=bool)
+    if rewards.shape != real.shape or rewards.ndim != 2:
+        raise ValueError(f"rewards {rewards.shape} and real {real.shape} must both be [U, N]")
+    best = np.where(real, rewards, -np.inf).argmax(axis=1)
+    worst = np.where(real, rewards, np.inf).argmin(axis=1)
+    rows = np.arange(len(rewards))
+    enough = real.sum(axis=1) >= 2
+    differ = rewards[rows, best] > rewards[rows, worst]
+    keep = enough & differ
+    return PairSelection(np.flatnonzero(keep).astype(np.int64), best[keep].astype(np.int64),
+                         worst[keep].astype(np.int64), int((enough & ~differ).sum()), int((~enough).sum()))
+
+
+@dataclass
+class PreferencePairs:
+    """Chosen and rejected sessions of sampled training samples, with their rewards and reference log-probs.
+
+    Args:
+        sample_rows (np.ndarray): [P] int64 rows of the training SampleSet the pairs belong to.
+        chosen (np.ndarray): [P, M] int64 items of the chosen session S^w.
+        rejected (np.ndarray): [P, M] int64 items of the rejected session S^l.
+        chosen_codes (np.ndarray): [P, M, L'] int64 codes of S^w.
+        rejected_codes (np.ndarray): [P, M, L'] int64 codes of S^l.
+        chosen_reward (np.ndarray): [P] float64 reward of S^w.
+        rejected_reward (np.ndarray): [P] float64 reward of S^l.
+        reference_chosen (np.ndarray): [P] float32 log M_t(S^w | H), summed over the codes.
+        reference_rejected (np.ndarray): [P] float32 log M_t(S^l | H).
+        candidate_reward_mean (np.ndarray): [U] float64 mean reward of each sampled user's real candidates (NaN
+            when none), for every sampled user, paired or not.
+        candidate_reward_max (np.ndarray): [U] float64 best reward of each sampled user's real candidates.
+        ties (int): sampled users skipped because all their candidates tie.
+        fillers (int): sampled users skipped for having fewer than two real candidates.
+    """
+
+    sample_rows: np.ndarray
+    chosen: np.ndarray
+    rejected: np.ndarray
+    chosen_codes: np.ndarray
+    rejected_codes: np.ndarray
+    chosen_reward: np.ndarray
+    rejected_reward: np.ndarray
+    reference_chosen: np.ndarray
+    reference_rejected: np.ndarray
+    candidate_reward_mean: np.ndarray
+    candidate_reward_max: np.ndarray
+    ties: int = 0
+    fillers: int = 0
+
+    def __len__(self) -> int:
+        return len(self.sample_rows)
+
+    @classmethod
+    def concat(cls, parts: Sequence["PreferencePairs"]) -> "PreferencePairs":
+        """The pairs of ``parts`` one after the other (arrays concatenated, counts summed)."""
+        if not parts:
+            raise ValueError("concat needs at least one PreferencePairs")
+        values: Dict[str, Any] = {}
+        for f in fields(cls):
+            items = [getattr(p, f.name) for p in parts]
+            values[f.name] = sum(items) if f.name in ("ties", "fillers") else np.concatenate(items)
+        return cls(**values)
+
+    def summary(self) -> Dict[str, float]:
+        """Counts and mean rewards for the iteration log (NaN means when there is nothing to average)."""
+        def mean(values: np.ndarray) -> float:
+            finite = values[np.isfinite(values)]
+            return float(finite.mean()) if len(finite) else float("nan")
+
+        return {"sampled_users": int(len(self.candidate_reward_mean)), "pairs": len(self),
+                "skipped_ties": self.ties, "skipped_fillers": self.fillers,
+                "candidate_reward_mean": mean(self.candidate_reward_mean),
+                "candidate_reward_max": mean(self.candidate_reward_max),
+                "chosen_reward": mean(self.chosen_reward), "rejected_reward": mean(self.rejected_reward)}
+
+
+def _batch_pairs(model: OneRecModel, cand: CandidateBatch, sample_rows: np.ndarray) -> PreferencePairs:
+    """The pairs of one candidate batch whose U users are the training rows ``sample_rows`` [U]."""
+    real = cand.real
+    pick = select_pairs(cand.rewards, real)
+    users = torch.as_tensor(pick.users, device=cand.codes.device)
+    both = torch.stack([cand.codes[users, torch.as_tensor(pick.chosen, device=users.device)],
+                        cand.codes[users, torch.as_tensor(pick.rejected, device=users.device)]], dim=1)  # (P, 2, M, L')
+    reference = torch.zeros(len(pick.users), 2)
+    if len(pick.users):
+        sessions = torch.zeros((len(real),) + tuple(both.shape[1:]), dtype=torch.long, device=users.device)
+        sessions[users] = both  # users without a pair score a dummy session, dropped below
+        reference = model.log_prob(cand.batch, sessions)[users].float().cpu()
+    any_real = real.any(axis=1)
+    totals = np.where(real, cand.rewards, 0.0).sum(axis=1)
+    return PreferencePairs(
+        sample_rows=sample_rows[pick.users],
+        chosen=cand.items[pick.users, pick.chosen], rejected=cand.items[pick.users, pick.rejected],
+        chosen_codes=both[:, 0].cpu().numpy(), rejected_codes=both[:, 1].cpu().numpy(),
+        chosen_reward=cand.rewards[pick.users, pick.chosen], rejected_reward=cand.rewards[pick.users, pick.rejected],
+        reference_chosen=reference[:, 0].numpy(), reference_rejected=reference[:, 1].numpy(),
+        candidate_reward_mean=np.where(any_real, totals / np.maximum(real.sum(axis=1), 1), np.nan),
+        candidate_reward_max=np.where(any_real, np.where(real, cand.rewards, -np.inf).max(axis=1), np.nan),
+        ties=pick.ties, fillers=pick.fillers)
+
+
+def build_preference_pairs(model: OneRecModel, samples: SampleSet, rows: np.ndarray, reward_fn: RewardFn, *,
+                           codes: torch.Tensor, prefix_index: PrefixIndex, num_candidates: int, batch_size: int,
+                           exclude_history: bool = False, device: Optional[torch.device] = None,
+                           progress: bool = False) -> PreferencePairs:
+    """Candidates for ``samples[rows]`` from ``model`` (= the reference M_t), scored, reduced to best/worst pairs.
+
+    Args:
+        model (OneRecModel): the current plain model; it writes the candidates and is the DPO reference.
+        samples (SampleSet): the training samples.
+        rows (np.ndarray): [R] rows of ``samples`` to build pairs for (this rank's share).
+        reward_fn (RewardFn): rewards of candidate sessions.
+        codes (torch.Tensor): [I, L'] int64 item codes.
+        prefix_index (PrefixIndex): the codebook's index, on ``device``.
+        num_candidates (int): N sessions per user.
+        batch_size (int): users per beam-search batch.
+        exclude_history (bool): never generate an item of the user's history.
+        device (torch.device | None): where to generate (default: the model's device).
+        progress (bool): a tqdm bar.
+
+    Returns:
+        PreferencePairs: P <= R pairs, in row order.
+
+    Example:
+        >>> from torchrec_onerec.data.samples import Sample
+        >>> from torchrec_onerec.models.config import model_size
+        >>> from torchrec_onerec.models.testing import random_codes
+        >>> codes, sizes = random_codes(10, [3, 3])
+        >>> model = OneRecModel(model_size("tiny"), sizes).eval()
+        >>> samples = SampleSet.from_samples([Sample(u, np.array([u]), np.array([1, 2]), np.zeros((2, 0), np.float32))
+        ...                                   for u in range(3)], [])
+        >>> first_item_id = lambda users, sessions: sessions[:, :, 0].astype(float)  # a toy reward
+        >>> pairs = build_preference_pairs(model, samples, np.array([0, 2]), first_item_id, codes=codes,
+        ...                                prefix_index=PrefixIndex(codes, vocab_sizes=sizes), num_candidates=8,
+        ...                                batch_size=2)
+        >>> pairs.sample_rows.tolist(), pairs.chosen_reward.tolist() == pairs.chosen[:, 0].tolist()
+        ([0, 2], True)
+        >>> bool((pairs.chosen[:, 0] > pairs.rejected[:, 0]).all()), pairs.reference_chosen.shape
+        (True, (2,))
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    subset = samples.subset(rows)
+    M, L = samples.session_items, int(codes.shape[1])
+    parts: List[PreferencePairs] = []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for cand in scored_candidates(model, subset, reward_fn, codes=codes, prefix_index=prefix_index,
+                                          num_candidates=num_candidates, batch_size=batch_size,
+                                          exclude_history=exclude_history, device=device, progress=progress):
+                parts.append(_batch_pairs(model, cand, rows[cand.rows]))
+    finally:
+        model.train(was_training)
+    return PreferencePairs.concat(parts) if parts else empty_pairs(M, L)
+
+
+def empty_pairs(session_items: int, num_levels: int) -> PreferencePairs:
+    """No pairs (and no sampled users), with the array shapes of M = ``session_items`` and L' = ``num_levels``."""
+    M, L = session_items, num_levels
+    return PreferencePairs(np.zeros(0, np.int64), np.zeros((0, M), np.int64), np.zeros((0, M), np.int64),
+                           np.zeros((0, M, L), np.int64), np.zeros((0, M, L), np.int64), np.zeros(0), np.zeros(0),
+                           np.zeros(0, np.float32), np.zeros(0, np.float32), np.zeros(0), np.zeros(0))
+
+
+def gather_pairs(pairs: PreferencePairs, ctx: DistContext) -> PreferencePairs:
+    """Every rank's pairs, in rank order, on every rank (``all_gather_object``; no-op with one process).
+
+    Example:
+        >>> ctx = DistContext(0, 1, 0, 1, torch.device("cpu"), "gloo", False)
+        >>> len(gather_pairs(empty_pairs(2, 3), ctx))
+        0
+    """
+    if ctx.world_size == 1:
+        return pairs
+    parts: List[Optional[PreferencePairs]] = [None] * ctx.world_size
+    dist.all_gather_object(parts, pairs)
+    return PreferencePairs.concat([p for p in parts if p is not None])
