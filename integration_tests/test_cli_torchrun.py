@@ -1,4 +1,5 @@
-"""The `onerec` pipeline end to end on the tiny synthetic world: one process, then training under torchrun."""
+"""The `onerec` pipeline end to end on the tiny synthetic world: one process, then every training stage (generative
+model, reward model, alignment, cascade) and the comparison under torchrun with two processes."""
 
 import json
 import os
@@ -8,6 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from torchrec_onerec.pipeline import STAGES
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "configs" / "tiny.yaml")
@@ -19,29 +22,35 @@ def _onerec(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           cwd=cwd, env=env, timeout=300)
 
 
-def test_run_then_torchrun_training_gives_the_same_kind_of_result(tmp_path: Path) -> None:
+def test_run_then_torchrun_run_gives_the_same_kind_of_result(tmp_path: Path) -> None:
     one = tmp_path / "one"
     proc = _onerec("run", TINY, f"run_dir={one}", cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    for stage in ("data", "tokenize", "train", "evaluate"):
-        assert (one / stage / "done.json").is_file()
-    metrics = json.loads((one / "evaluate" / "metrics.json").read_text())
-    assert set(metrics) == {"onerec", "popularity"}
-    assert metrics["onerec"]["metrics"]["legality"] == 1.0
-    assert metrics["onerec"]["metrics"]["repeat_rate"] == 0.0
+    for stage in STAGES:
+        assert (one / stage / "done.json").is_file(), stage
+    metrics = json.loads((one / "evaluate" / "metrics.json").read_text())["arms"]
+    assert set(metrics) == {"cascade", "onerec", "onerec_ipa", "popularity"}
+    for arm in ("onerec", "onerec_ipa"):
+        assert metrics[arm]["metrics"]["legality"] == 1.0 and metrics[arm]["metrics"]["repeat_rate"] == 0.0
+    for arm in metrics.values():  # protocol C and the reward model's estimates on every arm
+        assert {"true_reward", "reward_swt_max", "reward_ltr_mean"} <= set(arm["metrics"])
+    report = (one / "compare" / "report.md").read_text()
+    assert "lift of onerec_ipa" in report and "protocol C" in report
+    assert f"report: {one / 'compare' / 'report.md'}" in proc.stdout
 
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     if torchrun is None:
         pytest.skip("torchrun is not installed beside this Python")
     two = tmp_path / "two"
-    shutil.copytree(one, two, ignore=shutil.ignore_patterns("train", "evaluate"))
-    proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "torchrec_onerec", "train", TINY,
+    shutil.copytree(one, two, ignore=shutil.ignore_patterns(*STAGES[2:]))
+    proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "torchrec_onerec", "run", TINY,
                            f"run_dir={two}"], capture_output=True, text=True, cwd=REPO, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads((two / "train" / "summary.json").read_text())
-    assert result["world_size"] == 2 and result["steps"] > 0
-    assert (two / "train" / "done.json").is_file()
+    for stage in ("train", "train-reward", "cascade"):
+        assert json.loads((two / stage / "summary.json").read_text())["world_size"] == 2, stage
+    assert json.loads((two / "align" / "summary.json").read_text())["iterations"] == 2
+    assert (two / "compare" / "done.json").is_file()
 
 
 def test_torchrun_refuses_to_tokenize_in_every_rank(tmp_path: Path) -> None:

@@ -6,7 +6,11 @@ Usage::
     onerec data CONFIG [key=value ...]                 load, validate, split; print and write statistics
     onerec tokenize CONFIG [key=value ...]             item embeddings -> semantic IDs, with a report
     onerec train CONFIG [key=value ...]                train the generative model (torchrun: -m torchrec_onerec)
-    onerec evaluate CONFIG [key=value ...]             test metrics of the trained model and a popularity floor
+    onerec train-reward CONFIG [key=value ...]         train the session reward model (protocol B data)
+    onerec align CONFIG [key=value ...]                iterative preference alignment (DPO) to the reward model
+    onerec cascade CONFIG [key=value ...]              train the cascade baseline (retrieval -> ranking)
+    onerec evaluate CONFIG [key=value ...]             test metrics of every arm of compare.arms, same users
+    onerec compare CONFIG [key=value ...]              intervals and lifts over the baseline arm, report + plots
     onerec config CONFIG [key=value ...]               print the resolved config
 
 Errors in the input (config keys, data files, ids) end the command with exit code 2 and one message that
@@ -24,7 +28,7 @@ from typing import Callable, Dict, Optional, Sequence
 
 from torchrec_onerec import __version__
 from torchrec_onerec.config import ConfigError, OneRecConfig, load_config, to_yaml
-from torchrec_onerec.pipeline import STAGES, run_pipeline
+from torchrec_onerec.pipeline import STAGES, run_pipeline, stage_closure
 
 EXIT_BAD_INPUT = 2
 
@@ -44,7 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     for stage, text in (("data", "load, validate and split the data; write statistics"),
                         ("tokenize", "item embeddings -> semantic IDs, with a quality report"),
                         ("train", "train the generative model (also under torchrun)"),
-                        ("evaluate", "score the trained model on the test split")):
+                        ("train-reward", "train the session reward model on the training days; per-tower test AUC"),
+                        ("align", "align the trained model to the reward model (IPA with DPO; also under torchrun)"),
+                        ("cascade", "train the cascade baseline: two-tower retrieval -> DLRM ranker (also torchrun)"),
+                        ("evaluate", "score every arm of compare.arms on the test split"),
+                        ("compare", "A/B report: intervals and lifts of each arm over compare.baseline")):
         p = sub.add_parser(stage, help=text)
         _add_config_args(p)
     show = sub.add_parser("config", help="print the resolved config")
@@ -59,7 +67,7 @@ def _command_run(cfg: OneRecConfig, args: argparse.Namespace) -> Dict[str, objec
 def _command_stage(stage: str) -> Callable[[OneRecConfig, argparse.Namespace], Dict[str, object]]:
     def command(cfg: OneRecConfig, args: argparse.Namespace) -> Dict[str, object]:
         # A stage asked for by name is always redone; the stages it needs are reused when complete.
-        return run_pipeline(cfg, stages=STAGES[: STAGES.index(stage) + 1], force=[stage])
+        return run_pipeline(cfg, stages=stage_closure(stage), force=[stage])
 
     return command
 
@@ -94,9 +102,13 @@ def _render(command: str, result: Dict[str, object]) -> str:
         return (run_dir / "tokenize" / "report.md").read_text()
     if command == "evaluate":
         return (run_dir / "evaluate" / "report.md").read_text()
+    if command == "compare":
+        return (run_dir / "compare" / "report.md").read_text()
     seconds: Dict[str, float] = result["seconds"]  # type: ignore[assignment]
     lines = [f"stage {stage}: " + (f"done in {seconds[stage]:.1f} s" if stage in seconds else "complete, skipped")
              for stage in result["stages"]]  # type: ignore[union-attr]
     lines.append(f"run directory: {run_dir} (config.yaml, run.log, metrics.jsonl, one folder per stage)")
+    if (run_dir / "compare" / "report.md").is_file():
+        lines.append(f"report: {run_dir / 'compare' / 'report.md'}")
     return "\n".join(lines)
 

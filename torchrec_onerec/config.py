@@ -26,7 +26,10 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 from torchrec_onerec.data.config import LoaderConfig, SplitConfig
 from torchrec_onerec.datasets.config import DataConfig
 from torchrec_onerec.errors import ConfigError
-from torchrec_onerec.eval.config import EvalConfig
+from torchrec_onerec.alignment.config import AlignConfig
+from torchrec_onerec.eval.config import CompareConfig, EvalConfig
+from torchrec_onerec.models.cascade_config import CascadeConfig
+from torchrec_onerec.models.reward_config import RewardModelConfig
 from torchrec_onerec.models.config import OneRecModelConfig
 from torchrec_onerec.tokenizer.config import TokenizerConfig
 from torchrec_onerec.train.config import TrainConfig
@@ -57,6 +60,10 @@ class OneRecConfig:
     model: OneRecModelConfig = field(default_factory=OneRecModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    reward: RewardModelConfig = field(default_factory=RewardModelConfig)
+    align: AlignConfig = field(default_factory=AlignConfig)
+    cascade: CascadeConfig = field(default_factory=CascadeConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
 
     def __post_init__(self) -> None:
         defaults = OneRecModelConfig()

@@ -69,34 +69,46 @@ class Comparison:
         }
 
     def to_markdown(self) -> str:
-        """Two tables: each arm's metrics with intervals; each arm's lift over the baseline with intervals."""
+        """Per metric group (ranking, protocol C's true reward, reward-model estimates): each arm's means with
+        intervals, then each arm's lift over the baseline with paired intervals; then the diagnostics."""
         pct = f"{round(self.level * 100)}%"
-        lines = [f"Means over the same {self.num_users} users, with {pct} bootstrap intervals "
-                 f"({self.resamples} resamples of users).", "",
-                 "| arm | " + " | ".join(self.metrics) + " |", "|---|" + "---|" * len(self.metrics)]
-        for arm in self.arms:
-            cells = [f"{ci.value:.4f} [{ci.low:.4f}, {ci.high:.4f}]" for ci in (self.means[arm][m] for m in self.metrics)]
-            lines.append(f"| {arm} | " + " | ".join(cells) + " |")
-        lines += ["", f"Relative lift over **{self.baseline}** (paired bootstrap, {pct} interval; * = the interval "
-                      "of the difference excludes 0).", "",
-                  "| arm | " + " | ".join(self.metrics) + " |", "|---|" + "---|" * len(self.metrics)]
-        for arm in self.arms:
-            if arm == self.baseline:
-                continue
-            cells = []
-            for metric in self.metrics:
-                lift, diff = self.versus[arm][metric]["lift"], self.versus[arm][metric]["difference"]
-                star = "*" if diff.excludes_zero() else ""
-                cells.append("n/a" if np.isnan(lift.value) else
-                             f"{lift.value:+.1%} [{lift.low:+.1%}, {lift.high:+.1%}]{star}")
-            lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+        lines = [f"Means over the same {self.num_users} users with {pct} bootstrap intervals ({self.resamples} "
+                 f"resamples of users); lifts relative to **{self.baseline}** with paired intervals "
+                 "(* = the interval of the difference excludes 0)."]
+        for title, group in metric_groups(self.metrics).items():
+            lines += ["", f"### {title}", "", "| arm | " + " | ".join(group) + " |", "|---|" + "---|" * len(group)]
+            for arm in self.arms:
+                cis = [self.means[arm][m] for m in group]
+                lines.append(f"| {arm} | " + " | ".join(f"{c.value:.4f} [{c.low:.4f}, {c.high:.4f}]" for c in cis) + " |")
+            for arm in self.arms[1:]:
+                cells = []
+                for metric in group:
+                    lift, diff = self.versus[arm][metric]["lift"], self.versus[arm][metric]["difference"]
+                    star = "*" if diff.excludes_zero() else ""
+                    cells.append("n/a" if np.isnan(lift.value) else
+                                 f"{lift.value:+.1%} [{lift.low:+.1%}, {lift.high:+.1%}]{star}")
+                lines.append(f"| lift of {arm} | " + " | ".join(cells) + " |")
         if any(self.diagnostics.values()):
             keys = [k for k in DIAGNOSTICS if any(k in d for d in self.diagnostics.values())]
-            lines += ["", "| arm | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+            lines += ["", "### Diagnostics (means)", "", "| arm | " + " | ".join(keys) + " |",
+                      "|---|" + "---|" * len(keys)]
             for arm in self.arms:
                 lines.append(f"| {arm} | " + " | ".join(
                     f"{self.diagnostics[arm][k]:.4f}" if k in self.diagnostics[arm] else "-" for k in keys) + " |")
         return "\n".join(lines) + "\n"
+
+
+def metric_groups(metrics: Sequence[str]) -> Dict[str, List[str]]:
+    """The compared metrics by kind, in report order (empty groups left out).
+
+    Example:
+        >>> metric_groups(["ndcg@5", "true_reward", "reward_vtr_max"])
+        {'Ranking (EVAL.md A/B)': ['ndcg@5'], 'True reward (protocol C)': ['true_reward'], 'Reward-model estimates': ['reward_vtr_max']}
+    """
+    groups = {"Ranking (EVAL.md A/B)": [m for m in metrics if m.startswith(("recall@", "ndcg@"))],
+              "True reward (protocol C)": [m for m in metrics if m == TRUE_REWARD],
+              "Reward-model estimates": [m for m in metrics if m.startswith("reward_")]}
+    return {title: group for title, group in groups.items() if group}
 
 
 def compare_arms(results: Mapping[str, EvalResult], *, baseline: str, metrics: Optional[Sequence[str]] = None,
@@ -134,7 +146,7 @@ def compare_arms(results: Mapping[str, EvalResult], *, baseline: str, metrics: O
                                  "evaluate every arm on the same SampleSet")
     common = set.intersection(*(set(results[a].per_user) for a in arms))
     if metrics is None:
-        metrics = sorted(m for m in common if is_compared_metric(m))
+        metrics = [m for m in reference if m in common and is_compared_metric(m)]
     missing = [m for m in metrics if m not in common]
     if missing:
         raise ValueError(f"metrics {missing} are missing from some arms (every arm has: {sorted(common)})")

@@ -59,7 +59,7 @@ def _env_int(name: str, default: int) -> int:
         raise ValueError(f"environment variable {name}={value!r} is not an integer; torchrun sets it") from None
 
 
-def _rank_device(device: torch.device, local_rank: int) -> torch.device:
+def rank_device(device: torch.device, local_rank: int) -> torch.device:
     """``device`` on CPU; ``cuda:<local_rank>`` for a CUDA device without an index under torchrun."""
     if device.type != "cuda":
         return torch.device("cpu")
@@ -90,14 +90,14 @@ def init_distributed(device: torch.device, *, timeout_s: float) -> DistContext:
     if timeout_s <= 0:
         raise ValueError(f"timeout_s={timeout_s} must be > 0")
     local_rank = _env_int("LOCAL_RANK", 0)
-    rank_device = _rank_device(device, local_rank)
-    if rank_device.type == "cuda":
-        torch.cuda.set_device(rank_device)
-    backend = "nccl" if rank_device.type == "cuda" else "gloo"
+    this_device = rank_device(device, local_rank)
+    if this_device.type == "cuda":
+        torch.cuda.set_device(this_device)
+    backend = "nccl" if this_device.type == "cuda" else "gloo"
     if dist.is_initialized():
         world_size = dist.get_world_size()
         return DistContext(dist.get_rank(), world_size, local_rank, _env_int("LOCAL_WORLD_SIZE", world_size),
-                           rank_device, dist.get_backend(), owns_group=False)
+                           this_device, dist.get_backend(), owns_group=False)
     timeout = datetime.timedelta(seconds=timeout_s)
     present = [key for key in TORCHRUN_KEYS if key in os.environ]
     if present and len(present) < len(TORCHRUN_KEYS):
@@ -111,7 +111,7 @@ def init_distributed(device: torch.device, *, timeout_s: float) -> DistContext:
         dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
     world_size = dist.get_world_size()
     return DistContext(dist.get_rank(), world_size, local_rank, _env_int("LOCAL_WORLD_SIZE", world_size),
-                       rank_device, backend, owns_group=True)
+                       this_device, backend, owns_group=True)
 
 
 def teardown_distributed(ctx: DistContext) -> None:

@@ -1,0 +1,419 @@
+"""The session reward model of OneRec (ONEREC.md section 3): R(u, S) -> one probability per feedback signal.
+
+For a user u with history H and a session S = (v_1 .. v_M):
+
+- u = MLP([user-id embedding, mean of the history items' embeddings]) (the user representation, width D; with
+  ``reward.user_id_embedding=false`` the history alone);
+- e_i = v_i (.) u, each session item's embedding fused with the user (target-aware);
+- ``attention`` pooling (the paper's design): h = e + SelfAttention(e) over the session's real items (key
+  padding mask), then the sum of h over the real items; two baselines in which items never see each other:
+  ``sum`` (the same without the attention, the ablation that isolates it) and ``mean`` (the mean of the e_i);
+- one MLP tower per signal (swt, vtr, ltr by default; any list of signals) -> a logit, sigmoid -> probability;
+- loss = the sum over towers of the binary cross-entropy against the session labels (``RewardBatch.labels``);
+- the scalar reward = a weighted sum of the tower probabilities (``reward.weights``).
+
+There is no position embedding: a session is scored as a set, so neither padding nor the order of the items
+changes the score.
+
+TorchRec contract: every id lookup (history items, user id, session items) goes through one
+``EmbeddingCollection`` call on ``RewardBatch.features`` (tables ``reward_item`` shared by ``history_item``
+and ``session_item``, and ``reward_user``), and the data-dependent reshaping of its output sits in
+``torch.fx.wrap`` leaves, so ``DistributedModelParallel`` shards the tables and ``TrainPipelineSparseDist``
+pipelines their input_dist. ``RewardTrainModule`` gives the train pipelines' ``(loss, (loss, logits, labels))``.
+
+Shape legend: B batch, M session items, S signals, D width, U users, N sessions per user.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchrec.modules.embedding_configs import EmbeddingConfig
+from torchrec.modules.embedding_modules import EmbeddingCollection
+from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
+
+from torchrec_onerec.data.batch import HISTORY_KEY, USER_KEY, OneRecBatch, TensorFieldsBatch, collate_samples
+from torchrec_onerec.data.samples import PAD_ITEM, SampleSet
+from torchrec_onerec.models.reward_config import RewardModelConfig
+from torchrec_onerec.modules.attention import AttentionConfig, SelfAttention
+
+SESSION_KEY = "session_item"
+REWARD_FEATURE_KEYS = (HISTORY_KEY, USER_KEY, SESSION_KEY)
+ITEM_TABLE = "reward_item"
+USER_TABLE = "reward_user"
+
+
+@dataclass
+class RewardBatch(TensorFieldsBatch):
+    """B sessions with their users, as the reward model reads them; a TorchRec ``Pipelineable``.
+
+    Args:
+        features (KeyedJaggedTensor): keys ``REWARD_FEATURE_KEYS``: ``history_item`` (each user's history),
+            ``user_id`` (one per session) and ``session_item`` (the session's real items, row by row).
+        session_mask (torch.Tensor): [B, M] bool, True at the slots holding a real item (any slots: the
+            ``session_item`` values fill the True slots in row-major order).
+        labels (torch.Tensor): [B, S] float32 session labels (the training targets).
+        item_labels (torch.Tensor): [B, M, S] float32 labels of each slot (0 at padding).
+
+    Example:
+        >>> from torchrec_onerec.data.samples import Sample
+        >>> s = SampleSet.from_samples([Sample(0, np.array([3]), np.array([1, 2, -1]),
+        ...                                    np.array([[1.0], [0.0], [0.0]], np.float32))], ["vtr"])
+        >>> b = to_reward_batch(collate_samples(s), session_label="mean")
+        >>> b.features[SESSION_KEY].values().tolist(), b.session_mask.tolist(), b.labels.tolist()
+        ([1, 2], [[True, True, False]], [[0.5]])
+    """
+
+    features: KeyedJaggedTensor
+    session_mask: torch.Tensor
+    labels: torch.Tensor
+    item_labels: torch.Tensor
+
+    @property
+    def batch_size(self) -> int:
+        """B."""
+        return int(self.session_mask.shape[0])
+
+
+def session_labels(item_labels: torch.Tensor, mask: torch.Tensor, rule: str) -> torch.Tensor:
+    """A session's label per signal from its items' labels.
+
+    Args:
+        item_labels (torch.Tensor): [B, M, S] 0/1 labels (0 at padding).
+        mask (torch.Tensor): [B, M] bool, True at real items.
+        rule (str): ``mean`` (the signal's rate over the real items; 0 for an empty session) or ``any``.
+
+    Returns:
+        torch.Tensor: [B, S] float32.
+
+    Example:
+        >>> labels = torch.tensor([[[1.0], [0.0], [0.0]]])
+        >>> mask = torch.tensor([[True, True, False]])
+        >>> session_labels(labels, mask, "mean").tolist(), session_labels(labels, mask, "any").tolist()
+        ([[0.5]], [[1.0]])
+    """
+    real = mask.unsqueeze(-1).to(item_labels.dtype)  # (B, M, 1)
+    if rule == "mean":
+        return (item_labels * real).sum(dim=1) / real.sum(dim=1).clamp(min=1.0)
+    if rule == "any":
+        return ((item_labels * real) > 0).any(dim=1).to(torch.float32)
+    raise ValueError(f"rule={rule!r} must be 'mean' or 'any' (reward.session_label)")
+
+
+def to_reward_batch(batch: OneRecBatch, *, session_label: str) -> RewardBatch:
+    """Add a ``OneRecBatch``'s target sessions to its feature KJT as ``session_item`` (vectorised).
+
+    Args:
+        batch (OneRecBatch): B samples whose ``target`` [B, M] are the sessions (-1: empty slot) and ``labels``
+            [B, M, S] their items' feedback.
+        session_label (str): ``mean`` or ``any`` (``session_labels``).
+
+    Returns:
+        RewardBatch: on ``batch``'s device.
+    """
+    history, users = batch.features[HISTORY_KEY], batch.features[USER_KEY]
+    mask = batch.target != PAD_ITEM
+    features = KeyedJaggedTensor.from_lengths_sync(
+        keys=list(REWARD_FEATURE_KEYS),
+        values=torch.cat([history.values(), users.values(), batch.target[mask]]),
+        lengths=torch.cat([history.lengths(), users.lengths(), mask.sum(dim=1)]),
+    )
+    return RewardBatch(features=features, session_mask=mask,
+                       labels=session_labels(batch.labels, mask, session_label), item_labels=batch.labels)
+
+
+class RewardTransform:
+    """A picklable ``OneRecBatch -> RewardBatch`` step for ``make_dataloader(..., transform=)`` (worker-safe).
+
+    Args:
+        session_label (str): ``mean`` or ``any`` (``reward.session_label``).
+
+    Example:
+        >>> from torchrec_onerec.data.samples import Sample
+        >>> s = SampleSet.from_samples([Sample(0, np.array([3]), np.array([1, 2]), np.ones((2, 1), np.float32))],
+        ...                            ["vtr"])
+        >>> RewardTransform("any")(collate_samples(s)).features.keys()
+        ['history_item', 'user_id', 'session_item']
+    """
+
+    def __init__(self, session_label: str) -> None:
+        if session_label not in ("mean", "any"):
+            raise ValueError(f"session_label={session_label!r} must be 'mean' or 'any' (reward.session_label)")
+        self.session_label = session_label
+
+    def __call__(self, batch: OneRecBatch) -> RewardBatch:
+        return to_reward_batch(batch, session_label=self.session_label)
+
+
+@torch.fx.wrap
+def _jagged_mean(values: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Mean of each row of a jagged [sum L, D] tensor -> [B, D] (zeros for an empty row)."""
+    rows = torch.repeat_interleave(torch.arange(lengths.numel(), device=lengths.device), lengths)
+    sums = values.new_zeros(lengths.numel(), values.shape[1]).index_add_(0, rows, values)
+    return sums / lengths.clamp(min=1).unsqueeze(1).to(values.dtype)
+
+
+@torch.fx.wrap
+def _to_slots(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Place the [sum M_b, D] session-item embeddings in the True slots of ``mask`` [B, M] -> [B, M, D]."""
+    B, M = mask.shape
+    out = values.new_zeros(B, M, values.shape[1])
+    return out.masked_scatter(mask.unsqueeze(-1), values)
+
+
+@torch.fx.wrap
+def _attendable(mask: torch.Tensor) -> torch.Tensor:
+    """The key mask of the attention: ``mask``, with slot 0 opened in an empty session (an all-False row would
+    give NaN; its output is pooled away)."""
+    empty = ~mask.any(dim=1, keepdim=True)  # (B, 1)
+    first = torch.zeros_like(mask)
+    first[:, 0] = True
+    return mask | (empty & first)
+
+
+class RewardOutput(NamedTuple):
+    """What ``SessionRewardModel.forward`` returns.
+
+    Args:
+        loss (torch.Tensor): [] sum over signals of the mean binary cross-entropy.
+        logits (torch.Tensor): [B, S] one logit per signal tower.
+        probabilities (torch.Tensor): [B, S] sigmoid of the logits.
+        labels (torch.Tensor): [B, S] the session labels the loss used.
+    """
+
+    loss: torch.Tensor
+    logits: torch.Tensor
+    probabilities: torch.Tensor
+    labels: torch.Tensor
+
+
+def _mlp(d_in: int, hidden: int, d_out: int, dropout: float, device: Optional[torch.device]) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(d_in, hidden, device=device), nn.ReLU(), nn.Dropout(dropout),
+                         nn.Linear(hidden, d_out, device=device))
+
+
+class SessionRewardModel(nn.Module):
+    """R(u, S): per-signal probabilities that a user engages with a session (module docstring).
+
+    Args:
+        config (RewardModelConfig): D, heads, tower width, pooling, dropout, reward weights.
+        num_users (int): rows of the user table (user ids lie in [0, num_users)).
+        num_items (int): rows of the item table (item ids lie in [0, num_items)).
+        signals (Sequence[str]): the S towers, in label order (``SampleSet.signals``).
+        device (torch.device | None): where to build ("meta" for DMP).
+
+    Example:
+        >>> from torchrec_onerec.data.samples import Sample
+        >>> model = SessionRewardModel(RewardModelConfig(embedding_dim=8), num_users=2, num_items=5,
+        ...                            signals=["swt", "vtr"])
+        >>> s = SampleSet.from_samples([Sample(1, np.array([4]), np.array([0, 2, -1]), np.zeros((3, 2), np.float32))],
+        ...                            ["swt", "vtr"])
+        >>> out = model(to_reward_batch(collate_samples(s), session_label="mean"))
+        >>> tuple(out.probabilities.shape), tuple(model.reward(out.probabilities).shape)
+        ((1, 2), (1,))
+    """
+
+    def __init__(self, config: RewardModelConfig, num_users: int, num_items: int, signals: Sequence[str], *,
+                 device: Optional[torch.device] = None) -> None:
+        super().__init__()
+        if num_users < 1 or num_items < 1:
+            raise ValueError(f"num_users={num_users} and num_items={num_items} must both be >= 1")
+        if not signals or len(set(signals)) != len(signals):
+            raise ValueError(f"signals={list(signals)} must name at least one tower, each once "
+                             "(split.labels gives them)")
+        unknown = sorted(set(config.weights) - set(signals))
+        if unknown:
+            raise ValueError(f"reward.weights names {unknown}, which are not among the signals {list(signals)}; "
+                             "weight only the signals the split labels")
+        self.config, self.num_users, self.num_items = config, num_users, num_items
+        self.signals: List[str] = list(signals)
+        self.weights: List[float] = [float(config.weights.get(s, 0.0)) if config.weights else 1.0 for s in signals]
+        D, H = config.embedding_dim, config.tower_hidden
+        tables = [EmbeddingConfig(name=ITEM_TABLE, embedding_dim=D, num_embeddings=num_items,
+                                  feature_names=[HISTORY_KEY, SESSION_KEY])]
+        if config.user_id_embedding:
+            tables.append(EmbeddingConfig(name=USER_TABLE, embedding_dim=D, num_embeddings=num_users,
+                                          feature_names=[USER_KEY]))
+        self.ec = EmbeddingCollection(tables=tables, device=device)  # a KJT key no table reads is ignored
+        self.user_mlp = _mlp((2 if config.user_id_embedding else 1) * D, H, D, config.dropout, device)
+        self.attention: Optional[SelfAttention] = None
+        if config.pooling == "attention":
+            self.attention = SelfAttention(AttentionConfig(d_model=D, num_heads=config.num_heads,
+                                                           dropout=config.dropout), device=device)
+        self.towers = nn.ModuleList(_mlp(D, H, 1, config.dropout, device) for _ in self.signals)
+
+    def user_representation(self, embedded: Dict[str, JaggedTensor]) -> torch.Tensor:
+        """u = MLP([user-id embedding, mean history item embedding]) (or MLP(mean history) alone): [B, D]."""
+        history = embedded[HISTORY_KEY]
+        parts = [_jagged_mean(history.values(), history.lengths())]
+        if self.config.user_id_embedding:
+            parts.insert(0, embedded[USER_KEY].values())  # one id per sample: [B, D]
+        return self.user_mlp(torch.cat(parts, dim=1))
+
+    def pool(self, items: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Session vector from the fused items e [B, M, D] and the real-item mask [B, M] -> [B, D]."""
+        real = mask.unsqueeze(-1).to(items.dtype)  # (B, M, 1)
+        if self.config.pooling == "mean":
+            return (items * real).sum(dim=1) / real.sum(dim=1).clamp(min=1.0)
+        if self.attention is not None:
+            items = items + self.attention(items, key_mask=_attendable(mask))  # (B, M, D)
+        return (items * real).sum(dim=1)
+
+    def session_vectors(self, batch: RewardBatch) -> torch.Tensor:
+        """The pooled session representations the towers read (one TorchRec embedding call).
+
+        Args:
+            batch (RewardBatch): B sessions of M slots.
+
+        Returns:
+            torch.Tensor: [B, D].
+        """
+        embedded = self.ec(batch.features)
+        u = self.user_representation(embedded)  # (B, D)
+        items = _to_slots(embedded[SESSION_KEY].values(), batch.session_mask) * u.unsqueeze(1)  # (B, M, D): e_i
+        return self.pool(items, batch.session_mask)
+
+    def forward(self, batch: RewardBatch) -> RewardOutput:
+        """Tower logits, probabilities and the summed BCE loss of B sessions.
+
+        Args:
+            batch (RewardBatch): B sessions of M slots (one TorchRec embedding call on ``batch.features``).
+
+        Returns:
+            RewardOutput: loss [], logits [B, S], probabilities [B, S], labels [B, S].
+        """
+        pooled = self.session_vectors(batch)
+        logits = torch.cat([tower(pooled) for tower in self.towers], dim=1)  # (B, S)
+        labels = batch.labels
+        loss = F.binary_cross_entropy_with_logits(logits, labels, reduction="none").mean(dim=0).sum()
+        return RewardOutput(loss, logits, torch.sigmoid(logits), labels)
+
+    def reward(self, probabilities: torch.Tensor) -> torch.Tensor:
+        """The scalar reward: sum over signals of weight * probability ([..., S] -> [...]).
+
+        Example:
+            >>> model = SessionRewardModel(RewardModelConfig(embedding_dim=4, num_heads=1, weights={"ltr": 2.0}),
+            ...                            num_users=1, num_items=1, signals=["vtr", "ltr"])
+            >>> model.reward(torch.tensor([[0.5, 0.25]])).tolist()
+            [0.5]
+        """
+        weights = torch.tensor(self.weights, dtype=probabilities.dtype, device=probabilities.device)
+        return (probabilities * weights).sum(dim=-1)
+
+
+class RewardTrainModule(nn.Module):
+    """The train wrapper TorchRec's pipelines expect: ``forward(batch) -> (loss, (loss, logits, labels))``.
+
+    Args:
+        model (SessionRewardModel): the model to train.
+
+    Example:
+        >>> module = RewardTrainModule(SessionRewardModel(RewardModelConfig(), 3, 4, ["vtr"]))
+        >>> module.model.signals
+        ['vtr']
+    """
+
+    def __init__(self, model: SessionRewardModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: RewardBatch) -> Tuple[torch.Tensor, Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Loss and detached (loss, logits [B, S], labels [B, S])."""
+        out = self.model(batch)
+        return out.loss, (out.loss.detach(), out.logits.detach(), out.labels.detach())
+
+
+def _check_sessions(model: SessionRewardModel, samples: SampleSet, sessions: np.ndarray) -> np.ndarray:
+    """``sessions`` as [U, N, M] int64 with U = len(samples) and ids in [-1, num_items), else ValueError."""
+    sessions = np.asarray(sessions)
+    if sessions.ndim != 3 or sessions.shape[0] != len(samples) or (sessions.size and sessions.dtype.kind not in "iu"):
+        raise ValueError(f"sessions must be an integer array [U={len(samples)}, N, M] (one row per sample), got "
+                         f"shape {sessions.shape} and dtype {sessions.dtype}")
+    if sessions.size and (int(sessions.min()) < PAD_ITEM or int(sessions.max()) >= model.num_items):
+        raise ValueError(f"sessions hold ids in [{int(sessions.min())}, {int(sessions.max())}]; items are "
+                         f"[0, {model.num_items}) for this reward model and -1 is the only padding value")
+    if len(samples) and int(samples.user.max()) >= model.num_users:
+        raise ValueError(f"samples hold user id {int(samples.user.max())} but the reward model has "
+                         f"{model.num_users} users; score users of the data set it was trained on")
+    return sessions.astype(np.int64, copy=False)
+
+
+def score_sessions(model: SessionRewardModel, samples: SampleSet, sessions: np.ndarray, *, batch_size: int,
+                   device: torch.device) -> np.ndarray:
+    """Per-signal probabilities of N sessions per user, from a plain (unsharded) model, without gradients.
+
+    Sample u's user and history are paired with each of its N sessions. The model runs in eval mode (its mode
+    is restored afterwards).
+
+    Args:
+        model (SessionRewardModel): a plain model (``load_reward_model``), on ``device``.
+        samples (SampleSet): U samples (their user and history; targets and labels are not read).
+        sessions (np.ndarray): [U, N, M] int item ids, -1 at empty slots (anywhere in a session).
+        batch_size (int): sessions per forward pass (at least one user's N sessions).
+        device (torch.device): where the model is.
+
+    Returns:
+        np.ndarray: [U, N, S] float32 probabilities, S = ``model.signals``.
+
+    Example:
+        >>> from torchrec_onerec.data.samples import Sample
+        >>> model = SessionRewardModel(RewardModelConfig(embedding_dim=8), 2, 5, ["vtr", "ltr"])
+        >>> s = SampleSet.from_samples([Sample(1, np.array([4]), np.array([0]), np.zeros((1, 2), np.float32))],
+        ...                            ["vtr", "ltr"])
+        >>> score_sessions(model, s, np.array([[[0, 1], [2, -1], [3, 4]]]), batch_size=8,
+        ...                device=torch.device("cpu")).shape
+        (1, 3, 2)
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be >= 1")
+    sessions = _check_sessions(model, samples, sessions)
+    U, N, M = sessions.shape
+    out = np.zeros((U, N, len(model.signals)), np.float32)
+    users_per_batch = max(1, batch_size // max(N, 1))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, U if N else 0, users_per_batch):
+                rows = np.arange(start, min(U, start + users_per_batch))
+                batch = collate_samples(samples, np.repeat(rows, N))  # each user once per session
+                target = torch.from_numpy(sessions[rows].reshape(len(rows) * N, M))
+                batch = dataclasses.replace(batch, target=target, target_mask=target != PAD_ITEM,
+                                            labels=torch.zeros(len(rows) * N, M, len(model.signals)))
+                probabilities = model(to_reward_batch(batch, session_label="mean").to(device)).probabilities
+                out[rows] = probabilities.view(len(rows), N, -1).float().cpu().numpy()
+    finally:
+        model.train(was_training)
+    return out
+
+
+def session_rewards(model: SessionRewardModel, samples: SampleSet, sessions: np.ndarray, *, batch_size: int,
+                    device: torch.device) -> np.ndarray:
+    """The scalar reward of N sessions per user: ``model.reward`` of ``score_sessions``.
+
+    Args:
+        model (SessionRewardModel): a plain model on ``device``.
+        samples (SampleSet): U samples (user and history).
+        sessions (np.ndarray): [U, N, M] int item ids, -1 at empty slots.
+        batch_size (int): sessions per forward pass.
+        device (torch.device): where the model is.
+
+    Returns:
+        np.ndarray: [U, N] float32.
+
+    Example:
+        >>> from torchrec_onerec.data.samples import Sample
+        >>> model = SessionRewardModel(RewardModelConfig(embedding_dim=8), 2, 5, ["vtr", "ltr"])
+        >>> s = SampleSet.from_samples([Sample(1, np.array([4]), np.array([0]), np.zeros((1, 2), np.float32))],
+        ...                            ["vtr", "ltr"])
+        >>> session_rewards(model, s, np.array([[[0, 1], [2, -1]]]), batch_size=8, device=torch.device("cpu")).shape
+        (1, 2)
+    """
+    probabilities = score_sessions(model, samples, sessions, batch_size=batch_size, device=device)
+    return model.reward(torch.from_numpy(probabilities)).numpy()

@@ -1,0 +1,95 @@
+"""Schema of the ``reward`` config section: the session reward model (ONEREC.md section 3) and its training."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Dict
+
+from torchrec_onerec.errors import ConfigError
+
+POOLINGS = ("attention", "sum", "mean")
+SESSION_LABELS = ("mean", "any")
+
+
+@dataclass
+class RewardModelConfig:
+    """The session reward model R(u, S) and how it is trained (EVAL.md protocol B: training days only).
+
+    Args:
+        embedding_dim: D, width of the item and user tables and of every item representation e_i.
+        num_heads: heads of the self-attention over a session's items; must divide ``embedding_dim``.
+        tower_hidden: hidden width of the user MLP and of each signal's tower.
+        user_id_embedding: give each user id its own row (table ``reward_user``) in the user representation;
+            False builds u from the history alone (a per-user row memorises when users have few training
+            sessions, and a new user has no trained row).
+        pooling: ``attention`` (self-attention over the session's items, then sum-pool: the paper's design);
+            the baselines the attention design is measured against, where items never see each other: ``sum``
+            (the same sum-pool without the attention) and ``mean`` (the mean of the e_i).
+        dropout: dropout in the towers, the user MLP and on the attention output (training only).
+        weights: signal -> weight of its tower in the scalar reward (negative for an unwanted signal); empty =
+            weight 1 for every signal; a signal left out of a non-empty mapping weighs 0.
+        session_label: the training target of a session from its items' 0/1 labels: ``mean`` (a soft target,
+            the signal's rate over the session's real items) or ``any`` (1 when some item is positive).
+        train_on_impressions: also train on every training impression as a 1-item session (its own labels),
+            besides the sessions of m: per-item credit that the pooled session labels lack. Measured on the
+            default synthetic world (mean over towers, test days): impression AUC 0.598 -> 0.628, same-length
+            session AUC 0.585 -> 0.595 (attention pooling); on a world with a strong user-topic signal the
+            session AUC went from 0.53 to 0.64.
+        epochs: passes over the training samples at most.
+        batch_size: sessions per global batch.
+        learning_rate: peak learning rate of the dense parameters (AdamW).
+        sparse_learning_rate: peak learning rate of the fused optimiser of the TorchRec tables.
+        weight_decay: AdamW weight decay of the dense parameters.
+        warmup_steps: linear warm-up steps before the cosine decay.
+        patience: stop after this many epochs without a better validation AUC (0: never stop early).
+
+    Example:
+        >>> RewardModelConfig(pooling="mean").num_heads
+        2
+        >>> RewardModelConfig(embedding_dim=30, num_heads=4)
+        Traceback (most recent call last):
+        ...
+        torchrec_onerec.errors.ConfigError: reward.num_heads=4 must divide reward.embedding_dim=30; ...
+    """
+
+    embedding_dim: int = 32
+    num_heads: int = 2
+    tower_hidden: int = 64
+    user_id_embedding: bool = True
+    pooling: str = "attention"
+    dropout: float = 0.0
+    weights: Dict[str, float] = field(default_factory=dict)
+    session_label: str = "mean"
+    train_on_impressions: bool = True
+    epochs: int = 5
+    batch_size: int = 256
+    learning_rate: float = 1e-3
+    sparse_learning_rate: float = 0.05
+    weight_decay: float = 0.01
+    warmup_steps: int = 10
+    patience: int = 2
+
+    def __post_init__(self) -> None:
+        for name in ("embedding_dim", "num_heads", "tower_hidden", "epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"reward.{name}={getattr(self, name)} must be >= 1")
+        if self.embedding_dim % self.num_heads:
+            raise ConfigError(f"reward.num_heads={self.num_heads} must divide reward.embedding_dim="
+                              f"{self.embedding_dim}; pick a head count that divides the width")
+        if self.pooling not in POOLINGS:
+            raise ConfigError(f"reward.pooling={self.pooling!r} must be one of {list(POOLINGS)}")
+        if self.session_label not in SESSION_LABELS:
+            raise ConfigError(f"reward.session_label={self.session_label!r} must be one of {list(SESSION_LABELS)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"reward.dropout={self.dropout} must lie in [0, 1)")
+        for name in ("learning_rate", "sparse_learning_rate"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"reward.{name}={getattr(self, name)} must be > 0")
+        for name in ("weight_decay", "warmup_steps", "patience"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"reward.{name}={getattr(self, name)} must be >= 0")
+        bad = {signal: weight for signal, weight in self.weights.items() if not math.isfinite(weight)}
+        if bad:
+            raise ConfigError(f"reward.weights has non-finite weights {bad}; give each signal a finite weight "
+                              "(negative for an unwanted signal such as hate, or leave a signal out to ignore it)")

@@ -1,0 +1,390 @@
+"""What each stage of ``onerec run`` does: a typed function of the shared ``PipelineContext`` that reads the run
+directory and writes its own folder in it. ``pipeline.py`` orders the stages, fingerprints their inputs and
+skips the completed ones.
+
+    data      load -> validate -> split (EVAL.md protocols A/B); statistics to ``data/stats.json``
+    tokenize  item embeddings -> semantic IDs (ONEREC.md section 1); ``tokenize/codebook.pt`` + report
+    train     the generative model on TorchRec (DMP, TrainPipelineSparseDist, DCP checkpoints); ``train/``
+    train-reward  the session reward model on the training days (protocol B), per-tower test AUC; ``train-reward/``
+    align     iterative preference alignment (DPO) of the trained model to the reward model; ``align/``
+    cascade   the baseline: two-tower retrieval -> DLRM multi-task ranker -> top-m session; ``cascade/``
+    evaluate  every configured arm on the test split, the same users for all; ``evaluate/arms/<arm>.npz``
+    compare   intervals and lifts over the baseline arm, ``compare/report.md`` with figures
+
+Stages that need the data re-load it (seconds, deterministic per seed) rather than pickling it between runs.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import re
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple, Union
+
+import numpy as np
+import pandas as pd
+
+from torchrec_onerec.alignment.ipa import align_iteratively
+from torchrec_onerec.config import OneRecConfig
+from torchrec_onerec.data.impressions import impression_samples
+from torchrec_onerec.data.samples import SampleSet
+from torchrec_onerec.data.splits import SplitA, SplitB, split_data
+from torchrec_onerec.datasets.interactions import InteractionData
+from torchrec_onerec.datasets.load import load_dataset
+from torchrec_onerec.datasets.synthetic import SyntheticWorld, load_synthetic
+from torchrec_onerec.eval.baselines import evaluate_popularity
+from torchrec_onerec.eval.cascade import evaluate_cascade
+from torchrec_onerec.eval.compare import compare_arms
+from torchrec_onerec.eval.generative import evaluate_generative
+from torchrec_onerec.eval.plots import Curve
+from torchrec_onerec.eval.protocols import EvalResult
+from torchrec_onerec.eval.report import write_comparison_report
+from torchrec_onerec.eval.simulated import add_true_rewards
+from torchrec_onerec.run_dir import RunDir
+from torchrec_onerec.models.cascade import load_cascade
+from torchrec_onerec.models.reward import SessionRewardModel, score_sessions, session_rewards
+from torchrec_onerec.runtime import resolve_device
+from torchrec_onerec.tokenizer.codebook import Codebook, catalogue_fingerprint
+from torchrec_onerec.tokenizer.embeddings import item_embeddings
+from torchrec_onerec.tokenizer.tokenize import fit_tokenizer
+from torchrec_onerec.train.cascade_training import train_cascade
+from torchrec_onerec.train.distributed import rank_device
+from torchrec_onerec.train.export import load_exported
+from torchrec_onerec.train.reward_training import evaluate_reward_model, load_reward_model, train_reward_model
+from torchrec_onerec.train.loop import train_generative
+
+LOG = logging.getLogger("torchrec_onerec")
+
+
+def rank() -> int:
+    """This process's torchrun rank (0 outside torchrun)."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def world_size() -> int:
+    """The torchrun world size (1 outside torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+class PipelineContext:
+    """What the stages of one invocation share: the config, the run directory and the loaded data (lazily)."""
+
+    def __init__(self, config: OneRecConfig, run: RunDir) -> None:
+        self.config = config
+        self.run = run
+        self.fresh = True  # the running stage starts over (vs. resuming its own partial work)
+        self._data: Optional[InteractionData] = None
+        self._split: Optional[Union[SplitA, SplitB]] = None
+        self._world: Optional[SyntheticWorld] = None
+
+    @property
+    def data(self) -> InteractionData:
+        if self._data is None:
+            self._data = load_dataset(self.config.data, seed=self.config.seed)
+        return self._data
+
+    @property
+    def split(self) -> Union[SplitA, SplitB]:
+        if self._split is None:
+            self._split = split_data(self.data, self.config.split)
+        return self._split
+
+    @property
+    def world(self) -> Optional[SyntheticWorld]:
+        """The synthetic world behind the data (protocol C), or None for logged data."""
+        if self.config.data.source != "synthetic":
+            return None
+        if self._world is None:
+            self._world = load_synthetic(self.config.data.synthetic, seed=self.config.seed)[1]
+        return self._world
+
+    @property
+    def codebook(self) -> Codebook:
+        """The tokenize stage's codebook, refused if it belongs to another catalogue or tokenizer config."""
+        cfg = self.config
+        return Codebook.load(self.run.path / "tokenize" / "codebook.pt", num_items=self.data.num_items,
+                             fingerprint=catalogue_fingerprint(self.data.raw_item_ids, cfg.tokenizer, seed=cfg.seed))
+
+
+def data_stage(ctx: PipelineContext) -> Dict[str, object]:
+    """Load, validate and split; write ``data/stats.json`` and return the statistics."""
+    stats = {"dataset": ctx.data.summary(), "split": ctx.split.summary()}
+    ctx.run.write_json("data/stats.json", stats)
+    return stats
+
+
+def tokenize_stage(ctx: PipelineContext) -> Dict[str, object]:
+    """Item embeddings -> codebook; write ``tokenize/codebook.pt``, ``report.json`` and ``report.md``."""
+    cfg = ctx.config
+    embeddings = item_embeddings(ctx.data, cfg.tokenizer, train_interactions=ctx.split.train_sequences, seed=cfg.seed)
+    codebook, report = fit_tokenizer(embeddings, cfg.tokenizer, seed=cfg.seed, device=resolve_device(cfg.device),
+                                     item_ids=ctx.data.raw_item_ids)
+    folder = ctx.run.stage_dir("tokenize")
+    codebook.save(folder / "codebook.pt")
+    ctx.run.write_json("tokenize/report.json", report.to_json())
+    ctx.run.write_text("tokenize/report.md", report.to_markdown())
+    return report.to_json()
+
+
+def train_stage(ctx: PipelineContext) -> Dict[str, object]:
+    """Train the generative model (every torchrun rank takes part); artefacts under ``train/``."""
+    cfg = ctx.config
+    book = ctx.codebook
+    result = train_generative(cfg, ctx.split.train, ctx.split.valid, book.codes, book.vocab_sizes, ctx.run.path,
+                              prefix_index=book.prefix_index(), device=resolve_device(cfg.device),
+                              resume=not ctx.fresh, progress=rank() == 0)
+    return asdict(result)
+
+
+def _not_applicable(ctx: PipelineContext, stage: str) -> Optional[Dict[str, object]]:
+    """A summary saying why ``stage`` does not apply to protocol-A data (no feedback labels), else None."""
+    if isinstance(ctx.split, SplitB):
+        return None
+    why = ("protocol A data has no per-impression feedback, so there is no session reward to learn or align to; "
+           "use split.protocol=B data (KuaiRand, the synthetic world, a table with feedback columns)")
+    LOG.info("stage %s: not applicable: %s", stage, why)
+    return {"not_applicable": why}
+
+
+def _window_samples(ctx: PipelineContext, window: str, items_per_sample: int) -> SampleSet:
+    assert isinstance(ctx.split, SplitB)
+    return impression_samples(ctx.split, window, num_users=ctx.data.num_users, items_per_sample=items_per_sample,
+                              max_history=ctx.config.split.max_history)
+
+
+def train_reward_stage(ctx: PipelineContext) -> Dict[str, object]:
+    """Train the session reward model on the training days (every torchrun rank takes part), select it on the
+    validation days and measure its per-tower test AUC (EVAL.md protocol B); artefacts under ``train-reward/``."""
+    skipped = _not_applicable(ctx, "train-reward")
+    if skipped is not None:
+        return skipped
+    cfg = ctx.config
+    m, device = cfg.split.session_items, resolve_device(cfg.device)
+    result = train_reward_model(cfg.reward, _window_samples(ctx, "train", m), _window_samples(ctx, "valid", m),
+                                num_users=ctx.data.num_users, num_items=ctx.data.num_items,
+                                out_dir=ctx.run.path / "train-reward", seed=cfg.seed, device=device,
+                                train_impressions=_window_samples(ctx, "train", 1), progress=rank() == 0)
+    summary: Dict[str, object] = asdict(result)
+    if rank() == 0:
+        summary["test"] = evaluate_reward_model(_reward_model(ctx), _window_samples(ctx, "test", m),
+                                                _window_samples(ctx, "test", 1), batch_size=cfg.eval.batch_size,
+                                                device=device)
+        ctx.run.write_json("train-reward/test_auc.json", summary["test"])
+    return summary
+
+
+def _reward_model(ctx: PipelineContext) -> SessionRewardModel:
+    """The reward stage's model on this rank's device, refused if it was trained on another catalogue."""
+    device = rank_device(resolve_device(ctx.config.device), int(os.environ.get("LOCAL_RANK", "0")))
+    return load_reward_model(ctx.run.path / "train-reward" / "reward_model.pt", num_items=ctx.data.num_items,
+                             signals=ctx.split.train.signals, device=device)
+
+
+def align_stage(ctx: PipelineContext) -> Dict[str, object]:
+    """Iterative preference alignment (ONEREC.md section 4) of the trained model to the session reward model;
+    every torchrun rank takes part; artefacts under ``align/``."""
+    skipped = _not_applicable(ctx, "align")
+    if skipped is not None:
+        return skipped
+    cfg = ctx.config
+    book = ctx.codebook
+    reward_model = _reward_model(ctx)
+    reward_fn = functools.partial(session_rewards, reward_model, batch_size=cfg.eval.batch_size,
+                                  device=next(reward_model.parameters()).device)
+    trained = ctx.run.read_json("train/summary.json")
+    # Loaded on the CPU: under torchrun each rank moves it to its own device.
+    model = load_exported(Path(trained["best_model_path"]), cfg.model, book.vocab_sizes)
+    result = align_iteratively(cfg.align, model, ctx.split.train, ctx.split.valid, reward_fn, codes=book.codes,
+                               prefix_index=book.prefix_index(), train_config=cfg.train,
+                               out_dir=ctx.run.path / "align", seed=cfg.seed, device=resolve_device(cfg.device),
+                               resume=not ctx.fresh, progress=rank() == 0)
+    return asdict(result)
+
+
+def cascade_stage(ctx: PipelineContext) -> Dict[str, object]:
+    """Train the cascade baseline (every torchrun rank takes part); artefacts under ``cascade/``."""
+    cfg = ctx.config
+    result = train_cascade(cfg.cascade, ctx.split, ctx.data, train_config=cfg.train, max_history=cfg.split.max_history,
+                           out_dir=ctx.run.path / "cascade", device=resolve_device(cfg.device), seed=cfg.seed,
+                           num_workers=cfg.loader.num_workers, progress=rank() == 0)
+    return asdict(result)
+
+
+def _generative_arm(ctx: PipelineContext, path: Path) -> EvalResult:
+    cfg = ctx.config
+    book = ctx.codebook
+    device = resolve_device(cfg.device)
+    model = load_exported(path, cfg.model, book.vocab_sizes, device=device)
+    return evaluate_generative(model, ctx.split.test, codes=book.codes, prefix_index=book.prefix_index(),
+                               config=cfg.eval, protocol=cfg.split.protocol, max_history=cfg.model.max_history,
+                               device=device)
+
+
+def _evaluate_arm(ctx: PipelineContext, arm: str) -> Tuple[Optional[EvalResult], str]:
+    """One arm's test evaluation, or (None, why it is not available)."""
+    cfg = ctx.config
+    if arm == "popularity":
+        return evaluate_popularity(ctx.split.test, ctx.split.train_sequences, ctx.data.num_items, config=cfg.eval,
+                                   protocol=cfg.split.protocol), ""
+    if arm == "cascade":
+        recommender = load_cascade(ctx.run.path / "cascade", config=cfg.cascade, device=resolve_device(cfg.device))
+        return evaluate_cascade(recommender, ctx.split.test, config=cfg.eval, protocol=cfg.split.protocol,
+                                num_items=ctx.data.num_items), ""
+    if arm == "onerec":
+        return _generative_arm(ctx, Path(ctx.run.read_json("train/summary.json")["best_model_path"])), ""
+    if arm == "onerec_ipa":
+        aligned = ctx.run.read_json("align/summary.json")
+        if "not_applicable" in aligned:
+            return None, f"no alignment: {aligned['not_applicable']}"
+        return _generative_arm(ctx, Path(aligned["model_path"])), ""
+    if arm.startswith("model:"):
+        path = Path(arm[len("model:"):])
+        if not path.is_file():
+            raise FileNotFoundError(f"compare.arms names {arm!r} but {path} does not exist")
+        return _generative_arm(ctx, path), ""
+    return None, f"arm {arm!r} has no stage in this pipeline"
+
+
+def add_reward_estimates(model: SessionRewardModel, samples: SampleSet, result: EvalResult, *,
+                         batch_size: int) -> EvalResult:
+    """The reward model's estimate of each signal over an arm's returned sessions (the OneRec paper's offline
+    metric): per user, ``reward_<signal>_mean`` and ``reward_<signal>_max`` over its real sessions (fillers left
+    out), added to ``result`` in place."""
+    users = samples.subset(result.per_user["sample"])
+    probabilities = score_sessions(model, users, result.sessions, batch_size=batch_size,
+                                   device=next(model.parameters()).device)  # [U, R, S]
+    real = np.isfinite(result.scores)[:, :, None]  # [U, R, 1]
+    count = np.maximum(real.sum(axis=1), 1)
+    means = np.where(real, probabilities, 0.0).sum(axis=1) / count  # [U, S]
+    maxima = np.where(real, probabilities, -np.inf).max(axis=1)
+    maxima = np.where(np.isfinite(maxima), maxima, 0.0)
+    for s, signal in enumerate(model.signals):
+        for name, values in ((f"reward_{signal}_mean", means[:, s]), (f"reward_{signal}_max", maxima[:, s])):
+            result.per_user[name] = values.astype(np.float64)
+            result.metrics[name] = float(values.mean())
+    return result
+
+
+def arm_file(arm: str) -> str:
+    """The file stem of an arm's saved evaluation (``model:<path>`` arms get a safe name)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", arm)
+
+
+def evaluate_stage(ctx: PipelineContext) -> Dict[str, object]:
+    """Score every configured arm on the same test users; protocol C's true reward on the synthetic world."""
+    cfg = ctx.config
+    results: Dict[str, EvalResult] = {}
+    unavailable: Dict[str, str] = {}
+    reward_model = None if _not_applicable(ctx, "evaluate (reward estimates)") else _reward_model(ctx)
+    for arm in cfg.compare.arms:
+        result, why = _evaluate_arm(ctx, arm)
+        if result is None:
+            unavailable[arm] = why
+            LOG.info("evaluate: arm %s left out: %s", arm, why)
+            continue
+        if ctx.world is not None:
+            add_true_rewards(ctx.world, ctx.data, result)
+        if reward_model is not None:
+            add_reward_estimates(reward_model, ctx.split.test, result, batch_size=cfg.eval.batch_size)
+        results[arm] = result
+        result.save(ctx.run.stage_dir("evaluate") / "arms" / f"{arm_file(arm)}.npz")
+    summary: Dict[str, object] = {"arms": {a: {"metrics": r.metrics, "info": r.info} for a, r in results.items()},
+                                  "unavailable": unavailable}
+    ctx.run.write_json("evaluate/metrics.json", summary)
+    ctx.run.write_text("evaluate/report.md", evaluation_markdown(cfg, {k: r.metrics for k, r in results.items()}))
+    return summary
+
+
+def evaluation_markdown(config: OneRecConfig, metrics: Dict[str, Dict[str, float]]) -> str:
+    """A table of every arm's test metrics, with the protocol it was measured under."""
+    keys = [k for k in next(iter(metrics.values())) if "@" in k or k == "true_reward"]
+    lines = [f"## Test metrics ({config.name}, EVAL.md protocol {config.split.protocol})", "",
+             f"history n = {config.split.max_history}, session m = {config.split.session_items}, "
+             f"beam {config.eval.beam_size}, returned {config.eval.num_return}, "
+             f"history items {'excluded' if config.eval.exclude_history else 'kept'} in generation", "",
+             "| arm | users | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
+    for arm, values in metrics.items():
+        lines.append(f"| {arm} | {int(values['num_users'])} | " +
+                     " | ".join(f"{values[k]:.4f}" if k in values else "-" for k in keys) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _csv_curves(path: Path, x: str, columns: List[str]) -> Dict[str, Curve]:
+    if not path.is_file():
+        return {}
+    frame = pd.read_csv(path)
+    return {c: (frame[x].tolist(), frame[c].tolist()) for c in columns if c in frame.columns and x in frame.columns}
+
+
+def training_curves(run: RunDir, selection_metric: str) -> Tuple[Dict[str, Dict[str, Curve]], Dict[str, str]]:
+    """The curves the report plots, from whatever stage files exist: panel -> curves, panel -> x label."""
+    panels = {
+        "OneRec training loss": (_csv_curves(run.path / "train/metrics.csv", "step", ["loss", "ntp_loss"]),
+                                 "optimiser step"),
+        f"OneRec validation {selection_metric}": (
+            _csv_curves(run.path / "train/validation.csv", "epoch", [selection_metric]), "epoch"),
+    }
+    curves = {title: named for title, (named, _) in panels.items() if named}
+    return curves, {title: label for title, (_, label) in panels.items()}
+
+
+def _deviations(config: OneRecConfig, split: Union[SplitA, SplitB]) -> List[str]:
+    """The ways this run departs from EVAL.md's protocol, for the report."""
+    out: List[str] = []
+    if config.eval.exclude_history:
+        out.append("history items are excluded from generation (EVAL.md keeps them in the ranking)")
+    if config.split.protocol == "B":
+        out.append(f"sessions by the '{config.split.session_rule}' rule"
+                   + ("" if config.split.session_rule == "window" else
+                      f" (gap {config.split.session_gap_minutes} min)"))
+        if config.split.positive_col != "click":
+            out.append(f"positive item rule: {config.split.positive_col} = 1 (EVAL.md: is_click = 1)")
+        if config.split.train_stride not in (0, config.split.session_items):
+            out.append(f"training runs of m start every {config.split.train_stride} positives (overlapping targets)")
+    if config.split.max_history != 50:
+        out.append(f"history length n = {config.split.max_history} (the common choice is 50)")
+    return out
+
+
+def compare_stage(ctx: PipelineContext) -> Dict[str, object]:
+    """Intervals, lifts over the baseline and the report (``compare/report.md``, figures, ``comparison.json``)."""
+    cfg = ctx.config
+    evaluated = ctx.run.read_json("evaluate/metrics.json")
+    arms = [a for a in cfg.compare.arms if a in evaluated["arms"]]
+    if cfg.compare.baseline not in arms:
+        raise ValueError(f"compare.baseline={cfg.compare.baseline!r} was not evaluated "
+                         f"({evaluated['unavailable'].get(cfg.compare.baseline, 'not among the evaluated arms')}); "
+                         f"evaluated arms: {arms}")
+    results = {a: EvalResult.load(ctx.run.path / "evaluate" / "arms" / f"{arm_file(a)}.npz") for a in arms}
+    comparison = compare_arms(results, baseline=cfg.compare.baseline, resamples=cfg.compare.resamples,
+                              level=cfg.compare.level, seed=cfg.seed)
+    curves, x_labels = training_curves(ctx.run, cfg.train.selection_metric)
+    protocols = [cfg.split.protocol] + (["C"] if ctx.world is not None else [])
+    settings = {"data": cfg.data.source, "users compared": comparison.num_users,
+                "history n": cfg.split.max_history, "session m": cfg.split.session_items,
+                "beam / returned": f"{cfg.eval.beam_size} / {cfg.eval.num_return}", "ks": list(cfg.eval.ks),
+                "seed": cfg.seed}
+    unavailable = evaluated["unavailable"]
+    extra = {"Arms left out": "\n".join(f"- {a}: {why}" for a, why in unavailable.items())} if unavailable else {}
+    report = write_comparison_report(
+        ctx.run.stage_dir("compare"), title=f"A/B comparison: {cfg.name}", comparison=comparison, protocols=protocols,
+        settings=settings, deviations=_deviations(cfg, ctx.split), data_source=cfg.data.source,
+        per_user={a: r.per_user for a, r in results.items()}, curves=curves, curve_x_labels=x_labels,
+        extra_sections=extra)
+    LOG.info("compare: report written to %s", report)
+    return {"report": str(report), **comparison.to_json()}
+
+
+STAGE_FUNCTIONS: Dict[str, Callable[[PipelineContext], Dict[str, object]]] = {
+    "data": data_stage,
+    "tokenize": tokenize_stage,
+    "train": train_stage,
+    "train-reward": train_reward_stage,
+    "align": align_stage,
+    "cascade": cascade_stage,
+    "evaluate": evaluate_stage,
+    "compare": compare_stage,
+}

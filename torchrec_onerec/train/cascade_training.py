@@ -1,0 +1,417 @@
+"""Training of the cascade baseline (``models.cascade``) on the generative model's TorchRec stack.
+
+Both models go through the same steps as OneRec (``train.loop``): built on the meta device, sharded by
+``shard_for_training`` (planner + DistributedModelParallel + fused sparse optimiser + clipped AdamW), fed by
+``rank_dataloader`` (each torchrun rank its slice of every global batch) through TorchRec's
+``TrainPipelineSparseDist``. After every epoch the tables are gathered on rank 0 (``gather_model_state``),
+which validates a plain copy; the best epoch's plain state dict is kept (``save_two_tower`` / ``save_ranker``).
+
+1. Two-tower retrieval on (history, positive item) pairs, one per real target item of the training samples
+   (``training_pairs``; under protocol A with m > 1, the next m items of every position), in-batch softmax with
+   logQ correction; selected on validation recall@K_r of the retrieved lists.
+2. Ranker: protocol B on the training window's impressions (``impression_samples``, one per sample) with the
+   split's signals as tasks; protocol A on each training target vs ``negatives_per_positive`` uniform items
+   (redrawn each epoch, seeded), one task ``positive``. Selected on the mean validation AUC over tasks; the
+   best ranker's test AUCs are reported too (test is read once, for the report, never for selection).
+
+Stack-level settings come from the ``train`` section (``sparse_optimizer``, ``grad_clip``,
+``collective_timeout_s``, ``sharding_type``); pooled tables shard table-wise or column-wise on CPU (TorchRec
+shards EmbeddingBagCollections row-wise on CUDA only), so an empty ``sharding_type`` means ``table_wise``
+here. With several ranks the in-batch negatives are each rank's share of the global batch.
+
+Folder layout (``out_dir``, e.g. ``<run_dir>/cascade``)::
+
+    two_tower.pt, ranker.pt     the selected models (``models.cascade.load_cascade`` reads them)
+    metrics.jsonl               one record per epoch and model, then the test AUCs
+    two_tower.csv, ranker.csv   the epoch records as tables
+    sharding_plan.json          both models' plans
+    result.json                 ``CascadeTrainResult``
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Union
+
+import numpy as np
+import torch
+from torch import nn
+from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
+from torchrec.streamable import Pipelineable
+from tqdm.auto import tqdm
+
+from torchrec_onerec.data.batch import OneRecBatch
+from torchrec_onerec.data.config import LoaderConfig
+from torchrec_onerec.data.impressions import impression_samples
+from torchrec_onerec.data.samples import SampleSet
+from torchrec_onerec.data.splits import SplitA, SplitB
+from torchrec_onerec.datasets.interactions import InteractionData
+from torchrec_onerec.eval.metrics import ranking_metrics
+from torchrec_onerec.eval.protocols import evaluation_users
+from torchrec_onerec.models.cascade import RANKER_FILE, TWO_TOWER_FILE
+from torchrec_onerec.models.cascade_config import CascadeConfig
+from torchrec_onerec.models.ranker import (POSITIVE_TASK, MultiTaskRanker, RankerTrainStep, RankerTransform,
+                                           dense_width, item_dense_features, load_ranker, negative_samples, predict,
+                                           save_ranker, task_aucs)
+from torchrec_onerec.models.two_tower import (TwoTowerRetrieval, TwoTowerTrainStep, TwoTowerTransform,
+                                              item_log_frequency, retrieve, save_two_tower, training_pairs)
+from torchrec_onerec.run_dir import atomic_write_text
+from torchrec_onerec.train.config import TrainConfig
+from torchrec_onerec.train.distributed import (DistContext, all_reduce_sum, barrier, broadcast_object,
+                                               init_distributed, teardown_distributed)
+from torchrec_onerec.train.export import gather_model_state
+from torchrec_onerec.train.rank_data import rank_dataloader
+from torchrec_onerec.train.sharding import shard_for_training
+
+State = Dict[str, torch.Tensor]
+VALIDATION_SEED_OFFSET = 1_000_003  # protocol A's validation/test negatives: a draw no training epoch uses
+
+
+@dataclass
+class ModelTrainResult:
+    """One model's training.
+
+    Args:
+        model (str): ``two_tower`` or ``ranker``.
+        epochs (int): epochs trained.
+        steps (int): optimiser steps.
+        selection_metric (str): the validation metric that picked the kept epoch (higher is better).
+        best_epoch (int): the kept epoch (1-based; the last one when nothing could be validated).
+        best_value (float | None): its validation value.
+        history (List[Dict[str, Any]]): every epoch's record (loss, validation metrics, seconds).
+        path (str): the saved plain model.
+        plan (Dict[str, Dict[str, Any]]): the sharding plan, per table.
+        train_seconds (float): wall seconds in training steps.
+        samples_per_s (float): training samples per second.
+    """
+
+    model: str
+    epochs: int
+    steps: int
+    selection_metric: str
+    best_epoch: int
+    best_value: Optional[float]
+    history: List[Dict[str, Any]]
+    path: str
+    plan: Dict[str, Dict[str, Any]]
+    train_seconds: float
+    samples_per_s: float
+
+
+@dataclass
+class CascadeTrainResult:
+    """Both models' training and the selected ranker's AUCs (also ``result.json``).
+
+    Args:
+        two_tower (ModelTrainResult): the retrieval model.
+        ranker (ModelTrainResult): the ranker.
+        tasks (List[str]): the ranker's tasks.
+        ranker_valid_auc (Dict[str, float]): ``auc_<task>`` and ``auc_mean`` of the kept ranker on validation.
+        ranker_test_auc (Dict[str, float]): the same on the test impressions (protocol A: test targets vs
+            sampled negatives).
+        folder (str): ``out_dir``.
+        world_size (int): processes.
+    """
+
+    two_tower: ModelTrainResult
+    ranker: ModelTrainResult
+    tasks: List[str]
+    ranker_valid_auc: Dict[str, float]
+    ranker_test_auc: Dict[str, float]
+    folder: str
+    world_size: int
+
+
+@dataclass
+class _Stage:
+    """What ``_fit`` needs to train one model."""
+
+    name: str
+    path: Path
+    module: nn.Module
+    epoch_samples: Callable[[int], SampleSet]
+    transform: Callable[[OneRecBatch], Pipelineable]
+    batch_size: int
+    train_config: TrainConfig
+    selection_metric: str
+    validate: Callable[[State], Dict[str, float]]
+    save: Callable[[State], None]
+
+
+def stage_train_config(base: TrainConfig, *, epochs: int, learning_rate: float, sparse_learning_rate: float,
+                       weight_decay: float, device: torch.device) -> TrainConfig:
+    """The ``train`` section's stack settings with one cascade model's epochs and learning rates.
+
+    Example:
+        >>> tc = stage_train_config(TrainConfig(), epochs=2, learning_rate=0.01, sparse_learning_rate=0.1,
+        ...                         weight_decay=0.0, device=torch.device("cpu"))
+        >>> tc.epochs, tc.sharding_type, tc.sparse_optimizer
+        (2, 'table_wise', 'rowwise_adagrad')
+    """
+    sharding = base.sharding_type or "table_wise"
+    if sharding == "row_wise" and device.type != "cuda":
+        raise ValueError("train.sharding_type='row_wise': TorchRec shards pooled tables (EmbeddingBagCollection, "
+                         "the cascade's) row-wise on CUDA only; use table_wise or column_wise on CPU")
+    return TrainConfig(epochs=epochs, learning_rate=learning_rate, sparse_learning_rate=sparse_learning_rate,
+                       weight_decay=weight_decay, warmup_steps=0, grad_clip=base.grad_clip,
+                       sparse_optimizer=base.sparse_optimizer, lr_decay="constant", sharding_type=sharding,
+                       collective_timeout_s=base.collective_timeout_s)
+
+
+class _Writer:
+    """Rank 0's epoch records: ``metrics.jsonl`` (appended) and ``<model>.csv`` (rewritten)."""
+
+    def __init__(self, folder: Path, ctx: DistContext) -> None:
+        self.folder, self.ctx = folder, ctx
+        if ctx.is_rank0:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "metrics.jsonl").write_text("")
+
+    def record(self, record: Dict[str, Any]) -> None:
+        if self.ctx.is_rank0:
+            with open(self.folder / "metrics.jsonl", "a") as f:
+                f.write(json.dumps({"time": time.time(), **record}, sort_keys=True) + "\n")
+
+    def table(self, name: str, rows: List[Dict[str, Any]]) -> None:
+        if self.ctx.is_rank0:
+            out = io.StringIO()
+            writer = csv.DictWriter(out, fieldnames=list(dict.fromkeys(key for row in rows for key in row)))
+            writer.writeheader()
+            writer.writerows(rows)
+            atomic_write_text(self.folder / f"{name}.csv", out.getvalue())
+
+
+def _validate_on_rank0(stage: _Stage, state: Optional[State], ctx: DistContext) -> Dict[str, float]:
+    """Rank 0 validates the gathered state; every rank gets the metrics, or an error naming rank 0's failure."""
+    outcome: tuple[Optional[Dict[str, float]], str] = ({}, "")
+    if state is not None:
+        try:
+            outcome = (stage.validate(state), "")
+        except Exception as exc:  # the other ranks would otherwise wait for the collective timeout
+            if ctx.world_size == 1:
+                raise
+            outcome = (None, f"{type(exc).__name__}: {exc}")
+    metrics, error = broadcast_object(outcome, ctx)
+    if metrics is None:
+        raise RuntimeError(f"{stage.name} validation failed on rank 0: {error}")
+    return metrics
+
+
+def _fit(stage: _Stage, ctx: DistContext, writer: _Writer, *, seed: int, num_workers: int,
+         progress: bool) -> ModelTrainResult:
+    """Train one model epoch by epoch, validate each epoch on rank 0, save the best (module docstring); when no
+    epoch could be validated (no validation data, or undefined metrics), the last one is kept."""
+    training = shard_for_training(stage.module, stage.train_config, ctx, seed=seed)
+    pipeline = TrainPipelineSparseDist(training.dmp, training.optimizer, device=ctx.device, execute_all_batches=True)
+    loader_config = LoaderConfig(batch_size=stage.batch_size, num_workers=num_workers, shuffle=True)
+    history: List[Dict[str, Any]] = []
+    best_value: Optional[float] = None
+    best_epoch, steps, seconds, seen = 0, 0, 0.0, 0
+    state: Optional[State] = None
+    training.dmp.train()
+    for epoch in range(stage.train_config.epochs):
+        samples = stage.epoch_samples(epoch)
+        loader = rank_dataloader(samples, loader_config, seed=seed, epoch=epoch, rank=ctx.rank,
+                                 world_size=ctx.world_size, transform=stage.transform)
+        batches = iter(loader)
+        loss_sum, epoch_steps = 0.0, 0
+        start = time.perf_counter()
+        with tqdm(total=len(loader), desc=f"{stage.name} {epoch + 1}/{stage.train_config.epochs}", unit="step",
+                  disable=not (progress and ctx.is_rank0)) as bar:
+            while True:
+                try:
+                    output = pipeline.progress(batches)
+                except StopIteration:
+                    break
+                loss_sum += float(output[0])
+                epoch_steps += 1
+                bar.update(1)
+        seconds += time.perf_counter() - start
+        steps += epoch_steps
+        seen += len(samples)
+        total_loss, total_steps = all_reduce_sum([loss_sum, epoch_steps], ctx)
+        state = gather_model_state(training.dmp, ctx)
+        metrics = _validate_on_rank0(stage, state, ctx)
+        value = metrics.get(stage.selection_metric)
+        better = value is not None and not math.isnan(value) and (best_value is None or value > best_value)
+        if better:
+            best_value, best_epoch = value, epoch + 1
+            if state is not None:
+                stage.save(state)
+        record = {"model": stage.name, "epoch": epoch + 1, "step": steps, "loss": total_loss / max(total_steps, 1.0),
+                  "seconds": seconds, "best": better, **metrics}
+        history.append(record)
+        writer.record(record)
+        writer.table(stage.name, history)
+    if best_value is None:
+        best_epoch = stage.train_config.epochs
+        if state is not None:
+            stage.save(state)
+    barrier(ctx)
+    return ModelTrainResult(stage.name, stage.train_config.epochs, steps, stage.selection_metric, best_epoch,
+                            best_value, history, str(stage.path), training.plan, seconds, seen / max(seconds, 1e-9))
+
+
+def _plain(module: nn.Module, state: State, device: torch.device) -> nn.Module:
+    """A meta-built module holding ``state`` on ``device``, in eval mode (no random initialisation)."""
+    module.load_state_dict(state, assign=True)
+    return module.to(device).eval()
+
+
+def _item_content(data: InteractionData, use: bool) -> torch.Tensor:
+    """[I, C] the data's content embedding when asked for and present, else [I, 0]."""
+    if use and data.item_embeddings is not None:
+        return torch.as_tensor(np.asarray(data.item_embeddings, np.float32))
+    return torch.zeros(data.num_items, 0)
+
+
+def _two_tower_stage(config: CascadeConfig, split: Union[SplitA, SplitB], data: InteractionData, train: TrainConfig,
+                     folder: Path, device: torch.device) -> _Stage:
+    """The retrieval model, its training pairs and its validation (recall@K_r of the retrieved lists)."""
+    rc = config.retrieval
+    pairs = training_pairs(split.train)
+    if len(pairs) == 0:
+        raise ValueError("the split's training samples hold no target item: the two-tower model has nothing to learn")
+    content = _item_content(data, rc.use_item_content)
+    log_q = torch.as_tensor(item_log_frequency(pairs.target[:, 0], data.num_items))
+    sizes = dict(num_users=data.num_users, num_items=data.num_items, content_dim=int(content.shape[1]))
+    k = min(rc.num_candidates, data.num_items)
+    has_valid = bool((split.valid.target[:, :1] >= 0).any())
+    valid = split.valid.subset(evaluation_users(split.valid)[0]) if has_valid else None
+
+    def validate(state: State) -> Dict[str, float]:
+        if valid is None:
+            return {}
+        model = _plain(TwoTowerRetrieval(rc, **sizes, device=torch.device("meta")), state, device)
+        ranked, _ = retrieve(model, valid, k=k, item_content=content)
+        return {name: float(values.mean()) for name, values in ranking_metrics(ranked, valid.target, [k]).items()}
+
+    def save(state: State) -> None:
+        save_two_tower(folder / TWO_TOWER_FILE, state, rc, num_users=data.num_users, num_items=data.num_items,
+                       item_content=content)
+
+    return _Stage(
+        name="two_tower", path=folder / TWO_TOWER_FILE,
+        module=TwoTowerTrainStep(TwoTowerRetrieval(rc, **sizes, device=torch.device("meta"))),
+        epoch_samples=lambda epoch: pairs, transform=TwoTowerTransform(content, log_q), batch_size=rc.batch_size,
+        train_config=stage_train_config(train, epochs=rc.epochs, learning_rate=rc.learning_rate,
+                                        sparse_learning_rate=rc.sparse_learning_rate, weight_decay=rc.weight_decay,
+                                        device=device),
+        selection_metric=f"recall@{k}", validate=validate, save=save)
+
+
+@dataclass
+class _RankerData:
+    """The ranker's tasks, training samples per epoch, validation and test samples and per-item features."""
+
+    tasks: List[str]
+    epoch_samples: Callable[[int], SampleSet]
+    valid: SampleSet
+    test: SampleSet
+    item_features: torch.Tensor
+
+
+def _ranker_data(config: CascadeConfig, split: Union[SplitA, SplitB], data: InteractionData, *, max_history: int,
+                 seed: int) -> _RankerData:
+    """Protocol B: impressions with the split's signals; protocol A: positives and sampled negatives."""
+    counts = np.bincount(split.train_sequences["item_id"].to_numpy(np.int64), minlength=data.num_items)
+    content = _item_content(data, config.ranker.use_item_content)
+    features = torch.as_tensor(item_dense_features(counts, content.numpy() if content.shape[1] else None))
+    if isinstance(split, SplitB):
+        def window(name: str) -> SampleSet:
+            return impression_samples(split, name, num_users=data.num_users, items_per_sample=1,
+                                      max_history=max_history)
+        train = window("train")
+        return _RankerData(list(split.train.signals), lambda epoch: train, window("valid"), window("test"), features)
+    k = config.ranker.negatives_per_positive
+
+    def sampled(samples: SampleSet, draw_seed: int) -> SampleSet:
+        return negative_samples(samples, num_items=data.num_items, negatives_per_positive=k, seed=draw_seed)
+
+    return _RankerData([POSITIVE_TASK], lambda epoch: sampled(split.train, seed + epoch),
+                       sampled(split.valid, seed + VALIDATION_SEED_OFFSET),
+                       sampled(split.test, seed + 2 * VALIDATION_SEED_OFFSET), features)
+
+
+def _ranker_aucs(ranker: MultiTaskRanker, samples: SampleSet, features: torch.Tensor) -> Dict[str, float]:
+    """``task_aucs`` of a plain ranker on impression samples (empty dict for no samples)."""
+    if len(samples) == 0:
+        return {}
+    return task_aucs(predict(ranker, samples, features), samples.labels[:, 0, :], ranker.tasks)
+
+
+def _ranker_stage(config: CascadeConfig, ranker_data: _RankerData, data: InteractionData, train: TrainConfig,
+                  folder: Path, device: torch.device) -> _Stage:
+    """The ranker and its validation (mean AUC over tasks)."""
+    rk, features = config.ranker, ranker_data.item_features
+    sizes = dict(num_users=data.num_users, num_items=data.num_items, tasks=ranker_data.tasks,
+                 dense_features=dense_width(features))
+
+    def validate(state: State) -> Dict[str, float]:
+        model = _plain(MultiTaskRanker(rk, **sizes, device=torch.device("meta")), state, device)
+        return _ranker_aucs(model, ranker_data.valid, features)
+
+    def save(state: State) -> None:
+        save_ranker(folder / RANKER_FILE, state, rk, num_users=data.num_users, num_items=data.num_items,
+                    tasks=ranker_data.tasks, item_features=features)
+
+    return _Stage(
+        name="ranker", path=folder / RANKER_FILE,
+        module=RankerTrainStep(MultiTaskRanker(rk, **sizes, device=torch.device("meta"))),
+        epoch_samples=ranker_data.epoch_samples, transform=RankerTransform(features), batch_size=rk.batch_size,
+        train_config=stage_train_config(train, epochs=rk.epochs, learning_rate=rk.learning_rate,
+                                        sparse_learning_rate=rk.sparse_learning_rate, weight_decay=rk.weight_decay,
+                                        device=device),
+        selection_metric="auc_mean", validate=validate, save=save)
+
+
+def train_cascade(config: CascadeConfig, split: Union[SplitA, SplitB], data: InteractionData, *,
+                  train_config: TrainConfig, max_history: int, out_dir: Path, device: torch.device, seed: int,
+                  num_workers: int = 0, progress: bool = True) -> CascadeTrainResult:
+    """Train the two-tower model, then the ranker, on TorchRec; keep each one's best epoch under ``out_dir``.
+
+    Args:
+        config (CascadeConfig): the ``cascade`` section.
+        split (SplitA | SplitB): the run's split (protocol A: positives only; B: with impression tables).
+        data (InteractionData): the data set (ids, ``item_embeddings`` for the content features).
+        train_config (TrainConfig): the ``train`` section (stack settings, see the module docstring).
+        max_history (int): n, the history cut of the ranker's impression samples (``split.max_history``).
+        out_dir (Path): the output folder (layout in the module docstring).
+        device (torch.device): ``cpu`` or ``cuda`` (each torchrun process takes ``cuda:<LOCAL_RANK>``).
+        seed (int): the run's seed (initial weights, batch order, negative draws).
+        num_workers (int): DataLoader worker processes.
+        progress (bool): tqdm bars on rank 0.
+
+    Returns:
+        CascadeTrainResult: on every rank.
+    """
+    ctx = init_distributed(device, timeout_s=train_config.collective_timeout_s)
+    try:
+        folder = Path(out_dir)
+        writer = _Writer(folder, ctx)
+        run = dict(seed=seed, num_workers=num_workers, progress=progress)
+        two_tower = _fit(_two_tower_stage(config, split, data, train_config, folder, ctx.device), ctx, writer, **run)
+        ranker_data = _ranker_data(config, split, data, max_history=max_history, seed=seed)
+        ranker = _fit(_ranker_stage(config, ranker_data, data, train_config, folder, ctx.device), ctx, writer, **run)
+        aucs: tuple[Dict[str, float], Dict[str, float]] = ({}, {})
+        if ctx.is_rank0:
+            best, features = load_ranker(folder / RANKER_FILE, device=ctx.device)
+            aucs = (_ranker_aucs(best, ranker_data.valid, features), _ranker_aucs(best, ranker_data.test, features))
+            writer.record({"model": "ranker", "split": "test", **aucs[1]})
+        valid_auc, test_auc = broadcast_object(aucs, ctx)
+        result = CascadeTrainResult(two_tower, ranker, ranker_data.tasks, valid_auc, test_auc, str(folder),
+                                    ctx.world_size)
+        if ctx.is_rank0:
+            atomic_write_text(folder / "sharding_plan.json",
+                              json.dumps({"two_tower": two_tower.plan, "ranker": ranker.plan}, indent=2) + "\n")
+            atomic_write_text(folder / "result.json", json.dumps(asdict(result), indent=2, default=str) + "\n")
+        barrier(ctx)
+        return result
+    finally:
+        teardown_distributed(ctx)

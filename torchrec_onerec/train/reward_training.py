@@ -1,0 +1,524 @@
+"""Training and evaluation of the session reward model (ONEREC.md section 3, EVAL.md protocol B) on TorchRec.
+
+``train_reward_model`` runs in one process or under ``torchrun`` like the generative model's loop: it joins or
+creates the process group, shards a meta-built ``RewardTrainModule`` with ``shard_for_training`` (planner, DMP,
+fused RowWiseAdagrad tables, clipped AdamW), feeds each rank its slice of every global batch through TorchRec's
+``TrainPipelineSparseDist`` with a warm-up + cosine learning-rate schedule, and after every epoch validates on
+rank 0, keeping the best model as a plain state dict and stopping after ``reward.patience`` epochs without
+improvement.
+
+Training samples: the training days' sessions of m impressions and, with ``reward.train_on_impressions``,
+every training impression again as a 1-item session (``single_item_sessions``): the pooled session labels
+alone give each item little credit, and the model learned the user-item affinity much more slowly without them.
+
+Model selection: the mean over towers of the validation sessions' same-length AUC (label: any positive item;
+only pairs of sessions with the same number of items count, see ``session_aucs``). The plain session AUC is
+dominated by session length (a 5-item session holds a click more often than a 1-item one), which says nothing
+about how the model ranks the equal-length sessions it is asked to compare.
+
+Output folder::
+
+    reward_model.pt   the best validated model (the final one when nothing could be validated)
+    metrics.jsonl     one record per epoch: mean training loss, learning rate, validation AUCs
+    result.json       ``RewardTrainResult``
+
+Evaluation (EVAL.md protocol B, "reward-model quality: AUC per tower on the test days, impression level and
+session level"): ``evaluate_reward_model`` scores the logged sessions and, separately, every logged impression
+as a 1-item session, and reports per-tower ROC AUC (torchmetrics) and positive rates.
+
+Shape legend: N samples, M session items, S signals.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torchmetrics.functional.classification import binary_auroc
+from torchrec.distributed.model_parallel import DistributedModelParallel
+from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
+from tqdm.auto import tqdm
+
+from torchrec_onerec.data.config import LoaderConfig
+from torchrec_onerec.data.samples import PAD_ITEM, SampleSet
+from torchrec_onerec.models.reward import (RewardTrainModule, RewardTransform, SessionRewardModel,
+                                           score_sessions)
+from torchrec_onerec.models.reward_config import RewardModelConfig
+from torchrec_onerec.run_dir import atomic_write_text
+from torchrec_onerec.runtime import seed_everything
+from torchrec_onerec.train.checkpoint import rank_seed
+from torchrec_onerec.train.config import TrainConfig
+from torchrec_onerec.train.distributed import (DistContext, all_reduce_sum, barrier, broadcast_object,
+                                               init_distributed, teardown_distributed)
+from torchrec_onerec.train.export import gather_model_state
+from torchrec_onerec.train.rank_data import rank_dataloader, steps_per_epoch
+from torchrec_onerec.train.schedule import lr_multiplier
+from torchrec_onerec.train.sharding import ShardedTraining, shard_for_training
+from torchrec_onerec.train.validation import ModelSelection
+
+LOG = logging.getLogger("torchrec_onerec")
+REWARD_FORMAT = "torchrec_onerec.reward_model/1"
+SELECTION_METRIC = "valid_session_auc_same_length"
+EVAL_BATCH_SIZE = 1024
+
+
+@dataclass
+class RewardTrainResult:
+    """What a reward-model training run achieved (also written to ``result.json``).
+
+    Args:
+        model_path (str): the saved plain model (``load_reward_model``).
+        epochs (int): epochs completed.
+        steps (int): optimiser steps done.
+        stop_reason (str): ``epochs`` or ``early_stopping``.
+        best_epoch (int | None): epochs completed at the best validation (None: nothing validated).
+        best_value (float | None): its mean session-level validation AUC over towers.
+        validations (List[Dict[str, Any]]): every epoch's record (as in ``metrics.jsonl``).
+        plan (Dict[str, Dict[str, Any]]): the sharding plan, per table.
+        world_size (int): processes.
+        train_seconds (float): wall seconds in training steps.
+    """
+
+    model_path: str
+    epochs: int
+    steps: int
+    stop_reason: str
+    best_epoch: Optional[int]
+    best_value: Optional[float]
+    validations: List[Dict[str, Any]]
+    plan: Dict[str, Dict[str, Any]]
+    world_size: int
+    train_seconds: float
+
+
+def single_item_sessions(impressions: SampleSet, session_items: int) -> SampleSet:
+    """Every real impression as its own 1-item session of width M (the training mix of ``train_on_impressions``).
+
+    Args:
+        impressions (SampleSet): impression samples (any width; each real item becomes one sample).
+        session_items (int): M of the result (the sessions' width), >= 1.
+
+    Returns:
+        SampleSet: one sample per real impression, in order: its sample's user and history, target
+        ``[item, -1, ...]``, labels ``[item labels, 0, ...]``.
+
+    Example:
+        >>> from torchrec_onerec.data.samples import Sample
+        >>> s = SampleSet.from_samples([Sample(0, np.array([9]), np.array([4, 5]), np.eye(2, 1, dtype=np.float32))],
+        ...                            ["vtr"])
+        >>> out = single_item_sessions(s, 3)
+        >>> out.target.tolist(), out.labels[:, 0, 0].tolist(), out[1].history.tolist()
+        ([[4, -1, -1], [5, -1, -1]], [1.0, 0.0], [9])
+    """
+    if session_items < 1:
+        raise ValueError(f"session_items={session_items} must be >= 1")
+    rows, cols = np.nonzero(impressions.target != PAD_ITEM)
+    out = impressions.subset(rows)
+    target = np.full((len(rows), session_items), PAD_ITEM, np.int64)
+    target[:, 0] = impressions.target[rows, cols]
+    labels = np.zeros((len(rows), session_items, len(impressions.signals)), np.float32)
+    labels[:, 0] = impressions.labels[rows, cols]
+    return SampleSet(out.user, out.history_values, out.history_offsets, target, labels, list(impressions.signals))
+
+
+def concat_samples(first: SampleSet, second: SampleSet) -> SampleSet:
+    """The samples of ``first`` then those of ``second`` (same M and signals).
+
+    Example:
+        >>> from torchrec_onerec.data.samples import Sample
+        >>> a = SampleSet.from_samples([Sample(0, np.array([1]), np.array([2]), np.zeros((1, 0), np.float32))], [])
+        >>> b = SampleSet.from_samples([Sample(3, np.array([4, 5]), np.array([6]), np.zeros((1, 0), np.float32))], [])
+        >>> both = concat_samples(a, b)
+        >>> both.user.tolist(), both[1].history.tolist()
+        ([0, 3], [4, 5])
+    """
+    if first.session_items != second.session_items or list(first.signals) != list(second.signals):
+        raise ValueError(f"cannot concatenate samples of width {first.session_items} with signals "
+                         f"{list(first.signals)} and width {second.session_items} with {list(second.signals)}")
+    offsets = np.concatenate([first.history_offsets[:-1], second.history_offsets + first.history_offsets[-1]])
+    return SampleSet(np.concatenate([first.user, second.user]),
+                     np.concatenate([first.history_values, second.history_values]), offsets,
+                     np.concatenate([first.target, second.target]), np.concatenate([first.labels, second.labels]),
+                     list(first.signals))
+
+
+def reward_train_config(config: RewardModelConfig) -> TrainConfig:
+    """The ``TrainConfig`` that ``shard_for_training`` and the schedule read, from the ``reward`` section.
+
+    Example:
+        >>> tc = reward_train_config(RewardModelConfig(epochs=4, learning_rate=0.01))
+        >>> tc.epochs, tc.learning_rate, tc.sparse_optimizer, tc.lr_decay
+        (4, 0.01, 'rowwise_adagrad', 'cosine')
+    """
+    return TrainConfig(epochs=config.epochs, learning_rate=config.learning_rate,
+                       sparse_learning_rate=config.sparse_learning_rate, weight_decay=config.weight_decay,
+                       warmup_steps=config.warmup_steps, patience=config.patience, selection_metric=SELECTION_METRIC)
+
+
+def auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """ROC AUC of ``scores`` against 0/1 ``labels`` (torchmetrics, exact); NaN when the labels are one class.
+
+    Example:
+        >>> auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1]))
+        0.75
+        >>> auc(np.array([0.1, 0.2]), np.array([1, 1]))
+        nan
+    """
+    labels = np.asarray(labels).reshape(-1) > 0
+    if labels.all() or not labels.any():
+        return float("nan")
+    value = binary_auroc(torch.as_tensor(np.asarray(scores, np.float32).reshape(-1)), torch.from_numpy(labels).long())
+    return float(value)
+
+
+def auc_within_groups(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> float:
+    """ROC AUC over the (positive, negative) pairs that share a group (e.g. sessions of the same length).
+
+    Equal to the per-group AUCs averaged with weights P_g * N_g (positives times negatives of group g); groups
+    with one class only add no pair. NaN when no group has both classes.
+
+    Example:
+        >>> scores, labels = np.array([0.9, 0.1, 0.5, 0.6]), np.array([1, 0, 0, 1])
+        >>> auc(scores, labels), auc_within_groups(scores, labels, np.array([5, 5, 1, 1]))
+        (1.0, 1.0)
+        >>> auc_within_groups(np.array([0.2, 0.8, 0.3, 0.1]), np.array([1, 0, 1, 0]), np.array([1, 1, 2, 2]))
+        0.5
+    """
+    scores, labels, groups = np.asarray(scores).reshape(-1), np.asarray(labels).reshape(-1) > 0, np.asarray(groups)
+    total, weight = 0.0, 0.0
+    for group in np.unique(groups):
+        inside = groups == group
+        positives = int(labels[inside].sum())
+        pairs = positives * (int(inside.sum()) - positives)
+        if pairs:
+            total += pairs * auc(scores[inside], labels[inside])
+            weight += pairs
+    return total / weight if weight else float("nan")
+
+
+def _mean(values: Sequence[float]) -> float:
+    """Mean of the non-NaN values (NaN when there is none)."""
+    kept = [v for v in values if not math.isnan(v)]
+    return float(np.mean(kept)) if kept else float("nan")
+
+
+def session_aucs(model: SessionRewardModel, sessions: SampleSet, *, batch_size: int,
+                 device: torch.device) -> Dict[str, Dict[str, float]]:
+    """Session-level AUC per tower of a plain model on logged sessions (label: any positive item).
+
+    Args:
+        model (SessionRewardModel): a plain model on ``device``.
+        sessions (SampleSet): N sessions (``impression_samples(..., items_per_sample=m)``).
+        batch_size (int): sessions per forward pass.
+        device (torch.device): where the model is.
+
+    Returns:
+        Dict[str, Dict[str, float]]: per signal ``session_auc`` (all pairs of sessions),
+        ``session_auc_same_length`` (only pairs of sessions with the same number of real items, so a longer
+        session's higher chance of holding some positive does not count: the reward model compares sessions
+        of one length) and ``session_positive_rate``; NaN where the labels are one class.
+    """
+    _check_signals(model, sessions, "sessions")
+    scores = score_sessions(model, sessions, sessions.target[:, None, :], batch_size=batch_size,
+                            device=device)[:, 0]  # (N, S)
+    labels = (sessions.labels > 0).any(axis=1)  # (N, S): the any rule
+    lengths = sessions.target_lengths
+    return {signal: {"session_auc": auc(scores[:, s], labels[:, s]),
+                     "session_auc_same_length": auc_within_groups(scores[:, s], labels[:, s], lengths),
+                     "session_positive_rate": float(labels[:, s].mean()) if len(labels) else float("nan")}
+            for s, signal in enumerate(model.signals)}
+
+
+def evaluate_reward_model(model: SessionRewardModel, sessions: SampleSet, impressions: SampleSet, *,
+                          batch_size: int, device: torch.device) -> Dict[str, Dict[str, float]]:
+    """Per-tower AUC of a plain reward model at session level and at impression level (EVAL.md protocol B).
+
+    Session level (``session_aucs``): each logged session (a row of ``sessions``) is scored as a whole; its
+    label for a signal is 1 when any of its real items has that signal (the ``any`` rule, whatever rule
+    trained the model); ``session_auc_same_length`` compares only sessions of equal length. Impression level:
+    each real item of ``impressions`` is scored alone, as a 1-item session with its sample's history, against
+    its own label. A signal whose labels are all one class at a level gets AUC NaN there (skipped, left out of
+    the means) and a warning.
+
+    Args:
+        model (SessionRewardModel): a plain model on ``device``.
+        sessions (SampleSet): sessions of m items (``impression_samples(..., items_per_sample=m)``).
+        impressions (SampleSet): impressions (``impression_samples(..., items_per_sample=1)``; any M works).
+        batch_size (int): sessions per forward pass.
+        device (torch.device): where the model is.
+
+    Returns:
+        Dict[str, Dict[str, float]]: for each signal ``session_auc``, ``session_auc_same_length``,
+        ``impression_auc``, ``session_positive_rate``, ``impression_positive_rate``; under ``all``: the means
+        over signals of the three AUCs and the counts ``sessions``, ``impressions``.
+
+    Example:
+        >>> from torchrec_onerec.data.samples import Sample
+        >>> model = SessionRewardModel(RewardModelConfig(embedding_dim=8), 2, 5, ["vtr"])
+        >>> s = SampleSet.from_samples([Sample(u, np.array([4]), np.array([u, 2]), np.full((2, 1), u, np.float32))
+        ...                             for u in (0, 1)], ["vtr"])
+        >>> metrics = evaluate_reward_model(model, s, s, batch_size=4, device=torch.device("cpu"))
+        >>> metrics["vtr"]["session_positive_rate"], metrics["all"]["impressions"]
+        (0.5, 4.0)
+    """
+    _check_signals(model, impressions, "impressions")
+    out = session_aucs(model, sessions, batch_size=batch_size, device=device)
+    real = impressions.target != PAD_ITEM  # (N, M)
+    scores = score_sessions(model, impressions, impressions.target[:, :, None], batch_size=batch_size,
+                            device=device)[real]  # (real impressions, S)
+    labels = impressions.labels[real] > 0  # (real impressions, S)
+    for s, signal in enumerate(model.signals):
+        out[signal]["impression_auc"] = auc(scores[:, s], labels[:, s])
+        out[signal]["impression_positive_rate"] = float(labels[:, s].mean()) if len(labels) else float("nan")
+        for key in ("session_auc", "impression_auc"):
+            if math.isnan(out[signal][key]):
+                LOG.warning("reward model: the %s labels of %r are all one class; its AUC is skipped", key[:-4],
+                            signal)
+    keys = ("session_auc", "session_auc_same_length", "impression_auc")
+    out["all"] = {key: _mean([out[s][key] for s in model.signals]) for key in keys}
+    out["all"].update(sessions=float(len(sessions)), impressions=float(real.sum()))
+    return out
+
+
+def _check_signals(model: SessionRewardModel, samples: SampleSet, name: str) -> None:
+    if list(samples.signals) != model.signals:
+        raise ValueError(f"{name} carry signals {list(samples.signals)} but the reward model's towers are "
+                         f"{model.signals}; build both from the same split.labels")
+
+
+def plain_reward_model(state: Dict[str, torch.Tensor], config: RewardModelConfig, num_users: int, num_items: int,
+                       signals: Sequence[str], *, device: Optional[torch.device] = None) -> SessionRewardModel:
+    """An unsharded ``SessionRewardModel`` holding ``state`` (no random initialisation, no RNG consumed).
+
+    Args:
+        state (Dict[str, torch.Tensor]): a full ``SessionRewardModel`` state dict.
+        config (RewardModelConfig): the config it was trained with.
+        num_users (int): rows of its user table.
+        num_items (int): rows of its item table.
+        signals (Sequence[str]): its towers.
+        device (torch.device | None): where to put it (CPU by default).
+
+    Returns:
+        SessionRewardModel: in eval mode.
+    """
+    model = SessionRewardModel(config, num_users, num_items, signals, device=torch.device("meta"))
+    model.load_state_dict(state, assign=True)
+    return model.to(device or torch.device("cpu")).eval()
+
+
+def save_reward_model(path: Path, state: Dict[str, torch.Tensor], config: RewardModelConfig, num_users: int,
+                      num_items: int, signals: Sequence[str]) -> None:
+    """Write a plain state dict with what is needed to rebuild and check the model (atomically).
+
+    Args:
+        path (Path): the file (``torch.save`` format).
+        state (Dict[str, torch.Tensor]): a full ``SessionRewardModel`` state dict.
+        config (RewardModelConfig): its config.
+        num_users (int): rows of its user table.
+        num_items (int): rows of its item table.
+        signals (Sequence[str]): its towers, in order.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"format": REWARD_FORMAT, "config": asdict(config), "num_users": int(num_users),
+                "num_items": int(num_items), "signals": list(signals), "state_dict": state}, tmp)
+    tmp.replace(path)
+
+
+def load_reward_model(path: Path, *, num_items: Optional[int] = None, num_users: Optional[int] = None,
+                      signals: Optional[Sequence[str]] = None, device: Optional[torch.device] = None
+                      ) -> SessionRewardModel:
+    """Read a model written by ``save_reward_model``, refusing one built for another catalogue or other signals.
+
+    Args:
+        path (Path): the file (``reward_model.pt``).
+        num_items (int | None): the catalogue size in use (None: not checked).
+        num_users (int | None): the number of users in use (None: not checked).
+        signals (Sequence[str] | None): the signals in use, in order (None: not checked).
+        device (torch.device | None): where to put the model.
+
+    Returns:
+        SessionRewardModel: plain, in eval mode.
+    """
+    data = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(data, dict) or data.get("format") != REWARD_FORMAT:
+        raise ValueError(f"{path} is not a reward model saved by torchrec_onerec ({REWARD_FORMAT})")
+    expected = {"num_items": num_items, "num_users": num_users, "signals": None if signals is None else list(signals)}
+    for key, wanted in expected.items():
+        if wanted is not None and data[key] != wanted:
+            raise ValueError(f"{path} holds a reward model with {key}={data[key]}, not the {key}={wanted} in use; "
+                             "train a reward model on this data set (stage train-reward) or load the matching one")
+    config = RewardModelConfig(**data["config"])
+    return plain_reward_model(data["state_dict"], config, data["num_users"], data["num_items"], data["signals"],
+                              device=device)
+
+
+class _RewardRun:
+    """One ``train_reward_model`` invocation on one rank."""
+
+    def __init__(self, config: RewardModelConfig, train: SampleSet, valid: SampleSet, num_users: int,
+                 num_items: int, out_dir: Path, seed: int, ctx: DistContext, progress: bool) -> None:
+        self.config, self.train, self.valid = config, train, valid
+        self.num_users, self.num_items, self.signals = num_users, num_items, list(train.signals)
+        self.out_dir, self.seed, self.ctx, self.progress = Path(out_dir), seed, ctx, progress
+        self.tc = reward_train_config(config)
+        self.loader = LoaderConfig(batch_size=config.batch_size, shuffle=True)
+        self.steps_per_epoch = steps_per_epoch(len(train), config.batch_size, ctx.world_size)
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"{len(train)} training sessions cannot feed {ctx.world_size} processes; use more "
+                             "sessions or fewer processes")
+        self.total_steps = config.epochs * self.steps_per_epoch
+        self.transform = RewardTransform(config.session_label)
+        self.model_path = self.out_dir / "reward_model.pt"
+        self.metrics_path = self.out_dir / "metrics.jsonl"
+        self.step, self.seconds = 0, 0.0  # optimiser steps done, wall seconds in them
+
+    def _save(self, state: Optional[Dict[str, torch.Tensor]]) -> None:
+        if self.ctx.is_rank0:
+            assert state is not None
+            save_reward_model(self.model_path, state, self.config, self.num_users, self.num_items, self.signals)
+
+    def _validate(self, dmp: DistributedModelParallel) -> Tuple[Dict[str, float], Optional[Dict[str, torch.Tensor]]]:
+        """Session-level validation AUCs on rank 0, broadcast to every rank (a collective)."""
+        state = gather_model_state(dmp, self.ctx)
+        metrics: Optional[Dict[str, float]] = None
+        if self.ctx.is_rank0:
+            assert state is not None
+            model = plain_reward_model(state, self.config, self.num_users, self.num_items, self.signals,
+                                       device=self.ctx.device)
+            per_signal = session_aucs(model, self.valid, batch_size=EVAL_BATCH_SIZE, device=self.ctx.device)
+            metrics = {f"valid_{key}_{signal}": values[key] for signal, values in per_signal.items()
+                       for key in ("session_auc", "session_auc_same_length")}
+            metrics[SELECTION_METRIC] = _mean([v["session_auc_same_length"] for v in per_signal.values()])
+        return broadcast_object(metrics, self.ctx), state
+
+    def _epoch(self, pipeline: TrainPipelineSparseDist, training: ShardedTraining, epoch: int, bar: tqdm) -> float:
+        """Train one epoch; returns its mean loss over steps and ranks."""
+        batches = iter(rank_dataloader(self.train, self.loader, seed=self.seed, epoch=epoch, rank=self.ctx.rank,
+                                       world_size=self.ctx.world_size, transform=self.transform))
+        loss_sum, loss_steps = 0.0, 0
+        while True:
+            training.set_lr_multiplier(lr_multiplier(self.step, total_steps=self.total_steps,
+                                                     warmup_steps=self.tc.warmup_steps, decay=self.tc.lr_decay,
+                                                     min_ratio=self.tc.min_lr_ratio))
+            start = time.perf_counter()
+            try:
+                loss = pipeline.progress(batches)[0]
+            except StopIteration:  # every rank runs out at the same step
+                break
+            self.seconds += time.perf_counter() - start
+            loss_sum, loss_steps, self.step = loss_sum + float(loss), loss_steps + 1, self.step + 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_sum / loss_steps:.4f}")
+        total_loss, total_steps = all_reduce_sum([loss_sum, loss_steps], self.ctx)
+        return total_loss / max(total_steps, 1)
+
+    def _select(self, training: ShardedTraining, selection: ModelSelection, epoch: int) -> Dict[str, Any]:
+        """Validate, save the model when it is the best so far; returns the validation record."""
+        metrics, state = self._validate(training.dmp)
+        best = False
+        if math.isnan(metrics[SELECTION_METRIC]):  # no tower has both classes: nothing to select on
+            LOG.warning("reward model: no validation AUC is defined (labels of one class); the final model is kept")
+        else:
+            best = selection.update(metrics, epoch=epoch, step=self.step, checkpoint=str(self.model_path))
+        if best:
+            self._save(state)
+        return {**metrics, "best": best}
+
+    def fit(self) -> RewardTrainResult:
+        training = shard_for_training(RewardTrainModule(SessionRewardModel(
+            self.config, self.num_users, self.num_items, self.signals, device=torch.device("meta"))),
+            self.tc, self.ctx, seed=self.seed)
+        seed_everything(rank_seed(self.seed, self.ctx.rank, 0))  # dropout streams differ per rank
+        pipeline = TrainPipelineSparseDist(training.dmp, training.optimizer, device=self.ctx.device,
+                                           execute_all_batches=True)
+        selection = ModelSelection(SELECTION_METRIC, self.config.patience)
+        if self.ctx.is_rank0:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            self.metrics_path.unlink(missing_ok=True)
+        records: List[Dict[str, Any]] = []
+        epoch, stop_reason = 0, "epochs"
+        bar = tqdm(total=self.total_steps, desc="train-reward", unit="step",
+                   disable=not (self.ctx.is_rank0 and self.progress))
+        training.dmp.train()
+        try:
+            while epoch < self.config.epochs and stop_reason == "epochs":
+                record: Dict[str, Any] = {"epoch": epoch + 1, "loss": self._epoch(pipeline, training, epoch, bar)}
+                epoch += 1
+                record.update(step=self.step, lr=training.dense_optimizer.param_groups[0]["lr"])
+                if len(self.valid):
+                    record.update(self._select(training, selection, epoch))
+                records.append(record)
+                if self.ctx.is_rank0:
+                    with open(self.metrics_path, "a") as f:
+                        f.write(json.dumps(record) + "\n")
+                if selection.should_stop:
+                    stop_reason = "early_stopping"
+        finally:
+            bar.close()
+        if selection.best_value is None:  # nothing validated (or every AUC undefined): keep the final model
+            self._save(gather_model_state(training.dmp, self.ctx))
+        result = RewardTrainResult(
+            model_path=str(self.model_path), epochs=epoch, steps=self.step, stop_reason=stop_reason,
+            best_epoch=selection.best_epoch, best_value=selection.best_value, validations=records,
+            plan=training.plan, world_size=self.ctx.world_size, train_seconds=self.seconds)
+        result = broadcast_object(result, self.ctx)
+        if self.ctx.is_rank0:
+            atomic_write_text(self.out_dir / "result.json", json.dumps(asdict(result), indent=2))
+        return result
+
+
+def train_reward_model(config: RewardModelConfig, train: SampleSet, valid: SampleSet, *, num_users: int,
+                       num_items: int, out_dir: Path, seed: int, device: torch.device,
+                       train_impressions: Optional[SampleSet] = None, progress: bool = True) -> RewardTrainResult:
+    """Train the session reward model on TorchRec (DMP + TrainPipelineSparseDist), in one process or under torchrun.
+
+    Args:
+        config (RewardModelConfig): the ``reward`` section (model and training keys).
+        train (SampleSet): training sessions of the training days only (EVAL.md protocol B):
+            ``impression_samples(split, "train", items_per_sample=m, ...)``.
+        valid (SampleSet): validation sessions (same signals) for model selection and early stopping; empty =
+            no validation (the final model is kept).
+        num_users (int): the data set's number of users.
+        num_items (int): the data set's number of items.
+        out_dir (Path): where ``reward_model.pt``, ``metrics.jsonl`` and ``result.json`` go.
+        train_impressions (SampleSet | None): the training days' impressions
+            (``impression_samples(split, "train", items_per_sample=1, ...)``), each added to the training samples
+            as a 1-item session; required when ``config.train_on_impressions``, ignored otherwise.
+        seed (int): the run's seed (initial weights, batch order, dropout).
+        device (torch.device): ``cpu`` or ``cuda`` (each torchrun process takes ``cuda:<LOCAL_RANK>``).
+        progress (bool): a tqdm bar on rank 0.
+
+    Returns:
+        RewardTrainResult: on every rank.
+    """
+    if config.train_on_impressions:
+        if train_impressions is None:
+            raise ValueError("reward.train_on_impressions is true but no train_impressions were given; pass "
+                             "impression_samples(split, 'train', items_per_sample=1, ...) or set it to false")
+        train = concat_samples(train, single_item_sessions(train_impressions, train.session_items))
+    if not train.signals:
+        raise ValueError("the training sessions carry no signals; set split.labels (e.g. swt: long_view)")
+    if list(valid.signals) != list(train.signals):
+        raise ValueError(f"valid signals {list(valid.signals)} differ from train signals {list(train.signals)}; "
+                         "build both from the same split")
+    for name, samples in (("train", train), ("valid", valid)):
+        if len(samples) and (int(samples.user.max()) >= num_users or int(samples.target.max()) >= num_items
+                             or (len(samples.history_values) and int(samples.history_values.max()) >= num_items)):
+            raise ValueError(f"{name} holds user or item ids beyond num_users={num_users} / num_items={num_items}; "
+                             "pass the data set's sizes")
+    ctx = init_distributed(device, timeout_s=reward_train_config(config).collective_timeout_s)
+    try:
+        result = _RewardRun(config, train, valid, num_users, num_items, out_dir, seed, ctx, progress).fit()
+        barrier(ctx)  # no rank tears the group down while another still uses it
+        return result
+    finally:
+        teardown_distributed(ctx)
