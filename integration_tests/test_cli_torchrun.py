@@ -29,13 +29,15 @@ def test_run_then_torchrun_run_gives_the_same_kind_of_result(tmp_path: Path) -> 
     for stage in STAGES:
         assert (one / stage / "done.json").is_file(), stage
     metrics = json.loads((one / "evaluate" / "metrics.json").read_text())["arms"]
-    assert set(metrics) == {"cascade", "onerec", "onerec_ipa", "popularity"}
-    for arm in ("onerec", "onerec_ipa"):
+    assert set(metrics) == {"cascade", "onerec", "onerec_dpo", "onerec_ipa", "popularity"}
+    for arm in ("onerec", "onerec_dpo", "onerec_ipa"):
         assert metrics[arm]["metrics"]["legality"] == 1.0 and metrics[arm]["metrics"]["repeat_rate"] == 0.0
     for arm in metrics.values():  # protocol C and the reward model's estimates on every arm
         assert {"true_reward", "reward_swt_max", "reward_ltr_mean"} <= set(arm["metrics"])
     report = (one / "compare" / "report.md").read_text()
-    assert "lift of onerec_ipa" in report and "protocol C" in report
+    for needed in ("lift of onerec_ipa", "protocol C", "## Session reward model", "| mean / all |",
+                   "## Cascade ranker", "## Alignment iterations", "training_curves.png"):
+        assert needed in report, needed
     assert f"report: {one / 'compare' / 'report.md'}" in proc.stdout
 
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))

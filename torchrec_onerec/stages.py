@@ -17,17 +17,18 @@ Stages that need the data re-load it (seconds, deterministic per seed) rather th
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import re
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import pandas as pd
 
-from torchrec_onerec.alignment.ipa import align_iteratively
+from torchrec_onerec.alignment.ipa import align_iteratively, model_file
 from torchrec_onerec.config import OneRecConfig
 from torchrec_onerec.data.impressions import impression_samples
 from torchrec_onerec.data.samples import SampleSet
@@ -163,16 +164,30 @@ def train_reward_stage(ctx: PipelineContext) -> Dict[str, object]:
         return skipped
     cfg = ctx.config
     m, device = cfg.split.session_items, resolve_device(cfg.device)
-    result = train_reward_model(cfg.reward, _window_samples(ctx, "train", m), _window_samples(ctx, "valid", m),
-                                num_users=ctx.data.num_users, num_items=ctx.data.num_items,
-                                out_dir=ctx.run.path / "train-reward", seed=cfg.seed, device=device,
-                                train_impressions=_window_samples(ctx, "train", 1), progress=rank() == 0)
-    summary: Dict[str, object] = asdict(result)
+    train, valid, impressions = (_window_samples(ctx, "train", m), _window_samples(ctx, "valid", m),
+                                 _window_samples(ctx, "train", 1))
+    folder = ctx.run.path / "train-reward"
+    variants = {cfg.reward.pooling: (cfg.reward, folder)}
+    if cfg.reward.baseline_pooling and cfg.reward.baseline_pooling != cfg.reward.pooling:
+        variants[cfg.reward.baseline_pooling] = (replace(cfg.reward, pooling=cfg.reward.baseline_pooling),
+                                                 folder / "baseline")
+    summary: Dict[str, object] = {}
+    test: Dict[str, object] = {}
+    for pooling, (reward_config, out_dir) in variants.items():
+        result = train_reward_model(reward_config, train, valid, num_users=ctx.data.num_users,
+                                    num_items=ctx.data.num_items, out_dir=out_dir, seed=cfg.seed, device=device,
+                                    train_impressions=impressions, progress=rank() == 0)
+        summary[pooling] = asdict(result)
+        if rank() == 0:
+            model = load_reward_model(Path(result.model_path), num_items=ctx.data.num_items,
+                                      signals=ctx.split.train.signals, device=device)
+            test[pooling] = evaluate_reward_model(model, _window_samples(ctx, "test", m),
+                                                  _window_samples(ctx, "test", 1), batch_size=cfg.eval.batch_size,
+                                                  device=device)
+    summary.update(model_path=summary[cfg.reward.pooling]["model_path"],  # type: ignore[index]
+                   world_size=summary[cfg.reward.pooling]["world_size"], test_auc=test)  # type: ignore[index]
     if rank() == 0:
-        summary["test"] = evaluate_reward_model(_reward_model(ctx), _window_samples(ctx, "test", m),
-                                                _window_samples(ctx, "test", 1), batch_size=cfg.eval.batch_size,
-                                                device=device)
-        ctx.run.write_json("train-reward/test_auc.json", summary["test"])
+        ctx.run.write_json("train-reward/test_auc.json", test)
     return summary
 
 
@@ -197,7 +212,12 @@ def align_stage(ctx: PipelineContext) -> Dict[str, object]:
     trained = ctx.run.read_json("train/summary.json")
     # Loaded on the CPU: under torchrun each rank moves it to its own device.
     model = load_exported(Path(trained["best_model_path"]), cfg.model, book.vocab_sizes)
-    result = align_iteratively(cfg.align, model, ctx.split.train, ctx.split.valid, reward_fn, codes=book.codes,
+    train = ctx.split.train
+    if cfg.align.train_fraction < 1.0:
+        rng = np.random.default_rng([cfg.seed, len(train)])
+        keep = max(1, round(cfg.align.train_fraction * len(train)))
+        train = train.subset(np.sort(rng.choice(len(train), size=keep, replace=False)))
+    result = align_iteratively(cfg.align, model, train, ctx.split.valid, reward_fn, codes=book.codes,
                                prefix_index=book.prefix_index(), train_config=cfg.train,
                                out_dir=ctx.run.path / "align", seed=cfg.seed, device=resolve_device(cfg.device),
                                resume=not ctx.fresh, progress=rank() == 0)
@@ -235,11 +255,12 @@ def _evaluate_arm(ctx: PipelineContext, arm: str) -> Tuple[Optional[EvalResult],
                                 num_items=ctx.data.num_items), ""
     if arm == "onerec":
         return _generative_arm(ctx, Path(ctx.run.read_json("train/summary.json")["best_model_path"])), ""
-    if arm == "onerec_ipa":
+    if arm in ("onerec_dpo", "onerec_ipa"):
         aligned = ctx.run.read_json("align/summary.json")
         if "not_applicable" in aligned:
             return None, f"no alignment: {aligned['not_applicable']}"
-        return _generative_arm(ctx, Path(aligned["model_path"])), ""
+        path = ctx.run.path / "align" / model_file(1) if arm == "onerec_dpo" else Path(aligned["model_path"])
+        return _generative_arm(ctx, path), ""
     if arm.startswith("model:"):
         path = Path(arm[len("model:"):])
         if not path.is_file():
@@ -319,6 +340,20 @@ def _csv_curves(path: Path, x: str, columns: List[str]) -> Dict[str, Curve]:
     return {c: (frame[x].tolist(), frame[c].tolist()) for c in columns if c in frame.columns and x in frame.columns}
 
 
+def _jsonl_curves(path: Path, x: str, columns: List[str]) -> Dict[str, Curve]:
+    if not path.is_file():
+        return {}
+    return _frame_curves(pd.read_json(path, lines=True), x, columns)
+
+
+def _frame_curves(frame: pd.DataFrame, x: str, columns: List[str]) -> Dict[str, Curve]:
+    return {c: (frame[x].tolist(), frame[c].tolist()) for c in columns if c in frame.columns and x in frame.columns}
+
+
+def _csv_curves(path: Path, x: str, columns: List[str]) -> Dict[str, Curve]:
+    return _frame_curves(pd.read_csv(path), x, columns) if path.is_file() else {}
+
+
 def training_curves(run: RunDir, selection_metric: str) -> Tuple[Dict[str, Dict[str, Curve]], Dict[str, str]]:
     """The curves the report plots, from whatever stage files exist: panel -> curves, panel -> x label."""
     panels = {
@@ -326,9 +361,64 @@ def training_curves(run: RunDir, selection_metric: str) -> Tuple[Dict[str, Dict[
                                  "optimiser step"),
         f"OneRec validation {selection_metric}": (
             _csv_curves(run.path / "train/validation.csv", "epoch", [selection_metric]), "epoch"),
+        "Reward model validation AUC (same-length sessions)": (
+            _jsonl_curves(run.path / "train-reward/metrics.jsonl", "epoch", ["valid_session_auc_same_length"]),
+            "epoch"),
+        "Cascade ranker validation AUC": (_csv_curves(run.path / "cascade/ranker.csv", "epoch", ["auc_mean"]), "epoch"),
+        "Alignment: held-out reward (reward model)": (
+            _jsonl_curves(run.path / "align/iterations.jsonl", "iteration",
+                          ["heldout_reward_top_after", "heldout_reward_mean_after", "heldout_reward_max_after"]),
+            "alignment iteration"),
+        "Alignment: DPO accuracy": (
+            _jsonl_curves(run.path / "align/iterations.jsonl", "iteration", ["train_dpo_accuracy"]),
+            "alignment iteration"),
     }
     curves = {title: named for title, (named, _) in panels.items() if named}
     return curves, {title: label for title, (_, label) in panels.items()}
+
+
+def _table(rows: List[List[object]], header: List[str]) -> str:
+    cells = [[str(int(v)) if isinstance(v, float) and v.is_integer() else f"{v:.4f}" if isinstance(v, float) else str(v)
+              for v in row] for row in rows]
+    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] +
+                     ["| " + " | ".join(row) + " |" for row in cells])
+
+
+def stage_sections(run: RunDir) -> Dict[str, str]:
+    """Report sections from the training stages' own results: reward-model AUCs (against its baseline pooling),
+    the cascade ranker's AUCs, and the alignment iterations."""
+    sections: Dict[str, str] = {}
+    reward = run.path / "train-reward/test_auc.json"
+    if reward.is_file():
+        test = json.loads(reward.read_text())
+        signals = [k for k in next(iter(test.values())) if k != "all"]
+        rows = [[f"{pooling} / {signal}", v[signal]["session_auc_same_length"], v[signal]["session_auc"],
+                 v[signal]["impression_auc"]] for pooling, v in test.items() for signal in [*signals, "all"]]
+        sections["Session reward model (test days)"] = (
+            "AUC per tower on the test days. Session level: a session's label is 1 when any of its items has the "
+            "signal; the same-length column compares only sessions with the same number of items (the plain "
+            "session AUC mostly measures session length). Impression level: every impression scored as a one-item "
+            "session. The first pooling is the configured model, the second its baseline (`reward.baseline_pooling`)."
+            "\n\n" + _table(rows, ["pooling / tower", "session AUC (same length)", "session AUC", "impression AUC"]))
+    cascade = run.path / "cascade/summary.json"
+    if cascade.is_file():
+        result = json.loads(cascade.read_text())
+        tasks = sorted(result["ranker_test_auc"])
+        sections["Cascade ranker"] = ("AUC of the DLRM ranker's tasks, the kept epoch (selected on validation)."
+                                      "\n\n" + _table([[split, *[result[f"ranker_{split}_auc"][t] for t in tasks]]
+                                                        for split in ("valid", "test")], ["split", *tasks]))
+    aligned = run.path / "align/iterations.jsonl"
+    if aligned.is_file():
+        records = pd.read_json(aligned, lines=True)
+        columns = [c for c in ("iteration", "pairs", "train_dpo_accuracy", "heldout_reward_top_before",
+                               "heldout_reward_top_after", "heldout_reward_mean_after", "heldout_reward_max_after",
+                               "heldout_kl_to_reference_after") if c in records.columns]
+        sections["Alignment iterations"] = (
+            "Per iteration: preference pairs, DPO accuracy on them during training, and the reward model's reward "
+            "of the sessions generated for held-out (validation) users before and after the iteration (top "
+            "session, mean and max over the beam), with the KL to the reference on those sessions."
+            "\n\n" + _table(records[columns].values.tolist(), columns))
+    return sections
 
 
 def _deviations(config: OneRecConfig, split: Union[SplitA, SplitB]) -> List[str]:
@@ -368,7 +458,9 @@ def compare_stage(ctx: PipelineContext) -> Dict[str, object]:
                 "beam / returned": f"{cfg.eval.beam_size} / {cfg.eval.num_return}", "ks": list(cfg.eval.ks),
                 "seed": cfg.seed}
     unavailable = evaluated["unavailable"]
-    extra = {"Arms left out": "\n".join(f"- {a}: {why}" for a, why in unavailable.items())} if unavailable else {}
+    extra = stage_sections(ctx.run)
+    if unavailable:
+        extra["Arms left out"] = "\n".join(f"- {a}: {why}" for a, why in unavailable.items())
     report = write_comparison_report(
         ctx.run.stage_dir("compare"), title=f"A/B comparison: {cfg.name}", comparison=comparison, protocols=protocols,
         settings=settings, deviations=_deviations(cfg, ctx.split), data_source=cfg.data.source,

@@ -29,6 +29,9 @@ class AlignConfig:
         eval_users: held-out users (drawn once) whose generated sessions are scored before and after every
             iteration; 0 skips that evaluation.
         exclude_history: never generate an item of the user's history (as ``eval.exclude_history``).
+        train_fraction: share of the training samples (drawn once, seeded) that alignment reads: L_NTP on them,
+            pairs for ``sample_fraction`` of them. 1.0 (the paper) reads all; lower it where one pass over the
+            training data per iteration is too long (large data on a CPU).
 
     Example:
         >>> AlignConfig().num_candidates, AlignConfig(sample_fraction=0.5).sample_fraction
@@ -51,11 +54,14 @@ class AlignConfig:
     generation_batch_size: int = 32
     eval_users: int = 256
     exclude_history: bool = False
+    train_fraction: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("iterations", "epochs", "batch_size", "generation_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"align.{name}={getattr(self, name)} must be >= 1")
+        if not 0.0 < self.train_fraction <= 1.0:
+            raise ConfigError(f"align.train_fraction={self.train_fraction} must lie in (0, 1] (1.0 = every sample)")
         if not 0.0 < self.sample_fraction <= 1.0:
             raise ConfigError(f"align.sample_fraction={self.sample_fraction} must lie in (0, 1] "
                               "(the paper's r_DPO is 0.01)")

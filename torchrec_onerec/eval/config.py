@@ -57,7 +57,7 @@ class EvalConfig:
             raise ConfigError(f"eval.ks={list(self.ks)} repeats a cut-off; list each K once")
 
 
-ARM_KINDS = ("cascade", "onerec", "onerec_ipa", "popularity")
+ARM_KINDS = ("cascade", "onerec", "onerec_dpo", "onerec_ipa", "popularity")
 
 
 @dataclass
@@ -66,7 +66,8 @@ class CompareConfig:
 
     Args:
         arms: arm names: ``cascade`` (the retrieval -> ranking baseline), ``onerec`` (the NTP-trained model),
-            ``onerec_ipa`` (after preference alignment), ``popularity`` (the floor), or ``model:<path>`` (any
+            ``onerec_dpo`` (after one alignment iteration), ``onerec_ipa`` (after every alignment iteration),
+            ``popularity`` (the floor), or ``model:<path>`` (any
             exported OneRec model file, e.g. another run's ``train/best_model.pt`` with the same codebook). An
             arm whose stage did not run (no alignment under protocol A) is left out and the report says so.
         baseline: the arm the others are compared with (relative lift, paired intervals).
@@ -80,7 +81,7 @@ class CompareConfig:
         torchrec_onerec.errors.ConfigError: compare.baseline='cascade' is not one of compare.arms=['onerec']; add it or pick an arm
     """
 
-    arms: List[str] = field(default_factory=lambda: ["cascade", "onerec", "onerec_ipa", "popularity"])
+    arms: List[str] = field(default_factory=lambda: ["cascade", "onerec", "onerec_dpo", "onerec_ipa", "popularity"])
     baseline: str = "cascade"
     resamples: int = 1000
     level: float = 0.95

@@ -43,6 +43,9 @@ class RewardModelConfig:
         weight_decay: AdamW weight decay of the dense parameters.
         warmup_steps: linear warm-up steps before the cosine decay.
         patience: stop after this many epochs without a better validation AUC (0: never stop early).
+        baseline_pooling: the ``train-reward`` stage also trains this pooling with the same settings and reports
+            both models' test AUCs side by side, so the attention design is shown to earn its place (or not);
+            ``""`` skips it.
 
     Example:
         >>> RewardModelConfig(pooling="mean").num_heads
@@ -69,6 +72,7 @@ class RewardModelConfig:
     weight_decay: float = 0.01
     warmup_steps: int = 10
     patience: int = 2
+    baseline_pooling: str = "mean"
 
     def __post_init__(self) -> None:
         for name in ("embedding_dim", "num_heads", "tower_hidden", "epochs", "batch_size"):
@@ -79,6 +83,9 @@ class RewardModelConfig:
                               f"{self.embedding_dim}; pick a head count that divides the width")
         if self.pooling not in POOLINGS:
             raise ConfigError(f"reward.pooling={self.pooling!r} must be one of {list(POOLINGS)}")
+        if self.baseline_pooling not in ("", *POOLINGS):
+            raise ConfigError(f"reward.baseline_pooling={self.baseline_pooling!r} must be '' (none) or one of "
+                              f"{list(POOLINGS)}")
         if self.session_label not in SESSION_LABELS:
             raise ConfigError(f"reward.session_label={self.session_label!r} must be one of {list(SESSION_LABELS)}")
         if not 0.0 <= self.dropout < 1.0:

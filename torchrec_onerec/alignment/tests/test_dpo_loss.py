@@ -56,6 +56,7 @@ def test_no_pairs_give_zero_loss_and_bad_beta_is_refused() -> None:
 
 
 @pytest.mark.parametrize("overrides, key", [({"sample_fraction": 0.0}, "align.sample_fraction"),
+                                           ({"train_fraction": 1.5}, "align.train_fraction"),
                                             ({"sample_fraction": 1.5}, "align.sample_fraction"),
                                             ({"num_candidates": 1}, "align.num_candidates"),
                                             ({"beta": -0.1}, "align.beta"), ({"dpo_weight": -1.0}, "align.dpo_weight"),
