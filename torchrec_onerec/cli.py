@@ -12,6 +12,8 @@ Usage::
     onerec evaluate CONFIG [key=value ...]             test metrics of every arm of compare.arms, same users
     onerec compare CONFIG [key=value ...]              intervals and lifts over the baseline arm, report + plots
     onerec config CONFIG [key=value ...]               print the resolved config
+    onerec recommend RUN_DIR --users ID[,ID...] [--sessions R] [--arm onerec|onerec_ipa] [--exclude-history]
+                                                       sessions for users (raw ids) as JSON lines
 
 Errors in the input (config keys, data files, ids) end the command with exit code 2 and one message that
 names the problem; nothing half-written is left looking complete in the run directory.
@@ -29,6 +31,7 @@ from typing import Callable, Dict, Optional, Sequence
 from torchrec_onerec import __version__
 from torchrec_onerec.config import ConfigError, OneRecConfig, load_config, to_yaml
 from torchrec_onerec.pipeline import STAGES, run_pipeline, stage_closure
+from torchrec_onerec.recommend import SERVABLE_ARMS, Recommender
 
 EXIT_BAD_INPUT = 2
 
@@ -57,7 +60,24 @@ def build_parser() -> argparse.ArgumentParser:
         _add_config_args(p)
     show = sub.add_parser("config", help="print the resolved config")
     _add_config_args(show)
+    rec = sub.add_parser("recommend", help="sessions for users of a finished run, as JSON lines")
+    rec.add_argument("run_dir", help="a run directory that `onerec run` completed")
+    rec.add_argument("--users", required=True, help="comma-separated user ids, as the data names them")
+    rec.add_argument("--sessions", type=int, default=None, help="sessions per user (default eval.num_return)")
+    rec.add_argument("--arm", default="onerec", choices=list(SERVABLE_ARMS), help="which trained model serves")
+    rec.add_argument("--exclude-history", action="store_true", default=None,
+                     help="never recommend an item of the user's history")
+    rec.add_argument("--device", default=None, help="cpu, cuda ... (default: the run's device setting)")
     return parser
+
+
+def _command_recommend(args: argparse.Namespace) -> str:
+    recommender = Recommender.from_run_dir(args.run_dir, arm=args.arm, device=args.device)
+    users = [u for u in args.users.split(",") if u]
+    if not users:
+        raise ValueError("--users is empty; give comma-separated user ids, e.g. --users 12,40")
+    rows = recommender.recommend(users, num_sessions=args.sessions, exclude_history=args.exclude_history)
+    return "\n".join(json.dumps(row) for row in rows)
 
 
 def _command_run(cfg: OneRecConfig, args: argparse.Namespace) -> Dict[str, object]:
@@ -77,6 +97,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
     try:
+        if args.command == "recommend":
+            print(_command_recommend(args))
+            return 0
         cfg = load_config(args.config, list(args.overrides))
         if args.command == "config":
             print(to_yaml(cfg), end="")

@@ -1,0 +1,183 @@
+"""Serving a finished run: sessions for users, in their raw ids, from the saved model and codebook.
+
+``Recommender.from_run_dir`` reads a run directory that ``onerec run`` completed (its ``config.yaml``, the
+tokenize stage's codebook and the selected model of ``train/`` or, for ``arm="onerec_ipa"``, of ``align/``)
+and the run's data, and builds every user's history the way the model was trained on it: the user's most
+recent n positives (protocol B: rows with ``split.positive_col = 1``, after the pre-period histories;
+protocol A: every interaction), up to the end of the data. ``recommend`` beam-searches sessions for a list of
+raw user ids; ``onerec recommend RUN_DIR --users ...`` prints them as JSON lines.
+
+Shape legend: U users, R sessions, M session items.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import pandas as pd
+import torch
+
+from torchrec_onerec.config import OneRecConfig, load_config
+from torchrec_onerec.data.batch import make_dataloader
+from torchrec_onerec.data.config import LoaderConfig
+from torchrec_onerec.data.samples import PAD_ITEM, SampleSet, take_slices
+from torchrec_onerec.data.semantic_batch import SemanticIdTransform
+from torchrec_onerec.datasets.interactions import InteractionData
+from torchrec_onerec.datasets.load import load_dataset
+from torchrec_onerec.generation.beam_search import constrained_beam_search
+from torchrec_onerec.models.onerec import OneRecModel
+from torchrec_onerec.runtime import resolve_device
+from torchrec_onerec.tokenizer.codebook import Codebook, catalogue_fingerprint
+from torchrec_onerec.train.export import load_exported
+
+SERVABLE_ARMS = ("onerec", "onerec_ipa")
+
+
+class UnknownUserError(ValueError):
+    """A user id the run's data does not hold, or a user without any history to condition on."""
+
+
+def positive_histories(data: InteractionData, config: OneRecConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Every user's positives in time order: (item ids sorted by user, user offsets [num_users + 1]).
+
+    Protocol B: pre-period ``histories`` rows, then logged rows with ``split.positive_col == 1`` (every row when
+    it is empty); protocol A: every logged interaction. Ties in time keep file order.
+    """
+    inter = data.interactions
+    if config.split.protocol == "B" and config.split.positive_col:
+        inter = inter[inter[config.split.positive_col].to_numpy() == 1]
+    order = np.lexsort((inter["timestamp"].to_numpy(), inter["user_id"].to_numpy()))
+    parts = [inter.iloc[order][["user_id", "item_id"]]]
+    if config.split.protocol == "B" and data.histories is not None and len(data.histories):
+        parts.insert(0, data.histories[["user_id", "item_id"]])
+    frame = pd.concat(parts, ignore_index=True)
+    users = frame["user_id"].to_numpy(np.int64)
+    by_user = np.argsort(users, kind="stable")  # pre-period rows stay before the logged ones of each user
+    offsets = np.zeros(data.num_users + 1, np.int64)
+    np.cumsum(np.bincount(users, minlength=data.num_users), out=offsets[1:])
+    return frame["item_id"].to_numpy(np.int64)[by_user], offsets
+
+
+@dataclass
+class Recommender:
+    """A trained OneRec model ready to write sessions for the users of its run.
+
+    Args:
+        config (OneRecConfig): the run's resolved config.
+        data (InteractionData): the run's data (raw-id maps, histories).
+        codebook (Codebook): the run's semantic IDs.
+        model (OneRecModel): the served model, in eval mode.
+        device (torch.device): where generation runs.
+    """
+
+    config: OneRecConfig
+    data: InteractionData
+    codebook: Codebook
+    model: OneRecModel
+    device: torch.device
+
+    @classmethod
+    def from_run_dir(cls, run_dir: Union[str, Path], *, arm: str = "onerec",
+                     device: Optional[str] = None) -> "Recommender":
+        """Load a completed run: its config, data, codebook and the model of ``arm``.
+
+        Args:
+            run_dir (str | Path): a run directory whose ``train`` stage (and ``align`` for ``onerec_ipa``)
+                completed.
+            arm (str): ``onerec`` (the NTP-trained model) or ``onerec_ipa`` (the aligned one).
+            device (str | None): ``cpu``, ``cuda`` ...; None = the run's ``device`` setting.
+
+        Raises:
+            FileNotFoundError: the run directory lacks a completed stage the arm needs (the message names it).
+            ValueError: an unknown arm, or a codebook or model file from another catalogue or config.
+        """
+        run = Path(run_dir)
+        if arm not in SERVABLE_ARMS:
+            raise ValueError(f"arm={arm!r} cannot be served; pick one of {list(SERVABLE_ARMS)}")
+        stage = "align" if arm == "onerec_ipa" else "train"
+        for needed in (run / "config.yaml", run / "tokenize" / "done.json", run / stage / "done.json"):
+            if not needed.is_file():
+                raise FileNotFoundError(f"{needed} is missing: run `onerec run` (at least up to the {stage} stage) "
+                                        f"for this run directory first")
+        config = load_config(str(run / "config.yaml"))
+        data = load_dataset(config.data, seed=config.seed)
+        codebook = Codebook.load(run / "tokenize" / "codebook.pt", num_items=data.num_items,
+                                 fingerprint=catalogue_fingerprint(data.raw_item_ids, config.tokenizer,
+                                                                   seed=config.seed))
+        summary = json.loads((run / stage / "summary.json").read_text())
+        if "not_applicable" in summary:
+            raise ValueError(f"arm {arm!r} is not available in {run}: {summary['not_applicable']}")
+        path = Path(summary["model_path"] if arm == "onerec_ipa" else summary["best_model_path"])
+        target = resolve_device(device or config.device)
+        model = load_exported(path, config.model, codebook.vocab_sizes, device=target)
+        return cls(config, data, codebook, model, target)
+
+    def user_samples(self, raw_user_ids: Sequence[Any]) -> SampleSet:
+        """The users' current histories (most recent n positives) as a SampleSet, in the given order.
+
+        Raises:
+            UnknownUserError: an id the data does not hold, or a user with no positive to condition on.
+        """
+        index = {str(raw): i for i, raw in enumerate(self.data.raw_user_ids)}
+        unknown = [u for u in raw_user_ids if str(u) not in index]
+        if unknown:
+            raise UnknownUserError(f"user id(s) {unknown[:5]} are not in the run's data ({self.data.name}, "
+                                   f"{self.data.num_users} users); OneRec conditions on a user's history, so it "
+                                   "can only serve users seen in the data")
+        users = np.array([index[str(u)] for u in raw_user_ids], dtype=np.int64)
+        items, offsets = positive_histories(self.data, self.config)
+        end = offsets[users + 1]
+        start = np.maximum(offsets[users], end - self.config.split.max_history)
+        empty = [raw_user_ids[i] for i in np.flatnonzero(end == start)]
+        if empty:
+            raise UnknownUserError(f"user id(s) {empty[:5]} have no positive interaction to condition on")
+        values, hist_offsets = take_slices(items, start, end - start)
+        M = self.config.model.session_items
+        return SampleSet(users, values, hist_offsets, np.full((len(users), M), PAD_ITEM, np.int64),
+                         np.zeros((len(users), M, 0), np.float32), [])
+
+    def recommend(self, raw_user_ids: Sequence[Any], *, num_sessions: Optional[int] = None,
+                  exclude_history: Optional[bool] = None) -> List[Dict[str, Any]]:
+        """The best sessions for each user, best first, with raw item ids and sequence log-probabilities.
+
+        Args:
+            raw_user_ids (Sequence): users as the data names them.
+            num_sessions (int | None): R sessions per user (default ``eval.num_return``; the beam is
+                ``max(R, eval.beam_size)``).
+            exclude_history (bool | None): never recommend a history item (default ``eval.exclude_history``).
+
+        Returns:
+            One dict per user: ``{"user": raw id, "sessions": [{"items": [raw item ids], "score": float}, ...]}``
+            (filler sessions, when the search finds fewer than R, are left out).
+        """
+        cfg = self.config
+        R = num_sessions or cfg.eval.num_return
+        if R < 1:
+            raise ValueError(f"num_sessions={R} must be >= 1")
+        exclude = cfg.eval.exclude_history if exclude_history is None else exclude_history
+        samples = self.user_samples(raw_user_ids)
+        index = self.codebook.prefix_index().to(self.device)
+        loader = make_dataloader(samples, LoaderConfig(batch_size=cfg.eval.batch_size, shuffle=False), seed=0,
+                                 shuffle=False, transform=SemanticIdTransform(self.codebook.codes,
+                                                                              max_history=cfg.model.max_history))
+        raw_items = np.asarray(self.data.raw_item_ids)
+        out: List[Dict[str, Any]] = []
+        with torch.no_grad():
+            for batch in loader:
+                found = constrained_beam_search(self.model, batch.to(self.device), prefix_index=index,
+                                                beam_size=max(R, cfg.eval.beam_size), num_return=R,
+                                                exclude_history=exclude)
+                for items, scores in zip(found.items.cpu().numpy(), found.scores.float().cpu().numpy()):
+                    sessions = [{"items": [_plain(raw_items[i]) for i in row], "score": float(score)}
+                                for row, score in zip(items, scores) if np.isfinite(score)]
+                    out.append({"user": _plain(self.data.raw_user_ids[samples.user[len(out)]]), "sessions": sessions})
+        return out
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars as Python ones, so the result is JSON-ready."""
+    return value.item() if isinstance(value, np.generic) else value

@@ -1,0 +1,59 @@
+"""Serving a finished run: real items in raw ids, no repeats, the user's own latest history, clear errors."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from torchrec_onerec.cli import main
+from torchrec_onerec.recommend import Recommender, UnknownUserError
+
+TINY = str(Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("run")
+    assert main(["train", TINY, f"run_dir={path}"]) == 0
+    return path
+
+
+def test_sessions_are_real_distinct_items_best_first(run_dir: Path) -> None:
+    rec = Recommender.from_run_dir(run_dir)
+    out = rec.recommend([3, 11], num_sessions=4)
+    assert [row["user"] for row in out] == [3, 11]
+    catalogue = set(rec.data.raw_item_ids.tolist())
+    for row in out:
+        assert len(row["sessions"]) == 4
+        scores = [s["score"] for s in row["sessions"]]
+        assert scores == sorted(scores, reverse=True)
+        for session in row["sessions"]:
+            assert len(session["items"]) == rec.config.split.session_items
+            assert len(set(session["items"])) == len(session["items"]) and set(session["items"]) <= catalogue
+
+
+def test_history_is_the_latest_positives_and_can_be_excluded(run_dir: Path) -> None:
+    rec = Recommender.from_run_dir(run_dir)
+    inter = rec.data.interactions
+    mine = inter[(inter.user_id == 7) & (inter.click == 1)].sort_values("timestamp", kind="stable")
+    expected = mine.item_id.to_numpy()[-rec.config.split.max_history:]
+    assert np.array_equal(rec.user_samples([7])[0].history, expected)
+    out = rec.recommend([7], num_sessions=3, exclude_history=True)
+    seen = set(rec.data.raw_item_ids[expected].tolist())
+    assert all(not seen & set(s["items"]) for s in out[0]["sessions"])
+
+
+def test_unknown_user_and_incomplete_run_are_named(run_dir: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(UnknownUserError, match=r"\['nobody'\]"):
+        Recommender.from_run_dir(run_dir).recommend(["nobody"])
+    assert main(["recommend", str(tmp_path), "--users", "1"]) == 2
+    assert "config.yaml is missing" in capsys.readouterr().err
+    assert main(["recommend", str(run_dir), "--users", "1", "--arm", "onerec_ipa"]) == 2
+    assert "align" in capsys.readouterr().err
+
+
+def test_cli_prints_json_lines(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["recommend", str(run_dir), "--users", "1,2", "--sessions", "2"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and '"sessions"' in lines[0]
