@@ -30,23 +30,16 @@ import torch
 
 from torchrec_onerec.alignment.config import AlignConfig
 from torchrec_onerec.alignment.ipa import align_iteratively, generation_stats
-from torchrec_onerec.alignment.pairs import RewardFn
 from torchrec_onerec.config import load_config
 from torchrec_onerec.data.samples import SampleSet
-from torchrec_onerec.datasets.synthetic import SyntheticWorld, load_synthetic
+from torchrec_onerec.datasets.synthetic import load_synthetic
 from torchrec_onerec.eval.protocols import evaluation_users
-from torchrec_onerec.pipeline import PipelineContext, run_pipeline
+from torchrec_onerec.eval.simulated import world_reward_fn
+from torchrec_onerec.pipeline import run_pipeline
+from torchrec_onerec.stages import PipelineContext
 from torchrec_onerec.run_dir import RunDir
 from torchrec_onerec.train.distributed import DistContext
 from torchrec_onerec.train.export import load_exported
-
-
-def true_reward(world: SyntheticWorld) -> RewardFn:
-    """The world's expected session reward as a ``RewardFn``: [U] samples x [U, N, M] sessions -> [U, N]."""
-    def reward(samples: SampleSet, sessions: np.ndarray) -> np.ndarray:
-        U, N, M = sessions.shape
-        return world.session_reward(np.repeat(samples.user, N), sessions.reshape(U * N, M)).reshape(U, N)
-    return reward
 
 
 def main() -> None:
@@ -73,12 +66,9 @@ def main() -> None:
     setup_seconds = time.perf_counter() - start
     ctx = PipelineContext(config, RunDir(run_dir))
     _, world = load_synthetic(config.data.synthetic, seed=config.seed)
-    if not (np.array_equal(ctx.data.raw_item_ids, np.arange(world.num_items))
-            and np.array_equal(ctx.data.raw_user_ids, np.arange(world.num_users))):
-        raise RuntimeError("the loaded ids are not the world's; the true reward would score the wrong users/items")
     book = ctx.codebook
     model = load_exported(Path(summary["stages"]["train"]["best_model_path"]), config.model, book.vocab_sizes)
-    reward = true_reward(world)
+    reward = world_reward_fn(world, ctx.data)
     align = AlignConfig(iterations=args.iterations, sample_fraction=args.fraction, num_candidates=args.candidates,
                         beta=args.beta, dpo_weight=args.dpo_weight, epochs=args.epochs,
                         batch_size=config.loader.batch_size, learning_rate=args.lr,

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from torchrec_onerec.alignment.ipa import align_iteratively, model_file
+from torchrec_onerec.alignment.pairs import RewardFn
 from torchrec_onerec.config import OneRecConfig
 from torchrec_onerec.data.impressions import impression_samples
 from torchrec_onerec.data.samples import SampleSet
@@ -43,7 +44,7 @@ from torchrec_onerec.eval.generative import evaluate_generative
 from torchrec_onerec.eval.plots import Curve
 from torchrec_onerec.eval.protocols import EvalResult
 from torchrec_onerec.eval.report import write_comparison_report
-from torchrec_onerec.eval.simulated import add_true_rewards
+from torchrec_onerec.eval.simulated import add_true_rewards, world_reward_fn
 from torchrec_onerec.run_dir import RunDir
 from torchrec_onerec.models.cascade import load_cascade
 from torchrec_onerec.models.reward import SessionRewardModel, score_sessions, session_rewards
@@ -206,9 +207,16 @@ def align_stage(ctx: PipelineContext) -> Dict[str, object]:
         return skipped
     cfg = ctx.config
     book = ctx.codebook
-    reward_model = _reward_model(ctx)
-    reward_fn = functools.partial(session_rewards, reward_model, batch_size=cfg.eval.batch_size,
-                                  device=next(reward_model.parameters()).device)
+    reward_fn: RewardFn
+    if cfg.align.reward_source == "world":
+        if ctx.world is None:
+            raise ValueError(f"align.reward_source='world' needs the synthetic world (data.source=synthetic), not "
+                             f"data.source={cfg.data.source!r}; use align.reward_source=model")
+        reward_fn = world_reward_fn(ctx.world, ctx.data)
+    else:
+        reward_model = _reward_model(ctx)
+        reward_fn = functools.partial(session_rewards, reward_model, batch_size=cfg.eval.batch_size,
+                                      device=next(reward_model.parameters()).device)
     trained = ctx.run.read_json("train/summary.json")
     # Loaded on the CPU: under torchrun each rank moves it to its own device.
     model = load_exported(Path(trained["best_model_path"]), cfg.model, book.vocab_sizes)

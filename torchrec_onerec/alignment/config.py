@@ -29,6 +29,9 @@ class AlignConfig:
         eval_users: held-out users (drawn once) whose generated sessions are scored before and after every
             iteration; 0 skips that evaluation.
         exclude_history: never generate an item of the user's history (as ``eval.exclude_history``).
+        reward_source: what alignment maximises: ``model`` (the session reward model of ``train-reward``, the
+            paper's method) or ``world`` (the synthetic world's true expected reward; synthetic data only: it
+            separates what alignment can do from what the reward model's errors let it do).
         train_fraction: share of the training samples (drawn once, seeded) that alignment reads: L_NTP on them,
             pairs for ``sample_fraction`` of them. 1.0 (the paper) reads all; lower it where one pass over the
             training data per iteration is too long (large data on a CPU).
@@ -55,11 +58,15 @@ class AlignConfig:
     eval_users: int = 256
     exclude_history: bool = False
     train_fraction: float = 1.0
+    reward_source: str = "model"
 
     def __post_init__(self) -> None:
         for name in ("iterations", "epochs", "batch_size", "generation_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"align.{name}={getattr(self, name)} must be >= 1")
+        if self.reward_source not in ("model", "world"):
+            raise ConfigError(f"align.reward_source={self.reward_source!r} must be 'model' (the reward model) or "
+                              "'world' (the synthetic world's true reward)")
         if not 0.0 < self.train_fraction <= 1.0:
             raise ConfigError(f"align.train_fraction={self.train_fraction} must lie in (0, 1] (1.0 = every sample)")
         if not 0.0 < self.sample_fraction <= 1.0:

@@ -11,10 +11,11 @@ Shape legend: U users, R sessions, M session items.
 
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 import numpy as np
 
+from torchrec_onerec.data.samples import SampleSet
 from torchrec_onerec.datasets.interactions import InteractionData
 from torchrec_onerec.datasets.synthetic import SyntheticWorld
 from torchrec_onerec.eval.protocols import EvalResult
@@ -64,3 +65,31 @@ def add_true_rewards(world: SyntheticWorld, data: InteractionData, result: EvalR
     result.per_user[TRUE_REWARD] = values
     result.metrics[TRUE_REWARD] = float(values.mean())
     return result
+
+
+def world_reward_fn(world: SyntheticWorld, data: InteractionData,
+                    weights: Optional[Dict[str, float]] = None) -> Callable[[SampleSet, np.ndarray], np.ndarray]:
+    """The world's true expected session reward as an alignment reward function (``alignment.pairs.RewardFn``):
+    U samples and their sessions [U, N, M] (contiguous item ids, -1 empty) -> rewards [U, N].
+
+    Aligning to it instead of the learned reward model (``align.reward_source=world``) separates what the
+    alignment method can do from what the reward model's errors let it do.
+
+    Example:
+        >>> from torchrec_onerec.datasets.synthetic import load_synthetic
+        >>> from torchrec_onerec.datasets.synthetic_config import SyntheticConfig
+        >>> from torchrec_onerec.data.samples import Sample
+        >>> data, world = load_synthetic(SyntheticConfig(num_users=10, num_items=20, num_topics=4), seed=0)
+        >>> s = SampleSet.from_samples([Sample(0, np.array([1]), np.array([2]), np.zeros((1, 0), np.float32))], [])
+        >>> world_reward_fn(world, data)(s, np.array([[[3, 5], [-1, -1]]])).shape
+        (1, 2)
+    """
+    raw_users = np.asarray(data.raw_user_ids).astype(np.int64)
+    raw_items = np.asarray(data.raw_item_ids).astype(np.int64)
+
+    def reward(samples: SampleSet, sessions: np.ndarray) -> np.ndarray:
+        U, N, M = sessions.shape
+        items = np.where(sessions >= 0, raw_items[np.clip(sessions, 0, None)], -1).reshape(U * N, M)
+        return world.session_reward(np.repeat(raw_users[samples.user], N), items, weights).reshape(U, N)
+
+    return reward
