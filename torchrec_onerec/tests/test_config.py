@@ -69,3 +69,18 @@ def test_model_follows_split_sizes() -> None:
     cfg = load_config(str(CONFIGS / "tiny.yaml"), ["split.max_history=11", "model.num_experts=6"])
     assert (cfg.model.max_history, cfg.model.session_items) == (11, cfg.split.session_items)
     assert cfg.model.num_experts == 6
+
+
+def test_readme_names_every_config_section() -> None:
+    import dataclasses
+    import typing
+    from pathlib import Path
+
+    from torchrec_onerec.config import OneRecConfig
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    hints = typing.get_type_hints(OneRecConfig)
+    sections = [name for name, kind in hints.items() if dataclasses.is_dataclass(kind)]
+    assert len(sections) >= 10
+    missing = [name for name in sections if f"`{name}`" not in readme]
+    assert not missing, f"README's Configs section does not name the config sections {missing}"
