@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Optional
 
+import torch
+
 LOG = logging.getLogger("torchrec_onerec")
 
 
@@ -39,6 +41,47 @@ def atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def save_tagged(path: Path, tag: str, payload: Dict[str, Any]) -> None:
+    """``torch.save`` ``{"format": tag, **payload}`` through a temporary file and a rename (never half-written).
+
+    Example:
+        >>> import tempfile
+        >>> f = Path(tempfile.mkdtemp()) / "m.pt"
+        >>> save_tagged(f, "demo/1", {"rows": 3})
+        >>> load_tagged(f, "demo/1", "save_tagged")["rows"]
+        3
+        >>> load_tagged(f, "other/1", "save_other")
+        Traceback (most recent call last):
+        ...
+        ValueError: ... is not a file written by save_other (other/1)
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"format": tag, **payload}, tmp)
+    os.replace(tmp, path)
+
+
+def load_tagged(path: Path, tag: str, writer: str) -> Dict[str, Any]:
+    """Read a ``save_tagged`` file (tensors and plain data only), refusing any other format.
+
+    Args:
+        path (Path): the file.
+        tag (str): the format tag it must carry.
+        writer (str): the function that writes such files (named in the error).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: the file is not of format ``tag``.
+    """
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path} does not exist (it is written by {writer})")
+    data = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(data, dict) or data.get("format") != tag:
+        raise ValueError(f"{path} is not a file written by {writer} ({tag})")
+    return data
 
 
 class RunDir:

@@ -37,6 +37,7 @@ from torchrec_onerec.data.batch import HISTORY_KEY, USER_KEY, OneRecBatch, Tenso
 from torchrec_onerec.data.samples import PAD_ITEM, SampleSet
 from torchrec_onerec.models.cascade_config import RankerConfig
 from torchrec_onerec.models.two_tower import ITEM_KEY
+from torchrec_onerec.run_dir import load_tagged, save_tagged
 
 USER_TABLE, ITEM_TABLE = "rank_user", "rank_item"
 RANKER_FEATURE_KEYS = (USER_KEY, ITEM_KEY, HISTORY_KEY)
@@ -293,20 +294,14 @@ def task_aucs(probabilities: np.ndarray, labels: np.ndarray, tasks: Sequence[str
 def save_ranker(path: Path, state: dict, model_config: RankerConfig, *, num_users: int, num_items: int,
                 tasks: Sequence[str], item_features: torch.Tensor) -> None:
     """Write a plain ranker state dict with what rebuilds it (config, sizes, tasks, item features), atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": EXPORT_FORMAT, "config": asdict(model_config), "num_users": int(num_users),
-                "num_items": int(num_items), "tasks": list(tasks), "item_features": item_features.float().cpu(),
-                "state_dict": state}, tmp)
-    tmp.replace(path)
+    save_tagged(path, EXPORT_FORMAT, {"config": asdict(model_config), "num_users": int(num_users),
+                                      "num_items": int(num_items), "tasks": list(tasks),
+                                      "item_features": item_features.float().cpu(), "state_dict": state})
 
 
 def load_ranker(path: Path, *, device: Optional[torch.device] = None) -> Tuple[MultiTaskRanker, torch.Tensor]:
     """Read a ``save_ranker`` file: (the ranker in eval mode, its item features [I, 1 + C])."""
-    data = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(data, dict) or data.get("format") != EXPORT_FORMAT:
-        raise ValueError(f"{path} is not a ranker written by save_ranker ({EXPORT_FORMAT})")
+    data = load_tagged(path, EXPORT_FORMAT, "save_ranker")
     features = data["item_features"]
     ranker = MultiTaskRanker(RankerConfig(**data["config"]), num_users=data["num_users"], num_items=data["num_items"],
                              tasks=data["tasks"], dense_features=dense_width(features),

@@ -34,6 +34,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from torchrec_onerec.data.batch import HISTORY_KEY, USER_KEY, OneRecBatch, TensorFieldsBatch, collate_samples
 from torchrec_onerec.data.samples import PAD_ITEM, SampleSet
 from torchrec_onerec.models.cascade_config import RetrievalConfig
+from torchrec_onerec.run_dir import load_tagged, save_tagged
 
 ITEM_KEY = "item_id"
 USER_TABLE, HISTORY_TABLE, ITEM_TABLE = "tt_user", "tt_history", "tt_item"
@@ -279,19 +280,14 @@ def retrieve(model: TwoTowerRetrieval, samples: SampleSet, *, k: int, item_conte
 def save_two_tower(path: Path, state: dict, model_config: RetrievalConfig, *, num_users: int, num_items: int,
                    item_content: torch.Tensor) -> None:
     """Write a plain two-tower state dict with what rebuilds it (config, sizes, item content), atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": EXPORT_FORMAT, "config": asdict(model_config), "num_users": int(num_users),
-                "num_items": int(num_items), "item_content": item_content.float().cpu(), "state_dict": state}, tmp)
-    tmp.replace(path)
+    save_tagged(path, EXPORT_FORMAT, {"config": asdict(model_config), "num_users": int(num_users),
+                                      "num_items": int(num_items), "item_content": item_content.float().cpu(),
+                                      "state_dict": state})
 
 
 def load_two_tower(path: Path, *, device: Optional[torch.device] = None) -> Tuple[TwoTowerRetrieval, torch.Tensor]:
     """Read a ``save_two_tower`` file: (the model in eval mode, its item content [I, C])."""
-    data = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(data, dict) or data.get("format") != EXPORT_FORMAT:
-        raise ValueError(f"{path} is not a two-tower model written by save_two_tower ({EXPORT_FORMAT})")
+    data = load_tagged(path, EXPORT_FORMAT, "save_two_tower")
     content = data["item_content"]
     model = TwoTowerRetrieval(RetrievalConfig(**data["config"]), num_users=data["num_users"],
                               num_items=data["num_items"], content_dim=int(content.shape[1]),

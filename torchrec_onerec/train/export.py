@@ -28,6 +28,7 @@ from torchrec_onerec.models.config import OneRecModelConfig
 from torchrec_onerec.models.onerec import OneRecModel
 from torchrec_onerec.train.distributed import DistContext
 from torchrec_onerec.train.train_module import OneRecTrainStep
+from torchrec_onerec.run_dir import load_tagged, save_tagged
 
 EXPORT_FORMAT = "torchrec_onerec.exported_model/1"
 MODEL_PREFIX = "model."
@@ -95,12 +96,8 @@ def save_exported(path: Path, state: Dict[str, torch.Tensor], model_config: OneR
         vocab_sizes (Sequence[int]): K_l of each code level.
         fingerprint (str): the training fingerprint (model config, codebook, optimiser).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": EXPORT_FORMAT, "model_config": asdict(model_config),
-                "vocab_sizes": [int(v) for v in vocab_sizes], "fingerprint": fingerprint, "state_dict": state}, tmp)
-    tmp.replace(path)
+    save_tagged(path, EXPORT_FORMAT, {"model_config": asdict(model_config), "vocab_sizes": [int(v) for v in vocab_sizes],
+                                      "fingerprint": fingerprint, "state_dict": state})
 
 
 def load_exported(path: Path, model_config: OneRecModelConfig, vocab_sizes: Sequence[int], *,
@@ -116,9 +113,7 @@ def load_exported(path: Path, model_config: OneRecModelConfig, vocab_sizes: Sequ
     Returns:
         OneRecModel: in eval mode.
     """
-    data = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(data, dict) or data.get("format") != EXPORT_FORMAT:
-        raise ValueError(f"{path} is not a model exported by torchrec_onerec.train ({EXPORT_FORMAT})")
+    data = load_tagged(path, EXPORT_FORMAT, "torchrec_onerec.train.export.save_exported")
     if data["model_config"] != asdict(model_config) or data["vocab_sizes"] != [int(v) for v in vocab_sizes]:
         raise ValueError(f"{path} holds a model with config {data['model_config']} and vocab_sizes "
                          f"{data['vocab_sizes']}, not the {asdict(model_config)} / {list(vocab_sizes)} in use; "

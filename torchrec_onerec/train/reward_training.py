@@ -51,7 +51,7 @@ from torchrec_onerec.data.samples import PAD_ITEM, SampleSet
 from torchrec_onerec.models.reward import (RewardTrainModule, RewardTransform, SessionRewardModel,
                                            score_sessions)
 from torchrec_onerec.models.reward_config import RewardModelConfig
-from torchrec_onerec.run_dir import atomic_write_text
+from torchrec_onerec.run_dir import atomic_write_text, load_tagged, save_tagged
 from torchrec_onerec.runtime import seed_everything
 from torchrec_onerec.train.checkpoint import rank_seed
 from torchrec_onerec.train.config import TrainConfig
@@ -325,12 +325,8 @@ def save_reward_model(path: Path, state: Dict[str, torch.Tensor], config: Reward
         num_items (int): rows of its item table.
         signals (Sequence[str]): its towers, in order.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": REWARD_FORMAT, "config": asdict(config), "num_users": int(num_users),
-                "num_items": int(num_items), "signals": list(signals), "state_dict": state}, tmp)
-    tmp.replace(path)
+    save_tagged(path, REWARD_FORMAT, {"config": asdict(config), "num_users": int(num_users),
+                                      "num_items": int(num_items), "signals": list(signals), "state_dict": state})
 
 
 def load_reward_model(path: Path, *, num_items: Optional[int] = None, num_users: Optional[int] = None,
@@ -348,9 +344,7 @@ def load_reward_model(path: Path, *, num_items: Optional[int] = None, num_users:
     Returns:
         SessionRewardModel: plain, in eval mode.
     """
-    data = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(data, dict) or data.get("format") != REWARD_FORMAT:
-        raise ValueError(f"{path} is not a reward model saved by torchrec_onerec ({REWARD_FORMAT})")
+    data = load_tagged(path, REWARD_FORMAT, "save_reward_model")
     expected = {"num_items": num_items, "num_users": num_users, "signals": None if signals is None else list(signals)}
     for key, wanted in expected.items():
         if wanted is not None and data[key] != wanted:

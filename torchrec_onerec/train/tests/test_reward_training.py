@@ -107,7 +107,7 @@ def test_load_refuses_another_catalogue_or_other_signals(tmp_path: Path) -> None
     with pytest.raises(ValueError, match=r"signals=\['vtr'\]"):
         load_reward_model(path, signals=["swt", "vtr"])
     torch.save({"state_dict": {}}, tmp_path / "other.pt")
-    with pytest.raises(ValueError, match="not a reward model"):
+    with pytest.raises(ValueError, match="not a file written by save_reward_model"):
         load_reward_model(tmp_path / "other.pt")
 
 
