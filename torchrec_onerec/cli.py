@@ -12,6 +12,7 @@ Usage::
     onerec evaluate CONFIG [key=value ...]             test metrics of every arm of compare.arms, same users
     onerec compare CONFIG [key=value ...]              intervals and lifts over the baseline arm, report + plots
     onerec config CONFIG [key=value ...]               print the resolved config
+    onerec config-reference                            every config key: type, default, meaning (docs/CONFIG.md)
     onerec recommend RUN_DIR --users ID[,ID...] [--sessions R] [--arm onerec|onerec_ipa] [--exclude-history]
                                                        sessions for users (raw ids) as JSON lines
 
@@ -30,6 +31,7 @@ from typing import Callable, Dict, Optional, Sequence
 
 from torchrec_onerec import __version__
 from torchrec_onerec.config import ConfigError, OneRecConfig, load_config, to_yaml
+from torchrec_onerec.config_reference import render_reference
 from torchrec_onerec.pipeline import STAGES, run_pipeline, stage_closure
 from torchrec_onerec.recommend import SERVABLE_ARMS, Recommender
 
@@ -60,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_config_args(p)
     show = sub.add_parser("config", help="print the resolved config")
     _add_config_args(show)
+    sub.add_parser("config-reference", help="print every config key with its type, default and meaning (markdown)")
     rec = sub.add_parser("recommend", help="sessions for users of a finished run, as JSON lines")
     rec.add_argument("run_dir", help="a run directory that `onerec run` completed")
     rec.add_argument("--users", required=True, help="comma-separated user ids, as the data names them")
@@ -99,6 +102,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if args.command == "recommend":
             print(_command_recommend(args))
+            return 0
+        if args.command == "config-reference":
+            print(render_reference(), end="")
             return 0
         cfg = load_config(args.config, list(args.overrides))
         if args.command == "config":

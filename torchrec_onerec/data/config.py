@@ -20,6 +20,7 @@ class SplitConfig:
         positive_col: feedback column that marks a positive impression (protocol B); ``""`` = every row.
         session_rule: ``window`` (all of a user's impressions in one split window form one session) or
             ``gap`` (runs of impressions with gaps under ``session_gap_minutes``).
+        session_gap_minutes: under ``session_rule=gap``, a pause longer than this starts a new session.
         valid_start, test_start, test_end: protocol B day boundaries, ``YYYY-MM-DD``; train is every day
             before ``valid_start``, test runs to ``test_end`` inclusive (``""``: to the end of the data).
             An empty ``valid_start``/``test_start`` defaults to the data's last 4 / last 2 calendar days.
