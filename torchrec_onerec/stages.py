@@ -341,13 +341,6 @@ def evaluation_markdown(config: OneRecConfig, metrics: Dict[str, Dict[str, float
     return "\n".join(lines) + "\n"
 
 
-def _csv_curves(path: Path, x: str, columns: List[str]) -> Dict[str, Curve]:
-    if not path.is_file():
-        return {}
-    frame = pd.read_csv(path)
-    return {c: (frame[x].tolist(), frame[c].tolist()) for c in columns if c in frame.columns and x in frame.columns}
-
-
 def _jsonl_curves(path: Path, x: str, columns: List[str]) -> Dict[str, Curve]:
     if not path.is_file():
         return {}
