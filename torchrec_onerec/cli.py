@@ -32,8 +32,9 @@ from typing import Callable, Dict, Optional, Sequence
 from torchrec_onerec import __version__
 from torchrec_onerec.config import ConfigError, OneRecConfig, load_config, to_yaml
 from torchrec_onerec.config_reference import render_reference
-from torchrec_onerec.pipeline import STAGES, run_pipeline, stage_closure
+from torchrec_onerec.pipeline import STAGES, run_pipeline, stage_closure, stage_fingerprint
 from torchrec_onerec.recommend import SERVABLE_ARMS, Recommender
+from torchrec_onerec.run_dir import RunDir
 
 EXIT_BAD_INPUT = 2
 
@@ -89,8 +90,10 @@ def _command_run(cfg: OneRecConfig, args: argparse.Namespace) -> Dict[str, objec
 
 def _command_stage(stage: str) -> Callable[[OneRecConfig, argparse.Namespace], Dict[str, object]]:
     def command(cfg: OneRecConfig, args: argparse.Namespace) -> Dict[str, object]:
-        # A stage asked for by name is always redone; the stages it needs are reused when complete.
-        return run_pipeline(cfg, stages=stage_closure(stage), force=[stage])
+        # A stage asked for by name is redone when it completed, and resumes from its checkpoints when it was
+        # interrupted; the stages it needs are reused when complete.
+        done = RunDir(cfg.run_dir).is_done(stage, stage_fingerprint(cfg, stage))
+        return run_pipeline(cfg, stages=stage_closure(stage), force=[stage] if done else [])
 
     return command
 

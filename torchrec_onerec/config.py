@@ -85,6 +85,10 @@ def _check_keys(node: Any, schema: DictConfig, prefix: str) -> None:
             raise ConfigError(f"unknown config key {path!r} (allowed here: {allowed})")
         child = schema._get_node(key)
         if isinstance(child, DictConfig) and not _is_free_dict(schema, key):
+            if value is not None and not isinstance(value, dict):
+                keys = sorted(str(k) for k in child.keys())
+                raise ConfigError(f"config key {path!r} is a section, not a value: set its keys ({', '.join(keys)}), "
+                                  f"e.g. {path}.{keys[0]}=..., not {path}={value!r}")
             _check_keys(value, child, path + ".")
 
 
@@ -120,6 +124,13 @@ def load_config(path: Optional[str], overrides: Sequence[str] = ()) -> OneRecCon
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value (e.g. seed=1)")
+        try:
+            OmegaConf.from_dotlist([item])
+        except Exception as exc:  # yaml.YAMLError: a value YAML cannot read
+            key, _, value = item.partition("=")
+            reason = (str(exc).splitlines() or [""])[0]
+            raise ConfigError(f"override {item!r}: YAML cannot read the value {value!r} ({reason}); quote it, "
+                              f"e.g. \"{key}='{value}'\"") from None
     if overrides:
         sources.append(("command line", OmegaConf.from_dotlist(list(overrides))))
     merged = schema

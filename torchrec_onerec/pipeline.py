@@ -122,6 +122,8 @@ def run_pipeline(config: OneRecConfig, *, stages: Sequence[str] = STAGES, force:
             seconds[stage] = round(time.perf_counter() - start, 3)
             if lead:
                 run.write_json(f"{stage}/summary.json", summaries[stage])
+                # the run's config.yaml is the last command's; this copy is the one the stage's artefacts follow
+                run.write_text(f"{stage}/config.yaml", to_yaml(config))
                 run.log_metrics(stage, {"seconds": seconds[stage]})
                 run.mark_done(stage, fp)
             LOG.info("stage %s: done in %.1f s", stage, seconds[stage])

@@ -2,9 +2,10 @@
 
 ``Recommender.from_run_dir`` reads a run directory that ``onerec run`` completed (its ``config.yaml``, the
 tokenize stage's codebook and the selected model of ``train/`` or, for ``arm="onerec_ipa"``, of ``align/``)
-and the run's data, and builds every user's history the way the model was trained on it: the user's most
-recent n positives (protocol B: rows with ``split.positive_col = 1``, after the pre-period histories;
-protocol A: every interaction), up to the end of the data. ``recommend`` beam-searches sessions for a list of
+and the run's data (the config that stage completed with, kept beside its ``done.json``),
+and builds every user's history the way the model was trained on it: the user's most recent n positives
+(protocol B: rows with ``split.positive_col = 1``, after the pre-period histories; protocol A: every
+interaction), up to the end of the data. ``recommend`` beam-searches sessions for a list of
 raw user ids; ``onerec recommend RUN_DIR --users ...`` prints them as JSON lines.
 
 Shape legend: U users, R sessions, M session items.
@@ -12,7 +13,6 @@ Shape legend: U users, R sessions, M session items.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
@@ -30,6 +30,8 @@ from torchrec_onerec.datasets.interactions import InteractionData
 from torchrec_onerec.datasets.load import load_dataset
 from torchrec_onerec.generation.beam_search import constrained_beam_search
 from torchrec_onerec.models.onerec import OneRecModel
+from torchrec_onerec.pipeline import STAGE_SECTIONS, stage_closure, stage_fingerprint
+from torchrec_onerec.run_dir import RunDir, read_json
 from torchrec_onerec.runtime import resolve_device
 from torchrec_onerec.tokenizer.codebook import Codebook, catalogue_fingerprint
 from torchrec_onerec.train.export import load_exported
@@ -93,7 +95,8 @@ class Recommender:
 
         Raises:
             FileNotFoundError: the run directory lacks a completed stage the arm needs (the message names it).
-            ValueError: an unknown arm, or a codebook or model file from another catalogue or config.
+            ValueError: an unknown arm; a ``config.yaml`` other than the one the arm's stage completed with; a
+                codebook or model file from another catalogue or config, or cut short.
         """
         run = Path(run_dir)
         if arm not in SERVABLE_ARMS:
@@ -103,15 +106,16 @@ class Recommender:
             if not needed.is_file():
                 raise FileNotFoundError(f"{needed} is missing: run `onerec run` (at least up to the {stage} stage) "
                                         f"for this run directory first")
-        config = load_config(str(run / "config.yaml"))
+        config = _config_of_stage(run, stage)
         data = load_dataset(config.data, seed=config.seed)
         codebook = Codebook.load(run / "tokenize" / "codebook.pt", num_items=data.num_items,
                                  fingerprint=catalogue_fingerprint(data.raw_item_ids, config.tokenizer,
                                                                    seed=config.seed))
-        summary = json.loads((run / stage / "summary.json").read_text())
+        summary = read_json(run / stage / "summary.json")
         if "not_applicable" in summary:
             raise ValueError(f"arm {arm!r} is not available in {run}: {summary['not_applicable']}")
-        path = Path(summary["model_path"] if arm == "onerec_ipa" else summary["best_model_path"])
+        path = RunDir(run).recorded_file(stage, summary["model_path"] if arm == "onerec_ipa"
+                                         else summary["best_model_path"])
         target = resolve_device(device or config.device)
         model = load_exported(path, config.model, codebook.vocab_sizes, device=target)
         return cls(config, data, codebook, model, target)
@@ -155,7 +159,7 @@ class Recommender:
             (filler sessions, when the search finds fewer than R, are left out).
         """
         cfg = self.config
-        R = num_sessions or cfg.eval.num_return
+        R = cfg.eval.num_return if num_sessions is None else num_sessions
         if R < 1:
             raise ValueError(f"num_sessions={R} must be >= 1")
         exclude = cfg.eval.exclude_history if exclude_history is None else exclude_history
@@ -176,6 +180,20 @@ class Recommender:
                                 for row, score in zip(items, scores) if np.isfinite(score)]
                     out.append({"user": _plain(self.data.raw_user_ids[samples.user[len(out)]]), "sessions": sessions})
         return out
+
+
+def _config_of_stage(run: Path, stage: str) -> OneRecConfig:
+    """The config ``stage`` completed with: its own copy, or (a run directory of an older version) the run's
+    ``config.yaml`` when that is still the same; the run's file is the last command's, which may differ."""
+    if (run / stage / "config.yaml").is_file():
+        return load_config(str(run / stage / "config.yaml"))
+    config = load_config(str(run / "config.yaml"))
+    if read_json(run / stage / "done.json").get("fingerprint") != stage_fingerprint(config, stage):
+        sections = sorted({name for earlier in stage_closure(stage) for name in STAGE_SECTIONS[earlier]})
+        raise ValueError(f"{run / 'config.yaml'} is not the config the {stage} stage completed with: a later "
+                         f"command in {run} changed one of {sections}; complete the stage with the config to serve "
+                         f"(onerec run CONFIG run_dir={run}), then recommend")
+    return config
 
 
 def _plain(value: Any) -> Any:

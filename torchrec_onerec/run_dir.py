@@ -5,7 +5,8 @@ Layout::
     <run_dir>/config.yaml          the resolved config of the last invocation
     <run_dir>/run.log              the log of every invocation (appended)
     <run_dir>/metrics.jsonl        one JSON object per logged metric record (appended)
-    <run_dir>/<stage>/...          each stage's artefacts, ``<stage>/started.json`` when it began and
+    <run_dir>/<stage>/...          each stage's artefacts, ``<stage>/started.json`` when it began,
+                                   ``<stage>/config.yaml`` (the config it completed with) and
                                    ``<stage>/done.json`` once it completed
 
 Both markers record the fingerprint of the config sections the stage depends on; a later run skips the stage
@@ -26,6 +27,8 @@ from typing import Any, Dict, Optional
 
 import torch
 
+from torchrec_onerec.errors import ConfigError
+
 LOG = logging.getLogger("torchrec_onerec")
 
 
@@ -41,6 +44,47 @@ def atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def read_json(path: Path) -> Any:
+    """The JSON document in ``path``; a file that is not valid JSON is an error naming it.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: ``path`` is not valid JSON (half-written or edited by hand).
+    """
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc}): it was cut short or edited; redo the stage that "
+                         "writes it (onerec run CONFIG --force STAGE)") from None
+
+
+def load_torch_file(path: Path, writer: str) -> Any:
+    """``torch.load`` of a file of tensors and plain data, on the CPU; an unreadable file is an error naming it.
+
+    Args:
+        path (Path): the file.
+        writer (str): the function that writes such files (named in the error).
+
+    Raises:
+        ValueError: the file is truncated, corrupt or not a torch file.
+
+    Example:
+        >>> import tempfile
+        >>> f = Path(tempfile.mkdtemp()) / "m.pt"
+        >>> _ = f.write_bytes(b"PK not a zip")
+        >>> load_torch_file(f, "save_tagged")
+        Traceback (most recent call last):
+        ...
+        ValueError: ... cannot be read (RuntimeError: ...): it is truncated or corrupt; ...
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch.load fails in many ways on a cut-short file (zip, pickle, EOF, OS errors)
+        reason = (str(exc).splitlines() or [""])[0][:200]
+        raise ValueError(f"{path} cannot be read ({type(exc).__name__}: {reason}): it is truncated or corrupt; "
+                         f"redo the stage that writes it ({writer}): onerec run CONFIG --force STAGE") from None
 
 
 def save_tagged(path: Path, tag: str, payload: Dict[str, Any]) -> None:
@@ -74,11 +118,11 @@ def load_tagged(path: Path, tag: str, writer: str) -> Dict[str, Any]:
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: the file is not of format ``tag``.
+        ValueError: the file is not of format ``tag``, or is truncated or corrupt.
     """
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path} does not exist (it is written by {writer})")
-    data = torch.load(path, map_location="cpu", weights_only=True)
+    data = load_torch_file(path, writer)
     if not isinstance(data, dict) or data.get("format") != tag:
         raise ValueError(f"{path} is not a file written by {writer} ({tag})")
     return data
@@ -89,6 +133,9 @@ class RunDir:
 
     Args:
         path: the folder; created if missing.
+
+    Raises:
+        ConfigError: ``path`` is a file, or the folder cannot be created (the message names ``run_dir``).
 
     Example:
         >>> import tempfile
@@ -102,7 +149,13 @@ class RunDir:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
+        if self.path.exists() and not self.path.is_dir():
+            raise ConfigError(f"run_dir={str(path)!r} is a file; set run_dir to a folder")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"run_dir={str(path)!r} cannot be created ({exc.strerror}: {exc.filename}); set "
+                              "run_dir to a writable folder") from None
 
     def stage_dir(self, stage: str) -> Path:
         """The artefact folder of one stage (created)."""
@@ -110,11 +163,29 @@ class RunDir:
         folder.mkdir(parents=True, exist_ok=True)
         return folder
 
+    def recorded_file(self, stage: str, recorded: str | os.PathLike) -> Path:
+        """A file a stage recorded (in its ``summary.json``) under its own folder, found in this run directory:
+        a run directory may have been moved or copied, or named by a relative path from another working
+        directory, since. A path outside any ``<stage>/`` folder is returned as recorded.
+
+        Example:
+            >>> import tempfile
+            >>> run = RunDir(tempfile.mkdtemp())
+            >>> moved = run.recorded_file("align", "old/place/align/models/iteration-2.pt")
+            >>> moved == run.path / "align" / "models" / "iteration-2.pt"
+            True
+        """
+        parts = Path(recorded).parts
+        if stage not in parts:
+            return Path(recorded)
+        last = len(parts) - 1 - parts[::-1].index(stage)
+        return self.path.joinpath(*parts[last:])
+
     def write_json(self, relpath: str, obj: Any) -> None:
         atomic_write_text(self.path / relpath, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
 
     def read_json(self, relpath: str) -> Any:
-        return json.loads((self.path / relpath).read_text())
+        return read_json(self.path / relpath)
 
     def write_text(self, relpath: str, text: str) -> None:
         atomic_write_text(self.path / relpath, text)

@@ -34,7 +34,7 @@ from torchrec_onerec.config import OneRecConfig
 from torchrec_onerec.data.impressions import impression_samples
 from torchrec_onerec.data.samples import SampleSet
 from torchrec_onerec.data.splits import SplitA, SplitB, split_data
-from torchrec_onerec.datasets.interactions import InteractionData
+from torchrec_onerec.datasets.interactions import DataError, InteractionData
 from torchrec_onerec.datasets.load import load_dataset
 from torchrec_onerec.datasets.synthetic import SyntheticWorld, load_synthetic
 from torchrec_onerec.eval.baselines import evaluate_popularity
@@ -112,7 +112,17 @@ class PipelineContext:
 
 
 def data_stage(ctx: PipelineContext) -> Dict[str, object]:
-    """Load, validate and split; write ``data/stats.json`` and return the statistics."""
+    """Load, validate and split; write ``data/stats.json`` and return the statistics.
+
+    Raises:
+        DataError: the split leaves no training or no test samples (nothing later stages could use).
+    """
+    empty = [f"0 {what} samples" for window, what in (("train", "training"), ("test", "test"))
+             if len(getattr(ctx.split, window)) == 0]
+    if empty:
+        raise DataError(f"{ctx.data.name}: split.protocol={ctx.config.split.protocol} gives {' and '.join(empty)} "
+                        f"(left out: {ctx.split.dropped}); the data needs more interactions per user, or a lower "
+                        "split.min_history")
     stats = {"dataset": ctx.data.summary(), "split": ctx.split.summary()}
     ctx.run.write_json("data/stats.json", stats)
     return stats
@@ -219,7 +229,7 @@ def align_stage(ctx: PipelineContext) -> Dict[str, object]:
                                       device=next(reward_model.parameters()).device)
     trained = ctx.run.read_json("train/summary.json")
     # Loaded on the CPU: under torchrun each rank moves it to its own device.
-    model = load_exported(Path(trained["best_model_path"]), cfg.model, book.vocab_sizes)
+    model = load_exported(ctx.run.recorded_file("train", trained["best_model_path"]), cfg.model, book.vocab_sizes)
     train = ctx.split.train
     if cfg.align.train_fraction < 1.0:
         rng = np.random.default_rng([cfg.seed, len(train)])
@@ -262,12 +272,14 @@ def _evaluate_arm(ctx: PipelineContext, arm: str) -> Tuple[Optional[EvalResult],
         return evaluate_cascade(recommender, ctx.split.test, config=cfg.eval, protocol=cfg.split.protocol,
                                 num_items=ctx.data.num_items), ""
     if arm == "onerec":
-        return _generative_arm(ctx, Path(ctx.run.read_json("train/summary.json")["best_model_path"])), ""
+        trained = ctx.run.read_json("train/summary.json")
+        return _generative_arm(ctx, ctx.run.recorded_file("train", trained["best_model_path"])), ""
     if arm in ("onerec_dpo", "onerec_ipa"):
         aligned = ctx.run.read_json("align/summary.json")
         if "not_applicable" in aligned:
             return None, f"no alignment: {aligned['not_applicable']}"
-        path = ctx.run.path / "align" / model_file(1) if arm == "onerec_dpo" else Path(aligned["model_path"])
+        path = (ctx.run.path / "align" / model_file(1) if arm == "onerec_dpo"
+                else ctx.run.recorded_file("align", aligned["model_path"]))
         return _generative_arm(ctx, path), ""
     if arm.startswith("model:"):
         path = Path(arm[len("model:"):])

@@ -108,8 +108,13 @@ def load_sequence_file(path: str, sep: str = WHITESPACE) -> InteractionData:
     """
     src = Source(path, first_line=1)
     check_path(path, "a sequence file (one line per user: user item item ...)", folder=False)
-    with open(path, encoding="utf-8") as f:
-        lines = pd.Series(f.read().splitlines(), dtype="str").str.strip()
+    raw = Path(path).read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        row, byte = raw[:exc.start].count(b"\n"), raw[exc.start]
+        raise DataError(f"{src.at(row)}: byte {byte:#04x} is not UTF-8 text; save the file as UTF-8") from None
+    lines = pd.Series(text.splitlines(), dtype="str").str.strip()
     lines = lines[lines != ""]
     if len(lines) == 0:
         raise DataError(f"{path} is empty")

@@ -135,6 +135,8 @@ def read_csv(
         header = list(names) if names is not None else list(pd.read_csv(src.path, nrows=0, **kwargs).columns)
     except pd.errors.EmptyDataError:
         raise DataError(f"{src.path} is empty") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise DataError(f"{src.path} line 1: cannot parse the header: {exc}") from None
     clean = [rename(c) for c in header] if rename else header
     require_columns(src, clean, required)
     wanted = [c for c in clean if c not in required] if optional is None else optional

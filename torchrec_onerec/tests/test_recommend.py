@@ -1,5 +1,6 @@
 """Serving a finished run: real items in raw ids, no repeats, the user's own latest history, clear errors."""
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -57,3 +58,24 @@ def test_cli_prints_json_lines(run_dir: Path, capsys: pytest.CaptureFixture[str]
     assert main(["recommend", str(run_dir), "--users", "1,2", "--sessions", "2"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2 and '"sessions"' in lines[0]
+
+
+def test_a_moved_run_serves_its_own_files_with_the_config_its_model_was_trained_with(run_dir: Path,
+                                                                                    tmp_path: Path) -> None:
+    moved = tmp_path / "moved"
+    shutil.copytree(run_dir, moved)
+    (moved / "train" / "best_model.pt").write_bytes(b"cut short")
+    with pytest.raises(ValueError, match=f"{moved}/train/best_model.pt cannot be read"):
+        Recommender.from_run_dir(moved)
+    shutil.copy(run_dir / "train" / "best_model.pt", moved / "train" / "best_model.pt")
+    assert Recommender.from_run_dir(moved).recommend([1], num_sessions=1)[0]["user"] == 1
+    with pytest.raises(ValueError, match="num_sessions=0 must be >= 1"):
+        Recommender.from_run_dir(moved).recommend([1], num_sessions=0)
+    # a later command's config.yaml does not change what the trained model is served with
+    config = moved / "config.yaml"
+    config.write_text(config.read_text().replace("d_model: 32", "d_model: 16"))
+    assert Recommender.from_run_dir(moved).config.model.d_model == 32
+    # a run directory without the stage's own copy (older versions) refuses a config.yaml that changed since
+    (moved / "train" / "config.yaml").unlink()
+    with pytest.raises(ValueError, match="config.yaml is not the config the train stage completed with"):
+        Recommender.from_run_dir(moved)

@@ -2,8 +2,11 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
+import torch
 
-from torchrec_onerec.run_dir import RunDir, fingerprint
+from torchrec_onerec.errors import ConfigError
+from torchrec_onerec.run_dir import RunDir, fingerprint, load_tagged, save_tagged
 
 
 def test_fingerprint_is_stable_and_sensitive() -> None:
@@ -50,3 +53,23 @@ def test_started_marker_tracks_fingerprint(tmp_path: Path) -> None:
     run.mark_started("train", "f1")
     assert run.was_started("train", "f1") and not run.was_started("train", "f2")
     assert not run.is_done("train", "f1")
+
+
+def test_cut_short_files_are_errors_naming_the_file(tmp_path: Path) -> None:
+    run = RunDir(tmp_path)
+    run.write_text("train/summary.json", '{"steps": 3')
+    with pytest.raises(ValueError, match=r"train/summary.json is not valid JSON"):
+        run.read_json("train/summary.json")
+    save_tagged(tmp_path / "m.pt", "demo/1", {"rows": torch.zeros(1000)})
+    with open(tmp_path / "m.pt", "r+b") as f:
+        f.truncate(200)
+    with pytest.raises(ValueError, match=r"m.pt cannot be read .*truncated or corrupt; redo .* \(save_demo\)"):
+        load_tagged(tmp_path / "m.pt", "demo/1", "save_demo")
+
+
+def test_run_dir_that_is_a_file_is_a_config_error(tmp_path: Path) -> None:
+    (tmp_path / "taken").write_text("x")
+    with pytest.raises(ConfigError, match="run_dir=.*taken' is a file"):
+        RunDir(tmp_path / "taken")
+    with pytest.raises(ConfigError, match="run_dir=.*taken/sub' cannot be created"):
+        RunDir(tmp_path / "taken" / "sub")

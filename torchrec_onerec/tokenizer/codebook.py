@@ -15,12 +15,14 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from omegaconf import OmegaConf
 
+from torchrec_onerec.run_dir import load_torch_file, save_tagged
 from torchrec_onerec.tokenizer.prefix_index import PrefixIndex
 from torchrec_onerec.tokenizer.residual import decode
 from torchrec_onerec.tokenizer.uniqueness import Collisions, disambiguate
@@ -163,16 +165,14 @@ class Codebook:
         return decode([c.to(codes.device) for c in self.centroids], codes)
 
     def save(self, path: Union[str, os.PathLike]) -> None:
-        """Write the codebook to ``path`` (a torch file; parents are created)."""
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        """Write the codebook to ``path`` (a torch file through a temporary name; parents are created)."""
         state: Dict[str, Any] = {
-            "format": FORMAT,
             "codes": self.codes,
             "centroids": self.centroids,
             "fingerprint": self.fingerprint,
             "disambiguation_size": self.disambiguation_size,
         }
-        torch.save(state, path)
+        save_tagged(Path(path), FORMAT, state)
 
     @classmethod
     def load(cls, path: Union[str, os.PathLike], *, num_items: int, fingerprint: str) -> "Codebook":
@@ -185,10 +185,15 @@ class Codebook:
 
         Returns:
             The Codebook on CPU.
+
+        Raises:
+            FileNotFoundError: no file at ``path``.
+            ValueError: the file is truncated, not a codebook, or built for another catalogue or config.
         """
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"no codebook at {path}: run the tokenize stage first")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+            raise FileNotFoundError(f"no codebook at {path}: run the tokenize stage (onerec tokenize CONFIG, "
+                                    "or onerec run CONFIG --force tokenize when the stage is marked done)")
+        state = load_torch_file(Path(path), "tokenize: Codebook.save")
         if not isinstance(state, dict) or state.get("format") != FORMAT:
             raise ValueError(f"{path} is not a codebook written by Codebook.save (format {FORMAT})")
         book = cls(state["codes"], list(state["centroids"]), state["fingerprint"], state["disambiguation_size"])

@@ -13,7 +13,8 @@ everything needed to continue exactly where the checkpoint was taken: the data p
 batches done), which does not depend on the world size; DCP reshards the tables and optimiser state to the
 new plan when the world size changes, and the RNG streams are then re-derived from (seed, step, rank), which
 only matters when the model uses dropout. A checkpoint whose fingerprint (model config, code levels, the
-codebook's codes, sparse optimiser) differs from the run's is refused with an error naming both.
+codebook's codes, sparse optimiser) differs from the run's is refused with an error naming both; one with a
+file missing or cut short (a partial copy, a full disk) is refused with an error naming the folder.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import random
 import re
 import shutil
@@ -33,9 +35,10 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 
 from torchrec_onerec.models.config import OneRecModelConfig
-from torchrec_onerec.run_dir import atomic_write_text
+from torchrec_onerec.run_dir import atomic_write_text, load_torch_file
 from torchrec_onerec.runtime import seed_everything
 from torchrec_onerec.train.distributed import DistContext, barrier
 from torchrec_onerec.train.sharding import ShardedTraining
@@ -49,6 +52,24 @@ _NAME = re.compile(r"^step-\d{9}-epoch-\d{5}-batch-\d{7}$")
 
 class CheckpointMismatchError(ValueError):
     """A checkpoint written for another model config, codebook or optimiser (or by another tool)."""
+
+
+class CheckpointCorruptError(ValueError):
+    """A checkpoint folder with a file missing, cut short or unreadable."""
+
+
+# What reading a damaged DCP folder raises (CheckpointException is a BaseException, so name it).
+READ_FAILURES = (CheckpointException, OSError, RuntimeError, EOFError, pickle.UnpicklingError)
+
+
+def corrupt_checkpoint_error(path: Path, cause: BaseException) -> CheckpointCorruptError:
+    """The error for an unreadable checkpoint, naming the folder and the first underlying failure."""
+    if isinstance(cause, CheckpointException) and cause.failures:  # DCP wraps each rank's exception
+        cause = next(iter(cause.failures.values()))[0]
+    reason = (str(cause).splitlines() or [""])[0][:200]
+    return CheckpointCorruptError(
+        f"training checkpoint {path} is incomplete or corrupt ({type(cause).__name__}: {reason}); delete that "
+        "folder to resume from an earlier checkpoint, or start training over (onerec run CONFIG --force train)")
 
 
 def training_fingerprint(model_config: OneRecModelConfig, vocab_sizes: Sequence[int], codes: torch.Tensor,
@@ -221,18 +242,29 @@ class CheckpointStore:
 
         Returns:
             CheckpointMeta: the position to continue from.
+
+        Raises:
+            CheckpointMismatchError: the checkpoint belongs to another config, codebook or optimiser.
+            CheckpointCorruptError: one of its files is missing or cut short.
         """
         meta = self.read_meta(path)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*ShardedTensor.*", category=FutureWarning)
             training.optimizer.init_state()  # materialise AdamW's lazy state so DCP has tensors to load into
             state = {"model": training.dmp.state_dict(), "optim": training.optimizer.state_dict()}
-            dcp.load(state, checkpoint_id=path)
+            try:
+                dcp.load(state, checkpoint_id=path)
+            except READ_FAILURES as exc:
+                raise corrupt_checkpoint_error(path, exc) from None
             training.dmp.load_state_dict(state["model"])
             training.optimizer.load_state_dict(state["optim"])
         rng_file = Path(path) / f"rng-rank{self.ctx.rank}.pt"
         if meta.world_size == self.ctx.world_size and rng_file.is_file():
-            _restore_rng(torch.load(rng_file, weights_only=True))
+            try:
+                rng = load_torch_file(rng_file, "train: CheckpointStore.save")
+            except ValueError as exc:
+                raise corrupt_checkpoint_error(path, exc) from None
+            _restore_rng(rng)
         else:
             LOG.info("checkpoint %s was written by %d processes, resuming with %d: tables resharded, random "
                      "streams re-derived from the seed", path, meta.world_size, self.ctx.world_size)

@@ -26,6 +26,7 @@ from torchrec.distributed.model_parallel import DistributedModelParallel
 
 from torchrec_onerec.models.config import OneRecModelConfig
 from torchrec_onerec.models.onerec import OneRecModel
+from torchrec_onerec.train.checkpoint import READ_FAILURES, corrupt_checkpoint_error
 from torchrec_onerec.train.distributed import DistContext
 from torchrec_onerec.train.train_module import OneRecTrainStep
 from torchrec_onerec.run_dir import load_tagged, save_tagged
@@ -133,13 +134,19 @@ def load_checkpoint_model(path: Path, model_config: OneRecModelConfig, vocab_siz
 
     Returns:
         OneRecModel: in eval mode.
+
+    Raises:
+        CheckpointCorruptError: a file of the folder is missing, cut short or unreadable (the message names it).
     """
     module = OneRecTrainStep(OneRecModel(model_config, vocab_sizes, device=torch.device("meta")))
     module.to_empty(device=torch.device("cpu"))
     state = {"model": module.state_dict()}
     with warnings.catch_warnings():  # DCP notes that it reads in one process, which is the point here
         warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process.*")
-        dcp.load(state, checkpoint_id=str(path), no_dist=True)
+        try:
+            dcp.load(state, checkpoint_id=str(path), no_dist=True)
+        except READ_FAILURES as exc:
+            raise corrupt_checkpoint_error(Path(path), exc) from None
     module.load_state_dict(state["model"])
     return module.model.to(device or torch.device("cpu")).eval()
 

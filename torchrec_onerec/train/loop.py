@@ -160,6 +160,9 @@ class _Run:
         training = build_sharded_training(self.config.model, self.vocab_sizes, self.tc, self.ctx, seed=self.config.seed)
         if latest is not None:
             meta = self.store.load(latest, training, seed=self.config.seed)
+            if self.ctx.is_rank0:
+                LOG.info("train: resumed from checkpoint %s (step %d of %d, epoch %d)", latest.name, meta.step,
+                         self.total_steps, meta.epoch)
         else:
             meta = CheckpointMeta(self.fingerprint)
             seed_everything(rank_seed(self.config.seed, self.ctx.rank, 0))

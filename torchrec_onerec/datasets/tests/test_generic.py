@@ -50,6 +50,9 @@ def test_sequence_file_errors(tmp_path: Path) -> None:
         load_sequence_file(_write(tmp_path / "d2.txt", "u1,a\nu2,,b\n"), sep=",")
     with pytest.warns(UserWarning), pytest.raises(DataError, match=r"no line has an item.*sep=','"):
         load_sequence_file(_write(tmp_path / "w.txt", "u1 a b\nu2 c\n"), sep=",")
+    (tmp_path / "l.txt").write_bytes("u1 a\nu2 caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"l.txt line 2: byte 0xe9 is not UTF-8 text"):
+        load_sequence_file(str(tmp_path / "l.txt"))
 
 
 # ---- interaction tables ---------------------------------------------------------------------------------------
@@ -131,6 +134,9 @@ def test_empty_and_missing_files(tmp_path: Path) -> None:
         _table(str(tmp_path))
     with pytest.raises(DataError, match="not a readable parquet file"):
         _table(_write(tmp_path / "x.parquet", "not parquet"))
+    (tmp_path / "l.csv").write_bytes("us\u00e9r,item_id,timestamp\na,i,1\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"l.csv line 1: cannot parse the header"):
+        _table(str(tmp_path / "l.csv"))
 
 
 def test_missing_ids_are_dropped_and_counted(tmp_path: Path) -> None:

@@ -69,3 +69,13 @@ def test_fingerprint_tracks_items_config_and_seed() -> None:
     assert base != catalogue_fingerprint(np.array([10, 20, 30]), TokenizerConfig(codebook_sizes=[8, 8]), seed=0)
     assert base != catalogue_fingerprint(np.array([10, 20, 30]), cfg, seed=1)
     assert catalogue_fingerprint(np.array(["a", "b"]), cfg, seed=0) != catalogue_fingerprint(["a", "c"], cfg, seed=0)
+
+
+def test_truncated_codebook_is_named_and_saving_leaves_no_temporary_file(tmp_path) -> None:
+    path = tmp_path / "codebook.pt"
+    _book().save(path)
+    assert [p.name for p in tmp_path.iterdir()] == ["codebook.pt"]
+    with open(path, "r+b") as f:
+        f.truncate(100)
+    with pytest.raises(ValueError, match=f"{path} cannot be read .*truncated or corrupt"):
+        Codebook.load(path, num_items=6, fingerprint="fp")

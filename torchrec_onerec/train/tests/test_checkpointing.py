@@ -12,8 +12,8 @@ import torch.distributed as dist
 
 from torchrec_onerec.models.config import model_size
 from torchrec_onerec.models.testing import random_batch, random_codes
-from torchrec_onerec.train.checkpoint import (CheckpointMeta, CheckpointMismatchError, CheckpointStore,
-                                              training_fingerprint)
+from torchrec_onerec.train.checkpoint import (CheckpointCorruptError, CheckpointMeta, CheckpointMismatchError,
+                                              CheckpointStore, training_fingerprint)
 from torchrec_onerec.train.config import TrainConfig
 from torchrec_onerec.train.distributed import DistContext, init_distributed, teardown_distributed
 from torchrec_onerec.train.export import gather_model_state, load_checkpoint_model, load_exported, save_exported
@@ -92,6 +92,21 @@ def test_a_checkpoint_of_another_codebook_or_config_is_refused(ctx: DistContext,
     for fingerprint in (other_codes, other_model):
         with pytest.raises(CheckpointMismatchError, match="another model config, codebook"):
             CheckpointStore(tmp_path, ctx, fingerprint).load(path, training, seed=0)
+
+
+def test_a_checkpoint_with_a_file_cut_short_or_missing_is_named(ctx: DistContext, tmp_path: Path) -> None:
+    training = build_sharded_training(CONFIG, SIZES, TRAIN, ctx, seed=0)
+    _step(training, 0)
+    store = CheckpointStore(tmp_path, ctx, FINGERPRINT)
+    path = store.save(training, CheckpointMeta(FINGERPRINT, step=1))
+    (shard,) = path.glob("*.distcp")
+    with open(shard, "r+b") as f:
+        f.truncate(100)
+    with pytest.raises(CheckpointCorruptError, match=f"{path} is incomplete or corrupt .*--force train"):
+        store.load(path, training, seed=0)
+    shard.unlink()
+    with pytest.raises(CheckpointCorruptError, match=f"FileNotFoundError: .*{shard.name}"):
+        store.load(path, training, seed=0)
 
 
 def test_plain_models_from_a_checkpoint_and_from_an_export(ctx: DistContext, tmp_path: Path) -> None:
