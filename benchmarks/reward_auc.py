@@ -2,8 +2,9 @@
 pooling baselines, as JSON lines.
 
 For each ``--pooling`` the model is trained with ``train_reward_model`` (DMP + TrainPipelineSparseDist, the
-``reward`` defaults plus ``--set`` overrides) on the training days' sessions of m impressions (and every training
-impression as a 1-item session), selected on the validation days, and scored on the test days:
+``reward`` defaults plus ``--set`` overrides; item semantic IDs from the config's tokenizer, fitted here as the
+``tokenize`` stage does) on the training days' sessions of m impressions (and every training impression as a
+1-item session), selected on the validation days, and scored on the test days:
 - ``session_auc``: per tower, each test session of m impressions against "some item has the signal";
 - ``session_auc_same_length``: the same, counting only pairs of sessions with the same number of items;
 - ``impression_auc``: every test impression scored as a 1-item session against its own label.
@@ -36,6 +37,8 @@ from torchrec_onerec.data.splits import SplitB, split_data
 from torchrec_onerec.datasets.load import load_dataset
 from torchrec_onerec.datasets.synthetic import load_synthetic
 from torchrec_onerec.models.reward_config import RewardModelConfig
+from torchrec_onerec.tokenizer.embeddings import item_embeddings
+from torchrec_onerec.tokenizer.tokenize import fit_tokenizer
 from torchrec_onerec.train.reward_training import (auc, auc_within_groups, evaluate_reward_model, load_reward_model,
                                                    train_reward_model)
 
@@ -87,6 +90,9 @@ def main() -> None:
         return impression_samples(split, window, num_users=data.num_users, items_per_sample=items, max_history=n)
 
     train, train_impressions, valid = samples("train", m), samples("train", 1), samples("valid", m)
+    embeddings = item_embeddings(data, cfg.tokenizer, train_interactions=split.train_sequences, seed=cfg.seed)
+    codebook, _ = fit_tokenizer(embeddings, cfg.tokenizer, seed=cfg.seed, device=torch.device("cpu"),
+                                item_ids=data.raw_item_ids)
     test, test_impressions = samples("test", m), samples("test", 1)
     common = {"config": args.config, "m": m, "n": n, "users": data.num_users, "items": data.num_items,
               "train_sessions": len(train), "train_impressions": len(train_impressions),
@@ -104,7 +110,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as folder:
             result = train_reward_model(config, train, valid, num_users=data.num_users, num_items=data.num_items,
                                         out_dir=Path(folder), seed=args.seed, device=torch.device("cpu"),
-                                        train_impressions=train_impressions, progress=False)
+                                        train_impressions=train_impressions, item_codes=codebook.codes,
+                                        progress=False)
             model = load_reward_model(Path(folder) / "reward_model.pt", num_items=data.num_items,
                                       signals=train.signals)
         metrics = evaluate_reward_model(model, test, test_impressions, batch_size=1024, device=torch.device("cpu"))

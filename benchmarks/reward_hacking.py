@@ -10,6 +10,11 @@ drawn once from the seed, what the reward model believes with what the world (pr
   item-only effect explains (the same for the truth); and ``history_topic_gain``: for fake users whose history
   is 10 items of one topic, the mean reward of that topic's items minus that of other topics' items (0 = the
   history does not personalise the model at all). The truth's own values sit beside each number.
+- ``session_mix`` (same users): for each user, 5 items of their top topic against the same top-topic items
+  interleaved with items of their second topic (``mixed``) or of their 11th topic (``far``): how often the reward
+  model, and the world, prefer the mixed session. The world's diversity penalty favours a mix with a liked
+  topic; a reward model that learnt "more of the same topic" from the logs (the logging policy shows runs of
+  one topic to the users who like it most) prefers the single-topic session.
 - ``generation`` per policy (``ntp`` = the trained model, ``aligned`` = the last alignment iteration): N beam
   candidates per user (``--candidates``, as alignment draws them); of the top beam (the served session): true
   reward, reward-model reward, coverage (distinct items over users), median popularity rank and mean training
@@ -29,7 +34,17 @@ drawn once from the seed, what the reward model believes with what the world (pr
     OMP_NUM_THREADS=1 nice .venv/bin/python benchmarks/reward_hacking.py [--run-dir runs/synthetic]
         [--reward-model PATH] [--aligned PATH] [--users 300] [--candidates 32] [--seed 0]
 
-About 1 minute on one CPU core for 300 users and 32 candidates.
+About 15 s on one CPU core for 300 users and 32 candidates. Measured on ``runs/synthetic`` (reward model of
+the id-only defaults) and on the same run with this package's reward defaults (semantic IDs, no user-id row,
+``reward.embedding_init=0.5``, learning rate 3e-3, ``reward.epochs=5``):
+
+- ``history_topic_gain`` 0.000 -> 0.388; ``item_mean_share`` 0.73 -> 0.65 (truth 0.21); catalogue Spearman with
+  the user's interest -0.002 -> 0.065 (truth 0.39), with quality 0.79 -> 0.70 (truth 0.60);
+- trained model's candidates: Spearman with the true reward 0.106 -> 0.197 (the policy's own log-probability:
+  0.118); with interest -0.17 -> -0.04 (truth +0.22), topics 0.27 -> 0.09 (truth 0.32);
+- ``session_mix`` prefers_mixed 0.49 -> 0.40 (truth 0.69), prefers_far 0.53 -> 0.31 (truth 0.18);
+- the aligned model's top beam: interest 0.122 -> 0.207 (trained model 0.231), true reward 3.54 -> 4.33 (4.42);
+- ceilings: items alone 0.80, interest and quality 0.395, quality only 0.35.
 """
 
 from __future__ import annotations
@@ -122,6 +137,26 @@ def reward_model_lines(model: SessionRewardModel, world: SyntheticWorld, users: 
                                                  / max(abs(off_diagonal), 1e-12))}
 
 
+def session_mix_lines(model: SessionRewardModel, world: SyntheticWorld, users: SampleSet, *,
+                      seed: int) -> Dict[str, float]:
+    """How often the reward model and the world prefer a two-topic session to a one-topic one (``session_mix``)."""
+    rng = np.random.default_rng([seed, 0x5E5])
+    by_interest = np.argsort(-world.user_interest[users.user], axis=1)
+    sessions = np.zeros((len(users), 3, 5), np.int64)
+    for u in range(len(users)):
+        own, second, far = (rng.choice(np.flatnonzero(world.item_topic == by_interest[u, k]), 5, replace=False)
+                            for k in (0, 1, 10))
+        sessions[u, 0] = own
+        sessions[u, 1] = [own[0], second[0], own[1], second[1], own[2]]
+        sessions[u, 2] = [own[0], far[0], own[1], far[1], own[2]]
+    truth = world.session_reward(np.repeat(users.user, 3), sessions.reshape(-1, 5)).reshape(len(users), 3)
+    estimate = session_rewards(model, users, sessions, batch_size=4096, device=CPU)
+    return {"users": len(users), "prefers_mixed": float((estimate[:, 1] > estimate[:, 0]).mean()),
+            "prefers_mixed_truth": float((truth[:, 1] > truth[:, 0]).mean()),
+            "prefers_far": float((estimate[:, 2] > estimate[:, 0]).mean()),
+            "prefers_far_truth": float((truth[:, 2] > truth[:, 0]).mean())}
+
+
 def _session_features(world: SyntheticWorld, users: SampleSet, items: np.ndarray) -> Dict[str, np.ndarray]:
     """Per candidate session [U, N]: distinct topics, mean interest, mean quality, items in the user's history."""
     topics = world.item_topic[items]  # [U, N, M]
@@ -134,10 +169,16 @@ def _session_features(world: SyntheticWorld, users: SampleSet, items: np.ndarray
 
 
 def _ranking(score: np.ndarray, truth: np.ndarray) -> Dict[str, float]:
+    """Within-user Spearman, and the truth of the best / worst candidate by ``score`` (alignment's pair); the
+    pair counts only for users whose scores are not all equal (``users_with_pair``)."""
     rows = np.arange(len(truth))
-    best, worst = truth[rows, score.argmax(1)], truth[rows, score.argmin(1)]
-    return {"spearman": within_user_spearman(score, truth), "true_of_best": float(best.mean()),
-            "true_of_worst": float(worst.mean()), "pair_right_way": float((best > worst).mean())}
+    best, worst = score.argmax(1), score.argmin(1)
+    paired = score[rows, best] > score[rows, worst]
+    right = truth[rows, best] > truth[rows, worst]
+    return {"spearman": within_user_spearman(score, truth), "true_of_best": float(truth[rows, best].mean()),
+            "true_of_worst": float(truth[rows, worst].mean()),
+            "pair_right_way": float(right[paired].mean()) if paired.any() else float("nan"),
+            "users_with_pair": int(paired.sum())}
 
 
 def main() -> None:
@@ -176,6 +217,8 @@ def main() -> None:
                       "reward_config": reward_model.config.__dict__, "seconds": round(time.perf_counter() - start, 1)}),
           flush=True)
     print(json.dumps({**common, "line": "reward_model", **reward_model_lines(reward_model, world, users)}), flush=True)
+    print(json.dumps({**common, "line": "session_mix", **session_mix_lines(reward_model, world, users,
+                                                                          seed=args.seed)}), flush=True)
 
     true_reward = world_reward_fn(world, data)
     popularity = np.bincount(split.train_sequences["item_id"].to_numpy(), minlength=data.num_items)

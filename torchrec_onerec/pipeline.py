@@ -5,7 +5,7 @@ sections plus every stage it reads (``STAGE_INPUTS``), and its fingerprint hashe
 cascade's config redoes the cascade and the comparison but not the generative model.
 
     data --> tokenize --> train ----------> align --+
-     |--> train-reward ------------------^             |
+     |          |--> train-reward -------^             |
      |--> cascade -------------------------------------+--> evaluate --> compare
 
 A stage is skipped when its ``done.json`` fingerprint matches, unless forced; a stage that was interrupted
@@ -36,7 +36,7 @@ STAGE_SECTIONS: Dict[str, Tuple[str, ...]] = {
     "train-reward": ("reward",), "align": ("align", "train"), "cascade": ("cascade", "train", "loader"),
     "evaluate": ("eval", "compare"), "compare": ("compare",)}
 STAGE_INPUTS: Dict[str, Tuple[str, ...]] = {
-    "data": (), "tokenize": ("data",), "train": ("tokenize",), "train-reward": ("data",),
+    "data": (), "tokenize": ("data",), "train": ("tokenize",), "train-reward": ("tokenize",),
     "align": ("train", "train-reward"), "cascade": ("data",), "evaluate": ("train", "train-reward", "align", "cascade"),
     "compare": ("evaluate",)}
 COLLECTIVE_STAGES = ("train", "train-reward", "align", "cascade")

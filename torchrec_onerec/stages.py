@@ -5,7 +5,8 @@ skips the completed ones.
     data      load -> validate -> split (EVAL.md protocols A/B); statistics to ``data/stats.json``
     tokenize  item embeddings -> semantic IDs (ONEREC.md section 1); ``tokenize/codebook.pt`` + report
     train     the generative model on TorchRec (DMP, TrainPipelineSparseDist, DCP checkpoints); ``train/``
-    train-reward  the session reward model on the training days (protocol B), per-tower test AUC; ``train-reward/``
+    train-reward  the session reward model on the training days (protocol B; items read with the tokenize
+                  stage's semantic IDs), per-tower test AUC; ``train-reward/``
     align     iterative preference alignment (DPO) of the trained model to the reward model; ``align/``
     cascade   the baseline: two-tower retrieval -> DLRM multi-task ranker -> top-m session; ``cascade/``
     evaluate  every configured arm on the test split, the same users for all; ``evaluate/arms/<arm>.npz``
@@ -187,7 +188,8 @@ def train_reward_stage(ctx: PipelineContext) -> Dict[str, object]:
     for pooling, (reward_config, out_dir) in variants.items():
         result = train_reward_model(reward_config, train, valid, num_users=ctx.data.num_users,
                                     num_items=ctx.data.num_items, out_dir=out_dir, seed=cfg.seed, device=device,
-                                    train_impressions=impressions, progress=rank() == 0)
+                                    train_impressions=impressions, item_codes=ctx.codebook.codes,
+                                    progress=rank() == 0)
         summary[pooling] = asdict(result)
         if rank() == 0:
             model = load_reward_model(Path(result.model_path), num_items=ctx.data.num_items,

@@ -2,7 +2,10 @@
 
 For a user u with history H and a session S = (v_1 .. v_M):
 
-- u = MLP([user-id embedding, mean of the history items' embeddings]) (the user representation, width D; with
+- v_i = the item's id embedding plus, with ``reward.semantic_ids`` (the default), the sum of the embeddings of its
+  semantic-ID codes (the tokenize stage's codebook, ONEREC.md section 1): items that share codes share rows, so
+  what the model learns about a user's interest in one item carries over to the items of similar content;
+- u = MLP([user-id embedding, mean of the history items' v]) (the user representation, width D; with
   ``reward.user_id_embedding=false`` the history alone);
 - e_i = v_i (.) u, each session item's embedding fused with the user (target-aware);
 - ``attention`` pooling (the paper's design): h = e + SelfAttention(e) over the session's real items (key
@@ -15,13 +18,15 @@ For a user u with history H and a session S = (v_1 .. v_M):
 There is no position embedding: a session is scored as a set, so neither padding nor the order of the items
 changes the score.
 
-TorchRec contract: every id lookup (history items, user id, session items) goes through one
+TorchRec contract: every id lookup (history items, user id, session items, their codes) goes through one
 ``EmbeddingCollection`` call on ``RewardBatch.features`` (tables ``reward_item`` shared by ``history_item``
-and ``session_item``, and ``reward_user``), and the data-dependent reshaping of its output sits in
+and ``session_item``, ``reward_code`` shared by ``history_code`` and ``session_code``, and ``reward_user``);
+the code keys hold every item's L' code tokens in item order (``code_tokens``: one vocabulary over all levels),
+written at collate time from the codes the model carries, and the data-dependent reshaping of its output sits in
 ``torch.fx.wrap`` leaves, so ``DistributedModelParallel`` shards the tables and ``TrainPipelineSparseDist``
 pipelines their input_dist. ``RewardTrainModule`` gives the train pipelines' ``(loss, (loss, logits, labels))``.
 
-Shape legend: B batch, M session items, S signals, D width, U users, N sessions per user.
+Shape legend: B batch, M session items, S signals, D width, U users, N sessions per user, I items, L' code levels.
 """
 
 from __future__ import annotations
@@ -44,9 +49,35 @@ from torchrec_onerec.models.reward_config import RewardModelConfig
 from torchrec_onerec.modules.attention import AttentionConfig, SelfAttention
 
 SESSION_KEY = "session_item"
+HISTORY_CODE_KEY = "history_code"
+SESSION_CODE_KEY = "session_code"
 REWARD_FEATURE_KEYS = (HISTORY_KEY, USER_KEY, SESSION_KEY)
+CODE_FEATURE_KEYS = (HISTORY_CODE_KEY, SESSION_CODE_KEY)
 ITEM_TABLE = "reward_item"
+CODE_TABLE = "reward_code"
 USER_TABLE = "reward_user"
+
+
+def code_tokens(item_codes: torch.Tensor) -> torch.Tensor:
+    """Every item's codes as tokens of one vocabulary over all levels: level l's code c becomes c plus the
+    vocabulary sizes (largest code + 1) of the levels before l, so one table holds every level's rows.
+
+    Args:
+        item_codes (torch.Tensor): [I, L'] int64 codes of each item (``Codebook.codes``), all >= 0.
+
+    Returns:
+        torch.Tensor: [I, L'] int64 tokens in [0, vocabulary), on the CPU.
+
+    Example:
+        >>> code_tokens(torch.tensor([[0, 1], [2, 0]])).tolist()
+        [[0, 4], [2, 3]]
+    """
+    if item_codes.dim() != 2 or item_codes.shape[1] < 1 or (item_codes.numel() and int(item_codes.min()) < 0):
+        raise ValueError(f"item_codes must be a non-negative [I, L'] integer tensor (Codebook.codes), got shape "
+                         f"{tuple(item_codes.shape)}")
+    codes = item_codes.detach().to("cpu", torch.int64)
+    sizes = codes.max(dim=0).values + 1
+    return codes + (torch.cumsum(sizes, 0) - sizes)
 
 
 @dataclass
@@ -106,24 +137,40 @@ def session_labels(item_labels: torch.Tensor, mask: torch.Tensor, rule: str) -> 
     raise ValueError(f"rule={rule!r} must be 'mean' or 'any' (reward.session_label)")
 
 
-def to_reward_batch(batch: OneRecBatch, *, session_label: str) -> RewardBatch:
+def to_reward_batch(batch: OneRecBatch, *, session_label: str,
+                    item_tokens: Optional[torch.Tensor] = None) -> RewardBatch:
     """Add a ``OneRecBatch``'s target sessions to its feature KJT as ``session_item`` (vectorised).
 
     Args:
         batch (OneRecBatch): B samples whose ``target`` [B, M] are the sessions (-1: empty slot) and ``labels``
             [B, M, S] their items' feedback.
         session_label (str): ``mean`` or ``any`` (``session_labels``).
+        item_tokens (torch.Tensor | None): [I, L'] code tokens of every item (``code_tokens``, on ``batch``'s
+            device): adds ``history_code`` and ``session_code``, the L' tokens of each history and session item
+            in item order; None for a model without ``reward.semantic_ids``.
 
     Returns:
         RewardBatch: on ``batch``'s device.
+
+    Example:
+        >>> from torchrec_onerec.data.samples import Sample
+        >>> s = SampleSet.from_samples([Sample(0, np.array([2]), np.array([1, -1]), np.zeros((2, 1), np.float32))],
+        ...                            ["vtr"])
+        >>> tokens = code_tokens(torch.tensor([[0, 0], [1, 0], [1, 1]]))
+        >>> b = to_reward_batch(collate_samples(s), session_label="mean", item_tokens=tokens)
+        >>> b.features["history_code"].values().tolist(), b.features["session_code"].values().tolist()
+        ([1, 3], [1, 2])
     """
     history, users = batch.features[HISTORY_KEY], batch.features[USER_KEY]
     mask = batch.target != PAD_ITEM
-    features = KeyedJaggedTensor.from_lengths_sync(
-        keys=list(REWARD_FEATURE_KEYS),
-        values=torch.cat([history.values(), users.values(), batch.target[mask]]),
-        lengths=torch.cat([history.lengths(), users.lengths(), mask.sum(dim=1)]),
-    )
+    keys, values = list(REWARD_FEATURE_KEYS), [history.values(), users.values(), batch.target[mask]]
+    lengths = [history.lengths(), users.lengths(), mask.sum(dim=1)]
+    if item_tokens is not None:
+        levels = item_tokens.shape[1]
+        keys += list(CODE_FEATURE_KEYS)
+        values += [item_tokens[history.values()].reshape(-1), item_tokens[batch.target[mask]].reshape(-1)]
+        lengths += [history.lengths() * levels, mask.sum(dim=1) * levels]
+    features = KeyedJaggedTensor.from_lengths_sync(keys=keys, values=torch.cat(values), lengths=torch.cat(lengths))
     return RewardBatch(features=features, session_mask=mask,
                        labels=session_labels(batch.labels, mask, session_label), item_labels=batch.labels)
 
@@ -133,6 +180,8 @@ class RewardTransform:
 
     Args:
         session_label (str): ``mean`` or ``any`` (``reward.session_label``).
+        item_tokens (torch.Tensor | None): [I, L'] code tokens (``SessionRewardModel.item_tokens``) for a model
+            with ``reward.semantic_ids``; None otherwise.
 
     Example:
         >>> from torchrec_onerec.data.samples import Sample
@@ -142,13 +191,13 @@ class RewardTransform:
         ['history_item', 'user_id', 'session_item']
     """
 
-    def __init__(self, session_label: str) -> None:
+    def __init__(self, session_label: str, item_tokens: Optional[torch.Tensor] = None) -> None:
         if session_label not in ("mean", "any"):
             raise ValueError(f"session_label={session_label!r} must be 'mean' or 'any' (reward.session_label)")
-        self.session_label = session_label
+        self.session_label, self.item_tokens = session_label, item_tokens
 
     def __call__(self, batch: OneRecBatch) -> RewardBatch:
-        return to_reward_batch(batch, session_label=self.session_label)
+        return to_reward_batch(batch, session_label=self.session_label, item_tokens=self.item_tokens)
 
 
 @torch.fx.wrap
@@ -157,6 +206,12 @@ def _jagged_mean(values: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     rows = torch.repeat_interleave(torch.arange(lengths.numel(), device=lengths.device), lengths)
     sums = values.new_zeros(lengths.numel(), values.shape[1]).index_add_(0, rows, values)
     return sums / lengths.clamp(min=1).unsqueeze(1).to(values.dtype)
+
+
+@torch.fx.wrap
+def _with_codes(items: torch.Tensor, codes: torch.Tensor, levels: int) -> torch.Tensor:
+    """Item vectors [n, D] plus the sum of each item's ``levels`` code vectors ([n * L', D], item by item)."""
+    return items + codes.view(items.shape[0], levels, items.shape[1]).sum(dim=1)
 
 
 @torch.fx.wrap
@@ -206,21 +261,25 @@ class SessionRewardModel(nn.Module):
         num_users (int): rows of the user table (user ids lie in [0, num_users)).
         num_items (int): rows of the item table (item ids lie in [0, num_items)).
         signals (Sequence[str]): the S towers, in label order (``SampleSet.signals``).
+        item_codes (torch.Tensor | None): [num_items, L'] semantic-ID codes of every item (``Codebook.codes``);
+            required with ``config.semantic_ids``, unused without. Kept on the CPU as ``item_tokens``
+            (``code_tokens``), which ``score_sessions`` and the training transform write into batches.
         device (torch.device | None): where to build ("meta" for DMP).
 
     Example:
         >>> from torchrec_onerec.data.samples import Sample
         >>> model = SessionRewardModel(RewardModelConfig(embedding_dim=8), num_users=2, num_items=5,
-        ...                            signals=["swt", "vtr"])
+        ...                            signals=["swt", "vtr"], item_codes=torch.tensor([[0, 0], [0, 1], [1, 0],
+        ...                                                                           [1, 1], [2, 0]]))
         >>> s = SampleSet.from_samples([Sample(1, np.array([4]), np.array([0, 2, -1]), np.zeros((3, 2), np.float32))],
         ...                            ["swt", "vtr"])
-        >>> out = model(to_reward_batch(collate_samples(s), session_label="mean"))
-        >>> tuple(out.probabilities.shape), tuple(model.reward(out.probabilities).shape)
-        ((1, 2), (1,))
+        >>> out = model(to_reward_batch(collate_samples(s), session_label="mean", item_tokens=model.item_tokens))
+        >>> tuple(out.probabilities.shape), tuple(model.reward(out.probabilities).shape), sorted(model.ec.embeddings)
+        ((1, 2), (1,), ['reward_code', 'reward_item'])
     """
 
     def __init__(self, config: RewardModelConfig, num_users: int, num_items: int, signals: Sequence[str], *,
-                 device: Optional[torch.device] = None) -> None:
+                 item_codes: Optional[torch.Tensor] = None, device: Optional[torch.device] = None) -> None:
         super().__init__()
         if num_users < 1 or num_items < 1:
             raise ValueError(f"num_users={num_users} and num_items={num_items} must both be >= 1")
@@ -231,15 +290,30 @@ class SessionRewardModel(nn.Module):
         if unknown:
             raise ValueError(f"reward.weights names {unknown}, which are not among the signals {list(signals)}; "
                              "weight only the signals the split labels")
+        self.item_tokens: Optional[torch.Tensor] = None
+        if config.semantic_ids:
+            if item_codes is None:
+                raise ValueError("reward.semantic_ids is true but no item_codes were given; pass the codebook's "
+                                 "codes (Codebook.codes, [num_items, L']) or set reward.semantic_ids=false")
+            if item_codes.shape[0] != num_items:
+                raise ValueError(f"item_codes has {item_codes.shape[0]} rows but num_items={num_items}; pass the "
+                                 "codes of this catalogue's items (one row per item id)")
+            self.item_tokens = code_tokens(item_codes)
         self.config, self.num_users, self.num_items = config, num_users, num_items
         self.signals: List[str] = list(signals)
         self.weights: List[float] = [float(config.weights.get(s, 0.0)) if config.weights else 1.0 for s in signals]
         D, H = config.embedding_dim, config.tower_hidden
+        bounds = ({"weight_init_min": -config.embedding_init, "weight_init_max": config.embedding_init}
+                  if config.embedding_init else {})
         tables = [EmbeddingConfig(name=ITEM_TABLE, embedding_dim=D, num_embeddings=num_items,
-                                  feature_names=[HISTORY_KEY, SESSION_KEY])]
+                                  feature_names=[HISTORY_KEY, SESSION_KEY], **bounds)]
+        if self.item_tokens is not None:
+            tables.append(EmbeddingConfig(name=CODE_TABLE, embedding_dim=D,
+                                          num_embeddings=int(self.item_tokens.max()) + 1,
+                                          feature_names=list(CODE_FEATURE_KEYS), **bounds))
         if config.user_id_embedding:
             tables.append(EmbeddingConfig(name=USER_TABLE, embedding_dim=D, num_embeddings=num_users,
-                                          feature_names=[USER_KEY]))
+                                          feature_names=[USER_KEY], **bounds))
         self.ec = EmbeddingCollection(tables=tables, device=device)  # a KJT key no table reads is ignored
         self.user_mlp = _mlp((2 if config.user_id_embedding else 1) * D, H, D, config.dropout, device)
         self.attention: Optional[SelfAttention] = None
@@ -248,10 +322,22 @@ class SessionRewardModel(nn.Module):
                                                            dropout=config.dropout), device=device)
         self.towers = nn.ModuleList(_mlp(D, H, 1, config.dropout, device) for _ in self.signals)
 
+    @property
+    def code_levels(self) -> int:
+        """L', the codes per item (0 without ``reward.semantic_ids``)."""
+        return 0 if self.item_tokens is None else int(self.item_tokens.shape[1])
+
+    def item_vectors(self, embedded: Dict[str, JaggedTensor], item_key: str, code_key: str) -> torch.Tensor:
+        """v of every item of ``item_key`` (id embedding, plus its codes' embeddings): [n, D]."""
+        items = embedded[item_key].values()
+        if self.item_tokens is None:
+            return items
+        return _with_codes(items, embedded[code_key].values(), self.code_levels)
+
     def user_representation(self, embedded: Dict[str, JaggedTensor]) -> torch.Tensor:
-        """u = MLP([user-id embedding, mean history item embedding]) (or MLP(mean history) alone): [B, D]."""
-        history = embedded[HISTORY_KEY]
-        parts = [_jagged_mean(history.values(), history.lengths())]
+        """u = MLP([user-id embedding, mean history item vector v]) (or MLP(mean history) alone): [B, D]."""
+        history = self.item_vectors(embedded, HISTORY_KEY, HISTORY_CODE_KEY)
+        parts = [_jagged_mean(history, embedded[HISTORY_KEY].lengths())]
         if self.config.user_id_embedding:
             parts.insert(0, embedded[USER_KEY].values())  # one id per sample: [B, D]
         return self.user_mlp(torch.cat(parts, dim=1))
@@ -276,7 +362,8 @@ class SessionRewardModel(nn.Module):
         """
         embedded = self.ec(batch.features)
         u = self.user_representation(embedded)  # (B, D)
-        items = _to_slots(embedded[SESSION_KEY].values(), batch.session_mask) * u.unsqueeze(1)  # (B, M, D): e_i
+        session = self.item_vectors(embedded, SESSION_KEY, SESSION_CODE_KEY)
+        items = _to_slots(session, batch.session_mask) * u.unsqueeze(1)  # (B, M, D): e_i
         return self.pool(items, batch.session_mask)
 
     def forward(self, batch: RewardBatch) -> RewardOutput:
@@ -298,7 +385,8 @@ class SessionRewardModel(nn.Module):
         """The scalar reward: sum over signals of weight * probability ([..., S] -> [...]).
 
         Example:
-            >>> model = SessionRewardModel(RewardModelConfig(embedding_dim=4, num_heads=1, weights={"ltr": 2.0}),
+            >>> model = SessionRewardModel(RewardModelConfig(embedding_dim=4, num_heads=1, weights={"ltr": 2.0},
+            ...                                              semantic_ids=False),
             ...                            num_users=1, num_items=1, signals=["vtr", "ltr"])
             >>> model.reward(torch.tensor([[0.5, 0.25]])).tolist()
             [0.5]
@@ -314,7 +402,7 @@ class RewardTrainModule(nn.Module):
         model (SessionRewardModel): the model to train.
 
     Example:
-        >>> module = RewardTrainModule(SessionRewardModel(RewardModelConfig(), 3, 4, ["vtr"]))
+        >>> module = RewardTrainModule(SessionRewardModel(RewardModelConfig(semantic_ids=False), 3, 4, ["vtr"]))
         >>> module.model.signals
         ['vtr']
     """
@@ -363,7 +451,7 @@ def score_sessions(model: SessionRewardModel, samples: SampleSet, sessions: np.n
 
     Example:
         >>> from torchrec_onerec.data.samples import Sample
-        >>> model = SessionRewardModel(RewardModelConfig(embedding_dim=8), 2, 5, ["vtr", "ltr"])
+        >>> model = SessionRewardModel(RewardModelConfig(embedding_dim=8, semantic_ids=False), 2, 5, ["vtr", "ltr"])
         >>> s = SampleSet.from_samples([Sample(1, np.array([4]), np.array([0]), np.zeros((1, 2), np.float32))],
         ...                            ["vtr", "ltr"])
         >>> score_sessions(model, s, np.array([[[0, 1], [2, -1], [3, 4]]]), batch_size=8,
@@ -386,7 +474,8 @@ def score_sessions(model: SessionRewardModel, samples: SampleSet, sessions: np.n
                 target = torch.from_numpy(sessions[rows].reshape(len(rows) * N, M))
                 batch = dataclasses.replace(batch, target=target, target_mask=target != PAD_ITEM,
                                             labels=torch.zeros(len(rows) * N, M, len(model.signals)))
-                probabilities = model(to_reward_batch(batch, session_label="mean").to(device)).probabilities
+                reward_batch = to_reward_batch(batch, session_label="mean", item_tokens=model.item_tokens)
+                probabilities = model(reward_batch.to(device)).probabilities
                 out[rows] = probabilities.view(len(rows), N, -1).float().cpu().numpy()
     finally:
         model.train(was_training)
@@ -409,7 +498,7 @@ def session_rewards(model: SessionRewardModel, samples: SampleSet, sessions: np.
 
     Example:
         >>> from torchrec_onerec.data.samples import Sample
-        >>> model = SessionRewardModel(RewardModelConfig(embedding_dim=8), 2, 5, ["vtr", "ltr"])
+        >>> model = SessionRewardModel(RewardModelConfig(embedding_dim=8, semantic_ids=False), 2, 5, ["vtr", "ltr"])
         >>> s = SampleSet.from_samples([Sample(1, np.array([4]), np.array([0]), np.zeros((1, 2), np.float32))],
         ...                            ["vtr", "ltr"])
         >>> session_rewards(model, s, np.array([[[0, 1], [2, -1]]]), batch_size=8, device=torch.device("cpu")).shape

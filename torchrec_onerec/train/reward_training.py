@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 
 from torchrec_onerec.data.config import LoaderConfig
 from torchrec_onerec.data.samples import PAD_ITEM, SampleSet
-from torchrec_onerec.models.reward import (RewardTrainModule, RewardTransform, SessionRewardModel,
+from torchrec_onerec.models.reward import (RewardTrainModule, RewardTransform, SessionRewardModel, code_tokens,
                                            score_sessions)
 from torchrec_onerec.models.reward_config import RewardModelConfig
 from torchrec_onerec.run_dir import atomic_write_text, load_tagged, save_tagged
@@ -261,7 +261,7 @@ def evaluate_reward_model(model: SessionRewardModel, sessions: SampleSet, impres
 
     Example:
         >>> from torchrec_onerec.data.samples import Sample
-        >>> model = SessionRewardModel(RewardModelConfig(embedding_dim=8), 2, 5, ["vtr"])
+        >>> model = SessionRewardModel(RewardModelConfig(embedding_dim=8, semantic_ids=False), 2, 5, ["vtr"])
         >>> s = SampleSet.from_samples([Sample(u, np.array([4]), np.array([u, 2]), np.full((2, 1), u, np.float32))
         ...                             for u in (0, 1)], ["vtr"])
         >>> metrics = evaluate_reward_model(model, s, s, batch_size=4, device=torch.device("cpu"))
@@ -294,7 +294,8 @@ def _check_signals(model: SessionRewardModel, samples: SampleSet, name: str) -> 
 
 
 def plain_reward_model(state: Dict[str, torch.Tensor], config: RewardModelConfig, num_users: int, num_items: int,
-                       signals: Sequence[str], *, device: Optional[torch.device] = None) -> SessionRewardModel:
+                       signals: Sequence[str], *, item_codes: Optional[torch.Tensor] = None,
+                       device: Optional[torch.device] = None) -> SessionRewardModel:
     """An unsharded ``SessionRewardModel`` holding ``state`` (no random initialisation, no RNG consumed).
 
     Args:
@@ -303,18 +304,20 @@ def plain_reward_model(state: Dict[str, torch.Tensor], config: RewardModelConfig
         num_users (int): rows of its user table.
         num_items (int): rows of its item table.
         signals (Sequence[str]): its towers.
+        item_codes (torch.Tensor | None): [num_items, L'] the codes it was trained with (``reward.semantic_ids``).
         device (torch.device | None): where to put it (CPU by default).
 
     Returns:
         SessionRewardModel: in eval mode.
     """
-    model = SessionRewardModel(config, num_users, num_items, signals, device=torch.device("meta"))
+    model = SessionRewardModel(config, num_users, num_items, signals, item_codes=item_codes,
+                               device=torch.device("meta"))
     model.load_state_dict(state, assign=True)
     return model.to(device or torch.device("cpu")).eval()
 
 
 def save_reward_model(path: Path, state: Dict[str, torch.Tensor], config: RewardModelConfig, num_users: int,
-                      num_items: int, signals: Sequence[str]) -> None:
+                      num_items: int, signals: Sequence[str], item_codes: Optional[torch.Tensor] = None) -> None:
     """Write a plain state dict with what is needed to rebuild and check the model (atomically).
 
     Args:
@@ -324,9 +327,13 @@ def save_reward_model(path: Path, state: Dict[str, torch.Tensor], config: Reward
         num_users (int): rows of its user table.
         num_items (int): rows of its item table.
         signals (Sequence[str]): its towers, in order.
+        item_codes (torch.Tensor | None): [num_items, L'] its items' codes (``reward.semantic_ids``): the model
+            file carries them, so it scores sessions without the codebook.
     """
+    codes = None if item_codes is None else item_codes.detach().to("cpu", torch.int64).clone()
     save_tagged(path, REWARD_FORMAT, {"config": asdict(config), "num_users": int(num_users),
-                                      "num_items": int(num_items), "signals": list(signals), "state_dict": state})
+                                      "num_items": int(num_items), "signals": list(signals), "state_dict": state,
+                                      "item_codes": codes})
 
 
 def load_reward_model(path: Path, *, num_items: Optional[int] = None, num_users: Optional[int] = None,
@@ -350,17 +357,19 @@ def load_reward_model(path: Path, *, num_items: Optional[int] = None, num_users:
         if wanted is not None and data[key] != wanted:
             raise ValueError(f"{path} holds a reward model with {key}={data[key]}, not the {key}={wanted} in use; "
                              "train a reward model on this data set (stage train-reward) or load the matching one")
-    config = RewardModelConfig(**data["config"])
+    config = RewardModelConfig(**{"semantic_ids": False, **data["config"]})  # files before the key were id-only
     return plain_reward_model(data["state_dict"], config, data["num_users"], data["num_items"], data["signals"],
-                              device=device)
+                              item_codes=data.get("item_codes"), device=device)
 
 
 class _RewardRun:
     """One ``train_reward_model`` invocation on one rank."""
 
     def __init__(self, config: RewardModelConfig, train: SampleSet, valid: SampleSet, num_users: int,
-                 num_items: int, out_dir: Path, seed: int, ctx: DistContext, progress: bool) -> None:
+                 num_items: int, item_codes: Optional[torch.Tensor], out_dir: Path, seed: int, ctx: DistContext,
+                 progress: bool) -> None:
         self.config, self.train, self.valid = config, train, valid
+        self.item_codes = item_codes if config.semantic_ids else None
         self.num_users, self.num_items, self.signals = num_users, num_items, list(train.signals)
         self.out_dir, self.seed, self.ctx, self.progress = Path(out_dir), seed, ctx, progress
         self.tc = reward_train_config(config)
@@ -370,7 +379,8 @@ class _RewardRun:
             raise ValueError(f"{len(train)} training sessions cannot feed {ctx.world_size} processes; use more "
                              "sessions or fewer processes")
         self.total_steps = config.epochs * self.steps_per_epoch
-        self.transform = RewardTransform(config.session_label)
+        self.transform = RewardTransform(config.session_label,
+                                         None if self.item_codes is None else code_tokens(self.item_codes))
         self.model_path = self.out_dir / "reward_model.pt"
         self.metrics_path = self.out_dir / "metrics.jsonl"
         self.step, self.seconds = 0, 0.0  # optimiser steps done, wall seconds in them
@@ -378,7 +388,8 @@ class _RewardRun:
     def _save(self, state: Optional[Dict[str, torch.Tensor]]) -> None:
         if self.ctx.is_rank0:
             assert state is not None
-            save_reward_model(self.model_path, state, self.config, self.num_users, self.num_items, self.signals)
+            save_reward_model(self.model_path, state, self.config, self.num_users, self.num_items, self.signals,
+                              self.item_codes)
 
     def _validate(self, dmp: DistributedModelParallel) -> Tuple[Dict[str, float], Optional[Dict[str, torch.Tensor]]]:
         """Session-level validation AUCs on rank 0, broadcast to every rank (a collective)."""
@@ -387,7 +398,7 @@ class _RewardRun:
         if self.ctx.is_rank0:
             assert state is not None
             model = plain_reward_model(state, self.config, self.num_users, self.num_items, self.signals,
-                                       device=self.ctx.device)
+                                       item_codes=self.item_codes, device=self.ctx.device)
             per_signal = session_aucs(model, self.valid, batch_size=EVAL_BATCH_SIZE, device=self.ctx.device)
             metrics = {f"valid_{key}_{signal}": values[key] for signal, values in per_signal.items()
                        for key in ("session_auc", "session_auc_same_length")}
@@ -429,8 +440,8 @@ class _RewardRun:
 
     def fit(self) -> RewardTrainResult:
         training = shard_for_training(RewardTrainModule(SessionRewardModel(
-            self.config, self.num_users, self.num_items, self.signals, device=torch.device("meta"))),
-            self.tc, self.ctx, seed=self.seed)
+            self.config, self.num_users, self.num_items, self.signals, item_codes=self.item_codes,
+            device=torch.device("meta"))), self.tc, self.ctx, seed=self.seed)
         seed_everything(rank_seed(self.seed, self.ctx.rank, 0))  # dropout streams differ per rank
         pipeline = TrainPipelineSparseDist(training.dmp, training.optimizer, device=self.ctx.device,
                                            execute_all_batches=True)
@@ -472,7 +483,8 @@ class _RewardRun:
 
 def train_reward_model(config: RewardModelConfig, train: SampleSet, valid: SampleSet, *, num_users: int,
                        num_items: int, out_dir: Path, seed: int, device: torch.device,
-                       train_impressions: Optional[SampleSet] = None, progress: bool = True) -> RewardTrainResult:
+                       train_impressions: Optional[SampleSet] = None, item_codes: Optional[torch.Tensor] = None,
+                       progress: bool = True) -> RewardTrainResult:
     """Train the session reward model on TorchRec (DMP + TrainPipelineSparseDist), in one process or under torchrun.
 
     Args:
@@ -487,6 +499,8 @@ def train_reward_model(config: RewardModelConfig, train: SampleSet, valid: Sampl
         train_impressions (SampleSet | None): the training days' impressions
             (``impression_samples(split, "train", items_per_sample=1, ...)``), each added to the training samples
             as a 1-item session; required when ``config.train_on_impressions``, ignored otherwise.
+        item_codes (torch.Tensor | None): [num_items, L'] the items' semantic-ID codes (``Codebook.codes``);
+            required when ``config.semantic_ids``, ignored otherwise; saved in the model file.
         seed (int): the run's seed (initial weights, batch order, dropout).
         device (torch.device): ``cpu`` or ``cuda`` (each torchrun process takes ``cuda:<LOCAL_RANK>``).
         progress (bool): a tqdm bar on rank 0.
@@ -499,6 +513,9 @@ def train_reward_model(config: RewardModelConfig, train: SampleSet, valid: Sampl
             raise ValueError("reward.train_on_impressions is true but no train_impressions were given; pass "
                              "impression_samples(split, 'train', items_per_sample=1, ...) or set it to false")
         train = concat_samples(train, single_item_sessions(train_impressions, train.session_items))
+    if config.semantic_ids and item_codes is None:
+        raise ValueError("reward.semantic_ids is true but no item_codes were given; pass the codebook's codes "
+                         "(Codebook.codes of the tokenize stage) or set reward.semantic_ids=false")
     if not train.signals:
         raise ValueError("the training sessions carry no signals; set split.labels (e.g. swt: long_view)")
     if list(valid.signals) != list(train.signals):
@@ -511,7 +528,8 @@ def train_reward_model(config: RewardModelConfig, train: SampleSet, valid: Sampl
                              "pass the data set's sizes")
     ctx = init_distributed(device, timeout_s=reward_train_config(config).collective_timeout_s)
     try:
-        result = _RewardRun(config, train, valid, num_users, num_items, out_dir, seed, ctx, progress).fit()
+        result = _RewardRun(config, train, valid, num_users, num_items, item_codes, out_dir, seed, ctx,
+                            progress).fit()
         barrier(ctx)  # no rank tears the group down while another still uses it
         return result
     finally:

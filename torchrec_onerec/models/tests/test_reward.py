@@ -7,7 +7,7 @@ import copy
 import dataclasses
 import math
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 import numpy as np
 import pytest
@@ -25,12 +25,15 @@ from torchrec_onerec.data.batch import collate_samples
 from torchrec_onerec.data.samples import Sample, SampleSet
 from torchrec_onerec.errors import ConfigError
 from torchrec_onerec.models.reward import (RewardBatch, RewardTrainModule, RewardTransform, SessionRewardModel,
-                                           score_sessions, session_labels, session_rewards, to_reward_batch)
+                                           code_tokens, score_sessions, session_labels, session_rewards,
+                                           to_reward_batch)
 from torchrec_onerec.models.reward_config import RewardModelConfig
 
 SIGNALS = ["swt", "vtr", "ltr"]
 NUM_USERS, NUM_ITEMS = 6, 12
 CPU = torch.device("cpu")
+# two code levels: items 0-5 share first code 0, items 6-11 first code 1; the second code tells items apart
+CODES = torch.stack([torch.arange(NUM_ITEMS) // 6, torch.arange(NUM_ITEMS) % 6], dim=1)
 
 
 def _samples(num: int, session_items: int, seed: int = 0) -> SampleSet:
@@ -47,17 +50,20 @@ def _samples(num: int, session_items: int, seed: int = 0) -> SampleSet:
 
 
 def _model(pooling: str = "attention", **config: object) -> SessionRewardModel:
+    """A model with tables drawn from N(0, 1); id-only unless ``semantic_ids=True`` (then with ``CODES``)."""
     torch.manual_seed(0)
+    config = {"semantic_ids": False, **config}
     model = SessionRewardModel(RewardModelConfig(embedding_dim=8, pooling=pooling, **config), NUM_USERS, NUM_ITEMS,
-                               SIGNALS)
+                               SIGNALS, item_codes=CODES if config["semantic_ids"] else None)
     with torch.no_grad():  # TorchRec's default table init is tiny; larger rows make every difference visible
         for table in model.ec.embeddings.values():
             table.weight.normal_()
     return model.eval()
 
 
-def _batch(samples: SampleSet, rule: str = "mean") -> RewardBatch:
-    return to_reward_batch(collate_samples(samples), session_label=rule)
+def _batch(samples: SampleSet, rule: str = "mean", model: Optional[SessionRewardModel] = None) -> RewardBatch:
+    return to_reward_batch(collate_samples(samples), session_label=rule,
+                           item_tokens=None if model is None else model.item_tokens)
 
 
 @pytest.mark.parametrize("pooling", ["attention", "sum", "mean"])
@@ -199,6 +205,84 @@ def test_without_user_id_table_the_user_feature_is_ignored() -> None:
         torch.testing.assert_close(model(_batch(samples)).logits, model(_batch(other_users)).logits)
 
 
+def test_code_tokens_and_the_code_keys_of_a_batch_by_hand() -> None:
+    tokens = code_tokens(CODES)  # level 0 has codes 0-1, so level 1's codes start at 2
+    assert tokens[[0, 5, 6, 11]].tolist() == [[0, 2], [0, 7], [1, 2], [1, 7]]
+    samples = SampleSet.from_samples([Sample(0, np.array([6, 1]), np.array([11, -1, 0]), np.zeros((3, 3), np.float32)),
+                                      Sample(1, np.array([], np.int64), np.array([7, 8, -1]),
+                                             np.zeros((3, 3), np.float32))], SIGNALS)
+    batch = RewardTransform("mean", tokens)(collate_samples(samples))
+    assert batch.features.keys() == ["history_item", "user_id", "session_item", "history_code", "session_code"]
+    assert batch.features["history_code"].values().tolist() == [1, 2, 0, 3]
+    assert batch.features["history_code"].lengths().tolist() == [4, 0]
+    assert batch.features["session_code"].values().tolist() == [1, 7, 0, 2, 1, 3, 1, 4]
+    assert batch.features["session_code"].lengths().tolist() == [4, 4]
+    for bad in (torch.tensor([0, 1]), torch.tensor([[0, -1]])):
+        with pytest.raises(ValueError, match="item_codes must be"):
+            code_tokens(bad)
+
+
+def test_an_item_vector_is_its_id_row_plus_its_code_rows() -> None:
+    model = _model("attention", semantic_ids=True)
+    samples = SampleSet.from_samples([Sample(2, np.array([3]), np.array([6, 11]), np.zeros((2, 3), np.float32))],
+                                     SIGNALS)
+    with torch.no_grad():
+        embedded = model.ec(_batch(samples, model=model).features)
+        vectors = model.item_vectors(embedded, "session_item", "session_code")
+    items, codes = model.ec.embeddings["reward_item"].weight, model.ec.embeddings["reward_code"].weight
+    tokens = model.item_tokens
+    for row, item in enumerate((6, 11)):
+        expected = items[item] + codes[tokens[item, 0]] + codes[tokens[item, 1]]
+        torch.testing.assert_close(vectors[row], expected)
+
+
+def test_items_with_the_same_codes_share_what_the_model_learns() -> None:
+    """With the id rows zeroed, two items with equal codes score alike and items with other codes do not."""
+    codes = CODES.clone()
+    codes[9] = codes[2]  # item 9 now has item 2's codes
+    torch.manual_seed(0)
+    model = SessionRewardModel(RewardModelConfig(embedding_dim=8), NUM_USERS, NUM_ITEMS, SIGNALS,
+                               item_codes=codes).eval()
+    with torch.no_grad():
+        for table in model.ec.embeddings.values():
+            table.weight.normal_()
+        model.ec.embeddings["reward_item"].weight.zero_()
+    samples = _samples(1, 1)
+    got = score_sessions(model, samples, np.array([[[2], [9], [3]]]), batch_size=4, device=CPU)[0]
+    np.testing.assert_allclose(got[0], got[1], rtol=1e-6)
+    assert np.abs(got[0] - got[2]).max() > 1e-4
+
+
+def test_score_sessions_of_a_semantic_id_model_equals_forward() -> None:
+    model = _model("attention", semantic_ids=True)
+    samples = _samples(4, 3, seed=2)
+    with torch.no_grad():
+        expected = model(_batch(samples, model=model)).probabilities.numpy()
+    got = score_sessions(model, samples, samples.target[:, None, :], batch_size=2, device=CPU)[:, 0]
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_semantic_ids_need_the_codes_of_every_item() -> None:
+    with pytest.raises(ValueError, match="no item_codes were given"):
+        SessionRewardModel(RewardModelConfig(embedding_dim=8), NUM_USERS, NUM_ITEMS, SIGNALS)
+    with pytest.raises(ValueError, match="item_codes has 11 rows but num_items=12"):
+        SessionRewardModel(RewardModelConfig(embedding_dim=8), NUM_USERS, NUM_ITEMS, SIGNALS, item_codes=CODES[:11])
+    assert _model("mean").item_tokens is None and "reward_code" not in _model("mean").ec.embeddings
+
+
+def test_embedding_init_sets_the_range_of_every_table() -> None:
+    torch.manual_seed(0)
+    model = SessionRewardModel(RewardModelConfig(embedding_dim=8, user_id_embedding=True, embedding_init=0.3),
+                               NUM_USERS, NUM_ITEMS, SIGNALS, item_codes=CODES)
+    for name, table in model.ec.embeddings.items():
+        assert table.weight.abs().max() <= 0.3 and table.weight.abs().max() > 0.15, name
+    default = SessionRewardModel(RewardModelConfig(embedding_dim=8, embedding_init=0.0, semantic_ids=False),
+                                 NUM_USERS, NUM_ITEMS, SIGNALS)
+    assert default.ec.embeddings["reward_item"].weight.abs().max() <= math.sqrt(1 / NUM_ITEMS)
+    with pytest.raises(ConfigError, match="reward.embedding_init=-0.1"):
+        RewardModelConfig(embedding_init=-0.1)
+
+
 def _plain_losses(module: RewardTrainModule, batches: List[RewardBatch], lr: float) -> List[float]:
     optimizer = torch.optim.SGD(module.parameters(), lr=lr)
     losses = []
@@ -211,12 +295,13 @@ def _plain_losses(module: RewardTrainModule, batches: List[RewardBatch], lr: flo
     return losses
 
 
-def test_dmp_sparse_dist_pipeline_matches_plain_loop(tmp_path: Path) -> None:
+@pytest.mark.parametrize("semantic_ids", [False, True])
+def test_dmp_sparse_dist_pipeline_matches_plain_loop(tmp_path: Path, semantic_ids: bool) -> None:
     if dist.is_initialized():
         pytest.skip("a default process group already exists in this process")
     lr = 0.1
-    module = RewardTrainModule(_model("attention").train())
-    batches = [_batch(_samples(6, 3, seed=seed)) for seed in range(4)]
+    module = RewardTrainModule(_model("attention", semantic_ids=semantic_ids).train())
+    batches = [_batch(_samples(6, 3, seed=seed), model=module.model) for seed in range(4)]
     expected = _plain_losses(copy.deepcopy(module), batches, lr)
     dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
     try:

@@ -17,10 +17,12 @@ from torchrec_onerec.data.impressions import impression_samples
 from torchrec_onerec.data.samples import Sample, SampleSet
 from torchrec_onerec.data.splits import SplitB, split_data
 from torchrec_onerec.datasets.load import load_dataset
-from torchrec_onerec.models.reward import SessionRewardModel, score_sessions
+from torchrec_onerec.models.reward import SessionRewardModel, code_tokens, score_sessions
 from torchrec_onerec.models.reward_config import RewardModelConfig
-from torchrec_onerec.train.reward_training import (RewardTrainResult, auc, evaluate_reward_model, load_reward_model,
-                                                   save_reward_model, single_item_sessions, train_reward_model)
+from torchrec_onerec.run_dir import load_tagged, save_tagged
+from torchrec_onerec.train.reward_training import (REWARD_FORMAT, RewardTrainResult, auc, evaluate_reward_model,
+                                                   load_reward_model, save_reward_model, single_item_sessions,
+                                                   train_reward_model)
 
 CPU = torch.device("cpu")
 # The tiny world with a strong user-topic signal: on the plain tiny world even the users' true interest in an
@@ -41,7 +43,13 @@ def world() -> Dict[str, object]:
     def samples(window: str, items: int) -> SampleSet:
         return impression_samples(split, window, num_users=data.num_users, items_per_sample=items, max_history=n)
 
-    return {"data": data, "train": samples("train", m), "train_impressions": samples("train", 1),
+    # semantic IDs by hand: (topic, rank of the item within its topic), unique per item
+    topic = data.items.sort_values("item_id")["topic"].to_numpy()
+    rank = np.zeros(len(topic), np.int64)
+    for t in np.unique(topic):
+        rank[topic == t] = np.arange((topic == t).sum())
+    codes = torch.from_numpy(np.stack([topic, rank], axis=1).astype(np.int64))
+    return {"data": data, "codes": codes, "train": samples("train", m), "train_impressions": samples("train", 1),
             "valid": samples("valid", m), "test": samples("test", m), "test_impressions": samples("test", 1)}
 
 
@@ -53,7 +61,8 @@ def trained(world: Dict[str, object], tmp_path_factory: pytest.TempPathFactory) 
     data = world["data"]
     result = train_reward_model(CONFIG, world["train"], world["valid"], num_users=data.num_users,
                                 num_items=data.num_items, out_dir=out, seed=0, device=CPU,
-                                train_impressions=world["train_impressions"], progress=False)
+                                train_impressions=world["train_impressions"], item_codes=world["codes"],
+                                progress=False)
     return result, out
 
 
@@ -67,7 +76,8 @@ def test_training_beats_chance_on_the_test_days(world: Dict[str, object], traine
     assert metrics["all"]["impressions"] == len(world["test_impressions"])
     assert metrics["vtr"]["impression_positive_rate"] == pytest.approx(world["test_impressions"].labels[:, 0, 1].mean())
     assert result.best_value is not None and result.best_value > 0.55
-    assert result.plan.keys() == {"reward_item"}
+    assert result.plan.keys() == {"reward_item", "reward_code"}
+    assert torch.equal(model.item_tokens, code_tokens(world["codes"]))  # the file carries the codes it was trained on
 
 
 def test_training_writes_metrics_and_the_best_model(world: Dict[str, object], trained) -> None:
@@ -86,16 +96,42 @@ def test_training_writes_metrics_and_the_best_model(world: Dict[str, object], tr
     assert metrics["all"]["session_auc_same_length"] == pytest.approx(result.best_value, abs=1e-6)
 
 
-def test_training_needs_the_impressions_it_is_configured_for(world: Dict[str, object], tmp_path: Path) -> None:
+def test_training_needs_the_impressions_and_codes_it_is_configured_for(world: Dict[str, object],
+                                                                      tmp_path: Path) -> None:
     data = world["data"]
     with pytest.raises(ValueError, match="train_on_impressions"):
         train_reward_model(CONFIG, world["train"], world["valid"], num_users=data.num_users,
-                           num_items=data.num_items, out_dir=tmp_path, seed=0, device=CPU)
+                           num_items=data.num_items, out_dir=tmp_path, seed=0, device=CPU, item_codes=world["codes"])
+    with pytest.raises(ValueError, match="semantic_ids is true but no item_codes"):
+        train_reward_model(CONFIG, world["train"], world["valid"], num_users=data.num_users,
+                           num_items=data.num_items, out_dir=tmp_path, seed=0, device=CPU,
+                           train_impressions=world["train_impressions"])
 
 
 def _toy(path: Path, num_items: int = 5, signals=("vtr",)) -> None:
-    model = SessionRewardModel(RewardModelConfig(embedding_dim=4, num_heads=1), 3, num_items, list(signals))
+    model = SessionRewardModel(RewardModelConfig(embedding_dim=4, num_heads=1, semantic_ids=False), 3, num_items,
+                               list(signals))
     save_reward_model(path, model.state_dict(), model.config, 3, num_items, list(signals))
+
+
+def test_save_and_load_keep_the_codes_and_old_files_load_id_only(tmp_path: Path) -> None:
+    codes = torch.tensor([[0, 0], [0, 1], [1, 0], [1, 1], [2, 0]])
+    torch.manual_seed(0)
+    model = SessionRewardModel(RewardModelConfig(embedding_dim=4, num_heads=1), 3, 5, ["vtr"], item_codes=codes)
+    save_reward_model(tmp_path / "codes.pt", model.state_dict(), model.config, 3, 5, ["vtr"], codes)
+    back = load_reward_model(tmp_path / "codes.pt")
+    assert torch.equal(back.item_tokens, model.item_tokens)
+    sample = SampleSet.from_samples([Sample(1, np.array([4, 2]), np.array([0]), np.zeros((1, 1), np.float32))], ["vtr"])
+    sessions = np.array([[[0, 3], [1, -1]]])
+    np.testing.assert_allclose(score_sessions(back, sample, sessions, batch_size=4, device=CPU),
+                               score_sessions(model.eval(), sample, sessions, batch_size=4, device=CPU), rtol=1e-6)
+    # a file written before reward.semantic_ids existed holds an id-only model and no codes
+    _toy(tmp_path / "old.pt")
+    data = load_tagged(tmp_path / "old.pt", REWARD_FORMAT, "save_reward_model")
+    del data["config"]["semantic_ids"], data["item_codes"]
+    save_tagged(tmp_path / "old.pt", REWARD_FORMAT, data)
+    old = load_reward_model(tmp_path / "old.pt")
+    assert not old.config.semantic_ids and old.item_tokens is None
 
 
 def test_load_refuses_another_catalogue_or_other_signals(tmp_path: Path) -> None:
