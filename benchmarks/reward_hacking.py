@@ -45,6 +45,13 @@ the id-only defaults) and on the same run with this package's reward defaults (s
 - ``session_mix`` prefers_mixed 0.49 -> 0.40 (truth 0.69), prefers_far 0.53 -> 0.31 (truth 0.18);
 - the aligned model's top beam: interest 0.122 -> 0.207 (trained model 0.231), true reward 3.54 -> 4.33 (4.42);
 - ceilings: items alone 0.80, interest and quality 0.395, quality only 0.35.
+
+On the world with a fifth of its sessions randomised (``data.synthetic.random_session_rate=0.2``, the default
+since; its own trained and aligned models): over the trained model's candidates, Spearman with the true reward
+0.274 and the chosen candidate truly better than the rejected in 76% of pairs (69% above); the aligned model's
+top beam holds 2.07 topics per session (trained model 1.36), quality 1.10 (0.89), interest 0.137 (0.187), median
+popularity rank 15 (59): alignment raises the true reward through diversity and quality, and moves towards
+popular items and away from the user's interest.
 """
 
 from __future__ import annotations

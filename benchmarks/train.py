@@ -7,8 +7,9 @@ the device, world size, torch threads per process, model size, global batch, ste
   window pays for the pipeline's fx tracing), tokens = history + target code tokens read;
 - ``samples_per_s_overall`` / ``tokens_per_s_overall``: over every step, from ``TrainResult``;
 - ``peak_rss_mb``: peak resident memory of each process.
-A last line gives the throughput ratio of the multi-process setting to the best 1-process one. Every setting
-trains the same global batches of the same data.
+Then the ratio of the multi-process setting to the best 1-process one, and a 1-process 1-thread setting with
+``model.history_tokens=items`` (one encoder token per history item instead of one per code) with its speed-up
+over the same setting with ``codes``. Every setting trains the same global batches of the same data.
 
 The items are random unique code tuples and the samples random sessions, one user each (the user-id table has
 a row per sample); speed does not depend on them.
@@ -51,7 +52,8 @@ def _setting(args: argparse.Namespace) -> Dict[str, Any]:
     """Everything both world sizes share (built identically in every worker from the seed)."""
     codes, vocab = random_codes(args.items, [args.codebook] * 2, seed=0)
     config = tiny_config(batch_size=args.batch, num_users=args.batch * args.steps, max_history=args.history,
-                         session_items=args.session, model=SIZES[args.size], epochs=1,
+                         session_items=args.session, model={**SIZES[args.size], "history_tokens": args.history_tokens},
+                         epochs=1,
                          log_every_steps=args.log_every, warmup_steps=5)
     samples = random_samples(args.batch * args.steps, args.items, max_history=args.history,
                              session_items=args.session, seed=0)
@@ -90,7 +92,7 @@ def measure(world_size: int, threads: int, args: argparse.Namespace) -> Dict[str
     setting = _setting(args)
     return {
         "bench": "train", "device": "cpu", "world_size": world_size, "threads_per_process": reports[0]["threads"],
-        "model": args.size, "params": count_parameters(setting["config"].model, setting["vocab"])["total"],
+        "model": args.size, "history_tokens": args.history_tokens, "params": count_parameters(setting["config"].model, setting["vocab"])["total"],
         "vocab_sizes": setting["vocab"], "max_history": args.history, "session_items": args.session,
         "global_batch": args.batch, "steps": result["steps"], "plan": sorted({p["sharding_type"]
                                                                               for p in result["plan"].values()}),
@@ -115,6 +117,7 @@ def main() -> None:
                         "the multi-process setting")
     parser.add_argument("--log-every", type=int, default=5, help="steps per throughput window")
     args = parser.parse_args()
+    args.history_tokens = "codes"
     records: List[Dict[str, Any]] = []
     for world_size, threads in ((1, 1), (1, args.cores), (args.cores, 1)):
         records.append(measure(world_size, threads, args))
@@ -123,6 +126,10 @@ def main() -> None:
     print(json.dumps({"bench": "train_scaling",
                       "ratio": f"{args.cores} processes x 1 thread / 1 process x {best['threads_per_process']} threads",
                       "tokens_per_s": records[2]["tokens_per_s"] / best["tokens_per_s"]}), flush=True)
+    items = measure(1, 1, argparse.Namespace(**{**vars(args), "history_tokens": "items"}))
+    print(json.dumps(items), flush=True)
+    print(json.dumps({"bench": "train_history_tokens", "ratio": "history_tokens items / codes, 1 process x 1 thread",
+                      "samples_per_s": items["samples_per_s"] / records[0]["samples_per_s"]}), flush=True)
 
 
 if __name__ == "__main__":

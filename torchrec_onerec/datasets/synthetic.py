@@ -19,6 +19,9 @@ sessions whose order and diversity change what users do. This world provides bot
 - The logging policy shows ``impressions_per_session`` distinct items per session, drawn in order without
   replacement (Plackett-Luce) from (1 - LOGGING_EXPLORATION) * softmax(a / logging_temperature) +
   LOGGING_EXPLORATION / num_items; responses are sampled from the probabilities above.
+- Randomised traffic: a share ``random_session_rate`` of the sessions (chosen from a stream of their own, so
+  the other sessions are logged exactly as without it) shows distinct items drawn uniformly from the catalogue
+  instead, marked ``is_rand = 1``.
 
 The default world (5,000 users x 2,000 items, about 240k impressions) builds and logs in under a second on
 one CPU core (0.8 s measured).
@@ -124,7 +127,7 @@ class SyntheticWorld:
         self._start_ms = _parse_date_ms(config.start_date)
         self.config = config
         self.num_users, self.num_items = config.num_users, config.num_items
-        world_seq, self._log_seq = np.random.SeedSequence(int(seed)).spawn(2)
+        world_seq, self._log_seq, self._random_seq = np.random.SeedSequence(int(seed)).spawn(3)
         rng = np.random.default_rng(world_seq)
         num_topics = config.num_topics
         self.user_interest = rng.dirichlet(np.full(num_topics, config.interest_concentration), size=self.num_users)
@@ -241,7 +244,7 @@ class SyntheticWorld:
 
         Returns:
             InteractionData ``synthetic``: interactions (``user_id``, ``item_id``, ``timestamp`` int64 ms,
-            ``date`` int64 YYYYMMDD, ``click``, ``long_view``, ``like`` int8 0/1), items (``item_id``,
+            ``date`` int64 YYYYMMDD, ``click``, ``long_view``, ``like``, ``is_rand`` int8 0/1), items (``item_id``,
             ``topic`` int64, ``quality`` float64, ``tags`` e.g. ``"topic_3 quality_high"``), users (``user_id``,
             ``main_interest`` int64: the top topic), raw ids ``arange``, ``item_embeddings = item_content``.
 
@@ -249,7 +252,7 @@ class SyntheticWorld:
             >>> world = SyntheticWorld(SyntheticConfig(num_users=10, num_items=20, num_topics=4), seed=0)
             >>> data = world.log()
             >>> list(data.interactions.columns)
-            ['user_id', 'item_id', 'timestamp', 'date', 'click', 'long_view', 'like']
+            ['user_id', 'item_id', 'timestamp', 'date', 'click', 'long_view', 'like', 'is_rand']
             >>> len(data.interactions) % world.config.impressions_per_session, data.num_users, data.num_items
             (0, 10, 20)
         """
@@ -284,6 +287,7 @@ class SyntheticWorld:
             # Exponential race: items ordered by arrival E_i / p_i (E_i ~ Exp(1)) are a Plackett-Luce draw from p.
             arrival = rng.standard_exponential((len(rows), num_items), dtype=np.float32) / policy[rows]
             sessions[first[lo] : first[hi]] = _top_k(-arrival, m)
+        is_rand = self._randomise(sessions)
 
         click_p, long_view_p, like_p = self._responses(session_user, sessions)
         click = rng.random(sessions.shape) < click_p
@@ -300,6 +304,7 @@ class SyntheticWorld:
                 "click": click.ravel().astype(np.int8),
                 "long_view": long_view.ravel().astype(np.int8),
                 "like": like.ravel().astype(np.int8),
+                "is_rand": np.repeat(is_rand, m).astype(np.int8),
             }
         )
         quality_bucket = np.digitize(self.item_quality, [-QUALITY_STD / 2, QUALITY_STD / 2])
@@ -320,6 +325,17 @@ class SyntheticWorld:
             item_embeddings=self.item_content,
             dropped={},
         ).validate()
+
+    def _randomise(self, sessions: np.ndarray) -> np.ndarray:
+        """Replace a ``random_session_rate`` share of the logged sessions [S, M], in place, by uniformly random
+        distinct items; returns [S] bool, True for a replaced session."""
+        rng = np.random.default_rng(self._random_seq)
+        chosen = rng.random(len(sessions)) < self.config.random_session_rate
+        rows = np.flatnonzero(chosen)
+        for lo in range(0, len(rows), _USER_BLOCK):
+            block = rows[lo : lo + _USER_BLOCK]
+            sessions[block] = _top_k(rng.random((len(block), self.num_items)), sessions.shape[1])
+        return chosen
 
     def _responses(self, users: np.ndarray, sessions: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         """P(click), P(long_view | click), P(like | long_view), each [B, M], for checked inputs."""

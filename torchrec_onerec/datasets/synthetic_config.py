@@ -22,6 +22,11 @@ class SyntheticConfig:
         position_decay: per-position multiplicative drop of attention within a session (0: none).
         diversity_weight: how much a repeated topic within a session lowers engagement (0: none).
         logging_temperature: softmax temperature of the logging policy over true affinity (large: random).
+        random_session_rate: share of sessions shown by a uniformly random policy instead of the logging policy
+            (randomised traffic, as KuaiRand's randomly exposed videos); their rows have ``is_rand = 1``. The
+            logging policy shows what it expects a user to like, so in its traffic what a session holds is
+            confounded with who the user is (runs of one topic go to the users who like that topic most, and
+            "more of the same" looks good to a reward model); in randomised sessions it is not. 0: none.
         start_date: first logged day, ``YYYY-MM-DD`` (UTC).
     """
 
@@ -37,6 +42,7 @@ class SyntheticConfig:
     position_decay: float = 0.05
     diversity_weight: float = 0.3
     logging_temperature: float = 1.0
+    random_session_rate: float = 0.0
     start_date: str = "2024-01-01"
 
     def __post_init__(self) -> None:
@@ -50,6 +56,8 @@ class SyntheticConfig:
         for name in ("sessions_per_user", "interest_concentration", "logging_temperature"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"data.synthetic.{name}={getattr(self, name)} must be > 0")
+        if not 0.0 <= self.random_session_rate <= 1.0:
+            raise ValueError(f"data.synthetic.random_session_rate={self.random_session_rate} must lie in [0, 1]")
         for name in ("noise", "position_decay", "diversity_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"data.synthetic.{name}={getattr(self, name)} must be >= 0")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Dict, Sequence
 
-from torchrec_onerec.modules.embedding import SemanticEmbeddingConfig
+from torchrec_onerec.modules.embedding import HISTORY_TOKENS, SemanticEmbeddingConfig
 from torchrec_onerec.modules.transformer import DecoderConfig, EncoderConfig
 
 
@@ -34,6 +34,8 @@ class OneRecModelConfig:
         max_history: n, history items read by the encoder (paper: 256).
         session_items: M, items per target/generated session (paper: 5).
         num_users: rows of the user-id table (a sparse TorchRec feature); 0 = none.
+        history_tokens: how the encoder reads a history item: ``codes`` (one token per code level, n L' tokens)
+            or ``items`` (the sum of its code tokens, n tokens: L' times shorter attention).
     """
 
     d_model: int = 128
@@ -50,10 +52,13 @@ class OneRecModelConfig:
     max_history: int = 50
     session_items: int = 5
     num_users: int = 0
+    history_tokens: str = "codes"
 
     def __post_init__(self) -> None:
         if self.moe_aux_weight < 0:
             raise ValueError(f"moe_aux_weight={self.moe_aux_weight} must be >= 0")
+        if self.history_tokens not in HISTORY_TOKENS:
+            raise ValueError(f"model.history_tokens={self.history_tokens!r} must be one of {list(HISTORY_TOKENS)}")
         self.encoder()  # the sub-configs validate their own fields
         self.decoder()
         self.embedding([1])
@@ -61,7 +66,7 @@ class OneRecModelConfig:
     def embedding(self, vocab_sizes: Sequence[int]) -> SemanticEmbeddingConfig:
         """The token-embedding sub-config for the codebook's per-level sizes K_l."""
         return SemanticEmbeddingConfig(self.d_model, list(vocab_sizes), self.max_history, self.session_items,
-                                       self.num_users)
+                                       self.num_users, self.history_tokens)
 
     def encoder(self) -> EncoderConfig:
         """The encoder sub-config."""

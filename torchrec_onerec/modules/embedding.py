@@ -34,6 +34,7 @@ from torchrec_onerec.data.batch import USER_KEY
 from torchrec_onerec.data.semantic_batch import history_code_key, semantic_feature_keys, target_code_key
 
 INIT_STD = 0.02
+HISTORY_TOKENS = ("codes", "items")
 
 
 @dataclass
@@ -47,6 +48,8 @@ class SemanticEmbeddingConfig:
             (``to_semantic_batch(..., max_history=n)`` checks it).
         session_items: M, items per generated or trained session.
         num_users: rows of the user-id table; 0 = no user feature.
+        history_tokens: ``codes`` (one encoder token per code of each history item, n L' in all) or ``items``
+            (one token per history item: the sum of its code tokens, n in all).
     """
 
     d_model: int
@@ -54,6 +57,7 @@ class SemanticEmbeddingConfig:
     max_history: int = 50
     session_items: int = 5
     num_users: int = 0
+    history_tokens: str = "codes"
 
     def __post_init__(self) -> None:
         if self.d_model < 1:
@@ -65,6 +69,8 @@ class SemanticEmbeddingConfig:
             raise ValueError(f"max_history={self.max_history} and session_items={self.session_items} must be >= 1")
         if self.num_users < 0:
             raise ValueError(f"num_users={self.num_users} must be >= 0 (0 = no user feature)")
+        if self.history_tokens not in HISTORY_TOKENS:
+            raise ValueError(f"history_tokens={self.history_tokens!r} must be one of {list(HISTORY_TOKENS)}")
 
     @property
     def num_levels(self) -> int:
@@ -148,8 +154,12 @@ class SemanticTokenEmbedding(nn.Module):
         context = self.context.expand(B, 1, D)
         if self.config.num_users:
             context = context + embedded[USER_KEY].values().unsqueeze(1)  # one user id per sample
-        tokens = torch.cat([context, history.reshape(B, n * L, D)], dim=1)  # (B, 1 + n L', D)
-        mask = torch.cat([valid.new_ones(B, 1), valid.unsqueeze(2).expand(B, n, L).reshape(B, n * L)], dim=1)
+        if self.config.history_tokens == "items":
+            tokens = torch.cat([context, history.sum(dim=2)], dim=1)  # (B, 1 + n, D)
+            mask = torch.cat([valid.new_ones(B, 1), valid], dim=1)
+        else:
+            tokens = torch.cat([context, history.reshape(B, n * L, D)], dim=1)  # (B, 1 + n L', D)
+            mask = torch.cat([valid.new_ones(B, 1), valid.unsqueeze(2).expand(B, n, L).reshape(B, n * L)], dim=1)
         targets = torch.stack([embedded[target_code_key(level)].to_padded_dense(M) for level in range(L)],
                               dim=2)  # (B, M, L', D)
         return EncoderTokens(tokens, mask, targets)

@@ -115,7 +115,12 @@ def load_exported(path: Path, model_config: OneRecModelConfig, vocab_sizes: Sequ
         OneRecModel: in eval mode.
     """
     data = load_tagged(path, EXPORT_FORMAT, "torchrec_onerec.train.export.save_exported")
-    if data["model_config"] != asdict(model_config) or data["vocab_sizes"] != [int(v) for v in vocab_sizes]:
+    try:  # a key added after the file was written takes its default, which is what the model was built with
+        saved = asdict(OneRecModelConfig(**data["model_config"]))
+    except TypeError as exc:
+        raise ValueError(f"{path} holds a model config this version does not know ({exc}); load it with the "
+                         "torchrec_onerec version that wrote it") from None
+    if saved != asdict(model_config) or data["vocab_sizes"] != [int(v) for v in vocab_sizes]:
         raise ValueError(f"{path} holds a model with config {data['model_config']} and vocab_sizes "
                          f"{data['vocab_sizes']}, not the {asdict(model_config)} / {list(vocab_sizes)} in use; "
                          "load it with the config and codebook it was trained with")

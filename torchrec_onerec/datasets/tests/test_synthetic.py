@@ -58,8 +58,9 @@ def test_log_is_canonical(world_and_data: Tuple[SyntheticWorld, InteractionData]
     world, data = world_and_data
     inter = data.interactions
     assert data.validate() is data
-    assert list(inter.columns) == ["user_id", "item_id", "timestamp", "date", "click", "long_view", "like"]
-    assert data.feedback_columns == ["click", "long_view", "like"]
+    assert list(inter.columns) == ["user_id", "item_id", "timestamp", "date", "click", "long_view", "like", "is_rand"]
+    assert data.feedback_columns == ["click", "long_view", "like", "is_rand"]
+    assert (inter["is_rand"] == 0).all()  # random_session_rate defaults to 0
     for col in ("click", "long_view", "like"):
         assert set(np.unique(inter[col])) <= {0, 1}
     assert (inter["long_view"] <= inter["click"]).all() and (inter["like"] <= inter["long_view"]).all()
@@ -222,10 +223,36 @@ def test_bad_calls_raise(world_and_data: Tuple[SyntheticWorld, InteractionData],
         call(world)
 
 
+def test_random_sessions_are_uniform_and_leave_the_other_sessions_as_they_were(
+    world_and_data: Tuple[SyntheticWorld, InteractionData]
+) -> None:
+    world, plain = world_and_data
+    data, _ = load_synthetic(SyntheticConfig(**SMALL, random_session_rate=0.3), seed=0)
+    inter, base = data.interactions, plain.interactions
+    m = world.config.impressions_per_session
+    is_rand = inter["is_rand"].to_numpy().reshape(-1, m)
+    assert (is_rand == is_rand[:, :1]).all()  # whole sessions are randomised
+    chosen = is_rand[:, 0] == 1
+    assert 0.25 < chosen.mean() < 0.35
+    np.testing.assert_array_equal(inter[["user_id", "timestamp"]], base[["user_id", "timestamp"]])
+    same, rand = inter["item_id"].to_numpy().reshape(-1, m), base["item_id"].to_numpy().reshape(-1, m)
+    np.testing.assert_array_equal(same[~chosen], rand[~chosen])
+    np.testing.assert_array_equal(inter["click"].to_numpy().reshape(-1, m)[~chosen],
+                                  base["click"].to_numpy().reshape(-1, m)[~chosen])
+    shown = same[chosen]
+    assert all(len(set(row)) == m for row in shown)  # distinct items
+    # the logging policy shows each user their own topics; the random policy does not look at the user
+    interest = world.user_interest[inter["user_id"].to_numpy().reshape(-1, m)[:, 0, None], world.item_topic[same]]
+    assert interest[chosen].mean() < 0.5 * interest[~chosen].mean()
+    assert abs(np.bincount(shown.ravel(), minlength=world.num_items).std() /
+               np.bincount(shown.ravel(), minlength=world.num_items).mean()) < 0.5  # near uniform counts
+
+
 @pytest.mark.parametrize(
     "overrides, seed, match",
     [
         ({}, -1, "seed=-1"),
+        ({"random_session_rate": 1.5}, 0, "random_session_rate=1.5"),
         ({"impressions_per_session": 201}, 0, "impressions_per_session=201"),
         ({"start_date": "2024/01/01"}, 0, "YYYY-MM-DD"),
         ({"num_days": 1, "num_items": 1000, "impressions_per_session": 800}, 0, "raise num_days"),

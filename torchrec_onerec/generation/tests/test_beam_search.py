@@ -20,10 +20,11 @@ from torchrec_onerec.models.testing import random_batch, random_codes
 from torchrec_onerec.tokenizer.prefix_index import PrefixIndex
 
 
-def _setup(num_items: int, codebook: list[int], session_items: int, users: int = 3, seed: int = 0):
+def _setup(num_items: int, codebook: list[int], session_items: int, users: int = 3, seed: int = 0,
+           history_tokens: str = "codes"):
     codes, sizes = random_codes(num_items, codebook, seed=seed)
     torch.manual_seed(seed)
-    model = OneRecModel(model_size("tiny", session_items=session_items), sizes).eval()
+    model = OneRecModel(model_size("tiny", session_items=session_items, history_tokens=history_tokens), sizes).eval()
     batch = random_batch(codes, users, max_history=model.config.max_history, session_items=session_items, seed=seed)
     return codes, PrefixIndex(codes, vocab_sizes=sizes), model, batch
 
@@ -119,9 +120,9 @@ def test_matches_exhaustive_search_with_excluded_history() -> None:
         assert torch.isneginf(out.scores[0, count:]).all()  # filler only when no valid session is left
 
 
-@pytest.mark.parametrize("exclude_history", [False, True])
-def test_kv_cache_equals_no_cache_and_scores_equal_log_prob(exclude_history: bool) -> None:
-    _, index, model, batch = _setup(40, [4, 4], session_items=2)
+@pytest.mark.parametrize("exclude_history, history_tokens", [(False, "codes"), (True, "codes"), (True, "items")])
+def test_kv_cache_equals_no_cache_and_scores_equal_log_prob(exclude_history: bool, history_tokens: str) -> None:
+    _, index, model, batch = _setup(40, [4, 4], session_items=2, history_tokens=history_tokens)
     cached = constrained_beam_search(model, batch, prefix_index=index, beam_size=6, num_return=6,
                                      exclude_history=exclude_history)
     full = constrained_beam_search(model, batch, prefix_index=index, beam_size=6, num_return=6, use_cache=False,

@@ -77,8 +77,9 @@ def test_log_prob_matches_forward_cross_entropy() -> None:
     torch.testing.assert_close(model.log_prob(batch, sessions[:, 1:]), both[:, 1:])
 
 
-def test_train_module_contract_and_fx_trace() -> None:
-    module = OneRecTrainModule(_model(num_users=1000))
+@pytest.mark.parametrize("history_tokens", ["codes", "items"])
+def test_train_module_contract_and_fx_trace(history_tokens: str) -> None:
+    module = OneRecTrainModule(_model(num_users=1000, history_tokens=history_tokens))
     batch = _batch(module.model.config)
     loss, (detached, logits, labels) = module(batch)
     assert loss.requires_grad and not detached.requires_grad and not logits.requires_grad
@@ -102,6 +103,8 @@ def test_configs_are_structured_and_checked() -> None:
         OneRecModelConfig(num_experts=2, top_k=3)
     with pytest.raises(ValueError, match="not one of"):
         model_size("huge")
+    with pytest.raises(ValueError, match="model.history_tokens='levels'"):
+        OneRecModelConfig(history_tokens="levels")
 
 
 def test_parameter_counts_from_tiny_to_1b_on_meta() -> None:

@@ -53,6 +53,27 @@ def test_history_tokens_are_code_plus_recency_plus_level() -> None:
     assert (out.targets[0, 1] == 0).all()  # padding target item
 
 
+def test_item_history_tokens_sum_each_item_s_code_tokens() -> None:
+    torch.manual_seed(0)
+    per_code = _embedding(num_users=10)
+    per_item = SemanticTokenEmbedding(SemanticEmbeddingConfig(d_model=6, vocab_sizes=SIZES, max_history=3,
+                                                              session_items=2, num_users=10, history_tokens="items"))
+    per_item.load_state_dict(per_code.state_dict())
+    samples = [Sample(7, np.array([2, 1]), np.array([3, -1]), np.zeros((2, 0), np.float32)),
+               Sample(8, np.array([], dtype=np.int64), np.array([0, 1]), np.zeros((2, 0), np.float32))]
+    features = to_semantic_batch(collate_samples(samples), CODES).features
+    codes, items = per_code(features), per_item(features)
+    assert items.tokens.shape == (2, 1 + 3, 6)
+    assert items.mask.tolist() == [[True, True, True, False], [True, False, False, False]]
+    torch.testing.assert_close(items.tokens[:, 0], codes.tokens[:, 0])  # the context token
+    for position in range(2):  # item at history position p = the sum of its L' code tokens
+        torch.testing.assert_close(items.tokens[0, 1 + position],
+                                   codes.tokens[0, 1 + 2 * position:3 + 2 * position].sum(dim=0))
+    torch.testing.assert_close(items.targets, codes.targets)
+    with pytest.raises(ValueError, match="history_tokens='levels'"):
+        SemanticEmbeddingConfig(d_model=4, vocab_sizes=[2], history_tokens="levels")
+
+
 def test_embed_codes_matches_the_batch_target_lookup() -> None:
     codes, sizes = random_codes(20, [3, 3], seed=1)
     emb = SemanticTokenEmbedding(SemanticEmbeddingConfig(d_model=4, vocab_sizes=sizes, max_history=4,

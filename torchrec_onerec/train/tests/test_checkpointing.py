@@ -3,6 +3,7 @@ a foreign checkpoint, and the plain-model exports generation runs on."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Dict, Iterator
 
@@ -11,6 +12,7 @@ import torch
 import torch.distributed as dist
 
 from torchrec_onerec.models.config import model_size
+from torchrec_onerec.models.onerec import OneRecModel
 from torchrec_onerec.models.testing import random_batch, random_codes
 from torchrec_onerec.train.checkpoint import (CheckpointCorruptError, CheckpointMeta, CheckpointMismatchError,
                                               CheckpointStore, training_fingerprint)
@@ -122,3 +124,19 @@ def test_plain_models_from_a_checkpoint_and_from_an_export(ctx: DistContext, tmp
     assert float(model(BATCHES[1]).loss.detach()) == pytest.approx(float(loss.detach()), rel=1e-6)
     with pytest.raises(ValueError, match="load it with the config and codebook it was trained with"):
         load_exported(tmp_path / "best.pt", CONFIG, [4, 4, 7])
+
+
+def test_an_export_older_than_a_model_config_key_loads_with_the_key_s_default(tmp_path: Path) -> None:
+    model = OneRecModel(CONFIG, SIZES)
+    save_exported(tmp_path / "best.pt", model.state_dict(), CONFIG, SIZES, FINGERPRINT)
+    data = torch.load(tmp_path / "best.pt", weights_only=False)
+    del data["model_config"]["history_tokens"]  # written before the key existed
+    data["model_config"]["no_such_key"] = 1
+    torch.save(data, tmp_path / "newer.pt")
+    del data["model_config"]["no_such_key"]
+    torch.save(data, tmp_path / "older.pt")
+    _assert_equal(load_exported(tmp_path / "older.pt", CONFIG, SIZES).state_dict(), model.state_dict())
+    with pytest.raises(ValueError, match="history_tokens"):  # the default is not what is in use
+        load_exported(tmp_path / "older.pt", replace(CONFIG, history_tokens="items"), SIZES)
+    with pytest.raises(ValueError, match="model config this version does not know .*no_such_key"):
+        load_exported(tmp_path / "newer.pt", CONFIG, SIZES)
