@@ -85,7 +85,8 @@ class OneRecModel(nn.Module):
             features (KeyedJaggedTensor): a ``SemanticIdBatch.features``.
 
         Returns:
-            (EncoderTokens, memory [B, 1 + n L', D]); the memory mask is ``EncoderTokens.mask``.
+            (EncoderTokens, memory [B, T, D]); T = 1 + n L' (1 + n with ``history_tokens=items``); the memory
+            mask is ``EncoderTokens.mask``.
         """
         tokens = self.embedding(features)
         return tokens, self.encoder(tokens.tokens, tokens.mask)
