@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 
 from torchrec_onerec.data.config import LoaderConfig
 from torchrec_onerec.data.samples import PAD_ITEM, SampleSet
-from torchrec_onerec.models.reward import (RewardTrainModule, RewardTransform, SessionRewardModel, code_tokens,
+from torchrec_onerec.models.reward import (RewardTrainModule, RewardTransform, SessionRewardModel,
                                            score_sessions)
 from torchrec_onerec.models.reward_config import RewardModelConfig
 from torchrec_onerec.run_dir import atomic_write_text, load_tagged, save_tagged
@@ -379,8 +379,6 @@ class _RewardRun:
             raise ValueError(f"{len(train)} training sessions cannot feed {ctx.world_size} processes; use more "
                              "sessions or fewer processes")
         self.total_steps = config.epochs * self.steps_per_epoch
-        self.transform = RewardTransform(config.session_label,
-                                         None if self.item_codes is None else code_tokens(self.item_codes))
         self.model_path = self.out_dir / "reward_model.pt"
         self.metrics_path = self.out_dir / "metrics.jsonl"
         self.step, self.seconds = 0, 0.0  # optimiser steps done, wall seconds in them
@@ -439,9 +437,10 @@ class _RewardRun:
         return {**metrics, "best": best}
 
     def fit(self) -> RewardTrainResult:
-        training = shard_for_training(RewardTrainModule(SessionRewardModel(
-            self.config, self.num_users, self.num_items, self.signals, item_codes=self.item_codes,
-            device=torch.device("meta"))), self.tc, self.ctx, seed=self.seed)
+        model = SessionRewardModel(self.config, self.num_users, self.num_items, self.signals,
+                                   item_codes=self.item_codes, device=torch.device("meta"))
+        self.transform = RewardTransform(self.config.session_label, model.item_tokens)  # batches carry its tokens
+        training = shard_for_training(RewardTrainModule(model), self.tc, self.ctx, seed=self.seed)
         seed_everything(rank_seed(self.seed, self.ctx.rank, 0))  # dropout streams differ per rank
         pipeline = TrainPipelineSparseDist(training.dmp, training.optimizer, device=self.ctx.device,
                                            execute_all_batches=True)
