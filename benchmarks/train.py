@@ -53,8 +53,7 @@ def _setting(args: argparse.Namespace) -> Dict[str, Any]:
     codes, vocab = random_codes(args.items, [args.codebook] * 2, seed=0)
     config = tiny_config(batch_size=args.batch, num_users=args.batch * args.steps, max_history=args.history,
                          session_items=args.session, model={**SIZES[args.size], "history_tokens": args.history_tokens},
-                         epochs=1,
-                         log_every_steps=args.log_every, warmup_steps=5)
+                         epochs=1, log_every_steps=args.log_every, warmup_steps=5)
     samples = random_samples(args.batch * args.steps, args.items, max_history=args.history,
                              session_items=args.session, seed=0)
     return {"codes": codes, "vocab": vocab, "config": config, "samples": samples}
@@ -92,7 +91,8 @@ def measure(world_size: int, threads: int, args: argparse.Namespace) -> Dict[str
     setting = _setting(args)
     return {
         "bench": "train", "device": "cpu", "world_size": world_size, "threads_per_process": reports[0]["threads"],
-        "model": args.size, "history_tokens": args.history_tokens, "params": count_parameters(setting["config"].model, setting["vocab"])["total"],
+        "model": args.size, "history_tokens": args.history_tokens,
+        "params": count_parameters(setting["config"].model, setting["vocab"])["total"],
         "vocab_sizes": setting["vocab"], "max_history": args.history, "session_items": args.session,
         "global_batch": args.batch, "steps": result["steps"], "plan": sorted({p["sharding_type"]
                                                                               for p in result["plan"].values()}),
