@@ -42,6 +42,16 @@ def test_tokenize_prints_the_report(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert report["num_items"] == 120
 
 
+def test_item_id_leaf_trains_and_generates_real_items(tmp_path: Path) -> None:
+    overrides = [f"run_dir={tmp_path}", "tokenizer.codebook_sizes=[8]", "tokenizer.disambiguation=item",
+                 "train.epochs=1", "compare.arms=[onerec]", "compare.baseline=onerec"]
+    assert main(["evaluate", TINY, *overrides]) == 0
+    report = json.loads((tmp_path / "tokenize" / "report.json").read_text())
+    assert report["vocab_sizes"] == [8, 120]
+    metrics = json.loads((tmp_path / "evaluate" / "metrics.json").read_text())["arms"]["onerec"]["metrics"]
+    assert metrics["legality"] == 1.0 and metrics["repeat_rate"] == 0.0
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [

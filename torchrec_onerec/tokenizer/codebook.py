@@ -76,7 +76,8 @@ class Codebook:
         codes (torch.Tensor): [I, L'] int64, one unique tuple per item (row = item id).
         centroids (List[torch.Tensor]): L codebooks, [K_l, d] each.
         fingerprint (str): ``catalogue_fingerprint`` of the catalogue, config and seed it was built for.
-        disambiguation_size (int): vocabulary of the extra level (its largest group), 0 when there is none.
+        disambiguation_size (int): vocabulary of the extra level (its largest group, or I when it is the item
+            id), 0 when there is none.
 
     Example:
         >>> cb, collisions = Codebook.build(
@@ -104,7 +105,8 @@ class Codebook:
             codes (torch.Tensor): [I, L] int64 quantised codes.
             centroids (List[torch.Tensor]): L codebooks [K_l, d].
             fingerprint (str): see ``catalogue_fingerprint``.
-            disambiguation (str): ``auto`` (extra level only when tuples collide) or ``always``.
+            disambiguation (str): ``auto`` (extra level only when tuples collide), ``always``, or ``item`` (the
+                extra level is the item id itself, vocabulary I).
 
         Returns:
             (the Codebook on CPU, the collision counts before disambiguation).
@@ -114,7 +116,10 @@ class Codebook:
         codes = codes.to(torch.int64).cpu()
         collisions = disambiguate(codes)
         extra_size = 0
-        if disambiguation == "always" or collisions.max_group > 1:
+        if disambiguation == "item":
+            codes = torch.cat([codes, torch.arange(codes.shape[0]).unsqueeze(1)], dim=1)
+            extra_size = codes.shape[0]
+        elif disambiguation == "always" or collisions.max_group > 1:
             codes = torch.cat([codes, collisions.extra.unsqueeze(1)], dim=1)
             extra_size = collisions.max_group
         return cls(codes, [c.detach().cpu() for c in centroids], fingerprint, extra_size), collisions

@@ -9,7 +9,7 @@ EMBEDDING_SOURCES = ("content", "file", "features", "collaborative", "text")
 QUANTIZERS = ("balanced_kmeans", "residual_kmeans")
 NORMALIZATIONS = ("l2", "standardize", "none")
 BALANCED_ALGORITHMS = ("fast", "reference")
-DISAMBIGUATIONS = ("auto", "always")
+DISAMBIGUATIONS = ("auto", "always", "item")
 
 
 @dataclass
@@ -31,7 +31,10 @@ class TokenizerConfig:
             K-means holds [chunk_size, K] distances, balanced K-means at most chunk_size * max(K, 1024).
         balanced_algorithm: ``fast`` (exact, blocked) or ``reference`` (the paper's loop as written, slow).
         disambiguation: ``auto`` appends an extra code level only when two items share all L codes;
-            ``always`` appends it even when every L-tuple is unique (then it is all zeros).
+            ``always`` appends it even when every L-tuple is unique (then it is all zeros); ``item`` appends the
+            item id itself, so the last level scores the whole catalogue under the L-code prefix (a two-stage
+            softmax: the semantic levels group the items, the last one names one; its table and output head have a
+            row per item, so it suits catalogues of thousands of items, not of millions).
         feature_columns: item-table columns used by ``features`` (empty: every column but ``item_id``;
             free-text string columns, whose token vocabulary exceeds max_feature_categories, are then skipped).
         max_feature_categories: most one-hot/multi-hot categories kept per column (the most frequent).

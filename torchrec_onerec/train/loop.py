@@ -291,6 +291,17 @@ class _Run:
         return result
 
 
+def _check_user_table(num_users: int, *samples: SampleSet) -> None:
+    """Refuse user ids beyond the user-id table: TorchRec's CPU kernels would embed them as zeros, silently."""
+    if not num_users:
+        return
+    largest = max((int(s.user.max()) for s in samples if len(s)), default=-1)
+    if largest >= num_users:
+        raise ValueError(f"model.num_users={num_users} is too small: the samples hold user id {largest}; set "
+                         f"model.num_users to at least {largest + 1} (the data set's user count) or to 0 for no "
+                         "user feature")
+
+
 def train_generative(config: OneRecConfig, train: SampleSet, valid: SampleSet, codes: torch.Tensor,
                      vocab_sizes: Sequence[int], run_dir: Path, *, prefix_index: PrefixIndex, device: torch.device,
                      resume: bool = True, validator: Optional[Validator] = None, progress: bool = True) -> TrainResult:
@@ -315,6 +326,7 @@ def train_generative(config: OneRecConfig, train: SampleSet, valid: SampleSet, c
     Returns:
         TrainResult: on every rank.
     """
+    _check_user_table(config.model.num_users, train, valid)
     ctx = init_distributed(device, timeout_s=config.train.collective_timeout_s)
     try:
         check = validator or GenerativeValidator(config, codes, prefix_index, ctx.device, progress)

@@ -37,6 +37,15 @@ def test_no_extra_level_without_collisions_unless_always() -> None:
     assert always.num_levels == 3 and always.vocab_sizes == [2, 2, 1] and always.codes[:, 2].eq(0).all()
 
 
+def test_item_disambiguation_appends_the_item_id() -> None:
+    codes = torch.tensor([[0, 1], [1, 0], [0, 1]])
+    book, col = Codebook.build(codes, [torch.zeros(2, 1)] * 2, fingerprint="", disambiguation="item")
+    assert book.vocab_sizes == [2, 2, 3] and book.codes[:, 2].tolist() == [0, 1, 2]
+    assert col.max_group == 2  # the report still counts the semantic collisions
+    assert torch.equal(book.item_of(book.codes), torch.arange(3))
+    assert book.item_of(torch.tensor([[1, 0, 0]])).tolist() == [-1]  # a real prefix with another item's id
+
+
 def test_wide_codes_take_the_row_unique_path() -> None:
     codes = torch.tensor([[2**40, 2**40, 5], [2**40, 2**40, 5], [1, 2, 3]])  # radix product overflows int64
     assert disambiguate(codes).extra.tolist() == [0, 1, 0]

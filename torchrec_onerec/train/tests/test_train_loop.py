@@ -95,6 +95,14 @@ def test_early_stopping_keeps_the_best_validated_model(tmp_path: Path) -> None:
     assert len(list((tmp_path / "train" / "checkpoints").iterdir())) == 2  # the best and the latest
 
 
+def test_user_ids_beyond_the_user_table_are_refused(tmp_path: Path) -> None:
+    largest = int(max(TRAIN.user.max(), VALID.user.max()))
+    config = tiny_config(num_users=largest)
+    with pytest.raises(ValueError, match=rf"model.num_users={largest} is too small: .* user id {largest}"):
+        train_generative(config, TRAIN, VALID, CODES, SIZES, tmp_path, prefix_index=INDEX, device=CPU, progress=False)
+    assert not (tmp_path / "train").exists()  # refused before anything was written
+
+
 def test_finished_run_is_not_retrained_and_a_foreign_run_is_refused(tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     first = _train(tmp_path, valid=SampleSet.empty(2, ["click"]), epochs=1)
