@@ -50,9 +50,10 @@ def run(args: argparse.Namespace) -> List[Dict[str, object]]:
     model = OneRecModel(config, sizes).to(device).eval()
     batch = random_batch(codes, args.users, max_history=config.max_history, session_items=config.session_items,
                          seed=0).to(device)
-    index = PrefixIndex(codes, vocab_sizes=sizes)
+    index = PrefixIndex(codes, vocab_sizes=sizes, device=device)
     amp = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
-    common = {"bench": "beam_search", "device": str(device), "threads": torch.get_num_threads(),
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    common = {"bench": "beam_search", "device": name, "threads": torch.get_num_threads(),
               "model": args.size, "params": count_parameters(config, sizes)["total"], "items": args.items,
               "vocab_sizes": sizes, "session_items": config.session_items, "users": args.users, "amp": args.amp}
     records: List[Dict[str, object]] = []

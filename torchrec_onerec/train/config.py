@@ -11,6 +11,7 @@ SPARSE_OPTIMIZERS = ("sgd", "adagrad", "rowwise_adagrad", "adam")
 CPU_FUSED_OPTIMIZERS = ("sgd", "adagrad", "rowwise_adagrad")
 LR_DECAYS = ("cosine", "linear", "constant")
 SHARDING_TYPES = ("", "table_wise", "row_wise", "column_wise")
+AMP_MODES = ("none", "bf16")
 
 
 @dataclass
@@ -44,6 +45,10 @@ class TrainConfig:
             kernel pools sequence features), so it is not offered.
         collective_timeout_s: timeout of every collective: a rank that dies ends the job after at most this long.
             It must exceed one validation pass, which runs on rank 0 while the other ranks wait.
+        amp: ``bf16`` runs the model's forward under ``torch.autocast`` in bfloat16 (matrix products and
+            attention in bf16, losses and softmax in float32; the weights, the optimisers and the TorchRec tables
+            stay float32); ``none`` trains in float32. bf16 needs no loss scaling; fp16 would, and the tables'
+            fused optimiser cannot unscale, so it is not offered.
     """
 
     epochs: int = 20
@@ -63,6 +68,7 @@ class TrainConfig:
     log_every_steps: int = 10
     sharding_type: str = ""
     collective_timeout_s: float = 1800.0
+    amp: str = "none"
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -87,3 +93,5 @@ class TrainConfig:
         if self.sharding_type not in SHARDING_TYPES:
             hint = " (data_parallel fails on CPU for sequence tables)" if self.sharding_type == "data_parallel" else ""
             raise ConfigError(f"train.sharding_type={self.sharding_type!r} must be one of {list(SHARDING_TYPES)}{hint}")
+        if self.amp not in AMP_MODES:
+            raise ConfigError(f"train.amp={self.amp!r} must be one of {list(AMP_MODES)}")

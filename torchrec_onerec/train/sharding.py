@@ -216,7 +216,7 @@ def build_sharded_training(model_config: OneRecModelConfig, vocab_sizes: Sequenc
     Args:
         model_config (OneRecModelConfig): model sizes.
         vocab_sizes (Sequence[int]): K_l of each code level.
-        train_config (TrainConfig): learning rates, weight decay, clipping, sparse optimiser, sharding type.
+        train_config (TrainConfig): learning rates, weight decay, clipping, sparse optimiser, sharding type, amp.
         ctx (DistContext): this rank (``init_distributed``).
         seed (int): the run's seed; the initial weights depend on it only.
 
@@ -225,5 +225,6 @@ def build_sharded_training(model_config: OneRecModelConfig, vocab_sizes: Sequenc
     """
     if not dist.is_initialized():
         raise RuntimeError("build_sharded_training needs the default process group; call init_distributed first")
-    module = OneRecTrainStep(OneRecModel(model_config, vocab_sizes, device=torch.device("meta")))
+    module = OneRecTrainStep(OneRecModel(model_config, vocab_sizes, device=torch.device("meta")),
+                             amp=train_config.amp, device_type=ctx.device.type)
     return shard_for_training(module, train_config, ctx, seed=seed)

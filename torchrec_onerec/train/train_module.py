@@ -8,12 +8,14 @@ steps, and the MoE expert load, which ``OneRecTrainModule`` drops, reaches the m
 
 from __future__ import annotations
 
-from typing import NamedTuple, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 
 from torchrec_onerec.data.semantic_batch import SemanticIdBatch
-from torchrec_onerec.models.onerec import OneRecTrainModule
+from torchrec_onerec.models.onerec import OneRecModel, OneRecTrainModule
+
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16}
 
 
 class StepMetrics(NamedTuple):
@@ -37,6 +39,10 @@ class OneRecTrainStep(OneRecTrainModule):
 
     Args:
         model (OneRecModel): the model to train (kept as ``self.model``, as in ``OneRecTrainModule``).
+        amp (str): ``train.amp``: ``none`` (float32) or ``bf16`` (the model's forward under ``torch.autocast``;
+            the backward pass follows the forward's dtypes).
+        device_type (str): ``cpu`` or ``cuda``, where the module will run (autocast is per device type, and the
+            module is built on the meta device, so it cannot read it from its parameters).
 
     Example:
         >>> from torchrec_onerec.models.config import model_size
@@ -49,8 +55,17 @@ class OneRecTrainStep(OneRecTrainModule):
         (True, (1, 4))
     """
 
+    def __init__(self, model: OneRecModel, *, amp: str = "none", device_type: str = "cpu") -> None:
+        super().__init__(model)
+        if amp not in AMP_DTYPES:
+            raise ValueError(f"amp={amp!r} must be one of {list(AMP_DTYPES)}")
+        self.amp_dtype: Optional[torch.dtype] = AMP_DTYPES[amp]
+        self.device_type = device_type
+
     def forward(self, batch: SemanticIdBatch) -> Tuple[torch.Tensor, StepMetrics]:  # type: ignore[override]
-        """Loss and its detached parts."""
-        out = self.model(batch)
-        return out.loss, StepMetrics(out.loss.detach(), out.ntp_loss.detach(), out.aux_loss.detach(),
-                                     out.expert_load.detach())
+        """Loss (float32) and its detached parts."""
+        with torch.autocast(self.device_type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            out = self.model(batch)
+        loss = out.loss.float()
+        return loss, StepMetrics(loss.detach(), out.ntp_loss.detach().float(), out.aux_loss.detach().float(),
+                                 out.expert_load.detach().float())

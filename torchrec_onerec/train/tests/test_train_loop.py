@@ -60,6 +60,14 @@ def test_loss_falls_and_the_final_model_is_exported(tmp_path: Path) -> None:
     assert float(model(batch).loss.detach()) < losses[-1]
 
 
+def test_bf16_autocast_trains_through_the_pipeline(tmp_path: Path) -> None:
+    runs = {amp: _train(tmp_path / amp, valid=SampleSet.empty(2, ["click"]), epochs=3, log_every_steps=6, amp=amp)
+            for amp in ("none", "bf16")}
+    losses = {amp: [float(row["loss"]) for row in _rows(tmp_path / amp)] for amp in runs}
+    assert losses["bf16"][-1] < losses["bf16"][0] - 0.1 and losses["bf16"] != losses["none"]
+    assert all(abs(a - b) < 0.05 * b for a, b in zip(losses["bf16"], losses["none"]))
+
+
 def _assert_same(a: OneRecModel, b: OneRecModel) -> None:
     sa, sb = a.state_dict(), b.state_dict()
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
