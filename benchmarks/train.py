@@ -43,7 +43,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 import torch
 import torch.multiprocessing as mp
@@ -52,12 +52,13 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from torchrec_onerec.data.batch import collate_samples
 from torchrec_onerec.data.samples import SampleSet
-from torchrec_onerec.data.semantic_batch import to_semantic_batch
+from torchrec_onerec.data.semantic_batch import SemanticIdBatch, to_semantic_batch
 from torchrec_onerec.models.config import MODEL_SIZES
 from torchrec_onerec.models.onerec import OneRecModel, count_parameters
 from torchrec_onerec.models.testing import random_codes
 from torchrec_onerec.tokenizer.prefix_index import PrefixIndex
 from torchrec_onerec.train.loop import train_generative
+from torchrec_onerec.train.config import AMP_MODES
 from torchrec_onerec.train.testing import random_samples, tiny_config
 from torchrec_onerec.train.train_module import OneRecTrainStep
 
@@ -140,15 +141,26 @@ def _device_name(device: str) -> str:
     return torch.cuda.get_device_name(0) if device == "cuda" else "cpu"
 
 
-def step_flops(args: argparse.Namespace) -> int:
-    """FLOPs of one training step's forward and backward pass over one global batch (unsharded model)."""
+def _unsharded_step(args: argparse.Namespace) -> Tuple[Dict[str, Any], torch.device, OneRecTrainStep]:
+    """The setting, the device and a freshly seeded unsharded ``OneRecTrainStep`` on it."""
     setting = _setting(args)
     device = torch.device(args.device)
     torch.manual_seed(0)
     step = OneRecTrainStep(OneRecModel(setting["config"].model, setting["vocab"], device=device), amp=args.amp,
                            device_type=device.type)
-    first = setting["samples"].subset(range(args.batch))
-    batch = to_semantic_batch(collate_samples(first), setting["codes"]).to(device)
+    return setting, device, step
+
+
+def _batch(setting: Dict[str, Any], index: int, size: int, device: torch.device) -> SemanticIdBatch:
+    """Global batch number ``index`` of the setting's samples, on ``device``."""
+    rows = setting["samples"].subset(range(index * size, (index + 1) * size))
+    return to_semantic_batch(collate_samples(rows), setting["codes"]).to(device)
+
+
+def step_flops(args: argparse.Namespace) -> int:
+    """FLOPs of one training step's forward and backward pass over one global batch (unsharded model)."""
+    setting, device, step = _unsharded_step(args)
+    batch = _batch(setting, 0, args.batch, device)
     counter = FlopCounterMode(display=False)
     with counter:
         loss, _ = step(batch)
@@ -171,15 +183,10 @@ def utilisation(record: Dict[str, Any], flops: int, args: argparse.Namespace) ->
 
 def measure_unsharded(args: argparse.Namespace) -> Dict[str, Any]:
     """Forward, backward and AdamW step of the unsharded model, one process; median over steps after the first 3."""
-    setting = _setting(args)
-    device = torch.device(args.device)
-    torch.manual_seed(0)
-    step = OneRecTrainStep(OneRecModel(setting["config"].model, setting["vocab"], device=device), amp=args.amp,
-                           device_type=device.type)
+    setting, device, step = _unsharded_step(args)
     optimizer = torch.optim.AdamW(step.parameters(), lr=1e-4, fused=device.type == "cuda")
-    samples, B = setting["samples"], args.batch
-    batches = [to_semantic_batch(collate_samples(samples.subset(range(i * B, (i + 1) * B))),
-                                 setting["codes"]).to(device) for i in range(args.steps)]
+    B = args.batch
+    batches = [_batch(setting, i, B, device) for i in range(args.steps)]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     seconds = []
@@ -228,7 +235,7 @@ def main() -> None:
                         "the multi-process setting")
     parser.add_argument("--log-every", type=int, default=5, help="steps per throughput window")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--amp", choices=["none", "bf16"], default="none", help="train.amp")
+    parser.add_argument("--amp", choices=AMP_MODES, default="none", help="train.amp")
     parser.add_argument("--history-tokens", choices=["codes", "items"], default="codes", help="model.history_tokens")
     parser.add_argument("--unsharded", action="store_true", help="time the unsharded train step (no DMP), e.g. "
                         "on a GPU machine without TorchRec's CUDA kernels; prints its MFU line")

@@ -14,8 +14,7 @@ import torch
 
 from torchrec_onerec.data.semantic_batch import SemanticIdBatch
 from torchrec_onerec.models.onerec import OneRecModel, OneRecTrainModule
-
-AMP_DTYPES = {"none": None, "bf16": torch.bfloat16}
+from torchrec_onerec.train.config import AMP_MODES
 
 
 class StepMetrics(NamedTuple):
@@ -57,15 +56,14 @@ class OneRecTrainStep(OneRecTrainModule):
 
     def __init__(self, model: OneRecModel, *, amp: str = "none", device_type: str = "cpu") -> None:
         super().__init__(model)
-        if amp not in AMP_DTYPES:
-            raise ValueError(f"amp={amp!r} must be one of {list(AMP_DTYPES)}")
-        self.amp_dtype: Optional[torch.dtype] = AMP_DTYPES[amp]
+        if amp not in AMP_MODES:
+            raise ValueError(f"amp={amp!r} must be one of {list(AMP_MODES)}")
+        self.amp_dtype: Optional[torch.dtype] = torch.bfloat16 if amp == "bf16" else None
         self.device_type = device_type
 
     def forward(self, batch: SemanticIdBatch) -> Tuple[torch.Tensor, StepMetrics]:  # type: ignore[override]
-        """Loss (float32) and its detached parts."""
+        """Loss and its detached parts (float32 under autocast too: the model computes its losses in float32)."""
         with torch.autocast(self.device_type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
             out = self.model(batch)
-        loss = out.loss.float()
-        return loss, StepMetrics(loss.detach(), out.ntp_loss.detach().float(), out.aux_loss.detach().float(),
-                                 out.expert_load.detach().float())
+        return out.loss, StepMetrics(out.loss.detach(), out.ntp_loss.detach(), out.aux_loss.detach(),
+                                     out.expert_load.detach())
