@@ -12,7 +12,7 @@ Shape legend: N samples, M session items (m), S reward signals, H history items 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
@@ -173,6 +173,19 @@ class SampleSet:
     def target_lengths(self) -> np.ndarray:
         """[N] int64 number of real (non-padding) target items of each sample."""
         return (self.target != PAD_ITEM).sum(axis=1).astype(np.int64)
+
+    def largest_ids(self) -> Tuple[int, int]:
+        """The largest user id and the largest item id (histories and targets); -1 for what the set lacks.
+
+        The id-range checks compare these with the sizes of the tables that will embed the ids.
+
+        Example:
+            >>> s = SampleSet.from_samples([Sample(3, np.array([5, 9]), np.array([7, -1]), np.zeros((2, 0)))], [])
+            >>> s.largest_ids(), SampleSet.empty(2, []).largest_ids()
+            ((3, 9), (-1, -1))
+        """
+        user = int(self.user.max()) if len(self) else -1
+        return user, max((int(ids.max()) for ids in (self.history_values, self.target) if ids.size), default=-1)
 
     def __len__(self) -> int:
         return len(self.user)

@@ -426,8 +426,9 @@ def _check_sessions(model: SessionRewardModel, samples: SampleSet, sessions: np.
     if sessions.size and (int(sessions.min()) < PAD_ITEM or int(sessions.max()) >= model.num_items):
         raise ValueError(f"sessions hold ids in [{int(sessions.min())}, {int(sessions.max())}]; items are "
                          f"[0, {model.num_items}) for this reward model and -1 is the only padding value")
-    if len(samples) and int(samples.user.max()) >= model.num_users:
-        raise ValueError(f"samples hold user id {int(samples.user.max())} but the reward model has "
+    largest_user = samples.largest_ids()[0]
+    if largest_user >= model.num_users:
+        raise ValueError(f"samples hold user id {largest_user} but the reward model has "
                          f"{model.num_users} users; score users of the data set it was trained on")
     return sessions.astype(np.int64, copy=False)
 

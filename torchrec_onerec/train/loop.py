@@ -295,7 +295,7 @@ def _check_user_table(num_users: int, *samples: SampleSet) -> None:
     """Refuse user ids beyond the user-id table: TorchRec's CPU kernels would embed them as zeros, silently."""
     if not num_users:
         return
-    largest = max((int(s.user.max()) for s in samples if len(s)), default=-1)
+    largest = max((s.largest_ids()[0] for s in samples), default=-1)
     if largest >= num_users:
         raise ValueError(f"model.num_users={num_users} is too small: the samples hold user id {largest}; set "
                          f"model.num_users to at least {largest + 1} (the data set's user count) or to 0 for no "

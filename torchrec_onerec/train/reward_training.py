@@ -521,8 +521,8 @@ def train_reward_model(config: RewardModelConfig, train: SampleSet, valid: Sampl
         raise ValueError(f"valid signals {list(valid.signals)} differ from train signals {list(train.signals)}; "
                          "build both from the same split")
     for name, samples in (("train", train), ("valid", valid)):
-        if len(samples) and (int(samples.user.max()) >= num_users or int(samples.target.max()) >= num_items
-                             or (len(samples.history_values) and int(samples.history_values.max()) >= num_items)):
+        largest_user, largest_item = samples.largest_ids()
+        if largest_user >= num_users or largest_item >= num_items:
             raise ValueError(f"{name} holds user or item ids beyond num_users={num_users} / num_items={num_items}; "
                              "pass the data set's sizes")
     ctx = init_distributed(device, timeout_s=reward_train_config(config).collective_timeout_s)

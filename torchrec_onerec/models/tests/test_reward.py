@@ -193,6 +193,10 @@ def test_score_sessions_rejects_bad_input() -> None:
         score_sessions(model, samples, np.array([[[0, NUM_ITEMS]], [[1, 2]]]), batch_size=4, device=CPU)
     with pytest.raises(ValueError, match=r"\[U=2, N, M\]"):
         score_sessions(model, samples, np.zeros((3, 1, 2), np.int64), batch_size=4, device=CPU)
+    stranger = SampleSet.from_samples([Sample(NUM_USERS, np.array([1]), np.array([2, -1]), np.zeros((2, 3)))],
+                                      SIGNALS)
+    with pytest.raises(ValueError, match=f"samples hold user id {NUM_USERS} but the reward model has {NUM_USERS}"):
+        score_sessions(model, stranger, np.zeros((1, 1, 2), np.int64), batch_size=4, device=CPU)
 
 
 def test_without_user_id_table_the_user_feature_is_ignored() -> None:

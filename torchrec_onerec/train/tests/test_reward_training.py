@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -106,6 +107,13 @@ def test_training_needs_the_impressions_and_codes_it_is_configured_for(world: Di
         train_reward_model(CONFIG, world["train"], world["valid"], num_users=data.num_users,
                            num_items=data.num_items, out_dir=tmp_path, seed=0, device=CPU,
                            train_impressions=world["train_impressions"])
+    plain = dataclasses.replace(CONFIG, train_on_impressions=False, semantic_ids=False)
+    largest_user, largest_item = world["train"].largest_ids()
+    for users, items in ((largest_user, data.num_items), (data.num_users, largest_item)):
+        with pytest.raises(ValueError, match=f"train holds user or item ids beyond num_users={users} / "
+                                             f"num_items={items}"):
+            train_reward_model(plain, world["train"], world["valid"], num_users=users, num_items=items,
+                               out_dir=tmp_path, seed=0, device=CPU)
 
 
 def _toy(path: Path, num_items: int = 5, signals=("vtr",)) -> None:
