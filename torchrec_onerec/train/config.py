@@ -26,7 +26,8 @@ class TrainConfig:
         warmup_steps: linear warm-up steps before the decay.
         grad_clip: max global L2 norm of the dense gradients (0 disables clipping; the norm is still logged).
         eval_every_epochs: validate every this many epochs, and after the last one (model selection on
-            ``selection_metric``).
+            ``selection_metric``). Set it to ``epochs`` to validate, and keep, the final model only: the choice
+            when the validation set is too small to tell epochs apart (configs/ml-100k.yaml).
         patience: stop after this many validations without improvement (0 disables early stopping).
         sparse_optimizer: fused optimiser of the tables: ``rowwise_adagrad`` (one accumulator per row),
             ``adagrad``, ``sgd``, or ``adam`` (CUDA only: fbgemm fuses Adam on GPUs, not on CPUs).
