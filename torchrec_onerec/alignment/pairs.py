@@ -304,16 +304,20 @@ def build_preference_pairs(model: OneRecModel, samples: SampleSet, rows: np.ndar
         >>> from torchrec_onerec.models.config import model_size
         >>> from torchrec_onerec.models.testing import random_codes
         >>> codes, sizes = random_codes(10, [3, 3])
+        >>> _ = torch.manual_seed(0)
         >>> model = OneRecModel(model_size("tiny"), sizes).eval()
         >>> samples = SampleSet.from_samples([Sample(u, np.array([u]), np.array([1, 2]), np.zeros((2, 0), np.float32))
         ...                                   for u in range(3)], [])
-        >>> first_item_id = lambda users, sessions: sessions[:, :, 0].astype(float)  # a toy reward
-        >>> pairs = build_preference_pairs(model, samples, np.array([0, 2]), first_item_id, codes=codes,
+        >>> # a toy reward that tells every 2-item session apart (item ids < 10), so no user's candidates tie
+        >>> session_number = lambda users, sessions: (10 * sessions[:, :, 0] + sessions[:, :, 1]).astype(float)
+        >>> pairs = build_preference_pairs(model, samples, np.array([0, 2]), session_number, codes=codes,
         ...                                prefix_index=PrefixIndex(codes, vocab_sizes=sizes), num_candidates=8,
         ...                                batch_size=2)
-        >>> pairs.sample_rows.tolist(), pairs.chosen_reward.tolist() == pairs.chosen[:, 0].tolist()
-        ([0, 2], True)
-        >>> bool((pairs.chosen[:, 0] > pairs.rejected[:, 0]).all()), pairs.reference_chosen.shape
+        >>> pairs.sample_rows.tolist(), pairs.ties, pairs.fillers
+        ([0, 2], 0, 0)
+        >>> bool((pairs.chosen_reward == 10 * pairs.chosen[:, 0] + pairs.chosen[:, 1]).all())
+        True
+        >>> bool((pairs.chosen_reward > pairs.rejected_reward).all()), pairs.reference_chosen.shape
         (True, (2,))
     """
     rows = np.asarray(rows, dtype=np.int64)
