@@ -3,7 +3,7 @@
 - One torch thread: the tiny test models run faster without intra-op threads on a 2-core CI machine.
 - Every test, doctests included, starts from the same seeded global RNGs (torch, numpy, random), so a test's
   draws do not depend on which tests ran before it. ``ONEREC_TEST_SEED=N pytest`` runs the suite under another
-  seed: a test that fails there leans on one lucky draw and will break on another machine's float rounding.
+  seed: a test that fails there leans on one lucky draw, and may break on another machine's float rounding.
 """
 
 import os
