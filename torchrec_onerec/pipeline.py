@@ -5,8 +5,10 @@ sections plus every stage it reads (``STAGE_INPUTS``), and its fingerprint hashe
 cascade's config redoes the cascade and the comparison but not the generative model.
 
     data --> tokenize --> train ----------> align --+
-     |          |--> train-reward -------^             |
-     |--> cascade -------------------------------------+--> evaluate --> compare
+     |          |--> train-reward -------^  ^          |
+     |--> cascade --------------------------+----------+--> evaluate --> compare
+
+(alignment reads the cascade's ranker under ``align.reward_source=ranker`` or ``mix``.)
 
 A stage is skipped when its ``done.json`` fingerprint matches, unless forced; a stage that was interrupted
 resumes its own partial work (training checkpoints) only when ``started.json`` matches.
@@ -30,16 +32,16 @@ from torchrec_onerec.stages import STAGE_FUNCTIONS, PipelineContext, rank, world
 from torchrec_onerec.train.distributed import broadcast_object, init_distributed, teardown_distributed
 
 LOG = logging.getLogger("torchrec_onerec")
-STAGES = ("data", "tokenize", "train", "train-reward", "align", "cascade", "evaluate", "compare")
+STAGES = ("data", "tokenize", "train", "train-reward", "cascade", "align", "evaluate", "compare")
 STAGE_SECTIONS: Dict[str, Tuple[str, ...]] = {
     "data": ("seed", "data", "split"), "tokenize": ("tokenizer",), "train": ("model", "train", "loader"),
     "train-reward": ("reward",), "align": ("align", "train"), "cascade": ("cascade", "train", "loader"),
     "evaluate": ("eval", "compare"), "compare": ("compare",)}
 STAGE_INPUTS: Dict[str, Tuple[str, ...]] = {
     "data": (), "tokenize": ("data",), "train": ("tokenize",), "train-reward": ("tokenize",),
-    "align": ("train", "train-reward"), "cascade": ("data",), "evaluate": ("train", "train-reward", "align", "cascade"),
+    "align": ("train", "train-reward", "cascade"), "cascade": ("data",), "evaluate": ("train", "train-reward", "align", "cascade"),
     "compare": ("evaluate",)}
-COLLECTIVE_STAGES = ("train", "train-reward", "align", "cascade")
+COLLECTIVE_STAGES = ("train", "train-reward", "cascade", "align")
 
 
 def stage_closure(stage: str) -> List[str]:

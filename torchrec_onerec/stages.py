@@ -31,6 +31,7 @@ import pandas as pd
 
 from torchrec_onerec.alignment.ipa import align_iteratively, model_file
 from torchrec_onerec.alignment.pairs import RewardFn
+from torchrec_onerec.alignment.rewards import mixed_reward_fn, ranker_reward_fn
 from torchrec_onerec.config import OneRecConfig
 from torchrec_onerec.data.impressions import impression_samples
 from torchrec_onerec.data.samples import SampleSet
@@ -45,9 +46,10 @@ from torchrec_onerec.eval.generative import evaluate_generative
 from torchrec_onerec.eval.plots import Curve
 from torchrec_onerec.eval.protocols import EvalResult
 from torchrec_onerec.eval.report import write_comparison_report
-from torchrec_onerec.eval.simulated import add_true_rewards, world_reward_fn
+from torchrec_onerec.eval.simulated import add_true_rewards, served_sessions, world_reward_fn
+from torchrec_onerec.eval.world_diagnostics import diagnostics_markdown, world_diagnostics
 from torchrec_onerec.run_dir import RunDir
-from torchrec_onerec.models.cascade import load_cascade
+from torchrec_onerec.models.cascade import CascadeRecommender, load_cascade
 from torchrec_onerec.models.reward import SessionRewardModel, score_sessions, session_rewards
 from torchrec_onerec.runtime import resolve_device
 from torchrec_onerec.tokenizer.codebook import Codebook, catalogue_fingerprint
@@ -211,6 +213,28 @@ def _reward_model(ctx: PipelineContext) -> SessionRewardModel:
                              signals=ctx.split.train.signals, device=device)
 
 
+def _alignment_reward(ctx: PipelineContext) -> RewardFn:
+    """The reward function ``align.reward_source`` names (``alignment.config.AlignConfig``)."""
+    cfg = ctx.config
+    source = cfg.align.reward_source
+    if source == "world":
+        if ctx.world is None:
+            raise ValueError(f"align.reward_source='world' needs the synthetic world (data.source=synthetic), not "
+                             f"data.source={cfg.data.source!r}; use align.reward_source=model")
+        return world_reward_fn(ctx.world, ctx.data)
+    fns: List[RewardFn] = []
+    if source in ("model", "mix"):
+        reward_model = _reward_model(ctx)
+        fns.append(functools.partial(session_rewards, reward_model, batch_size=cfg.eval.batch_size,
+                                     device=next(reward_model.parameters()).device))
+    if source in ("ranker", "mix"):
+        # Loaded on the CPU like the generative model: alignment scores candidates on the host.
+        fns.append(ranker_reward_fn(load_cascade(ctx.run.path / "cascade", config=cfg.cascade)))
+    if source == "mix":
+        return mixed_reward_fn(fns, [1.0 - cfg.align.ranker_weight, cfg.align.ranker_weight])
+    return fns[0]
+
+
 def align_stage(ctx: PipelineContext) -> Dict[str, object]:
     """Iterative preference alignment (ONEREC.md section 4) of the trained model to the session reward model;
     every torchrun rank takes part; artefacts under ``align/``."""
@@ -219,16 +243,7 @@ def align_stage(ctx: PipelineContext) -> Dict[str, object]:
         return skipped
     cfg = ctx.config
     book = ctx.codebook
-    reward_fn: RewardFn
-    if cfg.align.reward_source == "world":
-        if ctx.world is None:
-            raise ValueError(f"align.reward_source='world' needs the synthetic world (data.source=synthetic), not "
-                             f"data.source={cfg.data.source!r}; use align.reward_source=model")
-        reward_fn = world_reward_fn(ctx.world, ctx.data)
-    else:
-        reward_model = _reward_model(ctx)
-        reward_fn = functools.partial(session_rewards, reward_model, batch_size=cfg.eval.batch_size,
-                                      device=next(reward_model.parameters()).device)
+    reward_fn = _alignment_reward(ctx)
     trained = ctx.run.read_json("train/summary.json")
     # Loaded on the CPU: under torchrun each rank moves it to its own device.
     model = load_exported(ctx.run.recorded_file("train", trained["best_model_path"]), cfg.model, book.vocab_sizes)
@@ -263,16 +278,48 @@ def _generative_arm(ctx: PipelineContext, path: Path) -> EvalResult:
                                device=device)
 
 
-def _evaluate_arm(ctx: PipelineContext, arm: str) -> Tuple[Optional[EvalResult], str]:
+def _rerank_weight(ctx: PipelineContext, recommender: CascadeRecommender,
+                   reward_model: Optional[SessionRewardModel]) -> Tuple[float, Dict[str, float], str]:
+    """The ``cascade_rerank`` arm's diversity weight, chosen on the validation users only: (weight, validation
+    score of every weight tried, what the score is)."""
+    cfg = ctx.config
+    if reward_model is not None:
+        criterion = "validation: the session reward model's estimated reward of the served session"
+    else:
+        criterion = "validation NDCG@10" if 10 in cfg.eval.ks else f"validation NDCG@{max(cfg.eval.ks)}"
+    table: Dict[str, float] = {}
+    for weight in [0.0] + [w for w in cfg.cascade.ranker.rerank_weights if w > 0]:
+        result = evaluate_cascade(recommender, ctx.split.valid, config=cfg.eval, protocol=cfg.split.protocol,
+                                  num_items=ctx.data.num_items, diversity_weight=weight)
+        if reward_model is not None:
+            served = served_sessions(result)[:, None, :]
+            estimate = session_rewards(reward_model, ctx.split.valid.subset(result.per_user["sample"]), served,
+                                       batch_size=cfg.eval.batch_size, device=next(reward_model.parameters()).device)
+            table[str(weight)] = float(estimate.mean())
+        else:
+            table[str(weight)] = result.metrics[criterion.split()[-1].lower()]
+    best = max(table, key=lambda w: (table[w], -float(w)))  # ties: the smaller weight
+    LOG.info("evaluate: cascade_rerank weight %s chosen on %s (%s)", best, criterion, table)
+    return float(best), table, criterion
+
+
+def _evaluate_arm(ctx: PipelineContext, arm: str,
+                  reward_model: Optional[SessionRewardModel]) -> Tuple[Optional[EvalResult], str]:
     """One arm's test evaluation, or (None, why it is not available)."""
     cfg = ctx.config
     if arm == "popularity":
         return evaluate_popularity(ctx.split.test, ctx.split.train_sequences, ctx.data.num_items, config=cfg.eval,
                                    protocol=cfg.split.protocol), ""
-    if arm == "cascade":
+    if arm in ("cascade", "cascade_rerank"):
         recommender = load_cascade(ctx.run.path / "cascade", config=cfg.cascade, device=resolve_device(cfg.device))
-        return evaluate_cascade(recommender, ctx.split.test, config=cfg.eval, protocol=cfg.split.protocol,
-                                num_items=ctx.data.num_items), ""
+        if arm == "cascade":
+            return evaluate_cascade(recommender, ctx.split.test, config=cfg.eval, protocol=cfg.split.protocol,
+                                    num_items=ctx.data.num_items), ""
+        weight, table, criterion = _rerank_weight(ctx, recommender, reward_model)
+        result = evaluate_cascade(recommender, ctx.split.test, config=cfg.eval, protocol=cfg.split.protocol,
+                                  num_items=ctx.data.num_items, diversity_weight=weight)
+        result.info.update(rerank_selection=table, selected_on=criterion)
+        return result, ""
     if arm == "onerec":
         trained = ctx.run.read_json("train/summary.json")
         return _generative_arm(ctx, ctx.run.recorded_file("train", trained["best_model_path"])), ""
@@ -323,7 +370,7 @@ def evaluate_stage(ctx: PipelineContext) -> Dict[str, object]:
     unavailable: Dict[str, str] = {}
     reward_model = None if _not_applicable(ctx, "evaluate (reward estimates)") else _reward_model(ctx)
     for arm in cfg.compare.arms:
-        result, why = _evaluate_arm(ctx, arm)
+        result, why = _evaluate_arm(ctx, arm, reward_model)
         if result is None:
             unavailable[arm] = why
             LOG.info("evaluate: arm %s left out: %s", arm, why)
@@ -454,6 +501,31 @@ def _deviations(config: OneRecConfig, split: Union[SplitA, SplitB]) -> List[str]
     return out
 
 
+def selection_notes(config: OneRecConfig, infos: Dict[str, Dict[str, object]]) -> str:
+    """How each compared arm was chosen (every choice on the validation split; the test split is read once)."""
+    train = config.train
+    epochs = ("the final weights (validated once, after the last epoch)" if train.eval_every_epochs >= train.epochs
+              else f"the epoch with the best validation {train.selection_metric}")
+    notes = {
+        "cascade": "two-tower retrieval kept at its best epoch by validation recall@K_r, ranker at its best epoch by "
+                   "mean validation AUC; sizes and learning rates from the config",
+        "onerec": f"NTP training, {train.epochs} epochs, {epochs}",
+        "onerec_dpo": f"the NTP model after one alignment iteration to `align.reward_source={config.align.reward_source}`",
+        "onerec_ipa": f"the NTP model after {config.align.iterations} alignment iterations to "
+                      f"`align.reward_source={config.align.reward_source}` (the last iteration is kept)",
+        "popularity": "training counts; nothing tuned"}
+    lines = []
+    for arm, info in infos.items():
+        if arm == "cascade_rerank":
+            table = ", ".join(f"{w}: {v:.4f}" for w, v in info["rerank_selection"].items())  # type: ignore[union-attr]
+            text = (f"the cascade, then an MMR re-rank with diversity weight {info['diversity_weight']}, chosen on "
+                    f"{info['selected_on']} ({table})")
+        else:
+            text = notes.get(arm, "an exported model named on the command line")
+        lines.append(f"- {arm}: {text}")
+    return "\n".join(lines)
+
+
 def compare_stage(ctx: PipelineContext) -> Dict[str, object]:
     """Intervals, lifts over the baseline and the report (``compare/report.md``, figures, ``comparison.json``)."""
     cfg = ctx.config
@@ -474,6 +546,11 @@ def compare_stage(ctx: PipelineContext) -> Dict[str, object]:
                 "seed": cfg.seed}
     unavailable = evaluated["unavailable"]
     extra = stage_sections(ctx.run)
+    if ctx.world is not None:
+        diagnostics = world_diagnostics(ctx.world, ctx.data, results, ctx.split.test, seed=cfg.seed)
+        ctx.run.write_json("compare/world_diagnostics.json", diagnostics)
+        extra["Protocol C: where the sessions stand"] = diagnostics_markdown(diagnostics)
+    extra["How each arm was chosen"] = selection_notes(cfg, {a: evaluated["arms"][a]["info"] for a in arms})
     if unavailable:
         extra["Arms left out"] = "\n".join(f"- {a}: {why}" for a, why in unavailable.items())
     report = write_comparison_report(

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from torchrec_onerec.errors import ConfigError
 
+REWARD_SOURCES = ("model", "ranker", "mix", "world")
+
 
 @dataclass
 class AlignConfig:
@@ -30,8 +32,15 @@ class AlignConfig:
             iteration; 0 skips that evaluation.
         exclude_history: never generate an item of the user's history (as ``eval.exclude_history``).
         reward_source: what alignment maximises: ``model`` (the session reward model of ``train-reward``, the
-            paper's method) or ``world`` (the synthetic world's true expected reward; synthetic data only: it
-            separates what alignment can do from what the reward model's errors let it do).
+            paper's method); ``ranker`` (the cascade's ranker, the OneRec technical report's choice: its combined
+            item score summed over the session, ``alignment.rewards``); ``mix`` (both, each standardised over a
+            user's candidates, weighted by ``ranker_weight``); or ``world`` (the synthetic world's true expected
+            reward; synthetic data only: it separates what alignment can do from what the reward model's errors
+            let it do, and is never a way to choose a config).
+        disable_dropout: train the policy without dropout, so that its log-probabilities of a pair and the
+            reference's (computed in eval mode) start equal and the DPO log-ratios measure only what training
+            changed; False keeps the model's dropout (``model.dropout``) during alignment.
+        ranker_weight: under ``reward_source=mix``, the ranker's weight; the reward model's is 1 - ranker_weight.
         train_fraction: share of the training samples (drawn once, seeded) that alignment reads: L_NTP on them,
             pairs for ``sample_fraction`` of them. 1.0 (the paper) reads all; lower it where one pass over the
             training data per iteration is too long (large data on a CPU).
@@ -59,14 +68,19 @@ class AlignConfig:
     exclude_history: bool = False
     train_fraction: float = 1.0
     reward_source: str = "model"
+    ranker_weight: float = 0.5
+    disable_dropout: bool = True
 
     def __post_init__(self) -> None:
         for name in ("iterations", "epochs", "batch_size", "generation_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"align.{name}={getattr(self, name)} must be >= 1")
-        if self.reward_source not in ("model", "world"):
-            raise ConfigError(f"align.reward_source={self.reward_source!r} must be 'model' (the reward model) or "
-                              "'world' (the synthetic world's true reward)")
+        if self.reward_source not in REWARD_SOURCES:
+            raise ConfigError(f"align.reward_source={self.reward_source!r} must be one of {REWARD_SOURCES}: 'model' "
+                              "(the reward model), 'ranker' (the cascade's ranker), 'mix' (both) or 'world' (the "
+                              "synthetic world's true reward)")
+        if not 0.0 <= self.ranker_weight <= 1.0:
+            raise ConfigError(f"align.ranker_weight={self.ranker_weight} must lie in [0, 1]")
         if not 0.0 < self.train_fraction <= 1.0:
             raise ConfigError(f"align.train_fraction={self.train_fraction} must lie in (0, 1] (1.0 = every sample)")
         if not 0.0 < self.sample_fraction <= 1.0:

@@ -157,6 +157,10 @@ def train_iteration(state: Dict[str, torch.Tensor], pairs: PreferencePairs, samp
     if steps == 0:
         raise ValueError(f"{len(samples)} training samples cannot feed {ctx.world_size} processes; use more samples "
                          "or fewer processes")
+    if align.disable_dropout:
+        # The reference log-probabilities come from the model in eval mode; a policy with dropout on would
+        # start each pair from a log-ratio of noise rather than 0 (TRL's DPO turns dropout off for this reason).
+        model_config = replace(model_config, dropout=0.0)
     module = PreferenceTrainStep(OneRecModel(model_config, vocab_sizes, device=torch.device("meta")),
                                  beta=align.beta, dpo_weight=align.dpo_weight)
     config = replace(train_config, learning_rate=align.learning_rate, sparse_learning_rate=align.sparse_learning_rate)

@@ -221,16 +221,10 @@ class SyntheticWorld:
         weights = self._check_weights(weights)
         if not isinstance(k, (int, np.integer)) or not 1 <= k <= self.num_items:
             raise ValueError(f"k={k!r} must be an int in [1, num_items={self.num_items}]")
-        items = np.arange(self.num_items)[None, :]
         out = np.empty((len(users), k), dtype=np.int64)
         for lo in range(0, len(users), _USER_BLOCK):
-            block = users[lo : lo + _USER_BLOCK, None]  # [b, 1]
-            a = self._affinity(block, items)  # [b, I]
-            click = _sigmoid(a + CLICK_BIAS)
-            long_view = click * _sigmoid(a + LONG_VIEW_BIAS)
-            signals = {"click": click, "long_view": long_view, "like": long_view * _sigmoid(a + LIKE_BIAS)}
-            reward = sum(weight * signals[signal] for signal, weight in weights.items())
-            out[lo : lo + len(block)] = _top_k(np.broadcast_to(reward, a.shape), k)
+            block = users[lo : lo + _USER_BLOCK]
+            out[lo : lo + len(block)] = _top_k(self._item_values(block, weights), k)
         return out
 
     def log(self) -> InteractionData:
@@ -276,13 +270,9 @@ class SyntheticWorld:
         timestamp = start[:, None] + np.concatenate([np.zeros((num_sessions, 1), np.int64), gaps.cumsum(1)], 1)
 
         sessions = np.empty((num_sessions, m), dtype=np.int64)
-        items = np.arange(num_items)[None, :]
         for lo in range(0, num_users, _USER_BLOCK):
             hi = min(lo + _USER_BLOCK, num_users)
-            logits = self._affinity(np.arange(lo, hi)[:, None], items) / cfg.logging_temperature  # [b, I]
-            policy = np.exp(logits - logits.max(axis=1, keepdims=True))
-            policy = (1 - LOGGING_EXPLORATION) * policy / policy.sum(axis=1, keepdims=True)
-            policy = (policy + LOGGING_EXPLORATION / num_items).astype(np.float32)
+            policy = self._logging_policy(np.arange(lo, hi))  # [b, I]
             rows = session_user[first[lo] : first[hi]] - lo
             # Exponential race: items ordered by arrival E_i / p_i (E_i ~ Exp(1)) are a Plackett-Luce draw from p.
             arrival = rng.standard_exponential((len(rows), num_items), dtype=np.float32) / policy[rows]
@@ -325,6 +315,94 @@ class SyntheticWorld:
             item_embeddings=self.item_content,
             dropped={},
         ).validate()
+
+    def _logging_policy(self, users: np.ndarray) -> np.ndarray:
+        """[b, I] float32 display probabilities of the logging policy for a block of valid users (rows sum to 1)."""
+        logits = self._affinity(users[:, None], np.arange(self.num_items)[None, :]) / self.config.logging_temperature
+        policy = np.exp(logits - logits.max(axis=1, keepdims=True))
+        policy = (1 - LOGGING_EXPLORATION) * policy / policy.sum(axis=1, keepdims=True)
+        return (policy + LOGGING_EXPLORATION / self.num_items).astype(np.float32)
+
+    def logging_sessions(self, users: np.ndarray, m: int, *, seed: int) -> np.ndarray:
+        """Sessions of m items the logging policy would show these users now (a fresh Plackett-Luce draw).
+
+        Args:
+            users (np.ndarray): [B] int user ids.
+            m (int): items per session, 1 <= m <= num_items.
+            seed (int): the draw is a function of (world, users, m, seed).
+
+        Returns:
+            [B, m] int64 distinct item ids per row, in display order.
+
+        Example:
+            >>> world = SyntheticWorld(SyntheticConfig(num_users=10, num_items=20, num_topics=4), seed=0)
+            >>> s = world.logging_sessions(np.array([0, 3]), 4, seed=1)
+            >>> s.shape, all(len(set(row)) == 4 for row in s.tolist())
+            ((2, 4), True)
+        """
+        users = self._check_users(users)
+        self._check_session_width(m)
+        rng = np.random.default_rng([int(seed), 0x106])
+        out = np.empty((len(users), m), dtype=np.int64)
+        for lo in range(0, len(users), _USER_BLOCK):
+            block = users[lo : lo + _USER_BLOCK]
+            arrival = rng.standard_exponential((len(block), self.num_items), dtype=np.float32)
+            out[lo : lo + len(block)] = _top_k(-arrival / self._logging_policy(block), m)
+        return out
+
+    def greedy_sessions(self, users: np.ndarray, m: int, weights: Optional[Dict[str, float]] = None) -> np.ndarray:
+        """The ceiling: each user's session of m items filled slot by slot with the item of highest true marginal
+        reward given the slots already filled.
+
+        A slot's expected reward depends on the items before it (same-topic count, repeats) and never on the
+        items after it, so slot p's marginal reward is the item's own reward at p; the greedy pick at p is the
+        unused item maximising novelty(same-topic count so far) * item value (attention at p is common to all).
+
+        Args:
+            users (np.ndarray): [B] int user ids.
+            m (int): items per session, 1 <= m <= num_items.
+            weights (Optional[Dict[str, float]]): as in ``session_reward``.
+
+        Returns:
+            [B, m] int64 distinct item ids.
+
+        Example:
+            >>> world = SyntheticWorld(SyntheticConfig(num_users=10, num_items=20, num_topics=4), seed=0)
+            >>> users = np.arange(10)
+            >>> greedy = world.greedy_sessions(users, 3)
+            >>> top = world.best_items(users, 3)
+            >>> bool((world.session_reward(users, greedy) >= world.session_reward(users, top) - 1e-12).all())
+            True
+        """
+        users = self._check_users(users)
+        weights = self._check_weights(weights)
+        self._check_session_width(m)
+        out = np.empty((len(users), m), dtype=np.int64)
+        for lo in range(0, len(users), _USER_BLOCK):
+            block = users[lo : lo + _USER_BLOCK]
+            value = self._item_values(block, weights)  # [b, I]
+            rows = np.arange(len(block))
+            shown = np.zeros((len(block), self.config.num_topics))  # same-topic items placed so far
+            used = np.zeros(value.shape, dtype=bool)
+            for p in range(m):
+                novelty = np.exp(-self.config.diversity_weight * shown[:, self.item_topic])
+                pick = np.where(used, -np.inf, novelty * value).argmax(axis=1)
+                out[lo + rows, p] = pick
+                used[rows, pick] = True
+                shown[rows, self.item_topic[pick]] += 1
+        return out
+
+    def _item_values(self, users: np.ndarray, weights: Dict[str, float]) -> np.ndarray:
+        """[b, I] expected weighted reward of every item shown alone in slot 0, for a block of valid users."""
+        a = self._affinity(users[:, None], np.arange(self.num_items)[None, :])
+        click = _sigmoid(a + CLICK_BIAS)
+        long_view = click * _sigmoid(a + LONG_VIEW_BIAS)
+        signals = {"click": click, "long_view": long_view, "like": long_view * _sigmoid(a + LIKE_BIAS)}
+        return sum(weight * signals[signal] for signal, weight in weights.items())
+
+    def _check_session_width(self, m: int) -> None:
+        if not isinstance(m, (int, np.integer)) or not 1 <= m <= self.num_items:
+            raise ValueError(f"m={m!r} must be an int in [1, num_items={self.num_items}]")
 
     def _randomise(self, sessions: np.ndarray) -> np.ndarray:
         """Replace a ``random_session_rate`` share of the logged sessions [S, M], in place, by uniformly random

@@ -24,7 +24,7 @@ from torchrec_onerec.models.cascade import CascadeRecommender
 
 
 def evaluate_cascade(recommender: CascadeRecommender, samples: SampleSet, *, config: EvalConfig, protocol: str,
-                     num_items: int, session_items: Optional[int] = None) -> EvalResult:
+                     num_items: int, session_items: Optional[int] = None, diversity_weight: float = 0.0) -> EvalResult:
     """Recommend sessions with the cascade for every sample with a target and score them by ``protocol``.
 
     Args:
@@ -34,6 +34,7 @@ def evaluate_cascade(recommender: CascadeRecommender, samples: SampleSet, *, con
         protocol (str): ``"A"`` or ``"B"``.
         num_items (int): I, the catalogue size (coverage).
         session_items (int | None): M under protocol B (None: the samples' target width m); ignored under A.
+        diversity_weight (float): the MMR re-rank's weight (``CascadeRecommender.recommend``); 0: none.
 
     Returns:
         EvalResult: metrics and per-user arrays named as the other arms', sessions [U, R, M], scores [U, R].
@@ -68,14 +69,15 @@ def evaluate_cascade(recommender: CascadeRecommender, samples: SampleSet, *, con
                          f"the {R * M} items the evaluation ranks (max(eval.ks)={K}, M={M}); raise it")
     start = time.perf_counter()
     sessions, scores = recommender.recommend(users, num_sessions=R, session_items=M,
-                                             exclude_history=config.exclude_history)
+                                             exclude_history=config.exclude_history, diversity_weight=diversity_weight)
     seconds = time.perf_counter() - start
     metrics, per_user = score_sessions(protocol, sessions, scores, users.target, ks=config.ks, num_items=num_items,
                                        legality=np.ones(len(users)))
     per_user["user"] = users.user.copy()
     per_user["sample"] = rows
     info = {
-        "protocol": protocol, "arm": "cascade", "ks": list(config.ks), "session_items": M, "num_sessions": R,
+        "protocol": protocol, "arm": "cascade" if diversity_weight == 0 else "cascade_rerank",
+        "diversity_weight": diversity_weight, "ks": list(config.ks), "session_items": M, "num_sessions": R,
         "num_candidates": num_candidates, "tasks": list(recommender.ranker.tasks),
         "score_weights": dict(zip(recommender.ranker.tasks, recommender.weights.tolist())),
         "exclude_history": config.exclude_history, "num_samples": len(samples), "users_without_target": skipped,

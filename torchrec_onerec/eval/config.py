@@ -57,7 +57,7 @@ class EvalConfig:
             raise ConfigError(f"eval.ks={list(self.ks)} repeats a cut-off; list each K once")
 
 
-ARM_KINDS = ("cascade", "onerec", "onerec_dpo", "onerec_ipa", "popularity")
+ARM_KINDS = ("cascade", "cascade_rerank", "onerec", "onerec_dpo", "onerec_ipa", "popularity")
 
 
 @dataclass
@@ -65,7 +65,9 @@ class CompareConfig:
     """The A/B comparison (``onerec compare``): which arms, against which baseline, with what intervals.
 
     Args:
-        arms: arm names: ``cascade`` (the retrieval -> ranking baseline), ``onerec`` (the NTP-trained model),
+        arms: arm names: ``cascade`` (the retrieval -> ranking baseline), ``cascade_rerank`` (the same with a third
+            stage, a diversity re-rank whose weight is chosen on validation: ``cascade.ranker.rerank_weights``),
+            ``onerec`` (the NTP-trained model),
             ``onerec_dpo`` (after one alignment iteration), ``onerec_ipa`` (after every alignment iteration),
             ``popularity`` (the floor), or ``model:<path>`` (any
             exported OneRec model file, e.g. another run's ``train/best_model.pt`` with the same codebook). An
@@ -81,7 +83,8 @@ class CompareConfig:
         torchrec_onerec.errors.ConfigError: compare.baseline='cascade' is not one of compare.arms=['onerec']; add it or pick an arm
     """
 
-    arms: List[str] = field(default_factory=lambda: ["cascade", "onerec", "onerec_dpo", "onerec_ipa", "popularity"])
+    arms: List[str] = field(default_factory=lambda: ["cascade", "cascade_rerank", "onerec", "onerec_dpo", "onerec_ipa",
+                                                     "popularity"])
     baseline: str = "cascade"
     resamples: int = 1000
     level: float = 0.95

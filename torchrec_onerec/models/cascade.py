@@ -25,7 +25,7 @@ import torch
 from torchrec_onerec.data.samples import PAD_ITEM, SampleSet
 from torchrec_onerec.models.cascade_config import CascadeConfig
 from torchrec_onerec.models.ranker import MultiTaskRanker, candidate_samples, load_ranker, predict
-from torchrec_onerec.models.two_tower import TwoTowerRetrieval, load_two_tower, retrieve
+from torchrec_onerec.models.two_tower import TwoTowerRetrieval, item_kjt, load_two_tower, retrieve
 
 TWO_TOWER_FILE = "two_tower.pt"
 RANKER_FILE = "ranker.pt"
@@ -87,6 +87,58 @@ def sessions_from_ranking(items: np.ndarray, scores: np.ndarray, *, num_sessions
     return sessions, session_scores.astype(np.float32)
 
 
+def mmr_rerank(items: np.ndarray, scores: np.ndarray, vectors: np.ndarray, *, weight: float, take: int
+               ) -> Tuple[np.ndarray, np.ndarray]:
+    """Maximal marginal relevance: re-order ranked candidates so that similar items do not follow each other.
+
+    Greedily, each next item maximises ``(1 - weight) * score - weight * max(0, max cosine to the items already
+    taken)`` (an item unlike all of them is not penalised, nor rewarded). An item's value can only fall as more
+    items are taken, and the candidates left only shrink, so the values of the items in the order taken never
+    increase: they are returned as the items' scores.
+
+    Args:
+        items (np.ndarray): [U, K] candidate item ids, -1 padding.
+        scores (np.ndarray): [U, K] relevance (ignored at padding).
+        vectors (np.ndarray): [I, D] L2-normalised item vectors (cosine = inner product).
+        weight (float): 0 keeps the ranking; 1 ignores relevance after the first item.
+        take (int): items to return per user, <= K.
+
+    Returns:
+        (items [U, take] int64, values [U, take] float64; -1 / -inf where the candidates ran out).
+
+    Example:
+        >>> v = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+        >>> items, values = mmr_rerank(np.array([[0, 1, 2]]), np.array([[0.9, 0.8, 0.5]]), v, weight=0.5, take=3)
+        >>> items.tolist(), bool(values[0, 0] >= values[0, 1] >= values[0, 2])
+        ([[0, 2, 1]], True)
+        >>> mmr_rerank(np.array([[0, 1, 2]]), np.array([[0.9, 0.8, 0.5]]), v, weight=0.0, take=2)[0].tolist()
+        [[0, 1]]
+    """
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"weight={weight} must lie in [0, 1] (cascade.ranker.rerank_weights)")
+    U, K = items.shape
+    take = min(take, K)
+    real = items != PAD_ITEM
+    relevance = np.where(real, (1.0 - weight) * scores, -np.inf)
+    candidate_vectors = vectors[np.where(real, items, 0)]  # [U, K, D]
+    closest = np.zeros((U, K))  # max cosine (floored at 0) of each candidate to the items taken so far
+    taken = np.zeros((U, K), dtype=bool)
+    rows = np.arange(U)
+    out_items = np.full((U, take), PAD_ITEM, np.int64)
+    out_values = np.full((U, take), -np.inf)
+    for t in range(take):
+        value = np.where(taken, -np.inf, relevance - weight * closest)
+        pick = value.argmax(axis=1)
+        best = value[rows, pick]
+        ok = np.isfinite(best)
+        out_items[ok, t] = items[rows[ok], pick[ok]]
+        out_values[ok, t] = best[ok]
+        taken[rows, pick] |= ok
+        similarity = np.einsum("ukd,ud->uk", candidate_vectors, candidate_vectors[rows, pick])
+        closest = np.where(ok[:, None], np.maximum(closest, similarity), closest)
+    return out_items, out_values
+
+
 class CascadeRecommender:
     """Two-tower retrieval -> multi-task ranking -> sessions (module docstring).
 
@@ -119,6 +171,7 @@ class CascadeRecommender:
         self.two_tower, self.ranker, self.config = two_tower.eval(), ranker.eval(), config
         self.item_content, self.ranker_item_features = item_content, ranker_item_features
         self.weights = combined_weights(config, ranker.tasks)
+        self._item_vectors: Optional[np.ndarray] = None
 
     @property
     def num_items(self) -> int:
@@ -150,15 +203,27 @@ class CascadeRecommender:
         combined = np.where(candidates != PAD_ITEM, probabilities @ self.weights, -np.inf)
         return probabilities, combined
 
-    def recommend(self, samples: SampleSet, *, num_sessions: int, session_items: int, exclude_history: bool = False
-                  ) -> Tuple[np.ndarray, np.ndarray]:
-        """R sessions of M items per sample: the retrieved candidates in combined-score order.
+    def item_vectors(self) -> np.ndarray:
+        """[I, D] the two-tower model's L2-normalised item vectors (the re-rank's similarity)."""
+        if self._item_vectors is None:
+            device = next(self.two_tower.parameters()).device
+            with torch.no_grad():
+                vectors = self.two_tower.item_vectors(item_kjt(torch.arange(self.num_items, device=device)),
+                                                      self.item_content.to(device).float())
+            self._item_vectors = torch.nn.functional.normalize(vectors.float(), dim=1).cpu().numpy()
+        return self._item_vectors
+
+    def recommend(self, samples: SampleSet, *, num_sessions: int, session_items: int, exclude_history: bool = False,
+                  diversity_weight: float = 0.0) -> Tuple[np.ndarray, np.ndarray]:
+        """R sessions of M items per sample: the retrieved candidates in combined-score order, or re-ranked.
 
         Args:
             samples (SampleSet): U samples (user and history are read).
             num_sessions (int): R >= 1.
             session_items (int): M >= 1.
             exclude_history (bool): never recommend an item of the sample's history.
+            diversity_weight (float): 0 keeps the ranker's order; above 0, the third stage of a production
+                cascade: ``mmr_rerank`` of the ranked candidates over the two-tower item vectors, with this weight.
 
         Returns:
             (sessions [U, R, M] int64, scores [U, R] float32 non-increasing; -1 / -inf for filler sessions).
@@ -169,8 +234,11 @@ class CascadeRecommender:
         _, combined = self.rank(samples, candidates)
         order = np.argsort(-combined, axis=1, kind="stable")  # padding (-inf) sorts last
         items = np.take_along_axis(candidates, order, axis=1)
-        return sessions_from_ranking(items, np.take_along_axis(combined, order, axis=1), num_sessions=num_sessions,
-                                     session_items=session_items)
+        scores = np.take_along_axis(combined, order, axis=1)
+        if diversity_weight > 0:
+            items, scores = mmr_rerank(items, scores, self.item_vectors(), weight=diversity_weight,
+                                       take=num_sessions * session_items)
+        return sessions_from_ranking(items, scores, num_sessions=num_sessions, session_items=session_items)
 
 
 def load_cascade(folder: Path, *, config: Optional[CascadeConfig] = None,

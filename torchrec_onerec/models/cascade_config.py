@@ -95,6 +95,10 @@ class RankerConfig:
             ``positive``; redrawn every epoch from the seed.
         score_weights: task -> weight of its probability in the combined score that orders the retrieved
             candidates (e.g. ``{vtr: 1.0, swt: 1.0, ltr: 2.0}``); empty = equal weights; a task left out weighs 0.
+        rerank_weights: the diversity weights the ``cascade_rerank`` arm tries on the validation users for its third
+            stage, an MMR re-rank of the ranked candidates (``models.cascade.mmr_rerank``); 0 (the plain ranking)
+            is always tried too. It keeps the weight with the best validation score: the session reward model's
+            estimate of the served session where one is trained (protocol B), else validation NDCG@10.
 
     Example:
         >>> RankerConfig(score_weights={"vtr": -1.0})
@@ -114,8 +118,12 @@ class RankerConfig:
     weight_decay: float = 0.0
     negatives_per_positive: int = 4
     score_weights: Dict[str, float] = field(default_factory=dict)
+    rerank_weights: List[float] = field(default_factory=lambda: [0.1, 0.2, 0.3, 0.5, 0.7])
 
     def __post_init__(self) -> None:
+        if any(not 0.0 <= w <= 1.0 for w in self.rerank_weights):
+            raise ConfigError(f"cascade.ranker.rerank_weights={list(self.rerank_weights)}: every weight must lie in "
+                              "[0, 1] (0 keeps the ranking, 1 ignores relevance after the first item)")
         _check_positive("cascade.ranker", self, ("embedding_dim", "epochs", "batch_size", "learning_rate",
                                                  "sparse_learning_rate", "negatives_per_positive"))
         _check_layers("cascade.ranker.bottom_mlp", self.bottom_mlp)

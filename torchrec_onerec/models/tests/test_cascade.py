@@ -11,7 +11,7 @@ from torchrec_onerec.data.samples import Sample, SampleSet
 from torchrec_onerec.eval.baselines import evaluate_popularity
 from torchrec_onerec.eval.cascade import evaluate_cascade
 from torchrec_onerec.eval.config import EvalConfig
-from torchrec_onerec.models.cascade import CascadeRecommender, combined_weights, sessions_from_ranking
+from torchrec_onerec.models.cascade import CascadeRecommender, combined_weights, mmr_rerank, sessions_from_ranking
 from torchrec_onerec.models.cascade_config import CascadeConfig, RankerConfig, RetrievalConfig
 from torchrec_onerec.models.ranker import MultiTaskRanker, dense_width, item_dense_features
 from torchrec_onerec.models.two_tower import TwoTowerRetrieval
@@ -98,3 +98,36 @@ def test_evaluation_refuses_fewer_candidates_than_the_ranked_list():
     with pytest.raises(ValueError, match="num_candidates"):
         evaluate_cascade(_recommender(num_candidates=4), _users(), config=EvalConfig(ks=[5, 10]), protocol="A",
                          num_items=NUM_ITEMS)
+
+
+def test_mmr_rerank_trades_relevance_for_dissimilar_items():
+    rng = np.random.default_rng(1)
+    vectors = rng.normal(size=(20, 4))
+    vectors[10:] = vectors[0] + 0.01 * rng.normal(size=(10, 4))  # items 10..19: near copies of item 0
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    items = np.array([[0] + list(range(10, 19)) + list(range(1, 10))])
+    scores = np.linspace(1.0, 0.5, items.shape[1])[None]  # the near copies rank right after item 0
+    plain, _ = mmr_rerank(items, scores, vectors, weight=0.0, take=5)
+    assert plain.tolist() == [items[0, :5].tolist()]
+    diverse, values = mmr_rerank(items, scores, vectors, weight=0.5, take=5)
+    assert diverse[0, 0] == 0 and not set(diverse[0, 1:].tolist()) & set(range(10, 20))
+    assert (np.diff(values[0]) <= 1e-12).all() and len(set(diverse[0].tolist())) == 5
+    short, short_values = mmr_rerank(np.array([[3, -1]]), np.array([[1.0, 0.0]]), vectors, weight=0.3, take=2)
+    assert short.tolist() == [[3, -1]] and np.isneginf(short_values[0, 1])
+    with pytest.raises(ValueError, match="weight=1.5"):
+        mmr_rerank(items, scores, vectors, weight=1.5, take=2)
+
+
+def test_rerank_keeps_the_retrieved_candidates_and_scores_non_increasing():
+    rec, users = _recommender(), _users()
+    plain, _ = rec.recommend(users, num_sessions=3, session_items=3)
+    diverse, scores = rec.recommend(users, num_sessions=3, session_items=3, diversity_weight=0.5)
+    candidates, _ = rec.retrieve(users)
+    for u in range(len(users)):
+        assert set(diverse[u].ravel().tolist()) <= set(candidates[u].tolist())
+        assert len(set(diverse[u].ravel().tolist())) == 9
+        assert (np.diff(scores[u]) <= 1e-6).all()
+    assert (plain != diverse).any()
+    result = evaluate_cascade(rec, users, config=EvalConfig(ks=[3, 6]), protocol="B", num_items=NUM_ITEMS,
+                              diversity_weight=0.5)
+    assert result.info["arm"] == "cascade_rerank" and result.info["diversity_weight"] == 0.5

@@ -1,0 +1,96 @@
+"""Reward functions alignment can maximise besides the session reward model: the cascade's ranker, and mixes.
+
+The OneRec technical report (arXiv 2506.13695) scores generated sessions with the production ranking model's
+preference score, the model a team running a cascade already has. ``ranker_reward_fn`` does that with this
+project's cascade ranker (``models.ranker``): a session's reward is the ranker's combined score
+(``cascade.ranker.score_weights``) summed over its real items, divided by M, so an empty slot counts 0. The
+ranker scores items one by one: it knows nothing of order or diversity within a session, which the session
+reward model learns from logged sessions. ``mixed_reward_fn`` combines both: each reward is standardised over a
+user's candidates (zero mean, unit spread), then they are summed with weights. Pair selection compares
+candidates of one user only, so the per-user scale of each reward is all that matters.
+
+Every function here returns an ``alignment.pairs.RewardFn``: (U samples, sessions [U, N, M]) -> [U, N].
+
+Shape legend: U users, N candidates, M session items.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from torchrec_onerec.alignment.pairs import RewardFn
+from torchrec_onerec.data.samples import PAD_ITEM, SampleSet
+from torchrec_onerec.models.cascade import CascadeRecommender
+
+
+def ranker_reward_fn(recommender: CascadeRecommender) -> RewardFn:
+    """The cascade ranker's combined score of each session's items, summed and divided by M.
+
+    Example:
+        >>> import torch
+        >>> from torchrec_onerec.data.samples import Sample
+        >>> from torchrec_onerec.models.cascade_config import CascadeConfig, RankerConfig, RetrievalConfig
+        >>> from torchrec_onerec.models.ranker import MultiTaskRanker
+        >>> from torchrec_onerec.models.two_tower import TwoTowerRetrieval
+        >>> cfg = CascadeConfig(RetrievalConfig(embedding_dim=4), RankerConfig(embedding_dim=4))
+        >>> rec = CascadeRecommender(TwoTowerRetrieval(cfg.retrieval, num_users=2, num_items=6),
+        ...                          MultiTaskRanker(cfg.ranker, num_users=2, num_items=6, tasks=["vtr"],
+        ...                                          dense_features=2), cfg, torch.zeros(6, 0), torch.zeros(6, 1))
+        >>> users = SampleSet.from_samples([Sample(1, np.array([0]), np.array([2]), np.zeros((1, 0), np.float32))], [])
+        >>> r = ranker_reward_fn(rec)(users, np.array([[[3, 4], [3, -1], [-1, -1]]]))
+        >>> r.shape, bool(r[0, 0] > r[0, 1] > r[0, 2] == 0.0)
+        ((1, 3), True)
+    """
+
+    def reward(samples: SampleSet, sessions: np.ndarray) -> np.ndarray:
+        U, N, M = sessions.shape
+        flat = sessions.reshape(U, N * M)
+        _, combined = recommender.rank(samples, flat)  # [U, N M], -inf at padding
+        per_item = np.where(flat != PAD_ITEM, combined, 0.0).reshape(U, N, M)
+        return (per_item.sum(axis=2) / M).astype(np.float64)
+
+    return reward
+
+
+def standardise_per_user(rewards: np.ndarray, real: np.ndarray) -> np.ndarray:
+    """Each row of [U, N] shifted to mean 0 and scaled to unit standard deviation over its real entries
+    (``real`` [U, N] bool); a row whose real entries are all equal, and every filler entry, becomes 0.
+
+    Example:
+        >>> standardise_per_user(np.array([[1.0, 3.0, 9.0], [2.0, 2.0, 0.0]]),
+        ...                      np.array([[True, True, False], [True, True, True]])).round(3).tolist()
+        [[-1.0, 1.0, 0.0], [0.707, 0.707, -1.414]]
+    """
+    rewards = np.asarray(rewards, np.float64)
+    count = np.maximum(real.sum(axis=1, keepdims=True), 1)
+    mean = np.where(real, rewards, 0.0).sum(axis=1, keepdims=True) / count
+    spread = np.sqrt(np.where(real, (rewards - mean) ** 2, 0.0).sum(axis=1, keepdims=True) / count)
+    scaled = (rewards - mean) / np.where(spread > 0, spread, 1.0)
+    return np.where(real & (spread > 0), scaled, 0.0)
+
+
+def mixed_reward_fn(fns: Sequence[RewardFn], weights: Sequence[float]) -> RewardFn:
+    """sum_k w_k standardise_per_user(fn_k): rewards on different scales, each standardised over the user's real
+    candidates (filler sessions, all -1, stay out of the statistics and get 0).
+
+    Example:
+        >>> a = lambda s, x: x[:, :, 0].astype(float)          # prefers a high first item
+        >>> b = lambda s, x: -10.0 * x[:, :, 1].astype(float)  # prefers a low second item, on a larger scale
+        >>> sessions = np.array([[[1, 5], [3, 1], [2, 2]]])
+        >>> mixed_reward_fn([a, b], [0.5, 0.5])(None, sessions).round(3).tolist()
+        [[-1.299, 1.103, 0.196]]
+    """
+    if len(fns) != len(weights) or not fns:
+        raise ValueError(f"mixed_reward_fn needs one weight per reward function, got {len(fns)} functions and "
+                         f"{len(weights)} weights")
+
+    def reward(samples: SampleSet, sessions: np.ndarray) -> np.ndarray:
+        real = (sessions != PAD_ITEM).any(axis=2)  # [U, N]
+        total = np.zeros(sessions.shape[:2])
+        for fn, weight in zip(fns, weights):
+            total += weight * standardise_per_user(np.asarray(fn(samples, sessions), np.float64), real)
+        return total
+
+    return reward

@@ -1,0 +1,62 @@
+import numpy as np
+import pytest
+import torch
+
+from torchrec_onerec.alignment.config import AlignConfig
+from torchrec_onerec.alignment.rewards import mixed_reward_fn, ranker_reward_fn, standardise_per_user
+from torchrec_onerec.data.samples import Sample, SampleSet
+from torchrec_onerec.errors import ConfigError
+from torchrec_onerec.models.cascade import CascadeRecommender
+from torchrec_onerec.models.cascade_config import CascadeConfig, RankerConfig, RetrievalConfig
+from torchrec_onerec.models.ranker import MultiTaskRanker
+from torchrec_onerec.models.two_tower import TwoTowerRetrieval
+
+
+def _recommender(num_items: int = 8) -> CascadeRecommender:
+    cfg = CascadeConfig(RetrievalConfig(embedding_dim=4), RankerConfig(embedding_dim=4))
+    ranker = MultiTaskRanker(cfg.ranker, num_users=3, num_items=num_items, tasks=["vtr", "swt"], dense_features=2)
+    return CascadeRecommender(TwoTowerRetrieval(cfg.retrieval, num_users=3, num_items=num_items), ranker, cfg,
+                              torch.zeros(num_items, 0), torch.zeros(num_items, 1))
+
+
+def _users() -> SampleSet:
+    return SampleSet.from_samples([Sample(u, np.array([u, 5]), np.array([1]), np.zeros((1, 0), np.float32))
+                                   for u in range(3)], [])
+
+
+def test_ranker_reward_is_the_mean_item_score_over_m_slots():
+    rec = _recommender()
+    users = _users()
+    sessions = np.array([[[0, 1, 2], [3, -1, -1], [-1, -1, -1]]] * 3)
+    reward = ranker_reward_fn(rec)(users, sessions)
+    _, combined = rec.rank(users, np.array([[0, 1, 2, 3]] * 3))
+    assert reward.shape == (3, 3)
+    np.testing.assert_allclose(reward[:, 0], combined[:, :3].sum(1) / 3, rtol=1e-6)
+    np.testing.assert_allclose(reward[:, 1], combined[:, 3] / 3, rtol=1e-6)
+    assert (reward[:, 2] == 0).all()
+
+
+def test_standardise_ignores_fillers_and_constant_rows():
+    out = standardise_per_user(np.array([[4.0, 6.0, 100.0], [1.0, 1.0, 1.0]]),
+                               np.array([[True, True, False], [True, True, True]]))
+    np.testing.assert_allclose(out, [[-1.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+
+
+def test_mix_follows_the_weighted_reward_and_is_scale_free():
+    first = lambda s, x: x[:, :, 0].astype(float)  # noqa: E731
+    second = lambda s, x: -1000.0 * x[:, :, 0].astype(float)  # noqa: E731
+    sessions = np.array([[[1, 0], [2, 0], [3, 0], [-1, -1]]])
+    mostly_first = mixed_reward_fn([first, second], [0.9, 0.1])(None, sessions)
+    assert mostly_first[0, :3].argmax() == 2 and mostly_first[0, 3] == 0.0
+    mostly_second = mixed_reward_fn([first, second], [0.1, 0.9])(None, sessions)
+    assert mostly_second[0, :3].argmax() == 0
+    with pytest.raises(ValueError, match="one weight per reward function"):
+        mixed_reward_fn([first], [0.5, 0.5])
+
+
+def test_config_names_the_reward_sources():
+    assert AlignConfig(reward_source="mix", ranker_weight=0.3).ranker_weight == 0.3
+    with pytest.raises(ConfigError, match="align.reward_source='ranking'"):
+        AlignConfig(reward_source="ranking")
+    with pytest.raises(ConfigError, match="align.ranker_weight=1.5"):
+        AlignConfig(ranker_weight=1.5)
