@@ -39,7 +39,8 @@ STAGE_SECTIONS: Dict[str, Tuple[str, ...]] = {
     "evaluate": ("eval", "compare"), "compare": ("compare",)}
 STAGE_INPUTS: Dict[str, Tuple[str, ...]] = {
     "data": (), "tokenize": ("data",), "train": ("tokenize",), "train-reward": ("tokenize",),
-    "align": ("train", "train-reward", "cascade"), "cascade": ("data",), "evaluate": ("train", "train-reward", "align", "cascade"),
+    "align": ("train", "train-reward", "cascade"), "cascade": ("data",),
+    "evaluate": ("train", "train-reward", "align", "cascade"),
     "compare": ("evaluate",)}
 COLLECTIVE_STAGES = ("train", "train-reward", "cascade", "align")
 

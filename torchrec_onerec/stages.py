@@ -107,6 +107,16 @@ class PipelineContext:
         return self._world
 
     @property
+    def scored_samples(self) -> SampleSet:
+        """The samples every arm is scored on: the test split, or the validation split under eval.split=valid."""
+        return self.split.test if self.config.eval.split == "test" else self.split.valid
+
+    @property
+    def ab_world(self) -> Optional[SyntheticWorld]:
+        """The world whose truth scores the A/B (protocol C): only on the test split, never to choose a config."""
+        return self.world if self.config.eval.split == "test" else None
+
+    @property
     def codebook(self) -> Codebook:
         """The tokenize stage's codebook, refused if it belongs to another catalogue or tokenizer config."""
         cfg = self.config
@@ -273,7 +283,7 @@ def _generative_arm(ctx: PipelineContext, path: Path) -> EvalResult:
     book = ctx.codebook
     device = resolve_device(cfg.device)
     model = load_exported(path, cfg.model, book.vocab_sizes, device=device)
-    return evaluate_generative(model, ctx.split.test, codes=book.codes, prefix_index=book.prefix_index(),
+    return evaluate_generative(model, ctx.scored_samples, codes=book.codes, prefix_index=book.prefix_index(),
                                config=cfg.eval, protocol=cfg.split.protocol, max_history=cfg.model.max_history,
                                device=device)
 
@@ -308,15 +318,15 @@ def _evaluate_arm(ctx: PipelineContext, arm: str,
     """One arm's test evaluation, or (None, why it is not available)."""
     cfg = ctx.config
     if arm == "popularity":
-        return evaluate_popularity(ctx.split.test, ctx.split.train_sequences, ctx.data.num_items, config=cfg.eval,
+        return evaluate_popularity(ctx.scored_samples, ctx.split.train_sequences, ctx.data.num_items, config=cfg.eval,
                                    protocol=cfg.split.protocol), ""
     if arm in ("cascade", "cascade_rerank"):
         recommender = load_cascade(ctx.run.path / "cascade", config=cfg.cascade, device=resolve_device(cfg.device))
         if arm == "cascade":
-            return evaluate_cascade(recommender, ctx.split.test, config=cfg.eval, protocol=cfg.split.protocol,
+            return evaluate_cascade(recommender, ctx.scored_samples, config=cfg.eval, protocol=cfg.split.protocol,
                                     num_items=ctx.data.num_items), ""
         weight, table, criterion = _rerank_weight(ctx, recommender, reward_model)
-        result = evaluate_cascade(recommender, ctx.split.test, config=cfg.eval, protocol=cfg.split.protocol,
+        result = evaluate_cascade(recommender, ctx.scored_samples, config=cfg.eval, protocol=cfg.split.protocol,
                                   num_items=ctx.data.num_items, diversity_weight=weight)
         result.info.update(rerank_selection=table, selected_on=criterion)
         return result, ""
@@ -375,10 +385,10 @@ def evaluate_stage(ctx: PipelineContext) -> Dict[str, object]:
             unavailable[arm] = why
             LOG.info("evaluate: arm %s left out: %s", arm, why)
             continue
-        if ctx.world is not None:
-            add_true_rewards(ctx.world, ctx.data, result)
+        if ctx.ab_world is not None:
+            add_true_rewards(ctx.ab_world, ctx.data, result)
         if reward_model is not None:
-            add_reward_estimates(reward_model, ctx.split.test, result, batch_size=cfg.eval.batch_size)
+            add_reward_estimates(reward_model, ctx.scored_samples, result, batch_size=cfg.eval.batch_size)
         results[arm] = result
         result.save(ctx.run.stage_dir("evaluate") / "arms" / f"{arm_file(arm)}.npz")
     summary: Dict[str, object] = {"arms": {a: {"metrics": r.metrics, "info": r.info} for a, r in results.items()},
@@ -510,7 +520,8 @@ def selection_notes(config: OneRecConfig, infos: Dict[str, Dict[str, object]]) -
         "cascade": "two-tower retrieval kept at its best epoch by validation recall@K_r, ranker at its best epoch by "
                    "mean validation AUC; sizes and learning rates from the config",
         "onerec": f"NTP training, {train.epochs} epochs, {epochs}",
-        "onerec_dpo": f"the NTP model after one alignment iteration to `align.reward_source={config.align.reward_source}`",
+        "onerec_dpo": "the NTP model after one alignment iteration to "
+                      f"`align.reward_source={config.align.reward_source}`",
         "onerec_ipa": f"the NTP model after {config.align.iterations} alignment iterations to "
                       f"`align.reward_source={config.align.reward_source}` (the last iteration is kept)",
         "popularity": "training counts; nothing tuned"}
@@ -539,16 +550,17 @@ def compare_stage(ctx: PipelineContext) -> Dict[str, object]:
     comparison = compare_arms(results, baseline=cfg.compare.baseline, resamples=cfg.compare.resamples,
                               level=cfg.compare.level, seed=cfg.seed)
     curves, x_labels = training_curves(ctx.run, cfg.train.selection_metric)
-    protocols = [cfg.split.protocol] + (["C"] if ctx.world is not None else [])
-    settings = {"data": cfg.data.source, "users compared": comparison.num_users,
+    protocols = [cfg.split.protocol] + (["C"] if ctx.ab_world is not None else [])
+    settings = {"data": cfg.data.source, "split scored": cfg.eval.split, "users compared": comparison.num_users,
                 "history n": cfg.split.max_history, "session m": cfg.split.session_items,
                 "beam / returned": f"{cfg.eval.beam_size} / {cfg.eval.num_return}", "ks": list(cfg.eval.ks),
                 "seed": cfg.seed}
     unavailable = evaluated["unavailable"]
     extra = stage_sections(ctx.run)
-    if ctx.world is not None:
-        diagnostics = world_diagnostics(ctx.world, ctx.data, results, ctx.split.test, seed=cfg.seed)
-        ctx.run.write_json("compare/world_diagnostics.json", diagnostics)
+    if ctx.ab_world is not None:
+        diagnostics = world_diagnostics(ctx.ab_world, ctx.data, results, ctx.scored_samples, seed=cfg.seed)
+        rows = [{"sessions": name, **row} for name, row in diagnostics.items()]
+        ctx.run.write_json("compare/world_diagnostics.json", {"rows": rows})
         extra["Protocol C: where the sessions stand"] = diagnostics_markdown(diagnostics)
     extra["How each arm was chosen"] = selection_notes(cfg, {a: evaluated["arms"][a]["info"] for a in arms})
     if unavailable:

@@ -17,6 +17,9 @@ class EvalConfig:
         num_return: sessions returned per user, <= ``beam_size``; under protocol A their first items form the
             ranked list, so it must be >= max(``ks``).
         ks: cut-offs of Recall@K / NDCG@K, distinct, each >= 1.
+        split: the users every arm is scored on: ``test`` (the A/B, read once for a final config) or ``valid``
+            (for choosing among configs: the same metrics on the validation users; the synthetic world's true
+            reward and its diagnostics are left out there, because protocol C's truth is never used to choose).
         exclude_history: block items of the user's history from generation (EVAL.md protocol A: a run that masks
             them reports both figures, i.e. run the evaluation once with each value).
         batch_size: users per generation batch.
@@ -39,6 +42,7 @@ class EvalConfig:
     beam_size: int = 20
     num_return: int = 20
     ks: List[int] = field(default_factory=lambda: [5, 10])
+    split: str = "test"
     exclude_history: bool = False
     batch_size: int = 128
     constrained: bool = True
@@ -51,6 +55,8 @@ class EvalConfig:
         if self.num_return > self.beam_size:
             raise ConfigError(f"eval.num_return={self.num_return} exceeds eval.beam_size={self.beam_size}; "
                              "lower num_return or raise beam_size")
+        if self.split not in ("test", "valid"):
+            raise ConfigError(f"eval.split={self.split!r} must be 'test' (the A/B) or 'valid' (choosing a config)")
         if not self.ks or min(self.ks) < 1:
             raise ConfigError(f"eval.ks={list(self.ks)} needs at least one cut-off, each >= 1")
         if len(set(self.ks)) != len(self.ks):

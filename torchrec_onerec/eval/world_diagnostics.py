@@ -160,8 +160,8 @@ def diagnostics_markdown(rows: Mapping[str, Mapping[str, float]]) -> str:
         lines.append(f"| {label} | {r['true_reward']:.3f} | {r['share_of_ceiling']:.1%} | {r['topics']:.2f} | "
                      f"{r['quality']:.3f} | {r['interest']:.3f} | {r['in_history']:.2f} | {r['coverage']:.1%} |")
     lines += ["", "Rows in italics are the world's own reference sessions for the same users, built from its true "
-              "response, not by a model. ceiling: greedy by true marginal reward; top items: the best single items put together; logging "
-              "policy: a fresh session of the policy that logged the data. Columns: distinct topics per session, mean "
+              "response, not by a model. ceiling: greedy by true marginal reward; top items: the best single items "
+              "put together; logging policy: a fresh session of the policy that logged the data. Columns: distinct topics per session, mean "
               "item quality, the user's true interest in the items' topics, items the user engaged with before, "
               "distinct items served over all users as a share of the catalogue. Low interest points at "
               "personalisation, few topics at diversity, low quality at item quality, low coverage at popularity."]

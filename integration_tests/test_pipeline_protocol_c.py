@@ -1,0 +1,56 @@
+"""Protocol C end to end on ``configs/tiny.yaml``: the report's diagnostics, the cascade_rerank arm chosen on
+validation, alignment to the ranker and the reward model mixed, and scoring on the validation split without
+the world's truth."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from torchrec_onerec.cli import main
+from torchrec_onerec.eval.world_diagnostics import REFERENCES
+
+TINY = "configs/tiny.yaml"
+MIX = ["align.reward_source=mix", "align.iterations=1"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("protocol_c")
+    assert main(["run", TINY, f"run_dir={path}", *MIX]) == 0
+    return path
+
+
+def test_report_places_every_arm_between_the_world_references(run_dir: Path) -> None:
+    listed = json.loads((run_dir / "compare" / "world_diagnostics.json").read_text())["rows"]
+    rows = {row.pop("sessions"): row for row in listed}
+    metrics = json.loads((run_dir / "evaluate" / "metrics.json").read_text())["arms"]
+    assert list(rows)[:len(REFERENCES)] == list(REFERENCES)
+    assert set(metrics) <= set(rows)
+    for arm, row in rows.items():
+        assert 0.0 < row["share_of_ceiling"] <= 1.0 + 1e-9, arm
+        if arm in metrics:
+            assert row["true_reward"] == pytest.approx(metrics[arm]["metrics"]["true_reward"])
+    report = (run_dir / "compare" / "report.md").read_text()
+    assert "## Protocol C: where the sessions stand" in report and "| *ceiling* |" in report
+    assert "## How each arm was chosen" in report and "align.reward_source=mix" in report
+
+
+def test_rerank_weight_is_chosen_on_validation(run_dir: Path) -> None:
+    info = json.loads((run_dir / "evaluate" / "metrics.json").read_text())["arms"]["cascade_rerank"]["info"]
+    table = info["rerank_selection"]
+    assert set(table) == {"0.0", "0.1", "0.2", "0.3", "0.5", "0.7"}
+    assert info["diversity_weight"] == float(max(table, key=lambda w: (table[w], -float(w))))
+    assert info["selected_on"].startswith("validation")
+
+
+def test_valid_split_scores_the_validation_users_without_the_truth(run_dir: Path) -> None:
+    args = [TINY, f"run_dir={run_dir}", *MIX, "eval.split=valid"]
+    assert main(["evaluate", *args]) == 0 and main(["compare", *args]) == 0
+    arms = json.loads((run_dir / "evaluate" / "metrics.json").read_text())["arms"]
+    assert all("true_reward" not in arm["metrics"] for arm in arms.values())
+    assert all("reward_swt_max" in arm["metrics"] for arm in arms.values())
+    report = (run_dir / "compare" / "report.md").read_text()
+    assert "| split scored | valid |" in report and "Protocol C" not in report
