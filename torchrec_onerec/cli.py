@@ -93,7 +93,7 @@ def _command_stage(stage: str) -> Callable[[OneRecConfig, argparse.Namespace], D
         # A stage asked for by name is redone when it completed, and resumes from its checkpoints when it was
         # interrupted; the stages it needs are reused when complete.
         done = RunDir(cfg.run_dir).is_done(stage, stage_fingerprint(cfg, stage))
-        return run_pipeline(cfg, stages=stage_closure(stage), force=[stage] if done else [])
+        return run_pipeline(cfg, stages=stage_closure(stage, cfg), force=[stage] if done else [])
 
     return command
 

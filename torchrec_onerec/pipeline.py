@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from torchrec_onerec.config import OneRecConfig, to_yaml
 from torchrec_onerec.run_dir import RunDir, fingerprint
@@ -43,10 +43,27 @@ STAGE_INPUTS: Dict[str, Tuple[str, ...]] = {
     "evaluate": ("train", "train-reward", "align", "cascade"),
     "compare": ("evaluate",)}
 COLLECTIVE_STAGES = ("train", "train-reward", "cascade", "align")
+RANKER_REWARDS = ("ranker", "mix")  # the align.reward_source values that read the cascade's ranker
 
 
-def stage_closure(stage: str) -> List[str]:
-    """``stage`` and every stage it reads, directly or not, in pipeline order.
+def stage_inputs(stage: str, config: Optional[OneRecConfig] = None) -> Tuple[str, ...]:
+    """The stages ``stage`` reads directly: ``STAGE_INPUTS``, less the cascade for an alignment that does not
+    use its ranker (``align.reward_source`` other than ``ranker`` / ``mix``), so that tuning the cascade does not
+    redo alignment. Without a config, every possible input.
+
+    Example:
+        >>> from torchrec_onerec.config import OneRecConfig
+        >>> stage_inputs("align", OneRecConfig())
+        ('train', 'train-reward')
+    """
+    inputs = STAGE_INPUTS[stage]
+    if stage == "align" and config is not None and config.align.reward_source not in RANKER_REWARDS:
+        inputs = tuple(s for s in inputs if s != "cascade")
+    return inputs
+
+
+def stage_closure(stage: str, config: Optional[OneRecConfig] = None) -> List[str]:
+    """``stage`` and every stage it reads, directly or not, in pipeline order (``stage_inputs``).
 
     Example:
         >>> stage_closure("train")
@@ -55,7 +72,7 @@ def stage_closure(stage: str) -> List[str]:
     needed = {stage}
     frontier = [stage]
     while frontier:
-        for earlier in STAGE_INPUTS[frontier.pop()]:
+        for earlier in stage_inputs(frontier.pop(), config):
             if earlier not in needed:
                 needed.add(earlier)
                 frontier.append(earlier)
@@ -65,7 +82,7 @@ def stage_closure(stage: str) -> List[str]:
 def stage_fingerprint(config: OneRecConfig, stage: str) -> str:
     """Hash of the config sections that ``stage`` and every stage it reads depend on."""
     sections: Dict[str, object] = {}
-    for earlier in stage_closure(stage):
+    for earlier in stage_closure(stage, config):
         for name in STAGE_SECTIONS[earlier]:
             value = getattr(config, name)
             sections[name] = value if isinstance(value, int) else asdict(value)

@@ -189,7 +189,7 @@ def _config_of_stage(run: Path, stage: str) -> OneRecConfig:
         return load_config(str(run / stage / "config.yaml"))
     config = load_config(str(run / "config.yaml"))
     if read_json(run / stage / "done.json").get("fingerprint") != stage_fingerprint(config, stage):
-        sections = sorted({name for earlier in stage_closure(stage) for name in STAGE_SECTIONS[earlier]})
+        sections = sorted({name for earlier in stage_closure(stage, config) for name in STAGE_SECTIONS[earlier]})
         raise ValueError(f"{run / 'config.yaml'} is not the config the {stage} stage completed with: a later "
                          f"command in {run} changed one of {sections}; complete the stage with the config to serve "
                          f"(onerec run CONFIG run_dir={run}), then recommend")

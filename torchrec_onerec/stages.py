@@ -28,6 +28,7 @@ from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import pandas as pd
+import torch
 
 from torchrec_onerec.alignment.ipa import align_iteratively, model_file
 from torchrec_onerec.alignment.pairs import RewardFn
@@ -46,7 +47,7 @@ from torchrec_onerec.eval.generative import evaluate_generative
 from torchrec_onerec.eval.plots import Curve
 from torchrec_onerec.eval.protocols import EvalResult
 from torchrec_onerec.eval.report import write_comparison_report
-from torchrec_onerec.eval.simulated import add_true_rewards, served_sessions, world_reward_fn
+from torchrec_onerec.eval.simulated import add_true_rewards, world_reward_fn
 from torchrec_onerec.eval.world_diagnostics import diagnostics_markdown, world_diagnostics
 from torchrec_onerec.run_dir import RunDir
 from torchrec_onerec.models.cascade import CascadeRecommender, load_cascade
@@ -302,10 +303,8 @@ def _rerank_weight(ctx: PipelineContext, recommender: CascadeRecommender,
         result = evaluate_cascade(recommender, ctx.split.valid, config=cfg.eval, protocol=cfg.split.protocol,
                                   num_items=ctx.data.num_items, diversity_weight=weight)
         if reward_model is not None:
-            served = served_sessions(result)[:, None, :]
-            estimate = session_rewards(reward_model, ctx.split.valid.subset(result.per_user["sample"]), served,
-                                       batch_size=cfg.eval.batch_size, device=next(reward_model.parameters()).device)
-            table[str(weight)] = float(estimate.mean())
+            add_reward_estimates(reward_model, ctx.split.valid, result, batch_size=cfg.eval.batch_size)
+            table[str(weight)] = result.metrics["reward_served"]
         else:
             table[str(weight)] = result.metrics[criterion.split()[-1].lower()]
     best = max(table, key=lambda w: (table[w], -float(w)))  # ties: the smaller weight
@@ -352,7 +351,8 @@ def add_reward_estimates(model: SessionRewardModel, samples: SampleSet, result: 
                          batch_size: int) -> EvalResult:
     """The reward model's estimate of each signal over an arm's returned sessions (the OneRec paper's offline
     metric): per user, ``reward_<signal>_mean`` and ``reward_<signal>_max`` over its real sessions (fillers left
-    out), added to ``result`` in place."""
+    out), and ``reward_served``, the model's scalar reward of the session the user is served (the best-scored
+    one, as protocol C serves it); added to ``result`` in place."""
     users = samples.subset(result.per_user["sample"])
     probabilities = score_sessions(model, users, result.sessions, batch_size=batch_size,
                                    device=next(model.parameters()).device)  # [U, R, S]
@@ -365,6 +365,10 @@ def add_reward_estimates(model: SessionRewardModel, samples: SampleSet, result: 
         for name, values in ((f"reward_{signal}_mean", means[:, s]), (f"reward_{signal}_max", maxima[:, s])):
             result.per_user[name] = values.astype(np.float64)
             result.metrics[name] = float(values.mean())
+    best = np.argmax(np.where(np.isfinite(result.scores), result.scores, -np.inf), axis=1)
+    served = model.reward(torch.from_numpy(probabilities[np.arange(len(best)), best])).numpy().astype(np.float64)
+    result.per_user["reward_served"] = served
+    result.metrics["reward_served"] = float(served.mean())
     return result
 
 
