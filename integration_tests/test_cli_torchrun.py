@@ -29,7 +29,7 @@ def test_run_then_torchrun_run_gives_the_same_kind_of_result(tmp_path: Path) -> 
     for stage in STAGES:
         assert (one / stage / "done.json").is_file(), stage
     metrics = json.loads((one / "evaluate" / "metrics.json").read_text())["arms"]
-    assert set(metrics) == {"cascade", "onerec", "onerec_dpo", "onerec_ipa", "popularity"}
+    assert set(metrics) == {"cascade", "cascade_rerank", "onerec", "onerec_dpo", "onerec_ipa", "popularity"}
     for arm in ("onerec", "onerec_dpo", "onerec_ipa"):
         assert metrics[arm]["metrics"]["legality"] == 1.0 and metrics[arm]["metrics"]["repeat_rate"] == 0.0
     for arm in metrics.values():  # protocol C and the reward model's estimates on every arm

@@ -17,7 +17,9 @@ def test_protocol_a_run_skips_reward_and_alignment_with_a_reason(tmp_path: Path,
     for stage in ("train-reward", "align"):
         assert "protocol A" in json.loads((tmp_path / stage / "summary.json").read_text())["not_applicable"]
     evaluated = json.loads((tmp_path / "evaluate" / "metrics.json").read_text())
-    assert set(evaluated["arms"]) == {"cascade", "onerec", "popularity"}
+    assert set(evaluated["arms"]) == {"cascade", "cascade_rerank", "onerec", "popularity"}
+    # no reward model under protocol A: the re-rank's weight is chosen on validation NDCG@10
+    assert evaluated["arms"]["cascade_rerank"]["info"]["selected_on"] == "validation NDCG@10"
     assert set(evaluated["unavailable"]) == {"onerec_dpo", "onerec_ipa"}
     assert "reward_vtr_max" not in evaluated["arms"]["onerec"]["metrics"]
     report = (tmp_path / "compare" / "report.md").read_text()
