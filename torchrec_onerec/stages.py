@@ -247,8 +247,8 @@ def _alignment_reward(ctx: PipelineContext) -> RewardFn:
 
 
 def align_stage(ctx: PipelineContext) -> Dict[str, object]:
-    """Iterative preference alignment (ONEREC.md section 4) of the trained model to the session reward model;
-    every torchrun rank takes part; artefacts under ``align/``."""
+    """Iterative preference alignment (ONEREC.md section 4) of the trained model to ``align.reward_source``
+    (the session reward model by default); every torchrun rank takes part; artefacts under ``align/``."""
     skipped = _not_applicable(ctx, "align")
     if skipped is not None:
         return skipped
@@ -294,10 +294,11 @@ def _rerank_weight(ctx: PipelineContext, recommender: CascadeRecommender,
     """The ``cascade_rerank`` arm's diversity weight, chosen on the validation users only: (weight, validation
     score of every weight tried, what the score is)."""
     cfg = ctx.config
+    ndcg = f"ndcg@{10 if 10 in cfg.eval.ks else max(cfg.eval.ks)}"
     if reward_model is not None:
         criterion = "validation: the session reward model's estimated reward of the served session"
     else:
-        criterion = "validation NDCG@10" if 10 in cfg.eval.ks else f"validation NDCG@{max(cfg.eval.ks)}"
+        criterion = f"validation {ndcg.upper()}"
     table: Dict[str, float] = {}
     for weight in [0.0] + [w for w in cfg.cascade.ranker.rerank_weights if w > 0]:
         result = evaluate_cascade(recommender, ctx.split.valid, config=cfg.eval, protocol=cfg.split.protocol,
@@ -306,7 +307,7 @@ def _rerank_weight(ctx: PipelineContext, recommender: CascadeRecommender,
             add_reward_estimates(reward_model, ctx.split.valid, result, batch_size=cfg.eval.batch_size)
             table[str(weight)] = result.metrics["reward_served"]
         else:
-            table[str(weight)] = result.metrics[criterion.split()[-1].lower()]
+            table[str(weight)] = result.metrics[ndcg]
     best = max(table, key=lambda w: (table[w], -float(w)))  # ties: the smaller weight
     LOG.info("evaluate: cascade_rerank weight %s chosen on %s (%s)", best, criterion, table)
     return float(best), table, criterion
@@ -314,7 +315,7 @@ def _rerank_weight(ctx: PipelineContext, recommender: CascadeRecommender,
 
 def _evaluate_arm(ctx: PipelineContext, arm: str,
                   reward_model: Optional[SessionRewardModel]) -> Tuple[Optional[EvalResult], str]:
-    """One arm's test evaluation, or (None, why it is not available)."""
+    """One arm's evaluation on the scored split (``eval.split``), or (None, why it is not available)."""
     cfg = ctx.config
     if arm == "popularity":
         return evaluate_popularity(ctx.scored_samples, ctx.split.train_sequences, ctx.data.num_items, config=cfg.eval,
