@@ -219,8 +219,7 @@ class SyntheticWorld:
         """
         users = self._check_users(users)
         weights = self._check_weights(weights)
-        if not isinstance(k, (int, np.integer)) or not 1 <= k <= self.num_items:
-            raise ValueError(f"k={k!r} must be an int in [1, num_items={self.num_items}]")
+        self._check_item_count("k", k)
         out = np.empty((len(users), k), dtype=np.int64)
         for lo in range(0, len(users), _USER_BLOCK):
             block = users[lo : lo + _USER_BLOCK]
@@ -341,7 +340,7 @@ class SyntheticWorld:
             ((2, 4), True)
         """
         users = self._check_users(users)
-        self._check_session_width(m)
+        self._check_item_count("m", m)
         rng = np.random.default_rng([int(seed), 0x106])
         out = np.empty((len(users), m), dtype=np.int64)
         for lo in range(0, len(users), _USER_BLOCK):
@@ -376,7 +375,7 @@ class SyntheticWorld:
         """
         users = self._check_users(users)
         weights = self._check_weights(weights)
-        self._check_session_width(m)
+        self._check_item_count("m", m)
         out = np.empty((len(users), m), dtype=np.int64)
         for lo in range(0, len(users), _USER_BLOCK):
             block = users[lo : lo + _USER_BLOCK]
@@ -400,9 +399,10 @@ class SyntheticWorld:
         signals = {"click": click, "long_view": long_view, "like": long_view * _sigmoid(a + LIKE_BIAS)}
         return sum(weight * signals[signal] for signal, weight in weights.items())
 
-    def _check_session_width(self, m: int) -> None:
-        if not isinstance(m, (int, np.integer)) or not 1 <= m <= self.num_items:
-            raise ValueError(f"m={m!r} must be an int in [1, num_items={self.num_items}]")
+    def _check_item_count(self, name: str, value: int) -> None:
+        """Items asked for per user (``name`` = the argument): an int in [1, num_items]."""
+        if not isinstance(value, (int, np.integer)) or not 1 <= value <= self.num_items:
+            raise ValueError(f"{name}={value!r} must be an int in [1, num_items={self.num_items}]")
 
     def _randomise(self, sessions: np.ndarray) -> np.ndarray:
         """Replace a ``random_session_rate`` share of the logged sessions [S, M], in place, by uniformly random

@@ -35,6 +35,17 @@ def served_sessions(result: EvalResult) -> np.ndarray:
     return result.sessions[np.arange(len(best)), best]
 
 
+def world_item_ids(raw_item_ids: np.ndarray, sessions: np.ndarray) -> np.ndarray:
+    """Sessions of contiguous item ids (-1 at empty slots) as the world's own item ids, -1 kept.
+
+    Example:
+        >>> world_item_ids(np.array([7, 3, 9]), np.array([[2, 0, -1]])).tolist()
+        [[9, 7, -1]]
+    """
+    raw = np.asarray(raw_item_ids).astype(np.int64)
+    return np.where(sessions >= 0, raw[np.clip(sessions, 0, None)], -1)
+
+
 def true_session_rewards(world: SyntheticWorld, data: InteractionData, result: EvalResult,
                          weights: Optional[Dict[str, float]] = None) -> np.ndarray:
     """[U] the world's expected reward of the session each user is served.
@@ -52,10 +63,7 @@ def true_session_rewards(world: SyntheticWorld, data: InteractionData, result: E
         raise ValueError(f"data has {data.num_items} items, the world {world.num_items}: pass the world that "
                          "logged this data (datasets.synthetic.load_synthetic with the same config and seed)")
     users = np.asarray(data.raw_user_ids)[result.per_user["user"]].astype(np.int64)
-    sessions = served_sessions(result)
-    raw_items = np.asarray(data.raw_item_ids).astype(np.int64)
-    world_items = np.where(sessions >= 0, raw_items[np.clip(sessions, 0, None)], -1)
-    return world.session_reward(users, world_items, weights)
+    return world.session_reward(users, world_item_ids(data.raw_item_ids, served_sessions(result)), weights)
 
 
 def add_true_rewards(world: SyntheticWorld, data: InteractionData, result: EvalResult,
@@ -89,7 +97,7 @@ def world_reward_fn(world: SyntheticWorld, data: InteractionData,
 
     def reward(samples: SampleSet, sessions: np.ndarray) -> np.ndarray:
         U, N, M = sessions.shape
-        items = np.where(sessions >= 0, raw_items[np.clip(sessions, 0, None)], -1).reshape(U * N, M)
+        items = world_item_ids(raw_items, sessions).reshape(U * N, M)
         return world.session_reward(np.repeat(raw_users[samples.user], N), items, weights).reshape(U, N)
 
     return reward

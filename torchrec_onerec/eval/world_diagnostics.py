@@ -28,11 +28,10 @@ from torchrec_onerec.data.samples import SampleSet
 from torchrec_onerec.datasets.interactions import InteractionData
 from torchrec_onerec.datasets.synthetic import SyntheticWorld
 from torchrec_onerec.eval.protocols import EvalResult
-from torchrec_onerec.eval.simulated import served_sessions
+from torchrec_onerec.eval.simulated import served_sessions, world_item_ids
 
 CEILING = "ceiling"
 REFERENCES = (CEILING, "top items", "logging policy", "uniform random")
-PROFILE_COLUMNS = ("true_reward", "share_of_ceiling", "topics", "quality", "interest", "coverage")
 
 
 def reference_sessions(world: SyntheticWorld, users: np.ndarray, m: int, *, seed: int) -> Dict[str, np.ndarray]:
@@ -118,18 +117,15 @@ def world_diagnostics(world: SyntheticWorld, data: InteractionData, results: Map
     if any(len(o) != len(orders[0]) or (o != orders[0]).any() for o in orders[1:]):
         raise ValueError(f"the arms {list(results)} were not evaluated on the same users in the same order; "
                          "evaluate them on one sample set")
-    raw_users = np.asarray(data.raw_user_ids).astype(np.int64)
-    raw_items = np.asarray(data.raw_item_ids).astype(np.int64)
     evaluated = samples.subset(np.asarray(orders[0], np.int64))
-    users = raw_users[evaluated.user]
-    raw_histories = [raw_items[evaluated[i].history] for i in range(len(evaluated))]
+    users = np.asarray(data.raw_user_ids).astype(np.int64)[evaluated.user]
+    raw_histories = [world_item_ids(data.raw_item_ids, evaluated[i].history) for i in range(len(evaluated))]
     m = next(iter(results.values())).sessions.shape[2]
     rows: Dict[str, Dict[str, float]] = {}
     for name, sessions in reference_sessions(world, users, m, seed=seed).items():
         rows[name] = {**session_profile(world, users, sessions, raw_histories), "kind": 1.0}
     for arm, result in results.items():
-        served = served_sessions(result)
-        world_items = np.where(served >= 0, raw_items[np.clip(served, 0, None)], -1)
+        world_items = world_item_ids(data.raw_item_ids, served_sessions(result))
         rows[arm] = {**session_profile(world, users, world_items, raw_histories), "kind": 0.0}
     ceiling = rows[CEILING]["true_reward"]
     for row in rows.values():
@@ -161,8 +157,8 @@ def diagnostics_markdown(rows: Mapping[str, Mapping[str, float]]) -> str:
                      f"{r['quality']:.3f} | {r['interest']:.3f} | {r['in_history']:.2f} | {r['coverage']:.1%} |")
     lines += ["", "Rows in italics are the world's own reference sessions for the same users, built from its true "
               "response, not by a model. ceiling: greedy by true marginal reward; top items: the best single items "
-              "put together; logging policy: a fresh session of the policy that logged the data. Columns: distinct topics per session, mean "
-              "item quality, the user's true interest in the items' topics, items the user engaged with before, "
-              "distinct items served over all users as a share of the catalogue. Low interest points at "
+              "put together; logging policy: a fresh session of the policy that logged the data. Columns: distinct "
+              "topics per session, mean item quality, the user's true interest in the items' topics, items the "
+              "user engaged with before, distinct items served over all users as a share of the catalogue. Low interest points at "
               "personalisation, few topics at diversity, low quality at item quality, low coverage at popularity."]
     return "\n".join(lines)
