@@ -1,6 +1,6 @@
 """Quality of the cascade baseline (two-tower -> DLRM ranker -> top-m) beside the popularity arm, as JSON lines.
 
-Loads a run config (default: the synthetic world, EVAL.md protocol B), trains the cascade on TorchRec with
+Loads a run config (default: the synthetic world, docs/EVAL.md protocol B), trains the cascade on TorchRec with
 ``train_cascade`` (DMP, TrainPipelineSparseDist; one process), then scores the test split with
 ``evaluate_cascade`` and ``evaluate_popularity`` on the same users. Lines: ``train`` (per-model epochs, best
 validation value, seconds, ranker AUCs per task on validation and test), then one ``evaluate`` line per arm

@@ -1,5 +1,5 @@
 """Data-pipeline benchmarks: one function per measurement, each returning one JSON-ready record; ``main`` runs
-them and prints one JSON line per record (EVAL.md, "Speed and cost").
+them and prints one JSON line per record (docs/EVAL.md, "Speed and cost").
 
 Run from the repository root: ``python benchmarks/data.py [--kuairand PATH] [--repeats N]``. KuaiRand-Pure: Gao
 et al., CIKM 2022, licence CC BY-SA 4.0.

@@ -1,4 +1,4 @@
-"""Beam-search throughput of the OneRec generator (ONEREC.md section 2, serving), as JSON lines.
+"""Beam-search throughput of the OneRec generator (docs/METHOD.md section 2, serving), as JSON lines.
 
 Each line: the device, torch threads, model size, beam width, users per search call and one measurement:
 - ``mode`` = constrained / unconstrained / constrained_no_cache: median seconds per call over ``--repeats``

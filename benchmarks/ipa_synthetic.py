@@ -1,4 +1,4 @@
-"""Iterative preference alignment on the synthetic world with its true reward (ONEREC.md section 4), as JSON lines.
+"""Iterative preference alignment on the synthetic world with its true reward (docs/METHOD.md section 4), as JSON lines.
 
 Runs the pipeline's ``data``, ``tokenize`` and ``train`` stages of a config (default ``configs/tiny.yaml``,
 protocol B) in a run directory, then ``align_iteratively`` with the world's true expected session reward

@@ -1,4 +1,4 @@
-"""Test-day AUC of the session reward model (ONEREC.md section 3; EVAL.md protocol B), attention against the
+"""Test-day AUC of the session reward model (docs/METHOD.md section 3; docs/EVAL.md protocol B), attention against the
 pooling baselines, as JSON lines.
 
 For each ``--pooling`` the model is trained with ``train_reward_model`` (DMP + TrainPipelineSparseDist, the

@@ -1,4 +1,4 @@
-"""Benchmark of the semantic-ID tokenizer (ONEREC.md section 1): balanced K-means against scikit-learn's KMeans
+"""Benchmark of the semantic-ID tokenizer (docs/METHOD.md section 1): balanced K-means against scikit-learn's KMeans
 and k-means-constrained, and the paper-scale residual fit. Prints JSON lines (also appended to --out).
 
 Each measurement runs in its own Python process (clean peak memory, no clash between scikit-learn's and

@@ -1,4 +1,4 @@
-"""Training throughput of OneRec on TorchRec (ONEREC.md section 2; DMP + TrainPipelineSparseDist), as JSON lines.
+"""Training throughput of OneRec on TorchRec (docs/METHOD.md section 2; DMP + TrainPipelineSparseDist), as JSON lines.
 
 One line per setting: 1 process with 1 thread, 1 process with ``--cores`` threads, and ``--cores`` processes
 with 1 thread each (gloo on CPU, started with torch.multiprocessing the way torchrun starts them). Each line has

@@ -1,5 +1,5 @@
 """End to end on ``configs/tiny.yaml``: data -> split -> tokenizer -> an untrained tiny model -> protocol A and B
-evaluation (../EVAL.md) and the popularity floor, every metric key present, in a few seconds."""
+evaluation (docs/EVAL.md) and the popularity floor, every metric key present, in a few seconds."""
 
 from __future__ import annotations
 

@@ -2,8 +2,8 @@
 directory and writes its own folder in it. ``pipeline.py`` orders the stages, fingerprints their inputs and
 skips the completed ones.
 
-    data      load -> validate -> split (EVAL.md protocols A/B); statistics to ``data/stats.json``
-    tokenize  item embeddings -> semantic IDs (ONEREC.md section 1); ``tokenize/codebook.pt`` + report
+    data      load -> validate -> split (docs/EVAL.md protocols A/B); statistics to ``data/stats.json``
+    tokenize  item embeddings -> semantic IDs (docs/METHOD.md section 1); ``tokenize/codebook.pt`` + report
     train     the generative model on TorchRec (DMP, TrainPipelineSparseDist, DCP checkpoints); ``train/``
     train-reward  the session reward model on the training days (protocol B; items read with the tokenize
                   stage's semantic IDs), per-tower test AUC; ``train-reward/``
@@ -183,7 +183,7 @@ def _window_samples(ctx: PipelineContext, window: str, items_per_sample: int) ->
 
 def train_reward_stage(ctx: PipelineContext) -> Dict[str, object]:
     """Train the session reward model on the training days (every torchrun rank takes part), select it on the
-    validation days and measure its per-tower test AUC (EVAL.md protocol B); artefacts under ``train-reward/``."""
+    validation days and measure its per-tower test AUC (docs/EVAL.md protocol B); artefacts under ``train-reward/``."""
     skipped = _not_applicable(ctx, "train-reward")
     if skipped is not None:
         return skipped
@@ -247,7 +247,7 @@ def _alignment_reward(ctx: PipelineContext) -> RewardFn:
 
 
 def align_stage(ctx: PipelineContext) -> Dict[str, object]:
-    """Iterative preference alignment (ONEREC.md section 4) of the trained model to ``align.reward_source``
+    """Iterative preference alignment (docs/METHOD.md section 4) of the trained model to ``align.reward_source``
     (the session reward model by default); every torchrun rank takes part; artefacts under ``align/``."""
     skipped = _not_applicable(ctx, "align")
     if skipped is not None:
@@ -406,7 +406,7 @@ def evaluate_stage(ctx: PipelineContext) -> Dict[str, object]:
 def evaluation_markdown(config: OneRecConfig, metrics: Dict[str, Dict[str, float]]) -> str:
     """A table of every arm's test metrics, with the protocol it was measured under."""
     keys = [k for k in next(iter(metrics.values())) if "@" in k or k == "true_reward"]
-    lines = [f"## Test metrics ({config.name}, EVAL.md protocol {config.split.protocol})", "",
+    lines = [f"## Test metrics ({config.name}, docs/EVAL.md protocol {config.split.protocol})", "",
              f"history n = {config.split.max_history}, session m = {config.split.session_items}, "
              f"beam {config.eval.beam_size}, returned {config.eval.num_return}, "
              f"history items {'excluded' if config.eval.exclude_history else 'kept'} in generation", "",
@@ -499,16 +499,16 @@ def stage_sections(run: RunDir) -> Dict[str, str]:
 
 
 def _deviations(config: OneRecConfig, split: Union[SplitA, SplitB]) -> List[str]:
-    """The ways this run departs from EVAL.md's protocol, for the report."""
+    """The ways this run departs from docs/EVAL.md's protocol, for the report."""
     out: List[str] = []
     if config.eval.exclude_history:
-        out.append("history items are excluded from generation (EVAL.md keeps them in the ranking)")
+        out.append("history items are excluded from generation (docs/EVAL.md keeps them in the ranking)")
     if config.split.protocol == "B":
         out.append(f"sessions by the '{config.split.session_rule}' rule"
                    + ("" if config.split.session_rule == "window" else
                       f" (gap {config.split.session_gap_minutes} min)"))
         if config.split.positive_col != "click":
-            out.append(f"positive item rule: {config.split.positive_col} = 1 (EVAL.md: is_click = 1)")
+            out.append(f"positive item rule: {config.split.positive_col} = 1 (docs/EVAL.md: is_click = 1)")
         if config.split.train_stride not in (0, config.split.session_items):
             out.append(f"training runs of m start every {config.split.train_stride} positives (overlapping targets)")
     if config.split.max_history != 50:

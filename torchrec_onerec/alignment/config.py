@@ -1,4 +1,4 @@
-"""Schema of the ``align`` config section: iterative preference alignment with DPO (ONEREC.md section 4)."""
+"""Schema of the ``align`` config section: iterative preference alignment with DPO (docs/METHOD.md section 4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The DPO loss of OneRec's preference alignment (ONEREC.md section 4, step 3; Rafailov et al. 2023).
+"""The DPO loss of OneRec's preference alignment (docs/METHOD.md section 4, step 3; Rafailov et al. 2023).
 
 For a pair (chosen session S^w, rejected session S^l) of a user with history H, the policy M_{t+1} and the frozen
 reference M_t, with log-probabilities summed over every code of the session:

@@ -1,4 +1,4 @@
-"""Iterative Preference Alignment (IPA, ONEREC.md section 4): the loop over iterations, its log and its resume.
+"""Iterative Preference Alignment (IPA, docs/METHOD.md section 4): the loop over iterations, its log and its resume.
 
 Iteration t (t = 0 .. ``align.iterations`` - 1), with M_t the current plain model (M_0 = the trained model):
 

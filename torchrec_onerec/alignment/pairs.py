@@ -1,4 +1,4 @@
-"""Preference pairs for DPO (ONEREC.md section 4, steps 1-2): beam-searched candidate sessions, scored by a reward.
+"""Preference pairs for DPO (docs/METHOD.md section 4, steps 1-2): beam-searched candidate sessions, scored by a reward.
 
 For each sampled training sample (a user and history) the current model M_t writes N candidate sessions with
 constrained beam search (``generation.beam_search``), a reward function scores them, and the best becomes the

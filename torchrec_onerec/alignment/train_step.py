@@ -1,4 +1,4 @@
-"""The module DMP shards for preference alignment (ONEREC.md section 4, step 4: L = L_NTP + lambda * L_DPO) and
+"""The module DMP shards for preference alignment (docs/METHOD.md section 4, step 4: L = L_NTP + lambda * L_DPO) and
 the batch it reads.
 
 One batch holds three kinds of rows, all as ordinary semantic-ID samples (so the sharded EmbeddingCollection is

@@ -1,4 +1,4 @@
-"""One iteration of preference-alignment training on TorchRec (ONEREC.md section 4, step 4).
+"""One iteration of preference-alignment training on TorchRec (docs/METHOD.md section 4, step 4).
 
 The policy starts from the plain state dict of the iteration's reference M_t and is trained with the project's
 TorchRec stack, as the generative model is (``train.loop``): ``PreferenceTrainStep`` built on the meta device,

@@ -1,6 +1,6 @@
 """The OneRec batch (a TorchRec ``Pipelineable``), its vectorised collate and a deterministic DataLoader.
 
-A batch is a slice of a ``SampleSet`` (``torchrec_onerec.data.samples``) built from the splits of ../EVAL.md
+A batch is a slice of a ``SampleSet`` (``torchrec_onerec.data.samples``) built from the splits of docs/EVAL.md
 protocols A and B: the sparse part is a ``KeyedJaggedTensor`` that TorchRec's ``EmbeddingCollection`` and
 train pipelines (``TrainPipelineBase``, ``TrainPipelineSparseDist``) consume; targets and labels are dense.
 

@@ -1,4 +1,4 @@
-"""Schemas of the ``split`` and ``loader`` config sections (EVAL.md protocols A and B; batching)."""
+"""Schemas of the ``split`` and ``loader`` config sections (docs/EVAL.md protocols A and B; batching)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from torchrec_onerec.errors import ConfigError
 
 @dataclass
 class SplitConfig:
-    """How samples and evaluation targets are cut (../EVAL.md protocols A and B).
+    """How samples and evaluation targets are cut (docs/EVAL.md protocols A and B).
 
     Args:
         protocol: ``A`` (leave-one-out next item) or ``B`` (day split, sessions with feedback).
@@ -28,7 +28,7 @@ class SplitConfig:
         labels: reward signal -> feedback column (protocol B labels, e.g. ``swt: long_view``).
         min_history: samples whose history is shorter are dropped and counted (0 keeps cold-start samples).
         train_stride: protocol B training runs start every this many positives (0 = m: consecutive,
-            non-overlapping runs as EVAL.md states them; 1 = a run at every position, m times the samples,
+            non-overlapping runs as docs/EVAL.md states them; 1 = a run at every position, m times the samples,
             overlapping targets).
     """
 

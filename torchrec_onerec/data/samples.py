@@ -2,7 +2,7 @@
 
 A ``SampleSet`` holds N samples as numpy arrays (fast to slice, cheap to pickle into DataLoader workers): the
 history is jagged (``history_values`` + ``history_offsets``), the target session is a dense ``[N, M]`` matrix
-padded with -1 and the labels a dense ``[N, M, S]`` matrix. The splits of ../EVAL.md protocols A and B
+padded with -1 and the labels a dense ``[N, M, S]`` matrix. The splits of docs/EVAL.md protocols A and B
 (``torchrec_onerec.data.splits``) produce them; ``torchrec_onerec.data.batch`` turns slices of them into
 TorchRec batches.
 

@@ -1,7 +1,7 @@
-"""Semantic-ID batches: a ``OneRecBatch`` whose items are written as their code tuples (ONEREC.md section 2).
+"""Semantic-ID batches: a ``OneRecBatch`` whose items are written as their code tuples (docs/METHOD.md section 2).
 
 The generative model never sees item ids: every history item and every target item is read as its L' codes
-(the L quantiser levels plus the disambiguation level, ONEREC.md section 1). This is a collate-time transform:
+(the L quantiser levels plus the disambiguation level, docs/METHOD.md section 1). This is a collate-time transform:
 the DataLoader maps each ``OneRecBatch`` to a ``SemanticIdBatch`` (``SemanticIdTransform(codes)`` as its
 collate step), so that TorchRec's input_dist, and ``TrainPipelineSparseDist`` ahead of it, see the code KJT
 that the model's ``EmbeddingCollection`` consumes, and the model's forward stays free of id arithmetic.

@@ -1,4 +1,4 @@
-"""Train/validation/test samples under ../EVAL.md protocol A (leave-one-out) and protocol B (day split, sessions).
+"""Train/validation/test samples under docs/EVAL.md protocol A (leave-one-out) and protocol B (day split, sessions).
 
 Protocol A (next item, RecBole's 'LS' split):
     * Each user's logged interactions are ordered by a stable sort on the exact int64 timestamps (file order on
@@ -25,7 +25,7 @@ Protocol B (sessions with feedback):
       positives) is cut into consecutive non-overlapping runs of m (stride m; ``train_stride`` sets another
       stride, 1 = a run at every position), the first run starting at
       position ``min_history`` so every run has at least that much history; the final partial run is kept,
-      padded with -1. History = the n positives before the run. Pre-period items may be targets (EVAL.md); their
+      padded with -1. History = the n positives before the run. Pre-period items may be targets (docs/EVAL.md); their
       labels come from the ``histories`` table's column where it has one, else 1 for the positive column and 0
       for the other signals. Users whose sequence has no position past ``min_history`` are counted.
     * Sessions (valid and test targets, and ``session_id`` in every impression table): ``window`` = all of a
@@ -192,7 +192,7 @@ def _merge_pre(pre_users: np.ndarray, pre_items: np.ndarray, pre_labels: np.ndar
 
 
 def protocol_a_split(data: InteractionData, config: SplitConfig) -> SplitA:
-    """Leave-one-out split of ../EVAL.md protocol A (rules in the module docstring).
+    """Leave-one-out split of docs/EVAL.md protocol A (rules in the module docstring).
 
     Args:
         data (InteractionData): the interactions (``user_id``, ``item_id``, ``timestamp``) and optional
@@ -326,7 +326,7 @@ def _eval_targets(frame: Dict[str, np.ndarray], new: np.ndarray, m: int, num_sig
 
 
 def protocol_b_split(data: InteractionData, config: SplitConfig) -> SplitB:
-    """Day split with sessions of ../EVAL.md protocol B (rules in the module docstring).
+    """Day split with sessions of docs/EVAL.md protocol B (rules in the module docstring).
 
     Args:
         data (InteractionData): interactions with ``positive_col`` and the label columns, optional ``date``

@@ -1,5 +1,5 @@
 """Generic readers: a one-line-per-user sequence file and a CSV/parquet interaction table with configurable
-column names (EVAL.md: the project must read data beyond the bundled sets). Shared rules: ``readers.py``.
+column names (docs/EVAL.md: the project must read data beyond the bundled sets). Shared rules: ``readers.py``.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Ids are contiguous ints (``user_id`` in [0, num_users), ``item_id`` in [0, num_items)) and the raw ids are
 kept in ``raw_user_ids`` / ``raw_item_ids`` (index = contiguous id). Timestamps are int64 milliseconds since
-the Unix epoch (UTC), exact, so that stable sorts on them reproduce file order on ties (EVAL.md protocol A).
+the Unix epoch (UTC), exact, so that stable sorts on them reproduce file order on ties (docs/EVAL.md protocol A).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Loader for KuaiRand-Pure (Gao et al., "KuaiRand: An Unbiased Sequential Recommendation Dataset with Randomly
 Exposed Videos", CIKM 2022; licence CC BY-SA 4.0): the short-video log OneRec's session-wise generation,
-reward model and alignment are measured on (EVAL.md protocol B).
+reward model and alignment are measured on (docs/EVAL.md protocol B).
 
 Folder layout (``../shared/data/kuairand-pure``): ``log_standard_4_25_to_5_08_pure.csv`` (required; the original
 columns), ``user_histories_before_4_25.parquet``, ``video_features_basic_pure.csv`` and ``user_features_pure.csv``
@@ -10,7 +10,7 @@ Rules:
 
 - Interactions: every log row, in file order, as released. The release holds 5,460 exact duplicate rows (and
   425 more that repeat a user, video and ``time_ms`` with other feedback); they are kept, since the published
-  statistics (228,329 impressions, the EVAL.md counts) include them. ``timestamp`` = ``time_ms``; ``date`` = the
+  statistics (228,329 impressions, the docs/EVAL.md counts) include them. ``timestamp`` = ``time_ms``; ``date`` = the
   file's ``date`` column (YYYYMMDD, Beijing calendar; ~1% of rows disagree with ``time_ms`` read in UTC+8, so
   day splits should read ``date``). Feedback: ``is_click``->``click``, ``long_view``, ``is_like``->``like``,
   ``is_follow``->``follow``, ``is_comment``->``comment``, ``is_forward``->``forward``, ``is_hate``->``hate``,

@@ -1,5 +1,5 @@
 """Loader for MovieLens (F. M. Harper and J. A. Konstan, "The MovieLens Datasets: History and Context", ACM TiiS
-2015) in RecBole's atomic files or GroupLens' original layout: the next-item benchmark of EVAL.md protocol A.
+2015) in RecBole's atomic files or GroupLens' original layout: the next-item benchmark of docs/EVAL.md protocol A.
 
 Layouts, told apart by the folder's files:
 

@@ -1,7 +1,7 @@
-"""The synthetic short-video world: the embedded default data set and the simulator of EVAL.md protocol C.
+"""The synthetic short-video world: the embedded default data set and the simulator of docs/EVAL.md protocol C.
 
 Protocol C (simulated A/B) needs a world that knows every user's true response to any recommended session,
-and OneRec's session-wise generation, reward model and preference alignment (ONEREC.md sections 2-4) need
+and OneRec's session-wise generation, reward model and preference alignment (docs/METHOD.md sections 2-4) need
 sessions whose order and diversity change what users do. This world provides both:
 
 - Users have interests over ``num_topics`` topics (Dirichlet with ``interest_concentration``); each item has

@@ -1,4 +1,4 @@
-"""Trivial floors for every report: the most popular training items, scored like the model (../EVAL.md A and B).
+"""Trivial floors for every report: the most popular training items, scored like the model (docs/EVAL.md A and B).
 
 Popularity = the number of times an item occurs in the split's ``train_sequences`` (the training side only:
 pre-period history and training interactions, never validation or test), ties broken by the lower item id.

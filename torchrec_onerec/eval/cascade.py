@@ -1,4 +1,4 @@
-"""Evaluate the cascade baseline (``models.cascade``) by ../EVAL.md protocol A or B, like every other arm.
+"""Evaluate the cascade baseline (``models.cascade``) by docs/EVAL.md protocol A or B, like every other arm.
 
 The users are those ``evaluate_generative`` and ``evaluate_popularity`` evaluate (``evaluation_users``: a real
 item in target slot 0; the others are counted), and ``eval.protocols.score_sessions`` computes the metrics,

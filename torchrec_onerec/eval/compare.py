@@ -103,9 +103,9 @@ def metric_groups(metrics: Sequence[str]) -> Dict[str, List[str]]:
 
     Example:
         >>> metric_groups(["ndcg@5", "true_reward", "reward_vtr_max"])
-        {'Ranking (EVAL.md A/B)': ['ndcg@5'], 'True reward (protocol C)': ['true_reward'], 'Reward-model estimates': ['reward_vtr_max']}
+        {'Ranking (docs/EVAL.md A/B)': ['ndcg@5'], 'True reward (protocol C)': ['true_reward'], 'Reward-model estimates': ['reward_vtr_max']}
     """
-    groups = {"Ranking (EVAL.md A/B)": [m for m in metrics if m.startswith(("recall@", "ndcg@"))],
+    groups = {"Ranking (docs/EVAL.md A/B)": [m for m in metrics if m.startswith(("recall@", "ndcg@"))],
               "True reward (protocol C)": [m for m in metrics if m == TRUE_REWARD],
               "Reward-model estimates": [m for m in metrics if m.startswith("reward_")]}
     return {title: group for title, group in groups.items() if group}

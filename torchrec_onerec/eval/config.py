@@ -1,4 +1,4 @@
-"""Schema of the ``eval`` config section: how generated recommendations are scored (../EVAL.md protocols A, B)."""
+"""Schema of the ``eval`` config section: how generated recommendations are scored (docs/EVAL.md protocols A, B)."""
 
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ class EvalConfig:
     """How generated recommendations are scored (``torchrec_onerec.eval.generative.evaluate_generative``).
 
     Args:
-        beam_size: beams of the constrained beam search (EVAL.md: beam >= K under protocol A).
+        beam_size: beams of the constrained beam search (docs/EVAL.md: beam >= K under protocol A).
         num_return: sessions returned per user, <= ``beam_size``; under protocol A their first items form the
             ranked list, so it must be >= max(``ks``).
         ks: cut-offs of Recall@K / NDCG@K, distinct, each >= 1.
         split: the users every arm is scored on: ``test`` (the A/B, read once for a final config) or ``valid``
             (for choosing among configs: the same metrics on the validation users; the synthetic world's true
             reward and its diagnostics are left out there, because protocol C's truth is never used to choose).
-        exclude_history: block items of the user's history from generation (EVAL.md protocol A: a run that masks
+        exclude_history: block items of the user's history from generation (docs/EVAL.md protocol A: a run that masks
             them reports both figures, i.e. run the evaluation once with each value).
         batch_size: users per generation batch.
         constrained: constrained decoding (real items only, no repeats within a session); False decodes freely,

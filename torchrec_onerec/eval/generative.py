@@ -1,4 +1,4 @@
-"""Evaluate the generative model: constrained beam search over a SampleSet, scored by ../EVAL.md protocol A or B.
+"""Evaluate the generative model: constrained beam search over a SampleSet, scored by docs/EVAL.md protocol A or B.
 
 The samples are batched in order (no shuffle), each item written as its semantic IDs, and the model writes
 ``eval.num_return`` sessions per user with ``generation.beam_search.constrained_beam_search`` (eval mode, no

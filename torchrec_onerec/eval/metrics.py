@@ -1,4 +1,4 @@
-"""Vectorised ranking and generation metrics, per user (../EVAL.md protocols A and B).
+"""Vectorised ranking and generation metrics, per user (docs/EVAL.md protocols A and B).
 
 Every function returns one value per user (row) so that means, and later paired bootstrap intervals between
 arms (the A/B harness), are computed from the same arrays. Item ids are ints >= 0; -1 is padding everywhere.
@@ -6,7 +6,7 @@ arms (the A/B harness), are computed from the same arrays. Item ids are ints >= 
 Definitions (P = the user's distinct positive items, ``hit_j`` = 1 when rank j (0-based) holds an item of P
 that has not appeared earlier in the list, else 0):
 
-- Recall@K = sum_{j<K} hit_j / |P|. With one positive it is the hit rate (HR@K) of EVAL.md protocol A; with
+- Recall@K = sum_{j<K} hit_j / |P|. With one positive it is the hit rate (HR@K) of docs/EVAL.md protocol A; with
   |P| > K it cannot reach 1.
 - NDCG@K = DCG@K / IDCG@K with binary gains, DCG@K = sum_{j<K} hit_j / log2(j + 2) and
   IDCG@K = sum_{j<min(K, |P|)} 1 / log2(j + 2).

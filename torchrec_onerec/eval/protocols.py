@@ -1,4 +1,4 @@
-"""From recommended sessions to the metrics of ../EVAL.md protocols A and B, and the result type of an evaluation.
+"""From recommended sessions to the metrics of docs/EVAL.md protocols A and B, and the result type of an evaluation.
 
 Any recommender that returns, per user, R scored sessions of M items (the generative model's beam search, the
 popularity floor in ``baselines.py``, later the cascade) is scored here, so every arm is measured the same way.
@@ -99,7 +99,7 @@ class EvalResult:
 def check_protocol(protocol: str) -> None:
     """Raise ValueError unless ``protocol`` is ``"A"`` or ``"B"``."""
     if protocol not in PROTOCOLS:
-        raise ValueError(f"protocol={protocol!r} must be 'A' (next item) or 'B' (sessions), see EVAL.md")
+        raise ValueError(f"protocol={protocol!r} must be 'A' (next item) or 'B' (sessions), see docs/EVAL.md")
 
 
 def evaluation_users(samples: SampleSet) -> Tuple[np.ndarray, int]:
@@ -109,7 +109,7 @@ def evaluation_users(samples: SampleSet) -> Tuple[np.ndarray, int]:
         samples (SampleSet): N samples.
 
     Returns:
-        (row indices [U] int64, number of samples skipped for having no target); EVAL.md: users without a
+        (row indices [U] int64, number of samples skipped for having no target); docs/EVAL.md: users without a
         positive are not generation targets, and are counted.
     """
     has_target = samples.target[:, 0] != PAD_ITEM if samples.session_items else np.zeros(len(samples), bool)

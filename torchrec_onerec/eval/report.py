@@ -1,7 +1,7 @@
 """The comparison report: ``report.md`` (protocol, settings, tables with intervals, deviations, data credits)
 and its PNG figures, written into one folder of the run directory.
 
-What every report states (../EVAL.md: a deviation must be named in the report): the protocol and how its
+What every report states (docs/EVAL.md: a deviation must be named in the report): the protocol and how its
 targets are built, the settings every arm ran with, the users compared, each arm's metrics with intervals and
 its lift over the baseline, the deviations from the protocol, and the credits of the data it was measured on.
 """
@@ -19,15 +19,15 @@ from torchrec_onerec.eval.plots import Curve, plot_curves, plot_distributions, p
 from torchrec_onerec.eval.simulated import TRUE_REWARD
 
 PROTOCOL_TEXT = {
-    "A": ("EVAL.md protocol A (next item, leave-one-out, full ranking): per user, interactions in time order "
+    "A": ("docs/EVAL.md protocol A (next item, leave-one-out, full ranking): per user, interactions in time order "
           "(stable on ties); the last item is the test target. Every arm ranks the whole catalogue; history items "
           "stay in the ranking unless stated. Recall@K = hit rate with one target; NDCG@K; means over users."),
-    "B": ("EVAL.md protocol B (sessions with feedback): train on the training days, test on the last days; the test "
-          "target is a user's window session's positives in time order (at most m). recall@m / ndcg@m score the "
+    "B": ("docs/EVAL.md protocol B (sessions with feedback): train on the training days, test on the last days; "
+          "the test target is a user's window session's positives in time order (at most m). recall@m / ndcg@m score the "
           "best-scored returned session against them; recall@K / ndcg@K the items of all returned sessions by score. "
           "Users without a positive in the window are not targets."),
-    "C": ("EVAL.md protocol C (simulated A/B on the synthetic world): every arm serves each test user its best-scored "
-          "session; the world's own response model gives that session's true expected reward "
+    "C": ("docs/EVAL.md protocol C (simulated A/B on the synthetic world): every arm serves each test user its "
+          "best-scored session; the world's own response model gives that session's true expected reward "
           "(clicks + long views + 2 x likes, with position, diversity and repeat effects)."),
 }
 
@@ -62,9 +62,9 @@ def write_comparison_report(folder: Path, *, title: str, comparison: Comparison,
         folder (Path): where the report goes (created).
         title (str): the report's heading.
         comparison (Comparison): the arms' comparison.
-        protocols (Sequence[str]): the EVAL.md protocols the metrics follow (``"A"``, ``"B"``, ``"C"``).
+        protocols (Sequence[str]): the docs/EVAL.md protocols the metrics follow (``"A"``, ``"B"``, ``"C"``).
         settings (Mapping[str, object]): what every arm ran with (n, m, beam, users ...), as a table.
-        deviations (Sequence[str]): every way this run departs from the protocol (EVAL.md: name them all).
+        deviations (Sequence[str]): every way this run departs from the protocol (docs/EVAL.md: name them all).
         data_source (str): the ``data.source`` whose credit the report carries.
         per_user (Mapping[str, Mapping[str, np.ndarray]] | None): arm -> metric -> [U] values, for the
             distribution figure of ``true_reward`` (else the first compared metric).

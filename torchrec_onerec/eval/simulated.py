@@ -1,4 +1,4 @@
-"""../EVAL.md protocol C: the simulated A/B test, served by the synthetic world's own response model.
+"""docs/EVAL.md protocol C: the simulated A/B test, served by the synthetic world's own response model.
 
 Each arm serves every evaluated user one session: its best-scored returned session (the one a live system
 would show). The world knows every user's true response to every item in every slot, so the session's true

@@ -1,4 +1,4 @@
-"""Constrained beam search over whole sessions (ONEREC.md section 2, serving: beam search, KV cache, fp16).
+"""Constrained beam search over whole sessions (docs/METHOD.md section 2, serving: beam search, KV cache, fp16).
 
 For each user the decoder writes M items, each as its L' codes, keeping the N best partial sessions (beams)
 by sequence log-probability. Per user the encoder runs once and every decoder layer projects the memory's

@@ -1,4 +1,4 @@
-"""Constraints of OneRec's session decoding as logits processors (ONEREC.md section 2, serving).
+"""Constraints of OneRec's session decoding as logits processors (docs/METHOD.md section 2, serving).
 
 Each constraint is a small callable ``(state, scores) -> scores`` over the [B N, K_l] log-probabilities of the
 next code, composed in a list (as Hugging Face's ``LogitsProcessorList``) and kept apart from the search:

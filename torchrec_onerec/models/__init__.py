@@ -1,4 +1,4 @@
-"""The OneRec encoder-decoder, its config, named sizes and train wrapper (ONEREC.md section 2)."""
+"""The OneRec encoder-decoder, its config, named sizes and train wrapper (docs/METHOD.md section 2)."""
 
 from torchrec_onerec.models.config import MODEL_SIZES, OneRecModelConfig, model_size
 from torchrec_onerec.models.onerec import OneRecModel, OneRecOutput, OneRecTrainModule, count_parameters

@@ -1,4 +1,4 @@
-"""The cascade baseline OneRec replaces (ONEREC.md introduction): retrieval -> ranking -> top-m session.
+"""The cascade baseline OneRec replaces (docs/METHOD.md introduction): retrieval -> ranking -> top-m session.
 
 For each user: the two-tower model (``models.two_tower``) retrieves K_r = ``cascade.retrieval.num_candidates``
 items by exact inner product over the catalogue; the multi-task ranker (``models.ranker``) scores each

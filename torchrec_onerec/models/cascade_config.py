@@ -1,5 +1,5 @@
 """Schema of the ``cascade`` config section: the retrieval -> ranking -> top-m baseline that OneRec replaces
-(ONEREC.md introduction; DESIGN.md "cascade baseline").
+(docs/METHOD.md introduction; DESIGN.md "cascade baseline").
 
 Two sub-sections, one per model: ``cascade.retrieval`` (the two-tower model, ``models.two_tower``) and
 ``cascade.ranker`` (the DLRM-style multi-task ranker, ``models.ranker``). Both train on the same TorchRec stack

@@ -1,4 +1,4 @@
-"""Schema of the OneRec encoder-decoder (ONEREC.md section 2) and named sizes from a test toy to ~1B parameters.
+"""Schema of the OneRec encoder-decoder (docs/METHOD.md section 2) and named sizes from a test toy to ~1B parameters.
 
 One flat dataclass so that a YAML file or a ``model.d_model=512`` override sets any size; the per-module
 sub-configs (``embedding``, ``encoder``, ``decoder``) are derived from it. ``MODEL_SIZES`` names a few sizes;

@@ -1,4 +1,4 @@
-"""The OneRec generative model (ONEREC.md section 2): history codes -> encoder -> MoE decoder -> session codes.
+"""The OneRec generative model (docs/METHOD.md section 2): history codes -> encoder -> MoE decoder -> session codes.
 
 Training is session-wise next-token prediction. The decoder reads [BOS] s_1^1 .. s_1^L' [BOS] s_2^1 .. (teacher
 forcing, causal); the output at [BOS] predicts an item's first code, the output at its level-l code predicts

@@ -1,4 +1,4 @@
-"""The multi-task ranker of the cascade baseline (ONEREC.md introduction): TorchRec's DLRM with one logit per task.
+"""The multi-task ranker of the cascade baseline (docs/METHOD.md introduction): TorchRec's DLRM with one logit per task.
 
 Features of one (user, candidate item) pair:
 

@@ -1,9 +1,9 @@
-"""The session reward model of OneRec (ONEREC.md section 3): R(u, S) -> one probability per feedback signal.
+"""The session reward model of OneRec (docs/METHOD.md section 3): R(u, S) -> one probability per feedback signal.
 
 For a user u with history H and a session S = (v_1 .. v_M):
 
 - v_i = the item's id embedding plus, with ``reward.semantic_ids`` (the default), the sum of the embeddings of its
-  semantic-ID codes (the tokenize stage's codebook, ONEREC.md section 1): items that share codes share rows, so
+  semantic-ID codes (the tokenize stage's codebook, docs/METHOD.md section 1): items that share codes share rows, so
   what the model learns about a user's interest in one item carries over to the items of similar content;
 - u = MLP([user-id embedding, mean of the history items' v]) (the user representation, width D; with
   ``reward.user_id_embedding=false`` the history alone);

@@ -1,4 +1,4 @@
-"""Schema of the ``reward`` config section: the session reward model (ONEREC.md section 3) and its training."""
+"""Schema of the ``reward`` config section: the session reward model (docs/METHOD.md section 3) and its training."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ SESSION_LABELS = ("mean", "any")
 
 @dataclass
 class RewardModelConfig:
-    """The session reward model R(u, S) and how it is trained (EVAL.md protocol B: training days only).
+    """The session reward model R(u, S) and how it is trained (docs/EVAL.md protocol B: training days only).
 
     Args:
         embedding_dim: D, width of the item and user tables and of every item representation e_i.

@@ -1,4 +1,4 @@
-"""Seeded toy inputs for the OneRec model (ONEREC.md section 2): unique item codes and semantic batches.
+"""Seeded toy inputs for the OneRec model (docs/METHOD.md section 2): unique item codes and semantic batches.
 
 Used by the tests of ``modules``, ``models`` and ``generation`` and by ``benchmarks/generation.py``; nothing
 here is needed to train on real data, where the tokenizer makes the codes and ``data.batch`` the batches.

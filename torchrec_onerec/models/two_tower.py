@@ -1,4 +1,4 @@
-"""Two-tower retrieval, the first stage of the cascade baseline that OneRec replaces (ONEREC.md introduction).
+"""Two-tower retrieval, the first stage of the cascade baseline that OneRec replaces (docs/METHOD.md introduction).
 
 - User tower: a TorchRec ``EmbeddingBagCollection`` with a ``tt_user`` table (the user id) and a ``tt_history``
   table (the history items, mean-pooled), concatenated -> MLP -> L2-normalised vector [D].

@@ -1,4 +1,4 @@
-"""Building blocks of the OneRec model (ONEREC.md section 2): semantic-ID embedding, attention, MoE, blocks."""
+"""Building blocks of the OneRec model (docs/METHOD.md section 2): semantic-ID embedding, attention, MoE, blocks."""
 
 from torchrec_onerec.modules.attention import AttentionConfig, CrossAttention, SelfAttention, reference_attention
 from torchrec_onerec.modules.embedding import SemanticEmbeddingConfig, SemanticTokenEmbedding

@@ -1,4 +1,4 @@
-"""Multi-head attention of the OneRec encoder-decoder (ONEREC.md section 2), on ``scaled_dot_product_attention``.
+"""Multi-head attention of the OneRec encoder-decoder (docs/METHOD.md section 2), on ``scaled_dot_product_attention``.
 
 - ``SelfAttention``: the encoder's fully visible self-attention over the history tokens (with a padding mask),
   or, with ``causal=True``, the decoder's causal self-attention, optionally through a ``KVCache``.

@@ -1,4 +1,4 @@
-"""Semantic-token embedding of OneRec (ONEREC.md section 2): the sparse tables TorchRec shards, plus dense
+"""Semantic-token embedding of OneRec (docs/METHOD.md section 2): the sparse tables TorchRec shards, plus dense
 position, level and special-token embeddings.
 
 Tables: one ``torchrec.EmbeddingCollection`` with a table ``code_l`` per code level (K_l rows, D columns),

@@ -1,4 +1,4 @@
-"""Dense position-wise feed-forward layer (ONEREC.md section 2): the encoder's FFN, and the decoder's FFN when
+"""Dense position-wise feed-forward layer (docs/METHOD.md section 2): the encoder's FFN, and the decoder's FFN when
 the Mixture-of-Experts is switched off for ablation.
 
 It returns the same ``FeedForwardOutput`` as ``MoEFeedForward`` (a zero balance loss and a single "expert"

@@ -1,4 +1,4 @@
-"""Key/value cache of the decoder's causal self-attention, for step-by-step decoding (ONEREC.md section 2).
+"""Key/value cache of the decoder's causal self-attention, for step-by-step decoding (docs/METHOD.md section 2).
 
 Serving writes a session token by token; with the cache each step projects only the new tokens and attends to
 the stored keys and values of every earlier token, instead of re-running the decoder over the whole prefix.

@@ -1,4 +1,4 @@
-"""Sparse Mixture-of-Experts feed-forward layer of the OneRec decoder (ONEREC.md section 2; paper: 24 experts,
+"""Sparse Mixture-of-Experts feed-forward layer of the OneRec decoder (docs/METHOD.md section 2; paper: 24 experts,
 top-2 routing, with a load-balancing mechanism).
 
 Routing: a linear router gives each token a softmax distribution p over the E experts; the token goes to its

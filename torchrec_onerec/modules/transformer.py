@@ -1,4 +1,4 @@
-"""Pre-norm transformer encoder and MoE decoder of OneRec (ONEREC.md section 2).
+"""Pre-norm transformer encoder and MoE decoder of OneRec (docs/METHOD.md section 2).
 
 - Encoder block: x + SelfAttention(LN(x)) (fully visible, padding mask), then x + FFN(LN(x)).
 - Decoder block: x + CausalSelfAttention(LN(x)) (optionally through a ``KVCache``), then

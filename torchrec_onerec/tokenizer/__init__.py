@@ -1,4 +1,4 @@
-"""Semantic-ID tokenizer (ONEREC.md section 1): item embeddings -> balanced residual K-means -> unique codes."""
+"""Semantic-ID tokenizer (docs/METHOD.md section 1): item embeddings -> balanced residual K-means -> unique codes."""
 
 from torchrec_onerec.tokenizer.balanced_kmeans import BalancedKMeans, balanced_sizes
 from torchrec_onerec.tokenizer.codebook import Codebook, catalogue_fingerprint

@@ -1,4 +1,4 @@
-"""Balanced K-means, the per-level quantiser of OneRec's semantic IDs (ONEREC.md section 1).
+"""Balanced K-means, the per-level quantiser of OneRec's semantic IDs (docs/METHOD.md section 1).
 
 The paper's algorithm, for N points and K clusters of w = N / K points each (sizes differ by at most one when
 K does not divide N; the first N mod K clusters take one more):

@@ -1,5 +1,5 @@
 """The semantic-ID codebook: every item's unique code tuple, the centroids, and the maps both ways
-(ONEREC.md section 1).
+(docs/METHOD.md section 1).
 
 ``codes`` is [I, L']: the L quantised levels, plus one disambiguation level when items collide (see
 ``uniqueness.py``). Item -> tuple is a row of ``codes``; tuple -> item and the valid-next-code masks of

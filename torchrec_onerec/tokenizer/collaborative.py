@@ -1,5 +1,5 @@
-"""Collaborative item embeddings from training interactions, for the semantic-ID tokenizer (ONEREC.md
-section 1: "any item embedding: text, features, or collaborative").
+"""Collaborative item embeddings from training interactions, for the semantic-ID tokenizer (docs/METHOD.md
+section 1: any item embedding will do, and this one is collaborative).
 
 Two items co-occur when the same user interacted with both at most ``window`` positions apart in the user's
 chronological sequence. The positive pointwise mutual information of the co-occurrence counts,

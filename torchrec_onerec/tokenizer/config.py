@@ -1,4 +1,4 @@
-"""Schema of the semantic-ID tokenizer (ONEREC.md section 1)."""
+"""Schema of the semantic-ID tokenizer (docs/METHOD.md section 1)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Item embeddings for the semantic-ID tokenizer, chosen by ``tokenizer.embedding_source`` (ONEREC.md section 1).
+"""Item embeddings for the semantic-ID tokenizer, chosen by ``tokenizer.embedding_source`` (docs/METHOD.md section 1).
 
 The paper quantises a multimodal content embedding e_i of each item; here any item embedding will do:
 

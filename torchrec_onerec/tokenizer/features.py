@@ -1,4 +1,4 @@
-"""Item embeddings from item side features, for the semantic-ID tokenizer (ONEREC.md section 1).
+"""Item embeddings from item side features, for the semantic-ID tokenizer (docs/METHOD.md section 1).
 
 OneRec quantises a content embedding of each item; a catalogue without one can use its side features. Column
 rules (``TokenizerConfig``: feature_columns, max_feature_categories, categorical_max_values):

@@ -1,4 +1,4 @@
-"""Plain K-means (Lloyd) and the chunked distance helpers both K-means variants share (ONEREC.md section 1).
+"""Plain K-means (Lloyd) and the chunked distance helpers both K-means variants share (docs/METHOD.md section 1).
 
 The first OneRec paper fits each semantic-ID level with *balanced* K-means (``balanced_kmeans.py``); the
 technical report (arXiv 2506.13695) moved to plain residual K-means, which is :class:`KMeans` here. Distances

@@ -1,4 +1,4 @@
-"""Prefix index over the valid code tuples, for constrained decoding (ONEREC.md section 1, used by section 2).
+"""Prefix index over the valid code tuples, for constrained decoding (docs/METHOD.md section 1, used by section 2).
 
 Beam search writes an item's L' codes one at a time and may only write a tuple that is a real item. This index
 answers, for a batch of prefixes, which next codes are valid, and maps full tuples back to items, with a few

@@ -1,4 +1,4 @@
-"""Quality report of a semantic-ID tokenizer (ONEREC.md section 1; the technical report's Table 11 measures).
+"""Quality report of a semantic-ID tokenizer (docs/METHOD.md section 1; the technical report's Table 11 measures).
 
 Per level: utilisation (fraction of the K codes used), code entropy in bits against its maximum log2 K,
 smallest and largest cluster, the reconstruction error after that many levels, K-means iterations and time.

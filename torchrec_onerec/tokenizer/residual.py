@@ -1,4 +1,4 @@
-"""Residual quantiser: L levels of K-means on residuals, coarse to fine (ONEREC.md section 1).
+"""Residual quantiser: L levels of K-means on residuals, coarse to fine (docs/METHOD.md section 1).
 
     r^1 = e_i ;  s^l = code of r^l at level l ;  r^{l+1} = r^l - c^l_{s^l}
 

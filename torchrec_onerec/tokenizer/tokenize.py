@@ -1,5 +1,5 @@
 """Entry point of the tokenize stage: item embeddings -> unique semantic IDs + quality report
-(ONEREC.md section 1).
+(docs/METHOD.md section 1).
 
 ``fit_tokenizer`` fits the residual quantiser (balanced or plain K-means per level), makes every item's code
 tuple unique, and measures the result. Embedding construction and normalisation are ``embeddings.py``'s job;

@@ -1,4 +1,4 @@
-"""Unique code tuples: counting items that share all L codes and disambiguating them (ONEREC.md section 1).
+"""Unique code tuples: counting items that share all L codes and disambiguating them (docs/METHOD.md section 1).
 
 Two items can land in the same cluster at every level (a collision). A generated tuple must map back to one
 item, so, as TIGER does, an extra code level numbers the items that share an L-tuple 0, 1, 2, ... (in item-id

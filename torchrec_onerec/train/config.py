@@ -1,4 +1,4 @@
-"""Schema of generative-model training (ONEREC.md section 2 on TorchRec: DMP, fused sparse optimiser, schedule,
+"""Schema of generative-model training (docs/METHOD.md section 2 on TorchRec: DMP, fused sparse optimiser, schedule,
 checkpoints, model selection; facts on what works on CPU in ../shared/TORCHREC-CPU.md)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Session-wise NTP training of OneRec on TorchRec (ONEREC.md section 2): DMP, TrainPipelineSparseDist, schedule,
+"""Session-wise NTP training of OneRec on TorchRec (docs/METHOD.md section 2): DMP, TrainPipelineSparseDist, schedule,
 validation with model selection and early stopping, checkpoints and resume.
 
 One function, ``train_generative``, for one process and for ``torchrun --nproc_per_node=N`` (gloo on CPUs,

@@ -1,4 +1,4 @@
-"""Training and evaluation of the session reward model (ONEREC.md section 3, EVAL.md protocol B) on TorchRec.
+"""Training and evaluation of the session reward model (docs/METHOD.md section 3, docs/EVAL.md protocol B) on TorchRec.
 
 ``train_reward_model`` runs in one process or under ``torchrun`` like the generative model's loop: it joins or
 creates the process group, shards a meta-built ``RewardTrainModule`` with ``shard_for_training`` (planner, DMP,
@@ -22,9 +22,9 @@ Output folder::
     metrics.jsonl     one record per epoch: mean training loss, learning rate, validation AUCs
     result.json       ``RewardTrainResult``
 
-Evaluation (EVAL.md protocol B, "reward-model quality: AUC per tower on the test days, impression level and
-session level"): ``evaluate_reward_model`` scores the logged sessions and, separately, every logged impression
-as a 1-item session, and reports per-tower ROC AUC (torchmetrics) and positive rates.
+Evaluation (docs/EVAL.md protocol B: reward-model quality is the AUC of each tower on the test days, at impression
+level and at session level): ``evaluate_reward_model`` scores the logged sessions and, separately, every logged
+impression as a 1-item session, and reports per-tower ROC AUC (torchmetrics) and positive rates.
 
 Shape legend: N samples, M session items, S signals.
 """
@@ -238,7 +238,7 @@ def session_aucs(model: SessionRewardModel, sessions: SampleSet, *, batch_size: 
 
 def evaluate_reward_model(model: SessionRewardModel, sessions: SampleSet, impressions: SampleSet, *,
                           batch_size: int, device: torch.device) -> Dict[str, Dict[str, float]]:
-    """Per-tower AUC of a plain reward model at session level and at impression level (EVAL.md protocol B).
+    """Per-tower AUC of a plain reward model at session level and at impression level (docs/EVAL.md protocol B).
 
     Session level (``session_aucs``): each logged session (a row of ``sessions``) is scored as a whole; its
     label for a signal is 1 when any of its real items has that signal (the ``any`` rule, whatever rule
@@ -488,7 +488,7 @@ def train_reward_model(config: RewardModelConfig, train: SampleSet, valid: Sampl
 
     Args:
         config (RewardModelConfig): the ``reward`` section (model and training keys).
-        train (SampleSet): training sessions of the training days only (EVAL.md protocol B):
+        train (SampleSet): training sessions of the training days only (docs/EVAL.md protocol B):
             ``impression_samples(split, "train", items_per_sample=m, ...)``.
         valid (SampleSet): validation sessions (same signals) for model selection and early stopping; empty =
             no validation (the final model is kept).

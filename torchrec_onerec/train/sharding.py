@@ -1,6 +1,6 @@
 """OneRec under ``DistributedModelParallel``: planner, sharded tables with a fused optimiser, AdamW for the rest.
 
-The recipe of TorchRec's generative-recommenders (ONEREC.md section 2 trained at scale; CPU facts in
+The recipe of TorchRec's generative-recommenders (docs/METHOD.md section 2 trained at scale; CPU facts in
 ../shared/TORCHREC-CPU.md):
 
 1. build ``OneRecTrainStep(OneRecModel(...))`` on the meta device (nothing allocated);

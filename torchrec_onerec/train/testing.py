@@ -1,4 +1,4 @@
-"""Seeded toy training inputs (ONEREC.md section 2 training, at test size): a tiny run config and random samples.
+"""Seeded toy training inputs (docs/METHOD.md section 2 training, at test size): a tiny run config and random samples.
 
 Used by the tests of ``train``, the multi-process tests in ``integration_tests/`` and ``benchmarks/train.py``;
 real runs get their samples from ``data.splits`` and their codes from the tokenizer.

@@ -1,4 +1,4 @@
-"""The module the training loop shards and pipelines: OneRec's session NTP loss (ONEREC.md section 2) plus the
+"""The module the training loop shards and pipelines: OneRec's session NTP loss (docs/METHOD.md section 2) plus the
 detached numbers the loop logs (NTP and MoE balance losses, expert load).
 
 It is ``OneRecTrainModule`` (same parameter names, so checkpoints and sharding plans are interchangeable) with

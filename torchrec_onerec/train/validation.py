@@ -1,4 +1,4 @@
-"""Validation during training, model selection and early stopping (EVAL.md: selection on validation NDCG@10).
+"""Validation during training, model selection and early stopping (docs/EVAL.md: selection on validation NDCG@10).
 
 Where validation runs: generation needs an unsharded model (see ``export``), so at each validation every rank
 sends its table shards to rank 0 (``gather_model_state``), rank 0 builds a plain ``OneRecModel`` from them and

@@ -1,4 +1,4 @@
-"""Tests of the protocol A and B splits on tiny hand-built data whose right answer is known (EVAL.md)."""
+"""Tests of the protocol A and B splits on tiny hand-built data whose right answer is known (docs/EVAL.md)."""
 
 from __future__ import annotations
 

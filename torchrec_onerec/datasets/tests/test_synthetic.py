@@ -1,4 +1,4 @@
-"""Tests of the synthetic short-video world (EVAL.md protocol C's simulator and the default data set)."""
+"""Tests of the synthetic short-video world (docs/EVAL.md protocol C's simulator and the default data set)."""
 
 from __future__ import annotations
 

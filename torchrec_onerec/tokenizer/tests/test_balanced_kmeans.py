@@ -1,4 +1,4 @@
-"""Balanced K-means (ONEREC.md section 1): exact balance, determinism, the fast path equals the paper's loop."""
+"""Balanced K-means (docs/METHOD.md section 1): exact balance, determinism, the fast path equals the paper's loop."""
 
 import pytest
 import torch
