@@ -72,7 +72,8 @@ from torchrec_onerec.data.samples import Sample, SampleSet
 from torchrec_onerec.datasets.synthetic import CLICK_BIAS, INTEREST_SCALE, LIKE_BIAS, LONG_VIEW_BIAS, SyntheticWorld
 from torchrec_onerec.eval.protocols import evaluation_users
 from torchrec_onerec.eval.simulated import world_reward_fn
-from torchrec_onerec.models.reward import SessionRewardModel, session_rewards
+from torchrec_onerec.models.reward import SessionRewardModel
+from torchrec_onerec.models.reward_scoring import session_rewards
 from torchrec_onerec.run_dir import RunDir
 from torchrec_onerec.stages import PipelineContext
 from torchrec_onerec.train.export import load_exported

@@ -18,7 +18,6 @@ Stages that need the data re-load it (seconds, deterministic per seed) rather th
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import re
@@ -27,7 +26,6 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
-import pandas as pd
 import torch
 
 from torchrec_onerec.alignment.ipa import align_iteratively, model_file
@@ -44,14 +42,16 @@ from torchrec_onerec.eval.baselines import evaluate_popularity
 from torchrec_onerec.eval.cascade import evaluate_cascade
 from torchrec_onerec.eval.compare import compare_arms
 from torchrec_onerec.eval.generative import evaluate_generative
-from torchrec_onerec.eval.plots import Curve
 from torchrec_onerec.eval.protocols import EvalResult
-from torchrec_onerec.eval.report import write_comparison_report
+from torchrec_onerec.eval.reward_auc import evaluate_reward_model
+from torchrec_onerec.eval.report import (evaluation_markdown, protocol_deviations, selection_notes, stage_sections,
+                                          training_curves, write_comparison_report)
 from torchrec_onerec.eval.simulated import add_true_rewards, world_reward_fn
 from torchrec_onerec.eval.world_diagnostics import diagnostics_markdown, world_diagnostics
 from torchrec_onerec.run_dir import RunDir
 from torchrec_onerec.models.cascade import CascadeRecommender, load_cascade
-from torchrec_onerec.models.reward import SessionRewardModel, score_sessions, session_rewards
+from torchrec_onerec.models.reward import SessionRewardModel
+from torchrec_onerec.models.reward_scoring import score_sessions, session_rewards
 from torchrec_onerec.runtime import resolve_device
 from torchrec_onerec.tokenizer.codebook import Codebook, catalogue_fingerprint
 from torchrec_onerec.tokenizer.embeddings import item_embeddings
@@ -59,7 +59,7 @@ from torchrec_onerec.tokenizer.tokenize import fit_tokenizer
 from torchrec_onerec.train.cascade_training import train_cascade
 from torchrec_onerec.train.distributed import rank_device
 from torchrec_onerec.train.export import load_exported
-from torchrec_onerec.train.reward_training import evaluate_reward_model, load_reward_model, train_reward_model
+from torchrec_onerec.train.reward_training import load_reward_model, train_reward_model
 from torchrec_onerec.train.loop import train_generative
 
 LOG = logging.getLogger("torchrec_onerec")
@@ -399,147 +399,9 @@ def evaluate_stage(ctx: PipelineContext) -> Dict[str, object]:
     summary: Dict[str, object] = {"arms": {a: {"metrics": r.metrics, "info": r.info} for a, r in results.items()},
                                   "unavailable": unavailable}
     ctx.run.write_json("evaluate/metrics.json", summary)
-    ctx.run.write_text("evaluate/report.md", evaluation_markdown(cfg, {k: r.metrics for k, r in results.items()}))
+    ctx.run.write_text("evaluate/report.md", evaluation_markdown(cfg.name, cfg.split, cfg.eval,
+                                                                 {k: r.metrics for k, r in results.items()}))
     return summary
-
-
-def evaluation_markdown(config: OneRecConfig, metrics: Dict[str, Dict[str, float]]) -> str:
-    """A table of every arm's test metrics, with the protocol it was measured under."""
-    keys = [k for k in next(iter(metrics.values())) if "@" in k or k == "true_reward"]
-    lines = [f"## Test metrics ({config.name}, docs/EVAL.md protocol {config.split.protocol})", "",
-             f"history n = {config.split.max_history}, session m = {config.split.session_items}, "
-             f"beam {config.eval.beam_size}, returned {config.eval.num_return}, "
-             f"history items {'excluded' if config.eval.exclude_history else 'kept'} in generation", "",
-             "| arm | users | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
-    for arm, values in metrics.items():
-        lines.append(f"| {arm} | {int(values['num_users'])} | " +
-                     " | ".join(f"{values[k]:.4f}" if k in values else "-" for k in keys) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def _jsonl_curves(path: Path, x: str, columns: List[str]) -> Dict[str, Curve]:
-    if not path.is_file():
-        return {}
-    return _frame_curves(pd.read_json(path, lines=True), x, columns)
-
-
-def _frame_curves(frame: pd.DataFrame, x: str, columns: List[str]) -> Dict[str, Curve]:
-    return {c: (frame[x].tolist(), frame[c].tolist()) for c in columns if c in frame.columns and x in frame.columns}
-
-
-def _csv_curves(path: Path, x: str, columns: List[str]) -> Dict[str, Curve]:
-    return _frame_curves(pd.read_csv(path), x, columns) if path.is_file() else {}
-
-
-def training_curves(run: RunDir, selection_metric: str) -> Tuple[Dict[str, Dict[str, Curve]], Dict[str, str]]:
-    """The curves the report plots, from whatever stage files exist: panel -> curves, panel -> x label."""
-    panels = {
-        "OneRec training loss": (_csv_curves(run.path / "train/metrics.csv", "step", ["loss", "ntp_loss"]),
-                                 "optimiser step"),
-        f"OneRec validation {selection_metric}": (
-            _csv_curves(run.path / "train/validation.csv", "epoch", [selection_metric]), "epoch"),
-        "Reward model validation AUC (same-length sessions)": (
-            _jsonl_curves(run.path / "train-reward/metrics.jsonl", "epoch", ["valid_session_auc_same_length"]),
-            "epoch"),
-        "Cascade ranker validation AUC": (_csv_curves(run.path / "cascade/ranker.csv", "epoch", ["auc_mean"]), "epoch"),
-        "Alignment: held-out reward (reward model)": (
-            _jsonl_curves(run.path / "align/iterations.jsonl", "iteration",
-                          ["heldout_reward_top_after", "heldout_reward_mean_after", "heldout_reward_max_after"]),
-            "alignment iteration"),
-        "Alignment: DPO accuracy": (
-            _jsonl_curves(run.path / "align/iterations.jsonl", "iteration", ["train_dpo_accuracy"]),
-            "alignment iteration"),
-    }
-    curves = {title: named for title, (named, _) in panels.items() if named}
-    return curves, {title: label for title, (_, label) in panels.items()}
-
-
-def _table(rows: List[List[object]], header: List[str]) -> str:
-    cells = [[str(int(v)) if isinstance(v, float) and v.is_integer() else f"{v:.4f}" if isinstance(v, float) else str(v)
-              for v in row] for row in rows]
-    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] +
-                     ["| " + " | ".join(row) + " |" for row in cells])
-
-
-def stage_sections(run: RunDir) -> Dict[str, str]:
-    """Report sections from the training stages' own results: reward-model AUCs (against its baseline pooling),
-    the cascade ranker's AUCs, and the alignment iterations."""
-    sections: Dict[str, str] = {}
-    reward = run.path / "train-reward/test_auc.json"
-    if reward.is_file():
-        test = json.loads(reward.read_text())
-        signals = [k for k in next(iter(test.values())) if k != "all"]
-        rows = [[f"{pooling} / {signal}", v[signal]["session_auc_same_length"], v[signal]["session_auc"],
-                 v[signal]["impression_auc"]] for pooling, v in test.items() for signal in [*signals, "all"]]
-        sections["Session reward model (test days)"] = (
-            "AUC per tower on the test days. Session level: a session's label is 1 when any of its items has the "
-            "signal; the same-length column compares only sessions with the same number of items (the plain "
-            "session AUC mostly measures session length). Impression level: every impression scored as a one-item "
-            "session. The first pooling is the configured model, the second its baseline (`reward.baseline_pooling`)."
-            "\n\n" + _table(rows, ["pooling / tower", "session AUC (same length)", "session AUC", "impression AUC"]))
-    cascade = run.path / "cascade/summary.json"
-    if cascade.is_file():
-        result = json.loads(cascade.read_text())
-        tasks = sorted(result["ranker_test_auc"])
-        sections["Cascade ranker"] = ("AUC of the DLRM ranker's tasks, the kept epoch (selected on validation)."
-                                      "\n\n" + _table([[split, *[result[f"ranker_{split}_auc"][t] for t in tasks]]
-                                                        for split in ("valid", "test")], ["split", *tasks]))
-    aligned = run.path / "align/iterations.jsonl"
-    if aligned.is_file():
-        records = pd.read_json(aligned, lines=True)
-        columns = [c for c in ("iteration", "pairs", "train_dpo_accuracy", "heldout_reward_top_before",
-                               "heldout_reward_top_after", "heldout_reward_mean_after", "heldout_reward_max_after",
-                               "heldout_kl_to_reference_after") if c in records.columns]
-        sections["Alignment iterations"] = (
-            "Per iteration: preference pairs, DPO accuracy on them during training, and the reward model's reward "
-            "of the sessions generated for held-out (validation) users before and after the iteration (top "
-            "session, mean and max over the beam), with the KL to the reference on those sessions."
-            "\n\n" + _table(records[columns].values.tolist(), columns))
-    return sections
-
-
-def _deviations(config: OneRecConfig, split: Union[SplitA, SplitB]) -> List[str]:
-    """The ways this run departs from docs/EVAL.md's protocol, for the report."""
-    out: List[str] = []
-    if config.eval.exclude_history:
-        out.append("history items are excluded from generation (docs/EVAL.md keeps them in the ranking)")
-    if config.split.protocol == "B":
-        out.append(f"sessions by the '{config.split.session_rule}' rule"
-                   + ("" if config.split.session_rule == "window" else
-                      f" (gap {config.split.session_gap_minutes} min)"))
-        if config.split.positive_col != "click":
-            out.append(f"positive item rule: {config.split.positive_col} = 1 (docs/EVAL.md: is_click = 1)")
-        if config.split.train_stride not in (0, config.split.session_items):
-            out.append(f"training runs of m start every {config.split.train_stride} positives (overlapping targets)")
-    if config.split.max_history != 50:
-        out.append(f"history length n = {config.split.max_history} (the common choice is 50)")
-    return out
-
-
-def selection_notes(config: OneRecConfig, infos: Dict[str, Dict[str, object]]) -> str:
-    """How each compared arm was chosen (every choice on the validation split; the test split is read once)."""
-    train = config.train
-    epochs = ("the final weights (validated once, after the last epoch)" if train.eval_every_epochs >= train.epochs
-              else f"the epoch with the best validation {train.selection_metric}")
-    notes = {
-        "cascade": "two-tower retrieval kept at its best epoch by validation recall@K_r, ranker at its best epoch by "
-                   "mean validation AUC; sizes and learning rates from the config",
-        "onerec": f"NTP training, {train.epochs} epochs, {epochs}",
-        "onerec_dpo": "the NTP model after one alignment iteration to "
-                      f"`align.reward_source={config.align.reward_source}`",
-        "onerec_ipa": f"the NTP model after {config.align.iterations} alignment iterations to "
-                      f"`align.reward_source={config.align.reward_source}` (the last iteration is kept)",
-        "popularity": "training counts; nothing tuned"}
-    lines = []
-    for arm, info in infos.items():
-        if arm == "cascade_rerank":
-            table = ", ".join(f"{w}: {v:.4f}" for w, v in info["rerank_selection"].items())  # type: ignore[union-attr]
-            text = (f"the cascade, then an MMR re-rank with diversity weight {info['diversity_weight']}, chosen on "
-                    f"{info['selected_on']} ({table})")
-        else:
-            text = notes.get(arm, "an exported model named on the command line")
-        lines.append(f"- {arm}: {text}")
-    return "\n".join(lines)
 
 
 def compare_stage(ctx: PipelineContext) -> Dict[str, object]:
@@ -554,25 +416,25 @@ def compare_stage(ctx: PipelineContext) -> Dict[str, object]:
     results = {a: EvalResult.load(ctx.run.path / "evaluate" / "arms" / f"{arm_file(a)}.npz") for a in arms}
     comparison = compare_arms(results, baseline=cfg.compare.baseline, resamples=cfg.compare.resamples,
                               level=cfg.compare.level, seed=cfg.seed)
-    curves, x_labels = training_curves(ctx.run, cfg.train.selection_metric)
+    curves, x_labels = training_curves(ctx.run.path, cfg.train.selection_metric)
     protocols = [cfg.split.protocol] + (["C"] if ctx.ab_world is not None else [])
     settings = {"data": cfg.data.source, "split scored": cfg.eval.split, "users compared": comparison.num_users,
                 "history n": cfg.split.max_history, "session m": cfg.split.session_items,
                 "beam / returned": f"{cfg.eval.beam_size} / {cfg.eval.num_return}", "ks": list(cfg.eval.ks),
                 "seed": cfg.seed}
     unavailable = evaluated["unavailable"]
-    extra = stage_sections(ctx.run)
+    extra = stage_sections(ctx.run.path)
     if ctx.ab_world is not None:
         diagnostics = world_diagnostics(ctx.ab_world, ctx.data, results, ctx.scored_samples, seed=cfg.seed)
         rows = [{"sessions": name, **row} for name, row in diagnostics.items()]
         ctx.run.write_json("compare/world_diagnostics.json", {"rows": rows})
         extra["Protocol C: where the sessions stand"] = diagnostics_markdown(diagnostics)
-    extra["How each arm was chosen"] = selection_notes(cfg, {a: evaluated["arms"][a]["info"] for a in arms})
+    extra["How each arm was chosen"] = selection_notes(cfg.train, cfg.align, {a: evaluated["arms"][a]["info"] for a in arms})
     if unavailable:
         extra["Arms left out"] = "\n".join(f"- {a}: {why}" for a, why in unavailable.items())
     report = write_comparison_report(
         ctx.run.stage_dir("compare"), title=f"A/B comparison: {cfg.name}", comparison=comparison, protocols=protocols,
-        settings=settings, deviations=_deviations(cfg, ctx.split), data_source=cfg.data.source,
+        settings=settings, deviations=protocol_deviations(cfg.split, cfg.eval), data_source=cfg.data.source,
         per_user={a: r.per_user for a, r in results.items()}, curves=curves, curve_x_labels=x_labels,
         extra_sections=extra)
     LOG.info("compare: report written to %s", report)

@@ -1,5 +1,6 @@
 """The comparison report: ``report.md`` (protocol, settings, tables with intervals, deviations, data credits)
-and its PNG figures, written into one folder of the run directory.
+and its PNG figures, written into one folder of the run directory; and the sections it gathers from the other
+stages' files (training curves, reward-model and ranker AUCs, alignment iterations, how each arm was chosen).
 
 What every report states (docs/EVAL.md: a deviation must be named in the report): the protocol and how its
 targets are built, the settings every arm ran with, the users compared, each arm's metrics with intervals and
@@ -10,13 +11,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
+import pandas as pd
 
+from torchrec_onerec.alignment.config import AlignConfig
+from torchrec_onerec.data.config import SplitConfig
 from torchrec_onerec.eval.compare import Comparison
+from torchrec_onerec.eval.config import EvalConfig
 from torchrec_onerec.eval.plots import Curve, plot_curves, plot_distributions, plot_metric_intervals
 from torchrec_onerec.eval.simulated import TRUE_REWARD
+from torchrec_onerec.train.config import TrainConfig
 
 PROTOCOL_TEXT = {
     "A": ("docs/EVAL.md protocol A (next item, leave-one-out, full ranking): per user, interactions in time order "
@@ -102,3 +108,144 @@ def write_comparison_report(folder: Path, *, title: str, comparison: Comparison,
     report = folder / "report.md"
     report.write_text("\n".join(lines))
     return report
+
+
+def evaluation_markdown(name: str, split: SplitConfig, evaluation: EvalConfig,
+                        metrics: Dict[str, Dict[str, float]]) -> str:
+    """A table of every arm's metrics (``metrics``: arm -> metric -> value), with the protocol they follow."""
+    keys = [k for k in next(iter(metrics.values())) if "@" in k or k == TRUE_REWARD]
+    lines = [f"## Test metrics ({name}, docs/EVAL.md protocol {split.protocol})", "",
+             f"history n = {split.max_history}, session m = {split.session_items}, "
+             f"beam {evaluation.beam_size}, returned {evaluation.num_return}, "
+             f"history items {'excluded' if evaluation.exclude_history else 'kept'} in generation", "",
+             "| arm | users | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
+    for arm, values in metrics.items():
+        lines.append(f"| {arm} | {int(values['num_users'])} | " +
+                     " | ".join(f"{values[k]:.4f}" if k in values else "-" for k in keys) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _jsonl_curves(path: Path, x: str, columns: List[str]) -> Dict[str, Curve]:
+    if not path.is_file():
+        return {}
+    return _frame_curves(pd.read_json(path, lines=True), x, columns)
+
+
+def _frame_curves(frame: pd.DataFrame, x: str, columns: List[str]) -> Dict[str, Curve]:
+    return {c: (frame[x].tolist(), frame[c].tolist()) for c in columns if c in frame.columns and x in frame.columns}
+
+
+def _csv_curves(path: Path, x: str, columns: List[str]) -> Dict[str, Curve]:
+    return _frame_curves(pd.read_csv(path), x, columns) if path.is_file() else {}
+
+
+def training_curves(run: Path, selection_metric: str) -> Tuple[Dict[str, Dict[str, Curve]], Dict[str, str]]:
+    """The curves the report plots, from whatever stage files exist in the run directory ``run``: panel ->
+    curves, panel -> x label."""
+    panels = {
+        "OneRec training loss": (_csv_curves(run / "train/metrics.csv", "step", ["loss", "ntp_loss"]),
+                                 "optimiser step"),
+        f"OneRec validation {selection_metric}": (
+            _csv_curves(run / "train/validation.csv", "epoch", [selection_metric]), "epoch"),
+        "Reward model validation AUC (same-length sessions)": (
+            _jsonl_curves(run / "train-reward/metrics.jsonl", "epoch", ["valid_session_auc_same_length"]),
+            "epoch"),
+        "Cascade ranker validation AUC": (_csv_curves(run / "cascade/ranker.csv", "epoch", ["auc_mean"]), "epoch"),
+        "Alignment: held-out reward (reward model)": (
+            _jsonl_curves(run / "align/iterations.jsonl", "iteration",
+                          ["heldout_reward_top_after", "heldout_reward_mean_after", "heldout_reward_max_after"]),
+            "alignment iteration"),
+        "Alignment: DPO accuracy": (
+            _jsonl_curves(run / "align/iterations.jsonl", "iteration", ["train_dpo_accuracy"]),
+            "alignment iteration"),
+    }
+    curves = {title: named for title, (named, _) in panels.items() if named}
+    return curves, {title: label for title, (_, label) in panels.items()}
+
+
+def _table(rows: List[List[object]], header: List[str]) -> str:
+    cells = [[str(int(v)) if isinstance(v, float) and v.is_integer() else f"{v:.4f}" if isinstance(v, float) else str(v)
+              for v in row] for row in rows]
+    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] +
+                     ["| " + " | ".join(row) + " |" for row in cells])
+
+
+def stage_sections(run: Path) -> Dict[str, str]:
+    """Report sections from the training stages' own results in the run directory ``run``: reward-model AUCs
+    (against its baseline pooling), the cascade ranker's AUCs, and the alignment iterations."""
+    sections: Dict[str, str] = {}
+    reward = run / "train-reward/test_auc.json"
+    if reward.is_file():
+        test = json.loads(reward.read_text())
+        signals = [k for k in next(iter(test.values())) if k != "all"]
+        rows = [[f"{pooling} / {signal}", v[signal]["session_auc_same_length"], v[signal]["session_auc"],
+                 v[signal]["impression_auc"]] for pooling, v in test.items() for signal in [*signals, "all"]]
+        sections["Session reward model (test days)"] = (
+            "AUC per tower on the test days. Session level: a session's label is 1 when any of its items has the "
+            "signal; the same-length column compares only sessions with the same number of items (the plain "
+            "session AUC mostly measures session length). Impression level: every impression scored as a one-item "
+            "session. The first pooling is the configured model, the second its baseline (`reward.baseline_pooling`)."
+            "\n\n" + _table(rows, ["pooling / tower", "session AUC (same length)", "session AUC", "impression AUC"]))
+    cascade = run / "cascade/summary.json"
+    if cascade.is_file():
+        result = json.loads(cascade.read_text())
+        tasks = sorted(result["ranker_test_auc"])
+        sections["Cascade ranker"] = ("AUC of the DLRM ranker's tasks, the kept epoch (selected on validation)."
+                                      "\n\n" + _table([[split, *[result[f"ranker_{split}_auc"][t] for t in tasks]]
+                                                        for split in ("valid", "test")], ["split", *tasks]))
+    aligned = run / "align/iterations.jsonl"
+    if aligned.is_file():
+        records = pd.read_json(aligned, lines=True)
+        columns = [c for c in ("iteration", "pairs", "train_dpo_accuracy", "heldout_reward_top_before",
+                               "heldout_reward_top_after", "heldout_reward_mean_after", "heldout_reward_max_after",
+                               "heldout_kl_to_reference_after") if c in records.columns]
+        sections["Alignment iterations"] = (
+            "Per iteration: preference pairs, DPO accuracy on them during training, and the reward model's reward "
+            "of the sessions generated for held-out (validation) users before and after the iteration (top "
+            "session, mean and max over the beam), with the KL to the reference on those sessions."
+            "\n\n" + _table(records[columns].values.tolist(), columns))
+    return sections
+
+
+def protocol_deviations(split: SplitConfig, evaluation: EvalConfig) -> List[str]:
+    """The ways a run departs from docs/EVAL.md's protocol, for the report."""
+    out: List[str] = []
+    if evaluation.exclude_history:
+        out.append("history items are excluded from generation (docs/EVAL.md keeps them in the ranking)")
+    if split.protocol == "B":
+        out.append(f"sessions by the '{split.session_rule}' rule"
+                   + ("" if split.session_rule == "window" else
+                      f" (gap {split.session_gap_minutes} min)"))
+        if split.positive_col != "click":
+            out.append(f"positive item rule: {split.positive_col} = 1 (docs/EVAL.md: is_click = 1)")
+        if split.train_stride not in (0, split.session_items):
+            out.append(f"training runs of m start every {split.train_stride} positives (overlapping targets)")
+    if split.max_history != 50:
+        out.append(f"history length n = {split.max_history} (the common choice is 50)")
+    return out
+
+
+def selection_notes(train: TrainConfig, align: AlignConfig, infos: Dict[str, Dict[str, object]]) -> str:
+    """How each compared arm (``infos``: arm -> its evaluation info) was chosen (every choice on the validation
+    split; the test split is read once)."""
+    epochs = ("the final weights (validated once, after the last epoch)" if train.eval_every_epochs >= train.epochs
+              else f"the epoch with the best validation {train.selection_metric}")
+    notes = {
+        "cascade": "two-tower retrieval kept at its best epoch by validation recall@K_r, ranker at its best epoch by "
+                   "mean validation AUC; sizes and learning rates from the config",
+        "onerec": f"NTP training, {train.epochs} epochs, {epochs}",
+        "onerec_dpo": "the NTP model after one alignment iteration to "
+                      f"`align.reward_source={align.reward_source}`",
+        "onerec_ipa": f"the NTP model after {align.iterations} alignment iterations to "
+                      f"`align.reward_source={align.reward_source}` (the last iteration is kept)",
+        "popularity": "training counts; nothing tuned"}
+    lines = []
+    for arm, info in infos.items():
+        if arm == "cascade_rerank":
+            table = ", ".join(f"{w}: {v:.4f}" for w, v in info["rerank_selection"].items())  # type: ignore[union-attr]
+            text = (f"the cascade, then an MMR re-rank with diversity weight {info['diversity_weight']}, chosen on "
+                    f"{info['selected_on']} ({table})")
+        else:
+            text = notes.get(arm, "an exported model named on the command line")
+        lines.append(f"- {arm}: {text}")
+    return "\n".join(lines)

@@ -31,11 +31,9 @@ Shape legend: B batch, M session items, S signals, D width, U users, N sessions 
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -43,8 +41,8 @@ from torchrec.modules.embedding_configs import EmbeddingConfig
 from torchrec.modules.embedding_modules import EmbeddingCollection
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
 
-from torchrec_onerec.data.batch import HISTORY_KEY, USER_KEY, OneRecBatch, TensorFieldsBatch, collate_samples
-from torchrec_onerec.data.samples import PAD_ITEM, SampleSet
+from torchrec_onerec.data.batch import HISTORY_KEY, USER_KEY, OneRecBatch, TensorFieldsBatch
+from torchrec_onerec.data.samples import PAD_ITEM
 from torchrec_onerec.models.reward_config import RewardModelConfig
 from torchrec_onerec.modules.attention import AttentionConfig, SelfAttention
 
@@ -93,7 +91,9 @@ class RewardBatch(TensorFieldsBatch):
         item_labels (torch.Tensor): [B, M, S] float32 labels of each slot (0 at padding).
 
     Example:
-        >>> from torchrec_onerec.data.samples import Sample
+        >>> import numpy as np
+        >>> from torchrec_onerec.data.batch import collate_samples
+        >>> from torchrec_onerec.data.samples import Sample, SampleSet
         >>> s = SampleSet.from_samples([Sample(0, np.array([3]), np.array([1, 2, -1]),
         ...                                    np.array([[1.0], [0.0], [0.0]], np.float32))], ["vtr"])
         >>> b = to_reward_batch(collate_samples(s), session_label="mean")
@@ -153,7 +153,9 @@ def to_reward_batch(batch: OneRecBatch, *, session_label: str,
         RewardBatch: on ``batch``'s device.
 
     Example:
-        >>> from torchrec_onerec.data.samples import Sample
+        >>> import numpy as np
+        >>> from torchrec_onerec.data.batch import collate_samples
+        >>> from torchrec_onerec.data.samples import Sample, SampleSet
         >>> s = SampleSet.from_samples([Sample(0, np.array([2]), np.array([1, -1]), np.zeros((2, 1), np.float32))],
         ...                            ["vtr"])
         >>> tokens = code_tokens(torch.tensor([[0, 0], [1, 0], [1, 1]]))
@@ -184,7 +186,9 @@ class RewardTransform:
             with ``reward.semantic_ids``; None otherwise.
 
     Example:
-        >>> from torchrec_onerec.data.samples import Sample
+        >>> import numpy as np
+        >>> from torchrec_onerec.data.batch import collate_samples
+        >>> from torchrec_onerec.data.samples import Sample, SampleSet
         >>> s = SampleSet.from_samples([Sample(0, np.array([3]), np.array([1, 2]), np.ones((2, 1), np.float32))],
         ...                            ["vtr"])
         >>> RewardTransform("any")(collate_samples(s)).features.keys()
@@ -263,11 +267,13 @@ class SessionRewardModel(nn.Module):
         signals (Sequence[str]): the S towers, in label order (``SampleSet.signals``).
         item_codes (torch.Tensor | None): [num_items, L'] semantic-ID codes of every item (``Codebook.codes``);
             required with ``config.semantic_ids``, unused without. Kept on the CPU as ``item_tokens``
-            (``code_tokens``), which ``score_sessions`` and the training transform write into batches.
+            (``code_tokens``), which ``reward_scoring.score_sessions`` and the training transform write into batches.
         device (torch.device | None): where to build ("meta" for DMP).
 
     Example:
-        >>> from torchrec_onerec.data.samples import Sample
+        >>> import numpy as np
+        >>> from torchrec_onerec.data.batch import collate_samples
+        >>> from torchrec_onerec.data.samples import Sample, SampleSet
         >>> model = SessionRewardModel(RewardModelConfig(embedding_dim=8), num_users=2, num_items=5,
         ...                            signals=["swt", "vtr"], item_codes=torch.tensor([[0, 0], [0, 1], [1, 0],
         ...                                                                           [1, 1], [2, 0]]))
@@ -415,95 +421,3 @@ class RewardTrainModule(nn.Module):
         """Loss and detached (loss, logits [B, S], labels [B, S])."""
         out = self.model(batch)
         return out.loss, (out.loss.detach(), out.logits.detach(), out.labels.detach())
-
-
-def _check_sessions(model: SessionRewardModel, samples: SampleSet, sessions: np.ndarray) -> np.ndarray:
-    """``sessions`` as [U, N, M] int64 with U = len(samples) and ids in [-1, num_items), else ValueError."""
-    sessions = np.asarray(sessions)
-    if sessions.ndim != 3 or sessions.shape[0] != len(samples) or (sessions.size and sessions.dtype.kind not in "iu"):
-        raise ValueError(f"sessions must be an integer array [U={len(samples)}, N, M] (one row per sample), got "
-                         f"shape {sessions.shape} and dtype {sessions.dtype}")
-    if sessions.size and (int(sessions.min()) < PAD_ITEM or int(sessions.max()) >= model.num_items):
-        raise ValueError(f"sessions hold ids in [{int(sessions.min())}, {int(sessions.max())}]; items are "
-                         f"[0, {model.num_items}) for this reward model and -1 is the only padding value")
-    largest_user = samples.largest_ids()[0]
-    if largest_user >= model.num_users:
-        raise ValueError(f"samples hold user id {largest_user} but the reward model has "
-                         f"{model.num_users} users; score users of the data set it was trained on")
-    return sessions.astype(np.int64, copy=False)
-
-
-def score_sessions(model: SessionRewardModel, samples: SampleSet, sessions: np.ndarray, *, batch_size: int,
-                   device: torch.device) -> np.ndarray:
-    """Per-signal probabilities of N sessions per user, from a plain (unsharded) model, without gradients.
-
-    Sample u's user and history are paired with each of its N sessions. The model runs in eval mode (its mode
-    is restored afterwards).
-
-    Args:
-        model (SessionRewardModel): a plain model (``load_reward_model``), on ``device``.
-        samples (SampleSet): U samples (their user and history; targets and labels are not read).
-        sessions (np.ndarray): [U, N, M] int item ids, -1 at empty slots (anywhere in a session).
-        batch_size (int): sessions per forward pass (at least one user's N sessions).
-        device (torch.device): where the model is.
-
-    Returns:
-        np.ndarray: [U, N, S] float32 probabilities, S = ``model.signals``.
-
-    Example:
-        >>> from torchrec_onerec.data.samples import Sample
-        >>> model = SessionRewardModel(RewardModelConfig(embedding_dim=8, semantic_ids=False), 2, 5, ["vtr", "ltr"])
-        >>> s = SampleSet.from_samples([Sample(1, np.array([4]), np.array([0]), np.zeros((1, 2), np.float32))],
-        ...                            ["vtr", "ltr"])
-        >>> score_sessions(model, s, np.array([[[0, 1], [2, -1], [3, 4]]]), batch_size=8,
-        ...                device=torch.device("cpu")).shape
-        (1, 3, 2)
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size} must be >= 1")
-    sessions = _check_sessions(model, samples, sessions)
-    U, N, M = sessions.shape
-    out = np.zeros((U, N, len(model.signals)), np.float32)
-    users_per_batch = max(1, batch_size // max(N, 1))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for start in range(0, U if N else 0, users_per_batch):
-                rows = np.arange(start, min(U, start + users_per_batch))
-                batch = collate_samples(samples, np.repeat(rows, N))  # each user once per session
-                target = torch.from_numpy(sessions[rows].reshape(len(rows) * N, M))
-                batch = dataclasses.replace(batch, target=target, target_mask=target != PAD_ITEM,
-                                            labels=torch.zeros(len(rows) * N, M, len(model.signals)))
-                reward_batch = to_reward_batch(batch, session_label="mean", item_tokens=model.item_tokens)
-                probabilities = model(reward_batch.to(device)).probabilities
-                out[rows] = probabilities.view(len(rows), N, -1).float().cpu().numpy()
-    finally:
-        model.train(was_training)
-    return out
-
-
-def session_rewards(model: SessionRewardModel, samples: SampleSet, sessions: np.ndarray, *, batch_size: int,
-                    device: torch.device) -> np.ndarray:
-    """The scalar reward of N sessions per user: ``model.reward`` of ``score_sessions``.
-
-    Args:
-        model (SessionRewardModel): a plain model on ``device``.
-        samples (SampleSet): U samples (user and history).
-        sessions (np.ndarray): [U, N, M] int item ids, -1 at empty slots.
-        batch_size (int): sessions per forward pass.
-        device (torch.device): where the model is.
-
-    Returns:
-        np.ndarray: [U, N] float32.
-
-    Example:
-        >>> from torchrec_onerec.data.samples import Sample
-        >>> model = SessionRewardModel(RewardModelConfig(embedding_dim=8, semantic_ids=False), 2, 5, ["vtr", "ltr"])
-        >>> s = SampleSet.from_samples([Sample(1, np.array([4]), np.array([0]), np.zeros((1, 2), np.float32))],
-        ...                            ["vtr", "ltr"])
-        >>> session_rewards(model, s, np.array([[[0, 1], [2, -1]]]), batch_size=8, device=torch.device("cpu")).shape
-        (1, 2)
-    """
-    probabilities = score_sessions(model, samples, sessions, batch_size=batch_size, device=device)
-    return model.reward(torch.from_numpy(probabilities)).numpy()

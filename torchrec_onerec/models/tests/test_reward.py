@@ -25,9 +25,9 @@ from torchrec_onerec.data.batch import collate_samples
 from torchrec_onerec.data.samples import Sample, SampleSet
 from torchrec_onerec.errors import ConfigError
 from torchrec_onerec.models.reward import (RewardBatch, RewardTrainModule, RewardTransform, SessionRewardModel,
-                                           code_tokens, score_sessions, session_labels, session_rewards,
-                                           to_reward_batch)
+                                           code_tokens, session_labels, to_reward_batch)
 from torchrec_onerec.models.reward_config import RewardModelConfig
+from torchrec_onerec.models.reward_scoring import score_sessions, session_rewards
 
 SIGNALS = ["swt", "vtr", "ltr"]
 NUM_USERS, NUM_ITEMS = 6, 12
