@@ -2,9 +2,9 @@
 
 1. Your log as a CSV, one row per impression: ``user_id,item_id,timestamp,click,long_view,like`` (here the
    tiny synthetic world exported as such a file, with string ids and timestamps in seconds).
-2. The ``onerec`` pipeline on it (``data.source=table``): EVAL.md protocol B, because the table has per-impression
-   feedback (day split, the test target is a user's session of clicked items); semantic IDs from collaborative
-   embeddings, since the table has no item content. Arms: the package's cascade (two-tower retrieval -> DLRM
+2. The ``onerec`` pipeline on it (``data.source=table``): docs/EVAL.md protocol B, because the table has
+   per-impression feedback (day split, the test target is a user's session of clicked items); semantic IDs from
+   collaborative embeddings, since the table has no item content. Arms: the package's cascade (two-tower retrieval -> DLRM
    ranker, trained on your table), OneRec and the popularity floor, scored on the same test users, with
    bootstrap intervals and lifts over the cascade in ``compare/report.md``. The same from the shell::
 
