@@ -25,13 +25,11 @@ import time
 from pathlib import Path
 from typing import Any, Dict
 
-import numpy as np
 import torch
 
 from torchrec_onerec.alignment.config import AlignConfig
 from torchrec_onerec.alignment.ipa import align_iteratively, generation_stats
 from torchrec_onerec.config import load_config
-from torchrec_onerec.data.samples import SampleSet
 from torchrec_onerec.datasets.synthetic import load_synthetic
 from torchrec_onerec.eval.protocols import evaluation_users
 from torchrec_onerec.eval.simulated import world_reward_fn

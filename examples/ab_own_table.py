@@ -4,9 +4,9 @@
    tiny synthetic world exported as such a file, with string ids and timestamps in seconds).
 2. The ``onerec`` pipeline on it (``data.source=table``): docs/EVAL.md protocol B, because the table has
    per-impression feedback (day split, the test target is a user's session of clicked items); semantic IDs from
-   collaborative embeddings, since the table has no item content. Arms: the package's cascade (two-tower retrieval -> DLRM
-   ranker, trained on your table), OneRec and the popularity floor, scored on the same test users, with
-   bootstrap intervals and lifts over the cascade in ``compare/report.md``. The same from the shell::
+   collaborative embeddings, since the table has no item content. Arms: the package's cascade (two-tower
+   retrieval -> DLRM ranker, trained on your table), OneRec and the popularity floor, scored on the same test
+   users, with bootstrap intervals and lifts over the cascade in ``compare/report.md``. The same from the shell::
 
        onerec run configs/tiny.yaml data.source=table data.path=log.csv "data.feedback_cols=[click,long_view,like]" \\
            tokenizer.embedding_source=collaborative "compare.arms=[cascade,onerec,popularity]"

@@ -140,7 +140,8 @@ def load_config(path: Optional[str], overrides: Sequence[str] = ()) -> OneRecCon
             merged = OmegaConf.merge(merged, src)
         except (ValidationError, ConfigKeyError, ConfigAttributeError) as exc:
             key = getattr(exc, "full_key", None) or "?"
-            raise ConfigError(f"{origin}: bad value for config key {key!r}: {exc.msg if hasattr(exc, 'msg') else exc}") from exc
+            detail = exc.msg if hasattr(exc, "msg") else exc
+            raise ConfigError(f"{origin}: bad value for config key {key!r}: {detail}") from exc
     try:
         obj = OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:

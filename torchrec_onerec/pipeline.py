@@ -89,7 +89,8 @@ def stage_fingerprint(config: OneRecConfig, stage: str) -> str:
     return fingerprint(sections)
 
 
-def run_pipeline(config: OneRecConfig, *, stages: Sequence[str] = STAGES, force: Sequence[str] = ()) -> Dict[str, object]:
+def run_pipeline(config: OneRecConfig, *, stages: Sequence[str] = STAGES,
+                 force: Sequence[str] = ()) -> Dict[str, object]:
     """Run ``stages`` in order in ``config.run_dir``; skip completed ones whose inputs did not change.
 
     Args:

@@ -429,7 +429,8 @@ def compare_stage(ctx: PipelineContext) -> Dict[str, object]:
         rows = [{"sessions": name, **row} for name, row in diagnostics.items()]
         ctx.run.write_json("compare/world_diagnostics.json", {"rows": rows})
         extra["Protocol C: where the sessions stand"] = diagnostics_markdown(diagnostics)
-    extra["How each arm was chosen"] = selection_notes(cfg.train, cfg.align, {a: evaluated["arms"][a]["info"] for a in arms})
+    infos = {a: evaluated["arms"][a]["info"] for a in arms}
+    extra["How each arm was chosen"] = selection_notes(cfg.train, cfg.align, infos)
     if unavailable:
         extra["Arms left out"] = "\n".join(f"- {a}: {why}" for a, why in unavailable.items())
     report = write_comparison_report(

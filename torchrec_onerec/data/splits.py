@@ -367,12 +367,14 @@ def protocol_b_split(data: InteractionData, config: SplitConfig) -> SplitB:
     }
     for name, count in (("train", rows["window"] == 0), ("test", rows["window"] == 2)):
         if not count.any():
-            raise DataError(f"{data.name}: protocol B {name} window is empty (days {int(days.min())}..{int(days.max())},"
+            raise DataError(f"{data.name}: protocol B {name} window is empty "
+                            f"(days {int(days.min())}..{int(days.max())},"
                             f" valid_start={valid_start}, test_start={test_start}, test_end={test_end})")
     pre_users, pre_items, pre_frame = _pre_period(data)
     pre_labels = np.zeros((len(pre_users), len(columns)), np.float32)
     for j, col in enumerate(columns):  # the histories' own column, else 1 for the positive column, 0 otherwise
-        pre_labels[:, j] = pre_frame[col].to_numpy(np.float32) if col in pre_frame.columns else col == config.positive_col
+        pre_labels[:, j] = (pre_frame[col].to_numpy(np.float32) if col in pre_frame.columns
+                            else col == config.positive_col)
     pre_nan = np.isnan(pre_labels)
     pre_labels[pre_nan] = 0.0
     dropped: Dict[str, int] = {"rows_after_test_end": int((window < 0).sum()),

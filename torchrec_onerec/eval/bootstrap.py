@@ -110,7 +110,8 @@ def paired_difference(arm: np.ndarray, baseline: np.ndarray, indices: np.ndarray
     arm = _check(arm, "arm", level)
     baseline = _check(baseline, "baseline", level)
     if arm.shape != baseline.shape:
-        raise ValueError(f"arm has {arm.size} users, baseline {baseline.size}: a paired comparison needs the same users")
+        raise ValueError(f"arm has {arm.size} users, baseline {baseline.size}: a paired comparison needs the same "
+                         "users")
     diff_draws = arm[indices].mean(axis=1) - baseline[indices].mean(axis=1)
     base_draws = baseline[indices].mean(axis=1)
     base = float(baseline.mean())

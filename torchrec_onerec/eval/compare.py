@@ -17,7 +17,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from torchrec_onerec.eval.bootstrap import DEFAULT_RESAMPLES, Interval, mean_interval, paired_difference, resample_indices
+from torchrec_onerec.eval.bootstrap import (DEFAULT_RESAMPLES, Interval, mean_interval, paired_difference,
+                                            resample_indices)
 from torchrec_onerec.eval.protocols import ID_KEYS, EvalResult
 from torchrec_onerec.eval.simulated import TRUE_REWARD
 
@@ -79,7 +80,8 @@ class Comparison:
             lines += ["", f"### {title}", "", "| arm | " + " | ".join(group) + " |", "|---|" + "---|" * len(group)]
             for arm in self.arms:
                 cis = [self.means[arm][m] for m in group]
-                lines.append(f"| {arm} | " + " | ".join(f"{c.value:.4f} [{c.low:.4f}, {c.high:.4f}]" for c in cis) + " |")
+                cells = " | ".join(f"{c.value:.4f} [{c.low:.4f}, {c.high:.4f}]" for c in cis)
+                lines.append(f"| {arm} | {cells} |")
             for arm in self.arms[1:]:
                 cells = []
                 for metric in group:
@@ -102,8 +104,11 @@ def metric_groups(metrics: Sequence[str]) -> Dict[str, List[str]]:
     """The compared metrics by kind, in report order (empty groups left out).
 
     Example:
-        >>> metric_groups(["ndcg@5", "true_reward", "reward_vtr_max"])
-        {'Ranking (docs/EVAL.md A/B)': ['ndcg@5'], 'True reward (protocol C)': ['true_reward'], 'Reward-model estimates': ['reward_vtr_max']}
+        >>> for group, metrics in metric_groups(["ndcg@5", "true_reward", "reward_vtr_max"]).items():
+        ...     print(group, metrics)
+        Ranking (docs/EVAL.md A/B) ['ndcg@5']
+        True reward (protocol C) ['true_reward']
+        Reward-model estimates ['reward_vtr_max']
     """
     groups = {"Ranking (docs/EVAL.md A/B)": [m for m in metrics if m.startswith(("recall@", "ndcg@"))],
               "True reward (protocol C)": [m for m in metrics if m == TRUE_REWARD],

@@ -36,7 +36,7 @@ class EvalConfig:
         >>> EvalConfig(beam_size=5, num_return=10)
         Traceback (most recent call last):
         ...
-        torchrec_onerec.errors.ConfigError: eval.num_return=10 exceeds eval.beam_size=5; lower num_return or raise beam_size
+        torchrec_onerec.errors.ConfigError: eval.num_return=10 exceeds eval.beam_size=5; lower num_return or ...
     """
 
     beam_size: int = 20
@@ -86,7 +86,7 @@ class CompareConfig:
         >>> CompareConfig(arms=["onerec"], baseline="cascade")
         Traceback (most recent call last):
         ...
-        torchrec_onerec.errors.ConfigError: compare.baseline='cascade' is not one of compare.arms=['onerec']; add it or pick an arm
+        torchrec_onerec.errors.ConfigError: compare.baseline='cascade' is not one of compare.arms=['onerec']; ...
     """
 
     arms: List[str] = field(default_factory=lambda: ["cascade", "cascade_rerank", "onerec", "onerec_dpo", "onerec_ipa",

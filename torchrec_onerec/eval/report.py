@@ -29,9 +29,9 @@ PROTOCOL_TEXT = {
           "(stable on ties); the last item is the test target. Every arm ranks the whole catalogue; history items "
           "stay in the ranking unless stated. Recall@K = hit rate with one target; NDCG@K; means over users."),
     "B": ("docs/EVAL.md protocol B (sessions with feedback): train on the training days, test on the last days; "
-          "the test target is a user's window session's positives in time order (at most m). recall@m / ndcg@m score the "
-          "best-scored returned session against them; recall@K / ndcg@K the items of all returned sessions by score. "
-          "Users without a positive in the window are not targets."),
+          "the test target is a user's window session's positives in time order (at most m). recall@m / ndcg@m score "
+          "the best-scored returned session against them; recall@K / ndcg@K the items of all returned sessions by "
+          "score. Users without a positive in the window are not targets."),
     "C": ("docs/EVAL.md protocol C (simulated A/B on the synthetic world): every arm serves each test user its "
           "best-scored session; the world's own response model gives that session's true expected reward "
           "(clicks + long views + 2 x likes, with position, diversity and repeat effects)."),
@@ -43,7 +43,8 @@ DATA_CREDITS = {
                  "Videos\", CIKM 2022. Licence CC BY-SA 4.0; results here are on a two-week slice of KuaiRand-Pure."),
     "movielens": ("MovieLens: F. Maxwell Harper and Joseph A. Konstan, \"The MovieLens Datasets: History and "
                   "Context\", ACM TiiS 2015 (GroupLens terms: cite, do not redistribute)."),
-    "synthetic": "The synthetic short-video world of torchrec_onerec (generated from the run's seed; no external data).",
+    "synthetic": ("The synthetic short-video world of torchrec_onerec (generated from the run's seed; no external "
+                  "data)."),
 }
 
 

@@ -141,7 +141,8 @@ def diagnostics_markdown(rows: Mapping[str, Mapping[str, float]]) -> str:
         ...        "in_history": 0.0, "coverage": 0.2, "empty_slots": 0.0}
         >>> print(diagnostics_markdown({"ceiling": {**row, "kind": 1.0}, "cascade": {**row, "kind": 0.0}}))
         ... # doctest: +NORMALIZE_WHITESPACE +ELLIPSIS
-        | sessions | true reward | share of ceiling | topics / session | quality | interest | items in history | coverage |
+        | sessions | true reward | share of ceiling | topics / session | quality | interest |
+          items in history | coverage |
         |---|---|---|---|---|---|---|---|
         | *ceiling* | 2.000 | 50.0% | 2.00 | 0.100 | 0.300 | 0.00 | 20.0% |
         | cascade | 2.000 | 50.0% | 2.00 | 0.100 | 0.300 | 0.00 | 20.0% |
@@ -159,6 +160,7 @@ def diagnostics_markdown(rows: Mapping[str, Mapping[str, float]]) -> str:
               "response, not by a model. ceiling: greedy by true marginal reward; top items: the best single items "
               "put together; logging policy: a fresh session of the policy that logged the data. Columns: distinct "
               "topics per session, mean item quality, the user's true interest in the items' topics, items the "
-              "user engaged with before, distinct items served over all users as a share of the catalogue. Low interest points at "
-              "personalisation, few topics at diversity, low quality at item quality, low coverage at popularity."]
+              "user engaged with before, distinct items served over all users as a share of the catalogue. Low "
+              "interest points at personalisation, few topics at diversity, low quality at item quality, low "
+              "coverage at popularity."]
     return "\n".join(lines)

@@ -6,3 +6,7 @@ from torchrec_onerec.modules.feed_forward import FeedForward, FeedForwardConfig,
 from torchrec_onerec.modules.kv_cache import KVCache
 from torchrec_onerec.modules.moe import MoEConfig, MoEFeedForward
 from torchrec_onerec.modules.transformer import DecoderConfig, EncoderConfig, TransformerDecoder, TransformerEncoder
+
+__all__ = ["AttentionConfig", "CrossAttention", "DecoderConfig", "EncoderConfig", "FeedForward", "FeedForwardConfig",
+           "FeedForwardOutput", "KVCache", "MoEConfig", "MoEFeedForward", "SelfAttention", "SemanticEmbeddingConfig",
+           "SemanticTokenEmbedding", "TransformerDecoder", "TransformerEncoder", "reference_attention"]

@@ -97,8 +97,9 @@ def save_exported(path: Path, state: Dict[str, torch.Tensor], model_config: OneR
         vocab_sizes (Sequence[int]): K_l of each code level.
         fingerprint (str): the training fingerprint (model config, codebook, optimiser).
     """
-    save_tagged(path, EXPORT_FORMAT, {"model_config": asdict(model_config), "vocab_sizes": [int(v) for v in vocab_sizes],
-                                      "fingerprint": fingerprint, "state_dict": state})
+    save_tagged(path, EXPORT_FORMAT, {"model_config": asdict(model_config),
+                                      "vocab_sizes": [int(v) for v in vocab_sizes], "fingerprint": fingerprint,
+                                      "state_dict": state})
 
 
 def load_exported(path: Path, model_config: OneRecModelConfig, vocab_sizes: Sequence[int], *,

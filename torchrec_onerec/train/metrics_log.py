@@ -3,11 +3,11 @@
 Every ``train.log_every_steps`` steps each rank contributes its sums (losses, tokens, samples, expert load,
 seconds in steps); one all-reduce combines them and rank 0 appends a record to the run directory's
 ``metrics.jsonl`` (stage ``train``) and a row to ``train/metrics.csv``. Each epoch gets a summary record (stage
-``train/epoch``, with the per-layer expert load) and each validation one (stage ``train/valid``). Losses are means over steps and ranks
-(each rank's loss is a mean over its own target codes, as DDP averages). ``tokens`` counts the history and
-target code tokens the model read; throughput is per wall second spent in training steps (validation and
-checkpoints excluded). Expert utilisation is ``E * share`` of each expert (1 = perfectly balanced):
-``expert_load_max`` / ``expert_load_min`` over experts and decoder layers.
+``train/epoch``, with the per-layer expert load) and each validation one (stage ``train/valid``). Losses are
+means over steps and ranks (each rank's loss is a mean over its own target codes, as DDP averages). ``tokens``
+counts the history and target code tokens the model read; throughput is per wall second spent in training steps
+(validation and checkpoints excluded). Expert utilisation is ``E * share`` of each expert (1 = perfectly
+balanced): ``expert_load_max`` / ``expert_load_min`` over experts and decoder layers.
 """
 
 from __future__ import annotations

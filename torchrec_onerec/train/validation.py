@@ -119,7 +119,8 @@ class ModelSelection:
 
 
 def validate(training: ShardedTraining, ctx: DistContext, validator: Validator, samples: SampleSet, *,
-             config: OneRecConfig, vocab_sizes: List[int]) -> Tuple[Dict[str, float], Optional[Dict[str, torch.Tensor]]]:
+             config: OneRecConfig,
+             vocab_sizes: List[int]) -> Tuple[Dict[str, float], Optional[Dict[str, torch.Tensor]]]:
     """Validate the current weights on rank 0 (a collective; see the module docstring).
 
     Args:

@@ -101,7 +101,8 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(full_run: AlignResu
     assert again.records == resumed.records
     with pytest.raises(ValueError, match="other inputs"):
         _align(out_dir, AlignConfig(**{**ALIGN.__dict__, "beta": 0.1}))
-    assert _align(out_dir, AlignConfig(**{**ALIGN.__dict__, "beta": 0.1, "iterations": 1}), resume=False).iterations == 1
+    one_iteration = AlignConfig(**{**ALIGN.__dict__, "beta": 0.1, "iterations": 1})
+    assert _align(out_dir, one_iteration, resume=False).iterations == 1
 
 
 def test_plain_weights_load_into_the_row_wise_sharded_module_exactly() -> None:

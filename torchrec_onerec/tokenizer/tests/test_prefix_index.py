@@ -14,11 +14,11 @@ def _unique_codes(num_items: int, vocab: list, seed: int) -> torch.Tensor:
 
 
 def _brute_valid_next(codes: torch.Tensor, prefix: torch.Tensor, size: int) -> torch.Tensor:
-    l = prefix.shape[1]
+    length = prefix.shape[1]
     out = torch.zeros(prefix.shape[0], size, dtype=torch.bool)
     for b in range(prefix.shape[0]):
-        match = (codes[:, :l] == prefix[b]).all(dim=1) if l else torch.ones(codes.shape[0], dtype=torch.bool)
-        out[b, codes[match, l]] = True
+        match = (codes[:, :length] == prefix[b]).all(dim=1) if length else torch.ones(codes.shape[0], dtype=torch.bool)
+        out[b, codes[match, length]] = True
     return out
 
 
