@@ -34,7 +34,7 @@ from torchrec_onerec.datasets.synthetic import load_synthetic
 from torchrec_onerec.eval.protocols import evaluation_users
 from torchrec_onerec.eval.simulated import world_reward_fn
 from torchrec_onerec.pipeline import run_pipeline
-from torchrec_onerec.stages import PipelineContext
+from torchrec_onerec.context import PipelineContext
 from torchrec_onerec.run_dir import RunDir
 from torchrec_onerec.train.distributed import DistContext
 from torchrec_onerec.train.export import load_exported

@@ -75,7 +75,7 @@ from torchrec_onerec.eval.simulated import world_reward_fn
 from torchrec_onerec.models.reward import SessionRewardModel
 from torchrec_onerec.models.reward_scoring import session_rewards
 from torchrec_onerec.run_dir import RunDir
-from torchrec_onerec.stages import PipelineContext
+from torchrec_onerec.context import PipelineContext
 from torchrec_onerec.train.export import load_exported
 from torchrec_onerec.train.reward_training import load_reward_model
 

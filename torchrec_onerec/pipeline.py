@@ -26,9 +26,10 @@ from dataclasses import asdict
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from torchrec_onerec.config import OneRecConfig, to_yaml
+from torchrec_onerec.context import PipelineContext, rank, world_size
 from torchrec_onerec.run_dir import RunDir, fingerprint
 from torchrec_onerec.runtime import resolve_device, seed_everything
-from torchrec_onerec.stages import STAGE_FUNCTIONS, PipelineContext, rank, world_size
+from torchrec_onerec.stages import STAGE_FUNCTIONS
 from torchrec_onerec.train.distributed import broadcast_object, init_distributed, teardown_distributed
 
 LOG = logging.getLogger("torchrec_onerec")

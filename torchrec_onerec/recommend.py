@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from torchrec_onerec.arms import ARMS, SERVABLE_ARMS
 from torchrec_onerec.config import OneRecConfig, load_config
 from torchrec_onerec.data.batch import make_dataloader
 from torchrec_onerec.data.config import LoaderConfig
@@ -36,7 +37,6 @@ from torchrec_onerec.runtime import resolve_device
 from torchrec_onerec.tokenizer.codebook import Codebook, catalogue_fingerprint
 from torchrec_onerec.train.export import load_exported
 
-SERVABLE_ARMS = ("onerec", "onerec_ipa")
 
 
 class UnknownUserError(ValueError):
@@ -90,7 +90,8 @@ class Recommender:
         Args:
             run_dir (str | Path): a run directory whose ``train`` stage (and ``align`` for ``onerec_ipa``)
                 completed.
-            arm (str): ``onerec`` (the NTP-trained model) or ``onerec_ipa`` (the aligned one).
+            arm (str): one of ``arms.SERVABLE_ARMS``: ``onerec`` (the NTP-trained model) or ``onerec_ipa``
+                (the aligned one).
             device (str | None): ``cpu``, ``cuda`` ...; None = the run's ``device`` setting.
 
         Raises:
@@ -101,7 +102,7 @@ class Recommender:
         run = Path(run_dir)
         if arm not in SERVABLE_ARMS:
             raise ValueError(f"arm={arm!r} cannot be served; pick one of {list(SERVABLE_ARMS)}")
-        stage = "align" if arm == "onerec_ipa" else "train"
+        served, stage = ARMS[arm], ARMS[arm].serves_from
         for needed in (run / "config.yaml", run / "tokenize" / "done.json", run / stage / "done.json"):
             if not needed.is_file():
                 raise FileNotFoundError(f"{needed} is missing: run `onerec run` (at least up to the {stage} stage) "
@@ -114,8 +115,8 @@ class Recommender:
         summary = read_json(run / stage / "summary.json")
         if "not_applicable" in summary:
             raise ValueError(f"arm {arm!r} is not available in {run}: {summary['not_applicable']}")
-        path = RunDir(run).recorded_file(stage, summary["model_path"] if arm == "onerec_ipa"
-                                         else summary["best_model_path"])
+        assert served.model_path is not None  # every servable arm has one (arms.Arm)
+        path = served.model_path(RunDir(run))
         target = resolve_device(device or config.device)
         model = load_exported(path, config.model, codebook.vocab_sizes, device=target)
         return cls(config, data, codebook, model, target)

@@ -9,120 +9,51 @@ skips the completed ones.
                   stage's semantic IDs), per-tower test AUC; ``train-reward/``
     align     iterative preference alignment (DPO) of the trained model to the reward model; ``align/``
     cascade   the baseline: two-tower retrieval -> DLRM multi-task ranker -> top-m session; ``cascade/``
-    evaluate  every configured arm on the test split, the same users for all; ``evaluate/arms/<arm>.npz``
+    evaluate  every arm of compare.arms (``arms.ARMS``) on the test split, the same users for all;
+              ``evaluate/arms/<arm>.npz``
     compare   intervals and lifts over the baseline arm, ``compare/report.md`` with figures
 
-Stages that need the data re-load it (seconds, deterministic per seed) rather than pickling it between runs.
+What the stages share (config, run directory, data) is ``context.PipelineContext``.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import os
-import re
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple, Union
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
-import torch
 
-from torchrec_onerec.alignment.ipa import align_iteratively, model_file
+from torchrec_onerec.alignment.ipa import align_iteratively
 from torchrec_onerec.alignment.pairs import RewardFn
 from torchrec_onerec.alignment.rewards import mixed_reward_fn, ranker_reward_fn
-from torchrec_onerec.config import OneRecConfig
+from torchrec_onerec.arms import arm_file, arm_for, evaluate_arm
+from torchrec_onerec.context import PipelineContext, rank
 from torchrec_onerec.data.impressions import impression_samples
 from torchrec_onerec.data.samples import SampleSet
-from torchrec_onerec.data.splits import SplitA, SplitB, split_data
-from torchrec_onerec.datasets.interactions import DataError, InteractionData
-from torchrec_onerec.datasets.load import load_dataset
-from torchrec_onerec.datasets.synthetic import SyntheticWorld, load_synthetic
-from torchrec_onerec.eval.baselines import evaluate_popularity
-from torchrec_onerec.eval.cascade import evaluate_cascade
+from torchrec_onerec.data.splits import SplitB
+from torchrec_onerec.datasets.interactions import DataError
 from torchrec_onerec.eval.compare import compare_arms
-from torchrec_onerec.eval.generative import evaluate_generative
 from torchrec_onerec.eval.protocols import EvalResult
+from torchrec_onerec.eval.report import (evaluation_markdown, protocol_deviations, stage_sections, training_curves,
+                                          write_comparison_report)
 from torchrec_onerec.eval.reward_auc import evaluate_reward_model
-from torchrec_onerec.eval.report import (evaluation_markdown, protocol_deviations, selection_notes, stage_sections,
-                                          training_curves, write_comparison_report)
+from torchrec_onerec.eval.reward_estimates import add_reward_estimates
 from torchrec_onerec.eval.simulated import add_true_rewards, world_reward_fn
 from torchrec_onerec.eval.world_diagnostics import diagnostics_markdown, world_diagnostics
-from torchrec_onerec.run_dir import RunDir
-from torchrec_onerec.models.cascade import CascadeRecommender, load_cascade
-from torchrec_onerec.models.reward import SessionRewardModel
-from torchrec_onerec.models.reward_scoring import score_sessions, session_rewards
+from torchrec_onerec.models.cascade import load_cascade
+from torchrec_onerec.models.reward_scoring import session_rewards
 from torchrec_onerec.runtime import resolve_device
-from torchrec_onerec.tokenizer.codebook import Codebook, catalogue_fingerprint
 from torchrec_onerec.tokenizer.embeddings import item_embeddings
 from torchrec_onerec.tokenizer.tokenize import fit_tokenizer
 from torchrec_onerec.train.cascade_training import train_cascade
-from torchrec_onerec.train.distributed import rank_device
 from torchrec_onerec.train.export import load_exported
-from torchrec_onerec.train.reward_training import load_reward_model, train_reward_model
 from torchrec_onerec.train.loop import train_generative
+from torchrec_onerec.train.reward_training import load_reward_model, train_reward_model
 
 LOG = logging.getLogger("torchrec_onerec")
-
-
-def rank() -> int:
-    """This process's torchrun rank (0 outside torchrun)."""
-    return int(os.environ.get("RANK", "0"))
-
-
-def world_size() -> int:
-    """The torchrun world size (1 outside torchrun)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-class PipelineContext:
-    """What the stages of one invocation share: the config, the run directory and the loaded data (lazily)."""
-
-    def __init__(self, config: OneRecConfig, run: RunDir) -> None:
-        self.config = config
-        self.run = run
-        self.fresh = True  # the running stage starts over (vs. resuming its own partial work)
-        self._data: Optional[InteractionData] = None
-        self._split: Optional[Union[SplitA, SplitB]] = None
-        self._world: Optional[SyntheticWorld] = None
-
-    @property
-    def data(self) -> InteractionData:
-        if self._data is None:
-            self._data = load_dataset(self.config.data, seed=self.config.seed)
-        return self._data
-
-    @property
-    def split(self) -> Union[SplitA, SplitB]:
-        if self._split is None:
-            self._split = split_data(self.data, self.config.split)
-        return self._split
-
-    @property
-    def world(self) -> Optional[SyntheticWorld]:
-        """The synthetic world behind the data (protocol C), or None for logged data."""
-        if self.config.data.source != "synthetic":
-            return None
-        if self._world is None:
-            self._world = load_synthetic(self.config.data.synthetic, seed=self.config.seed)[1]
-        return self._world
-
-    @property
-    def scored_samples(self) -> SampleSet:
-        """The samples every arm is scored on: the test split, or the validation split under eval.split=valid."""
-        return self.split.test if self.config.eval.split == "test" else self.split.valid
-
-    @property
-    def ab_world(self) -> Optional[SyntheticWorld]:
-        """The world whose truth scores the A/B (protocol C): only on the test split, never to choose a config."""
-        return self.world if self.config.eval.split == "test" else None
-
-    @property
-    def codebook(self) -> Codebook:
-        """The tokenize stage's codebook, refused if it belongs to another catalogue or tokenizer config."""
-        cfg = self.config
-        return Codebook.load(self.run.path / "tokenize" / "codebook.pt", num_items=self.data.num_items,
-                             fingerprint=catalogue_fingerprint(self.data.raw_item_ids, cfg.tokenizer, seed=cfg.seed))
 
 
 def data_stage(ctx: PipelineContext) -> Dict[str, object]:
@@ -217,13 +148,6 @@ def train_reward_stage(ctx: PipelineContext) -> Dict[str, object]:
     return summary
 
 
-def _reward_model(ctx: PipelineContext) -> SessionRewardModel:
-    """The reward stage's model on this rank's device, refused if it was trained on another catalogue."""
-    device = rank_device(resolve_device(ctx.config.device), int(os.environ.get("LOCAL_RANK", "0")))
-    return load_reward_model(ctx.run.path / "train-reward" / "reward_model.pt", num_items=ctx.data.num_items,
-                             signals=ctx.split.train.signals, device=device)
-
-
 def _alignment_reward(ctx: PipelineContext) -> RewardFn:
     """The reward function ``align.reward_source`` names (``alignment.config.AlignConfig``)."""
     cfg = ctx.config
@@ -235,7 +159,7 @@ def _alignment_reward(ctx: PipelineContext) -> RewardFn:
         return world_reward_fn(ctx.world, ctx.data)
     fns: List[RewardFn] = []
     if source in ("model", "mix"):
-        reward_model = _reward_model(ctx)
+        reward_model = ctx.reward_model()
         fns.append(functools.partial(session_rewards, reward_model, batch_size=cfg.eval.batch_size,
                                      device=next(reward_model.parameters()).device))
     if source in ("ranker", "mix"):
@@ -279,113 +203,14 @@ def cascade_stage(ctx: PipelineContext) -> Dict[str, object]:
     return asdict(result)
 
 
-def _generative_arm(ctx: PipelineContext, path: Path) -> EvalResult:
-    cfg = ctx.config
-    book = ctx.codebook
-    device = resolve_device(cfg.device)
-    model = load_exported(path, cfg.model, book.vocab_sizes, device=device)
-    return evaluate_generative(model, ctx.scored_samples, codes=book.codes, prefix_index=book.prefix_index(),
-                               config=cfg.eval, protocol=cfg.split.protocol, max_history=cfg.model.max_history,
-                               device=device)
-
-
-def _rerank_weight(ctx: PipelineContext, recommender: CascadeRecommender,
-                   reward_model: Optional[SessionRewardModel]) -> Tuple[float, Dict[str, float], str]:
-    """The ``cascade_rerank`` arm's diversity weight, chosen on the validation users only: (weight, validation
-    score of every weight tried, what the score is)."""
-    cfg = ctx.config
-    ndcg = f"ndcg@{10 if 10 in cfg.eval.ks else max(cfg.eval.ks)}"
-    if reward_model is not None:
-        criterion = "validation: the session reward model's estimated reward of the served session"
-    else:
-        criterion = f"validation {ndcg.upper()}"
-    table: Dict[str, float] = {}
-    for weight in [0.0] + [w for w in cfg.cascade.ranker.rerank_weights if w > 0]:
-        result = evaluate_cascade(recommender, ctx.split.valid, config=cfg.eval, protocol=cfg.split.protocol,
-                                  num_items=ctx.data.num_items, diversity_weight=weight)
-        if reward_model is not None:
-            add_reward_estimates(reward_model, ctx.split.valid, result, batch_size=cfg.eval.batch_size)
-            table[str(weight)] = result.metrics["reward_served"]
-        else:
-            table[str(weight)] = result.metrics[ndcg]
-    best = max(table, key=lambda w: (table[w], -float(w)))  # ties: the smaller weight
-    LOG.info("evaluate: cascade_rerank weight %s chosen on %s (%s)", best, criterion, table)
-    return float(best), table, criterion
-
-
-def _evaluate_arm(ctx: PipelineContext, arm: str,
-                  reward_model: Optional[SessionRewardModel]) -> Tuple[Optional[EvalResult], str]:
-    """One arm's evaluation on the scored split (``eval.split``), or (None, why it is not available)."""
-    cfg = ctx.config
-    if arm == "popularity":
-        return evaluate_popularity(ctx.scored_samples, ctx.split.train_sequences, ctx.data.num_items, config=cfg.eval,
-                                   protocol=cfg.split.protocol), ""
-    if arm in ("cascade", "cascade_rerank"):
-        recommender = load_cascade(ctx.run.path / "cascade", config=cfg.cascade, device=resolve_device(cfg.device))
-        if arm == "cascade":
-            return evaluate_cascade(recommender, ctx.scored_samples, config=cfg.eval, protocol=cfg.split.protocol,
-                                    num_items=ctx.data.num_items), ""
-        weight, table, criterion = _rerank_weight(ctx, recommender, reward_model)
-        result = evaluate_cascade(recommender, ctx.scored_samples, config=cfg.eval, protocol=cfg.split.protocol,
-                                  num_items=ctx.data.num_items, diversity_weight=weight)
-        result.info.update(rerank_selection=table, selected_on=criterion)
-        return result, ""
-    if arm == "onerec":
-        trained = ctx.run.read_json("train/summary.json")
-        return _generative_arm(ctx, ctx.run.recorded_file("train", trained["best_model_path"])), ""
-    if arm in ("onerec_dpo", "onerec_ipa"):
-        aligned = ctx.run.read_json("align/summary.json")
-        if "not_applicable" in aligned:
-            return None, f"no alignment: {aligned['not_applicable']}"
-        path = (ctx.run.path / "align" / model_file(1) if arm == "onerec_dpo"
-                else ctx.run.recorded_file("align", aligned["model_path"]))
-        return _generative_arm(ctx, path), ""
-    if arm.startswith("model:"):
-        path = Path(arm[len("model:"):])
-        if not path.is_file():
-            raise FileNotFoundError(f"compare.arms names {arm!r} but {path} does not exist")
-        return _generative_arm(ctx, path), ""
-    return None, f"arm {arm!r} has no stage in this pipeline"
-
-
-def add_reward_estimates(model: SessionRewardModel, samples: SampleSet, result: EvalResult, *,
-                         batch_size: int) -> EvalResult:
-    """The reward model's estimate of each signal over an arm's returned sessions (the OneRec paper's offline
-    metric): per user, ``reward_<signal>_mean`` and ``reward_<signal>_max`` over its real sessions (fillers left
-    out), and ``reward_served``, the model's scalar reward of the session the user is served (the best-scored
-    one, as protocol C serves it); added to ``result`` in place."""
-    users = samples.subset(result.per_user["sample"])
-    probabilities = score_sessions(model, users, result.sessions, batch_size=batch_size,
-                                   device=next(model.parameters()).device)  # [U, R, S]
-    real = np.isfinite(result.scores)[:, :, None]  # [U, R, 1]
-    count = np.maximum(real.sum(axis=1), 1)
-    means = np.where(real, probabilities, 0.0).sum(axis=1) / count  # [U, S]
-    maxima = np.where(real, probabilities, -np.inf).max(axis=1)
-    maxima = np.where(np.isfinite(maxima), maxima, 0.0)
-    for s, signal in enumerate(model.signals):
-        for name, values in ((f"reward_{signal}_mean", means[:, s]), (f"reward_{signal}_max", maxima[:, s])):
-            result.per_user[name] = values.astype(np.float64)
-            result.metrics[name] = float(values.mean())
-    best = np.argmax(np.where(np.isfinite(result.scores), result.scores, -np.inf), axis=1)
-    served = model.reward(torch.from_numpy(probabilities[np.arange(len(best)), best])).numpy().astype(np.float64)
-    result.per_user["reward_served"] = served
-    result.metrics["reward_served"] = float(served.mean())
-    return result
-
-
-def arm_file(arm: str) -> str:
-    """The file stem of an arm's saved evaluation (``model:<path>`` arms get a safe name)."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", arm)
-
-
 def evaluate_stage(ctx: PipelineContext) -> Dict[str, object]:
     """Score every configured arm on the same test users; protocol C's true reward on the synthetic world."""
     cfg = ctx.config
     results: Dict[str, EvalResult] = {}
     unavailable: Dict[str, str] = {}
-    reward_model = None if _not_applicable(ctx, "evaluate (reward estimates)") else _reward_model(ctx)
+    reward_model = None if _not_applicable(ctx, "evaluate (reward estimates)") else ctx.reward_model()
     for arm in cfg.compare.arms:
-        result, why = _evaluate_arm(ctx, arm, reward_model)
+        result, why = evaluate_arm(ctx, arm, reward_model)
         if result is None:
             unavailable[arm] = why
             LOG.info("evaluate: arm %s left out: %s", arm, why)
@@ -429,8 +254,8 @@ def compare_stage(ctx: PipelineContext) -> Dict[str, object]:
         rows = [{"sessions": name, **row} for name, row in diagnostics.items()]
         ctx.run.write_json("compare/world_diagnostics.json", {"rows": rows})
         extra["Protocol C: where the sessions stand"] = diagnostics_markdown(diagnostics)
-    infos = {a: evaluated["arms"][a]["info"] for a in arms}
-    extra["How each arm was chosen"] = selection_notes(cfg.train, cfg.align, infos)
+    extra["How each arm was chosen"] = "\n".join(f"- {a}: {arm_for(a).chosen(cfg, evaluated['arms'][a]['info'])}"
+                                                 for a in arms)
     if unavailable:
         extra["Arms left out"] = "\n".join(f"- {a}: {why}" for a, why in unavailable.items())
     report = write_comparison_report(

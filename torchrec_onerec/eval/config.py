@@ -63,6 +63,7 @@ class EvalConfig:
             raise ConfigError(f"eval.ks={list(self.ks)} repeats a cut-off; list each K once")
 
 
+# The names of arms.ARMS, which this schema module does not import (tests/test_arms.py keeps them equal).
 ARM_KINDS = ("cascade", "cascade_rerank", "onerec", "onerec_dpo", "onerec_ipa", "popularity")
 
 

@@ -1,6 +1,6 @@
 """The comparison report: ``report.md`` (protocol, settings, tables with intervals, deviations, data credits)
 and its PNG figures, written into one folder of the run directory; and the sections it gathers from the other
-stages' files (training curves, reward-model and ranker AUCs, alignment iterations, how each arm was chosen).
+stages' files (training curves, reward-model and ranker AUCs, alignment iterations).
 
 What every report states (docs/EVAL.md: a deviation must be named in the report): the protocol and how its
 targets are built, the settings every arm ran with, the users compared, each arm's metrics with intervals and
@@ -16,13 +16,11 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import pandas as pd
 
-from torchrec_onerec.alignment.config import AlignConfig
 from torchrec_onerec.data.config import SplitConfig
 from torchrec_onerec.eval.compare import Comparison
 from torchrec_onerec.eval.config import EvalConfig
 from torchrec_onerec.eval.plots import Curve, plot_curves, plot_distributions, plot_metric_intervals
 from torchrec_onerec.eval.simulated import TRUE_REWARD
-from torchrec_onerec.train.config import TrainConfig
 
 PROTOCOL_TEXT = {
     "A": ("docs/EVAL.md protocol A (next item, leave-one-out, full ranking): per user, interactions in time order "
@@ -224,29 +222,3 @@ def protocol_deviations(split: SplitConfig, evaluation: EvalConfig) -> List[str]
     if split.max_history != 50:
         out.append(f"history length n = {split.max_history} (the common choice is 50)")
     return out
-
-
-def selection_notes(train: TrainConfig, align: AlignConfig, infos: Dict[str, Dict[str, object]]) -> str:
-    """How each compared arm (``infos``: arm -> its evaluation info) was chosen (every choice on the validation
-    split; the test split is read once)."""
-    epochs = ("the final weights (validated once, after the last epoch)" if train.eval_every_epochs >= train.epochs
-              else f"the epoch with the best validation {train.selection_metric}")
-    notes = {
-        "cascade": "two-tower retrieval kept at its best epoch by validation recall@K_r, ranker at its best epoch by "
-                   "mean validation AUC; sizes and learning rates from the config",
-        "onerec": f"NTP training, {train.epochs} epochs, {epochs}",
-        "onerec_dpo": "the NTP model after one alignment iteration to "
-                      f"`align.reward_source={align.reward_source}`",
-        "onerec_ipa": f"the NTP model after {align.iterations} alignment iterations to "
-                      f"`align.reward_source={align.reward_source}` (the last iteration is kept)",
-        "popularity": "training counts; nothing tuned"}
-    lines = []
-    for arm, info in infos.items():
-        if arm == "cascade_rerank":
-            table = ", ".join(f"{w}: {v:.4f}" for w, v in info["rerank_selection"].items())  # type: ignore[union-attr]
-            text = (f"the cascade, then an MMR re-rank with diversity weight {info['diversity_weight']}, chosen on "
-                    f"{info['selected_on']} ({table})")
-        else:
-            text = notes.get(arm, "an exported model named on the command line")
-        lines.append(f"- {arm}: {text}")
-    return "\n".join(lines)

@@ -1,0 +1,217 @@
+"""The arms of the A/B, in one registry: what each reads, how it is scored, how it was chosen, what it serves.
+
+``evaluate`` (the stage) scores every arm of ``compare.arms`` with ``evaluate_arm``; ``compare`` writes each
+arm's ``chosen`` text into the report; ``onerec recommend --arm`` serves the arms that have a ``serves_from``
+stage. Adding an arm is one ``Arm`` entry in ``ARMS`` plus the function that scores it (and its name in
+``eval.config.ARM_KINDS``, which the config schema checks without importing this module). ``model:<path>``
+arms (any exported OneRec model file) are built on demand by ``arm_for``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, Optional, Tuple
+
+from torchrec_onerec.alignment.ipa import model_file
+from torchrec_onerec.config import OneRecConfig
+from torchrec_onerec.context import PipelineContext
+from torchrec_onerec.eval.baselines import evaluate_popularity
+from torchrec_onerec.eval.cascade import evaluate_cascade
+from torchrec_onerec.eval.generative import evaluate_generative
+from torchrec_onerec.eval.protocols import EvalResult
+from torchrec_onerec.eval.reward_estimates import add_reward_estimates
+from torchrec_onerec.models.cascade import CascadeRecommender, load_cascade
+from torchrec_onerec.models.reward import SessionRewardModel
+from torchrec_onerec.run_dir import RunDir
+from torchrec_onerec.runtime import resolve_device
+from torchrec_onerec.train.export import load_exported
+
+LOG = logging.getLogger("torchrec_onerec")
+MODEL_PREFIX = "model:"
+
+ScoreFn = Callable[[PipelineContext, Optional[SessionRewardModel]], EvalResult]
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One arm of the A/B comparison.
+
+    Args:
+        name: its name in ``compare.arms``.
+        needs: the stages whose artefacts it reads; the arm is left out (and the report says why) when one of them
+            did not apply to the data (alignment under protocol A).
+        score: (context, the session reward model or None) -> its ``EvalResult`` on the scored split
+            (``eval.split``); the reward model is there for arms that choose something by it.
+        chosen: (config, the ``info`` its result carries) -> how the arm was chosen, for the report.
+        serves_from: the stage whose exported model ``onerec recommend --arm NAME`` serves; "" for an arm that is
+            not one exported OneRec model (the cascade, popularity).
+        model_path: (run directory) -> that model file; required with ``serves_from``.
+    """
+
+    name: str
+    needs: Tuple[str, ...]
+    score: ScoreFn
+    chosen: Callable[[OneRecConfig, Dict[str, object]], str]
+    serves_from: str = ""
+    model_path: Optional[Callable[[RunDir], Path]] = None
+
+    def __post_init__(self) -> None:
+        if bool(self.serves_from) != (self.model_path is not None):
+            raise ValueError(f"arm {self.name!r}: serves_from={self.serves_from!r} and model_path go together")
+
+
+def arm_file(arm: str) -> str:
+    """The file stem of an arm's saved evaluation (``model:<path>`` arms get a safe name).
+
+    Example:
+        >>> arm_file("model:../other run/train/best_model.pt")
+        'model_.._other_run_train_best_model.pt'
+    """
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", arm)
+
+
+def _score_generative(ctx: PipelineContext, path: Path) -> EvalResult:
+    cfg = ctx.config
+    book = ctx.codebook
+    device = resolve_device(cfg.device)
+    model = load_exported(path, cfg.model, book.vocab_sizes, device=device)
+    return evaluate_generative(model, ctx.scored_samples, codes=book.codes, prefix_index=book.prefix_index(),
+                               config=cfg.eval, protocol=cfg.split.protocol, max_history=cfg.model.max_history,
+                               device=device)
+
+
+def _trained_model(run: RunDir) -> Path:
+    return run.recorded_file("train", run.read_json("train/summary.json")["best_model_path"])
+
+
+def _aligned_model(run: RunDir) -> Path:
+    return run.recorded_file("align", run.read_json("align/summary.json")["model_path"])
+
+
+def _cascade(ctx: PipelineContext) -> CascadeRecommender:
+    return load_cascade(ctx.run.path / "cascade", config=ctx.config.cascade, device=resolve_device(ctx.config.device))
+
+
+def _score_cascade(ctx: PipelineContext, reward_model: Optional[SessionRewardModel]) -> EvalResult:
+    cfg = ctx.config
+    return evaluate_cascade(_cascade(ctx), ctx.scored_samples, config=cfg.eval, protocol=cfg.split.protocol,
+                            num_items=ctx.data.num_items)
+
+
+def _rerank_weight(ctx: PipelineContext, recommender: CascadeRecommender,
+                   reward_model: Optional[SessionRewardModel]) -> Tuple[float, Dict[str, float], str]:
+    """The ``cascade_rerank`` arm's diversity weight, chosen on the validation users only: (weight, validation
+    score of every weight tried, what the score is)."""
+    cfg = ctx.config
+    ndcg = f"ndcg@{10 if 10 in cfg.eval.ks else max(cfg.eval.ks)}"
+    if reward_model is not None:
+        criterion = "validation: the session reward model's estimated reward of the served session"
+    else:
+        criterion = f"validation {ndcg.upper()}"
+    table: Dict[str, float] = {}
+    for weight in [0.0] + [w for w in cfg.cascade.ranker.rerank_weights if w > 0]:
+        result = evaluate_cascade(recommender, ctx.split.valid, config=cfg.eval, protocol=cfg.split.protocol,
+                                  num_items=ctx.data.num_items, diversity_weight=weight)
+        if reward_model is not None:
+            add_reward_estimates(reward_model, ctx.split.valid, result, batch_size=cfg.eval.batch_size)
+            table[str(weight)] = result.metrics["reward_served"]
+        else:
+            table[str(weight)] = result.metrics[ndcg]
+    best = max(table, key=lambda w: (table[w], -float(w)))  # ties: the smaller weight
+    LOG.info("evaluate: cascade_rerank weight %s chosen on %s (%s)", best, criterion, table)
+    return float(best), table, criterion
+
+
+def _score_cascade_rerank(ctx: PipelineContext, reward_model: Optional[SessionRewardModel]) -> EvalResult:
+    cfg = ctx.config
+    recommender = _cascade(ctx)
+    weight, table, criterion = _rerank_weight(ctx, recommender, reward_model)
+    result = evaluate_cascade(recommender, ctx.scored_samples, config=cfg.eval, protocol=cfg.split.protocol,
+                              num_items=ctx.data.num_items, diversity_weight=weight)
+    result.info.update(rerank_selection=table, selected_on=criterion)
+    return result
+
+
+def _rerank_chosen(config: OneRecConfig, info: Dict[str, object]) -> str:
+    table = ", ".join(f"{w}: {v:.4f}" for w, v in info["rerank_selection"].items())  # type: ignore[attr-defined]
+    return (f"the cascade, then an MMR re-rank with diversity weight {info['diversity_weight']}, chosen on "
+            f"{info['selected_on']} ({table})")
+
+
+def _score_popularity(ctx: PipelineContext, reward_model: Optional[SessionRewardModel]) -> EvalResult:
+    cfg = ctx.config
+    return evaluate_popularity(ctx.scored_samples, ctx.split.train_sequences, ctx.data.num_items, config=cfg.eval,
+                               protocol=cfg.split.protocol)
+
+
+def _ntp_chosen(config: OneRecConfig, info: Dict[str, object]) -> str:
+    train = config.train
+    epochs = ("the final weights (validated once, after the last epoch)" if train.eval_every_epochs >= train.epochs
+              else f"the epoch with the best validation {train.selection_metric}")
+    return f"NTP training, {train.epochs} epochs, {epochs}"
+
+
+def _generative_arm(name: str, needs: Tuple[str, ...], model_path: Callable[[RunDir], Path],
+                    chosen: Callable[[OneRecConfig, Dict[str, object]], str], serves_from: str = "") -> Arm:
+    """An arm that is one exported OneRec model, beam-searched like every generative arm."""
+    return Arm(name, needs, lambda ctx, reward_model: _score_generative(ctx, model_path(ctx.run)), chosen,
+               serves_from=serves_from, model_path=model_path if serves_from else None)
+
+
+ARMS: Dict[str, Arm] = {arm.name: arm for arm in (
+    Arm("cascade", ("cascade",), _score_cascade,
+        lambda config, info: "two-tower retrieval kept at its best epoch by validation recall@K_r, ranker at its best "
+                             "epoch by mean validation AUC; sizes and learning rates from the config"),
+    Arm("cascade_rerank", ("cascade",), _score_cascade_rerank, _rerank_chosen),
+    _generative_arm("onerec", ("tokenize", "train"), _trained_model, _ntp_chosen, serves_from="train"),
+    _generative_arm("onerec_dpo", ("tokenize", "train", "align"), lambda run: run.path / "align" / model_file(1),
+                    lambda config, info: "the NTP model after one alignment iteration to "
+                                         f"`align.reward_source={config.align.reward_source}`"),
+    _generative_arm("onerec_ipa", ("tokenize", "train", "align"), _aligned_model,
+                    lambda config, info: f"the NTP model after {config.align.iterations} alignment iterations to "
+                                         f"`align.reward_source={config.align.reward_source}` (the last iteration "
+                                         "is kept)", serves_from="align"),
+    Arm("popularity", (), _score_popularity, lambda config, info: "training counts; nothing tuned"),
+)}
+SERVABLE_ARMS = tuple(name for name, arm in ARMS.items() if arm.serves_from)
+
+
+def arm_for(name: str) -> Arm:
+    """The registered arm ``name``, or a ``model:<path>`` arm over that exported model file.
+
+    Raises:
+        ValueError: neither a registered arm nor ``model:<path>``.
+
+    Example:
+        >>> arm_for("onerec_ipa").needs, arm_for("model:other/best_model.pt").needs
+        (('tokenize', 'train', 'align'), ('tokenize',))
+    """
+    if name in ARMS:
+        return ARMS[name]
+    if name.startswith(MODEL_PREFIX) and len(name) > len(MODEL_PREFIX):
+        path = Path(name[len(MODEL_PREFIX):])
+
+        def exported(run: RunDir) -> Path:
+            if not path.is_file():
+                raise FileNotFoundError(f"compare.arms names {name!r} but {path} does not exist")
+            return path
+
+        return _generative_arm(name, ("tokenize",), exported,
+                               lambda config, info: "an exported model named on the command line")
+    raise ValueError(f"arm {name!r} is not one of {list(ARMS)} nor '{MODEL_PREFIX}<path>'")
+
+
+def evaluate_arm(ctx: PipelineContext, name: str,
+                 reward_model: Optional[SessionRewardModel]) -> Tuple[Optional[EvalResult], str]:
+    """Arm ``name`` scored on ``ctx.scored_samples``, or (None, why it is left out: a stage it needs did not
+    apply to this data)."""
+    arm = arm_for(name)
+    for stage in arm.needs:
+        done = (ctx.run.path / stage / "summary.json").is_file()
+        summary = ctx.run.read_json(f"{stage}/summary.json") if done else {}
+        if "not_applicable" in summary:
+            return None, f"the {stage} stage did not apply: {summary['not_applicable']}"
+    return arm.score(ctx, reward_model), ""

@@ -1,0 +1,73 @@
+"""The arm registry: one entry per arm name the config accepts, the stages each reads, what recommend serves, and
+arms left out (with the reason) when a stage they need did not apply."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import pytest
+
+from torchrec_onerec.arms import ARMS, SERVABLE_ARMS, Arm, arm_for, evaluate_arm
+from torchrec_onerec.config import OneRecConfig
+from torchrec_onerec.context import PipelineContext
+from torchrec_onerec.eval.config import ARM_KINDS
+from torchrec_onerec.eval.protocols import EvalResult
+from torchrec_onerec.models.reward import SessionRewardModel
+from torchrec_onerec.pipeline import STAGES
+from torchrec_onerec.run_dir import RunDir
+
+
+def test_the_registry_holds_exactly_the_arms_the_config_accepts() -> None:
+    assert set(ARMS) == set(ARM_KINDS)
+    for name, arm in ARMS.items():
+        assert arm.name == name
+        assert set(arm.needs) <= set(STAGES), (name, arm.needs)
+
+
+def test_servable_arms_are_the_generative_ones_with_a_model_file() -> None:
+    assert SERVABLE_ARMS == ("onerec", "onerec_ipa")
+    assert ARMS["onerec"].serves_from == "train" and ARMS["onerec_ipa"].serves_from == "align"
+    assert all(ARMS[a].model_path is None for a in ARMS if a not in SERVABLE_ARMS)
+
+
+def test_an_arm_that_serves_must_say_from_which_file() -> None:
+    with pytest.raises(ValueError, match="serves_from='train' and model_path go together"):
+        Arm("x", ("train",), lambda ctx, rm: None, lambda config, info: "", serves_from="train")  # type: ignore
+
+
+def test_model_arms_and_unknown_names() -> None:
+    arm = arm_for("model:somewhere/best_model.pt")
+    assert arm.name == "model:somewhere/best_model.pt" and arm.needs == ("tokenize",)
+    assert arm.chosen(OneRecConfig(), {}) == "an exported model named on the command line"
+    with pytest.raises(ValueError, match="'ranker' is not one of"):
+        arm_for("ranker")
+
+
+def test_how_each_arm_was_chosen_reads_the_config() -> None:
+    config = OneRecConfig()
+    config.align.iterations, config.align.reward_source = 6, "ranker"
+    assert "after 6 alignment iterations to `align.reward_source=ranker`" in ARMS["onerec_ipa"].chosen(config, {})
+    info = {"diversity_weight": 0.2, "selected_on": "validation NDCG@10", "rerank_selection": {"0.0": 0.1, "0.2": 0.2}}
+    assert ARMS["cascade_rerank"].chosen(config, info) == ("the cascade, then an MMR re-rank with diversity weight "
+                                                           "0.2, chosen on validation NDCG@10 (0.0: 0.1000, 0.2: "
+                                                           "0.2000)")
+
+
+def test_an_arm_whose_stage_did_not_apply_is_left_out_with_the_reason(tmp_path: Path) -> None:
+    run = RunDir(tmp_path)
+    (tmp_path / "align").mkdir()
+    (tmp_path / "align" / "summary.json").write_text(json.dumps({"not_applicable": "protocol A data has no labels"}))
+    ctx = PipelineContext(OneRecConfig(), run)
+    reward_model: Optional[SessionRewardModel] = None
+    for name in ("onerec_dpo", "onerec_ipa"):
+        result, why = evaluate_arm(ctx, name, reward_model)
+        assert result is None and why == "the align stage did not apply: protocol A data has no labels"
+
+
+def test_evaluate_arm_scores_an_arm_whose_stages_applied(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    scored = EvalResult.__new__(EvalResult)
+    monkeypatch.setitem(ARMS, "popularity", Arm("popularity", (), lambda ctx, rm: scored, lambda c, i: ""))
+    result, why = evaluate_arm(PipelineContext(OneRecConfig(), RunDir(tmp_path)), "popularity", None)
+    assert result is scored and why == ""
