@@ -150,7 +150,7 @@ def training_curves(run: Path, selection_metric: str) -> Tuple[Dict[str, Dict[st
             _jsonl_curves(run / "train-reward/metrics.jsonl", "epoch", ["valid_session_auc_same_length"]),
             "epoch"),
         "Cascade ranker validation AUC": (_csv_curves(run / "cascade/ranker.csv", "epoch", ["auc_mean"]), "epoch"),
-        "Alignment: held-out reward (reward model)": (
+        "Alignment: held-out reward (align.reward_source)": (
             _jsonl_curves(run / "align/iterations.jsonl", "iteration",
                           ["heldout_reward_top_after", "heldout_reward_mean_after", "heldout_reward_max_after"]),
             "alignment iteration"),
@@ -199,9 +199,10 @@ def stage_sections(run: Path) -> Dict[str, str]:
                                "heldout_reward_top_after", "heldout_reward_mean_after", "heldout_reward_max_after",
                                "heldout_kl_to_reference_after") if c in records.columns]
         sections["Alignment iterations"] = (
-            "Per iteration: preference pairs, DPO accuracy on them during training, and the reward model's reward "
-            "of the sessions generated for held-out (validation) users before and after the iteration (top "
-            "session, mean and max over the beam), with the KL to the reference on those sessions."
+            "Per iteration: preference pairs, DPO accuracy on them during training, and the alignment reward "
+            "(`align.reward_source`: the reward model, the cascade's ranker or their mix) of the sessions generated "
+            "for held-out (validation) users before and after the iteration (top session, mean and max over the "
+            "beam), with the KL to the reference on those sessions."
             "\n\n" + _table(records[columns].values.tolist(), columns))
     return sections
 
