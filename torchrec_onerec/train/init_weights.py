@@ -48,6 +48,7 @@ def table_rows(config: BaseEmbeddingConfig, seed: int, start: int, stop: int) ->
         torch.Tensor: [stop - start, D] float32 on CPU.
 
     Example:
+        >>> from torchrec.modules.embedding_configs import EmbeddingConfig
         >>> table = EmbeddingConfig(name="t", embedding_dim=2, num_embeddings=5, feature_names=["f"])
         >>> torch.equal(table_rows(table, 0, 0, 5)[2:4], table_rows(table, 0, 2, 4))
         True
