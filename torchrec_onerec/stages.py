@@ -164,7 +164,8 @@ def _alignment_reward(ctx: PipelineContext) -> RewardFn:
                                      device=next(reward_model.parameters()).device))
     if source in ("ranker", "mix"):
         # Loaded on the CPU like the generative model: alignment scores candidates on the host.
-        fns.append(ranker_reward_fn(load_cascade(ctx.run.path / "cascade", config=cfg.cascade)))
+        fns.append(ranker_reward_fn(load_cascade(ctx.run.path / "cascade", config=cfg.cascade),
+                                    diversity_weight=cfg.align.ranker_diversity))
     if source == "mix":
         return mixed_reward_fn(fns, [1.0 - cfg.align.ranker_weight, cfg.align.ranker_weight])
     return fns[0]

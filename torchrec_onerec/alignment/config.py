@@ -41,6 +41,10 @@ class AlignConfig:
             reference's (computed in eval mode) start equal and the DPO log-ratios measure only what training
             changed; False keeps the model's dropout (``model.dropout``) during alignment.
         ranker_weight: under ``reward_source=mix``, the ranker's weight; the reward model's is 1 - ranker_weight.
+        ranker_diversity: with the ranker as reward (``ranker`` or ``mix``), the weight w of the cascade's MMR
+            diversity term: each session item counts (1 - w) * its ranker score - w * its largest cosine to the
+            items before it (the two-tower item vectors), as the ``cascade_rerank`` arm orders candidates. 0: the
+            ranker's score alone, which knows nothing of diversity within a session.
         train_fraction: share of the training samples (drawn once, seeded) that alignment reads: L_NTP on them,
             pairs for ``sample_fraction`` of them. 1.0 (the paper) reads all; lower it where one pass over the
             training data per iteration is too long (large data on a CPU).
@@ -69,6 +73,7 @@ class AlignConfig:
     train_fraction: float = 1.0
     reward_source: str = "model"
     ranker_weight: float = 0.5
+    ranker_diversity: float = 0.0
     disable_dropout: bool = True
 
     def __post_init__(self) -> None:
@@ -79,8 +84,9 @@ class AlignConfig:
             raise ConfigError(f"align.reward_source={self.reward_source!r} must be one of {REWARD_SOURCES}: 'model' "
                               "(the reward model), 'ranker' (the cascade's ranker), 'mix' (both) or 'world' (the "
                               "synthetic world's true reward)")
-        if not 0.0 <= self.ranker_weight <= 1.0:
-            raise ConfigError(f"align.ranker_weight={self.ranker_weight} must lie in [0, 1]")
+        for name in ("ranker_weight", "ranker_diversity"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"align.{name}={getattr(self, name)} must lie in [0, 1]")
         if not 0.0 < self.train_fraction <= 1.0:
             raise ConfigError(f"align.train_fraction={self.train_fraction} must lie in (0, 1] (1.0 = every sample)")
         if not 0.0 < self.sample_fraction <= 1.0:

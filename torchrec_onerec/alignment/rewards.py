@@ -5,7 +5,10 @@ preference score, the model a team running a cascade already has. ``ranker_rewar
 project's cascade ranker (``models.ranker``): a session's reward is the ranker's combined score
 (``cascade.ranker.score_weights``) summed over its real items, divided by M, so an empty slot counts 0. The
 ranker scores items one by one: it knows nothing of order or diversity within a session, which the session
-reward model learns from logged sessions. ``mixed_reward_fn`` combines both: each reward is standardised over a
+reward model learns from logged sessions. With a ``diversity_weight`` w (``align.ranker_diversity``) each slot
+counts as the cascade's own MMR re-rank values it (``models.cascade.mmr_rerank``, the ``cascade_rerank`` arm):
+(1 - w) * its score - w * its redundancy, the largest cosine (floored at 0) of its two-tower item vector to the
+items before it in the session. ``mixed_reward_fn`` combines both: each reward is standardised over a
 user's candidates (zero mean, unit spread), then they are summed with weights. Pair selection compares
 candidates of one user only, so the per-user scale of each reward is all that matters.
 
@@ -25,8 +28,32 @@ from torchrec_onerec.data.samples import PAD_ITEM, SampleSet
 from torchrec_onerec.models.cascade import CascadeRecommender
 
 
-def ranker_reward_fn(recommender: CascadeRecommender) -> RewardFn:
-    """The cascade ranker's combined score of each session's items, summed and divided by M.
+def session_redundancy(sessions: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+    """Each slot's largest cosine (floored at 0) to the real items before it in its session: 0 for the first
+    item, for an item unlike all before it and at padding.
+
+    Args:
+        sessions (np.ndarray): [U, N, M] item ids, -1 at empty slots.
+        vectors (np.ndarray): [I, D] L2-normalised item vectors (cosine = inner product).
+
+    Returns:
+        np.ndarray: [U, N, M] float64 in [0, 1].
+
+    Example:
+        >>> v = np.array([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]])
+        >>> session_redundancy(np.array([[[0, 1, 2], [2, -1, 0]]]), v).round(2).tolist()
+        [[[0.0, 0.6, 0.8], [0.0, 0.0, 0.0]]]
+    """
+    real = sessions != PAD_ITEM
+    x = vectors[np.where(real, sessions, 0)] * real[..., None]  # [U, N, M, D], zero rows at padding
+    cosine = np.einsum("unid,unjd->unij", x, x)  # [U, N, M, M]
+    earlier = np.tril(np.ones(sessions.shape[-1], dtype=bool), k=-1)  # [i, j]: j before i
+    return np.where(earlier, np.maximum(cosine, 0.0), 0.0).max(axis=-1) * real
+
+
+def ranker_reward_fn(recommender: CascadeRecommender, diversity_weight: float = 0.0) -> RewardFn:
+    """The cascade ranker's combined score of each session's items, summed and divided by M; with
+    ``diversity_weight`` w > 0, each item's MMR value (1 - w) * score - w * ``session_redundancy`` instead.
 
     Example:
         >>> import torch
@@ -43,12 +70,17 @@ def ranker_reward_fn(recommender: CascadeRecommender) -> RewardFn:
         >>> r.shape, bool(r[0, 0] > r[0, 1] > r[0, 2] == 0.0)
         ((1, 3), True)
     """
+    if not 0.0 <= diversity_weight <= 1.0:
+        raise ValueError(f"diversity_weight={diversity_weight} must lie in [0, 1] (align.ranker_diversity)")
 
     def reward(samples: SampleSet, sessions: np.ndarray) -> np.ndarray:
         U, N, M = sessions.shape
         flat = sessions.reshape(U, N * M)
         _, combined = recommender.rank(samples, flat)  # [U, N M], -inf at padding
         per_item = np.where(flat != PAD_ITEM, combined, 0.0).reshape(U, N, M)
+        if diversity_weight > 0:
+            redundancy = session_redundancy(sessions, recommender.item_vectors())
+            per_item = (1.0 - diversity_weight) * per_item - diversity_weight * redundancy
         return (per_item.sum(axis=2) / M).astype(np.float64)
 
     return reward

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from torchrec_onerec.alignment.config import AlignConfig
-from torchrec_onerec.alignment.rewards import mixed_reward_fn, ranker_reward_fn, standardise_per_user
+from torchrec_onerec.alignment.rewards import (mixed_reward_fn, ranker_reward_fn, session_redundancy,
+                                              standardise_per_user)
 from torchrec_onerec.data.samples import Sample, SampleSet
 from torchrec_onerec.errors import ConfigError
 from torchrec_onerec.models.cascade import CascadeRecommender
@@ -34,6 +35,28 @@ def test_ranker_reward_is_the_mean_item_score_over_m_slots():
     np.testing.assert_allclose(reward[:, 0], combined[:, :3].sum(1) / 3, rtol=1e-6)
     np.testing.assert_allclose(reward[:, 1], combined[:, 3] / 3, rtol=1e-6)
     assert (reward[:, 2] == 0).all()
+
+
+def test_redundancy_by_hand_ignores_order_after_and_padding():
+    v = np.eye(3)[[0, 0, 1, 2]]  # items 0 and 1 identical, 2 and 3 orthogonal to them and to each other
+    got = session_redundancy(np.array([[[0, 1, 2], [2, 0, 1], [0, -1, 1], [3, 2, 0]]]), v)
+    assert got.tolist() == [[[0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 1.0], [0.0, 0.0, 0.0]]]
+
+
+def test_ranker_diversity_scores_each_item_as_the_cascade_mmr_does():
+    rec = _recommender()
+    users = _users()
+    sessions = np.array([[[0, 1, 2], [3, 4, -1]]] * 3)
+    w = 0.3
+    plain = ranker_reward_fn(rec)(users, sessions)
+    diverse = ranker_reward_fn(rec, diversity_weight=w)(users, sessions)
+    redundancy = session_redundancy(sessions, rec.item_vectors())
+    np.testing.assert_allclose(diverse, (1 - w) * plain - w * redundancy.sum(axis=2) / 3, rtol=1e-6, atol=1e-9)
+    assert (redundancy[:, :, 1:].sum() > 0) and (diverse < (1 - w) * plain).any()
+    with pytest.raises(ValueError, match="diversity_weight=1.5"):
+        ranker_reward_fn(rec, diversity_weight=1.5)
+    with pytest.raises(ConfigError, match="align.ranker_diversity=-0.1"):
+        AlignConfig(ranker_diversity=-0.1)
 
 
 def test_standardise_ignores_fillers_and_constant_rows():
