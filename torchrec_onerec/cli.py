@@ -35,6 +35,7 @@ from torchrec_onerec.config_reference import render_reference
 from torchrec_onerec.pipeline import STAGES, run_pipeline, stage_closure, stage_fingerprint
 from torchrec_onerec.recommend import SERVABLE_ARMS, Recommender
 from torchrec_onerec.run_dir import RunDir
+from torchrec_onerec.stages import STAGE_LIST
 
 EXIT_BAD_INPUT = 2
 
@@ -51,15 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run every stage of the pipeline (completed stages are skipped)")
     _add_config_args(run)
     run.add_argument("--force", action="append", default=[], choices=list(STAGES), help="redo this stage")
-    for stage, text in (("data", "load, validate and split the data; write statistics"),
-                        ("tokenize", "item embeddings -> semantic IDs, with a quality report"),
-                        ("train", "train the generative model (also under torchrun)"),
-                        ("train-reward", "train the session reward model on the training days; per-tower test AUC"),
-                        ("align", "align the trained model to the reward model (IPA with DPO; also under torchrun)"),
-                        ("cascade", "train the cascade baseline: two-tower retrieval -> DLRM ranker (also torchrun)"),
-                        ("evaluate", "score every arm of compare.arms on the test split"),
-                        ("compare", "A/B report: intervals and lifts of each arm over compare.baseline")):
-        p = sub.add_parser(stage, help=text)
+    for stage in STAGE_LIST:
+        p = sub.add_parser(stage.name, help=stage.help)
         _add_config_args(p)
     show = sub.add_parser("config", help="print the resolved config")
     _add_config_args(show)

@@ -1,7 +1,8 @@
 """``onerec run``: the stages in order, each skipped when it completed with the same inputs.
 
-The stages (``stages.py`` says what each does) form a small graph: a stage's inputs are its own config
-sections plus every stage it reads (``STAGE_INPUTS``), and its fingerprint hashes both, so changing the
+The stages (``stages.STAGE_LIST``: what each does, its config sections, the stages it reads, whether every
+torchrun rank takes part) form a small graph: a stage's inputs are its own config sections plus every stage it
+reads, and its fingerprint hashes both, so changing the
 cascade's config redoes the cascade and the comparison but not the generative model.
 
     data --> tokenize --> train ----------> align --+
@@ -29,21 +30,16 @@ from torchrec_onerec.config import OneRecConfig, to_yaml
 from torchrec_onerec.context import PipelineContext, rank, world_size
 from torchrec_onerec.run_dir import RunDir, fingerprint
 from torchrec_onerec.runtime import resolve_device, seed_everything
-from torchrec_onerec.stages import STAGE_FUNCTIONS
+from torchrec_onerec.stages import STAGE_LIST
 from torchrec_onerec.train.distributed import broadcast_object, init_distributed, teardown_distributed
 
 LOG = logging.getLogger("torchrec_onerec")
-STAGES = ("data", "tokenize", "train", "train-reward", "cascade", "align", "evaluate", "compare")
-STAGE_SECTIONS: Dict[str, Tuple[str, ...]] = {
-    "data": ("seed", "data", "split"), "tokenize": ("tokenizer",), "train": ("model", "train", "loader"),
-    "train-reward": ("reward",), "align": ("align", "train"), "cascade": ("cascade", "train", "loader"),
-    "evaluate": ("eval", "compare"), "compare": ("compare",)}
-STAGE_INPUTS: Dict[str, Tuple[str, ...]] = {
-    "data": (), "tokenize": ("data",), "train": ("tokenize",), "train-reward": ("tokenize",),
-    "align": ("train", "train-reward", "cascade"), "cascade": ("data",),
-    "evaluate": ("train", "train-reward", "align", "cascade"),
-    "compare": ("evaluate",)}
-COLLECTIVE_STAGES = ("train", "train-reward", "cascade", "align")
+# Views of the one stage list (stages.STAGE_LIST), by name.
+STAGES = tuple(stage.name for stage in STAGE_LIST)
+STAGE_BY_NAME = {stage.name: stage for stage in STAGE_LIST}
+STAGE_SECTIONS: Dict[str, Tuple[str, ...]] = {stage.name: stage.sections for stage in STAGE_LIST}
+STAGE_INPUTS: Dict[str, Tuple[str, ...]] = {stage.name: stage.inputs for stage in STAGE_LIST}
+COLLECTIVE_STAGES = tuple(stage.name for stage in STAGE_LIST if stage.collective)
 RANKER_REWARDS = ("ranker", "mix")  # the align.reward_source values that read the cascade's ranker
 
 
@@ -140,7 +136,7 @@ def run_pipeline(config: OneRecConfig, *, stages: Sequence[str] = STAGES,
                 run.mark_started(stage, fp)
             LOG.info("stage %s: %s", stage, "running" if ctx.fresh else "resuming")
             start = time.perf_counter()
-            summaries[stage] = STAGE_FUNCTIONS[stage](ctx)
+            summaries[stage] = STAGE_BY_NAME[stage].run(ctx)
             seconds[stage] = round(time.perf_counter() - start, 3)
             if lead:
                 run.write_json(f"{stage}/summary.json", summaries[stage])

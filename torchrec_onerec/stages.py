@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import functools
 import logging
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -268,13 +268,43 @@ def compare_stage(ctx: PipelineContext) -> Dict[str, object]:
     return {"report": str(report), **comparison.to_json()}
 
 
-STAGE_FUNCTIONS: Dict[str, Callable[[PipelineContext], Dict[str, object]]] = {
-    "data": data_stage,
-    "tokenize": tokenize_stage,
-    "train": train_stage,
-    "train-reward": train_reward_stage,
-    "align": align_stage,
-    "cascade": cascade_stage,
-    "evaluate": evaluate_stage,
-    "compare": compare_stage,
-}
+@dataclass(frozen=True)
+class Stage:
+    """One stage of ``onerec run``, as the runner, the fingerprints and the command line all read it.
+
+    Args:
+        name: the stage's name (its folder in the run directory and its ``onerec`` subcommand).
+        run: what it does, a function of the shared ``PipelineContext`` returning its summary.
+        sections: the config sections its fingerprint hashes (with those of every stage it reads).
+        inputs: the stages whose artefacts it reads (``pipeline.stage_inputs`` may drop one for a config).
+        collective: every torchrun rank takes part (the training stages); else rank 0 alone runs it.
+        help: one line for ``onerec --help``.
+    """
+
+    name: str
+    run: Callable[[PipelineContext], Dict[str, object]]
+    sections: Tuple[str, ...]
+    inputs: Tuple[str, ...]
+    collective: bool
+    help: str
+
+
+# In pipeline order: every stage comes after the stages it reads.
+STAGE_LIST: Tuple[Stage, ...] = (
+    Stage("data", data_stage, ("seed", "data", "split"), (), False,
+          "load, validate and split the data; write statistics"),
+    Stage("tokenize", tokenize_stage, ("tokenizer",), ("data",), False,
+          "item embeddings -> semantic IDs, with a quality report"),
+    Stage("train", train_stage, ("model", "train", "loader"), ("tokenize",), True,
+          "train the generative model (also under torchrun)"),
+    Stage("train-reward", train_reward_stage, ("reward",), ("tokenize",), True,
+          "train the session reward model on the training days; per-tower test AUC"),
+    Stage("cascade", cascade_stage, ("cascade", "train", "loader"), ("data",), True,
+          "train the cascade baseline: two-tower retrieval -> DLRM ranker (also torchrun)"),
+    Stage("align", align_stage, ("align", "train"), ("train", "train-reward", "cascade"), True,
+          "align the trained model to align.reward_source (IPA with DPO; also under torchrun)"),
+    Stage("evaluate", evaluate_stage, ("eval", "compare"), ("train", "train-reward", "align", "cascade"), False,
+          "score every arm of compare.arms on the test split (or eval.split)"),
+    Stage("compare", compare_stage, ("compare",), ("evaluate",), False,
+          "A/B report: intervals and lifts of each arm over compare.baseline"),
+)
