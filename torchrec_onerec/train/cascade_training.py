@@ -64,7 +64,7 @@ from torchrec_onerec.models.two_tower import (TwoTowerRetrieval, TwoTowerTrainSt
 from torchrec_onerec.run_dir import atomic_write_text
 from torchrec_onerec.train.config import TrainConfig
 from torchrec_onerec.train.distributed import (DistContext, all_reduce_sum, barrier, broadcast_object,
-                                               init_distributed, teardown_distributed)
+                                               init_distributed, on_rank0, teardown_distributed)
 from torchrec_onerec.train.export import gather_model_state
 from torchrec_onerec.train.rank_data import rank_dataloader
 from torchrec_onerec.train.sharding import shard_for_training
@@ -189,18 +189,11 @@ class _Writer:
 
 def _validate_on_rank0(stage: _Stage, state: Optional[State], ctx: DistContext) -> Dict[str, float]:
     """Rank 0 validates the gathered state; every rank gets the metrics, or an error naming rank 0's failure."""
-    outcome: tuple[Optional[Dict[str, float]], str] = ({}, "")
-    if state is not None:
-        try:
-            outcome = (stage.validate(state), "")
-        except Exception as exc:  # the other ranks would otherwise wait for the collective timeout
-            if ctx.world_size == 1:
-                raise
-            outcome = (None, f"{type(exc).__name__}: {exc}")
-    metrics, error = broadcast_object(outcome, ctx)
-    if metrics is None:
-        raise RuntimeError(f"{stage.name} validation failed on rank 0: {error}")
-    return metrics
+    def metrics() -> Dict[str, float]:
+        assert state is not None  # rank 0 holds the gathered state
+        return stage.validate(state)
+
+    return on_rank0(metrics, ctx, what=f"{stage.name} validation")
 
 
 def _fit(stage: _Stage, ctx: DistContext, writer: _Writer, *, seed: int, num_workers: int,

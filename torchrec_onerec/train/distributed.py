@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime
 import os
 from dataclasses import dataclass
-from typing import Any, List, Sequence
+from typing import Any, Callable, List, Sequence, Tuple, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -138,6 +138,38 @@ def broadcast_object(obj: Any, ctx: DistContext) -> Any:
     box: List[Any] = [obj if ctx.is_rank0 else None]
     dist.broadcast_object_list(box, src=0, device=ctx.device if "nccl" in ctx.backend else None)
     return box[0]
+
+
+T = TypeVar("T")
+
+
+def on_rank0(fn: Callable[[], T], ctx: DistContext, *, what: str) -> T:
+    """``fn()`` run on rank 0 alone and its result broadcast to every rank (a collective).
+
+    When ``fn`` raises on rank 0 every rank raises, at once, a ``RuntimeError`` naming the error: the other ranks
+    would otherwise wait in the broadcast until the collective timeout. In one process the error propagates as is.
+
+    Args:
+        fn: the work (e.g. validating the gathered model state); called on rank 0 only.
+        ctx: this rank.
+        what: what ``fn`` does, for the error message (``"<what> failed on rank 0: <error>"``).
+
+    Example:
+        >>> on_rank0(lambda: {"auc": 0.5}, DistContext(0, 1, 0, 1, torch.device("cpu"), "gloo", False), what="x")
+        {'auc': 0.5}
+    """
+    outcome: Tuple[Any, str] = (None, "")
+    if ctx.is_rank0:
+        try:
+            outcome = (fn(), "")
+        except Exception as exc:
+            if ctx.world_size == 1:
+                raise
+            outcome = (None, f"{type(exc).__name__}: {exc}")
+    result, error = broadcast_object(outcome, ctx)
+    if error:
+        raise RuntimeError(f"{what} failed on rank 0: {error}")
+    return result
 
 
 def all_reduce_sum(values: Sequence[float], ctx: DistContext) -> List[float]:

@@ -54,7 +54,7 @@ from torchrec_onerec.runtime import seed_everything
 from torchrec_onerec.train.checkpoint import rank_seed
 from torchrec_onerec.train.config import TrainConfig
 from torchrec_onerec.train.distributed import (DistContext, all_reduce_sum, barrier, broadcast_object,
-                                               init_distributed, teardown_distributed)
+                                               init_distributed, on_rank0, teardown_distributed)
 from torchrec_onerec.train.export import gather_model_state
 from torchrec_onerec.train.rank_data import rank_dataloader, steps_per_epoch
 from torchrec_onerec.train.schedule import lr_multiplier
@@ -257,18 +257,21 @@ class _RewardRun:
                               self.item_codes)
 
     def _validate(self, dmp: DistributedModelParallel) -> Tuple[Dict[str, float], Optional[Dict[str, torch.Tensor]]]:
-        """Session-level validation AUCs on rank 0, broadcast to every rank (a collective)."""
+        """Session-level validation AUCs on rank 0, broadcast to every rank (a collective; a failure on rank 0
+        ends every rank with its error)."""
         state = gather_model_state(dmp, self.ctx)
-        metrics: Optional[Dict[str, float]] = None
-        if self.ctx.is_rank0:
-            assert state is not None
+
+        def metrics() -> Dict[str, float]:
+            assert state is not None  # rank 0 holds the gathered state
             model = plain_reward_model(state, self.config, self.num_users, self.num_items, self.signals,
                                        item_codes=self.item_codes, device=self.ctx.device)
             per_signal = session_aucs(model, self.valid, batch_size=EVAL_BATCH_SIZE, device=self.ctx.device)
-            metrics = {f"valid_{key}_{signal}": values[key] for signal, values in per_signal.items()
-                       for key in ("session_auc", "session_auc_same_length")}
-            metrics[SELECTION_METRIC] = nan_mean([v["session_auc_same_length"] for v in per_signal.values()])
-        return broadcast_object(metrics, self.ctx), state
+            out = {f"valid_{key}_{signal}": values[key] for signal, values in per_signal.items()
+                   for key in ("session_auc", "session_auc_same_length")}
+            out[SELECTION_METRIC] = nan_mean([v["session_auc_same_length"] for v in per_signal.values()])
+            return out
+
+        return on_rank0(metrics, self.ctx, what="reward model validation"), state
 
     def _epoch(self, pipeline: TrainPipelineSparseDist, training: ShardedTraining, epoch: int, bar: tqdm) -> float:
         """Train one epoch; returns its mean loss over steps and ranks."""

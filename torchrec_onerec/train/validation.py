@@ -25,7 +25,7 @@ from torchrec_onerec.data.samples import SampleSet
 from torchrec_onerec.eval.generative import evaluate_generative
 from torchrec_onerec.models.onerec import OneRecModel
 from torchrec_onerec.tokenizer.prefix_index import PrefixIndex
-from torchrec_onerec.train.distributed import DistContext, broadcast_object
+from torchrec_onerec.train.distributed import DistContext, on_rank0
 from torchrec_onerec.train.export import gather_model_state, plain_model
 from torchrec_onerec.train.sharding import ShardedTraining
 
@@ -138,16 +138,9 @@ def validate(training: ShardedTraining, ctx: DistContext, validator: Validator, 
         RuntimeError: on every rank when the validator failed on rank 0 (its error is in the message).
     """
     state = gather_model_state(training.dmp, ctx)
-    outcome: Tuple[Optional[Dict[str, float]], str] = (None, "")
-    if ctx.is_rank0:
-        assert state is not None
-        try:
-            outcome = (validator(plain_model(state, config.model, vocab_sizes, device=ctx.device), samples), "")
-        except Exception as exc:  # every rank must learn of it, or the others wait for the collective timeout
-            if ctx.world_size == 1:
-                raise
-            outcome = (None, f"{type(exc).__name__}: {exc}")
-    metrics, error = broadcast_object(outcome, ctx)
-    if metrics is None:
-        raise RuntimeError(f"validation failed on rank 0: {error}")
-    return metrics, state
+
+    def metrics() -> Dict[str, float]:
+        assert state is not None  # rank 0 holds the gathered state
+        return validator(plain_model(state, config.model, vocab_sizes, device=ctx.device), samples)
+
+    return on_rank0(metrics, ctx, what="validation"), state
