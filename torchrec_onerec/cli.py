@@ -131,8 +131,9 @@ def _render(command: str, result: Dict[str, object]) -> str:
     if command == "compare":
         return (run_dir / "compare" / "report.md").read_text()
     seconds: Dict[str, float] = result["seconds"]  # type: ignore[assignment]
+    stages: Dict[str, object] = result["stages"]  # type: ignore[assignment]
     lines = [f"stage {stage}: " + (f"done in {seconds[stage]:.1f} s" if stage in seconds else "complete, skipped")
-             for stage in result["stages"]]  # type: ignore[union-attr]
+             for stage in stages]
     lines.append(f"run directory: {run_dir} (config.yaml, run.log, metrics.jsonl, one folder per stage)")
     if (run_dir / "compare" / "report.md").is_file():
         lines.append(f"report: {run_dir / 'compare' / 'report.md'}")

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, List, Optional, Sequence
+from typing import Any, List, Optional, Sequence, Union
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from torchrec_onerec.data.config import LoaderConfig, SplitConfig
@@ -113,7 +113,7 @@ def load_config(path: Optional[str], overrides: Sequence[str] = ()) -> OneRecCon
         FileNotFoundError: ``path`` does not exist.
     """
     schema = OmegaConf.structured(OneRecConfig)
-    sources: List[tuple[str, DictConfig]] = []
+    sources: List[tuple[str, Union[DictConfig, ListConfig]]] = []
     if path is not None:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"config file {path!r} does not exist (see the configs/ folder)")

@@ -123,7 +123,7 @@ def config_rows(cls: type = OneRecConfig, prefix: str = "") -> List[ConfigRow]:
     for field in dataclasses.fields(cls):
         annotation = hints[field.name]
         key = f"{prefix}{field.name}"
-        if dataclasses.is_dataclass(annotation):
+        if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
             rows.extend(config_rows(annotation, key + "."))
             continue
         rows.append(ConfigRow(key=key, type_name=_type_name(annotation), default=_default_text(field),

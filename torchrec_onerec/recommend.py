@@ -137,7 +137,7 @@ class Recommender:
         items, offsets = positive_histories(self.data, self.config)
         end = offsets[users + 1]
         start = np.maximum(offsets[users], end - self.config.split.max_history)
-        empty = [raw_user_ids[i] for i in np.flatnonzero(end == start)]
+        empty = [raw_user_ids[int(i)] for i in np.flatnonzero(end == start)]
         if empty:
             raise UnknownUserError(f"user id(s) {empty[:5]} have no positive interaction to condition on")
         values, hist_offsets = take_slices(items, start, end - start)

@@ -68,7 +68,7 @@ def data_stage(ctx: PipelineContext) -> Dict[str, object]:
         raise DataError(f"{ctx.data.name}: split.protocol={ctx.config.split.protocol} gives {' and '.join(empty)} "
                         f"(left out: {ctx.split.dropped}); the data needs more interactions per user, or a lower "
                         "split.min_history")
-    stats = {"dataset": ctx.data.summary(), "split": ctx.split.summary()}
+    stats: Dict[str, object] = {"dataset": ctx.data.summary(), "split": ctx.split.summary()}
     ctx.run.write_json("data/stats.json", stats)
     return stats
 

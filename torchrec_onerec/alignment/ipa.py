@@ -173,9 +173,9 @@ def generation_stats(model: OneRecModel, samples: SampleSet, reward_fn: RewardFn
         if reference is not None:
             ratio = cand.log_probs - reference.log_prob(cand.batch, cand.codes).float()
             sums[6] += float(ratio[torch.from_numpy(real).to(ratio.device)].sum())
-    users, mean, best, top, fillers, sessions, log_ratio = all_reduce_sum(sums, ctx)
-    per_user = users if users else float("nan")
-    stats = {"users": int(users), "reward_mean": mean / per_user, "reward_max": best / per_user,
+    num_users, mean, best, top, fillers, sessions, log_ratio = all_reduce_sum(sums, ctx)
+    per_user = num_users if num_users else float("nan")
+    stats = {"users": int(num_users), "reward_mean": mean / per_user, "reward_max": best / per_user,
              "reward_top": top / per_user, "filler_share": fillers / max(sessions, 1.0)}
     if reference is not None:
         real_sessions = sessions - fillers
@@ -214,7 +214,7 @@ def pair_stats(policy: OneRecModel, pairs: PreferencePairs, samples: SampleSet, 
         ref_rejected = torch.from_numpy(pairs.reference_rejected[index]).float()
         out = dpo_loss(log_probs[:, 0], log_probs[:, 1], ref_chosen, ref_rejected, beta=align.beta)
         margins = out.chosen_rewards - out.rejected_rewards
-        values = (len(index), out.losses.sum(), (margins > 0).sum(), margins.sum(),
+        values: Tuple[Any, ...] = (len(index), out.losses.sum(), (margins > 0).sum(), margins.sum(),
                   (log_probs[:, 0] - ref_chosen).sum(), (log_probs[:, 1] - ref_rejected).sum())
         sums = [total + float(value) for total, value in zip(sums, values)]
     policy.train(was_training)

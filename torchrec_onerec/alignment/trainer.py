@@ -177,7 +177,7 @@ def train_iteration(state: Dict[str, torch.Tensor], pairs: PreferencePairs, samp
         sampler = RankBatchSampler(len(samples), align.batch_size, shuffle=True, seed=seed,
                                    epoch=iteration * align.epochs + epoch, rank=ctx.rank, world_size=ctx.world_size)
         batches: Iterator[PreferenceBatch] = iter(DataLoader(dataset, batch_size=None, sampler=sampler,
-                                                             collate_fn=_as_batch))
+                                                             collate_fn=_as_batch))  # type: ignore[arg-type]
         while True:
             start = time.perf_counter()
             try:

@@ -220,4 +220,5 @@ def make_dataloader(
     sampler = EpochBatchSampler(
         len(samples), config.batch_size, shuffle=config.shuffle if shuffle is None else shuffle, seed=seed, epoch=epoch)
     return DataLoader(SampleSetBatches(samples), batch_size=None, sampler=sampler,
-                      collate_fn=_no_collate if transform is None else transform, num_workers=config.num_workers)
+                      collate_fn=_no_collate if transform is None else transform,  # type: ignore[arg-type]
+                      num_workers=config.num_workers)  # batch_size=None: collate_fn gets one batch, not a list

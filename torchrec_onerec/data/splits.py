@@ -424,9 +424,11 @@ def protocol_b_split(data: InteractionData, config: SplitConfig) -> SplitB:
             "session_id": np.cumsum(new) - 1, "positive": part["positive"],
             **{s: part["labels"][:, j] for j, s in enumerate(signals)}})
         per_user = np.bincount(part["user"][part["positive"]], minlength=num_users)
-        stats[name] = {"users": int(len(np.unique(part["user"]))), "impressions": int(len(idx)),
-                       "positives": int(part["positive"].sum()), "sessions": int(new.sum()),
-                       **{f"users_with_{k}_positives": int((per_user >= k).sum()) for k in (1, 2, 3)}}
+        window_stats: Dict[str, int] = {
+            "users": int(len(np.unique(part["user"]))), "impressions": int(len(idx)),
+            "positives": int(part["positive"].sum()), "sessions": int(new.sum()),
+            **{f"users_with_{k}_positives": int((per_user >= k).sum()) for k in (1, 2, 3)}}
+        stats[name] = window_stats
         if name == "train":
             continue
         first, target, labels, no_pos, beyond = _eval_targets(part, new, m, len(signals))
@@ -438,6 +440,6 @@ def protocol_b_split(data: InteractionData, config: SplitConfig) -> SplitB:
         hist_start = np.maximum(a_off[who], end - n)
         sets[name], dropped[f"{name}_short_history"] = _assemble(who, a_items, hist_start, end - hist_start,
                                                                 target, labels, signals, s0)
-        stats[name]["sessions_with_positive"] = int(len(first))
+        window_stats["sessions_with_positive"] = int(len(first))
     sequences = pd.DataFrame({"user_id": t_users, "item_id": t_items})
     return SplitB(sets["train"], sets["valid"], sets["test"], impressions, dropped, stats, sequences)

@@ -26,7 +26,7 @@ import difflib
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
@@ -65,7 +65,7 @@ class Source:
         """``line N`` or ``row N`` of data row ``row`` (0-based)."""
         return f"row {int(row)}" if self.first_line is None else f"line {int(row) + self.first_line}"
 
-    def lines(self, rows: Sequence[int]) -> str:
+    def lines(self, rows: Union[Sequence[int], np.ndarray]) -> str:
         """The first few positions of ``rows`` as a short list for a warning."""
         unit, base = ("row", 0) if self.first_line is None else ("line", self.first_line)
         shown = ", ".join(str(int(r) + base) for r in list(rows)[:_SHOWN])

@@ -83,13 +83,13 @@ class Comparison:
                 cells = " | ".join(f"{c.value:.4f} [{c.low:.4f}, {c.high:.4f}]" for c in cis)
                 lines.append(f"| {arm} | {cells} |")
             for arm in self.arms[1:]:
-                cells = []
+                lifts = []
                 for metric in group:
                     lift, diff = self.versus[arm][metric]["lift"], self.versus[arm][metric]["difference"]
                     star = "*" if diff.excludes_zero() else ""
-                    cells.append("n/a" if np.isnan(lift.value) else
+                    lifts.append("n/a" if np.isnan(lift.value) else
                                  f"{lift.value:+.1%} [{lift.low:+.1%}, {lift.high:+.1%}]{star}")
-                lines.append(f"| lift of {arm} | " + " | ".join(cells) + " |")
+                lines.append(f"| lift of {arm} | " + " | ".join(lifts) + " |")
         if any(self.diagnostics.values()):
             keys = [k for k in DIAGNOSTICS if any(k in d for d in self.diagnostics.values())]
             lines += ["", "### Diagnostics (means)", "", "| arm | " + " | ".join(keys) + " |",
@@ -146,7 +146,7 @@ def compare_arms(results: Mapping[str, EvalResult], *, baseline: str, metrics: O
     for arm in arms:
         per_user = results[arm].per_user
         for key in ID_KEYS:
-            if key in reference and not np.array_equal(per_user.get(key), reference[key]):
+            if key in reference and (key not in per_user or not np.array_equal(per_user[key], reference[key])):
                 raise ValueError(f"arm {arm!r} was scored on other users than {baseline!r} ({key} differs); "
                                  "evaluate every arm on the same SampleSet")
     common = set.intersection(*(set(results[a].per_user) for a in arms))

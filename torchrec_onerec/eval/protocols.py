@@ -78,7 +78,7 @@ class EvalResult:
         arrays = {f"per_user/{k}": v for k, v in self.per_user.items()}
         partial = path.with_name(path.name + ".partial")
         with open(partial, "wb") as f:
-            np.savez(f, sessions=self.sessions, scores=self.scores, **arrays)
+            np.savez(f, sessions=self.sessions, scores=self.scores, **arrays)  # type: ignore[arg-type]
         partial_json = path.with_suffix(".json.partial")
         partial_json.write_text(json.dumps({"metrics": self.metrics, "info": self.info}, indent=2, default=float))
         os.replace(partial, path)

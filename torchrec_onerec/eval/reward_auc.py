@@ -93,7 +93,7 @@ def session_aucs(model: SessionRewardModel, sessions: SampleSet, *, batch_size: 
     _check_signals(model, sessions, "sessions")
     scores = score_sessions(model, sessions, sessions.target[:, None, :], batch_size=batch_size,
                             device=device)[:, 0]  # (N, S)
-    labels = (sessions.labels > 0).any(axis=1)  # (N, S): the any rule
+    labels = np.asarray((sessions.labels > 0).any(axis=1))  # (N, S): the any rule
     lengths = sessions.target_lengths
     return {signal: {"session_auc": auc(scores[:, s], labels[:, s]),
                      "session_auc_same_length": auc_within_groups(scores[:, s], labels[:, s], lengths),

@@ -9,7 +9,7 @@ allocated).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Dict, Sequence
+from typing import Any, Dict, Sequence
 
 from torchrec_onerec.modules.embedding import HISTORY_TOKENS, SemanticEmbeddingConfig
 from torchrec_onerec.modules.transformer import DecoderConfig, EncoderConfig
@@ -88,7 +88,7 @@ MODEL_SIZES: Dict[str, OneRecModelConfig] = {
 }
 
 
-def model_size(name: str, **overrides: object) -> OneRecModelConfig:
+def model_size(name: str, **overrides: Any) -> OneRecModelConfig:
     """A named size from ``MODEL_SIZES`` with optional field overrides.
 
     Example:

@@ -15,7 +15,7 @@ E experts, N sessions per user, M session items.
 
 from __future__ import annotations
 
-from typing import Dict, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, NamedTuple, Optional, Sequence, Tuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +25,8 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from torchrec_onerec.data.semantic_batch import SemanticIdBatch
 from torchrec_onerec.models.config import OneRecModelConfig
 from torchrec_onerec.modules.embedding import EncoderTokens, SemanticTokenEmbedding
-from torchrec_onerec.modules.transformer import TransformerDecoder, TransformerEncoder
+from torchrec_onerec.modules.moe import MoEFeedForward
+from torchrec_onerec.modules.transformer import DecoderBlock, TransformerDecoder, TransformerEncoder
 
 
 class OneRecOutput(NamedTuple):
@@ -202,7 +203,7 @@ def count_parameters(config: OneRecModelConfig, vocab_sizes: Sequence[int]) -> D
     total, tables = numel(model), numel(model.embedding.ec)
     experts_per_layer = 0
     if config.use_moe:
-        expert = model.decoder.blocks[0].ffn
+        expert = cast(MoEFeedForward, cast(DecoderBlock, model.decoder.blocks[0]).ffn)
         experts_per_layer = sum(p.numel() for p in (expert.w_in, expert.b_in, expert.w_out, expert.b_out))
     idle = config.decoder_layers * experts_per_layer * (config.num_experts - config.top_k) // config.num_experts
     return {"total": total, "tables": tables, "dense": total - tables, "encoder": numel(model.encoder),

@@ -12,7 +12,7 @@ Shape legend: B batch, T tokens, S memory tokens, D width, E experts, H heads.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, NamedTuple, Optional, Tuple
+from typing import List, NamedTuple, Optional, Tuple, cast
 
 import torch
 from torch import nn
@@ -238,7 +238,7 @@ class TransformerDecoder(nn.Module):
 
     def project_memory(self, memory: torch.Tensor) -> MemoryKV:
         """Every layer's cross-attention keys/values of the [B, S, D] encoder output, each [B, H, S, D / H]."""
-        return [block.cross_attn.project_memory(memory) for block in self.blocks]
+        return [cast(DecoderBlock, block).cross_attn.project_memory(memory) for block in self.blocks]
 
     def new_cache(self, batch_size: int, max_length: int, *, dtype: torch.dtype,
                   device: torch.device) -> KVCache:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import List, Optional, Union
 
 import torch
 
@@ -113,6 +113,7 @@ class ResidualQuantizer:
         codes = []
         for level, k in enumerate(cfg.codebook_sizes):
             start = time.perf_counter()
+            model: Union[BalancedKMeans, KMeans]
             if cfg.quantizer == "balanced_kmeans":
                 model = BalancedKMeans(
                     k,

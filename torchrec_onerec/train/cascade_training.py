@@ -37,7 +37,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, TypeVar, Union
 
 import numpy as np
 import torch
@@ -70,6 +70,7 @@ from torchrec_onerec.train.rank_data import rank_dataloader
 from torchrec_onerec.train.sharding import shard_for_training
 
 State = Dict[str, torch.Tensor]
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 VALIDATION_SEED_OFFSET = 1_000_003  # protocol A's validation/test negatives: a draw no training epoch uses
 
 
@@ -251,7 +252,7 @@ def _fit(stage: _Stage, ctx: DistContext, writer: _Writer, *, seed: int, num_wor
                             best_value, history, str(stage.path), training.plan, seconds, seen / max(seconds, 1e-9))
 
 
-def _plain(module: nn.Module, state: State, device: torch.device) -> nn.Module:
+def _plain(module: ModuleT, state: State, device: torch.device) -> ModuleT:
     """A meta-built module holding ``state`` on ``device``, in eval mode (no random initialisation)."""
     module.load_state_dict(state, assign=True)
     return module.to(device).eval()
@@ -273,7 +274,8 @@ def _two_tower_stage(config: CascadeConfig, split: Union[SplitA, SplitB], data: 
         raise ValueError("the split's training samples hold no target item: the two-tower model has nothing to learn")
     content = _item_content(data, rc.use_item_content)
     log_q = torch.as_tensor(item_log_frequency(pairs.target[:, 0], data.num_items))
-    sizes = dict(num_users=data.num_users, num_items=data.num_items, content_dim=int(content.shape[1]))
+    sizes: Dict[str, Any] = dict(num_users=data.num_users, num_items=data.num_items,
+                                 content_dim=int(content.shape[1]))
     k = min(rc.num_candidates, data.num_items)
     has_valid = bool((split.valid.target[:, :1] >= 0).any())
     valid = split.valid.subset(evaluation_users(split.valid)[0]) if has_valid else None
@@ -343,8 +345,8 @@ def _ranker_stage(config: CascadeConfig, ranker_data: _RankerData, data: Interac
                   folder: Path, device: torch.device) -> _Stage:
     """The ranker and its validation (mean AUC over tasks)."""
     rk, features = config.ranker, ranker_data.item_features
-    sizes = dict(num_users=data.num_users, num_items=data.num_items, tasks=ranker_data.tasks,
-                 dense_features=dense_width(features))
+    sizes: Dict[str, Any] = dict(num_users=data.num_users, num_items=data.num_items, tasks=ranker_data.tasks,
+                                 dense_features=dense_width(features))
 
     def validate(state: State) -> Dict[str, float]:
         model = _plain(MultiTaskRanker(rk, **sizes, device=torch.device("meta")), state, device)
@@ -388,7 +390,7 @@ def train_cascade(config: CascadeConfig, split: Union[SplitA, SplitB], data: Int
     try:
         folder = Path(out_dir)
         writer = _Writer(folder, ctx)
-        run = dict(seed=seed, num_workers=num_workers, progress=progress)
+        run: Dict[str, Any] = dict(seed=seed, num_workers=num_workers, progress=progress)
         two_tower = _fit(_two_tower_stage(config, split, data, train_config, folder, ctx.device), ctx, writer, **run)
         ranker_data = _ranker_data(config, split, data, max_history=max_history, seed=seed)
         ranker = _fit(_ranker_stage(config, ranker_data, data, train_config, folder, ctx.device), ctx, writer, **run)

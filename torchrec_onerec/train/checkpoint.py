@@ -30,7 +30,7 @@ import shutil
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -137,7 +137,7 @@ class CheckpointMeta:
 
 
 def _capture_rng() -> Dict[str, Any]:
-    state = np.random.get_state()
+    state: Tuple[Any, ...] = tuple(np.random.get_state())
     return {"torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "numpy": (state[0], torch.from_numpy(state[1].astype(np.int64)), *state[2:]),

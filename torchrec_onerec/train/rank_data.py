@@ -108,5 +108,7 @@ def rank_dataloader(samples: SampleSet, config: LoaderConfig, *, seed: int, epoc
                                rank=rank, world_size=world_size, start=start)
     # the loader draws its workers' base seed from this generator, not from the global stream (dropout's)
     generator = torch.Generator().manual_seed(seed)
-    return DataLoader(SampleSetBatches(samples), batch_size=None, sampler=sampler, collate_fn=transform,
+    # batch_size=None: collate_fn gets one batch, not the list torch's annotation expects
+    return DataLoader(SampleSetBatches(samples), batch_size=None, sampler=sampler,
+                      collate_fn=transform,  # type: ignore[arg-type]
                       num_workers=config.num_workers, generator=generator)
