@@ -56,15 +56,9 @@ def ranker_reward_fn(recommender: CascadeRecommender, diversity_weight: float = 
     ``diversity_weight`` w > 0, each item's MMR value (1 - w) * score - w * ``session_redundancy`` instead.
 
     Example:
-        >>> import torch
         >>> from torchrec_onerec.data.samples import Sample
-        >>> from torchrec_onerec.models.cascade_config import CascadeConfig, RankerConfig, RetrievalConfig
-        >>> from torchrec_onerec.models.ranker import MultiTaskRanker
-        >>> from torchrec_onerec.models.two_tower import TwoTowerRetrieval
-        >>> cfg = CascadeConfig(RetrievalConfig(embedding_dim=4), RankerConfig(embedding_dim=4))
-        >>> rec = CascadeRecommender(TwoTowerRetrieval(cfg.retrieval, num_users=2, num_items=6),
-        ...                          MultiTaskRanker(cfg.ranker, num_users=2, num_items=6, tasks=["vtr"],
-        ...                                          dense_features=2), cfg, torch.zeros(6, 0), torch.zeros(6, 1))
+        >>> from torchrec_onerec.models.testing import tiny_cascade
+        >>> rec = tiny_cascade(num_users=2, num_items=6)
         >>> users = SampleSet.from_samples([Sample(1, np.array([0]), np.array([2]), np.zeros((1, 0), np.float32))], [])
         >>> r = ranker_reward_fn(rec)(users, np.array([[[3, 4], [3, -1], [-1, -1]]]))
         >>> r.shape, bool(r[0, 0] > r[0, 1] > r[0, 2] == 0.0)

@@ -30,7 +30,7 @@ one CPU core (0.8 s measured).
 from __future__ import annotations
 
 import datetime
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 import pandas as pd
@@ -74,6 +74,16 @@ def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
     top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
     order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
     return np.take_along_axis(top, order, axis=1).astype(np.int64)
+
+
+def _in_blocks(users: np.ndarray, width: int, rows_of: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """``rows_of(block)`` -> [b, width] for consecutive blocks of ``_USER_BLOCK`` users, stacked: [B, width] int64.
+    Bounds the [b, I] arrays a block materialises; blocks are visited in order (a shared RNG draws as in one loop)."""
+    out = np.empty((len(users), width), dtype=np.int64)
+    for lo in range(0, len(users), _USER_BLOCK):
+        block = users[lo : lo + _USER_BLOCK]
+        out[lo : lo + len(block)] = rows_of(block)
+    return out
 
 
 def _parse_date_ms(text: str) -> int:
@@ -220,11 +230,7 @@ class SyntheticWorld:
         users = self._check_users(users)
         weights = self._check_weights(weights)
         self._check_item_count("k", k)
-        out = np.empty((len(users), k), dtype=np.int64)
-        for lo in range(0, len(users), _USER_BLOCK):
-            block = users[lo : lo + _USER_BLOCK]
-            out[lo : lo + len(block)] = _top_k(self._item_values(block, weights), k)
-        return out
+        return _in_blocks(users, k, lambda block: _top_k(self._item_values(block, weights), k))
 
     def log(self) -> InteractionData:
         """Logged traffic of the logging policy (see the module docstring), as canonical ``InteractionData``.
@@ -342,12 +348,12 @@ class SyntheticWorld:
         users = self._check_users(users)
         self._check_item_count("m", m)
         rng = np.random.default_rng([int(seed), 0x106])
-        out = np.empty((len(users), m), dtype=np.int64)
-        for lo in range(0, len(users), _USER_BLOCK):
-            block = users[lo : lo + _USER_BLOCK]
+
+        def draw(block: np.ndarray) -> np.ndarray:
             arrival = rng.standard_exponential((len(block), self.num_items), dtype=np.float32)
-            out[lo : lo + len(block)] = _top_k(-arrival / self._logging_policy(block), m)
-        return out
+            return _top_k(-arrival / self._logging_policy(block), m)
+
+        return _in_blocks(users, m, draw)
 
     def greedy_sessions(self, users: np.ndarray, m: int, weights: Optional[Dict[str, float]] = None) -> np.ndarray:
         """The ceiling: each user's session of m items filled slot by slot with the item of highest true marginal
@@ -376,20 +382,22 @@ class SyntheticWorld:
         users = self._check_users(users)
         weights = self._check_weights(weights)
         self._check_item_count("m", m)
-        out = np.empty((len(users), m), dtype=np.int64)
-        for lo in range(0, len(users), _USER_BLOCK):
-            block = users[lo : lo + _USER_BLOCK]
+
+        def greedy(block: np.ndarray) -> np.ndarray:
             value = self._item_values(block, weights)  # [b, I]
             rows = np.arange(len(block))
             shown = np.zeros((len(block), self.config.num_topics))  # same-topic items placed so far
             used = np.zeros(value.shape, dtype=bool)
+            picks = np.empty((len(block), m), dtype=np.int64)
             for p in range(m):
                 novelty = np.exp(-self.config.diversity_weight * shown[:, self.item_topic])
                 pick = np.where(used, -np.inf, novelty * value).argmax(axis=1)
-                out[lo + rows, p] = pick
+                picks[:, p] = pick
                 used[rows, pick] = True
                 shown[rows, self.item_topic[pick]] += 1
-        return out
+            return picks
+
+        return _in_blocks(users, m, greedy)
 
     def _item_values(self, users: np.ndarray, weights: Dict[str, float]) -> np.ndarray:
         """[b, I] expected weighted reward of every item shown alone in slot 0, for a block of valid users."""

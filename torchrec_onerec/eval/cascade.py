@@ -40,15 +40,9 @@ def evaluate_cascade(recommender: CascadeRecommender, samples: SampleSet, *, con
         EvalResult: metrics and per-user arrays named as the other arms', sessions [U, R, M], scores [U, R].
 
     Example:
-        >>> import torch
         >>> from torchrec_onerec.data.samples import Sample
-        >>> from torchrec_onerec.models.cascade_config import CascadeConfig, RankerConfig, RetrievalConfig
-        >>> from torchrec_onerec.models.ranker import MultiTaskRanker
-        >>> from torchrec_onerec.models.two_tower import TwoTowerRetrieval
-        >>> cfg = CascadeConfig(RetrievalConfig(embedding_dim=4, num_candidates=6), RankerConfig(embedding_dim=4))
-        >>> rec = CascadeRecommender(TwoTowerRetrieval(cfg.retrieval, num_users=2, num_items=6),
-        ...                          MultiTaskRanker(cfg.ranker, num_users=2, num_items=6, tasks=["vtr"],
-        ...                                          dense_features=2), cfg, torch.zeros(6, 0), torch.zeros(6, 1))
+        >>> from torchrec_onerec.models.testing import tiny_cascade
+        >>> rec = tiny_cascade(num_users=2, num_items=6, num_candidates=6)
         >>> test = SampleSet.from_samples([Sample(u, np.array([0]), np.array([u + 2, -1]), np.zeros((2, 0), np.float32))
         ...                                for u in range(2)], [])
         >>> r = evaluate_cascade(rec, test, config=EvalConfig(ks=[2, 4]), protocol="B", num_items=6)

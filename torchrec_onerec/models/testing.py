@@ -1,4 +1,5 @@
-"""Seeded toy inputs for the OneRec model (docs/METHOD.md section 2): unique item codes and semantic batches.
+"""Seeded toy inputs for the OneRec model (docs/METHOD.md section 2): unique item codes and semantic batches;
+and an untrained toy cascade for the examples and tests of what scores with one.
 
 Used by the tests of ``modules``, ``models`` and ``generation`` and by ``benchmarks/generation.py``; nothing
 here is needed to train on real data, where the tokenizer makes the codes and ``data.batch`` the batches.
@@ -9,7 +10,8 @@ I items.
 
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+import dataclasses
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -17,6 +19,10 @@ import torch
 from torchrec_onerec.data.batch import collate_samples
 from torchrec_onerec.data.samples import Sample
 from torchrec_onerec.data.semantic_batch import SemanticIdBatch, to_semantic_batch
+from torchrec_onerec.models.cascade import CascadeRecommender
+from torchrec_onerec.models.cascade_config import CascadeConfig, RankerConfig, RetrievalConfig
+from torchrec_onerec.models.ranker import MultiTaskRanker
+from torchrec_onerec.models.two_tower import TwoTowerRetrieval
 
 
 def random_codes(num_items: int, codebook_sizes: Sequence[int], *, seed: int = 0) -> Tuple[torch.Tensor, List[int]]:
@@ -81,3 +87,29 @@ def random_batch(codes: torch.Tensor, batch_size: int, *, max_history: int, sess
         labels = (target[:, None] >= 0).astype(np.float32)
         samples.append(Sample(int(rng.integers(num_users)), history.astype(np.int64), target, labels))
     return to_semantic_batch(collate_samples(samples), codes)
+
+
+def tiny_cascade(num_users: int, num_items: int, tasks: Sequence[str] = ("vtr",), *,
+                 num_candidates: Optional[int] = None) -> CascadeRecommender:
+    """An untrained cascade (tables of width 4, no item content, one dense item feature of zeros), initialised
+    from the global torch seed: enough to exercise what retrieves, ranks or scores with a cascade.
+
+    Args:
+        num_users (int): rows of the user tables.
+        num_items (int): I.
+        tasks (Sequence[str]): the ranker's towers.
+        num_candidates (int | None): K_r of retrieval; None keeps ``RetrievalConfig``'s default.
+
+    Example:
+        >>> rec = tiny_cascade(num_users=2, num_items=6, tasks=["vtr", "swt"])
+        >>> rec.num_items, list(rec.ranker.tasks)
+        (6, ['vtr', 'swt'])
+    """
+    retrieval = RetrievalConfig(embedding_dim=4)
+    if num_candidates is not None:
+        retrieval = dataclasses.replace(retrieval, num_candidates=num_candidates)
+    config = CascadeConfig(retrieval, RankerConfig(embedding_dim=4))
+    return CascadeRecommender(TwoTowerRetrieval(config.retrieval, num_users=num_users, num_items=num_items),
+                              MultiTaskRanker(config.ranker, num_users=num_users, num_items=num_items,
+                                              tasks=list(tasks), dense_features=2),
+                              config, torch.zeros(num_items, 0), torch.zeros(num_items, 1))

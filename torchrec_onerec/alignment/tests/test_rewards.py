@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-import torch
 
 from torchrec_onerec.alignment.config import AlignConfig
 from torchrec_onerec.alignment.rewards import (mixed_reward_fn, ranker_reward_fn, session_redundancy,
@@ -8,16 +7,11 @@ from torchrec_onerec.alignment.rewards import (mixed_reward_fn, ranker_reward_fn
 from torchrec_onerec.data.samples import Sample, SampleSet
 from torchrec_onerec.errors import ConfigError
 from torchrec_onerec.models.cascade import CascadeRecommender
-from torchrec_onerec.models.cascade_config import CascadeConfig, RankerConfig, RetrievalConfig
-from torchrec_onerec.models.ranker import MultiTaskRanker
-from torchrec_onerec.models.two_tower import TwoTowerRetrieval
+from torchrec_onerec.models.testing import tiny_cascade
 
 
 def _recommender(num_items: int = 8) -> CascadeRecommender:
-    cfg = CascadeConfig(RetrievalConfig(embedding_dim=4), RankerConfig(embedding_dim=4))
-    ranker = MultiTaskRanker(cfg.ranker, num_users=3, num_items=num_items, tasks=["vtr", "swt"], dense_features=2)
-    return CascadeRecommender(TwoTowerRetrieval(cfg.retrieval, num_users=3, num_items=num_items), ranker, cfg,
-                              torch.zeros(num_items, 0), torch.zeros(num_items, 1))
+    return tiny_cascade(num_users=3, num_items=num_items, tasks=["vtr", "swt"])
 
 
 def _users() -> SampleSet:
