@@ -36,6 +36,8 @@ def test_report_places_every_arm_between_the_world_references(run_dir: Path) -> 
     report = (run_dir / "compare" / "report.md").read_text()
     assert "## Protocol C: where the sessions stand" in report and "| *ceiling* |" in report
     assert "## How each arm was chosen" in report and "align.reward_source=mix" in report
+    # compare.arms does not list sasrec: its stage records why it did not train
+    assert "sasrec" in json.loads((run_dir / "sasrec" / "summary.json").read_text())["not_applicable"]
 
 
 def test_rerank_weight_is_chosen_on_validation(run_dir: Path) -> None:

@@ -23,11 +23,14 @@ from torchrec_onerec.eval.cascade import evaluate_cascade
 from torchrec_onerec.eval.generative import evaluate_generative
 from torchrec_onerec.eval.protocols import EvalResult
 from torchrec_onerec.eval.reward_estimates import add_reward_estimates
+from torchrec_onerec.eval.sasrec import evaluate_sasrec
 from torchrec_onerec.models.cascade import CascadeRecommender, load_cascade
 from torchrec_onerec.models.reward import SessionRewardModel
+from torchrec_onerec.models.sasrec import load_sasrec
 from torchrec_onerec.run_dir import RunDir
 from torchrec_onerec.runtime import resolve_device
 from torchrec_onerec.train.export import load_exported
+from torchrec_onerec.train.sasrec_training import SASREC_FILE
 
 LOG = logging.getLogger("torchrec_onerec")
 MODEL_PREFIX = "model:"
@@ -147,6 +150,20 @@ def _score_popularity(ctx: PipelineContext, reward_model: Optional[SessionReward
                                protocol=cfg.split.protocol)
 
 
+def _score_sasrec(ctx: PipelineContext, reward_model: Optional[SessionRewardModel]) -> EvalResult:
+    cfg = ctx.config
+    model = load_sasrec(ctx.run.path / "sasrec" / SASREC_FILE, device=resolve_device(cfg.device))
+    return evaluate_sasrec(model, ctx.scored_samples, config=cfg.eval, protocol=cfg.split.protocol,
+                           num_items=ctx.data.num_items)
+
+
+def _sasrec_chosen(config: OneRecConfig, info: Dict[str, object]) -> str:
+    sasrec = config.sasrec
+    stop = f", stopping after {sasrec.patience} epochs without a better one" if sasrec.patience else ""
+    return (f"SASRec trained for at most {sasrec.epochs} epochs, the epoch with the best validation NDCG@10 kept"
+            f"{stop}; sizes and learning rates from the `sasrec` section")
+
+
 def _ntp_chosen(config: OneRecConfig, info: Dict[str, object]) -> str:
     train = config.train
     epochs = ("the final weights (validated once, after the last epoch)" if train.eval_every_epochs >= train.epochs
@@ -175,6 +192,7 @@ ARMS: Dict[str, Arm] = {arm.name: arm for arm in (
                                          f"`align.reward_source={config.align.reward_source}` (the last iteration "
                                          "is kept)", serves_from="align"),
     Arm("popularity", (), _score_popularity, lambda config, info: "training counts; nothing tuned"),
+    Arm("sasrec", ("sasrec",), _score_sasrec, _sasrec_chosen),
 )}
 SERVABLE_ARMS = tuple(name for name, arm in ARMS.items() if arm.serves_from)
 

@@ -31,6 +31,7 @@ from torchrec_onerec.eval.config import CompareConfig, EvalConfig
 from torchrec_onerec.models.cascade_config import CascadeConfig
 from torchrec_onerec.models.reward_config import RewardModelConfig
 from torchrec_onerec.models.config import OneRecModelConfig
+from torchrec_onerec.models.sasrec_config import SASRecConfig
 from torchrec_onerec.tokenizer.config import TokenizerConfig
 from torchrec_onerec.train.config import TrainConfig
 
@@ -63,6 +64,7 @@ class OneRecConfig:
     reward: RewardModelConfig = field(default_factory=RewardModelConfig)
     align: AlignConfig = field(default_factory=AlignConfig)
     cascade: CascadeConfig = field(default_factory=CascadeConfig)
+    sasrec: SASRecConfig = field(default_factory=SASRecConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
 
     def __post_init__(self) -> None:

@@ -8,6 +8,7 @@ cascade's config redoes the cascade and the comparison but not the generative mo
     data --> tokenize --> train ----------> align --+
      |          |--> train-reward -------^  ^          |
      |--> cascade --------------------------+----------+--> evaluate --> compare
+     |--> sasrec ------------------------------------------^
 
 (alignment reads the cascade's ranker under ``align.reward_source=ranker`` or ``mix``.)
 
@@ -83,6 +84,9 @@ def stage_fingerprint(config: OneRecConfig, stage: str) -> str:
         for name in STAGE_SECTIONS[earlier]:
             value = getattr(config, name)
             sections[name] = value if isinstance(value, int) else asdict(value)
+        skip_when = STAGE_BY_NAME[earlier].skip_when
+        if skip_when is not None:
+            sections[f"{earlier}:skipped"] = skip_when(config)
     return fingerprint(sections)
 
 
@@ -134,9 +138,11 @@ def run_pipeline(config: OneRecConfig, *, stages: Sequence[str] = STAGES,
             if lead:
                 run.clear_done(stage)
                 run.mark_started(stage, fp)
-            LOG.info("stage %s: %s", stage, "running" if ctx.fresh else "resuming")
+            skip_when = STAGE_BY_NAME[stage].skip_when
+            why = skip_when(config) if skip_when is not None else ""
+            LOG.info("stage %s: %s", stage, f"not applicable: {why}" if why else "running" if ctx.fresh else "resuming")
             start = time.perf_counter()
-            summaries[stage] = STAGE_BY_NAME[stage].run(ctx)
+            summaries[stage] = {"not_applicable": why} if why else STAGE_BY_NAME[stage].run(ctx)
             seconds[stage] = round(time.perf_counter() - start, 3)
             if lead:
                 run.write_json(f"{stage}/summary.json", summaries[stage])

@@ -30,6 +30,7 @@ from torchrec_onerec.alignment.ipa import align_iteratively
 from torchrec_onerec.alignment.pairs import RewardFn
 from torchrec_onerec.alignment.rewards import mixed_reward_fn, ranker_reward_fn
 from torchrec_onerec.arms import arm_file, arm_for, evaluate_arm
+from torchrec_onerec.config import OneRecConfig
 from torchrec_onerec.context import PipelineContext, rank
 from torchrec_onerec.data.impressions import impression_samples
 from torchrec_onerec.data.samples import SampleSet
@@ -52,6 +53,7 @@ from torchrec_onerec.train.cascade_training import train_cascade
 from torchrec_onerec.train.export import load_exported
 from torchrec_onerec.train.loop import train_generative
 from torchrec_onerec.train.reward_training import load_reward_model, train_reward_model
+from torchrec_onerec.train.sasrec_training import train_sasrec
 
 LOG = logging.getLogger("torchrec_onerec")
 
@@ -204,6 +206,22 @@ def cascade_stage(ctx: PipelineContext) -> Dict[str, object]:
     return asdict(result)
 
 
+def sasrec_stage(ctx: PipelineContext) -> Dict[str, object]:
+    """Train the SASRec baseline arm (every torchrun rank takes part); artefacts under ``sasrec/``."""
+    cfg = ctx.config
+    result = train_sasrec(cfg.sasrec, ctx.split, num_items=ctx.data.num_items, max_history=cfg.split.max_history,
+                          train_config=cfg.train, out_dir=ctx.run.path / "sasrec", device=resolve_device(cfg.device),
+                          seed=cfg.seed, num_workers=cfg.loader.num_workers, progress=rank() == 0)
+    return asdict(result)
+
+
+def _unless_listed(arm: str) -> Callable[[OneRecConfig], str]:
+    """A ``Stage.skip_when`` for a stage that only an arm of ``compare.arms`` needs."""
+    def skip_when(config: OneRecConfig) -> str:
+        return "" if arm in config.compare.arms else f"compare.arms does not list {arm!r}"
+    return skip_when
+
+
 def evaluate_stage(ctx: PipelineContext) -> Dict[str, object]:
     """Score every configured arm on the same test users; protocol C's true reward on the synthetic world."""
     cfg = ctx.config
@@ -279,6 +297,9 @@ class Stage:
         inputs: the stages whose artefacts it reads (``pipeline.stage_inputs`` may drop one for a config).
         collective: every torchrun rank takes part (the training stages); else rank 0 alone runs it.
         help: one line for ``onerec --help``.
+        skip_when: config -> why the stage does not apply to it ("" when it does); the runner then records that
+            reason as the stage's ``not_applicable`` summary instead of running it, and the reason is part of the
+            stage's fingerprint. None: the stage always runs.
     """
 
     name: str
@@ -287,6 +308,7 @@ class Stage:
     inputs: Tuple[str, ...]
     collective: bool
     help: str
+    skip_when: Optional[Callable[[OneRecConfig], str]] = None
 
 
 # In pipeline order: every stage comes after the stages it reads.
@@ -303,7 +325,11 @@ STAGE_LIST: Tuple[Stage, ...] = (
           "train the cascade baseline: two-tower retrieval -> DLRM ranker (also torchrun)"),
     Stage("align", align_stage, ("align", "train"), ("train", "train-reward", "cascade"), True,
           "align the trained model to align.reward_source (IPA with DPO; also under torchrun)"),
-    Stage("evaluate", evaluate_stage, ("eval", "compare"), ("train", "train-reward", "align", "cascade"), False,
+    Stage("sasrec", sasrec_stage, ("sasrec", "train", "loader"), ("data",), True,
+          "train the SASRec baseline arm when compare.arms lists it (also under torchrun)",
+          skip_when=_unless_listed("sasrec")),
+    Stage("evaluate", evaluate_stage, ("eval", "compare"), ("train", "train-reward", "align", "cascade", "sasrec"),
+          False,
           "score every arm of compare.arms on the test split (or eval.split)"),
     Stage("compare", compare_stage, ("compare",), ("evaluate",), False,
           "A/B report: intervals and lifts of each arm over compare.baseline"),

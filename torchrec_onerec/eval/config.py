@@ -64,7 +64,7 @@ class EvalConfig:
 
 
 # The names of arms.ARMS, which this schema module does not import (tests/test_arms.py keeps them equal).
-ARM_KINDS = ("cascade", "cascade_rerank", "onerec", "onerec_dpo", "onerec_ipa", "popularity")
+ARM_KINDS = ("cascade", "cascade_rerank", "onerec", "onerec_dpo", "onerec_ipa", "popularity", "sasrec")
 
 
 @dataclass
@@ -76,7 +76,8 @@ class CompareConfig:
             stage, a diversity re-rank whose weight is chosen on validation: ``cascade.ranker.rerank_weights``),
             ``onerec`` (the NTP-trained model),
             ``onerec_dpo`` (after one alignment iteration), ``onerec_ipa`` (after every alignment iteration),
-            ``popularity`` (the floor), or ``model:<path>`` (any
+            ``popularity`` (the floor), ``sasrec`` (the sequential baseline; its stage trains only when it is
+            listed here: ``sasrec`` section), or ``model:<path>`` (any
             exported OneRec model file, e.g. another run's ``train/best_model.pt`` with the same codebook). An
             arm whose stage did not run (no alignment under protocol A) is left out and the report says so.
         baseline: the arm the others are compared with (relative lift, paired intervals).

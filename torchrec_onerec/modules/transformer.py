@@ -35,6 +35,8 @@ class EncoderConfig:
         num_layers: blocks.
         ffn_hidden: inner width of each block's FFN.
         dropout: dropout in attention and FFN (training only).
+        causal: each token sees only itself and the tokens before it (SASRec's history encoder); with padding at
+            the end of each row, no key mask is then needed.
     """
 
     d_model: int
@@ -42,6 +44,7 @@ class EncoderConfig:
     num_layers: int
     ffn_hidden: int
     dropout: float = 0.0
+    causal: bool = False
 
     def __post_init__(self) -> None:
         if self.num_layers < 1:
@@ -51,7 +54,7 @@ class EncoderConfig:
 
     def attention(self) -> AttentionConfig:
         """The self-attention sub-config."""
-        return AttentionConfig(self.d_model, self.num_heads, self.dropout, causal=False)
+        return AttentionConfig(self.d_model, self.num_heads, self.dropout, causal=self.causal)
 
     def feed_forward(self) -> FeedForwardConfig:
         """The FFN sub-config."""
@@ -107,7 +110,7 @@ class DecoderConfig:
 
 
 class EncoderBlock(nn.Module):
-    """Pre-norm block: fully visible self-attention, then a dense FFN.
+    """Pre-norm block: self-attention (fully visible, or causal), then a dense FFN.
 
     Args:
         config (EncoderConfig): D, H, FFN width, dropout.
@@ -126,8 +129,8 @@ class EncoderBlock(nn.Module):
         self.ln_2 = nn.LayerNorm(config.d_model, device=device)
         self.ffn = FeedForward(config.feed_forward(), device=device)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """[B, T, D] tokens, [B, T] bool real-token mask -> [B, T, D]."""
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """[B, T, D] tokens, [B, T] bool real-token mask (None: every key visible) -> [B, T, D]."""
         x = x + self.attn(self.ln_1(x), key_mask=mask)
         return x + self.ffn(self.ln_2(x)).out
 
@@ -150,12 +153,13 @@ class TransformerEncoder(nn.Module):
         self.blocks = nn.ModuleList(EncoderBlock(config, device=device) for _ in range(config.num_layers))
         self.ln_f = nn.LayerNorm(config.d_model, device=device)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
         """Encode.
 
         Args:
             x (torch.Tensor): [B, T, D] tokens.
-            mask (torch.Tensor): [B, T] bool, False at padding (no token attends to it).
+            mask (torch.Tensor | None): [B, T] bool, False at padding (no token attends to it); None: no padding
+                to hide (or, with ``causal``, padding only after each row's real tokens).
 
         Returns:
             torch.Tensor: [B, T, D] (rows at padding positions are meaningless).

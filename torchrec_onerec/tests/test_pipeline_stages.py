@@ -20,7 +20,7 @@ def test_every_stage_comes_after_the_stages_it_reads_and_names_real_config_secti
 
 
 def test_only_the_training_stages_run_on_every_rank() -> None:
-    assert set(COLLECTIVE_STAGES) == {"train", "train-reward", "cascade", "align"}
+    assert set(COLLECTIVE_STAGES) == {"train", "train-reward", "cascade", "align", "sasrec"}
 
 
 def test_the_command_line_has_one_subcommand_per_stage_with_its_help() -> None:
@@ -40,3 +40,13 @@ def test_a_cascade_change_redoes_what_reads_the_cascade_only() -> None:
     ranker = dataclasses.replace(base, align=dataclasses.replace(base.align, reward_source="ranker"))
     ranker_changed = dataclasses.replace(ranker, cascade=changed.cascade)
     assert stage_fingerprint(ranker, "align") != stage_fingerprint(ranker_changed, "align")
+
+
+def test_listing_the_sasrec_arm_redoes_its_stage_and_what_reads_it_only() -> None:
+    base = OneRecConfig()
+    assert "sasrec" not in base.compare.arms
+    listed = dataclasses.replace(base, compare=dataclasses.replace(base.compare, arms=[*base.compare.arms, "sasrec"]))
+    moved = {s for s in STAGES if stage_fingerprint(base, s) != stage_fingerprint(listed, s)}
+    assert moved == {"sasrec", "evaluate", "compare"}
+    resized = dataclasses.replace(listed, sasrec=dataclasses.replace(listed.sasrec, embedding_dim=32))
+    assert {s for s in STAGES if stage_fingerprint(listed, s) != stage_fingerprint(resized, s)} == moved

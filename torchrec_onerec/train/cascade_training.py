@@ -1,10 +1,6 @@
-"""Training of the cascade baseline (``models.cascade``) on the generative model's TorchRec stack.
-
-Both models go through the same steps as OneRec (``train.loop``): built on the meta device, sharded by
-``shard_for_training`` (planner + DistributedModelParallel + fused sparse optimiser + clipped AdamW), fed by
-``rank_dataloader`` (each torchrun rank its slice of every global batch) through TorchRec's
-``TrainPipelineSparseDist``. After every epoch the tables are gathered on rank 0 (``gather_model_state``),
-which validates a plain copy; the best epoch's plain state dict is kept (``save_two_tower`` / ``save_ranker``).
+"""Training of the cascade baseline (``models.cascade``): its two models, one after the other, by ``train.trainer.fit``
+(the TorchRec stack of the generative model; each epoch validated on rank 0, the best epoch's plain state dict kept
+by ``save_two_tower`` / ``save_ranker``).
 
 1. Two-tower retrieval on (history, positive item) pairs, one per real target item of the training samples
    (``training_pairs``; under protocol A with m > 1, the next m items of every position), in-batch softmax with
@@ -30,24 +26,14 @@ Folder layout (``out_dir``, e.g. ``<run_dir>/cascade``)::
 
 from __future__ import annotations
 
-import csv
-import io
 import json
-import math
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, TypeVar, Union
+from typing import Any, Callable, Dict, List, Union
 
 import numpy as np
 import torch
-from torch import nn
-from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
-from torchrec.streamable import Pipelineable
-from tqdm.auto import tqdm
 
-from torchrec_onerec.data.batch import OneRecBatch
-from torchrec_onerec.data.config import LoaderConfig
 from torchrec_onerec.data.impressions import impression_samples
 from torchrec_onerec.data.samples import SampleSet
 from torchrec_onerec.data.splits import SplitA, SplitB
@@ -63,46 +49,11 @@ from torchrec_onerec.models.two_tower import (TwoTowerRetrieval, TwoTowerTrainSt
                                               item_log_frequency, retrieve, save_two_tower, training_pairs)
 from torchrec_onerec.run_dir import atomic_write_text
 from torchrec_onerec.train.config import TrainConfig
-from torchrec_onerec.train.distributed import (DistContext, all_reduce_sum, barrier, broadcast_object,
-                                               init_distributed, on_rank0, teardown_distributed)
-from torchrec_onerec.train.export import gather_model_state
-from torchrec_onerec.train.rank_data import rank_dataloader
-from torchrec_onerec.train.sharding import shard_for_training
+from torchrec_onerec.train.distributed import barrier, broadcast_object, init_distributed, teardown_distributed
+from torchrec_onerec.train.trainer import (FitSpec, MetricsWriter, ModelTrainResult, State, fit, plain_module,
+                                           section_train_config)
 
-State = Dict[str, torch.Tensor]
-ModuleT = TypeVar("ModuleT", bound=nn.Module)
 VALIDATION_SEED_OFFSET = 1_000_003  # protocol A's validation/test negatives: a draw no training epoch uses
-
-
-@dataclass
-class ModelTrainResult:
-    """One model's training.
-
-    Args:
-        model (str): ``two_tower`` or ``ranker``.
-        epochs (int): epochs trained.
-        steps (int): optimiser steps.
-        selection_metric (str): the validation metric that picked the kept epoch (higher is better).
-        best_epoch (int): the kept epoch (1-based; the last one when nothing could be validated).
-        best_value (float | None): its validation value.
-        history (List[Dict[str, Any]]): every epoch's record (loss, validation metrics, seconds).
-        path (str): the saved plain model.
-        plan (Dict[str, Dict[str, Any]]): the sharding plan, per table.
-        train_seconds (float): wall seconds in training steps.
-        samples_per_s (float): training samples per second.
-    """
-
-    model: str
-    epochs: int
-    steps: int
-    selection_metric: str
-    best_epoch: int
-    best_value: Optional[float]
-    history: List[Dict[str, Any]]
-    path: str
-    plan: Dict[str, Dict[str, Any]]
-    train_seconds: float
-    samples_per_s: float
 
 
 @dataclass
@@ -129,135 +80,6 @@ class CascadeTrainResult:
     world_size: int
 
 
-@dataclass
-class _Stage:
-    """What ``_fit`` needs to train one model."""
-
-    name: str
-    path: Path
-    module: nn.Module
-    epoch_samples: Callable[[int], SampleSet]
-    transform: Callable[[OneRecBatch], Pipelineable]
-    batch_size: int
-    train_config: TrainConfig
-    selection_metric: str
-    validate: Callable[[State], Dict[str, float]]
-    save: Callable[[State], None]
-
-
-def stage_train_config(base: TrainConfig, *, epochs: int, learning_rate: float, sparse_learning_rate: float,
-                       weight_decay: float, device: torch.device) -> TrainConfig:
-    """The ``train`` section's stack settings with one cascade model's epochs and learning rates.
-
-    Example:
-        >>> tc = stage_train_config(TrainConfig(), epochs=2, learning_rate=0.01, sparse_learning_rate=0.1,
-        ...                         weight_decay=0.0, device=torch.device("cpu"))
-        >>> tc.epochs, tc.sharding_type, tc.sparse_optimizer
-        (2, 'table_wise', 'rowwise_adagrad')
-    """
-    sharding = base.sharding_type or "table_wise"
-    if sharding == "row_wise" and device.type != "cuda":
-        raise ValueError("train.sharding_type='row_wise': TorchRec shards pooled tables (EmbeddingBagCollection, "
-                         "the cascade's) row-wise on CUDA only; use table_wise or column_wise on CPU")
-    return TrainConfig(epochs=epochs, learning_rate=learning_rate, sparse_learning_rate=sparse_learning_rate,
-                       weight_decay=weight_decay, warmup_steps=0, grad_clip=base.grad_clip,
-                       sparse_optimizer=base.sparse_optimizer, lr_decay="constant", sharding_type=sharding,
-                       collective_timeout_s=base.collective_timeout_s)
-
-
-class _Writer:
-    """Rank 0's epoch records: ``metrics.jsonl`` (appended) and ``<model>.csv`` (rewritten)."""
-
-    def __init__(self, folder: Path, ctx: DistContext) -> None:
-        self.folder, self.ctx = folder, ctx
-        if ctx.is_rank0:
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / "metrics.jsonl").write_text("")
-
-    def record(self, record: Dict[str, Any]) -> None:
-        if self.ctx.is_rank0:
-            with open(self.folder / "metrics.jsonl", "a") as f:
-                f.write(json.dumps({"time": time.time(), **record}, sort_keys=True) + "\n")
-
-    def table(self, name: str, rows: List[Dict[str, Any]]) -> None:
-        if self.ctx.is_rank0:
-            out = io.StringIO()
-            writer = csv.DictWriter(out, fieldnames=list(dict.fromkeys(key for row in rows for key in row)))
-            writer.writeheader()
-            writer.writerows(rows)
-            atomic_write_text(self.folder / f"{name}.csv", out.getvalue())
-
-
-def _validate_on_rank0(stage: _Stage, state: Optional[State], ctx: DistContext) -> Dict[str, float]:
-    """Rank 0 validates the gathered state; every rank gets the metrics, or an error naming rank 0's failure."""
-    def metrics() -> Dict[str, float]:
-        assert state is not None  # rank 0 holds the gathered state
-        return stage.validate(state)
-
-    return on_rank0(metrics, ctx, what=f"{stage.name} validation")
-
-
-def _fit(stage: _Stage, ctx: DistContext, writer: _Writer, *, seed: int, num_workers: int,
-         progress: bool) -> ModelTrainResult:
-    """Train one model epoch by epoch, validate each epoch on rank 0, save the best (module docstring); when no
-    epoch could be validated (no validation data, or undefined metrics), the last one is kept."""
-    training = shard_for_training(stage.module, stage.train_config, ctx, seed=seed)
-    pipeline = TrainPipelineSparseDist(training.dmp, training.optimizer, device=ctx.device, execute_all_batches=True)
-    loader_config = LoaderConfig(batch_size=stage.batch_size, num_workers=num_workers, shuffle=True)
-    history: List[Dict[str, Any]] = []
-    best_value: Optional[float] = None
-    best_epoch, steps, seconds, seen = 0, 0, 0.0, 0
-    state: Optional[State] = None
-    training.dmp.train()
-    for epoch in range(stage.train_config.epochs):
-        samples = stage.epoch_samples(epoch)
-        loader = rank_dataloader(samples, loader_config, seed=seed, epoch=epoch, rank=ctx.rank,
-                                 world_size=ctx.world_size, transform=stage.transform)
-        batches = iter(loader)
-        loss_sum, epoch_steps = 0.0, 0
-        start = time.perf_counter()
-        with tqdm(total=len(loader), desc=f"{stage.name} {epoch + 1}/{stage.train_config.epochs}", unit="step",
-                  disable=not (progress and ctx.is_rank0)) as bar:
-            while True:
-                try:
-                    output = pipeline.progress(batches)
-                except StopIteration:
-                    break
-                loss_sum += float(output[0])
-                epoch_steps += 1
-                bar.update(1)
-        seconds += time.perf_counter() - start
-        steps += epoch_steps
-        seen += len(samples)
-        total_loss, total_steps = all_reduce_sum([loss_sum, epoch_steps], ctx)
-        state = gather_model_state(training.dmp, ctx)
-        metrics = _validate_on_rank0(stage, state, ctx)
-        value = metrics.get(stage.selection_metric)
-        better = value is not None and not math.isnan(value) and (best_value is None or value > best_value)
-        if better:
-            best_value, best_epoch = value, epoch + 1
-            if state is not None:
-                stage.save(state)
-        record = {"model": stage.name, "epoch": epoch + 1, "step": steps, "loss": total_loss / max(total_steps, 1.0),
-                  "seconds": seconds, "best": better, **metrics}
-        history.append(record)
-        writer.record(record)
-        writer.table(stage.name, history)
-    if best_value is None:
-        best_epoch = stage.train_config.epochs
-        if state is not None:
-            stage.save(state)
-    barrier(ctx)
-    return ModelTrainResult(stage.name, stage.train_config.epochs, steps, stage.selection_metric, best_epoch,
-                            best_value, history, str(stage.path), training.plan, seconds, seen / max(seconds, 1e-9))
-
-
-def _plain(module: ModuleT, state: State, device: torch.device) -> ModuleT:
-    """A meta-built module holding ``state`` on ``device``, in eval mode (no random initialisation)."""
-    module.load_state_dict(state, assign=True)
-    return module.to(device).eval()
-
-
 def _item_content(data: InteractionData, use: bool) -> torch.Tensor:
     """[I, C] the data's content embedding when asked for and present, else [I, 0]."""
     if use and data.item_embeddings is not None:
@@ -266,7 +88,7 @@ def _item_content(data: InteractionData, use: bool) -> torch.Tensor:
 
 
 def _two_tower_stage(config: CascadeConfig, split: Union[SplitA, SplitB], data: InteractionData, train: TrainConfig,
-                     folder: Path, device: torch.device) -> _Stage:
+                     folder: Path, device: torch.device) -> FitSpec:
     """The retrieval model, its training pairs and its validation (recall@K_r of the retrieved lists)."""
     rc = config.retrieval
     pairs = training_pairs(split.train)
@@ -283,7 +105,7 @@ def _two_tower_stage(config: CascadeConfig, split: Union[SplitA, SplitB], data: 
     def validate(state: State) -> Dict[str, float]:
         if valid is None:
             return {}
-        model = _plain(TwoTowerRetrieval(rc, **sizes, device=torch.device("meta")), state, device)
+        model = plain_module(TwoTowerRetrieval(rc, **sizes, device=torch.device("meta")), state, device)
         ranked, _ = retrieve(model, valid, k=k, item_content=content)
         return {name: float(values.mean()) for name, values in ranking_metrics(ranked, valid.target, [k]).items()}
 
@@ -291,11 +113,11 @@ def _two_tower_stage(config: CascadeConfig, split: Union[SplitA, SplitB], data: 
         save_two_tower(folder / TWO_TOWER_FILE, state, rc, num_users=data.num_users, num_items=data.num_items,
                        item_content=content)
 
-    return _Stage(
+    return FitSpec(
         name="two_tower", path=folder / TWO_TOWER_FILE,
         module=TwoTowerTrainStep(TwoTowerRetrieval(rc, **sizes, device=torch.device("meta"))),
         epoch_samples=lambda epoch: pairs, transform=TwoTowerTransform(content, log_q), batch_size=rc.batch_size,
-        train_config=stage_train_config(train, epochs=rc.epochs, learning_rate=rc.learning_rate,
+        train_config=section_train_config(train, epochs=rc.epochs, learning_rate=rc.learning_rate,
                                         sparse_learning_rate=rc.sparse_learning_rate, weight_decay=rc.weight_decay,
                                         device=device),
         selection_metric=f"recall@{k}", validate=validate, save=save)
@@ -342,25 +164,25 @@ def _ranker_aucs(ranker: MultiTaskRanker, samples: SampleSet, features: torch.Te
 
 
 def _ranker_stage(config: CascadeConfig, ranker_data: _RankerData, data: InteractionData, train: TrainConfig,
-                  folder: Path, device: torch.device) -> _Stage:
+                  folder: Path, device: torch.device) -> FitSpec:
     """The ranker and its validation (mean AUC over tasks)."""
     rk, features = config.ranker, ranker_data.item_features
     sizes: Dict[str, Any] = dict(num_users=data.num_users, num_items=data.num_items, tasks=ranker_data.tasks,
                                  dense_features=dense_width(features))
 
     def validate(state: State) -> Dict[str, float]:
-        model = _plain(MultiTaskRanker(rk, **sizes, device=torch.device("meta")), state, device)
+        model = plain_module(MultiTaskRanker(rk, **sizes, device=torch.device("meta")), state, device)
         return _ranker_aucs(model, ranker_data.valid, features)
 
     def save(state: State) -> None:
         save_ranker(folder / RANKER_FILE, state, rk, num_users=data.num_users, num_items=data.num_items,
                     tasks=ranker_data.tasks, item_features=features)
 
-    return _Stage(
+    return FitSpec(
         name="ranker", path=folder / RANKER_FILE,
         module=RankerTrainStep(MultiTaskRanker(rk, **sizes, device=torch.device("meta"))),
         epoch_samples=ranker_data.epoch_samples, transform=RankerTransform(features), batch_size=rk.batch_size,
-        train_config=stage_train_config(train, epochs=rk.epochs, learning_rate=rk.learning_rate,
+        train_config=section_train_config(train, epochs=rk.epochs, learning_rate=rk.learning_rate,
                                         sparse_learning_rate=rk.sparse_learning_rate, weight_decay=rk.weight_decay,
                                         device=device),
         selection_metric="auc_mean", validate=validate, save=save)
@@ -389,11 +211,11 @@ def train_cascade(config: CascadeConfig, split: Union[SplitA, SplitB], data: Int
     ctx = init_distributed(device, timeout_s=train_config.collective_timeout_s)
     try:
         folder = Path(out_dir)
-        writer = _Writer(folder, ctx)
+        writer = MetricsWriter(folder, ctx)
         run: Dict[str, Any] = dict(seed=seed, num_workers=num_workers, progress=progress)
-        two_tower = _fit(_two_tower_stage(config, split, data, train_config, folder, ctx.device), ctx, writer, **run)
+        two_tower = fit(_two_tower_stage(config, split, data, train_config, folder, ctx.device), ctx, writer, **run)
         ranker_data = _ranker_data(config, split, data, max_history=max_history, seed=seed)
-        ranker = _fit(_ranker_stage(config, ranker_data, data, train_config, folder, ctx.device), ctx, writer, **run)
+        ranker = fit(_ranker_stage(config, ranker_data, data, train_config, folder, ctx.device), ctx, writer, **run)
         aucs: tuple[Dict[str, float], Dict[str, float]] = ({}, {})
         if ctx.is_rank0:
             best, features = load_ranker(folder / RANKER_FILE, device=ctx.device)

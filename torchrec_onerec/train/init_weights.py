@@ -9,7 +9,9 @@ compared with a 1-process run of the same global batch. So after DMP:
   uniform in the table's ``[weight_init_min, weight_init_max]`` (TorchRec's default, ±sqrt(1 / rows)); a rank
   draws only the blocks its shards overlap, so no rank ever holds a whole table;
 - the dense modules are re-initialised by their ``reset_parameters`` in module order after
-  ``torch.manual_seed(seed)``, identically on every rank (DDP's replicas stay equal).
+  ``torch.manual_seed(seed)``, identically on every rank (DDP's replicas stay equal); a module that owns
+  parameters and holds parts with parameters is reset once more after its parts, so that its own choice for
+  them (a smaller scale, say) stands.
 """
 
 from __future__ import annotations
@@ -85,9 +87,13 @@ def _init_tables(dmp: DistributedModelParallel, tables: Sequence[Tuple[str, Base
 
 
 def _init_dense(module: nn.Module, seed: int) -> None:
-    """``reset_parameters`` of every module outside the sharded ones, in module order, after seeding."""
+    """``reset_parameters`` of every module outside the sharded ones, in module order, after seeding; then, again,
+    of every such module that owns parameters and also holds sub-modules with parameters (a composite, whose own
+    ``reset_parameters`` may set its parts, e.g. ``SemanticTokenEmbedding``'s 0.02-scale position tables), deepest
+    first, so that a composite's initialisation of its parts is not undone by the parts' own defaults."""
     sharded = [name for name, sub in module.named_modules() if isinstance(sub, ShardedModule)]
     torch.manual_seed(seed)
+    dense = []
     for name, sub in module.named_modules():
         if any(name == root or name.startswith(root + ".") for root in sharded):
             continue
@@ -97,6 +103,11 @@ def _init_dense(module: nn.Module, seed: int) -> None:
                                "reset_parameters, so its initialisation would depend on the world size")
         if own:
             sub.reset_parameters()
+            dense.append(sub)
+    composites = [sub for sub in dense if any(next(child.parameters(), None) is not None
+                                              for child in sub.children())]
+    for sub in reversed(composites):
+        sub.reset_parameters()
 
 
 def initialise_weights(dmp: DistributedModelParallel, tables: Sequence[Tuple[str, BaseEmbeddingConfig]], *,

@@ -18,7 +18,8 @@ from torchrec_onerec.eval.metrics import ranking_metrics
 from torchrec_onerec.eval.protocols import evaluation_users
 from torchrec_onerec.models.cascade import load_cascade
 from torchrec_onerec.models.cascade_config import CascadeConfig, RankerConfig, RetrievalConfig
-from torchrec_onerec.train.cascade_training import stage_train_config, train_cascade
+from torchrec_onerec.train.cascade_training import train_cascade
+from torchrec_onerec.train.trainer import section_train_config
 from torchrec_onerec.train.config import TrainConfig
 
 CANDIDATES = 30
@@ -102,8 +103,8 @@ def test_protocol_a_trains_positives_against_sampled_negatives(protocol_a):
 
 def test_row_wise_sharding_is_refused_on_cpu():
     with pytest.raises(ValueError, match="row-wise on CUDA only"):
-        stage_train_config(TrainConfig(sharding_type="row_wise"), epochs=1, learning_rate=1e-3,
-                           sparse_learning_rate=0.1, weight_decay=0.0, device=torch.device("cpu"))
+        section_train_config(TrainConfig(sharding_type="row_wise"), epochs=1, learning_rate=1e-3,
+                             sparse_learning_rate=0.1, weight_decay=0.0, device=torch.device("cpu"))
 
 
 def test_training_is_deterministic_for_a_seed(tmp_path_factory):

@@ -97,3 +97,13 @@ def test_initial_weights_depend_on_the_seed_only(ctx: DistContext) -> None:
     assert torch.equal(states[0]["embedding.ec.embeddings.user_id.weight"], table_rows(tables["user_id"], 7, 0, 50))
     other = gather_model_state(build_sharded_training(CONFIG, SIZES, TrainConfig(), ctx, seed=8).dmp, ctx)
     assert other is not None and not torch.equal(other["heads.0.weight"], states[0]["heads.0.weight"])
+
+
+def test_a_composite_modules_own_initialisation_of_its_parts_stands(ctx: DistContext) -> None:
+    # SemanticTokenEmbedding draws its position tables at std 0.02; their own nn.Embedding default is std 1, which
+    # swamped the item codes' rows (about +-0.5 for 4 rows) until the composite was reset after its parts.
+    state = gather_model_state(build_sharded_training(CONFIG, SIZES, TrainConfig(), ctx, seed=0).dmp, ctx)
+    assert state is not None
+    for name in ("recency", "level", "decoder_position"):
+        std = float(state[f"embedding.{name}.weight"].std())
+        assert 0.01 < std < 0.04, (name, std)
