@@ -11,6 +11,8 @@ Usage::
     onerec cascade CONFIG [key=value ...]              train the cascade baseline (retrieval -> ranking)
     onerec evaluate CONFIG [key=value ...]             test metrics of every arm of compare.arms, same users
     onerec compare CONFIG [key=value ...]              intervals and lifts over the baseline arm, report + plots
+    onerec tune CONFIG [key=value ...]                 choose on validation over the tune section's space (Optuna),
+                                                       then score the best config on test once
     onerec config CONFIG [key=value ...]               print the resolved config
     onerec config-reference                            every config key: type, default, meaning (docs/CONFIG.md)
     onerec recommend RUN_DIR --users ID[,ID...] [--sessions R] [--arm onerec|onerec_ipa] [--exclude-history]
@@ -36,6 +38,7 @@ from torchrec_onerec.pipeline import STAGES, run_pipeline, stage_closure, stage_
 from torchrec_onerec.recommend import SERVABLE_ARMS, Recommender
 from torchrec_onerec.run_dir import RunDir
 from torchrec_onerec.stages import STAGE_LIST
+from torchrec_onerec.tune import tune
 
 EXIT_BAD_INPUT = 2
 
@@ -55,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     for stage in STAGE_LIST:
         p = sub.add_parser(stage.name, help=stage.help)
         _add_config_args(p)
+    search = sub.add_parser("tune", help="choose a config on the validation users (the tune section's space, "
+                                         "Optuna), then score it on test once")
+    _add_config_args(search)
     show = sub.add_parser("config", help="print the resolved config")
     _add_config_args(show)
     sub.add_parser("config-reference", help="print every config key with its type, default and meaning (markdown)")
@@ -102,6 +108,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return 0
         if args.command == "config-reference":
             print(render_reference(), end="")
+            return 0
+        if args.command == "tune":
+            found = tune(args.config, list(args.overrides))
+            print(f"best config: {found.best_config} (validation score {found.best_score:.4f})")
+            if found.test_run is not None:
+                print(_render("run", found.test_run))
             return 0
         cfg = load_config(args.config, list(args.overrides))
         if args.command == "config":

@@ -34,6 +34,7 @@ from torchrec_onerec.models.config import OneRecModelConfig
 from torchrec_onerec.models.sasrec_config import SASRecConfig
 from torchrec_onerec.tokenizer.config import TokenizerConfig
 from torchrec_onerec.train.config import TrainConfig
+from torchrec_onerec.tune_config import TuneConfig
 
 
 @dataclass
@@ -66,6 +67,7 @@ class OneRecConfig:
     cascade: CascadeConfig = field(default_factory=CascadeConfig)
     sasrec: SASRecConfig = field(default_factory=SASRecConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
 
     def __post_init__(self) -> None:
         defaults = OneRecModelConfig()
