@@ -30,7 +30,8 @@ from torchrec.modules.embedding_modules import EmbeddingCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec_onerec.data.batch import HISTORY_KEY, OneRecBatch, TensorFieldsBatch, collate_samples
-from torchrec_onerec.data.samples import PAD_ITEM, SampleSet
+from torchrec_onerec.data.samples import SampleSet
+from torchrec_onerec.models.catalogue import top_k_items
 from torchrec_onerec.models.sasrec_config import SASRecConfig
 from torchrec_onerec.modules.transformer import EncoderConfig, TransformerEncoder
 from torchrec_onerec.run_dir import load_tagged, save_tagged
@@ -148,18 +149,6 @@ class SASRec(nn.Module):
         return F.cross_entropy(user @ items.t(), batch.target)
 
 
-class SASRecTrainStep(nn.Module):
-    """``forward(batch) -> (loss, (loss.detach(),))`` for ``train.trainer.fit``; the model is ``self.model``."""
-
-    def __init__(self, model: SASRec) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, batch: SASRecBatch) -> Tuple[torch.Tensor, Tuple[torch.Tensor]]:
-        loss = self.model(batch)
-        return loss, (loss.detach(),)
-
-
 @torch.no_grad()
 def rank_items(model: SASRec, samples: SampleSet, *, k: int, exclude_history: bool = False,
                batch_size: int = 256) -> Tuple[np.ndarray, np.ndarray]:
@@ -193,14 +182,10 @@ def rank_items(model: SASRec, samples: SampleSet, *, k: int, exclude_history: bo
         rows = np.arange(start, min(start + batch_size, len(samples)))
         batch = transform(collate_samples(samples, rows)).to(device)
         user, catalogue = model.encode(batch.features)
-        logits = user @ catalogue.t()  # (b, I)
-        if exclude_history:
-            history = batch.features[HISTORY_KEY]
-            owner = torch.repeat_interleave(torch.arange(len(rows), device=device), history.lengths())
-            logits[owner, history.values()] = float("-inf")
-        top = torch.topk(logits, k, dim=1)
-        items.append(torch.where(torch.isfinite(top.values), top.indices, PAD_ITEM).cpu())
-        scores.append(top.values.float().cpu())
+        top_items, top_scores = top_k_items(user @ catalogue.t(), batch.features[HISTORY_KEY], k,
+                                            exclude_history=exclude_history)
+        items.append(top_items)
+        scores.append(top_scores)
     if not items:
         return np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)
     return torch.cat(items).numpy(), torch.cat(scores).numpy()

@@ -34,6 +34,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from torchrec_onerec.data.batch import HISTORY_KEY, USER_KEY, OneRecBatch, TensorFieldsBatch, collate_samples
 from torchrec_onerec.data.samples import PAD_ITEM, SampleSet
 from torchrec_onerec.models.cascade_config import RetrievalConfig
+from torchrec_onerec.models.catalogue import top_k_items
 from torchrec_onerec.run_dir import load_tagged, save_tagged
 
 ITEM_KEY = "item_id"
@@ -224,20 +225,6 @@ class TwoTowerRetrieval(nn.Module):
         return in_batch_softmax_loss(user, item, batch.items, log_q, self.config.temperature)
 
 
-class TwoTowerTrainStep(nn.Module):
-    """``forward(batch) -> (loss, (loss.detach(),))``, the contract of TorchRec's train pipelines (whose
-    ``progress`` returns the second element); the model is ``self.model`` so that
-    ``train.export.gather_model_state`` returns its state dict."""
-
-    def __init__(self, model: TwoTowerRetrieval) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, batch: TwoTowerBatch) -> Tuple[torch.Tensor, Tuple[torch.Tensor]]:
-        loss = self.model(batch)
-        return loss, (loss.detach(),)
-
-
 @torch.no_grad()
 def retrieve(model: TwoTowerRetrieval, samples: SampleSet, *, k: int, item_content: torch.Tensor,
              exclude_history: bool = False, batch_size: int = 1024) -> Tuple[np.ndarray, np.ndarray]:
@@ -265,13 +252,9 @@ def retrieve(model: TwoTowerRetrieval, samples: SampleSet, *, k: int, item_conte
         rows = np.arange(start, min(start + batch_size, len(samples)))
         batch = collate_samples(samples, rows).to(device)
         logits = model.user_vectors(batch.features) @ item_vectors.t()  # [b, I]
-        if exclude_history:
-            history = batch.features[HISTORY_KEY]
-            owner = torch.repeat_interleave(torch.arange(len(rows), device=device), history.lengths())
-            logits[owner, history.values()] = float("-inf")
-        top = torch.topk(logits, k, dim=1)
-        items.append(torch.where(torch.isfinite(top.values), top.indices, PAD_ITEM).cpu())
-        scores.append(top.values.float().cpu())
+        top_items, top_scores = top_k_items(logits, batch.features[HISTORY_KEY], k, exclude_history=exclude_history)
+        items.append(top_items)
+        scores.append(top_scores)
     if not items:
         return np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)
     return torch.cat(items).numpy(), torch.cat(scores).numpy()

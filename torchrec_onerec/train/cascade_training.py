@@ -45,13 +45,13 @@ from torchrec_onerec.models.cascade_config import CascadeConfig
 from torchrec_onerec.models.ranker import (POSITIVE_TASK, MultiTaskRanker, RankerTrainStep, RankerTransform,
                                            dense_width, item_dense_features, load_ranker, negative_samples, predict,
                                            save_ranker, task_aucs)
-from torchrec_onerec.models.two_tower import (TwoTowerRetrieval, TwoTowerTrainStep, TwoTowerTransform,
+from torchrec_onerec.models.two_tower import (TwoTowerRetrieval, TwoTowerTransform,
                                               item_log_frequency, retrieve, save_two_tower, training_pairs)
 from torchrec_onerec.run_dir import atomic_write_text
 from torchrec_onerec.train.config import TrainConfig
 from torchrec_onerec.train.distributed import barrier, broadcast_object, init_distributed, teardown_distributed
-from torchrec_onerec.train.trainer import (FitSpec, MetricsWriter, ModelTrainResult, State, fit, plain_module,
-                                           section_train_config)
+from torchrec_onerec.train.trainer import (FitSpec, LossTrainStep, MetricsWriter, ModelTrainResult, State, fit,
+                                           plain_module, section_train_config)
 
 VALIDATION_SEED_OFFSET = 1_000_003  # protocol A's validation/test negatives: a draw no training epoch uses
 
@@ -115,7 +115,7 @@ def _two_tower_stage(config: CascadeConfig, split: Union[SplitA, SplitB], data: 
 
     return FitSpec(
         name="two_tower", path=folder / TWO_TOWER_FILE,
-        module=TwoTowerTrainStep(TwoTowerRetrieval(rc, **sizes, device=torch.device("meta"))),
+        module=LossTrainStep(TwoTowerRetrieval(rc, **sizes, device=torch.device("meta"))),
         epoch_samples=lambda epoch: pairs, transform=TwoTowerTransform(content, log_q), batch_size=rc.batch_size,
         train_config=section_train_config(train, epochs=rc.epochs, learning_rate=rc.learning_rate,
                                         sparse_learning_rate=rc.sparse_learning_rate, weight_decay=rc.weight_decay,

@@ -27,14 +27,14 @@ import torch
 from torchrec_onerec.data.splits import SplitA, SplitB
 from torchrec_onerec.eval.metrics import ranking_metrics
 from torchrec_onerec.eval.protocols import evaluation_users
-from torchrec_onerec.models.sasrec import SASRec, SASRecTrainStep, SASRecTransform, rank_items, save_sasrec
+from torchrec_onerec.models.sasrec import SASRec, SASRecTransform, rank_items, save_sasrec
 from torchrec_onerec.models.sasrec_config import SASRecConfig
 from torchrec_onerec.models.two_tower import training_pairs
 from torchrec_onerec.run_dir import atomic_write_text
 from torchrec_onerec.train.config import TrainConfig
 from torchrec_onerec.train.distributed import barrier, init_distributed, teardown_distributed
-from torchrec_onerec.train.trainer import (FitSpec, MetricsWriter, ModelTrainResult, State, fit, plain_module,
-                                           section_train_config)
+from torchrec_onerec.train.trainer import (FitSpec, LossTrainStep, MetricsWriter, ModelTrainResult, State, fit,
+                                           plain_module, section_train_config)
 
 SASREC_FILE = "sasrec.pt"
 SELECTION_K = 10
@@ -86,7 +86,7 @@ def train_sasrec(config: SASRecConfig, split: Union[SplitA, SplitB], *, num_item
             save_sasrec(folder / SASREC_FILE, state, config, num_items=num_items, max_history=max_history)
 
         spec = FitSpec(
-            name="sasrec", path=folder / SASREC_FILE, module=SASRecTrainStep(build(torch.device("meta"))),
+            name="sasrec", path=folder / SASREC_FILE, module=LossTrainStep(build(torch.device("meta"))),
             epoch_samples=lambda epoch: pairs, transform=SASRecTransform(num_items), batch_size=config.batch_size,
             train_config=section_train_config(train_config, epochs=config.epochs, learning_rate=config.learning_rate,
                                               sparse_learning_rate=config.sparse_learning_rate,

@@ -21,7 +21,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, TypeVar
+from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
 
 import torch
 from torch import nn
@@ -103,6 +103,32 @@ class FitSpec:
     validate: Callable[[State], Dict[str, float]]
     save: Callable[[State], None]
     patience: int = 0
+
+
+class LossTrainStep(nn.Module):
+    """A model whose ``forward(batch)`` is its loss, as a train step: ``forward(batch) -> (loss, (loss.detach(),))``,
+    the contract of TorchRec's train pipelines (whose ``progress`` returns the second element). The model is
+    ``self.model``, so that ``gather_model_state`` returns the plain model's state dict.
+
+    Example:
+        >>> class Distance(nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.centre = nn.Parameter(torch.zeros(2))
+        ...     def forward(self, batch):
+        ...         return ((batch - self.centre) ** 2).sum(dim=1).mean()
+        >>> loss, (detached,) = LossTrainStep(Distance())(torch.ones(3, 2))
+        >>> float(loss), loss.requires_grad, detached.requires_grad
+        (2.0, True, False)
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: Any) -> Tuple[torch.Tensor, Tuple[torch.Tensor]]:
+        loss = self.model(batch)
+        return loss, (loss.detach(),)
 
 
 def section_train_config(base: TrainConfig, *, epochs: int, learning_rate: float, sparse_learning_rate: float,

@@ -15,12 +15,12 @@ from torchrec_onerec.data.splits import split_data
 from torchrec_onerec.datasets.load import load_dataset
 from torchrec_onerec.eval.baselines import evaluate_popularity
 from torchrec_onerec.eval.sasrec import evaluate_sasrec
-from torchrec_onerec.models.sasrec import SASRec, SASRecTrainStep, SASRecTransform, load_sasrec
+from torchrec_onerec.models.sasrec import SASRec, SASRecTransform, load_sasrec
 from torchrec_onerec.models.sasrec_config import SASRecConfig
 from torchrec_onerec.models.two_tower import training_pairs
 from torchrec_onerec.train.distributed import init_distributed, teardown_distributed
 from torchrec_onerec.train.sasrec_training import SASREC_FILE, train_sasrec
-from torchrec_onerec.train.trainer import FitSpec, MetricsWriter, fit, section_train_config
+from torchrec_onerec.train.trainer import FitSpec, LossTrainStep, MetricsWriter, fit, section_train_config
 
 CPU = torch.device("cpu")
 SMALL = SASRecConfig(embedding_dim=32, num_heads=2, ffn_hidden=64, dropout=0.1, epochs=6, patience=0, batch_size=128,
@@ -87,7 +87,7 @@ def test_fit_stops_after_patience_epochs_without_a_better_validation(tmp_path):
     try:
         spec = FitSpec(
             name="sasrec", path=tmp_path / "kept.pt",
-            module=SASRecTrainStep(SASRec(SMALL, num_items=data.num_items, max_history=cfg.split.max_history,
+            module=LossTrainStep(SASRec(SMALL, num_items=data.num_items, max_history=cfg.split.max_history,
                                           device=torch.device("meta"))),
             epoch_samples=lambda epoch: training_pairs(split.train).subset(np.arange(64)),
             transform=SASRecTransform(data.num_items), batch_size=32,
