@@ -1,5 +1,5 @@
 """The `onerec` pipeline end to end on the tiny synthetic world: one process, then every training stage (generative
-model, reward model, alignment, cascade) and the comparison under torchrun with two processes."""
+model, reward model, alignment, cascade, SASRec) and the comparison under torchrun with two processes."""
 
 import json
 import os
@@ -14,6 +14,8 @@ from torchrec_onerec.pipeline import STAGES
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "configs" / "tiny.yaml")
+WITH_SASREC = ["compare.arms=[cascade,cascade_rerank,onerec,onerec_dpo,onerec_ipa,popularity,sasrec]",
+               "sasrec.epochs=2", "sasrec.embedding_dim=16"]
 
 
 def _onerec(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -24,12 +26,12 @@ def _onerec(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 def test_run_then_torchrun_run_gives_the_same_kind_of_result(tmp_path: Path) -> None:
     one = tmp_path / "one"
-    proc = _onerec("run", TINY, f"run_dir={one}", cwd=REPO)
+    proc = _onerec("run", TINY, f"run_dir={one}", *WITH_SASREC, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
     for stage in STAGES:
         assert (one / stage / "done.json").is_file(), stage
     metrics = json.loads((one / "evaluate" / "metrics.json").read_text())["arms"]
-    assert set(metrics) == {"cascade", "cascade_rerank", "onerec", "onerec_dpo", "onerec_ipa", "popularity"}
+    assert set(metrics) == {"cascade", "cascade_rerank", "onerec", "onerec_dpo", "onerec_ipa", "popularity", "sasrec"}
     for arm in ("onerec", "onerec_dpo", "onerec_ipa"):
         assert metrics[arm]["metrics"]["legality"] == 1.0 and metrics[arm]["metrics"]["repeat_rate"] == 0.0
     for arm in metrics.values():  # protocol C and the reward model's estimates on every arm
@@ -46,10 +48,10 @@ def test_run_then_torchrun_run_gives_the_same_kind_of_result(tmp_path: Path) -> 
     two = tmp_path / "two"
     shutil.copytree(one, two, ignore=shutil.ignore_patterns(*STAGES[2:]))
     proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "torchrec_onerec", "run", TINY,
-                           f"run_dir={two}"], capture_output=True, text=True, cwd=REPO, timeout=300,
+                           f"run_dir={two}", *WITH_SASREC], capture_output=True, text=True, cwd=REPO, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for stage in ("train", "train-reward", "cascade"):
+    for stage in ("train", "train-reward", "cascade", "sasrec"):
         assert json.loads((two / stage / "summary.json").read_text())["world_size"] == 2, stage
     assert json.loads((two / "align" / "summary.json").read_text())["iterations"] == 2
     assert (two / "compare" / "done.json").is_file()

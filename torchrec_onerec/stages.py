@@ -31,7 +31,7 @@ from torchrec_onerec.alignment.pairs import RewardFn
 from torchrec_onerec.alignment.rewards import mixed_reward_fn, ranker_reward_fn
 from torchrec_onerec.arms import arm_file, arm_for, evaluate_arm
 from torchrec_onerec.config import OneRecConfig
-from torchrec_onerec.context import PipelineContext, rank
+from torchrec_onerec.context import PipelineContext, rank, world_size
 from torchrec_onerec.data.impressions import impression_samples
 from torchrec_onerec.data.samples import SampleSet
 from torchrec_onerec.data.splits import SplitB
@@ -212,7 +212,7 @@ def sasrec_stage(ctx: PipelineContext) -> Dict[str, object]:
     result = train_sasrec(cfg.sasrec, ctx.split, num_items=ctx.data.num_items, max_history=cfg.split.max_history,
                           train_config=cfg.train, out_dir=ctx.run.path / "sasrec", device=resolve_device(cfg.device),
                           seed=cfg.seed, num_workers=cfg.loader.num_workers, progress=rank() == 0)
-    return asdict(result)
+    return {**asdict(result), "world_size": world_size()}
 
 
 def _unless_listed(arm: str) -> Callable[[OneRecConfig], str]:
