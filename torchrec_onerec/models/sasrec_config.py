@@ -43,8 +43,8 @@ class SASRecConfig:
     num_heads: int = 2
     ffn_hidden: int = 256
     dropout: float = 0.2
-    epochs: int = 50
-    patience: int = 5
+    epochs: int = 40
+    patience: int = 4
     batch_size: int = 256
     learning_rate: float = 1e-3
     sparse_learning_rate: float = 0.05
