@@ -118,7 +118,7 @@ class LossTrainStep(nn.Module):
         ...     def forward(self, batch):
         ...         return ((batch - self.centre) ** 2).sum(dim=1).mean()
         >>> loss, (detached,) = LossTrainStep(Distance())(torch.ones(3, 2))
-        >>> float(loss), loss.requires_grad, detached.requires_grad
+        >>> float(detached), loss.requires_grad, detached.requires_grad
         (2.0, True, False)
     """
 
