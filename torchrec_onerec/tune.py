@@ -128,7 +128,8 @@ def tune(config_path: Optional[str], overrides: Sequence[str] = ()) -> TuneResul
         TuneResult.
 
     Raises:
-        ConfigError: the space is empty or names a key the config does not have.
+        ConfigError: the space is empty, names a key the config does not have, or ``tune.arm`` is not in
+            ``compare.arms``.
         ValueError: the arm cannot be scored on this data, or the metric is not one of its metrics.
     """
     base = load_config(config_path, list(overrides))
@@ -136,6 +137,9 @@ def tune(config_path: Optional[str], overrides: Sequence[str] = ()) -> TuneResul
     if not settings.space:
         raise ConfigError("tune.space is empty: name the config keys to try, e.g. "
                           "tune.space='{train.learning_rate: {low: 1e-4, high: 1e-2, log: true}}'")
+    if settings.arm not in base.compare.arms:
+        raise ConfigError(f"tune.arm={settings.arm!r} is not in compare.arms={list(base.compare.arms)}; add it "
+                          "there, so that its stages run and the final test run scores it")
     folder = Path(base.run_dir) / "tune"
 
     def trial_config(values: Dict[str, Any], *extra: str) -> OneRecConfig:
