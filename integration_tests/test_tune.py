@@ -41,8 +41,8 @@ def test_tune_chooses_on_validation_and_scores_the_choice_on_test_once(tmp_path:
     assert "best config:" in capsys.readouterr().out
 
 
-def test_an_empty_space_an_unknown_key_or_an_unlisted_arm_is_an_error_that_names_it(tmp_path: Path,
-                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_empty_space_an_unknown_key_or_an_unlisted_arm_is_an_error_that_names_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["tune", TINY, f"run_dir={tmp_path}"]) == 2
     assert "tune.space is empty" in capsys.readouterr().err
     assert main(["tune", TINY, f"run_dir={tmp_path}", "tune.space={cascade.no_such_key: [1, 2]}"]) == 2
