@@ -85,8 +85,9 @@ def stage_fingerprint(config: OneRecConfig, stage: str) -> str:
             value = getattr(config, name)
             sections[name] = value if isinstance(value, int) else asdict(value)
         skip_when = STAGE_BY_NAME[earlier].skip_when
-        if skip_when is not None:
-            sections[f"{earlier}:skipped"] = skip_when(config)
+        why = skip_when(config) if skip_when is not None else ""
+        if why:  # a stage that applies keeps the fingerprint it had before skip_when existed
+            sections[f"{earlier}:skipped"] = why
     return fingerprint(sections)
 
 

@@ -98,14 +98,12 @@ def train_stage(ctx: PipelineContext) -> Dict[str, object]:
     return asdict(result)
 
 
-def _not_applicable(ctx: PipelineContext, stage: str) -> Optional[Dict[str, object]]:
-    """A summary saying why ``stage`` does not apply to protocol-A data (no feedback labels), else None."""
-    if isinstance(ctx.split, SplitB):
-        return None
-    why = ("protocol A data has no per-impression feedback, so there is no session reward to learn or align to; "
-           "use split.protocol=B data (KuaiRand, the synthetic world, a table with feedback columns)")
-    LOG.info("stage %s: not applicable: %s", stage, why)
-    return {"not_applicable": why}
+def _unless_feedback(config: OneRecConfig) -> str:
+    """A ``Stage.skip_when`` for the stages that learn from per-impression feedback (protocol B data only)."""
+    if config.split.protocol == "B":
+        return ""
+    return ("protocol A data has no per-impression feedback, so there is no session reward to learn or align to; "
+            "use split.protocol=B data (KuaiRand, the synthetic world, a table with feedback columns)")
 
 
 def _window_samples(ctx: PipelineContext, window: str, items_per_sample: int) -> SampleSet:
@@ -117,9 +115,6 @@ def _window_samples(ctx: PipelineContext, window: str, items_per_sample: int) ->
 def train_reward_stage(ctx: PipelineContext) -> Dict[str, object]:
     """Train the session reward model on the training days (every torchrun rank takes part), select it on the
     validation days and measure its per-tower test AUC (docs/EVAL.md protocol B); artefacts under ``train-reward/``."""
-    skipped = _not_applicable(ctx, "train-reward")
-    if skipped is not None:
-        return skipped
     cfg = ctx.config
     m, device = cfg.split.session_items, resolve_device(cfg.device)
     train, valid, impressions = (_window_samples(ctx, "train", m), _window_samples(ctx, "valid", m),
@@ -176,9 +171,6 @@ def _alignment_reward(ctx: PipelineContext) -> RewardFn:
 def align_stage(ctx: PipelineContext) -> Dict[str, object]:
     """Iterative preference alignment (docs/METHOD.md section 4) of the trained model to ``align.reward_source``
     (the session reward model by default); every torchrun rank takes part; artefacts under ``align/``."""
-    skipped = _not_applicable(ctx, "align")
-    if skipped is not None:
-        return skipped
     cfg = ctx.config
     book = ctx.codebook
     reward_fn = _alignment_reward(ctx)
@@ -227,7 +219,10 @@ def evaluate_stage(ctx: PipelineContext) -> Dict[str, object]:
     cfg = ctx.config
     results: Dict[str, EvalResult] = {}
     unavailable: Dict[str, str] = {}
-    reward_model = None if _not_applicable(ctx, "evaluate (reward estimates)") else ctx.reward_model()
+    no_reward_model = _unless_feedback(cfg)
+    if no_reward_model:
+        LOG.info("evaluate: no reward estimates: %s", no_reward_model)
+    reward_model = None if no_reward_model else ctx.reward_model()
     for arm in cfg.compare.arms:
         result, why = evaluate_arm(ctx, arm, reward_model)
         if result is None:
@@ -298,8 +293,8 @@ class Stage:
         collective: every torchrun rank takes part (the training stages); else rank 0 alone runs it.
         help: one line for ``onerec --help``.
         skip_when: config -> why the stage does not apply to it ("" when it does); the runner then records that
-            reason as the stage's ``not_applicable`` summary instead of running it, and the reason is part of the
-            stage's fingerprint. None: the stage always runs.
+            reason as the stage's ``not_applicable`` summary instead of running it, and a reason is part of the
+            fingerprint of the stage and of what reads it. None: the stage always runs.
     """
 
     name: str
@@ -320,11 +315,12 @@ STAGE_LIST: Tuple[Stage, ...] = (
     Stage("train", train_stage, ("model", "train", "loader"), ("tokenize",), True,
           "train the generative model (also under torchrun)"),
     Stage("train-reward", train_reward_stage, ("reward",), ("tokenize",), True,
-          "train the session reward model on the training days; per-tower test AUC"),
+          "train the session reward model on the training days; per-tower test AUC", skip_when=_unless_feedback),
     Stage("cascade", cascade_stage, ("cascade", "train", "loader"), ("data",), True,
           "train the cascade baseline: two-tower retrieval -> DLRM ranker (also torchrun)"),
     Stage("align", align_stage, ("align", "train"), ("train", "train-reward", "cascade"), True,
-          "align the trained model to align.reward_source (IPA with DPO; also under torchrun)"),
+          "align the trained model to align.reward_source (IPA with DPO; also under torchrun)",
+          skip_when=_unless_feedback),
     Stage("sasrec", sasrec_stage, ("sasrec", "train", "loader"), ("data",), True,
           "train the SASRec baseline arm when compare.arms lists it (also under torchrun)",
           skip_when=_unless_listed("sasrec")),

@@ -38,8 +38,6 @@ from torchrec_onerec.data.impressions import impression_samples
 from torchrec_onerec.data.samples import SampleSet
 from torchrec_onerec.data.splits import SplitA, SplitB
 from torchrec_onerec.datasets.interactions import InteractionData
-from torchrec_onerec.eval.metrics import ranking_metrics
-from torchrec_onerec.eval.protocols import evaluation_users
 from torchrec_onerec.models.cascade import RANKER_FILE, TWO_TOWER_FILE
 from torchrec_onerec.models.cascade_config import CascadeConfig
 from torchrec_onerec.models.ranker import (POSITIVE_TASK, MultiTaskRanker, RankerTrainStep, RankerTransform,
@@ -51,7 +49,7 @@ from torchrec_onerec.run_dir import atomic_write_text
 from torchrec_onerec.train.config import TrainConfig
 from torchrec_onerec.train.distributed import barrier, broadcast_object, init_distributed, teardown_distributed
 from torchrec_onerec.train.trainer import (FitSpec, LossTrainStep, MetricsWriter, ModelTrainResult, State, fit,
-                                           plain_module, section_train_config)
+                                           list_metrics, plain_module, section_train_config, validation_users)
 
 VALIDATION_SEED_OFFSET = 1_000_003  # protocol A's validation/test negatives: a draw no training epoch uses
 
@@ -99,15 +97,14 @@ def _two_tower_stage(config: CascadeConfig, split: Union[SplitA, SplitB], data: 
     sizes: Dict[str, Any] = dict(num_users=data.num_users, num_items=data.num_items,
                                  content_dim=int(content.shape[1]))
     k = min(rc.num_candidates, data.num_items)
-    has_valid = bool((split.valid.target[:, :1] >= 0).any())
-    valid = split.valid.subset(evaluation_users(split.valid)[0]) if has_valid else None
+    valid = validation_users(split.valid)
 
     def validate(state: State) -> Dict[str, float]:
         if valid is None:
             return {}
         model = plain_module(TwoTowerRetrieval(rc, **sizes, device=torch.device("meta")), state, device)
         ranked, _ = retrieve(model, valid, k=k, item_content=content)
-        return {name: float(values.mean()) for name, values in ranking_metrics(ranked, valid.target, [k]).items()}
+        return list_metrics(ranked, valid, k)
 
     def save(state: State) -> None:
         save_two_tower(folder / TWO_TOWER_FILE, state, rc, num_users=data.num_users, num_items=data.num_items,

@@ -25,8 +25,6 @@ from typing import Dict, Union
 import torch
 
 from torchrec_onerec.data.splits import SplitA, SplitB
-from torchrec_onerec.eval.metrics import ranking_metrics
-from torchrec_onerec.eval.protocols import evaluation_users
 from torchrec_onerec.models.sasrec import SASRec, SASRecTransform, rank_items, save_sasrec
 from torchrec_onerec.models.sasrec_config import SASRecConfig
 from torchrec_onerec.models.two_tower import training_pairs
@@ -34,7 +32,7 @@ from torchrec_onerec.run_dir import atomic_write_text
 from torchrec_onerec.train.config import TrainConfig
 from torchrec_onerec.train.distributed import barrier, init_distributed, teardown_distributed
 from torchrec_onerec.train.trainer import (FitSpec, LossTrainStep, MetricsWriter, ModelTrainResult, State, fit,
-                                           plain_module, section_train_config)
+                                           list_metrics, plain_module, section_train_config, validation_users)
 
 SASREC_FILE = "sasrec.pt"
 SELECTION_K = 10
@@ -66,8 +64,7 @@ def train_sasrec(config: SASRecConfig, split: Union[SplitA, SplitB], *, num_item
     pairs = training_pairs(split.train)
     if len(pairs) == 0:
         raise ValueError("the split's training samples hold no target item: SASRec has nothing to learn")
-    has_valid = len(split.valid) > 0 and bool((split.valid.target[:, :1] >= 0).any())
-    valid = split.valid.subset(evaluation_users(split.valid)[0]) if has_valid else None
+    valid = validation_users(split.valid)
     k = min(SELECTION_K, num_items)
     folder = Path(out_dir)
     ctx = init_distributed(device, timeout_s=train_config.collective_timeout_s)
@@ -80,7 +77,7 @@ def train_sasrec(config: SASRecConfig, split: Union[SplitA, SplitB], *, num_item
                 return {}
             model = plain_module(build(torch.device("meta")), state, ctx.device)
             ranked, _ = rank_items(model, valid, k=k)
-            return {name: float(values.mean()) for name, values in ranking_metrics(ranked, valid.target, [k]).items()}
+            return list_metrics(ranked, valid, k)
 
         def save(state: State) -> None:
             save_sasrec(folder / SASREC_FILE, state, config, num_items=num_items, max_history=max_history)

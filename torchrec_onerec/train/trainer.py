@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
 
+import numpy as np
 import torch
 from torch import nn
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
@@ -32,6 +33,8 @@ from tqdm.auto import tqdm
 from torchrec_onerec.data.batch import OneRecBatch
 from torchrec_onerec.data.config import LoaderConfig
 from torchrec_onerec.data.samples import SampleSet
+from torchrec_onerec.eval.metrics import ranking_metrics
+from torchrec_onerec.eval.protocols import evaluation_users
 from torchrec_onerec.run_dir import atomic_write_text
 from torchrec_onerec.train.config import TrainConfig
 from torchrec_onerec.train.distributed import DistContext, all_reduce_sum, barrier, on_rank0
@@ -173,6 +176,18 @@ class MetricsWriter:
             writer.writeheader()
             writer.writerows(rows)
             atomic_write_text(self.folder / f"{name}.csv", out.getvalue())
+
+
+def validation_users(samples: SampleSet) -> Optional[SampleSet]:
+    """The samples with a target item (``evaluation_users``), or None when none has one (nothing to validate)."""
+    if not (samples.target[:, :1] >= 0).any():
+        return None
+    return samples.subset(evaluation_users(samples)[0])
+
+
+def list_metrics(ranked: np.ndarray, samples: SampleSet, k: int) -> Dict[str, float]:
+    """Mean ``ranking_metrics`` at ``k`` of ranked lists [U, >= k] against the targets of ``samples`` (U rows)."""
+    return {name: float(values.mean()) for name, values in ranking_metrics(ranked, samples.target, [k]).items()}
 
 
 def plain_module(module: ModuleT, state: State, device: torch.device) -> ModuleT:
