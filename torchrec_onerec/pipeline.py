@@ -32,7 +32,7 @@ from torchrec_onerec.context import PipelineContext, rank, world_size
 from torchrec_onerec.run_dir import RunDir, fingerprint
 from torchrec_onerec.runtime import resolve_device, seed_everything
 from torchrec_onerec.stages import STAGE_LIST
-from torchrec_onerec.train.distributed import broadcast_object, init_distributed, teardown_distributed
+from torchrec_onerec.train.distributed import barrier, broadcast_object, init_distributed, teardown_distributed
 
 LOG = logging.getLogger("torchrec_onerec")
 # Views of the one stage list (stages.STAGE_LIST), by name.
@@ -152,6 +152,9 @@ def run_pipeline(config: OneRecConfig, *, stages: Sequence[str] = STAGES,
                 run.log_metrics(stage, {"seconds": seconds[stage]})
                 run.mark_done(stage, fp)
             LOG.info("stage %s: done in %.1f s", stage, seconds[stage])
+        # The other ranks skip rank 0's last stages; tearing the group down while rank 0 still works on them
+        # could abort a rank in gloo's teardown, so every rank leaves together.
+        barrier(group)
         return {"run_dir": str(run.path), "stages": summaries, "skipped": skipped, "seconds": seconds}
     finally:
         teardown_distributed(group)
