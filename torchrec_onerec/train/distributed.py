@@ -11,6 +11,7 @@ instead of hanging the others.
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, List, Sequence, Tuple, TypeVar
@@ -117,6 +118,9 @@ def init_distributed(device: torch.device, *, timeout_s: float) -> DistContext:
 def teardown_distributed(ctx: DistContext) -> None:
     """Destroy the default group if ``init_distributed`` created it (a caller's own group is left alone)."""
     if ctx.owns_group and dist.is_initialized():
+        # Models, pipelines and pending collectives dropped by an exception may sit in reference cycles; freed
+        # after the group (at interpreter exit) their gloo work objects abort the process.
+        gc.collect()
         dist.destroy_process_group()
 
 
