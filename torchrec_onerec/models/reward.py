@@ -13,6 +13,9 @@ For a user u with history H and a session S = (v_1 .. v_M):
   ``sum`` (the same without the attention, the ablation that isolates it) and ``mean`` (the mean of the e_i);
 - one MLP tower per signal (swt, vtr, ltr by default; any list of signals) -> a logit, sigmoid -> probability;
 - loss = the sum over towers of the binary cross-entropy against the session labels (``RewardBatch.labels``);
+- with ``reward.tower_level=item`` the towers read each slot's h_i instead of the pooled vector (the ``sum`` and
+  ``mean`` poolings: e_i), the loss is the binary cross-entropy of every real item against its own labels
+  (``RewardBatch.item_labels``), and a session's probability is the mean of its items' probabilities;
 - the scalar reward = a weighted sum of the tower probabilities (``reward.weights``).
 
 There is no position embedding: a session is scored as a set, so neither padding nor the order of the items
@@ -348,14 +351,25 @@ class SessionRewardModel(nn.Module):
             parts.insert(0, embedded[USER_KEY].values())  # one id per sample: [B, D]
         return self.user_mlp(torch.cat(parts, dim=1))
 
+    def contextualise(self, items: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """h = e + SelfAttention(e) over the real items with ``attention`` pooling, e itself otherwise: [B, M, D]."""
+        if self.attention is None:
+            return items
+        return items + self.attention(items, key_mask=_attendable(mask))
+
     def pool(self, items: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Session vector from the fused items e [B, M, D] and the real-item mask [B, M] -> [B, D]."""
         real = mask.unsqueeze(-1).to(items.dtype)  # (B, M, 1)
         if self.config.pooling == "mean":
             return (items * real).sum(dim=1) / real.sum(dim=1).clamp(min=1.0)
-        if self.attention is not None:
-            items = items + self.attention(items, key_mask=_attendable(mask))  # (B, M, D)
-        return (items * real).sum(dim=1)
+        return (self.contextualise(items, mask) * real).sum(dim=1)
+
+    def fused_items(self, batch: RewardBatch) -> torch.Tensor:
+        """e_i = v_i (.) u of every slot (zeros at padding), from one TorchRec embedding call: [B, M, D]."""
+        embedded = self.ec(batch.features)
+        u = self.user_representation(embedded)  # (B, D)
+        session = self.item_vectors(embedded, SESSION_KEY, SESSION_CODE_KEY)
+        return _to_slots(session, batch.session_mask) * u.unsqueeze(1)
 
     def session_vectors(self, batch: RewardBatch) -> torch.Tensor:
         """The pooled session representations the towers read (one TorchRec embedding call).
@@ -366,11 +380,7 @@ class SessionRewardModel(nn.Module):
         Returns:
             torch.Tensor: [B, D].
         """
-        embedded = self.ec(batch.features)
-        u = self.user_representation(embedded)  # (B, D)
-        session = self.item_vectors(embedded, SESSION_KEY, SESSION_CODE_KEY)
-        items = _to_slots(session, batch.session_mask) * u.unsqueeze(1)  # (B, M, D): e_i
-        return self.pool(items, batch.session_mask)
+        return self.pool(self.fused_items(batch), batch.session_mask)
 
     def forward(self, batch: RewardBatch) -> RewardOutput:
         """Tower logits, probabilities and the summed BCE loss of B sessions.
@@ -381,11 +391,25 @@ class SessionRewardModel(nn.Module):
         Returns:
             RewardOutput: loss [], logits [B, S], probabilities [B, S], labels [B, S].
         """
+        if self.config.tower_level == "item":
+            return self._item_level(batch)
         pooled = self.session_vectors(batch)
         logits = torch.cat([tower(pooled) for tower in self.towers], dim=1)  # (B, S)
         labels = batch.labels
         loss = F.binary_cross_entropy_with_logits(logits, labels, reduction="none").mean(dim=0).sum()
         return RewardOutput(loss, logits, torch.sigmoid(logits), labels)
+
+    def _item_level(self, batch: RewardBatch) -> RewardOutput:
+        """``tower_level=item``: towers on every slot, the items' own labels, the session = the items' mean."""
+        mask = batch.session_mask
+        h = self.contextualise(self.fused_items(batch), mask)  # (B, M, D)
+        item_logits = torch.cat([tower(h) for tower in self.towers], dim=2)  # (B, M, S)
+        real = mask.unsqueeze(-1).to(item_logits.dtype)  # (B, M, 1)
+        bce = F.binary_cross_entropy_with_logits(item_logits, batch.item_labels, reduction="none")
+        loss = ((bce * real).sum(dim=(0, 1)) / real.sum().clamp(min=1.0)).sum()
+        probabilities = (torch.sigmoid(item_logits) * real).sum(dim=1) / real.sum(dim=1).clamp(min=1.0)  # (B, S)
+        logits = torch.logit(probabilities, eps=1e-6)  # a session score on the logit scale, for AUC and callers
+        return RewardOutput(loss, logits, probabilities, batch.labels)
 
     def reward(self, probabilities: torch.Tensor) -> torch.Tensor:
         """The scalar reward: sum over signals of weight * probability ([..., S] -> [...]).

@@ -10,6 +10,7 @@ from torchrec_onerec.errors import ConfigError
 
 POOLINGS = ("attention", "sum", "mean")
 SESSION_LABELS = ("mean", "any")
+TOWER_LEVELS = ("session", "item")
 
 
 @dataclass
@@ -39,6 +40,12 @@ class RewardModelConfig:
         pooling: ``attention`` (self-attention over the session's items, then sum-pool: the paper's design);
             the baselines the attention design is measured against, where items never see each other: ``sum``
             (the same sum-pool without the attention) and ``mean`` (the mean of the e_i).
+        tower_level: where the signal towers read: ``session`` (the pooled session vector, trained on the session
+            labels: the paper's design) or ``item`` (each slot's vector after the attention, so every item is
+            scored in the context of the others, trained on the items' own labels; a session's probability is
+            the mean over its real items, the expected rate that ``session_label=mean`` targets). The world
+            sums each slot's response, and per-item labels credit the user-item match directly where a pooled
+            label spreads it over m items.
         dropout: dropout in the towers, the user MLP and on the attention output (training only).
         weights: signal -> weight of its tower in the scalar reward (negative for an unwanted signal); empty =
             weight 1 for every signal; a signal left out of a non-empty mapping weighs 0.
@@ -77,6 +84,7 @@ class RewardModelConfig:
     semantic_ids: bool = True
     user_id_embedding: bool = False
     pooling: str = "attention"
+    tower_level: str = "session"
     dropout: float = 0.0
     weights: Dict[str, float] = field(default_factory=dict)
     session_label: str = "mean"
@@ -99,6 +107,11 @@ class RewardModelConfig:
                               f"{self.embedding_dim}; pick a head count that divides the width")
         if self.pooling not in POOLINGS:
             raise ConfigError(f"reward.pooling={self.pooling!r} must be one of {list(POOLINGS)}")
+        if self.tower_level not in TOWER_LEVELS:
+            raise ConfigError(f"reward.tower_level={self.tower_level!r} must be one of {list(TOWER_LEVELS)}")
+        if self.tower_level == "item" and self.session_label != "mean":
+            raise ConfigError("reward.tower_level=item scores a session by the mean of its items' probabilities, "
+                              f"which is what session_label=mean targets; got session_label={self.session_label!r}")
         if self.baseline_pooling not in ("", *POOLINGS):
             raise ConfigError(f"reward.baseline_pooling={self.baseline_pooling!r} must be '' (none) or one of "
                               f"{list(POOLINGS)}")

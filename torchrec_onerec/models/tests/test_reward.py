@@ -151,6 +151,33 @@ def test_loss_is_the_sum_of_tower_bces_by_hand() -> None:
     assert out.probabilities.tolist() == [pytest.approx(probabilities)] * 2
 
 
+def test_item_level_towers_score_each_item_against_its_own_labels() -> None:
+    model = _model("attention", tower_level="item")
+    labels = np.array([[[1, 0, 0], [0, 1, 0], [0, 0, 0]], [[1, 1, 1], [0, 0, 0], [0, 0, 0]]], np.float32)
+    samples = SampleSet.from_samples([Sample(0, np.array([1]), np.array([2, 3, 6]), labels[0]),
+                                      Sample(1, np.array([], np.int64), np.array([4, 5, -1]), labels[1])], SIGNALS)
+    batch = _batch(samples, "mean")
+    out = model(batch)
+    with torch.no_grad():  # the same slots by hand: the towers over h = e + attention(e)
+        h = model.contextualise(model.fused_items(batch), batch.session_mask)
+        item_logits = torch.cat([tower(h) for tower in model.towers], dim=2)  # (2, 3, 3)
+    real = batch.session_mask
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(item_logits[real], batch.item_labels[real],
+                                                               reduction="none")  # (5 real items, 3)
+    assert out.loss.item() == pytest.approx(bce.mean(dim=0).sum().item(), rel=1e-5)
+    expected = [torch.sigmoid(item_logits[b][real[b]]).mean(dim=0).tolist() for b in range(2)]
+    assert out.probabilities.tolist() == [pytest.approx(row, rel=1e-5) for row in expected]
+    assert torch.sigmoid(out.logits).tolist() == [pytest.approx(row, rel=1e-4) for row in expected]
+    # the second session's padded slot is neither in the loss nor in its probability: padding moves nothing
+    moved = SampleSet.from_samples([Sample(1, np.array([], np.int64), np.array([-1, 4, 5]), labels[1][[2, 0, 1]])],
+                                   SIGNALS)
+    assert model(_batch(moved, "mean")).probabilities[0].tolist() == pytest.approx(expected[1], rel=1e-5)
+    with pytest.raises(ConfigError, match="reward.tower_level=item"):
+        RewardModelConfig(tower_level="item", session_label="any")
+    with pytest.raises(ConfigError, match="reward.tower_level='slot'"):
+        RewardModelConfig(tower_level="slot")
+
+
 def test_reward_weights() -> None:
     probabilities = torch.tensor([[0.2, 0.4, 0.1], [0.5, 0.0, 1.0]])
     plain = _model("mean")
