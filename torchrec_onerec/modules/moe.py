@@ -17,6 +17,13 @@ over the real (non-padding) tokens. It is 1 when routing is uniform and E when e
 the model adds ``moe_aux_weight`` times its mean over layers to the loss. ``expert_load`` (f) is returned
 for logging expert utilisation.
 
+Under data parallelism (training with W > 1 processes) f and P are those of the global batch: the ranks sum their
+expert counts, token counts and router probability sums (one all-reduce per layer, no gradient), and rank r's loss
+is W * E * sum_e f_e * S_re / N, with S_re its own probability sum and N the global token count. DDP averages the
+ranks' gradients, so training sees the gradient of the global loss, and the ranks' mean of the loss equals it: W
+processes train as one does on the same global batch (``integration_tests/test_distributed_training.py``). A
+per-rank loss would be a product of per-rank averages instead, and change with the number of ranks.
+
 Shape legend: B batch, T tokens, D width, E experts, N = B * T routed tokens.
 """
 
@@ -27,6 +34,7 @@ from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -91,6 +99,27 @@ def grouped_expert_forward(x: torch.Tensor, expert_index: torch.Tensor, gates: t
     return torch.zeros(N, D, dtype=y.dtype, device=y.device).index_add_(0, token, y)
 
 
+@torch.fx.wrap
+def global_routing_sums(local: torch.Tensor) -> torch.Tensor:
+    """The element-wise sum of ``local`` over the data-parallel ranks (a detached copy; one process: itself).
+
+    A collective, so every rank must call it with the same shape; the MoE layer calls it in training mode only,
+    where every rank runs the same forward passes.
+
+    Example:
+        >>> global_routing_sums(torch.tensor([1.0, 2.0])).tolist()
+        [1.0, 2.0]
+    """
+    total = local.detach().clone()
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return total
+
+
+def _data_parallel_world() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
 class MoEFeedForward(nn.Module):
     """Top-k routed Mixture of E GELU-MLP experts with a Switch/GShard balance loss.
 
@@ -152,11 +181,18 @@ class MoEFeedForward(nn.Module):
         """
         E, k = self.config.num_experts, self.config.top_k
         weight = probs.new_ones(probs.shape[0]) if mask is None else mask.to(probs.dtype)  # (N,)
-        real = weight.sum().clamp(min=1.0)
         assigned = F.one_hot(expert_index, E).sum(dim=1).to(probs.dtype)  # (N, E) choices per token
-        load = (assigned * weight.unsqueeze(1)).sum(dim=0) / (real * k)  # f_e
-        importance = (probs * weight.unsqueeze(1)).sum(dim=0) / real  # P_e
-        return E * (load * importance).sum(), load.detach()
+        counts = (assigned * weight.unsqueeze(1)).sum(dim=0)  # (E,)
+        probability_sums = (probs * weight.unsqueeze(1)).sum(dim=0)  # (E,) S_e, carries the gradient
+        world = _data_parallel_world() if self.training else 1
+        if world > 1:  # the global batch's f and N (module docstring)
+            totals = global_routing_sums(torch.cat([counts, weight.sum().view(1)]))
+            counts, real = totals[:E], totals[E].clamp(min=1.0)
+        else:
+            real = weight.sum().clamp(min=1.0)
+        load = counts / (real * k)  # f_e (no gradient: it counts choices)
+        importance = probability_sums / real  # P_e on one rank; this rank's share S_re / N of it on W
+        return world * E * (load * importance).sum(), load.detach()
 
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> FeedForwardOutput:
         """Route, dispatch and combine.
