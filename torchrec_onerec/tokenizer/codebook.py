@@ -78,6 +78,9 @@ class Codebook:
         fingerprint (str): ``catalogue_fingerprint`` of the catalogue, config and seed it was built for.
         disambiguation_size (int): vocabulary of the extra level (its largest group, or I when it is the item
             id), 0 when there is none.
+        centroid_keys (List[torch.Tensor] | None): under ``tokenizer.codebook_scope=prefix``, each level's sorted
+            row keys (``residual.decode``), ``centroids`` then holding [M_l, d] rows; None: [K_l, d] per level.
+        level_sizes (List[int] | None): K_l of each level; required with ``centroid_keys``.
 
     Example:
         >>> cb, collisions = Codebook.build(
@@ -93,11 +96,14 @@ class Codebook:
     centroids: List[torch.Tensor]
     fingerprint: str
     disambiguation_size: int = 0
+    centroid_keys: Optional[List[torch.Tensor]] = None
+    level_sizes: Optional[List[int]] = None
     _index: Optional[PrefixIndex] = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def build(
-        cls, codes: torch.Tensor, centroids: List[torch.Tensor], *, fingerprint: str, disambiguation: str = "auto"
+        cls, codes: torch.Tensor, centroids: List[torch.Tensor], *, fingerprint: str, disambiguation: str = "auto",
+        centroid_keys: Optional[List[torch.Tensor]] = None, level_sizes: Optional[List[int]] = None,
     ) -> Tuple["Codebook", Collisions]:
         """Codebook from quantised codes, with the disambiguation level made as configured.
 
@@ -107,12 +113,17 @@ class Codebook:
             fingerprint (str): see ``catalogue_fingerprint``.
             disambiguation (str): ``auto`` (extra level only when tuples collide), ``always``, or ``item`` (the
                 extra level is the item id itself, vocabulary I).
+            centroid_keys (List[torch.Tensor] | None): see the class (``ResidualFit.centroid_keys``).
+            level_sizes (List[int] | None): K_l of each level; required with ``centroid_keys``.
 
         Returns:
             (the Codebook on CPU, the collision counts before disambiguation).
         """
         if codes.dim() != 2 or codes.shape[1] != len(centroids):
             raise ValueError(f"codes {tuple(codes.shape)} must be [I, L] with L = {len(centroids)} centroid tables")
+        if centroid_keys is not None and (level_sizes is None or len(level_sizes) != len(centroids)
+                                          or len(centroid_keys) != len(centroids)):
+            raise ValueError(f"centroid_keys need one key tensor and one level size per level ({len(centroids)})")
         codes = codes.to(torch.int64).cpu()
         collisions = disambiguate(codes)
         extra_size = 0
@@ -122,7 +133,9 @@ class Codebook:
         elif disambiguation == "always" or collisions.max_group > 1:
             codes = torch.cat([codes, collisions.extra.unsqueeze(1)], dim=1)
             extra_size = collisions.max_group
-        return cls(codes, [c.detach().cpu() for c in centroids], fingerprint, extra_size), collisions
+        keys = None if centroid_keys is None else [k.detach().cpu() for k in centroid_keys]
+        sizes = None if centroid_keys is None else [int(k) for k in level_sizes or []]
+        return cls(codes, [c.detach().cpu() for c in centroids], fingerprint, extra_size, keys, sizes), collisions
 
     @property
     def num_items(self) -> int:
@@ -142,7 +155,7 @@ class Codebook:
     @property
     def codebook_sizes(self) -> List[int]:
         """K_l of the L quantised levels."""
-        return [c.shape[0] for c in self.centroids]
+        return list(self.level_sizes) if self.level_sizes is not None else [c.shape[0] for c in self.centroids]
 
     @property
     def vocab_sizes(self) -> List[int]:
@@ -167,7 +180,8 @@ class Codebook:
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """Sum of the centroids of the L quantised levels: [B, L'] codes -> [B, d]."""
-        return decode([c.to(codes.device) for c in self.centroids], codes)
+        keys = None if self.centroid_keys is None else [k.to(codes.device) for k in self.centroid_keys]
+        return decode([c.to(codes.device) for c in self.centroids], codes, keys=keys, sizes=self.level_sizes)
 
     def save(self, path: Union[str, os.PathLike]) -> None:
         """Write the codebook to ``path`` (a torch file through a temporary name; parents are created)."""
@@ -176,6 +190,8 @@ class Codebook:
             "centroids": self.centroids,
             "fingerprint": self.fingerprint,
             "disambiguation_size": self.disambiguation_size,
+            "centroid_keys": self.centroid_keys,
+            "level_sizes": self.level_sizes,
         }
         save_tagged(Path(path), FORMAT, state)
 
@@ -201,7 +217,9 @@ class Codebook:
         state = load_torch_file(Path(path), "tokenize: Codebook.save")
         if not isinstance(state, dict) or state.get("format") != FORMAT:
             raise ValueError(f"{path} is not a codebook written by Codebook.save (format {FORMAT})")
-        book = cls(state["codes"], list(state["centroids"]), state["fingerprint"], state["disambiguation_size"])
+        keys = state.get("centroid_keys")  # absent in codebooks written before codebook_scope existed
+        book = cls(state["codes"], list(state["centroids"]), state["fingerprint"], state["disambiguation_size"],
+                   None if keys is None else list(keys), state.get("level_sizes"))
         if book.num_items != num_items:
             raise ValueError(
                 f"codebook {path} has codes for {book.num_items} items but the catalogue has {num_items}: "

@@ -10,6 +10,7 @@ QUANTIZERS = ("balanced_kmeans", "residual_kmeans")
 NORMALIZATIONS = ("l2", "standardize", "none")
 BALANCED_ALGORITHMS = ("fast", "reference")
 DISAMBIGUATIONS = ("auto", "always", "item")
+CODEBOOK_SCOPES = ("level", "prefix")
 
 
 @dataclass
@@ -26,6 +27,11 @@ class TokenizerConfig:
         normalize: ``l2``, ``standardize`` or ``none``, applied before quantisation.
         quantizer: ``balanced_kmeans`` (the paper's) or ``residual_kmeans`` (plain, the technical report's).
         codebook_sizes: K per level; the number of entries is L.
+        codebook_scope: ``level`` (one codebook per level shared by every prefix: residual K-means, the papers')
+            or ``prefix`` (below the first level, one codebook per parent prefix, fitted on that prefix's items
+            only: hierarchical K-means). With ``prefix`` the items under a prefix are split K ways, so L levels
+            give every item its own tuple once the product of the K's exceeds the catalogue (a prefix holding
+            at most K items gives each its own code), and each level fits what is left under its own parent.
         max_iter: K-means iterations per level at most (stops earlier when no assignment changes).
         chunk_size: rows per block of the distance computation (bounds memory at large N and K): plain
             K-means holds [chunk_size, K] distances, balanced K-means at most chunk_size * max(K, 1024).
@@ -51,6 +57,7 @@ class TokenizerConfig:
     normalize: str = "l2"
     quantizer: str = "balanced_kmeans"
     codebook_sizes: List[int] = field(default_factory=lambda: [32, 32, 32])
+    codebook_scope: str = "level"
     max_iter: int = 30
     chunk_size: int = 8192
     balanced_algorithm: str = "fast"
@@ -72,6 +79,8 @@ class TokenizerConfig:
             raise ValueError(
                 f"tokenizer.codebook_sizes={list(self.codebook_sizes)} needs at least one level, each K >= 2"
             )
+        if self.codebook_scope not in CODEBOOK_SCOPES:
+            raise ValueError(f"tokenizer.codebook_scope={self.codebook_scope!r} is not one of {CODEBOOK_SCOPES}")
         if self.max_iter < 1 or self.chunk_size < 1:
             raise ValueError(
                 f"tokenizer.max_iter={self.max_iter} and tokenizer.chunk_size={self.chunk_size} must be >= 1"

@@ -109,7 +109,7 @@ class TokenizerReport:
         total = max(fit.input_sq, 1e-30)
         levels = []
         for level, lf in enumerate(fit.levels):
-            k = lf.centroids.shape[0]
+            k = lf.size
             counts = torch.bincount(lf.codes.cpu(), minlength=k).double()
             p = counts[counts > 0] / counts.sum()
             levels.append(

@@ -65,6 +65,8 @@ def fit_tokenizer(
         fit.centroids,
         fingerprint=catalogue_fingerprint(ids, config, seed=seed),
         disambiguation=config.disambiguation,
+        centroid_keys=fit.centroid_keys,
+        level_sizes=fit.codebook_sizes,
     )
     seconds = time.perf_counter() - start
     report = TokenizerReport.build(fit, book, collisions, quantizer=config.quantizer, seconds=seconds)

@@ -7,6 +7,7 @@ from omegaconf import OmegaConf
 
 from torchrec_onerec.tokenizer.codebook import Codebook, catalogue_fingerprint
 from torchrec_onerec.tokenizer.config import TokenizerConfig
+from torchrec_onerec.tokenizer.tokenize import fit_tokenizer
 from torchrec_onerec.tokenizer.uniqueness import disambiguate
 
 
@@ -88,3 +89,14 @@ def test_truncated_codebook_is_named_and_saving_leaves_no_temporary_file(tmp_pat
         f.truncate(100)
     with pytest.raises(ValueError, match=f"{path} cannot be read .*truncated or corrupt"):
         Codebook.load(path, num_items=6, fingerprint="fp")
+
+
+def test_a_prefix_scope_codebook_decodes_the_same_after_a_round_trip(tmp_path) -> None:
+    x = torch.nn.functional.normalize(torch.randn(300, 6, generator=torch.Generator().manual_seed(1)), dim=1)
+    book, report = fit_tokenizer(x, TokenizerConfig(codebook_sizes=[4, 4, 32], codebook_scope="prefix"), seed=0)
+    assert report.unique_fraction == 1.0 and book.vocab_sizes == [4, 4, 32] and book.num_levels == 3
+    assert [level.codebook_size for level in report.levels] == [4, 4, 32]
+    assert report.reconstruction_error < 1e-9  # <= 32 items under each level-1 prefix: each is its own centroid
+    book.save(tmp_path / "codebook.pt")
+    loaded = Codebook.load(tmp_path / "codebook.pt", num_items=300, fingerprint=book.fingerprint)
+    assert loaded.vocab_sizes == [4, 4, 32] and torch.allclose(loaded.decode(loaded.codes), x, atol=1e-5)

@@ -44,3 +44,39 @@ def test_bad_input_names_the_level() -> None:
         ResidualQuantizer(TokenizerConfig(codebook_sizes=[4, 64]), seed=0).fit(_embeddings(50, 4))
     with pytest.raises(RuntimeError, match="not fitted"):
         ResidualQuantizer(TokenizerConfig(), seed=0).encode(_embeddings(5, 4))
+
+
+@pytest.mark.parametrize("quantizer", ["balanced_kmeans", "residual_kmeans"])
+def test_prefix_scope_splits_each_parent_and_gives_every_item_its_own_tuple(quantizer: str) -> None:
+    x = _embeddings()
+    rq = ResidualQuantizer(TokenizerConfig(quantizer=quantizer, codebook_sizes=[8, 8, 16], codebook_scope="prefix",
+                                           max_iter=10), seed=0)
+    fit = rq.fit(x)
+    assert fit.codebook_sizes == [8, 8, 16] and fit.centroids[0].shape == (8, 16)
+    assert len({tuple(row) for row in fit.codes.tolist()}) == 600  # 600 items, at most 16 per level-1 prefix
+    errors = [fit.input_sq, *fit.residual_sq]
+    assert all(b < a for a, b in zip(errors, errors[1:]))
+    assert fit.residual_sq[-1] < 1e-6 * fit.input_sq  # the last level's items are their own centroids
+    assert torch.allclose(rq.decode(fit.codes), x, atol=1e-5)
+    if quantizer == "balanced_kmeans":  # level 1 is balanced within each parent: 75 items -> sizes 10 or 9
+        for parent in range(8):
+            sizes = torch.bincount(fit.codes[fit.codes[:, 0] == parent, 1], minlength=8)
+            assert int(sizes.max()) - int(sizes.min()) <= 1 and int(sizes.sum()) == 75
+    else:  # nearest centroids under each parent, which encode reproduces
+        assert (rq.encode(x) == fit.codes).all(dim=1).float().mean() > 0.9
+    # a two-level fit decodes to its level-1 residual error, and a tuple no item has is refused by name
+    two = ResidualQuantizer(TokenizerConfig(codebook_sizes=[8, 8], codebook_scope="prefix", max_iter=10), seed=0)
+    fit2 = two.fit(x)
+    assert float(((x - two.decode(fit2.codes)) ** 2).sum()) == pytest.approx(fit2.residual_sq[1], rel=1e-3)
+    with pytest.raises(ValueError, match=r"code tuple \[0, 7, 15\] \(row 0\) has no centroid at level 2"):
+        rq.decode(torch.tensor([[0, 7, 15]]))
+
+
+def test_prefix_scope_beats_one_codebook_per_level_on_uniqueness() -> None:
+    x = _embeddings(2000, 8)
+    unique = {}
+    for scope in ("level", "prefix"):
+        fit = ResidualQuantizer(TokenizerConfig(codebook_sizes=[16, 16, 16], codebook_scope=scope, max_iter=10),
+                                seed=0).fit(x)
+        unique[scope] = len({tuple(row) for row in fit.codes.tolist()}) / 2000
+    assert unique["prefix"] > unique["level"] and unique["prefix"] > 0.9, unique
