@@ -12,7 +12,8 @@ only when no assignment changes (scikit-learn and k-means-constrained with tol=0
     what=constrained  ours vs k-means-constrained (size_min = size_max = N/K) at --constrained-n, d, K
                       (target: ours >= 10x faster)
     what=scale        fit_tokenizer at --scale-n, -d, -k, -levels (paper: 1M, 128, 8192, 3) with
-                      --scale-max-iter rounds per level; the per-round time extrapolates to --max-iter rounds
+                      --scale-max-iter rounds per level, once per --scale-scopes value (one codebook per level,
+                      or per parent prefix); the per-round time extrapolates to --max-iter rounds
 
 Install the extras first: pip install scikit-learn k-means-constrained (setup.cfg extra ``bench``).
 
@@ -96,7 +97,7 @@ def child(spec: Dict[str, Any]) -> Dict[str, Any]:
         levels = [{"seconds": round(lv.seconds, 2), "iterations": lv.iterations, "converged": lv.converged,
                    "reconstruction_error": round(lv.reconstruction_error, 4), "utilisation": lv.utilisation}
                   for lv in report.levels]
-        per_round = [lv.seconds / lv.iterations for lv in report.levels]
+        per_round = [lv.seconds / max(lv.iterations, 1) for lv in report.levels]  # a level of 1-item fits: 0
         extrapolated = {str(spec["target_iter"]): round(sum(per_round) * spec["target_iter"])}
         record.update(levels=levels, collision_rate=report.collision_rate, threads=torch.get_num_threads(),
                       s_per_round=round(sum(per_round) / len(per_round), 2), extrapolated_s_at_max_iter=extrapolated)
@@ -137,7 +138,8 @@ def _fit(spec: Dict[str, Any], x: Any, device: Any, *, warmup: bool) -> Any:
     from torchrec_onerec.tokenizer.tokenize import fit_tokenizer
 
     levels = 1 if warmup else spec["levels"]
-    return fit_tokenizer(points, TokenizerConfig(codebook_sizes=[k] * levels, max_iter=max_iter), seed=seed)
+    config = TokenizerConfig(codebook_sizes=[k] * levels, max_iter=max_iter, codebook_scope=spec.get("scope", "level"))
+    return fit_tokenizer(points, config, seed=seed)
 
 
 def measure(spec: Dict[str, Any]) -> Dict[str, Any]:
@@ -185,6 +187,8 @@ def main(argv: List[str]) -> None:
     parser.add_argument("--scale-k", type=int, default=8192)
     parser.add_argument("--scale-levels", type=int, default=3)
     parser.add_argument("--scale-max-iter", type=int, default=30, help="rounds per level actually run at scale")
+    parser.add_argument("--scale-scopes", default="level",
+                        help="comma list of tokenizer.codebook_scope values fitted at scale (level, prefix)")
     parser.add_argument("--data", choices=["mixture", "gaussian"], default="mixture")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=1, help="runs per sklearn point; the fastest is kept")
@@ -219,10 +223,10 @@ def main(argv: List[str]) -> None:
               "constrained_over_balanced": round(theirs["wall_s"] / ours["wall_s"], 1),
               "target": "k-means-constrained >= 10x slower"}, records, args.out)
     if "scale" in points:
-        spec = {**common, "what": "scale", "method": "fit_tokenizer", "n": args.scale_n, "d": args.scale_d,
-                "k": args.scale_k, "levels": args.scale_levels, "max_iter": args.scale_max_iter,
-                "target_iter": args.max_iter}
-        run([spec], 1, records, args.out)
+        specs = [{**common, "what": "scale", "method": "fit_tokenizer", "n": args.scale_n, "d": args.scale_d,
+                  "k": args.scale_k, "levels": args.scale_levels, "max_iter": args.scale_max_iter,
+                  "target_iter": args.max_iter, "scope": scope} for scope in args.scale_scopes.split(",")]
+        run(specs, 1, records, args.out)
 
 
 if __name__ == "__main__":
