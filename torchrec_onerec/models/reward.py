@@ -115,6 +115,12 @@ class RewardBatch(TensorFieldsBatch):
         return int(self.session_mask.shape[0])
 
 
+def _slot_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over the True slots of ``mask`` [B, M] of ``values`` [B, M, X] -> [B, X] (0 where no slot is True)."""
+    real = mask.unsqueeze(-1).to(values.dtype)  # (B, M, 1)
+    return (values * real).sum(dim=1) / real.sum(dim=1).clamp(min=1.0)
+
+
 def session_labels(item_labels: torch.Tensor, mask: torch.Tensor, rule: str) -> torch.Tensor:
     """A session's label per signal from its items' labels.
 
@@ -132,11 +138,10 @@ def session_labels(item_labels: torch.Tensor, mask: torch.Tensor, rule: str) -> 
         >>> session_labels(labels, mask, "mean").tolist(), session_labels(labels, mask, "any").tolist()
         ([[0.5]], [[1.0]])
     """
-    real = mask.unsqueeze(-1).to(item_labels.dtype)  # (B, M, 1)
     if rule == "mean":
-        return (item_labels * real).sum(dim=1) / real.sum(dim=1).clamp(min=1.0)
+        return _slot_mean(item_labels, mask)
     if rule == "any":
-        return ((item_labels * real) > 0).any(dim=1).to(torch.float32)
+        return ((item_labels * mask.unsqueeze(-1).to(item_labels.dtype)) > 0).any(dim=1).to(torch.float32)
     raise ValueError(f"rule={rule!r} must be 'mean' or 'any' (reward.session_label)")
 
 
@@ -359,10 +364,9 @@ class SessionRewardModel(nn.Module):
 
     def pool(self, items: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Session vector from the fused items e [B, M, D] and the real-item mask [B, M] -> [B, D]."""
-        real = mask.unsqueeze(-1).to(items.dtype)  # (B, M, 1)
         if self.config.pooling == "mean":
-            return (items * real).sum(dim=1) / real.sum(dim=1).clamp(min=1.0)
-        return (self.contextualise(items, mask) * real).sum(dim=1)
+            return _slot_mean(items, mask)
+        return (self.contextualise(items, mask) * mask.unsqueeze(-1).to(items.dtype)).sum(dim=1)
 
     def fused_items(self, batch: RewardBatch) -> torch.Tensor:
         """e_i = v_i (.) u of every slot (zeros at padding), from one TorchRec embedding call: [B, M, D]."""
@@ -407,7 +411,7 @@ class SessionRewardModel(nn.Module):
         real = mask.unsqueeze(-1).to(item_logits.dtype)  # (B, M, 1)
         bce = F.binary_cross_entropy_with_logits(item_logits, batch.item_labels, reduction="none")
         loss = ((bce * real).sum(dim=(0, 1)) / real.sum().clamp(min=1.0)).sum()
-        probabilities = (torch.sigmoid(item_logits) * real).sum(dim=1) / real.sum(dim=1).clamp(min=1.0)  # (B, S)
+        probabilities = _slot_mean(torch.sigmoid(item_logits), mask)  # (B, S)
         logits = torch.logit(probabilities, eps=1e-6)  # a session score on the logit scale, for AUC and callers
         return RewardOutput(loss, logits, probabilities, batch.labels)
 

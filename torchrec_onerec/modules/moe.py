@@ -111,7 +111,7 @@ def global_routing_sums(local: torch.Tensor) -> torch.Tensor:
         [1.0, 2.0]
     """
     total = local.detach().clone()
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if _data_parallel_world() > 1:
         dist.all_reduce(total, op=dist.ReduceOp.SUM)
     return total
 
