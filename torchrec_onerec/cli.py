@@ -34,9 +34,8 @@ from typing import Callable, Dict, Optional, Sequence
 from torchrec_onerec import __version__
 from torchrec_onerec.config import ConfigError, OneRecConfig, load_config, to_yaml
 from torchrec_onerec.config_reference import render_reference
-from torchrec_onerec.pipeline import STAGES, run_pipeline, stage_closure, stage_fingerprint
+from torchrec_onerec.pipeline import STAGES, run_pipeline, stage_closure
 from torchrec_onerec.recommend import SERVABLE_ARMS, Recommender
-from torchrec_onerec.run_dir import RunDir
 from torchrec_onerec.stages import STAGE_LIST
 from torchrec_onerec.tune import tune
 
@@ -92,8 +91,7 @@ def _command_stage(stage: str) -> Callable[[OneRecConfig, argparse.Namespace], D
     def command(cfg: OneRecConfig, args: argparse.Namespace) -> Dict[str, object]:
         # A stage asked for by name is redone when it completed, and resumes from its checkpoints when it was
         # interrupted; the stages it needs are reused when complete.
-        done = RunDir(cfg.run_dir).is_done(stage, stage_fingerprint(cfg, stage))
-        return run_pipeline(cfg, stages=stage_closure(stage, cfg), force=[stage] if done else [])
+        return run_pipeline(cfg, stages=stage_closure(stage, cfg), redo_if_done=[stage])
 
     return command
 

@@ -36,6 +36,8 @@ from torchrec_onerec.tokenizer.config import TokenizerConfig
 from torchrec_onerec.train.config import TrainConfig
 from torchrec_onerec.tune_config import TuneConfig
 
+SIZES_FROM_DATA = ("tokenizer.codebook_sizes", "split.max_history")  # the keys torchrec_onerec.sizing derives
+
 
 @dataclass
 class OneRecConfig:
@@ -46,6 +48,10 @@ class OneRecConfig:
         run_dir: where every artefact of the run is written.
         seed: the one seed all randomness derives from.
         device: ``auto`` (CUDA when present, else CPU), ``cpu`` or ``cuda[:N]``.
+        sizes_from_data: keys the run sets from the loaded data instead of the values given here
+            (``torchrec_onerec/sizing.py`` states each rule): ``tokenizer.codebook_sizes`` (from the catalogue
+            size), ``split.max_history`` (from the users' history lengths). The run logs each value and why, and
+            its ``config.yaml`` keeps the values used.
 
     ``model.max_history`` and ``model.session_items`` follow ``split.max_history`` and ``split.session_items``
     (set those); a model section that sets them to other values is an error.
@@ -55,6 +61,7 @@ class OneRecConfig:
     run_dir: str = "runs/${name}"
     seed: int = 0
     device: str = "auto"
+    sizes_from_data: List[str] = field(default_factory=list)
     data: DataConfig = field(default_factory=DataConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     loader: LoaderConfig = field(default_factory=LoaderConfig)
@@ -70,6 +77,10 @@ class OneRecConfig:
     tune: TuneConfig = field(default_factory=TuneConfig)
 
     def __post_init__(self) -> None:
+        unknown = [key for key in self.sizes_from_data if key not in SIZES_FROM_DATA]
+        if unknown:
+            raise ConfigError(f"sizes_from_data={list(self.sizes_from_data)}: no rule derives {unknown}; the keys "
+                              f"it can set are {list(SIZES_FROM_DATA)}")
         defaults = OneRecModelConfig()
         for name in ("max_history", "session_items"):
             wanted, given = getattr(self.split, name), getattr(self.model, name)

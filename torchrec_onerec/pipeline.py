@@ -31,6 +31,7 @@ from torchrec_onerec.config import OneRecConfig, to_yaml
 from torchrec_onerec.context import PipelineContext, rank, world_size
 from torchrec_onerec.run_dir import RunDir, fingerprint
 from torchrec_onerec.runtime import resolve_device, seed_everything
+from torchrec_onerec.sizing import with_sizes_from_data
 from torchrec_onerec.stages import STAGE_LIST
 from torchrec_onerec.train.distributed import barrier, broadcast_object, init_distributed, teardown_distributed
 
@@ -46,8 +47,8 @@ RANKER_REWARDS = ("ranker", "mix")  # the align.reward_source values that read t
 
 def stage_inputs(stage: str, config: Optional[OneRecConfig] = None) -> Tuple[str, ...]:
     """The stages ``stage`` reads directly: ``STAGE_INPUTS``, less the cascade for an alignment that does not
-    use its ranker (``align.reward_source`` other than ``ranker`` / ``mix``), so that tuning the cascade does not
-    redo alignment. Without a config, every possible input.
+    use it (``align.reward_source`` other than ``ranker`` / ``mix`` and no ``align.cascade_candidates``), so that
+    tuning the cascade does not redo alignment. Without a config, every possible input.
 
     Example:
         >>> from torchrec_onerec.config import OneRecConfig
@@ -55,7 +56,8 @@ def stage_inputs(stage: str, config: Optional[OneRecConfig] = None) -> Tuple[str
         ('train', 'train-reward')
     """
     inputs = STAGE_INPUTS[stage]
-    if stage == "align" and config is not None and config.align.reward_source not in RANKER_REWARDS:
+    if (stage == "align" and config is not None and config.align.reward_source not in RANKER_REWARDS
+            and not config.align.cascade_candidates):
         inputs = tuple(s for s in inputs if s != "cascade")
     return inputs
 
@@ -91,14 +93,19 @@ def stage_fingerprint(config: OneRecConfig, stage: str) -> str:
     return fingerprint(sections)
 
 
-def run_pipeline(config: OneRecConfig, *, stages: Sequence[str] = STAGES,
-                 force: Sequence[str] = ()) -> Dict[str, object]:
+def run_pipeline(config: OneRecConfig, *, stages: Sequence[str] = STAGES, force: Sequence[str] = (),
+                 redo_if_done: Sequence[str] = ()) -> Dict[str, object]:
     """Run ``stages`` in order in ``config.run_dir``; skip completed ones whose inputs did not change.
+
+    The keys of ``config.sizes_from_data`` are set from the data first (``torchrec_onerec.sizing``), so the
+    fingerprints, the artefacts and the run's ``config.yaml`` all follow the values used.
 
     Args:
         config: the resolved config.
         stages: names from ``STAGES``, in pipeline order.
         force: stages to redo even when complete.
+        redo_if_done: stages to redo when they completed with the same inputs (and to resume, not restart, when
+            they were interrupted): what ``onerec STAGE`` asks for.
 
     Returns:
         ``{"run_dir": ..., "stages": {stage: summary}, "skipped": [...], "seconds": {stage: wall time}}``.
@@ -112,10 +119,16 @@ def run_pipeline(config: OneRecConfig, *, stages: Sequence[str] = STAGES,
     # Under torchrun one process group serves every stage: torchrun's store cannot host a second default group.
     group = init_distributed(resolve_device(config.device), timeout_s=config.train.collective_timeout_s)
     try:
+        ctx = PipelineContext(config, run)
+        if config.sizes_from_data:
+            config, derived = with_sizes_from_data(config, ctx.data)
+            ctx.config = config
+            if lead:
+                run.write_json("sizes_from_data.json", derived)
+        force = [*force, *(s for s in redo_if_done if run.is_done(s, stage_fingerprint(config, s)))]
         if lead:
             run.write_text("config.yaml", to_yaml(config))
         seed_everything(config.seed)
-        ctx = PipelineContext(config, run)
         summaries: Dict[str, object] = {}
         skipped: List[str] = []
         seconds: Dict[str, float] = {}
