@@ -47,8 +47,8 @@ RANKER_REWARDS = ("ranker", "mix")  # the align.reward_source values that read t
 
 def stage_inputs(stage: str, config: Optional[OneRecConfig] = None) -> Tuple[str, ...]:
     """The stages ``stage`` reads directly: ``STAGE_INPUTS``, less the cascade for an alignment that does not
-    use it (``align.reward_source`` other than ``ranker`` / ``mix`` and no ``align.cascade_candidates``), so that
-    tuning the cascade does not redo alignment. Without a config, every possible input.
+    use its ranker (``align.reward_source`` other than ``ranker`` / ``mix``), so that tuning the cascade does not
+    redo alignment. Without a config, every possible input.
 
     Example:
         >>> from torchrec_onerec.config import OneRecConfig
@@ -56,8 +56,7 @@ def stage_inputs(stage: str, config: Optional[OneRecConfig] = None) -> Tuple[str
         ('train', 'train-reward')
     """
     inputs = STAGE_INPUTS[stage]
-    if (stage == "align" and config is not None and config.align.reward_source not in RANKER_REWARDS
-            and not config.align.cascade_candidates):
+    if stage == "align" and config is not None and config.align.reward_source not in RANKER_REWARDS:
         inputs = tuple(s for s in inputs if s != "cascade")
     return inputs
 

@@ -27,7 +27,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from torchrec_onerec.alignment.ipa import align_iteratively
-from torchrec_onerec.alignment.pairs import CandidateSource, RewardFn
+from torchrec_onerec.alignment.pairs import RewardFn
 from torchrec_onerec.alignment.rewards import mixed_reward_fn, ranker_reward_fn
 from torchrec_onerec.arms import arm_file, arm_for, evaluate_arm
 from torchrec_onerec.config import OneRecConfig
@@ -185,23 +185,8 @@ def align_stage(ctx: PipelineContext) -> Dict[str, object]:
     result = align_iteratively(cfg.align, model, train, ctx.split.valid, reward_fn, codes=book.codes,
                                prefix_index=book.prefix_index(), train_config=cfg.train,
                                out_dir=ctx.run.path / "align", seed=cfg.seed, device=resolve_device(cfg.device),
-                               resume=not ctx.fresh, progress=rank() == 0,
-                               extra_candidates=_cascade_candidates(ctx) if cfg.align.cascade_candidates else None)
+                               resume=not ctx.fresh, progress=rank() == 0)
     return asdict(result)
-
-
-def _cascade_candidates(ctx: PipelineContext) -> CandidateSource:
-    """``align.cascade_candidates``: the trained cascade's best sessions for each sampled user, re-ranked with the
-    alignment reward's MMR weight (``align.ranker_diversity``)."""
-    cfg = ctx.config
-    cascade = load_cascade(ctx.run.path / "cascade", config=cfg.cascade)
-
-    def sessions(samples: SampleSet) -> np.ndarray:
-        return cascade.recommend(samples, num_sessions=cfg.align.cascade_candidates,
-                                 session_items=samples.session_items, exclude_history=cfg.align.exclude_history,
-                                 diversity_weight=cfg.align.ranker_diversity)[0]
-
-    return sessions
 
 
 def cascade_stage(ctx: PipelineContext) -> Dict[str, object]:

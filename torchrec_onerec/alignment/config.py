@@ -48,10 +48,6 @@ class AlignConfig:
         train_fraction: share of the training samples (drawn once, seeded) that alignment reads: L_NTP on them,
             pairs for ``sample_fraction`` of them. 1.0 (the paper) reads all; lower it where one pass over the
             training data per iteration is too long (large data on a CPU).
-        cascade_candidates: E, sessions of the trained cascade (its E best for each sampled user, re-ranked with
-            MMR weight ``ranker_diversity``) that join the N beam-searched candidates before the best and the worst
-            are picked: the sessions the team's cascade already serves, as alternatives DPO can move towards where
-            the model's own beams hold nothing better. 0: the beams only (the paper).
 
     Example:
         >>> AlignConfig().num_candidates, AlignConfig(sample_fraction=0.5).sample_fraction
@@ -79,7 +75,6 @@ class AlignConfig:
     ranker_weight: float = 0.5
     ranker_diversity: float = 0.0
     disable_dropout: bool = True
-    cascade_candidates: int = 0
 
     def __post_init__(self) -> None:
         for name in ("iterations", "epochs", "batch_size", "generation_batch_size"):
@@ -103,6 +98,6 @@ class AlignConfig:
         for name in ("beta", "learning_rate", "sparse_learning_rate"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"align.{name}={getattr(self, name)} must be > 0")
-        for name in ("dpo_weight", "eval_users", "cascade_candidates"):
+        for name in ("dpo_weight", "eval_users"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"align.{name}={getattr(self, name)} must be >= 0")

@@ -45,8 +45,8 @@ import torch
 
 from torchrec_onerec.alignment.config import AlignConfig
 from torchrec_onerec.alignment.dpo import dpo_loss
-from torchrec_onerec.alignment.pairs import (CandidateSource, PreferencePairs, RewardFn, build_preference_pairs,
-                                             gather_pairs, sample_preference_rows, scored_candidates)
+from torchrec_onerec.alignment.pairs import (PreferencePairs, RewardFn, build_preference_pairs, gather_pairs,
+                                             sample_preference_rows, scored_candidates)
 from torchrec_onerec.alignment.trainer import train_iteration
 from torchrec_onerec.data.batch import collate_samples
 from torchrec_onerec.data.samples import SampleSet
@@ -270,8 +270,7 @@ class _Store:
 def align_iteratively(align: AlignConfig, initial_model: OneRecModel, train: SampleSet, held_out: SampleSet,
                       reward_fn: RewardFn, *, codes: torch.Tensor, prefix_index: PrefixIndex,
                       train_config: TrainConfig, out_dir: Path, seed: int, device: torch.device,
-                      resume: bool = True, progress: bool = False,
-                      extra_candidates: Optional[CandidateSource] = None) -> AlignResult:
+                      resume: bool = True, progress: bool = False) -> AlignResult:
     """Align ``initial_model`` to ``reward_fn`` for ``align.iterations`` iterations (module docstring).
 
     Runs in one process or under ``torchrun`` (every rank calls it with the same arguments; a world-size-1 gloo
@@ -294,8 +293,6 @@ def align_iteratively(align: AlignConfig, initial_model: OneRecModel, train: Sam
         device (torch.device): ``cpu`` or ``cuda`` (each torchrun process takes ``cuda:<LOCAL_RANK>``).
         resume (bool): continue from ``out_dir/state.json`` when it exists; False starts over.
         progress (bool): tqdm bars on rank 0.
-        extra_candidates (CandidateSource | None): more candidate sessions per sampled user besides the beams
-            (``align.cascade_candidates``: the cascade's).
 
     Returns:
         AlignResult: on every rank.
@@ -306,7 +303,7 @@ def align_iteratively(align: AlignConfig, initial_model: OneRecModel, train: Sam
     ctx = init_distributed(device, timeout_s=train_config.collective_timeout_s)
     try:
         return _Alignment(align, initial_model, train, held_out, reward_fn, codes, prefix_index, train_config,
-                          Path(out_dir), seed, ctx, progress, extra_candidates).run(resume)
+                          Path(out_dir), seed, ctx, progress).run(resume)
     finally:
         teardown_distributed(ctx)
 
@@ -316,10 +313,8 @@ class _Alignment:
 
     def __init__(self, align: AlignConfig, initial_model: OneRecModel, train: SampleSet, held_out: SampleSet,
                  reward_fn: RewardFn, codes: torch.Tensor, prefix_index: PrefixIndex, train_config: TrainConfig,
-                 out_dir: Path, seed: int, ctx: DistContext, progress: bool,
-                 extra_candidates: Optional[CandidateSource]) -> None:
+                 out_dir: Path, seed: int, ctx: DistContext, progress: bool) -> None:
         self.align, self.initial_model, self.train, self.reward_fn = align, initial_model, train, reward_fn
-        self.extra_candidates = extra_candidates
         self.codes, self.prefix_index, self.train_config, self.seed, self.ctx, self.progress = (
             codes, prefix_index.to(ctx.device), train_config, seed, ctx, progress)
         self.model_config, self.vocab_sizes = initial_model.config, list(initial_model.vocab_sizes)
@@ -385,7 +380,7 @@ class _Alignment:
                                        codes=self.codes, prefix_index=self.prefix_index,
                                        num_candidates=align.num_candidates, batch_size=align.generation_batch_size,
                                        exclude_history=align.exclude_history, device=ctx.device,
-                                       progress=self.progress and ctx.is_rank0, extra=self.extra_candidates)
+                                       progress=self.progress and ctx.is_rank0)
         pairs = gather_pairs(local, ctx)
         trained = train_iteration(current, pairs, self.train, model_config=self.model_config,
                                   vocab_sizes=self.vocab_sizes, codes=self.codes, align=align,

@@ -11,10 +11,6 @@ reference log-probabilities log M_t(S | H) of both sessions, computed once here 
 Under torchrun every rank builds the pairs of its share of the sampled rows and ``gather_pairs`` joins them, in
 rank order, on every rank.
 
-Candidates from elsewhere: a ``CandidateSource(samples) -> sessions [U, E, M]`` (e.g. the sessions the team's
-cascade serves those users) adds E sessions per user to the N beams; they are scored, and can be chosen or
-rejected, like the beams, and their reference log-probabilities come from the same teacher-forced pass.
-
 Reward functions: ``RewardFn(samples, sessions) -> rewards`` takes the U samples (users and histories) and their
 candidate sessions [U, N, M] of item ids (-1 = empty slot; a filler session is all -1) and returns [U, N] floats,
 higher is better (the session reward model, or a simulator's true reward).
@@ -25,7 +21,7 @@ Shape legend: U users, N candidates, M session items, L' code levels, P pairs.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
@@ -42,8 +38,6 @@ from torchrec_onerec.tokenizer.prefix_index import PrefixIndex
 from torchrec_onerec.train.distributed import DistContext
 
 RewardFn = Callable[[SampleSet, np.ndarray], np.ndarray]
-# (U samples) -> [U, E, M] item ids of E more candidate sessions per user (-1 = empty slot; all -1 = none)
-CandidateSource = Callable[[SampleSet], np.ndarray]
 
 
 def sample_preference_rows(num_samples: int, fraction: float, *, seed: int, iteration: int) -> np.ndarray:
@@ -110,9 +104,8 @@ def _check_rewards(rewards: np.ndarray, shape: Sequence[int], real: np.ndarray) 
 def scored_candidates(model: OneRecModel, samples: SampleSet, reward_fn: RewardFn, *, codes: torch.Tensor,
                       prefix_index: PrefixIndex, num_candidates: int, batch_size: int,
                       exclude_history: bool = False, device: Optional[torch.device] = None,
-                      progress: bool = False, extra: Optional[CandidateSource] = None) -> Iterator[CandidateBatch]:
-    """Beam-search ``num_candidates`` sessions of M = ``samples.session_items`` items per sample (plus the
-    sessions of ``extra``, after the beams) and score them.
+                      progress: bool = False) -> Iterator[CandidateBatch]:
+    """Beam-search ``num_candidates`` sessions of M = ``samples.session_items`` items per sample and score them.
 
     Args:
         model (OneRecModel): the plain (unsharded) model; generation runs in eval mode.
@@ -125,10 +118,9 @@ def scored_candidates(model: OneRecModel, samples: SampleSet, reward_fn: RewardF
         exclude_history (bool): never generate an item of the user's history.
         device (torch.device | None): where to generate (default: the model's device).
         progress (bool): a tqdm bar over batches.
-        extra (CandidateSource | None): E more sessions per sample; their log-probabilities are the model's.
 
     Yields:
-        CandidateBatch: per batch, in sample order; N (+ E) candidates per user.
+        CandidateBatch: per batch, in sample order.
     """
     device = device or next(model.parameters()).device
     M = samples.session_items
@@ -143,34 +135,10 @@ def scored_candidates(model: OneRecModel, samples: SampleSet, reward_fn: RewardF
         U = batch.batch_size
         rows = np.arange(start, start + U)
         start += U
-        users = samples.subset(rows)
         real = torch.isfinite(out.scores).cpu().numpy()
         items = np.where(real[:, :, None], out.items.cpu().numpy(), PAD_ITEM)
-        cand_codes, log_probs = out.codes, out.scores.float()
-        if extra is not None:
-            more, more_codes, more_log_probs = _extra_candidates(model, batch, users, extra, codes, M)
-            items = np.concatenate([items, more], axis=1)
-            cand_codes = torch.cat([cand_codes, more_codes], dim=1)
-            log_probs = torch.cat([log_probs, more_log_probs], dim=1)
-            real = np.isfinite(log_probs.cpu().numpy())
-        rewards = _check_rewards(reward_fn(users, items), items.shape[:2], real)
-        yield CandidateBatch(rows, batch, items, cand_codes, log_probs, rewards)
-
-
-def _extra_candidates(model: OneRecModel, batch: SemanticIdBatch, users: SampleSet, extra: CandidateSource,
-                      codes: torch.Tensor, M: int) -> Tuple[np.ndarray, torch.Tensor, torch.Tensor]:
-    """``extra``'s sessions of ``users`` as candidates: items [U, E, M], codes [U, E, M, L'] (-1 at empty slots)
-    and the model's log-probabilities [U, E] (-inf for a session with no item)."""
-    items = np.asarray(extra(users), dtype=np.int64)
-    if items.ndim != 3 or items.shape[0] != len(users) or items.shape[2] != M:
-        raise ValueError(f"the extra candidate source returned shape {items.shape}, expected ({len(users)}, E, {M})")
-    if items.size and (items.max() >= len(codes) or items.min() < PAD_ITEM):
-        raise ValueError(f"the extra candidate source returned item ids outside [-1, {len(codes)})")
-    index = torch.as_tensor(items, device=codes.device)
-    more_codes = codes[index.clamp(min=0)].masked_fill((index < 0).unsqueeze(-1), -1).to(batch.target_codes.device)
-    log_probs = model.log_prob(batch, more_codes).float()
-    empty = torch.as_tensor((items == PAD_ITEM).all(axis=2), device=log_probs.device)
-    return items, more_codes, log_probs.masked_fill(empty, float("-inf"))
+        rewards = _check_rewards(reward_fn(samples.subset(rows), items), (U, num_candidates), real)
+        yield CandidateBatch(rows, batch, items, out.codes, out.scores.float(), rewards)
 
 
 class PairSelection(NamedTuple):
@@ -312,7 +280,7 @@ def _batch_pairs(model: OneRecModel, cand: CandidateBatch, sample_rows: np.ndarr
 def build_preference_pairs(model: OneRecModel, samples: SampleSet, rows: np.ndarray, reward_fn: RewardFn, *,
                            codes: torch.Tensor, prefix_index: PrefixIndex, num_candidates: int, batch_size: int,
                            exclude_history: bool = False, device: Optional[torch.device] = None,
-                           progress: bool = False, extra: Optional[CandidateSource] = None) -> PreferencePairs:
+                           progress: bool = False) -> PreferencePairs:
     """Candidates for ``samples[rows]`` from ``model`` (= the reference M_t), scored, reduced to best/worst pairs.
 
     Args:
@@ -327,7 +295,6 @@ def build_preference_pairs(model: OneRecModel, samples: SampleSet, rows: np.ndar
         exclude_history (bool): never generate an item of the user's history.
         device (torch.device | None): where to generate (default: the model's device).
         progress (bool): a tqdm bar.
-        extra (CandidateSource | None): more candidate sessions per user, besides the beams.
 
     Returns:
         PreferencePairs: P <= R pairs, in row order.
@@ -363,8 +330,7 @@ def build_preference_pairs(model: OneRecModel, samples: SampleSet, rows: np.ndar
         with torch.no_grad():
             for cand in scored_candidates(model, subset, reward_fn, codes=codes, prefix_index=prefix_index,
                                           num_candidates=num_candidates, batch_size=batch_size,
-                                          exclude_history=exclude_history, device=device, progress=progress,
-                                          extra=extra):
+                                          exclude_history=exclude_history, device=device, progress=progress):
                 parts.append(_batch_pairs(model, cand, rows[cand.rows]))
     finally:
         model.train(was_training)

@@ -6,7 +6,7 @@ import dataclasses
 
 from torchrec_onerec.cli import build_parser
 from torchrec_onerec.config import OneRecConfig
-from torchrec_onerec.pipeline import COLLECTIVE_STAGES, STAGE_INPUTS, STAGES, stage_fingerprint, stage_inputs
+from torchrec_onerec.pipeline import COLLECTIVE_STAGES, STAGE_INPUTS, STAGES, stage_fingerprint
 from torchrec_onerec.stages import STAGE_LIST
 
 
@@ -50,12 +50,3 @@ def test_listing_the_sasrec_arm_redoes_its_stage_and_what_reads_it_only() -> Non
     assert moved == {"sasrec", "evaluate", "compare"}
     resized = dataclasses.replace(listed, sasrec=dataclasses.replace(listed.sasrec, embedding_dim=32))
     assert {s for s in STAGES if stage_fingerprint(listed, s) != stage_fingerprint(resized, s)} == moved
-
-
-def test_alignment_with_the_cascades_sessions_as_candidates_reads_the_cascade() -> None:
-    base = OneRecConfig()
-    with_sessions = dataclasses.replace(base, align=dataclasses.replace(base.align, cascade_candidates=2))
-    assert "cascade" not in stage_inputs("align", base) and "cascade" in stage_inputs("align", with_sessions)
-    retrained = dataclasses.replace(with_sessions, cascade=dataclasses.replace(
-        base.cascade, retrieval=dataclasses.replace(base.cascade.retrieval, num_candidates=7)))
-    assert stage_fingerprint(with_sessions, "align") != stage_fingerprint(retrained, "align")

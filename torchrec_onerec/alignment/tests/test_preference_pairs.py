@@ -92,32 +92,6 @@ def test_filler_sessions_reach_the_reward_as_minus_one_and_are_never_chosen() ->
     assert np.isnan(pairs.candidate_reward_mean[1]) and pairs.summary()["skipped_fillers"] == 1
 
 
-def test_extra_candidates_are_scored_with_the_beams_and_chosen_with_their_reference_log_probs() -> None:
-    samples = random_samples(6, 12, max_history=4, session_items=2, seed=5)
-    rows = np.array([0, 2, 3, 5])
-    best = np.array([[11, 10], [-1, -1]])  # per user: one session no beam can outscore, and an empty one
-
-    def extra(users: SampleSet) -> np.ndarray:
-        return np.repeat(best[None], len(users), axis=0)
-
-    def reward(users: SampleSet, sessions: np.ndarray) -> np.ndarray:
-        assert sessions.shape[1] == 4 + 2  # the beams, then the extra sessions
-        return np.where((sessions[:, :, 0] == 11) & (sessions[:, :, 1] == 10), 100.0, sessions[:, :, 0])
-
-    model = _model()
-    pairs = build_preference_pairs(model, samples, rows, reward, codes=CODES, prefix_index=INDEX, num_candidates=4,
-                                   batch_size=3, extra=extra)
-    assert pairs.sample_rows.tolist() == rows.tolist() and (pairs.chosen == best[0]).all()
-    assert (pairs.chosen_reward == 100.0).all() and (pairs.rejected >= 0).all()  # the empty one is never picked
-    batch = to_semantic_batch(collate_samples(samples, rows), CODES)
-    session = CODES[torch.from_numpy(best[0])]  # (M, L')
-    expected = model.log_prob(batch, session.expand(len(rows), 1, *session.shape)).detach()
-    assert torch.allclose(torch.from_numpy(pairs.reference_chosen), expected[:, 0], atol=1e-5)
-    with pytest.raises(ValueError, match="expected \\(2, E, 2\\)"):
-        build_preference_pairs(model, samples, rows[:2], reward, codes=CODES, prefix_index=INDEX, num_candidates=4,
-                               batch_size=2, extra=lambda users: best)
-
-
 def test_constant_rewards_give_no_pairs_and_count_ties() -> None:
     samples = random_samples(4, 12, max_history=4, session_items=2, seed=0)
     pairs = build_preference_pairs(_model(), samples, np.arange(4), lambda u, s: np.ones(s.shape[:2]), codes=CODES,
