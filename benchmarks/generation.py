@@ -4,12 +4,18 @@ Each line: the device, torch threads, model size, beam width, users per search c
 - ``mode`` = constrained / unconstrained / constrained_no_cache: median seconds per call over ``--repeats``
   calls after one warm-up, and ``sessions_per_s`` = users served per second (each user gets a full beam search
   over M-item sessions; ``num_return`` sessions come back per user);
-- ``ratio`` lines: constrained / unconstrained time (target <= 1.2) and no-cache / cache time (target >= 2 at
-  beam 32).
+- ``mode`` = constrained_dense: the constrained search ranking every code of every level (``compact=False``,
+  the plain reference), where ``constrained`` ranks only each beam's valid next codes at an item-id level;
+- ``ratio`` lines: constrained / unconstrained time (target <= 1.2), no-cache / cache time (target >= 2 at
+  beam 32) and dense / compact time.
 
-The model is random (speed does not depend on the weights); the items are random unique code tuples.
+The model is random (speed does not depend on the weights); the items are random unique code tuples, or with
+``--item-leaf`` one balanced level of ``--codebook`` clusters then the item id (``tokenizer.disambiguation=item``,
+the configs' recipe), whose last level has a row per item.
 
     nice .venv/bin/python benchmarks/generation.py [--beam-128] [--threads 1] [--users 16]
+    nice .venv/bin/python benchmarks/generation.py --item-leaf --items 10000 --codebook 64 --session-items 1 \
+        --beam 20 --users 256
 """
 
 from __future__ import annotations
@@ -44,9 +50,13 @@ def run(args: argparse.Namespace) -> List[Dict[str, object]]:
     """Measure every mode at every beam width; returns the JSON records (also printed)."""
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    codes, sizes = random_codes(args.items, [args.codebook] * args.levels, seed=0)
+    if args.item_leaf:
+        cluster = torch.randperm(args.items, generator=torch.Generator().manual_seed(0)) % args.codebook
+        codes, sizes = torch.stack([cluster, torch.arange(args.items)], dim=1), [args.codebook, args.items]
+    else:
+        codes, sizes = random_codes(args.items, [args.codebook] * args.levels, seed=0)
     torch.manual_seed(0)
-    config = model_size(args.size, dropout=0.0)
+    config = model_size(args.size, dropout=0.0, **({"session_items": args.session_items} if args.session_items else {}))
     model = OneRecModel(config, sizes).to(device).eval()
     batch = random_batch(codes, args.users, max_history=config.max_history, session_items=config.session_items,
                          seed=0).to(device)
@@ -57,10 +67,10 @@ def run(args: argparse.Namespace) -> List[Dict[str, object]]:
               "model": args.size, "params": count_parameters(config, sizes)["total"], "items": args.items,
               "vocab_sizes": sizes, "session_items": config.session_items, "users": args.users, "amp": args.amp}
     records: List[Dict[str, object]] = []
-    for beam in [32] + ([128] if args.beam_128 else []):
+    for beam in [args.beam] + ([128] if args.beam_128 else []):
         seconds = {}
         for mode, kwargs in (("constrained", {}), ("unconstrained", {"constrained": False}),
-                             ("constrained_no_cache", {"use_cache": False})):
+                             ("constrained_no_cache", {"use_cache": False}), ("constrained_dense", {"compact": False})):
             seconds[mode] = _time(lambda: constrained_beam_search(
                 model, batch, prefix_index=index, beam_size=beam, num_return=min(10, beam), amp_dtype=amp,
                 **kwargs), args.repeats)
@@ -71,6 +81,8 @@ def run(args: argparse.Namespace) -> List[Dict[str, object]]:
         records.append({**common, "beam": beam, "ratio": "no_cache/cache",
                         "value": round(seconds["constrained_no_cache"] / seconds["constrained"], 3),
                         "target": ">= 2" if beam == 32 else None})
+        records.append({**common, "beam": beam, "ratio": "dense/compact",
+                        "value": round(seconds["constrained_dense"] / seconds["constrained"], 3)})
     for record in records:
         print(json.dumps(record), flush=True)
     return records
@@ -78,7 +90,10 @@ def run(args: argparse.Namespace) -> List[Dict[str, object]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--beam", type=int, default=32, help="beam width")
     parser.add_argument("--beam-128", action="store_true", help="also measure beam 128")
+    parser.add_argument("--item-leaf", action="store_true", help="one level of --codebook clusters, then the item id")
+    parser.add_argument("--session-items", type=int, default=0, help="M (0: the model size's default)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--users", type=int, default=16, help="users per beam-search call")
     parser.add_argument("--items", type=int, default=5000, help="catalogue size")

@@ -75,6 +75,7 @@ def constrained_beam_search(
     processors: Sequence[LogitsProcessor] = (),
     use_cache: bool = True,
     amp_dtype: Optional[torch.dtype] = None,
+    compact: bool = True,
 ) -> BeamSearchOutput:
     """Write the ``num_return`` most probable sessions of each user of ``batch`` (the model runs in eval mode).
 
@@ -92,6 +93,10 @@ def constrained_beam_search(
         processors (Sequence[LogitsProcessor]): extra constraints, applied after the default ones.
         use_cache (bool): decode with a self-attention KV cache (False: recompute the prefix each step).
         amp_dtype (torch.dtype | None): autocast dtype (torch.float16 / torch.bfloat16), None = full precision.
+        compact (bool): under the default constraints and no extra ``processors``, rank only each beam's valid
+            next codes at a level where a prefix leads to at most half of its codes (an item-id level: a cluster's
+            items, not the catalogue); the log-probabilities are the same, so are the sessions. False ranks every
+            code of every level (the plain reference).
 
     Returns:
         BeamSearchOutput: items [B, R, M], codes [B, R, M, L'], scores [B, R], best first; scores -inf mark
@@ -128,15 +133,19 @@ def constrained_beam_search(
     model.eval()
     try:
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            return _search(model, batch, prefix_index, steps, beam_size, num_return, M, use_cache)
+            return _search(model, batch, prefix_index, steps, beam_size, num_return, M, use_cache,
+                           compact=compact and constrained and not processors)
     finally:
         model.train(was_training)
 
 
 def _search(model: OneRecModel, batch: SemanticIdBatch, prefix_index: PrefixIndex,
-            processors: List[LogitsProcessor], N: int, num_return: int, M: int, use_cache: bool) -> BeamSearchOutput:
+            processors: List[LogitsProcessor], N: int, num_return: int, M: int, use_cache: bool,
+            compact: bool) -> BeamSearchOutput:
     """The search loop of ``constrained_beam_search`` (arguments already checked)."""
     embedding, decoder, L = model.embedding, model.decoder, model.num_levels
+    compact_levels = {level for level in range(L)
+                      if compact and 2 * prefix_index.fanout(level) <= prefix_index.vocab_sizes[level]}
     tokens, memory = model.encode(batch.features)
     memory_kv = decoder.project_memory(memory)  # once per user, shared by its beams
     B, _, D = memory.shape
@@ -157,15 +166,22 @@ def _search(model: OneRecModel, batch: SemanticIdBatch, prefix_index: PrefixInde
                 x = embedding.decoder_tokens(embedding.embed_codes(codes[:, :j + 1]))[:, :j * (L + 1) + level + 1]
                 hidden = decoder(x, memory_kv, tokens.mask).hidden[:, -1]
             log_probs = model.level_logits(hidden, level).float().log_softmax(dim=-1)  # (BN, K_l)
-            state = BeamState(codes, items, j, level, N, prefix_index)
+            columns = nodes = None
+            if level in compact_levels:  # the normaliser spans every code; only the valid ones compete
+                columns, nodes = prefix_index.children_of(level, prefix_index.prefix_ids(codes[:, j, :level]))
+                log_probs = log_probs.gather(1, columns.clamp(min=0))  # (BN, F)
+            state = BeamState(codes, items, j, level, N, prefix_index, columns, nodes)
             for processor in processors:
                 log_probs = processor(state, log_probs)
             K = log_probs.shape[1]
             total = (scores.view(B * N, 1) + log_probs).view(B, N * K)
             scores, best = total.topk(N, dim=1)  # (B, N), sorted best first
             rows = (user_rows + best // K).view(B * N)  # the beam each new beam extends
+            chosen = (best % K).view(B * N)
+            if columns is not None:
+                chosen = columns[rows, chosen]
             codes, items = codes[rows], items[rows]
-            codes[:, j, level] = (best % K).view(B * N)
+            codes[:, j, level] = chosen
             if level == L - 1:
                 items[:, j] = prefix_index.item_of(codes[:, j])
             if cache is not None:

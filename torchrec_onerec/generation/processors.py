@@ -12,6 +12,10 @@ next code, composed in a list (as Hugging Face's ``LogitsProcessorList``) and ke
 
 The candidates (the prefix id that partial tuple + each code would be, from the tokenizer's ``PrefixIndex``)
 are computed once per step for all beams (``BeamState.candidate_nodes``); nothing loops over beams in Python.
+A processor's scores have one column per code of the level ([B N, K_l]), or, at a level the search scores
+compactly (``BeamState.column_codes`` set: an item-id level, whose prefixes each lead to a few of its K_l codes),
+one column per valid next code of each beam ([B N, F]); the built-in processors read only
+``candidate_nodes``, which follows the columns either way.
 
 Shape legend: B batch (users), N beams, M session items, L code levels (L' here), K codebook size, S blocked
 items per beam.
@@ -38,6 +42,10 @@ class BeamState:
         level (int): l, the code level being chosen.
         num_beams (int): N (rows of one user are adjacent).
         prefix_index (PrefixIndex): the item code tuples.
+        column_codes (torch.Tensor | None): [B N, F] the code each score column stands for (-1: padding), when
+            the step scores each beam's valid next codes only; None: column k is code k.
+        column_nodes (torch.Tensor | None): [B N, F] the prefix id (item id at the last level) each column leads
+            to, -1 at padding; given with ``column_codes``.
     """
 
     codes: torch.Tensor
@@ -46,6 +54,8 @@ class BeamState:
     level: int
     num_beams: int
     prefix_index: PrefixIndex
+    column_codes: Optional[torch.Tensor] = None
+    column_nodes: Optional[torch.Tensor] = None
     _candidates: Optional[torch.Tensor] = field(default=None, repr=False)
 
     @property
@@ -59,8 +69,10 @@ class BeamState:
         return self.level == self.codes.shape[2] - 1
 
     def candidate_nodes(self) -> torch.Tensor:
-        """[B N, K_l] the prefix id (length l + 1) each code extends the partial tuple to, -1 where that is no
-        item's prefix; at the last level, the item each code finishes. Memoised."""
+        """[B N, K_l] (or [B N, F] with ``column_codes``) the prefix id (length l + 1) each column extends the
+        partial tuple to, -1 where that is no item's prefix; at the last level, the item it finishes. Memoised."""
+        if self.column_nodes is not None:
+            return self.column_nodes
         if self._candidates is None:
             rows, K = self.codes.shape[0], self.prefix_index.vocab_sizes[self.level]
             parent = self.prefix_index.prefix_ids(self.prefix).unsqueeze(1).expand(rows, K)  # (BN, K), -1: none
@@ -90,7 +102,7 @@ class ValidCodeProcessor:
         self.prefix_index = prefix_index
 
     def __call__(self, state: BeamState, scores: torch.Tensor) -> torch.Tensor:
-        """[B N, K_l] scores -> the same with invalid codes at -inf."""
+        """[B N, K_l] (or [B N, F]) scores -> the same with invalid codes at -inf."""
         return scores.masked_fill(state.candidate_nodes() < 0, float("-inf"))
 
 
@@ -136,7 +148,8 @@ class BlockedItemsProcessor:
         return blocked.masked_fill(repeat, -1)
 
     def __call__(self, state: BeamState, scores: torch.Tensor) -> torch.Tensor:
-        """[B N, K_l] scores -> the same at -inf where every item below the extended prefix is blocked."""
+        """[B N, K_l] (or [B N, F]) scores -> the same at -inf where every item below the extended prefix is
+        blocked."""
         index, depth = state.prefix_index, state.level + 1
         nodes = state.candidate_nodes()  # (BN, K) prefix ids at depth l + 1, -1: none
         free = index.subtree_sizes(depth, nodes)  # (BN, K) items under each candidate

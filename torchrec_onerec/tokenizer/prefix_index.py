@@ -18,7 +18,7 @@ Shapes: B queries, L' levels, K_l vocabulary of level l.
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 
@@ -150,6 +150,37 @@ class PrefixIndex:
             pos = torch.searchsorted(keys, key).clamp_max(keys.numel() - 1)
             found = torch.where(keys[pos] == key, self._children[level][pos], -1)
         return torch.where(ok, found, -1)
+
+    def fanout(self, level: int) -> int:
+        """The most codes that follow one prefix of length ``level`` (0 <= level < L')."""
+        return self._fanout[level]
+
+    def children_of(self, level: int, parent: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Every valid next code after prefixes given by id, with the child it leads to, as padded lists.
+
+        Args:
+            level (int): 0 <= level < L', the length of the prefixes.
+            parent (torch.Tensor): [B] int64 prefix ids at ``level`` (-1: invalid, gives an all-padding row).
+
+        Returns:
+            (codes [B, F], children [B, F]) int64, F = ``fanout(level)``, codes ascending in each row; -1 pads
+            both past a prefix's own children (at the last level the children are item ids).
+
+        Example:
+            >>> index = PrefixIndex(torch.tensor([[0, 1], [0, 2], [2, 0]]), vocab_sizes=[3, 3])
+            >>> codes, items = index.children_of(1, torch.tensor([0, 1, -1]))  # after (0,), after (2,), none
+            >>> codes.tolist(), items.tolist()
+            ([[1, 2], [0, -1], [-1, -1]], [[0, 1], [2, -1], [-1, -1]])
+        """
+        offsets, fanout = self._offsets[level], self._fanout[level]
+        valid = parent >= 0
+        start = offsets[parent.clamp_min(0)]
+        end = torch.where(valid, offsets[parent.clamp_min(0) + 1], start)
+        pos = start.unsqueeze(1) + torch.arange(fanout, device=self.device)  # [B, F]
+        real = pos < end.unsqueeze(1)
+        pos = pos.clamp_max(self._keys[level].numel() - 1)
+        codes = torch.where(real, self._edge_codes[level][pos], -1)
+        return codes, torch.where(real, self._children[level][pos], -1)
 
     def prefix_ids(self, prefix: torch.Tensor) -> torch.Tensor:
         """Ids of a batch of prefixes of one length l.

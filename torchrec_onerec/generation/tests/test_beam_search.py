@@ -161,3 +161,23 @@ def test_autocast_bf16_search_stays_valid() -> None:
     assert (half.items >= 0).all() and (half.items[..., 0] != half.items[..., 1]).all()
     assert torch.equal(codes[half.items], half.codes)
     torch.testing.assert_close(half.scores[:, 0], full.scores[:, 0], atol=0.3, rtol=0.05)
+
+
+@pytest.mark.parametrize("exclude_history", [False, True])
+def test_ranking_only_a_clusters_items_at_the_item_id_level_gives_the_same_sessions(exclude_history: bool) -> None:
+    num_items, clusters = 60, 4
+    codes = torch.stack([torch.arange(num_items) % clusters, torch.arange(num_items)], dim=1)  # cluster, item id
+    index = PrefixIndex(codes, vocab_sizes=[clusters, num_items])
+    assert index.fanout(1) == num_items // clusters and index.fanout(0) == clusters  # level 1 only is compact
+    torch.manual_seed(1)
+    model = OneRecModel(model_size("tiny", session_items=3), [clusters, num_items]).eval()
+    batch = random_batch(codes, 4, max_history=model.config.max_history, session_items=3, seed=1)
+    kwargs = dict(prefix_index=index, beam_size=8, num_return=8, exclude_history=exclude_history)
+    compact = constrained_beam_search(model, batch, **kwargs)
+    dense = constrained_beam_search(model, batch, compact=False, **kwargs)
+    assert torch.isfinite(compact.scores).all() and torch.equal(compact.items, dense.items)
+    torch.testing.assert_close(compact.scores, dense.scores)
+    torch.testing.assert_close(model.log_prob(batch, compact.codes), compact.scores)
+    if exclude_history:
+        for served, seen in zip(compact.items.tolist(), history_items(batch).tolist()):
+            assert not set(sum(served, [])) & (set(seen) - {-1})
