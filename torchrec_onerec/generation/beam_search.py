@@ -175,7 +175,9 @@ def _search(model: OneRecModel, batch: SemanticIdBatch, prefix_index: PrefixInde
                 log_probs = processor(state, log_probs)
             K = log_probs.shape[1]
             total = (scores.view(B * N, 1) + log_probs).view(B, N * K)
-            scores, best = total.topk(N, dim=1)  # (B, N), sorted best first
+            # best first; equal scores in (beam, code) order, so the compact and the dense search pick alike
+            ranked = total.sort(dim=1, descending=True, stable=True)
+            scores, best = ranked.values[:, :N].contiguous(), ranked.indices[:, :N]  # (B, N) each
             rows = (user_rows + best // K).view(B * N)  # the beam each new beam extends
             chosen = (best % K).view(B * N)
             if columns is not None:
