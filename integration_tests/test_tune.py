@@ -49,3 +49,16 @@ def test_an_empty_space_an_unknown_key_or_an_unlisted_arm_is_an_error_that_names
     assert "cascade.no_such_key" in capsys.readouterr().err
     assert main(["tune", TINY, f"run_dir={tmp_path}", *SEARCH, "tune.arm=sasrec"]) == 2
     assert "tune.arm='sasrec' is not in compare.arms" in capsys.readouterr().err
+
+
+def test_tune_scores_trials_with_the_sizes_their_stages_were_run_with(tmp_path: Path) -> None:
+    # tiny's [8, 8] codebooks become [32, 32] from its 120 items: a trial scored with the sizes as written would
+    # refuse the codebook its own tokenize stage wrote
+    search = ["sizes_from_data=[tokenizer.codebook_sizes]", "tune.space={model.dropout: [0.1]}", "tune.trials=1",
+              "tune.seeds=[0]", "tune.arm=onerec", "tune.score_test=false", "train.epochs=1",
+              "compare.arms=[onerec, popularity]", "compare.baseline=popularity"]
+    assert main(["tune", TINY, f"run_dir={tmp_path}", *search]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "tune" / "trials.csv")))
+    assert len(rows) == 1 and float(rows[0]["mean"]) >= 0
+    trial = load_config(str(tmp_path / "tune" / "trial-000" / "seed-0" / "config.yaml"))
+    assert trial.tokenizer.codebook_sizes == [32, 32]
