@@ -107,7 +107,8 @@ def run_pipeline(config: OneRecConfig, *, stages: Sequence[str] = STAGES, force:
             they were interrupted): what ``onerec STAGE`` asks for.
 
     Returns:
-        ``{"run_dir": ..., "stages": {stage: summary}, "skipped": [...], "seconds": {stage: wall time}}``.
+        ``{"run_dir": ..., "stages": {stage: summary}, "skipped": [...], "seconds": {stage: wall time},
+        "config": the config the stages ran with (``sizes_from_data`` set)}``.
     """
     unknown = [s for s in (*stages, *force) if s not in STAGES]
     if unknown:
@@ -167,7 +168,8 @@ def run_pipeline(config: OneRecConfig, *, stages: Sequence[str] = STAGES, force:
         # The other ranks skip rank 0's last stages; tearing the group down while rank 0 still works on them
         # could abort a rank in gloo's teardown, so every rank leaves together.
         barrier(group)
-        return {"run_dir": str(run.path), "stages": summaries, "skipped": skipped, "seconds": seconds}
+        return {"run_dir": str(run.path), "stages": summaries, "skipped": skipped, "seconds": seconds,
+                "config": config}
     finally:
         teardown_distributed(group)
         if handler is not None:

@@ -43,12 +43,10 @@ class DataShape:
     """The statistics the rules read.
 
     Args:
-        num_users (int): users in the data.
         num_items (int): I, the catalogue size.
         history_quantile (int): the ``HISTORY_QUANTILE``-th percentile of the per-user interaction count.
     """
 
-    num_users: int
     num_items: int
     history_quantile: int
 
@@ -62,14 +60,14 @@ class DataShape:
             >>> inter = pd.DataFrame({"user_id": [0, 0, 0, 1], "item_id": [0, 1, 2, 0], "timestamp": [1, 2, 3, 1]})
             >>> data = InteractionData("toy", inter, pd.DataFrame({"item_id": [0, 1, 2]}), np.arange(2), np.arange(3))
             >>> DataShape.of(data)
-            DataShape(num_users=2, num_items=3, history_quantile=3)
+            DataShape(num_items=3, history_quantile=3)
         """
         users = [data.interactions["user_id"].to_numpy()]
         if data.histories is not None:  # pre-period histories (KuaiRand) lengthen what the encoder reads
             users.append(data.histories["user_id"].to_numpy())
         counts = np.bincount(np.concatenate(users), minlength=data.num_users)
         quantile = int(math.ceil(np.percentile(counts, HISTORY_QUANTILE))) if len(counts) else 0
-        return cls(num_users=data.num_users, num_items=data.num_items, history_quantile=quantile)
+        return cls(num_items=data.num_items, history_quantile=quantile)
 
 
 def _power_of_two_at_most(x: float) -> int:

@@ -33,7 +33,6 @@ from torchrec_onerec.config import OneRecConfig, load_config, to_yaml
 from torchrec_onerec.context import PipelineContext
 from torchrec_onerec.errors import ConfigError
 from torchrec_onerec.pipeline import STAGES, run_pipeline, stage_closure
-from torchrec_onerec.sizing import with_sizes_from_data
 from torchrec_onerec.run_dir import RunDir, atomic_write_text
 
 LOG = logging.getLogger("torchrec_onerec")
@@ -88,10 +87,9 @@ def _validation_score(config: OneRecConfig) -> float:
     """Run the stages ``config.tune.arm`` reads in ``config.run_dir`` and score the arm on the validation users."""
     name, metric = config.tune.arm, config.tune.metric
     needed = {stage for need in arm_for(name).needs for stage in stage_closure(need, config)}
-    run_pipeline(config, stages=[s for s in STAGES if s in needed])
-    ctx = PipelineContext(config, RunDir(config.run_dir))
-    ctx.config, _ = with_sizes_from_data(config, ctx.data)  # the sizes the stages were run with
-    result, why = evaluate_arm(ctx, name, reward_model=None)
+    ran = run_pipeline(config, stages=[s for s in STAGES if s in needed])["config"]  # with sizes_from_data set
+    assert isinstance(ran, OneRecConfig)
+    result, why = evaluate_arm(PipelineContext(ran, RunDir(config.run_dir)), name, reward_model=None)
     if result is None:
         raise ValueError(f"tune.arm={name!r} cannot be scored on this data: {why}")
     if metric not in result.metrics:
