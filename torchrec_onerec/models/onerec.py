@@ -112,12 +112,15 @@ class OneRecModel(nn.Module):
                   for level, size in enumerate(self.vocab_sizes)]  # each (B, M, K_max)
         return torch.stack(logits, dim=2)
 
-    def forward(self, batch: SemanticIdBatch) -> OneRecOutput:
+    def forward(self, batch: SemanticIdBatch, item_weights: Optional[torch.Tensor] = None) -> OneRecOutput:
         """Teacher-forced session NTP loss.
 
         Args:
             batch (SemanticIdBatch): features with at most n history items per user, M = ``session_items``
                 target items (padding trailing), and at least one real target item in the batch.
+            item_weights (torch.Tensor | None): [B, M] > 0, how much each target item's codes count: the loss is
+                the weighted mean of the code cross-entropies (``train.label_weights`` sets them from the items'
+                feedback). None: the plain mean over real target codes.
 
         Returns:
             OneRecOutput: loss, logits [B, M, L', K_max], labels [B, M, L'], its parts and the expert load.
@@ -129,7 +132,13 @@ class OneRecModel(nn.Module):
         decoded = self.decoder(x, self.decoder.project_memory(memory), tokens.mask, token_mask)
         logits = self.code_logits(decoded.hidden)
         labels = batch.target_codes
-        ntp_loss = F.cross_entropy(logits.reshape(B * M * L, -1).float(), labels.reshape(-1), ignore_index=-1)
+        if item_weights is None:
+            ntp_loss = F.cross_entropy(logits.reshape(B * M * L, -1).float(), labels.reshape(-1), ignore_index=-1)
+        else:
+            per_code = F.cross_entropy(logits.reshape(B * M * L, -1).float(), labels.reshape(-1), ignore_index=-1,
+                                       reduction="none").view(B, M, L)
+            weights = item_weights.float().unsqueeze(-1) * (labels >= 0)  # (B, M, L'), 0 at padding
+            ntp_loss = (per_code * weights).sum() / weights.sum()
         loss = ntp_loss + self.config.moe_aux_weight * decoded.aux_loss
         return OneRecOutput(loss, logits, labels, ntp_loss, decoded.aux_loss, decoded.expert_load)
 

@@ -3,7 +3,8 @@ checkpoints, model selection; facts on what works on CPU in ../shared/TORCHREC-C
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Dict, List, Sequence
 
 from torchrec_onerec.errors import ConfigError
 
@@ -50,6 +51,10 @@ class TrainConfig:
             attention in bf16, losses and softmax in float32; the weights, the optimisers and the TorchRec tables
             stay float32); ``none`` trains in float32. bf16 needs no loss scaling; fp16 would, and the tables'
             fused optimiser cannot unscale, so it is not offered.
+        label_weights: feedback signal -> weight (protocol B; ``split.labels`` names the signals): a target item's
+            codes count ``1 + sum_s weight_s * label_s`` times in the NTP loss, so the items users went on to
+            watch long or like teach more than bare clicks (the paper trains on its high-quality sessions; this
+            keeps every session and weighs its items). ``{}``: every target code counts once.
     """
 
     epochs: int = 20
@@ -70,6 +75,7 @@ class TrainConfig:
     sharding_type: str = ""
     collective_timeout_s: float = 1800.0
     amp: str = "none"
+    label_weights: Dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -97,3 +103,18 @@ class TrainConfig:
             raise ConfigError(f"train.sharding_type={self.sharding_type!r} must be one of {list(SHARDING_TYPES)}{hint}")
         if self.amp not in AMP_MODES:
             raise ConfigError(f"train.amp={self.amp!r} must be one of {list(AMP_MODES)}")
+        negative = {k: v for k, v in self.label_weights.items() if v < 0}
+        if negative:
+            raise ConfigError(f"train.label_weights={dict(self.label_weights)}: weights must be >= 0 ({negative})")
+
+    def signal_weights(self, signals: Sequence[str]) -> List[float]:
+        """``label_weights`` in the order of a sample set's ``signals`` (0 for a signal it does not name).
+
+        Raises:
+            ConfigError: a weighted signal that the samples do not carry.
+        """
+        missing = [name for name in self.label_weights if name not in signals]
+        if missing:
+            raise ConfigError(f"train.label_weights names {missing}, which the training samples do not carry (their "
+                              f"signals: {list(signals)}); weigh only signals of split.labels present in the data")
+        return [float(self.label_weights.get(name, 0.0)) for name in signals]

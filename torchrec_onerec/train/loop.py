@@ -136,6 +136,7 @@ class _Run:
                         "and are skipped; a global batch size that leaves no such tail trains on all", skipped,
                         ctx.world_size)
         self.transform = SemanticIdTransform(codes, max_history=config.model.max_history)
+        self.signal_weights = self.tc.signal_weights(train.signals)
         self.totals = [0.0, 0.0, 0.0]  # samples, tokens, seconds of this invocation
         self.window, self.epoch_window = StepAccumulator(), StepAccumulator()  # this logging window, this epoch
         self.final_loss: Optional[float] = None
@@ -157,7 +158,8 @@ class _Run:
             done = self._stored_result(self.store.read_meta(latest))
             if done is not None:
                 return done
-        training = build_sharded_training(self.config.model, self.vocab_sizes, self.tc, self.ctx, seed=self.config.seed)
+        training = build_sharded_training(self.config.model, self.vocab_sizes, self.tc, self.ctx, seed=self.config.seed,
+                                          signal_weights=self.signal_weights)
         if latest is not None:
             meta = self.store.load(latest, training, seed=self.config.seed)
             if self.ctx.is_rank0:

@@ -210,7 +210,7 @@ def shard_for_training(module: nn.Module, train_config: TrainConfig, ctx: DistCo
 
 
 def build_sharded_training(model_config: OneRecModelConfig, vocab_sizes: Sequence[int], train_config: TrainConfig,
-                           ctx: DistContext, *, seed: int) -> ShardedTraining:
+                           ctx: DistContext, *, seed: int, signal_weights: Sequence[float] = ()) -> ShardedTraining:
     """Shard a new OneRec model (in its ``OneRecTrainStep``) with ``shard_for_training``.
 
     Args:
@@ -219,6 +219,7 @@ def build_sharded_training(model_config: OneRecModelConfig, vocab_sizes: Sequenc
         train_config (TrainConfig): learning rates, weight decay, clipping, sparse optimiser, sharding type, amp.
         ctx (DistContext): this rank (``init_distributed``).
         seed (int): the run's seed; the initial weights depend on it only.
+        signal_weights (Sequence[float]): ``OneRecTrainStep``'s per-signal loss weights (empty: the plain NTP loss).
 
     Returns:
         ShardedTraining: the DMP-wrapped model and its optimisers, learning rates at their peaks.
@@ -226,5 +227,5 @@ def build_sharded_training(model_config: OneRecModelConfig, vocab_sizes: Sequenc
     if not dist.is_initialized():
         raise RuntimeError("build_sharded_training needs the default process group; call init_distributed first")
     module = OneRecTrainStep(OneRecModel(model_config, vocab_sizes, device=torch.device("meta")),
-                             amp=train_config.amp, device_type=ctx.device.type)
+                             amp=train_config.amp, device_type=ctx.device.type, signal_weights=signal_weights)
     return shard_for_training(module, train_config, ctx, seed=seed)

@@ -8,7 +8,7 @@ steps, and the MoE expert load, which ``OneRecTrainModule`` drops, reaches the m
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Tuple
+from typing import NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
@@ -42,6 +42,9 @@ class OneRecTrainStep(OneRecTrainModule):
             the backward pass follows the forward's dtypes).
         device_type (str): ``cpu`` or ``cuda``, where the module will run (autocast is per device type, and the
             module is built on the meta device, so it cannot read it from its parameters).
+        signal_weights (Sequence[float]): [S] ``train.label_weights`` in the order of the samples' signals: a
+            target item's codes count ``1 + labels @ signal_weights`` times in the loss. Empty or all zero: the
+            plain NTP mean.
 
     Example:
         >>> from torchrec_onerec.models.config import model_size
@@ -54,16 +57,35 @@ class OneRecTrainStep(OneRecTrainModule):
         (True, (1, 4))
     """
 
-    def __init__(self, model: OneRecModel, *, amp: str = "none", device_type: str = "cpu") -> None:
+    def __init__(self, model: OneRecModel, *, amp: str = "none", device_type: str = "cpu",
+                 signal_weights: Sequence[float] = ()) -> None:
         super().__init__(model)
         if amp not in AMP_MODES:
             raise ValueError(f"amp={amp!r} must be one of {list(AMP_MODES)}")
+        if any(w < 0 for w in signal_weights):
+            raise ValueError(f"signal_weights={list(signal_weights)} must be >= 0")
         self.amp_dtype: Optional[torch.dtype] = torch.bfloat16 if amp == "bf16" else None
         self.device_type = device_type
+        # a plain tuple, not a buffer: the weights are a training choice, not part of the model's state
+        self.signal_weights = tuple(float(w) for w in signal_weights) if any(signal_weights) else ()
+
+    def item_weights(self, batch: SemanticIdBatch) -> Optional[torch.Tensor]:
+        """[B, M] ``1 + labels @ signal_weights`` (None without signal weights).
+
+        Written as a sum over the constant weights, with no tensor built from them and no branch on the batch,
+        so that TorchRec's pipelines can trace it with torch.fx.
+        """
+        if not self.signal_weights:
+            return None
+        weights = batch.labels[..., 0] * 0.0 + 1.0
+        for signal, weight in enumerate(self.signal_weights):
+            if weight:
+                weights = weights + weight * batch.labels[..., signal]
+        return weights
 
     def forward(self, batch: SemanticIdBatch) -> Tuple[torch.Tensor, StepMetrics]:  # type: ignore[override]
         """Loss and its detached parts (float32 under autocast too: the model computes its losses in float32)."""
         with torch.autocast(self.device_type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            out = self.model(batch)
+            out = self.model(batch, self.item_weights(batch))
         return out.loss, StepMetrics(out.loss.detach(), out.ntp_loss.detach(), out.aux_loss.detach(),
                                      out.expert_load.detach())

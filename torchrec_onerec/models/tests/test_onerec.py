@@ -63,6 +63,21 @@ def test_padding_targets_do_not_count() -> None:
     torch.testing.assert_close(out.ntp_loss, -picked.mean())
 
 
+def test_item_weights_give_the_weighted_mean_of_the_code_cross_entropies() -> None:
+    model = _model().eval()
+    batch = _batch(model.config)
+    plain = model(batch)
+    torch.testing.assert_close(model(batch, torch.ones(batch.target.shape)).ntp_loss, plain.ntp_loss)
+    per_code = -plain.logits.log_softmax(dim=-1).gather(-1, batch.target_codes.clamp(min=0).unsqueeze(-1))
+    per_item = per_code.squeeze(-1).sum(-1)  # (B, M): each item's codes, summed over the levels
+    weights = torch.arange(1.0, 1.0 + batch.target.numel()).view(batch.target.shape)  # padding weights must not count
+    real = batch.target_mask
+    expected = (per_item * weights)[real].sum() / (weights[real].sum() * len(SIZES))
+    weighted = model(batch, weights).ntp_loss
+    torch.testing.assert_close(weighted, expected)
+    assert not torch.isclose(weighted, plain.ntp_loss)
+
+
 def test_log_prob_matches_forward_cross_entropy() -> None:
     model = _model().eval()
     batch = _batch(model.config)
