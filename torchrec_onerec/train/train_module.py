@@ -77,7 +77,7 @@ class OneRecTrainStep(OneRecTrainModule):
         """
         if not self.signal_weights:
             return None
-        weights = batch.labels[..., 0] * 0.0 + 1.0
+        weights = torch.ones_like(batch.labels[..., 0])
         for signal, weight in enumerate(self.signal_weights):
             if weight:
                 weights = weights + weight * batch.labels[..., signal]
