@@ -19,8 +19,17 @@ class AlignConfig:
             (paper: 1%; small data sets need more, up to 1.0). At least one sample is drawn.
         num_candidates: N, sessions beam-searched per sampled user (paper: 128; CPU runs: 16-32); the best and
             the worst by reward become the chosen and the rejected session.
+        sampled_candidates: S in [0, N], how many of the N candidates are drawn from the model by constrained
+            sampling (``generation.sampling``) instead of beam search: beams are the N most probable sessions and
+            often differ in a slot or two, samples spread over what the model deems possible (on-policy
+            exploration, as the OneRec technical report's RL samples). 0 (the paper): beam search only.
+        sample_temperature: the temperature of those draws (1: the model's own distribution).
         beta: DPO temperature beta on the log-probability ratios to the reference.
         dpo_weight: lambda in L = L_NTP + lambda * L_DPO.
+        chosen_nll_weight: mu, a third term mu * L_chosen: the mean negative log-likelihood per code of the chosen
+            sessions (iterative RPO, Pang et al. 2024). DPO alone can widen a pair's margin by lowering the
+            rejected session while the chosen one's probability falls too; this term raises the chosen session
+            itself. 0 (the paper): DPO alone.
         epochs: passes over the training samples per iteration (every sample gives L_NTP; the sampled ones add
             their pair's L_DPO in the same batch).
         batch_size: training samples per global batch (the pair rows of those samples come on top).
@@ -61,8 +70,11 @@ class AlignConfig:
     iterations: int = 3
     sample_fraction: float = 0.01
     num_candidates: int = 128
+    sampled_candidates: int = 0
+    sample_temperature: float = 1.0
     beta: float = 0.1
     dpo_weight: float = 1.0
+    chosen_nll_weight: float = 0.0
     epochs: int = 1
     batch_size: int = 128
     learning_rate: float = 1e-4
@@ -95,9 +107,12 @@ class AlignConfig:
         if self.num_candidates < 2:
             raise ConfigError(f"align.num_candidates={self.num_candidates} must be >= 2: a pair needs a best and "
                               "a worst session")
-        for name in ("beta", "learning_rate", "sparse_learning_rate"):
+        if not 0 <= self.sampled_candidates <= self.num_candidates:
+            raise ConfigError(f"align.sampled_candidates={self.sampled_candidates} must lie in [0, "
+                              f"align.num_candidates={self.num_candidates}]")
+        for name in ("beta", "learning_rate", "sparse_learning_rate", "sample_temperature"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"align.{name}={getattr(self, name)} must be > 0")
-        for name in ("dpo_weight", "eval_users"):
+        for name in ("dpo_weight", "chosen_nll_weight", "eval_users"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"align.{name}={getattr(self, name)} must be >= 0")

@@ -2,10 +2,12 @@
 
 Iteration t (t = 0 .. ``align.iterations`` - 1), with M_t the current plain model (M_0 = the trained model):
 
-1. draw r_DPO of the training samples (``pairs.sample_preference_rows``; each rank takes its share), beam-search
-   N candidates per sample with M_t, score them with the reward function, keep (best, worst) and M_t's
-   log-probabilities of both (``pairs.build_preference_pairs``), and gather every rank's pairs;
-2. train the policy from M_t with L_NTP + lambda * L_DPO on TorchRec (``trainer.train_iteration``);
+1. draw r_DPO of the training samples (``pairs.sample_preference_rows``; each rank takes its share), write N
+   candidates per sample with M_t (beam search; ``align.sampled_candidates`` of them sampled), score them with
+   the reward function, keep (best, worst) and M_t's log-probabilities of both (``pairs.build_preference_pairs``),
+   and gather every rank's pairs;
+2. train the policy from M_t with L_NTP + lambda * L_DPO (+ mu * L_chosen) on TorchRec
+   (``trainer.train_iteration``);
 3. measure: DPO loss, accuracy (chosen implicit reward above rejected), mean implicit reward margin and the
    log-ratios log M_{t+1} - log M_t of the pairs' sessions under the trained policy (eval mode); on a fixed set
    of ``align.eval_users`` held-out users, the mean, best and top-beam reward of the N sessions that M_{t+1}
@@ -380,7 +382,10 @@ class _Alignment:
                                        codes=self.codes, prefix_index=self.prefix_index,
                                        num_candidates=align.num_candidates, batch_size=align.generation_batch_size,
                                        exclude_history=align.exclude_history, device=ctx.device,
-                                       progress=self.progress and ctx.is_rank0)
+                                       progress=self.progress and ctx.is_rank0, sampled=align.sampled_candidates,
+                                       temperature=align.sample_temperature,
+                                       seed=int(np.random.SeedSequence([self.seed, iteration, ctx.rank]
+                                                                       ).generate_state(1)[0]))
         pairs = gather_pairs(local, ctx)
         trained = train_iteration(current, pairs, self.train, model_config=self.model_config,
                                   vocab_sizes=self.vocab_sizes, codes=self.codes, align=align,

@@ -1,12 +1,13 @@
-"""Preference pairs for DPO (docs/METHOD.md section 4, steps 1-2): beam-searched candidate sessions, scored by a reward.
+"""Preference pairs for DPO (docs/METHOD.md section 4, steps 1-2): the model's candidate sessions, scored by a reward.
 
 For each sampled training sample (a user and history) the current model M_t writes N candidate sessions with
-constrained beam search (``generation.beam_search``), a reward function scores them, and the best becomes the
-chosen session S^w and the worst the rejected one S^l (ties broken towards the more probable session, beams
-come best first). Users get no pair, and are counted, when fewer than two real sessions came back (the rest are
-filler, see ``constrained_beam_search``) or when every real session has the same reward. The pair keeps the
-reference log-probabilities log M_t(S | H) of both sessions, computed once here by the teacher-forced
-``OneRecModel.log_prob``, so the reference model never runs inside a training step.
+constrained beam search (``generation.beam_search``; optionally S of them drawn by constrained sampling instead,
+``generation.sampling``, for candidates that spread wider than the N most probable), a reward function scores them,
+and the best becomes the chosen session S^w and the worst the rejected one S^l (ties broken towards the earlier
+candidate: beams come best first, then the samples, best first). Users get no pair, and are counted, when fewer than
+two real sessions came back (the rest are filler, see ``constrained_beam_search``) or when every real session has
+the same reward. The pair keeps the reference log-probabilities log M_t(S | H) of both sessions, computed once here
+by the teacher-forced ``OneRecModel.log_prob``, so the reference model never runs inside a training step.
 
 Under torchrun every rank builds the pairs of its share of the sampled rows and ``gather_pairs`` joins them, in
 rank order, on every rank.
@@ -32,7 +33,8 @@ from torchrec_onerec.data.batch import make_dataloader
 from torchrec_onerec.data.config import LoaderConfig
 from torchrec_onerec.data.samples import PAD_ITEM, SampleSet
 from torchrec_onerec.data.semantic_batch import SemanticIdBatch, SemanticIdTransform
-from torchrec_onerec.generation.beam_search import constrained_beam_search
+from torchrec_onerec.generation.beam_search import BeamSearchOutput, constrained_beam_search
+from torchrec_onerec.generation.sampling import constrained_sample
 from torchrec_onerec.models.onerec import OneRecModel
 from torchrec_onerec.tokenizer.prefix_index import PrefixIndex
 from torchrec_onerec.train.distributed import DistContext
@@ -100,12 +102,33 @@ def _check_rewards(rewards: np.ndarray, shape: Sequence[int], real: np.ndarray) 
     return np.where(real, rewards, np.nan)
 
 
+def _candidates(model: OneRecModel, batch: SemanticIdBatch, *, prefix_index: PrefixIndex, num_candidates: int,
+                sampled: int, temperature: float, seed: int, session_items: int, exclude_history: bool
+                ) -> BeamSearchOutput:
+    """The N - S beam-search sessions, then S sampled ones (each part best first)."""
+    parts, beams = [], num_candidates - sampled
+    if beams:
+        parts.append(constrained_beam_search(model, batch, prefix_index=prefix_index, beam_size=beams,
+                                             num_return=beams, session_items=session_items,
+                                             exclude_history=exclude_history))
+    if sampled:
+        generator = torch.Generator(batch.target_codes.device).manual_seed(seed)
+        parts.append(constrained_sample(model, batch, prefix_index=prefix_index, num_samples=sampled,
+                                        generator=generator, temperature=temperature, session_items=session_items,
+                                        exclude_history=exclude_history))
+    return BeamSearchOutput(*(torch.cat(tensors, dim=1) for tensors in zip(*parts)))
+
+
 @torch.no_grad()
 def scored_candidates(model: OneRecModel, samples: SampleSet, reward_fn: RewardFn, *, codes: torch.Tensor,
                       prefix_index: PrefixIndex, num_candidates: int, batch_size: int,
                       exclude_history: bool = False, device: Optional[torch.device] = None,
-                      progress: bool = False) -> Iterator[CandidateBatch]:
-    """Beam-search ``num_candidates`` sessions of M = ``samples.session_items`` items per sample and score them.
+                      progress: bool = False, sampled: int = 0, temperature: float = 1.0,
+                      seed: int = 0) -> Iterator[CandidateBatch]:
+    """Write ``num_candidates`` sessions of M = ``samples.session_items`` items per sample and score them.
+
+    The candidates are the N - S most probable sessions (constrained beam search) followed by S sessions drawn
+    from the model (``generation.sampling``; S = ``sampled``, 0 by default).
 
     Args:
         model (OneRecModel): the plain (unsharded) model; generation runs in eval mode.
@@ -118,10 +141,16 @@ def scored_candidates(model: OneRecModel, samples: SampleSet, reward_fn: RewardF
         exclude_history (bool): never generate an item of the user's history.
         device (torch.device | None): where to generate (default: the model's device).
         progress (bool): a tqdm bar over batches.
+        sampled (int): S in [0, N], the candidates drawn by constrained sampling instead of beam search.
+        temperature (float): the sampling temperature.
+        seed (int): with ``seed`` and its first row's position, a batch's draws are reproducible.
 
     Yields:
         CandidateBatch: per batch, in sample order.
     """
+    if not 0 <= sampled <= num_candidates:
+        raise ValueError(f"sampled={sampled} must lie in [0, num_candidates={num_candidates}] "
+                         "(align.sampled_candidates)")
     device = device or next(model.parameters()).device
     M = samples.session_items
     transform = SemanticIdTransform(codes, max_history=model.config.max_history)
@@ -130,8 +159,9 @@ def scored_candidates(model: OneRecModel, samples: SampleSet, reward_fn: RewardF
     start = 0
     for batch in tqdm(loader, desc="candidates", unit="batch", disable=not progress):
         batch = batch.to(device)
-        out = constrained_beam_search(model, batch, prefix_index=prefix_index, beam_size=num_candidates,
-                                      num_return=num_candidates, session_items=M, exclude_history=exclude_history)
+        batch_seed = int(np.random.SeedSequence([seed, start]).generate_state(1)[0])
+        out = _candidates(model, batch, prefix_index=prefix_index, num_candidates=num_candidates, sampled=sampled,
+                          temperature=temperature, seed=batch_seed, session_items=M, exclude_history=exclude_history)
         U = batch.batch_size
         rows = np.arange(start, start + U)
         start += U
@@ -280,7 +310,8 @@ def _batch_pairs(model: OneRecModel, cand: CandidateBatch, sample_rows: np.ndarr
 def build_preference_pairs(model: OneRecModel, samples: SampleSet, rows: np.ndarray, reward_fn: RewardFn, *,
                            codes: torch.Tensor, prefix_index: PrefixIndex, num_candidates: int, batch_size: int,
                            exclude_history: bool = False, device: Optional[torch.device] = None,
-                           progress: bool = False) -> PreferencePairs:
+                           progress: bool = False, sampled: int = 0, temperature: float = 1.0,
+                           seed: int = 0) -> PreferencePairs:
     """Candidates for ``samples[rows]`` from ``model`` (= the reference M_t), scored, reduced to best/worst pairs.
 
     Args:
@@ -295,6 +326,9 @@ def build_preference_pairs(model: OneRecModel, samples: SampleSet, rows: np.ndar
         exclude_history (bool): never generate an item of the user's history.
         device (torch.device | None): where to generate (default: the model's device).
         progress (bool): a tqdm bar.
+        sampled (int): candidates drawn by sampling instead of beam search (``scored_candidates``).
+        temperature (float): their sampling temperature.
+        seed (int): seeds the draws (with each batch's position).
 
     Returns:
         PreferencePairs: P <= R pairs, in row order.
@@ -330,7 +364,8 @@ def build_preference_pairs(model: OneRecModel, samples: SampleSet, rows: np.ndar
         with torch.no_grad():
             for cand in scored_candidates(model, subset, reward_fn, codes=codes, prefix_index=prefix_index,
                                           num_candidates=num_candidates, batch_size=batch_size,
-                                          exclude_history=exclude_history, device=device, progress=progress):
+                                          exclude_history=exclude_history, device=device, progress=progress,
+                                          sampled=sampled, temperature=temperature, seed=seed):
                 parts.append(_batch_pairs(model, cand, rows[cand.rows]))
     finally:
         model.train(was_training)

@@ -14,6 +14,7 @@ its codes is log M_{t+1}(S | H), and ``reference_log_prob`` carries the frozen r
 computed once per iteration (``pairs``), so the reference model never runs here. The loss is
 
     L = mean cross-entropy over the NTP rows' codes + lambda * L_DPO (mean over the batch's pairs)
+        + mu * mean cross-entropy over the chosen rows' codes (``align.chosen_nll_weight``, 0 by default)
         + moe_aux_weight * MoE balance loss,
 
 so a sample with a pair gets L_NTP + lambda * L_DPO and the others L_NTP alone (mixing both in one batch keeps a
@@ -108,6 +109,7 @@ class AlignStepMetrics(NamedTuple):
         loss (torch.Tensor): [] the training loss.
         ntp_loss (torch.Tensor): [] mean cross-entropy over the NTP rows' real codes.
         dpo_loss (torch.Tensor): [] mean L_DPO over the batch's pairs (0 without pairs).
+        chosen_nll (torch.Tensor): [] mean cross-entropy over the chosen rows' codes (0 without pairs).
         aux_loss (torch.Tensor): [] MoE balance loss.
         dpo_accuracy (torch.Tensor): [] share of the batch's pairs with chosen implicit reward above rejected.
         reward_margin (torch.Tensor): [] mean implicit reward margin r^w - r^l over the batch's pairs.
@@ -117,6 +119,7 @@ class AlignStepMetrics(NamedTuple):
     loss: torch.Tensor
     ntp_loss: torch.Tensor
     dpo_loss: torch.Tensor
+    chosen_nll: torch.Tensor
     aux_loss: torch.Tensor
     dpo_accuracy: torch.Tensor
     reward_margin: torch.Tensor
@@ -144,7 +147,7 @@ def code_log_probs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 class PreferenceTrainStep(OneRecTrainModule):
-    """``forward(batch) -> (loss, AlignStepMetrics)`` with L = L_NTP + lambda * L_DPO (module docstring).
+    """``forward(batch) -> (loss, AlignStepMetrics)``, L = L_NTP + lambda * L_DPO + mu * L_chosen (module docstring).
 
     Parameter names are those of ``OneRecTrainStep`` (the model sits at ``self.model``), so the plain state dict
     of a trained model loads into it and ``export.gather_model_state`` reads it back.
@@ -153,6 +156,7 @@ class PreferenceTrainStep(OneRecTrainModule):
         model (OneRecModel): the policy M_{t+1} (meta-built for DMP).
         beta (float): DPO temperature (``align.beta``).
         dpo_weight (float): lambda (``align.dpo_weight``).
+        chosen_nll_weight (float): mu (``align.chosen_nll_weight``).
 
     Example:
         >>> from torchrec_onerec.alignment.pairs import empty_pairs
@@ -168,24 +172,31 @@ class PreferenceTrainStep(OneRecTrainModule):
         (True, 0.0, 0.0)
     """
 
-    def __init__(self, model: OneRecModel, *, beta: float, dpo_weight: float) -> None:
+    def __init__(self, model: OneRecModel, *, beta: float, dpo_weight: float, chosen_nll_weight: float = 0.0
+                 ) -> None:
         super().__init__(model)
-        if beta <= 0 or dpo_weight < 0:
-            raise ValueError(f"need beta > 0 and dpo_weight >= 0, got beta={beta}, dpo_weight={dpo_weight} "
-                             "(align.beta, align.dpo_weight)")
-        self.beta, self.dpo_weight = beta, dpo_weight
+        if beta <= 0 or dpo_weight < 0 or chosen_nll_weight < 0:
+            raise ValueError(f"need beta > 0, dpo_weight >= 0 and chosen_nll_weight >= 0, got beta={beta}, "
+                             f"dpo_weight={dpo_weight}, chosen_nll_weight={chosen_nll_weight} (align.beta, "
+                             "align.dpo_weight, align.chosen_nll_weight)")
+        self.beta, self.dpo_weight, self.chosen_nll_weight = beta, dpo_weight, chosen_nll_weight
 
     def forward(self, batch: PreferenceBatch) -> Tuple[torch.Tensor, AlignStepMetrics]:  # type: ignore[override]
         """Loss and its detached parts."""
         out = self.model(batch)
         picked = code_log_probs(out.logits, out.labels)  # (B, M, L')
-        ntp_codes = (out.labels >= 0) & (batch.role == ROLE_NTP).view(-1, 1, 1)
+        real = out.labels >= 0
+        ntp_codes = real & (batch.role == ROLE_NTP).view(-1, 1, 1)
         ntp_loss = -(picked * ntp_codes).sum() / ntp_codes.sum().clamp(min=1)
         session = picked.sum(dim=(1, 2))  # (B,) log M_{t+1}(target | H)
         chosen, rejected = batch.role == ROLE_CHOSEN, batch.role == ROLE_REJECTED
+        chosen_codes = real & chosen.view(-1, 1, 1)
+        chosen_nll = -(picked * chosen_codes).sum() / chosen_codes.sum().clamp(min=1)
         dpo = dpo_loss(session[chosen], session[rejected], batch.reference_log_prob[chosen],
                        batch.reference_log_prob[rejected], beta=self.beta)
-        loss = ntp_loss + self.dpo_weight * dpo.loss + self.model.config.moe_aux_weight * out.aux_loss
-        metrics = AlignStepMetrics(loss.detach(), ntp_loss.detach(), dpo.loss.detach(), out.aux_loss.detach(),
-                                   dpo.accuracy.detach(), dpo.margin.detach(), chosen.sum().detach())
+        loss = (ntp_loss + self.dpo_weight * dpo.loss + self.chosen_nll_weight * chosen_nll
+                + self.model.config.moe_aux_weight * out.aux_loss)
+        metrics = AlignStepMetrics(loss.detach(), ntp_loss.detach(), dpo.loss.detach(), chosen_nll.detach(),
+                                   out.aux_loss.detach(), dpo.accuracy.detach(), dpo.margin.detach(),
+                                   chosen.sum().detach())
         return loss, metrics

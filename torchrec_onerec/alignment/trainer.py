@@ -100,8 +100,8 @@ class IterationTraining:
     Args:
         state (Dict[str, torch.Tensor]): the trained plain ``OneRecModel`` state dict (CPU), on every rank.
         metrics (Dict[str, float]): over all steps and ranks: ``steps``, ``loss``, ``ntp_loss``, ``aux_loss``
-            (means over steps), ``dpo_loss``, ``dpo_accuracy``, ``reward_margin`` (means over pair occurrences
-            in training batches; NaN without pairs), ``seconds`` (wall time in steps).
+            (means over steps), ``dpo_loss``, ``dpo_accuracy``, ``reward_margin``, ``chosen_nll`` (means over pair
+            occurrences in training batches; NaN without pairs), ``seconds`` (wall time in steps).
     """
 
     state: Dict[str, torch.Tensor]
@@ -112,28 +112,29 @@ class _StepSums:
     """This rank's sums of step metrics (DPO numbers weighted by the batch's pairs)."""
 
     def __init__(self) -> None:
-        self.values = [0.0] * 8  # steps, loss, ntp, aux, pairs, pairs * dpo, pairs * accuracy, pairs * margin
+        # steps, loss, ntp, aux, pairs, pairs * (dpo, accuracy, margin, chosen nll)
+        self.values = [0.0] * 9
 
     def add(self, m: AlignStepMetrics) -> None:
         pairs = float(m.pairs)
         for index, value in enumerate((1.0, float(m.loss), float(m.ntp_loss), float(m.aux_loss), pairs,
                                        pairs * float(m.dpo_loss), pairs * float(m.dpo_accuracy),
-                                       pairs * float(m.reward_margin))):
+                                       pairs * float(m.reward_margin), pairs * float(m.chosen_nll))):
             self.values[index] += value
 
     def result(self, ctx: DistContext, seconds: float) -> Dict[str, float]:
-        steps, loss, ntp, aux, pairs, dpo, accuracy, margin = all_reduce_sum(self.values, ctx)
+        steps, loss, ntp, aux, pairs, dpo, accuracy, margin, chosen = all_reduce_sum(self.values, ctx)
         per_step, per_pair = max(steps, 1.0), (pairs if pairs else float("nan"))
         return {"steps": int(steps) // ctx.world_size, "loss": loss / per_step, "ntp_loss": ntp / per_step,
                 "aux_loss": aux / per_step, "dpo_loss": dpo / per_pair, "dpo_accuracy": accuracy / per_pair,
-                "reward_margin": margin / per_pair, "seconds": seconds}
+                "reward_margin": margin / per_pair, "chosen_nll": chosen / per_pair, "seconds": seconds}
 
 
 def train_iteration(state: Dict[str, torch.Tensor], pairs: PreferencePairs, samples: SampleSet, *,
                     model_config: OneRecModelConfig, vocab_sizes: List[int], codes: torch.Tensor,
                     align: AlignConfig, train_config: TrainConfig, ctx: DistContext, seed: int, iteration: int,
                     progress: bool = False) -> IterationTraining:
-    """Train the policy from ``state`` for ``align.epochs`` epochs with L_NTP + lambda * L_DPO (a collective).
+    """Train the policy from ``state`` for ``align.epochs`` epochs with L_NTP + lambda * L_DPO + mu * L_chosen.
 
     Args:
         state (Dict[str, torch.Tensor]): the plain state dict of the reference M_t (the policy's start).
@@ -162,7 +163,8 @@ def train_iteration(state: Dict[str, torch.Tensor], pairs: PreferencePairs, samp
         # start each pair from a log-ratio of noise rather than 0 (TRL's DPO turns dropout off for this reason).
         model_config = replace(model_config, dropout=0.0)
     module = PreferenceTrainStep(OneRecModel(model_config, vocab_sizes, device=torch.device("meta")),
-                                 beta=align.beta, dpo_weight=align.dpo_weight)
+                                 beta=align.beta, dpo_weight=align.dpo_weight,
+                                 chosen_nll_weight=align.chosen_nll_weight)
     config = replace(train_config, learning_rate=align.learning_rate, sparse_learning_rate=align.sparse_learning_rate)
     training = shard_for_training(module, config, ctx, seed=seed)
     load_plain_state(training.dmp, state)

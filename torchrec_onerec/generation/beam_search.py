@@ -20,7 +20,7 @@ Shape legend: B batch (users), N beams, M session items, L code levels (L' here)
 
 from __future__ import annotations
 
-from typing import List, NamedTuple, Optional, Sequence
+from typing import List, NamedTuple, Optional, Protocol, Sequence, Tuple
 
 import torch
 from torch.nn.utils.rnn import pad_sequence
@@ -113,6 +113,23 @@ def constrained_beam_search(
         >>> tuple(out.items.shape), bool((out.items >= 0).all()), bool((out.items[..., 0] != out.items[..., 1]).all())
         ((2, 2, 2), True, True)
     """
+    M = check_search_arguments(model, batch, prefix_index, session_items, beam_size, num_return)
+    device = batch.target_codes.device
+    steps = list(default_processors(prefix_index, batch, exclude_history=exclude_history)) if constrained else []
+    steps += list(processors)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            return decode_sessions(model, batch, prefix_index, steps, beam_size, num_return, M, use_cache,
+                           compact=compact and constrained and not processors, select=BeamSelect())
+    finally:
+        model.train(was_training)
+
+
+def check_search_arguments(model: OneRecModel, batch: SemanticIdBatch, prefix_index: PrefixIndex,
+                           session_items: Optional[int], beam_size: int, num_return: int) -> int:
+    """Refuse arguments a search cannot run with, naming them; returns M, the session items to write."""
     M = model.config.session_items if session_items is None else session_items
     if not 1 <= M <= model.config.session_items:
         raise ValueError(f"session_items={session_items} must lie in [1, {model.config.session_items}] "
@@ -127,22 +144,46 @@ def constrained_beam_search(
     if prefix_index.device.type != device.type:
         raise ValueError(f"prefix_index is on {prefix_index.device}, the batch on {device}; "
                          "move it with prefix_index.to(device)")
-    steps = list(default_processors(prefix_index, batch, exclude_history=exclude_history)) if constrained else []
-    steps += list(processors)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            return _search(model, batch, prefix_index, steps, beam_size, num_return, M, use_cache,
-                           compact=compact and constrained and not processors)
-    finally:
-        model.train(was_training)
+    return M
 
 
-def _search(model: OneRecModel, batch: SemanticIdBatch, prefix_index: PrefixIndex,
+Selection = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+class Select(Protocol):
+    """How a decoding step picks the N surviving rows of each user (``BeamSelect``, ``sampling.SampleSelect``)."""
+
+    def initial_scores(self, B: int, N: int, device: torch.device) -> torch.Tensor:
+        """[B, N] scores of the N rows before the first step."""
+
+    def __call__(self, scores: torch.Tensor, log_probs: torch.Tensor) -> Selection:
+        """[B, N] scores and [B N, K] next-code log-probs (-inf where blocked) -> the new scores [B, N], the row
+        of its user each new row extends [B, N] and the column it takes [B N]."""
+
+
+class BeamSelect:
+    """Keeps the N most probable extensions of each user's beams (beam search)."""
+
+    def initial_scores(self, B: int, N: int, device: torch.device) -> torch.Tensor:
+        scores = torch.full((B, N), float("-inf"), device=device)
+        scores[:, 0] = 0.0  # the beams start identical: expand only the first
+        return scores
+
+    def __call__(self, scores: torch.Tensor, log_probs: torch.Tensor) -> Selection:
+        B, N = scores.shape
+        K = log_probs.shape[1]
+        total = (scores.view(B * N, 1) + log_probs).view(B, N * K)
+        # best first; equal scores in (beam, code) order, so the compact and the dense search pick alike
+        ranked = total.sort(dim=1, descending=True, stable=True)
+        best = ranked.indices[:, :N]
+        return ranked.values[:, :N].contiguous(), best // K, (best % K).view(B * N)
+
+
+def decode_sessions(model: OneRecModel, batch: SemanticIdBatch, prefix_index: PrefixIndex,
             processors: List[LogitsProcessor], N: int, num_return: int, M: int, use_cache: bool,
-            compact: bool) -> BeamSearchOutput:
-    """The search loop of ``constrained_beam_search`` (arguments already checked)."""
+            compact: bool, select: Select) -> BeamSearchOutput:
+    """The decoding loop of ``constrained_beam_search`` and ``constrained_sample`` (arguments already checked):
+    ``select`` (``BeamSelect`` or ``sampling.SampleSelect``) decides which extensions survive each step."""
     embedding, decoder, L = model.embedding, model.decoder, model.num_levels
     compact_levels = {level for level in range(L)
                       if compact and 2 * prefix_index.fanout(level) <= prefix_index.vocab_sizes[level]}
@@ -152,8 +193,7 @@ def _search(model: OneRecModel, batch: SemanticIdBatch, prefix_index: PrefixInde
     device = memory.device
     codes = torch.full((B * N, M, L), -1, dtype=torch.long, device=device)
     items = torch.full((B * N, M), -1, dtype=torch.long, device=device)
-    scores = torch.full((B, N), float("-inf"), device=device)
-    scores[:, 0] = 0.0  # the beams start identical: expand only the first
+    scores = select.initial_scores(B, N, device)
     user_rows = torch.arange(B, device=device).unsqueeze(1) * N  # (B, 1) first row of each user
     cache = decoder.new_cache(B * N, M * (L + 1), dtype=memory_kv[0][0].dtype, device=device) if use_cache else None
     step_tokens = embedding.bos.expand(B * N, 1, D)  # (BN, 1, D): tokens not yet fed to the cached decoder
@@ -173,13 +213,8 @@ def _search(model: OneRecModel, batch: SemanticIdBatch, prefix_index: PrefixInde
             state = BeamState(codes, items, j, level, N, prefix_index, columns, nodes)
             for processor in processors:
                 log_probs = processor(state, log_probs)
-            K = log_probs.shape[1]
-            total = (scores.view(B * N, 1) + log_probs).view(B, N * K)
-            # best first; equal scores in (beam, code) order, so the compact and the dense search pick alike
-            ranked = total.sort(dim=1, descending=True, stable=True)
-            scores, best = ranked.values[:, :N].contiguous(), ranked.indices[:, :N]  # (B, N) each
-            rows = (user_rows + best // K).view(B * N)  # the beam each new beam extends
-            chosen = (best % K).view(B * N)
+            scores, beam, chosen = select(scores, log_probs)  # (B, N), (B, N), (BN,)
+            rows = (user_rows + beam).view(B * N)  # the row each new beam extends
             if columns is not None:
                 chosen = columns[rows, chosen]
             codes, items = codes[rows], items[rows]
@@ -191,5 +226,8 @@ def _search(model: OneRecModel, batch: SemanticIdBatch, prefix_index: PrefixInde
                 step_tokens = embedding.embed_codes(codes[:, j:j + 1])[:, 0, level:level + 1]  # (BN, 1, D)
                 if level == L - 1:  # the item is complete: the next one starts with [BOS]
                     step_tokens = torch.cat([step_tokens, embedding.bos.expand(B * N, 1, D)], dim=1)
+    # best first (beam search keeps them so already: a stable sort leaves its order as it is)
+    order = scores.sort(dim=1, descending=True, stable=True).indices[:, :num_return]  # (B, R)
+    picked = (user_rows + order).view(-1)
     R = num_return
-    return BeamSearchOutput(items.view(B, N, M)[:, :R], codes.view(B, N, M, L)[:, :R], scores[:, :R])
+    return BeamSearchOutput(items[picked].view(B, R, M), codes[picked].view(B, R, M, L), scores.gather(1, order))

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from torchrec_onerec.alignment.pairs import (PreferencePairs, build_preference_pairs, empty_pairs,
+from torchrec_onerec.alignment.pairs import (PreferencePairs, build_preference_pairs, empty_pairs, scored_candidates,
                                              sample_preference_rows, select_pairs)
 from torchrec_onerec.data.batch import collate_samples
+from torchrec_onerec.generation.beam_search import constrained_beam_search
 from torchrec_onerec.data.samples import Sample, SampleSet
 from torchrec_onerec.data.semantic_batch import to_semantic_batch
 from torchrec_onerec.models.config import model_size
@@ -121,3 +122,24 @@ def test_concat_joins_arrays_and_sums_counts() -> None:
     a.ties, b.fillers = 2, 3
     joined = PreferencePairs.concat([a, b])
     assert (joined.ties, joined.fillers, len(joined), joined.chosen_codes.shape) == (2, 3, 0, (0, 2, 3))
+
+
+def test_sampled_candidates_follow_the_beams_and_are_seeded() -> None:
+    samples = random_samples(6, 12, max_history=4, session_items=2, seed=3)
+    model = _model()
+
+    def candidates(sampled: int, seed: int):
+        return list(scored_candidates(model, samples, lambda users, s: s[:, :, 0].astype(float), codes=CODES,
+                                      prefix_index=INDEX, num_candidates=6, batch_size=3, sampled=sampled, seed=seed))
+
+    mixed, again, other = candidates(4, 0), candidates(4, 0), candidates(4, 1)
+    for mix, same in zip(mixed, again):
+        assert mix.items.shape == (3, 6, 2)
+        beams = constrained_beam_search(model, mix.batch, prefix_index=INDEX, beam_size=2, num_return=2)
+        assert (mix.items[:, :2] == beams.items.numpy()).all()  # a beam search of N - S = 2 leads
+        assert (mix.items >= 0).all() and (mix.items[..., 0] != mix.items[..., 1]).all()
+        assert np.array_equal(same.items, mix.items)
+        torch.testing.assert_close(model.log_prob(mix.batch, mix.codes), mix.log_probs)
+    assert not all(np.array_equal(a.items, b.items) for a, b in zip(mixed, other))
+    with pytest.raises(ValueError, match="align.sampled_candidates"):
+        candidates(7, 0)

@@ -1,5 +1,5 @@
 """The alignment train step: session log-probs from the one forward equal ``OneRecModel.log_prob``, and the loss is
-L_NTP over the NTP rows only plus lambda * L_DPO over the pairs (plus the MoE balance term)."""
+L_NTP over the NTP rows only plus lambda * L_DPO over the pairs plus mu * L_chosen (plus the MoE balance term)."""
 
 from __future__ import annotations
 
@@ -94,3 +94,36 @@ def test_dpo_gradient_raises_the_chosen_session() -> None:
     after = _policy_log_probs(model)
     margin_before = policy[:, 0] - policy[:, 1]
     assert ((after[:, 0] - after[:, 1]).numpy() > margin_before).all()
+
+
+def test_chosen_nll_adds_mu_times_the_chosen_rows_cross_entropy() -> None:
+    model = _model()
+    policy = _policy_log_probs(model).numpy()
+    batch = preference_batch(SAMPLES, np.arange(6), _pairs(policy[:, 0], policy[:, 1]), np.arange(2), TRANSFORM)
+    plain_loss, plain = PreferenceTrainStep(model, beta=0.5, dpo_weight=1.0)(batch)
+    loss, metrics = PreferenceTrainStep(model, beta=0.5, dpo_weight=1.0, chosen_nll_weight=2.0)(batch)
+    # the chosen rows' mean cross-entropy per code, from the teacher-forced log-probabilities of those sessions
+    codes_per_session = CHOSEN.shape[1] * CODES.shape[1]  # M items x L' codes, none padded
+    expected = -float(policy[:, 0].sum()) / (len(policy) * codes_per_session)
+    assert float(metrics.chosen_nll) == pytest.approx(expected, abs=1e-5)
+    assert float(plain.chosen_nll) == pytest.approx(expected, abs=1e-5)
+    assert float(loss.detach()) == pytest.approx(float(plain_loss.detach()) + 2.0 * expected, abs=1e-5)
+
+
+def test_chosen_nll_raises_the_chosen_session_itself() -> None:
+    model = _model()
+    policy = _policy_log_probs(model)
+    step = PreferenceTrainStep(model, beta=1.0, dpo_weight=0.0, chosen_nll_weight=1.0)
+    batch = preference_batch(SAMPLES, np.zeros(0), _pairs(policy[:, 0].numpy(), policy[:, 1].numpy()), np.arange(2),
+                             TRANSFORM)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    for _ in range(3):
+        optimizer.zero_grad()
+        step(batch)[0].backward()
+        optimizer.step()
+    assert (_policy_log_probs(model)[:, 0] > policy[:, 0]).all()
+
+
+def test_a_negative_chosen_nll_weight_is_refused() -> None:
+    with pytest.raises(ValueError, match="chosen_nll_weight"):
+        PreferenceTrainStep(_model(), beta=1.0, dpo_weight=1.0, chosen_nll_weight=-1.0)
