@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from torchrec_onerec.errors import ConfigError
 
 REWARD_SOURCES = ("model", "ranker", "mix", "world")
-REJECTED_CHOICES = ("worst", "top")
 
 
 @dataclass
@@ -25,9 +24,6 @@ class AlignConfig:
             often differ in a slot or two, samples spread over what the model deems possible (on-policy
             exploration, as the OneRec technical report's RL samples). 0 (the paper): beam search only.
         sample_temperature: the temperature of those draws (1: the model's own distribution).
-        rejected: which candidate a pair rejects: ``worst`` (the paper: the lowest reward) or ``top`` (the most
-            probable candidate whose reward is below the best's, i.e. the session the model would serve unless
-            that is the best: a hard negative that teaches the order at the top rather than at the bottom).
         beta: DPO temperature beta on the log-probability ratios to the reference.
         dpo_weight: lambda in L = L_NTP + lambda * L_DPO.
         chosen_nll_weight: mu, a third term mu * L_chosen: the mean negative log-likelihood per code of the chosen
@@ -76,7 +72,6 @@ class AlignConfig:
     num_candidates: int = 128
     sampled_candidates: int = 0
     sample_temperature: float = 1.0
-    rejected: str = "worst"
     beta: float = 0.1
     dpo_weight: float = 1.0
     chosen_nll_weight: float = 0.0
@@ -112,9 +107,6 @@ class AlignConfig:
         if self.num_candidates < 2:
             raise ConfigError(f"align.num_candidates={self.num_candidates} must be >= 2: a pair needs a best and "
                               "a worst session")
-        if self.rejected not in REJECTED_CHOICES:
-            raise ConfigError(f"align.rejected={self.rejected!r} must be one of {REJECTED_CHOICES}: 'worst' (the "
-                              "lowest reward) or 'top' (the most probable candidate below the best)")
         if not 0 <= self.sampled_candidates <= self.num_candidates:
             raise ConfigError(f"align.sampled_candidates={self.sampled_candidates} must lie in [0, "
                               f"align.num_candidates={self.num_candidates}]")

@@ -383,7 +383,7 @@ class _Alignment:
                                        num_candidates=align.num_candidates, batch_size=align.generation_batch_size,
                                        exclude_history=align.exclude_history, device=ctx.device,
                                        progress=self.progress and ctx.is_rank0, sampled=align.sampled_candidates,
-                                       temperature=align.sample_temperature, rejected=align.rejected,
+                                       temperature=align.sample_temperature,
                                        seed=int(np.random.SeedSequence([self.seed, iteration, ctx.rank]
                                                                        ).generate_state(1)[0]))
         pairs = gather_pairs(local, ctx)

@@ -29,7 +29,6 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from torchrec_onerec.alignment.config import REJECTED_CHOICES
 from torchrec_onerec.data.batch import make_dataloader
 from torchrec_onerec.data.config import LoaderConfig
 from torchrec_onerec.data.samples import PAD_ITEM, SampleSet
@@ -190,16 +189,12 @@ class PairSelection(NamedTuple):
     fillers: int
 
 
-def select_pairs(rewards: np.ndarray, real: np.ndarray, rejected: str = "worst") -> PairSelection:
-    """Best real candidate of every user against a worse one; users with all-equal rewards or < 2 real ones are
-    skipped.
+def select_pairs(rewards: np.ndarray, real: np.ndarray) -> PairSelection:
+    """Best and worst real candidate of every user; users with all-equal rewards or < 2 real ones are skipped.
 
     Args:
         rewards (np.ndarray): [U, N] float rewards (ignored where ``real`` is False).
         real (np.ndarray): [U, N] bool, False at filler sessions.
-        rejected (str): which worse candidate is rejected: ``worst`` (the paper: the lowest reward) or ``top``
-            (the first candidate whose reward is below the best's: with beams best first, the session the
-            model would serve when it is not the best, or the runner-up when it is; a hard negative).
 
     Returns:
         PairSelection: the P pairs and the skipped counts.
@@ -210,21 +205,14 @@ def select_pairs(rewards: np.ndarray, real: np.ndarray, rejected: str = "worst")
         >>> s = select_pairs(rewards, real)
         >>> s.users.tolist(), s.chosen.tolist(), s.rejected.tolist(), s.ties, s.fillers
         ([0], [1], [2], 1, 1)
-        >>> select_pairs(rewards, real, rejected="top").rejected.tolist()  # candidate 0 is below the best
-        [0]
     """
     rewards = np.asarray(rewards, dtype=np.float64)
     real = np.asarray(real, dtype=bool)
     if rewards.shape != real.shape or rewards.ndim != 2:
         raise ValueError(f"rewards {rewards.shape} and real {real.shape} must both be [U, N]")
-    if rejected not in REJECTED_CHOICES:
-        raise ValueError(f"rejected={rejected!r} must be one of {REJECTED_CHOICES} (align.rejected)")
     best = np.where(real, rewards, -np.inf).argmax(axis=1)
+    worst = np.where(real, rewards, np.inf).argmin(axis=1)
     rows = np.arange(len(rewards))
-    if rejected == "worst":
-        worst = np.where(real, rewards, np.inf).argmin(axis=1)
-    else:  # the first real candidate below the best (argmax of a boolean is its first True; none: the best itself)
-        worst = (real & (rewards < rewards[rows, best][:, None])).argmax(axis=1)
     enough = real.sum(axis=1) >= 2
     differ = rewards[rows, best] > rewards[rows, worst]
     keep = enough & differ
@@ -294,11 +282,10 @@ class PreferencePairs:
                 "chosen_reward": mean(self.chosen_reward), "rejected_reward": mean(self.rejected_reward)}
 
 
-def _batch_pairs(model: OneRecModel, cand: CandidateBatch, sample_rows: np.ndarray, rejected: str
-                 ) -> PreferencePairs:
+def _batch_pairs(model: OneRecModel, cand: CandidateBatch, sample_rows: np.ndarray) -> PreferencePairs:
     """The pairs of one candidate batch whose U users are the training rows ``sample_rows`` [U]."""
     real = cand.real
-    pick = select_pairs(cand.rewards, real, rejected)
+    pick = select_pairs(cand.rewards, real)
     users = torch.as_tensor(pick.users, device=cand.codes.device)
     both = torch.stack([cand.codes[users, torch.as_tensor(pick.chosen, device=users.device)],
                         cand.codes[users, torch.as_tensor(pick.rejected, device=users.device)]], dim=1)  # (P, 2, M, L')
@@ -324,7 +311,7 @@ def build_preference_pairs(model: OneRecModel, samples: SampleSet, rows: np.ndar
                            codes: torch.Tensor, prefix_index: PrefixIndex, num_candidates: int, batch_size: int,
                            exclude_history: bool = False, device: Optional[torch.device] = None,
                            progress: bool = False, sampled: int = 0, temperature: float = 1.0,
-                           seed: int = 0, rejected: str = "worst") -> PreferencePairs:
+                           seed: int = 0) -> PreferencePairs:
     """Candidates for ``samples[rows]`` from ``model`` (= the reference M_t), scored, reduced to best/worst pairs.
 
     Args:
@@ -342,7 +329,6 @@ def build_preference_pairs(model: OneRecModel, samples: SampleSet, rows: np.ndar
         sampled (int): candidates drawn by sampling instead of beam search (``scored_candidates``).
         temperature (float): their sampling temperature.
         seed (int): seeds the draws (with each batch's position).
-        rejected (str): ``worst`` or ``top`` (``select_pairs``).
 
     Returns:
         PreferencePairs: P <= R pairs, in row order.
@@ -380,7 +366,7 @@ def build_preference_pairs(model: OneRecModel, samples: SampleSet, rows: np.ndar
                                           num_candidates=num_candidates, batch_size=batch_size,
                                           exclude_history=exclude_history, device=device, progress=progress,
                                           sampled=sampled, temperature=temperature, seed=seed):
-                parts.append(_batch_pairs(model, cand, rows[cand.rows], rejected))
+                parts.append(_batch_pairs(model, cand, rows[cand.rows]))
     finally:
         model.train(was_training)
     return PreferencePairs.concat(parts) if parts else empty_pairs(M, L)

@@ -143,19 +143,3 @@ def test_sampled_candidates_follow_the_beams_and_are_seeded() -> None:
     assert not all(np.array_equal(a.items, b.items) for a, b in zip(mixed, other))
     with pytest.raises(ValueError, match="align.sampled_candidates"):
         candidates(7, 0)
-
-
-def test_rejected_top_is_the_first_candidate_below_the_best() -> None:
-    rewards = np.array([[1.0, 3.0, 0.5, 2.0],   # the top beam is below the best: it is rejected
-                        [4.0, 4.0, 1.0, 3.0],   # two tie at the best: the first candidate below it
-                        [2.0, 2.0, 2.0, 2.0],   # all tie: no pair
-                        [9.0, 7.0, 8.0, 1.0],   # the top beam is the best: the runner-up in beam order
-                        [5.0, 6.0, 2.0, 1.0]])  # a filler top beam is never rejected
-    real = np.ones_like(rewards, dtype=bool)
-    real[4, 0] = False
-    top = select_pairs(rewards, real, rejected="top")
-    assert top.users.tolist() == [0, 1, 3, 4] and top.ties == 1
-    assert top.chosen.tolist() == [1, 0, 0, 1] and top.rejected.tolist() == [0, 2, 1, 2]
-    assert select_pairs(rewards, real).rejected.tolist() == [2, 2, 3, 3]
-    with pytest.raises(ValueError, match="align.rejected"):
-        select_pairs(rewards, real, rejected="random")
