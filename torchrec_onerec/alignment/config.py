@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from torchrec_onerec.errors import ConfigError
 
 REWARD_SOURCES = ("model", "ranker", "mix", "world")
+OBJECTIVES = ("dpo", "grpo")
 
 
 @dataclass
@@ -24,8 +25,14 @@ class AlignConfig:
             often differ in a slot or two, samples spread over what the model deems possible (on-policy
             exploration, as the OneRec technical report's RL samples). 0 (the paper): beam search only.
         sample_temperature: the temperature of those draws (1: the model's own distribution).
+        objective: ``dpo`` (the paper: the best and the worst candidate of each sampled user form a pair) or
+            ``grpo`` (group-relative policy optimisation: ``group_size`` of the candidates, each with its reward
+            standardised over the user's candidates as its advantage, ``alignment.groups`` and ``.grpo``).
+        group_size: G, even, <= num_candidates: under ``grpo``, the candidates a user's group keeps (the G/2
+            best and the G/2 worst; each adds a training row).
+        grpo_clip: eps of the GRPO ratio clip, in (0, 1).
         beta: DPO temperature beta on the log-probability ratios to the reference.
-        dpo_weight: lambda in L = L_NTP + lambda * L_DPO.
+        dpo_weight: lambda in L = L_NTP + lambda * L_DPO (L_GRPO under ``objective=grpo``).
         chosen_nll_weight: mu, a third term mu * L_chosen: the mean negative log-likelihood per code of the chosen
             sessions (iterative RPO, Pang et al. 2024). DPO alone can widen a pair's margin by lowering the
             rejected session while the chosen one's probability falls too; this term raises the chosen session
@@ -72,6 +79,9 @@ class AlignConfig:
     num_candidates: int = 128
     sampled_candidates: int = 0
     sample_temperature: float = 1.0
+    objective: str = "dpo"
+    group_size: int = 8
+    grpo_clip: float = 0.2
     beta: float = 0.1
     dpo_weight: float = 1.0
     chosen_nll_weight: float = 0.0
@@ -107,6 +117,13 @@ class AlignConfig:
         if self.num_candidates < 2:
             raise ConfigError(f"align.num_candidates={self.num_candidates} must be >= 2: a pair needs a best and "
                               "a worst session")
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"align.objective={self.objective!r} must be one of {OBJECTIVES}")
+        if self.group_size < 2 or self.group_size % 2 or self.group_size > self.num_candidates:
+            raise ConfigError(f"align.group_size={self.group_size} must be even, >= 2 and <= "
+                              f"align.num_candidates={self.num_candidates}")
+        if not 0.0 < self.grpo_clip < 1.0:
+            raise ConfigError(f"align.grpo_clip={self.grpo_clip} must lie in (0, 1)")
         if not 0 <= self.sampled_candidates <= self.num_candidates:
             raise ConfigError(f"align.sampled_candidates={self.sampled_candidates} must lie in [0, "
                               f"align.num_candidates={self.num_candidates}]")

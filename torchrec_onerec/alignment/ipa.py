@@ -47,8 +47,10 @@ import torch
 
 from torchrec_onerec.alignment.config import AlignConfig
 from torchrec_onerec.alignment.dpo import dpo_loss
-from torchrec_onerec.alignment.pairs import (PreferencePairs, RewardFn, build_preference_pairs, gather_pairs,
+from torchrec_onerec.alignment.groups import build_candidate_groups
+from torchrec_onerec.alignment.pairs import (PreferencePairs, RewardFn, build_preference_pairs, gather_preferences,
                                              sample_preference_rows, scored_candidates)
+from torchrec_onerec.alignment.train_step import PreferenceData
 from torchrec_onerec.alignment.trainer import train_iteration
 from torchrec_onerec.data.batch import collate_samples
 from torchrec_onerec.data.samples import SampleSet
@@ -362,8 +364,11 @@ class _Alignment:
             stored["generation"].append(generation)
             self.store.write(stored)
             barrier(self.ctx)
-            LOG.info("align: iteration %d: %d pairs, DPO accuracy %.3f, held-out reward_top %s -> %s",
-                     iteration + 1, record["pairs"], record["dpo_accuracy"],
+            if "pairs" in record:
+                done = f"{record['pairs']} pairs, DPO accuracy {record['dpo_accuracy']:.3f}"
+            else:
+                done = f"{record['groups']} groups, GRPO ratio {record.get('train_grpo_ratio', float('nan')):.3f}"
+            LOG.info("align: iteration %d: %s, held-out reward_top %s -> %s", iteration + 1, done,
                      record.get("heldout_reward_top_before"), record.get("heldout_reward_top_after"))
         model_path = str(self.store.root / stored["model"]) if stored["model"] else ""
         result = AlignResult(stored["completed"], stored["records"], model_path, stored["generation"][0],
@@ -378,23 +383,28 @@ class _Alignment:
         align, ctx = self.align, self.ctx
         reference = self._plain(current)
         rows = sample_preference_rows(len(self.train), align.sample_fraction, seed=self.seed, iteration=iteration)
-        local = build_preference_pairs(reference, self.train, rows[_rank_share(len(rows), ctx)], self.reward_fn,
-                                       codes=self.codes, prefix_index=self.prefix_index,
-                                       num_candidates=align.num_candidates, batch_size=align.generation_batch_size,
-                                       exclude_history=align.exclude_history, device=ctx.device,
-                                       progress=self.progress and ctx.is_rank0, sampled=align.sampled_candidates,
-                                       temperature=align.sample_temperature,
-                                       seed=int(np.random.SeedSequence([self.seed, iteration, ctx.rank]
-                                                                       ).generate_state(1)[0]))
-        pairs = gather_pairs(local, ctx)
-        trained = train_iteration(current, pairs, self.train, model_config=self.model_config,
+        candidates: Dict[str, Any] = dict(
+            codes=self.codes, prefix_index=self.prefix_index, num_candidates=align.num_candidates,
+            batch_size=align.generation_batch_size, exclude_history=align.exclude_history, device=ctx.device,
+            progress=self.progress and ctx.is_rank0, sampled=align.sampled_candidates,
+            temperature=align.sample_temperature,
+            seed=int(np.random.SeedSequence([self.seed, iteration, ctx.rank]).generate_state(1)[0]))
+        mine = rows[_rank_share(len(rows), ctx)]
+        prefs: PreferenceData
+        if align.objective == "grpo":
+            prefs = gather_preferences(build_candidate_groups(reference, self.train, mine, self.reward_fn,
+                                                              group_size=align.group_size, **candidates), ctx)
+        else:
+            prefs = gather_preferences(build_preference_pairs(reference, self.train, mine, self.reward_fn,
+                                                              **candidates), ctx)
+        trained = train_iteration(current, prefs, self.train, model_config=self.model_config,
                                   vocab_sizes=self.vocab_sizes, codes=self.codes, align=align,
                                   train_config=self.train_config, ctx=ctx, seed=self.seed, iteration=iteration,
                                   progress=self.progress)
         policy = self._plain(trained.state)
         after = self._generation(policy, reference)
-        record: Dict[str, Any] = {"iteration": iteration + 1, **pairs.summary(),
-                                  **_prefixed("train_", trained.metrics),
-                                  **pair_stats(policy, pairs, self.train, codes=self.codes, align=align, ctx=ctx),
-                                  **_prefixed("heldout_", before, "_before"), **_prefixed("heldout_", after, "_after")}
+        record: Dict[str, Any] = {"iteration": iteration + 1, **prefs.summary(), **_prefixed("train_", trained.metrics)}
+        if isinstance(prefs, PreferencePairs):
+            record.update(pair_stats(policy, prefs, self.train, codes=self.codes, align=align, ctx=ctx))
+        record.update(**_prefixed("heldout_", before, "_before"), **_prefixed("heldout_", after, "_after"))
         return trained.state, record, after

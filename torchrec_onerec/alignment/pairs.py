@@ -9,7 +9,7 @@ two real sessions came back (the rest are filler, see ``constrained_beam_search`
 the same reward. The pair keeps the reference log-probabilities log M_t(S | H) of both sessions, computed once here
 by the teacher-forced ``OneRecModel.log_prob``, so the reference model never runs inside a training step.
 
-Under torchrun every rank builds the pairs of its share of the sampled rows and ``gather_pairs`` joins them, in
+Under torchrun every rank builds the pairs of its share of the sampled rows and ``gather_preferences`` joins them, in
 rank order, on every rank.
 
 Reward functions: ``RewardFn(samples, sessions) -> rewards`` takes the U samples (users and histories) and their
@@ -22,7 +22,7 @@ Shape legend: U users, N candidates, M session items, L' code levels, P pairs.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -39,7 +39,31 @@ from torchrec_onerec.models.onerec import OneRecModel
 from torchrec_onerec.tokenizer.prefix_index import PrefixIndex
 from torchrec_onerec.train.distributed import DistContext
 
+if TYPE_CHECKING:
+    from torchrec_onerec.alignment.groups import CandidateGroups
+
 RewardFn = Callable[[SampleSet, np.ndarray], np.ndarray]
+PrefsT = TypeVar("PrefsT", "PreferencePairs", "CandidateGroups")
+# roles of the rows of a preference batch (``train_step``): NTP rows, DPO chosen and rejected rows, GRPO rows
+ROLE_NTP, ROLE_CHOSEN, ROLE_REJECTED, ROLE_GROUP = 0, 1, 2, 3
+
+
+class ExtraRows(NamedTuple):
+    """Rows a preference batch adds to its NTP rows (``train_step.preference_batch``).
+
+    Args:
+        sample_rows (np.ndarray): [E] int64 training rows whose user and history each extra row takes.
+        target (np.ndarray): [E, M] int64 the session each row is scored on.
+        role (np.ndarray): [E] int64 role of each row (``ROLE_*``).
+        reference (np.ndarray): [E] float32 log M_t(target | H).
+        advantage (np.ndarray): [E] float32 the row's advantage (GRPO rows; 0 for DPO rows).
+    """
+
+    sample_rows: np.ndarray
+    target: np.ndarray
+    role: np.ndarray
+    reference: np.ndarray
+    advantage: np.ndarray
 
 
 def sample_preference_rows(num_samples: int, fraction: float, *, seed: int, iteration: int) -> np.ndarray:
@@ -269,6 +293,16 @@ class PreferencePairs:
             values[f.name] = sum(items) if f.name in ("ties", "fillers") else np.concatenate(items)
         return cls(**values)
 
+    def extra_rows(self, index: np.ndarray) -> ExtraRows:
+        """The chosen rows of pairs ``index``, then their rejected rows in the same order."""
+        index = np.asarray(index, dtype=np.int64)
+        P = len(index)
+        return ExtraRows(np.concatenate([self.sample_rows[index]] * 2),
+                         np.concatenate([self.chosen[index], self.rejected[index]]),
+                         np.concatenate([np.full(P, ROLE_CHOSEN), np.full(P, ROLE_REJECTED)]).astype(np.int64),
+                         np.concatenate([self.reference_chosen[index], self.reference_rejected[index]]
+                                        ).astype(np.float32), np.zeros(2 * P, dtype=np.float32))
+
     def summary(self) -> Dict[str, float]:
         """Counts and mean rewards for the iteration log (NaN means when there is nothing to average)."""
         def mean(values: np.ndarray) -> float:
@@ -380,16 +414,17 @@ def empty_pairs(session_items: int, num_levels: int) -> PreferencePairs:
                            np.zeros(0, np.float32), np.zeros(0, np.float32), np.zeros(0), np.zeros(0))
 
 
-def gather_pairs(pairs: PreferencePairs, ctx: DistContext) -> PreferencePairs:
-    """Every rank's pairs, in rank order, on every rank (``all_gather_object``; no-op with one process).
+def gather_preferences(prefs: PrefsT, ctx: DistContext) -> PrefsT:
+    """Every rank's pairs (or ``groups.CandidateGroups``), in rank order, on every rank (``all_gather_object``;
+    no-op with one process).
 
     Example:
         >>> ctx = DistContext(0, 1, 0, 1, torch.device("cpu"), "gloo", False)
-        >>> len(gather_pairs(empty_pairs(2, 3), ctx))
+        >>> len(gather_preferences(empty_pairs(2, 3), ctx))
         0
     """
     if ctx.world_size == 1:
-        return pairs
-    parts: List[Optional[PreferencePairs]] = [None] * ctx.world_size
-    dist.all_gather_object(parts, pairs)
-    return PreferencePairs.concat([p for p in parts if p is not None])
+        return prefs
+    parts: List[Optional[PrefsT]] = [None] * ctx.world_size
+    dist.all_gather_object(parts, prefs)
+    return type(prefs).concat([p for p in parts if p is not None])

@@ -10,8 +10,9 @@ constant (``align.learning_rate``, ``align.sparse_learning_rate``) and the optim
 iteration, so an iteration depends only on M_t, its pairs, the seed and the iteration number (what makes
 resuming at an iteration boundary exact). At the end every rank receives the trained plain state dict.
 
-Under torchrun each rank's loss is L_NTP over its own NTP rows plus lambda times L_DPO over its own pairs (0 on a
-rank whose slice holds none), and DDP averages the ranks' gradients, as in ``train.loop``.
+Under torchrun each rank's loss is L_NTP over its own NTP rows plus lambda times L_DPO over its own pairs (or
+L_GRPO over its own candidate groups; 0 on a rank whose slice holds none), and DDP averages the ranks'
+gradients, as in ``train.loop``.
 """
 
 from __future__ import annotations
@@ -30,9 +31,8 @@ from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 from tqdm.auto import tqdm
 
 from torchrec_onerec.alignment.config import AlignConfig
-from torchrec_onerec.alignment.pairs import PreferencePairs
-from torchrec_onerec.alignment.train_step import (AlignStepMetrics, PreferenceBatch, PreferenceTrainStep,
-                                                  preference_batch)
+from torchrec_onerec.alignment.train_step import (AlignStepMetrics, PreferenceBatch, PreferenceData,
+                                                  PreferenceTrainStep, preference_batch)
 from torchrec_onerec.data.samples import SampleSet
 from torchrec_onerec.data.semantic_batch import SemanticIdTransform
 from torchrec_onerec.models.config import OneRecModelConfig
@@ -74,19 +74,19 @@ def load_plain_state(dmp: DistributedModelParallel, state: Dict[str, torch.Tenso
 
 
 class _PreferenceBatches(Dataset[PreferenceBatch]):
-    """Map-style dataset whose index is one rank's rows of a global batch; the rows' pairs come along."""
+    """Map-style dataset whose index is one rank's rows of a global batch; the rows' pairs (or groups) come along."""
 
-    def __init__(self, samples: SampleSet, pairs: PreferencePairs, transform: SemanticIdTransform) -> None:
-        self.samples, self.pairs, self.transform = samples, pairs, transform
-        self.pair_of_row = np.full(len(samples), -1, dtype=np.int64)
-        self.pair_of_row[pairs.sample_rows] = np.arange(len(pairs))
+    def __init__(self, samples: SampleSet, prefs: PreferenceData, transform: SemanticIdTransform) -> None:
+        self.samples, self.prefs, self.transform = samples, prefs, transform
+        self.pref_of_row = np.full(len(samples), -1, dtype=np.int64)
+        self.pref_of_row[prefs.sample_rows] = np.arange(len(prefs))
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, rows: np.ndarray) -> PreferenceBatch:
-        index = self.pair_of_row[rows]
-        return preference_batch(self.samples, rows, self.pairs, index[index >= 0], self.transform)
+        index = self.pref_of_row[rows]
+        return preference_batch(self.samples, rows, self.prefs, index[index >= 0], self.transform)
 
 
 def _as_batch(batch: PreferenceBatch) -> PreferenceBatch:
@@ -101,7 +101,8 @@ class IterationTraining:
         state (Dict[str, torch.Tensor]): the trained plain ``OneRecModel`` state dict (CPU), on every rank.
         metrics (Dict[str, float]): over all steps and ranks: ``steps``, ``loss``, ``ntp_loss``, ``aux_loss``
             (means over steps), ``dpo_loss``, ``dpo_accuracy``, ``reward_margin``, ``chosen_nll`` (means over pair
-            occurrences in training batches; NaN without pairs), ``seconds`` (wall time in steps).
+            occurrences in training batches; NaN without pairs), ``grpo_loss``, ``grpo_ratio``, ``grpo_clipped``
+            (means over GRPO rows; only when there were some), ``seconds`` (wall time in steps).
     """
 
     state: Dict[str, torch.Tensor]
@@ -109,28 +110,35 @@ class IterationTraining:
 
 
 class _StepSums:
-    """This rank's sums of step metrics (DPO numbers weighted by the batch's pairs)."""
+    """This rank's sums of step metrics (DPO numbers weighted by the batch's pairs, GRPO's by its GRPO rows)."""
 
     def __init__(self) -> None:
-        # steps, loss, ntp, aux, pairs, pairs * (dpo, accuracy, margin, chosen nll)
-        self.values = [0.0] * 9
+        # steps, loss, ntp, aux, pairs, pairs * (dpo, accuracy, margin, chosen nll), group rows,
+        # group rows * (grpo, ratio, clipped)
+        self.values = [0.0] * 13
 
     def add(self, m: AlignStepMetrics) -> None:
-        pairs = float(m.pairs)
+        pairs, rows = float(m.pairs), float(m.group_rows)
         for index, value in enumerate((1.0, float(m.loss), float(m.ntp_loss), float(m.aux_loss), pairs,
                                        pairs * float(m.dpo_loss), pairs * float(m.dpo_accuracy),
-                                       pairs * float(m.reward_margin), pairs * float(m.chosen_nll))):
+                                       pairs * float(m.reward_margin), pairs * float(m.chosen_nll), rows,
+                                       rows * float(m.grpo_loss), rows * float(m.grpo_ratio),
+                                       rows * float(m.grpo_clipped))):
             self.values[index] += value
 
     def result(self, ctx: DistContext, seconds: float) -> Dict[str, float]:
-        steps, loss, ntp, aux, pairs, dpo, accuracy, margin, chosen = all_reduce_sum(self.values, ctx)
+        (steps, loss, ntp, aux, pairs, dpo, accuracy, margin, chosen, rows, grpo, ratio,
+         clipped) = all_reduce_sum(self.values, ctx)
         per_step, per_pair = max(steps, 1.0), (pairs if pairs else float("nan"))
-        return {"steps": int(steps) // ctx.world_size, "loss": loss / per_step, "ntp_loss": ntp / per_step,
-                "aux_loss": aux / per_step, "dpo_loss": dpo / per_pair, "dpo_accuracy": accuracy / per_pair,
-                "reward_margin": margin / per_pair, "chosen_nll": chosen / per_pair, "seconds": seconds}
+        result = {"steps": int(steps) // ctx.world_size, "loss": loss / per_step, "ntp_loss": ntp / per_step,
+                  "aux_loss": aux / per_step, "dpo_loss": dpo / per_pair, "dpo_accuracy": accuracy / per_pair,
+                  "reward_margin": margin / per_pair, "chosen_nll": chosen / per_pair, "seconds": seconds}
+        if rows:
+            result.update(grpo_loss=grpo / rows, grpo_ratio=ratio / rows, grpo_clipped=clipped / rows)
+        return result
 
 
-def train_iteration(state: Dict[str, torch.Tensor], pairs: PreferencePairs, samples: SampleSet, *,
+def train_iteration(state: Dict[str, torch.Tensor], prefs: PreferenceData, samples: SampleSet, *,
                     model_config: OneRecModelConfig, vocab_sizes: List[int], codes: torch.Tensor,
                     align: AlignConfig, train_config: TrainConfig, ctx: DistContext, seed: int, iteration: int,
                     progress: bool = False) -> IterationTraining:
@@ -138,7 +146,7 @@ def train_iteration(state: Dict[str, torch.Tensor], pairs: PreferencePairs, samp
 
     Args:
         state (Dict[str, torch.Tensor]): the plain state dict of the reference M_t (the policy's start).
-        pairs (PreferencePairs): the iteration's pairs (all ranks' pairs, ``gather_pairs``).
+        prefs (PreferenceData): the iteration's pairs or candidate groups (all ranks', ``gather_preferences``).
         samples (SampleSet): the training samples (every sample gives L_NTP).
         model_config (OneRecModelConfig): the model's config.
         vocab_sizes (List[int]): K_l of each code level.
@@ -164,12 +172,12 @@ def train_iteration(state: Dict[str, torch.Tensor], pairs: PreferencePairs, samp
         model_config = replace(model_config, dropout=0.0)
     module = PreferenceTrainStep(OneRecModel(model_config, vocab_sizes, device=torch.device("meta")),
                                  beta=align.beta, dpo_weight=align.dpo_weight,
-                                 chosen_nll_weight=align.chosen_nll_weight)
+                                 chosen_nll_weight=align.chosen_nll_weight, grpo_clip=align.grpo_clip)
     config = replace(train_config, learning_rate=align.learning_rate, sparse_learning_rate=align.sparse_learning_rate)
     training = shard_for_training(module, config, ctx, seed=seed)
     load_plain_state(training.dmp, state)
     seed_everything(rank_seed(seed, ctx.rank, iteration))  # dropout streams: a function of (seed, rank, iteration)
-    dataset = _PreferenceBatches(samples, pairs, SemanticIdTransform(codes, max_history=model_config.max_history))
+    dataset = _PreferenceBatches(samples, prefs, SemanticIdTransform(codes, max_history=model_config.max_history))
     pipeline = TrainPipelineSparseDist(training.dmp, training.optimizer, device=ctx.device, execute_all_batches=True)
     sums, seconds = _StepSums(), 0.0
     bar = tqdm(total=steps * align.epochs, desc=f"align iteration {iteration + 1}", unit="step",
