@@ -4,9 +4,10 @@ Iteration t (t = 0 .. ``align.iterations`` - 1), with M_t the current plain mode
 
 1. draw r_DPO of the training samples (``pairs.sample_preference_rows``; each rank takes its share), write N
    candidates per sample with M_t (beam search; ``align.sampled_candidates`` of them sampled), score them with
-   the reward function, keep (best, worst) and M_t's log-probabilities of both (``pairs.build_preference_pairs``),
-   and gather every rank's pairs;
-2. train the policy from M_t with L_NTP + lambda * L_DPO (+ mu * L_chosen) on TorchRec
+   the reward function, keep (best, worst) and M_t's log-probabilities of both (``pairs.build_preference_pairs``;
+   under ``align.objective=grpo``, a group of candidates with standardised rewards as advantages,
+   ``groups.build_candidate_groups``), and gather every rank's pairs (or groups);
+2. train the policy from M_t with L_NTP + lambda * L_DPO (or L_GRPO, ``grpo``; + mu * L_chosen) on TorchRec
    (``trainer.train_iteration``);
 3. measure: DPO loss, accuracy (chosen implicit reward above rejected), mean implicit reward margin and the
    log-ratios log M_{t+1} - log M_t of the pairs' sessions under the trained policy (eval mode); on a fixed set
