@@ -19,13 +19,14 @@ levels.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence
+from dataclasses import dataclass
+from typing import Dict, List, NamedTuple, Optional
 
 import numpy as np
 import torch
 
-from torchrec_onerec.alignment.pairs import ROLE_GROUP, CandidateBatch, ExtraRows, RewardFn, scored_candidates
+from torchrec_onerec.alignment.pairs import (ROLE_GROUP, CandidateBatch, ExtraRows, RewardFn, ScoredUsers, finite_mean,
+                                             scored_candidates)
 from torchrec_onerec.data.samples import SampleSet
 from torchrec_onerec.models.onerec import OneRecModel
 from torchrec_onerec.tokenizer.prefix_index import PrefixIndex
@@ -96,7 +97,7 @@ def select_groups(rewards: np.ndarray, real: np.ndarray, group_size: int) -> Gro
 
 
 @dataclass
-class CandidateGroups:
+class CandidateGroups(ScoredUsers):
     """Kept candidates of sampled training samples with their advantages and reference log-probs.
 
     Args:
@@ -123,20 +124,6 @@ class CandidateGroups:
     ties: int = 0
     fillers: int = 0
 
-    def __len__(self) -> int:
-        return len(self.sample_rows)
-
-    @classmethod
-    def concat(cls, parts: Sequence["CandidateGroups"]) -> "CandidateGroups":
-        """The groups of ``parts`` one after the other (arrays concatenated, counts summed)."""
-        if not parts:
-            raise ValueError("concat needs at least one CandidateGroups")
-        values: Dict[str, Any] = {}
-        for f in fields(cls):
-            items = [getattr(p, f.name) for p in parts]
-            values[f.name] = sum(items) if f.name in ("ties", "fillers") else np.concatenate(items)
-        return cls(**values)
-
     def extra_rows(self, index: np.ndarray) -> ExtraRows:
         """The G rows of each group in ``index`` (group by group)."""
         index = np.asarray(index, dtype=np.int64)
@@ -148,17 +135,9 @@ class CandidateGroups:
 
     def summary(self) -> Dict[str, float]:
         """Counts and mean rewards for the iteration log (NaN means when there is nothing to average)."""
-        def mean(values: np.ndarray) -> float:
-            finite = values[np.isfinite(values)]
-            return float(finite.mean()) if len(finite) else float("nan")
-
-        G = self.items.shape[1]
-        return {"sampled_users": int(len(self.candidate_reward_mean)), "groups": len(self),
-                "skipped_ties": self.ties, "skipped_fillers": self.fillers,
-                "candidate_reward_mean": mean(self.candidate_reward_mean),
-                "candidate_reward_max": mean(self.candidate_reward_max),
-                "top_half_reward": mean(self.rewards[:, :G // 2].reshape(-1)),
-                "bottom_half_reward": mean(self.rewards[:, G // 2:].reshape(-1))}
+        half = self.items.shape[1] // 2
+        return {**self._counts("groups"), "top_half_reward": finite_mean(self.rewards[:, :half].reshape(-1)),
+                "bottom_half_reward": finite_mean(self.rewards[:, half:].reshape(-1))}
 
 
 def empty_groups(group_size: int, session_items: int, num_levels: int) -> CandidateGroups:

@@ -22,7 +22,7 @@ Shape legend: U users, N candidates, M session items, L' code levels, P pairs.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Type, TypeVar
 
 import numpy as np
 import torch
@@ -244,8 +244,47 @@ def select_pairs(rewards: np.ndarray, real: np.ndarray) -> PairSelection:
                          worst[keep].astype(np.int64), int((enough & ~differ).sum()), int((~enough).sum()))
 
 
+ScoredT = TypeVar("ScoredT", bound="ScoredUsers")
+
+
+def finite_mean(values: np.ndarray) -> float:
+    """Mean of the finite entries (NaN when there are none)."""
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if len(finite) else float("nan")
+
+
+class ScoredUsers:
+    """What pairs and groups share: per-item arrays plus the counts ``ties`` and ``fillers`` (dataclass fields)."""
+
+    sample_rows: np.ndarray
+    candidate_reward_mean: np.ndarray
+    candidate_reward_max: np.ndarray
+    ties: int
+    fillers: int
+
+    def __len__(self) -> int:
+        return len(self.sample_rows)
+
+    @classmethod
+    def concat(cls: Type[ScoredT], parts: Sequence[ScoredT]) -> ScoredT:
+        """The items of ``parts`` one after the other (arrays concatenated, counts summed)."""
+        if not parts:
+            raise ValueError(f"concat needs at least one {cls.__name__}")
+        values: Dict[str, Any] = {}
+        for f in fields(cls):  # type: ignore[arg-type]
+            items = [getattr(p, f.name) for p in parts]
+            values[f.name] = sum(items) if f.name in ("ties", "fillers") else np.concatenate(items)
+        return cls(**values)
+
+    def _counts(self, kept: str) -> Dict[str, float]:
+        return {"sampled_users": int(len(self.candidate_reward_mean)), kept: len(self),
+                "skipped_ties": self.ties, "skipped_fillers": self.fillers,
+                "candidate_reward_mean": finite_mean(self.candidate_reward_mean),
+                "candidate_reward_max": finite_mean(self.candidate_reward_max)}
+
+
 @dataclass
-class PreferencePairs:
+class PreferencePairs(ScoredUsers):
     """Chosen and rejected sessions of sampled training samples, with their rewards and reference log-probs.
 
     Args:
@@ -279,20 +318,6 @@ class PreferencePairs:
     ties: int = 0
     fillers: int = 0
 
-    def __len__(self) -> int:
-        return len(self.sample_rows)
-
-    @classmethod
-    def concat(cls, parts: Sequence["PreferencePairs"]) -> "PreferencePairs":
-        """The pairs of ``parts`` one after the other (arrays concatenated, counts summed)."""
-        if not parts:
-            raise ValueError("concat needs at least one PreferencePairs")
-        values: Dict[str, Any] = {}
-        for f in fields(cls):
-            items = [getattr(p, f.name) for p in parts]
-            values[f.name] = sum(items) if f.name in ("ties", "fillers") else np.concatenate(items)
-        return cls(**values)
-
     def extra_rows(self, index: np.ndarray) -> ExtraRows:
         """The chosen rows of pairs ``index``, then their rejected rows in the same order."""
         index = np.asarray(index, dtype=np.int64)
@@ -305,15 +330,8 @@ class PreferencePairs:
 
     def summary(self) -> Dict[str, float]:
         """Counts and mean rewards for the iteration log (NaN means when there is nothing to average)."""
-        def mean(values: np.ndarray) -> float:
-            finite = values[np.isfinite(values)]
-            return float(finite.mean()) if len(finite) else float("nan")
-
-        return {"sampled_users": int(len(self.candidate_reward_mean)), "pairs": len(self),
-                "skipped_ties": self.ties, "skipped_fillers": self.fillers,
-                "candidate_reward_mean": mean(self.candidate_reward_mean),
-                "candidate_reward_max": mean(self.candidate_reward_max),
-                "chosen_reward": mean(self.chosen_reward), "rejected_reward": mean(self.rejected_reward)}
+        return {**self._counts("pairs"), "chosen_reward": finite_mean(self.chosen_reward),
+                "rejected_reward": finite_mean(self.rejected_reward)}
 
 
 def _batch_pairs(model: OneRecModel, cand: CandidateBatch, sample_rows: np.ndarray) -> PreferencePairs:

@@ -4,6 +4,8 @@ towards the above-average sessions where the policy equals the reference, and th
 
 from __future__ import annotations
 
+from typing import Tuple
+
 import numpy as np
 import pytest
 import torch
@@ -22,6 +24,16 @@ from torchrec_onerec.train.testing import random_samples
 
 CODES, SIZES = random_codes(15, [3, 3], seed=0)
 SAMPLES = random_samples(6, 15, max_history=5, session_items=2, seed=0, full_sessions=False)
+
+
+def _model_and_groups() -> Tuple[OneRecModel, CandidateGroups]:
+    """A tiny model and the groups of 4 of its 6 candidates for training rows 1 and 4 (reward: sum of item ids)."""
+    torch.manual_seed(0)
+    model = OneRecModel(model_size("tiny"), SIZES).eval()
+    groups = build_candidate_groups(model, SAMPLES, np.array([1, 4]), lambda users, s: s.sum(axis=2).astype(float),
+                                    codes=CODES, prefix_index=PrefixIndex(CODES, vocab_sizes=SIZES), num_candidates=6,
+                                    group_size=4, batch_size=2)
+    return model, groups
 
 
 def test_groups_keep_the_extremes_with_advantages_over_every_real_candidate() -> None:
@@ -44,11 +56,7 @@ def test_groups_keep_the_extremes_with_advantages_over_every_real_candidate() ->
 
 
 def test_groups_come_back_as_training_rows_with_their_advantages() -> None:
-    torch.manual_seed(0)
-    model = OneRecModel(model_size("tiny"), SIZES).eval()
-    groups = build_candidate_groups(model, SAMPLES, np.array([1, 4]), lambda users, s: s.sum(axis=2).astype(float),
-                                    codes=CODES, prefix_index=PrefixIndex(CODES, vocab_sizes=SIZES), num_candidates=6,
-                                    group_size=4, batch_size=2)
+    model, groups = _model_and_groups()
     assert groups.sample_rows.tolist() == [1, 4] and groups.items.shape == (2, 4, 2)
     assert (groups.advantages[:, :2] > 0).all() and (groups.advantages[:, 2:] < 0).all()
     # the reference log-probabilities are the model's own log-probabilities of the kept sessions
@@ -80,11 +88,7 @@ def test_grpo_loss_pushes_by_the_advantage_until_the_clip() -> None:
 
 
 def test_the_train_step_raises_the_sessions_above_the_mean() -> None:
-    torch.manual_seed(0)
-    model = OneRecModel(model_size("tiny"), SIZES).eval()
-    groups = build_candidate_groups(model, SAMPLES, np.array([1, 4]), lambda users, s: s.sum(axis=2).astype(float),
-                                    codes=CODES, prefix_index=PrefixIndex(CODES, vocab_sizes=SIZES), num_candidates=6,
-                                    group_size=4, batch_size=2)
+    model, groups = _model_and_groups()
     step = PreferenceTrainStep(model, beta=0.1, dpo_weight=1.0)
     batch = preference_batch(SAMPLES, np.zeros(0), groups, np.arange(2), SemanticIdTransform(CODES))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
