@@ -31,7 +31,7 @@ Shape legend: B rows, M session items, L' code levels, K codebook size.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import NamedTuple, Protocol, Tuple
+from typing import Dict, NamedTuple, Protocol, Tuple
 
 import numpy as np
 import torch
@@ -75,6 +75,8 @@ class PreferenceData(Protocol):
     def __len__(self) -> int: ...
 
     def extra_rows(self, index: np.ndarray) -> ExtraRows: ...
+
+    def summary(self) -> Dict[str, float]: ...
 
 
 def preference_batch(samples: SampleSet, rows: np.ndarray, prefs: PreferenceData, index: np.ndarray,

@@ -122,7 +122,7 @@ def constrained_beam_search(
     try:
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             return decode_sessions(model, batch, prefix_index, steps, beam_size, num_return, M, use_cache,
-                           compact=compact and constrained and not processors, select=BeamSelect())
+                                   compact=compact and constrained and not processors, select=BeamSelect())
     finally:
         model.train(was_training)
 
@@ -180,8 +180,8 @@ class BeamSelect:
 
 
 def decode_sessions(model: OneRecModel, batch: SemanticIdBatch, prefix_index: PrefixIndex,
-            processors: List[LogitsProcessor], N: int, num_return: int, M: int, use_cache: bool,
-            compact: bool, select: Select) -> BeamSearchOutput:
+                    processors: List[LogitsProcessor], N: int, num_return: int, M: int, use_cache: bool,
+                    compact: bool, select: Select) -> BeamSearchOutput:
     """The decoding loop of ``constrained_beam_search`` and ``constrained_sample`` (arguments already checked):
     ``select`` (``BeamSelect`` or ``sampling.SampleSelect``) decides which extensions survive each step."""
     embedding, decoder, L = model.embedding, model.decoder, model.num_levels
