@@ -20,13 +20,13 @@ levels.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, NamedTuple, Optional
+from typing import Dict, NamedTuple, Optional
 
 import numpy as np
 import torch
 
 from torchrec_onerec.alignment.pairs import (ROLE_GROUP, CandidateBatch, ExtraRows, RewardFn, ScoredUsers, finite_mean,
-                                             scored_candidates)
+                                             reduce_candidates)
 from torchrec_onerec.data.samples import SampleSet
 from torchrec_onerec.models.onerec import OneRecModel
 from torchrec_onerec.tokenizer.prefix_index import PrefixIndex
@@ -155,8 +155,7 @@ def _batch_groups(cand: CandidateBatch, sample_rows: np.ndarray, group_size: int
     users = pick.users
     members = torch.as_tensor(pick.members, device=cand.codes.device)
     user_index = torch.as_tensor(users, device=cand.codes.device).unsqueeze(1)
-    any_real = real.any(axis=1)
-    totals = np.where(real, cand.rewards, 0.0).sum(axis=1)
+    reward_mean, reward_max = cand.reward_stats()
     return CandidateGroups(
         sample_rows=sample_rows[users],
         items=np.take_along_axis(cand.items[users], pick.members[:, :, None], axis=1),
@@ -164,9 +163,7 @@ def _batch_groups(cand: CandidateBatch, sample_rows: np.ndarray, group_size: int
         rewards=np.take_along_axis(cand.rewards[users], pick.members, axis=1),
         advantages=pick.advantages,
         reference=cand.log_probs[user_index, members].float().cpu().numpy(),
-        candidate_reward_mean=np.where(any_real, totals / np.maximum(real.sum(axis=1), 1), np.nan),
-        candidate_reward_max=np.where(any_real, np.where(real, cand.rewards, -np.inf).max(axis=1), np.nan),
-        ties=pick.ties, fillers=pick.fillers)
+        candidate_reward_mean=reward_mean, candidate_reward_max=reward_max, ties=pick.ties, fillers=pick.fillers)
 
 
 def build_candidate_groups(model: OneRecModel, samples: SampleSet, rows: np.ndarray, reward_fn: RewardFn, *,
@@ -211,19 +208,11 @@ def build_candidate_groups(model: OneRecModel, samples: SampleSet, rows: np.ndar
         >>> groups.items.shape, bool((groups.rewards[:, :2] >= groups.rewards[:, 2:]).all())
         ((2, 4, 2), True)
     """
-    rows = np.asarray(rows, dtype=np.int64)
-    parts: List[CandidateGroups] = []
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for cand in scored_candidates(model, samples.subset(rows), reward_fn, codes=codes,
-                                          prefix_index=prefix_index, num_candidates=num_candidates,
-                                          batch_size=batch_size, exclude_history=exclude_history, device=device,
-                                          progress=progress, sampled=sampled, temperature=temperature, seed=seed):
-                parts.append(_batch_groups(cand, rows[cand.rows], group_size))
-    finally:
-        model.train(was_training)
+    parts = reduce_candidates(model, samples, rows, reward_fn,
+                              lambda cand, users: _batch_groups(cand, users, group_size), codes=codes,
+                              prefix_index=prefix_index, num_candidates=num_candidates, batch_size=batch_size,
+                              exclude_history=exclude_history, device=device, progress=progress, sampled=sampled,
+                              temperature=temperature, seed=seed)
     if parts:
         return CandidateGroups.concat(parts)
     return empty_groups(group_size, samples.session_items, int(codes.shape[1]))

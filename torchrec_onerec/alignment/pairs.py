@@ -22,7 +22,8 @@ Shape legend: U users, N candidates, M session items, L' code levels, P pairs.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Type, TypeVar
+from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Type,
+                    TypeVar)
 
 import numpy as np
 import torch
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
 
 RewardFn = Callable[[SampleSet, np.ndarray], np.ndarray]
 PrefsT = TypeVar("PrefsT", "PreferencePairs", "CandidateGroups")
+ReducedT = TypeVar("ReducedT")
 # roles of the rows of a preference batch (``train_step``): NTP rows, DPO chosen and rejected rows, GRPO rows
 ROLE_NTP, ROLE_CHOSEN, ROLE_REJECTED, ROLE_GROUP = 0, 1, 2, 3
 
@@ -113,6 +115,14 @@ class CandidateBatch(NamedTuple):
     def real(self) -> np.ndarray:
         """[U, N] bool, True at real (non-filler) sessions."""
         return np.isfinite(self.log_probs.cpu().numpy())
+
+    def reward_stats(self) -> Tuple[np.ndarray, np.ndarray]:
+        """[U] mean and [U] best reward of each user's real candidates (NaN for a user with none)."""
+        real = self.real
+        any_real = real.any(axis=1)
+        totals = np.where(real, self.rewards, 0.0).sum(axis=1)
+        return (np.where(any_real, totals / np.maximum(real.sum(axis=1), 1), np.nan),
+                np.where(any_real, np.where(real, self.rewards, -np.inf).max(axis=1), np.nan))
 
 
 def _check_rewards(rewards: np.ndarray, shape: Sequence[int], real: np.ndarray) -> np.ndarray:
@@ -346,17 +356,31 @@ def _batch_pairs(model: OneRecModel, cand: CandidateBatch, sample_rows: np.ndarr
         sessions = torch.zeros((len(real),) + tuple(both.shape[1:]), dtype=torch.long, device=users.device)
         sessions[users] = both  # users without a pair score a dummy session, dropped below
         reference = model.log_prob(cand.batch, sessions)[users].float().cpu()
-    any_real = real.any(axis=1)
-    totals = np.where(real, cand.rewards, 0.0).sum(axis=1)
+    reward_mean, reward_max = cand.reward_stats()
     return PreferencePairs(
         sample_rows=sample_rows[pick.users],
         chosen=cand.items[pick.users, pick.chosen], rejected=cand.items[pick.users, pick.rejected],
         chosen_codes=both[:, 0].cpu().numpy(), rejected_codes=both[:, 1].cpu().numpy(),
         chosen_reward=cand.rewards[pick.users, pick.chosen], rejected_reward=cand.rewards[pick.users, pick.rejected],
         reference_chosen=reference[:, 0].numpy(), reference_rejected=reference[:, 1].numpy(),
-        candidate_reward_mean=np.where(any_real, totals / np.maximum(real.sum(axis=1), 1), np.nan),
-        candidate_reward_max=np.where(any_real, np.where(real, cand.rewards, -np.inf).max(axis=1), np.nan),
-        ties=pick.ties, fillers=pick.fillers)
+        candidate_reward_mean=reward_mean, candidate_reward_max=reward_max, ties=pick.ties, fillers=pick.fillers)
+
+
+def reduce_candidates(model: OneRecModel, samples: SampleSet, rows: np.ndarray, reward_fn: RewardFn,
+                      reduce: Callable[[CandidateBatch, np.ndarray], ReducedT], **candidates: Any) -> List[ReducedT]:
+    """``reduce(batch, its training rows)`` over the scored candidates of ``samples[rows]`` (the model in eval mode,
+    without gradients, restored after); ``candidates`` are ``scored_candidates``'s keyword arguments."""
+    rows = np.asarray(rows, dtype=np.int64)
+    parts: List[ReducedT] = []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for cand in scored_candidates(model, samples.subset(rows), reward_fn, **candidates):
+                parts.append(reduce(cand, rows[cand.rows]))
+    finally:
+        model.train(was_training)
+    return parts
 
 
 def build_preference_pairs(model: OneRecModel, samples: SampleSet, rows: np.ndarray, reward_fn: RewardFn, *,
@@ -406,22 +430,11 @@ def build_preference_pairs(model: OneRecModel, samples: SampleSet, rows: np.ndar
         >>> bool((pairs.chosen_reward > pairs.rejected_reward).all()), pairs.reference_chosen.shape
         (True, (2,))
     """
-    rows = np.asarray(rows, dtype=np.int64)
-    subset = samples.subset(rows)
-    M, L = samples.session_items, int(codes.shape[1])
-    parts: List[PreferencePairs] = []
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for cand in scored_candidates(model, subset, reward_fn, codes=codes, prefix_index=prefix_index,
-                                          num_candidates=num_candidates, batch_size=batch_size,
-                                          exclude_history=exclude_history, device=device, progress=progress,
-                                          sampled=sampled, temperature=temperature, seed=seed):
-                parts.append(_batch_pairs(model, cand, rows[cand.rows]))
-    finally:
-        model.train(was_training)
-    return PreferencePairs.concat(parts) if parts else empty_pairs(M, L)
+    parts = reduce_candidates(model, samples, rows, reward_fn, lambda cand, users: _batch_pairs(model, cand, users),
+                              codes=codes, prefix_index=prefix_index, num_candidates=num_candidates,
+                              batch_size=batch_size, exclude_history=exclude_history, device=device,
+                              progress=progress, sampled=sampled, temperature=temperature, seed=seed)
+    return PreferencePairs.concat(parts) if parts else empty_pairs(samples.session_items, int(codes.shape[1]))
 
 
 def empty_pairs(session_items: int, num_levels: int) -> PreferencePairs:
