@@ -13,7 +13,8 @@ from torchrec_onerec.cli import main
 from torchrec_onerec.eval.world_diagnostics import REFERENCES
 
 TINY = "configs/tiny.yaml"
-MIX = ["align.reward_source=mix", "align.iterations=1"]
+MIX = ["align.reward_source=mix", "align.iterations=1",
+       "compare.arms=[cascade,cascade_rerank,onerec,onerec_dpo,onerec_ipa,onerec_ipa_diverse,popularity]"]
 
 
 @pytest.fixture(scope="module")
@@ -42,10 +43,21 @@ def test_report_places_every_arm_between_the_world_references(run_dir: Path) -> 
 
 def test_rerank_weight_is_chosen_on_validation(run_dir: Path) -> None:
     info = json.loads((run_dir / "evaluate" / "metrics.json").read_text())["arms"]["cascade_rerank"]["info"]
-    table = info["rerank_selection"]
+    table = info["selection"]
     assert set(table) == {"0.0", "0.1", "0.2", "0.3", "0.5", "0.7"}
     assert info["diversity_weight"] == float(max(table, key=lambda w: (table[w], -float(w))))
     assert info["selected_on"].startswith("validation")
+
+
+def test_the_diverse_arms_penalty_is_chosen_on_validation(run_dir: Path) -> None:
+    arms = json.loads((run_dir / "evaluate" / "metrics.json").read_text())["arms"]
+    info = arms["onerec_ipa_diverse"]["info"]
+    table = info["selection"]
+    assert set(table) == {"0.0", "0.5", "1.0", "2.0"}
+    assert info["diversity_penalty"] == float(max(table, key=lambda p: (table[p], -float(p))))
+    assert info["selected_on"].startswith("validation")
+    report = (run_dir / "compare" / "report.md").read_text()
+    assert "served with a diversity penalty of" in report
 
 
 def test_valid_split_scores_the_validation_users_without_the_truth(run_dir: Path) -> None:

@@ -13,11 +13,12 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 from torchrec_onerec.alignment.ipa import model_file
 from torchrec_onerec.config import OneRecConfig
 from torchrec_onerec.context import PipelineContext
+from torchrec_onerec.data.samples import SampleSet
 from torchrec_onerec.eval.baselines import evaluate_popularity
 from torchrec_onerec.eval.cascade import evaluate_cascade
 from torchrec_onerec.eval.generative import evaluate_generative
@@ -76,14 +77,16 @@ def arm_file(arm: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", arm)
 
 
-def _score_generative(ctx: PipelineContext, path: Path) -> EvalResult:
+def _score_generative(ctx: PipelineContext, path: Path, diversity_penalty: float = 0.0,
+                      samples: Optional[SampleSet] = None) -> EvalResult:
+    """The exported OneRec model at ``path``, beam-searched on ``samples`` (default: the scored split)."""
     cfg = ctx.config
     book = ctx.codebook
     device = resolve_device(cfg.device)
     model = load_exported(path, cfg.model, book.vocab_sizes, device=device)
-    return evaluate_generative(model, ctx.scored_samples, codes=book.codes, prefix_index=book.prefix_index(),
-                               config=cfg.eval, protocol=cfg.split.protocol, max_history=cfg.model.max_history,
-                               device=device)
+    return evaluate_generative(model, ctx.scored_samples if samples is None else samples, codes=book.codes,
+                               prefix_index=book.prefix_index(), config=cfg.eval, protocol=cfg.split.protocol,
+                               max_history=cfg.model.max_history, device=device, diversity_penalty=diversity_penalty)
 
 
 def _trained_model(run: RunDir) -> Path:
@@ -104,10 +107,12 @@ def _score_cascade(ctx: PipelineContext, reward_model: Optional[SessionRewardMod
                             num_items=ctx.data.num_items)
 
 
-def _rerank_weight(ctx: PipelineContext, recommender: CascadeRecommender,
-                   reward_model: Optional[SessionRewardModel]) -> Tuple[float, Dict[str, float], str]:
-    """The ``cascade_rerank`` arm's diversity weight, chosen on the validation users only: (weight, validation
-    score of every weight tried, what the score is)."""
+def choose_on_validation(ctx: PipelineContext, reward_model: Optional[SessionRewardModel], values: Sequence[float],
+                         score_valid: Callable[[float], EvalResult], what: str) -> Tuple[float, Dict[str, float], str]:
+    """A serving setting chosen on the validation users only, 0 (the setting off) among the tries: the value whose
+    validation result is best by the session reward model's estimate of the served session (its validation
+    NDCG@10 without a reward model), the smaller on a tie. Returns (the value, every value's validation score,
+    what the score is)."""
     cfg = ctx.config
     ndcg = f"ndcg@{10 if 10 in cfg.eval.ks else max(cfg.eval.ks)}"
     if reward_model is not None:
@@ -115,33 +120,64 @@ def _rerank_weight(ctx: PipelineContext, recommender: CascadeRecommender,
     else:
         criterion = f"validation {ndcg.upper()}"
     table: Dict[str, float] = {}
-    for weight in [0.0] + [w for w in cfg.cascade.ranker.rerank_weights if w > 0]:
-        result = evaluate_cascade(recommender, ctx.split.valid, config=cfg.eval, protocol=cfg.split.protocol,
-                                  num_items=ctx.data.num_items, diversity_weight=weight)
+    for value in [0.0] + [v for v in values if v > 0]:
+        result = score_valid(value)
         if reward_model is not None:
             add_reward_estimates(reward_model, ctx.split.valid, result, batch_size=cfg.eval.batch_size)
-            table[str(weight)] = result.metrics["reward_served"]
+            table[str(value)] = result.metrics["reward_served"]
         else:
-            table[str(weight)] = result.metrics[ndcg]
-    best = max(table, key=lambda w: (table[w], -float(w)))  # ties: the smaller weight
-    LOG.info("evaluate: cascade_rerank weight %s chosen on %s (%s)", best, criterion, table)
+            table[str(value)] = result.metrics[ndcg]
+    best = max(table, key=lambda v: (table[v], -float(v)))
+    LOG.info("evaluate: %s %s chosen on %s (%s)", what, best, criterion, table)
     return float(best), table, criterion
+
+
+def _selection_text(info: Dict[str, object]) -> str:
+    table = ", ".join(f"{v}: {score:.4f}" for v, score in info["selection"].items())  # type: ignore[attr-defined]
+    return f"chosen on {info['selected_on']} ({table})"
 
 
 def _score_cascade_rerank(ctx: PipelineContext, reward_model: Optional[SessionRewardModel]) -> EvalResult:
     cfg = ctx.config
     recommender = _cascade(ctx)
-    weight, table, criterion = _rerank_weight(ctx, recommender, reward_model)
-    result = evaluate_cascade(recommender, ctx.scored_samples, config=cfg.eval, protocol=cfg.split.protocol,
-                              num_items=ctx.data.num_items, diversity_weight=weight)
-    result.info.update(rerank_selection=table, selected_on=criterion)
+
+    def score(weight: float, samples: SampleSet) -> EvalResult:
+        return evaluate_cascade(recommender, samples, config=cfg.eval, protocol=cfg.split.protocol,
+                                num_items=ctx.data.num_items, diversity_weight=weight)
+
+    weight, table, criterion = choose_on_validation(ctx, reward_model, cfg.cascade.ranker.rerank_weights,
+                                                    lambda w: score(w, ctx.split.valid), "cascade_rerank weight")
+    result = score(weight, ctx.scored_samples)
+    result.info.update(selection=table, selected_on=criterion)
     return result
 
 
 def _rerank_chosen(config: OneRecConfig, info: Dict[str, object]) -> str:
-    table = ", ".join(f"{w}: {v:.4f}" for w, v in info["rerank_selection"].items())  # type: ignore[attr-defined]
-    return (f"the cascade, then an MMR re-rank with diversity weight {info['diversity_weight']}, chosen on "
-            f"{info['selected_on']} ({table})")
+    return (f"the cascade, then an MMR re-rank with diversity weight {info['diversity_weight']}, "
+            f"{_selection_text(info)}")
+
+
+def _diverse_arm(name: str, base: str) -> Arm:
+    """Arm ``base``'s model served with ``RepeatedPrefixPenalty``, its penalty chosen on validation among
+    ``eval.diversity_penalties`` (and 0) as the ``cascade_rerank`` arm's weight is."""
+    plain = ARMS[base]
+    assert plain.model_path is not None
+    model_path = plain.model_path
+
+    def score(ctx: PipelineContext, reward_model: Optional[SessionRewardModel]) -> EvalResult:
+        path = model_path(ctx.run)
+        penalty, table, criterion = choose_on_validation(
+            ctx, reward_model, ctx.config.eval.diversity_penalties,
+            lambda p: _score_generative(ctx, path, p, ctx.split.valid), f"{name} diversity penalty")
+        result = _score_generative(ctx, path, penalty)
+        result.info.update(selection=table, selected_on=criterion)
+        return result
+
+    def chosen(config: OneRecConfig, info: Dict[str, object]) -> str:
+        return (f"{plain.chosen(config, info)}; served with a diversity penalty of {info['diversity_penalty']} per "
+                f"earlier session item under the same first code, {_selection_text(info)}")
+
+    return Arm(name, plain.needs, score, chosen)
 
 
 def _score_popularity(ctx: PipelineContext, reward_model: Optional[SessionRewardModel]) -> EvalResult:
@@ -194,6 +230,8 @@ ARMS: Dict[str, Arm] = {arm.name: arm for arm in (
     Arm("popularity", (), _score_popularity, lambda config, info: "training counts; nothing tuned"),
     Arm("sasrec", ("sasrec",), _score_sasrec, _sasrec_chosen),
 )}
+ARMS.update((arm.name, arm) for arm in (_diverse_arm("onerec_diverse", "onerec"),
+                                        _diverse_arm("onerec_ipa_diverse", "onerec_ipa")))
 SERVABLE_ARMS = tuple(name for name, arm in ARMS.items() if arm.serves_from)
 
 

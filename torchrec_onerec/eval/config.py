@@ -29,6 +29,10 @@ class EvalConfig:
             sequence by its first item alone, so the returned sequences' first items are distinct and the ranked
             list has ``num_return`` items; a larger value ranks first items by whole-session score and drops
             repeated first items (the list may then be shorter than K, see ``eval.protocols``).
+        diversity_penalties: the penalties the ``*_diverse`` arms try on the validation users (with 0, the plain
+            search) for serving: a session item's first code costs the penalty for each earlier item of the
+            session under the same first code (``generation.processors.RepeatedPrefixPenalty``); the arm keeps
+            the one its validation users are best served with, as ``cascade_rerank`` keeps its weight.
 
     Example:
         >>> EvalConfig(beam_size=10, num_return=10).ks
@@ -47,6 +51,7 @@ class EvalConfig:
     batch_size: int = 128
     constrained: bool = True
     protocol_a_session_items: int = 1
+    diversity_penalties: List[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
 
     def __post_init__(self) -> None:
         for name in ("beam_size", "num_return", "batch_size", "protocol_a_session_items"):
@@ -61,10 +66,13 @@ class EvalConfig:
             raise ConfigError(f"eval.ks={list(self.ks)} needs at least one cut-off, each >= 1")
         if len(set(self.ks)) != len(self.ks):
             raise ConfigError(f"eval.ks={list(self.ks)} repeats a cut-off; list each K once")
+        if any(not p >= 0.0 for p in self.diversity_penalties):
+            raise ConfigError(f"eval.diversity_penalties={list(self.diversity_penalties)}: every penalty must be >= 0")
 
 
 # The names of arms.ARMS, which this schema module does not import (tests/test_arms.py keeps them equal).
-ARM_KINDS = ("cascade", "cascade_rerank", "onerec", "onerec_dpo", "onerec_ipa", "popularity", "sasrec")
+ARM_KINDS = ("cascade", "cascade_rerank", "onerec", "onerec_dpo", "onerec_ipa", "popularity", "sasrec",
+             "onerec_diverse", "onerec_ipa_diverse")
 
 
 @dataclass
@@ -76,6 +84,8 @@ class CompareConfig:
             stage, a diversity re-rank whose weight is chosen on validation: ``cascade.ranker.rerank_weights``),
             ``onerec`` (the NTP-trained model),
             ``onerec_dpo`` (after one alignment iteration), ``onerec_ipa`` (after every alignment iteration),
+            ``onerec_diverse`` / ``onerec_ipa_diverse`` (those models served with a diversity penalty chosen on
+            validation: ``eval.diversity_penalties``),
             ``popularity`` (the floor), ``sasrec`` (the sequential baseline; its stage trains only when it is
             listed here: ``sasrec`` section), or ``model:<path>`` (any
             exported OneRec model file, e.g. another run's ``train/best_model.pt`` with the same codebook). An

@@ -33,6 +33,7 @@ from torchrec_onerec.eval.config import EvalConfig
 from torchrec_onerec.eval.metrics import legality_rate
 from torchrec_onerec.eval.protocols import EvalResult, check_protocol, evaluation_users, score_sessions
 from torchrec_onerec.generation.beam_search import constrained_beam_search
+from torchrec_onerec.generation.processors import RepeatedPrefixPenalty
 from torchrec_onerec.models.onerec import OneRecModel
 from torchrec_onerec.tokenizer.prefix_index import PrefixIndex
 
@@ -67,6 +68,7 @@ def evaluate_generative(
     max_history: int,
     device: Optional[Union[str, torch.device]] = None,
     progress: bool = True,
+    diversity_penalty: float = 0.0,
 ) -> EvalResult:
     """Generate sessions for every sample with a target and score them by ``protocol``.
 
@@ -82,6 +84,9 @@ def evaluate_generative(
         max_history (int): n, the history length the samples were cut to (<= the model's ``max_history``).
         device (str | torch.device | None): where to generate (None: the model's device).
         progress (bool): show a tqdm bar over batches.
+        diversity_penalty (float): ``RepeatedPrefixPenalty`` in the search (0: none): a session item's first
+            code costs this much per earlier item of the session under the same first code; the sessions are
+            then ranked by the penalised score.
 
     Returns:
         EvalResult: metrics, per-user arrays [U], sessions [U, R, M], scores [U, R] and info.
@@ -116,6 +121,7 @@ def evaluate_generative(
         prefix_index.to(target_device)
     loader = make_dataloader(users, LoaderConfig(batch_size=config.batch_size, shuffle=False), seed=0,
                              shuffle=False, transform=SemanticIdTransform(codes, max_history=max_history))
+    processors = [RepeatedPrefixPenalty(diversity_penalty)] if diversity_penalty > 0 else []
     items: List[torch.Tensor] = []
     generated: List[torch.Tensor] = []
     scores: List[torch.Tensor] = []
@@ -125,7 +131,7 @@ def evaluate_generative(
             out = constrained_beam_search(
                 model, batch.to(target_device), prefix_index=prefix_index, beam_size=config.beam_size,
                 num_return=config.num_return, session_items=M, exclude_history=config.exclude_history,
-                constrained=config.constrained)
+                constrained=config.constrained, processors=processors)
             items.append(out.items.cpu())
             generated.append(out.codes.cpu())
             scores.append(out.scores.float().cpu())
@@ -143,8 +149,8 @@ def evaluate_generative(
         "protocol": protocol, "arm": "generative", "beam_size": config.beam_size,
         "num_return": config.num_return, "ks": list(config.ks), "session_items": M, "max_history": max_history,
         "exclude_history": config.exclude_history, "constrained": config.constrained,
-        "num_samples": len(samples), "users_without_target": skipped, "device": str(target_device),
-        "filler_sessions": int((~real).sum()), "seconds": seconds,
+        "diversity_penalty": diversity_penalty, "num_samples": len(samples), "users_without_target": skipped,
+        "device": str(target_device), "filler_sessions": int((~real).sum()), "seconds": seconds,
         "users_per_second": len(rows) / max(seconds, 1e-9),
     }
     return EvalResult(metrics, per_user, sessions, session_scores, info)

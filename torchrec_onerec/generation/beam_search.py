@@ -61,6 +61,11 @@ def default_processors(prefix_index: PrefixIndex, batch: SemanticIdBatch, *, exc
     return [ValidCodeProcessor(prefix_index), BlockedItemsProcessor(excluded, no_repeat=True)]
 
 
+def follow_columns(processors: Sequence[LogitsProcessor]) -> bool:
+    """Whether every processor reads a compact step's score columns (``follows_columns``)."""
+    return all(getattr(processor, "follows_columns", False) for processor in processors)
+
+
 @torch.no_grad()
 def constrained_beam_search(
     model: OneRecModel,
@@ -90,13 +95,14 @@ def constrained_beam_search(
         exclude_history (bool): never emit an item of the user's history.
         constrained (bool): apply the default constraints (valid items, no repeats, history exclusion);
             False searches freely (``processors`` still apply).
-        processors (Sequence[LogitsProcessor]): extra constraints, applied after the default ones.
+        processors (Sequence[LogitsProcessor]): extra constraints or preferences, applied after the default ones.
         use_cache (bool): decode with a self-attention KV cache (False: recompute the prefix each step).
         amp_dtype (torch.dtype | None): autocast dtype (torch.float16 / torch.bfloat16), None = full precision.
-        compact (bool): under the default constraints and no extra ``processors``, rank only each beam's valid
-            next codes at a level where a prefix leads to at most half of its codes (an item-id level: a cluster's
-            items, not the catalogue); the log-probabilities are the same, so are the sessions. False ranks every
-            code of every level (the plain reference).
+        compact (bool): under the default constraints, rank only each beam's valid next codes at a level where a
+            prefix leads to at most half of its codes (an item-id level: a cluster's items, not the catalogue);
+            the log-probabilities are the same, so are the sessions. Only when every extra processor reads
+            ``BeamState.column_codes`` (says so by ``follows_columns = True``). False ranks every code of every
+            level (the plain reference).
 
     Returns:
         BeamSearchOutput: items [B, R, M], codes [B, R, M, L'], scores [B, R], best first; scores -inf mark
@@ -122,7 +128,8 @@ def constrained_beam_search(
     try:
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             return decode_sessions(model, batch, prefix_index, steps, beam_size, num_return, M, use_cache,
-                                   compact=compact and constrained and not processors, select=BeamSelect())
+                                   compact=compact and constrained and follow_columns(processors),
+                                   select=BeamSelect())
     finally:
         model.train(was_training)
 

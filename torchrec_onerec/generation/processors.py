@@ -9,6 +9,9 @@ next code, composed in a list (as Hugging Face's ``LogitsProcessorList``) and ke
   excluded set such as the history), with look-ahead: at every level a code is kept only if the subtree below
   the extended prefix still holds an item that is not blocked, so no beam walks into a prefix whose every
   completion is blocked (at the last level the subtree is the item itself).
+- ``RepeatedPrefixPenalty``: not a constraint but a serving preference (``eval.diversity_penalty``): a session
+  item's first code costs ``penalty`` for every earlier item of the session that starts with it, so sessions
+  spread over the coarsest clusters of the catalogue (the generative counterpart of the cascade's MMR re-rank).
 
 The candidates (the prefix id that partial tuple + each code would be, from the tokenizer's ``PrefixIndex``)
 are computed once per step for all beams (``BeamState.candidate_nodes``); nothing loops over beams in Python.
@@ -158,3 +161,45 @@ class BlockedItemsProcessor:
             under = index.ancestor_ids(depth, blocked).sort(dim=1).values  # (BN, S) their prefixes at depth l + 1
             free = free - (torch.searchsorted(under, nodes, right=True) - torch.searchsorted(under, nodes))
         return scores.masked_fill(free <= 0, float("-inf"))
+
+
+class RepeatedPrefixPenalty:
+    """Lower each first code of a session item by ``penalty`` times the number of earlier items of the beam's
+    session that start with the same code.
+
+    The first code level is the coarsest clustering of the catalogue, so the term spreads a session over
+    clusters, as the cascade's MMR re-rank spreads its list over the item space. It changes what the beams keep,
+    so a search with it returns scores that are the log-probabilities minus the penalties (the serving order),
+    not ``log_prob``. It reads ``column_codes``, so it leaves a compact search compact
+    (``follows_columns``).
+
+    Args:
+        penalty (float): >= 0, in log-probability units per earlier item in the same cluster (0: no effect).
+
+    Example:
+        >>> index = PrefixIndex(torch.tensor([[0, 0], [0, 1], [1, 0]]))
+        >>> codes = torch.tensor([[[0, 1], [-1, -1], [-1, -1]], [[1, 0], [-1, -1], [-1, -1]]])
+        >>> state = BeamState(codes, torch.tensor([[1, -1, -1], [2, -1, -1]]), item=1, level=0, num_beams=2,
+        ...                   prefix_index=index)  # each beam holds one item; the 2nd item starts
+        >>> RepeatedPrefixPenalty(0.5)(state, torch.zeros(2, 2))
+        tensor([[-0.5000,  0.0000],
+                [ 0.0000, -0.5000]])
+    """
+
+    follows_columns = True
+
+    def __init__(self, penalty: float) -> None:
+        if not penalty >= 0.0:
+            raise ValueError(f"penalty={penalty} must be >= 0 (0 leaves the scores as they are)")
+        self.penalty = float(penalty)
+
+    def __call__(self, state: BeamState, scores: torch.Tensor) -> torch.Tensor:
+        """[B N, K_0] (or [B N, F]) scores -> the same, penalised at a session item's first code."""
+        if state.level != 0 or state.item == 0 or self.penalty == 0.0:
+            return scores
+        earlier = state.codes[:, :state.item, 0]  # (BN, j) first codes of the finished items
+        counts = torch.zeros(earlier.shape[0], state.prefix_index.vocab_sizes[0], device=scores.device)
+        counts.scatter_add_(1, earlier, torch.ones_like(earlier, dtype=counts.dtype))  # (BN, K_0)
+        if state.column_codes is not None:
+            counts = counts.gather(1, state.column_codes.clamp(min=0))
+        return scores - self.penalty * counts.to(scores.dtype)

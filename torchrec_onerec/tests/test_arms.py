@@ -49,10 +49,20 @@ def test_how_each_arm_was_chosen_reads_the_config() -> None:
     config = OneRecConfig()
     config.align.iterations, config.align.reward_source = 6, "ranker"
     assert "after 6 alignment iterations to `align.reward_source=ranker`" in ARMS["onerec_ipa"].chosen(config, {})
-    info = {"diversity_weight": 0.2, "selected_on": "validation NDCG@10", "rerank_selection": {"0.0": 0.1, "0.2": 0.2}}
+    info = {"diversity_weight": 0.2, "selected_on": "validation NDCG@10", "selection": {"0.0": 0.1, "0.2": 0.2}}
     assert ARMS["cascade_rerank"].chosen(config, info) == ("the cascade, then an MMR re-rank with diversity weight "
                                                            "0.2, chosen on validation NDCG@10 (0.0: 0.1000, 0.2: "
                                                            "0.2000)")
+
+
+def test_a_diverse_arm_reads_its_base_arm_and_says_how_its_penalty_was_chosen() -> None:
+    config = OneRecConfig()
+    assert ARMS["onerec_ipa_diverse"].needs == ARMS["onerec_ipa"].needs
+    assert ARMS["onerec_diverse"].needs == ARMS["onerec"].needs
+    info = {"diversity_penalty": 1.0, "selected_on": "validation NDCG@10", "selection": {"0.0": 0.1, "1.0": 0.3}}
+    assert ARMS["onerec_diverse"].chosen(config, info) == (
+        f"{ARMS['onerec'].chosen(config, info)}; served with a diversity penalty of 1.0 per earlier session item "
+        "under the same first code, chosen on validation NDCG@10 (0.0: 0.1000, 1.0: 0.3000)")
 
 
 def test_an_arm_whose_stage_did_not_apply_is_left_out_with_the_reason(tmp_path: Path) -> None:
@@ -61,7 +71,7 @@ def test_an_arm_whose_stage_did_not_apply_is_left_out_with_the_reason(tmp_path: 
     (tmp_path / "align" / "summary.json").write_text(json.dumps({"not_applicable": "protocol A data has no labels"}))
     ctx = PipelineContext(OneRecConfig(), run)
     reward_model: Optional[SessionRewardModel] = None
-    for name in ("onerec_dpo", "onerec_ipa"):
+    for name in ("onerec_dpo", "onerec_ipa", "onerec_ipa_diverse"):
         result, why = evaluate_arm(ctx, name, reward_model)
         assert result is None and why == "the align stage did not apply: protocol A data has no labels"
 

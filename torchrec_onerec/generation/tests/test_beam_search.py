@@ -14,6 +14,7 @@ from torchrec_onerec.data.batch import collate_samples
 from torchrec_onerec.data.samples import Sample
 from torchrec_onerec.data.semantic_batch import SemanticIdBatch, to_semantic_batch
 from torchrec_onerec.generation.beam_search import constrained_beam_search, history_items
+from torchrec_onerec.generation.processors import RepeatedPrefixPenalty
 from torchrec_onerec.models.config import model_size
 from torchrec_onerec.models.onerec import OneRecModel
 from torchrec_onerec.models.testing import random_batch, random_codes
@@ -181,3 +182,37 @@ def test_ranking_only_a_clusters_items_at_the_item_id_level_gives_the_same_sessi
     if exclude_history:
         for served, seen in zip(compact.items.tolist(), history_items(batch).tolist()):
             assert not set(sum(served, [])) & (set(seen) - {-1})
+
+
+def _first_code_repeats(codes: torch.Tensor) -> torch.Tensor:
+    """[B, R] for sessions' codes [B, R, M, L]: pairs of items in a session that share their first code."""
+    first = codes[..., 0]
+    same = first.unsqueeze(-1) == first.unsqueeze(-2)  # [B, R, M, M]
+    return torch.triu(same, diagonal=1).sum(dim=(-1, -2))
+
+
+def test_a_repeated_prefix_penalty_spreads_sessions_over_first_codes_and_is_scored() -> None:
+    num_items, clusters = 60, 4
+    codes = torch.stack([torch.arange(num_items) % clusters, torch.arange(num_items)], dim=1)  # cluster, item id
+    index = PrefixIndex(codes, vocab_sizes=[clusters, num_items])
+    torch.manual_seed(2)
+    model = OneRecModel(model_size("tiny", session_items=3), [clusters, num_items]).eval()
+    batch = random_batch(codes, 4, max_history=model.config.max_history, session_items=3, seed=2)
+    kwargs = dict(prefix_index=index, beam_size=8, num_return=8)
+    plain = constrained_beam_search(model, batch, **kwargs)
+    assert constrained_beam_search(model, batch, processors=[RepeatedPrefixPenalty(0.0)], **kwargs).items.equal(
+        plain.items)
+    penalty = 0.7
+    compact = constrained_beam_search(model, batch, processors=[RepeatedPrefixPenalty(penalty)], **kwargs)
+    dense = constrained_beam_search(model, batch, processors=[RepeatedPrefixPenalty(penalty)], compact=False,
+                                    **kwargs)
+    assert torch.equal(compact.items, dense.items)  # it reads a compact step's columns
+    torch.testing.assert_close(compact.scores, dense.scores)
+    # scores: the sessions' log-probabilities minus the penalty per item under an earlier item's first code
+    repeats = _first_code_repeats(compact.codes).float()
+    torch.testing.assert_close(compact.scores, model.log_prob(batch, compact.codes) - penalty * repeats)
+    assert repeats.sum() < _first_code_repeats(plain.codes).sum()  # 0 against 16 here
+    strict = constrained_beam_search(model, batch, processors=[RepeatedPrefixPenalty(1e4)], **kwargs)
+    assert not _first_code_repeats(strict.codes).any()  # 4 clusters, 3 items: every session can spread
+    with pytest.raises(ValueError, match="penalty=-1.0 must be >= 0"):
+        RepeatedPrefixPenalty(-1.0)
