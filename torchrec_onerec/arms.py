@@ -28,7 +28,7 @@ from torchrec_onerec.eval.sasrec import evaluate_sasrec
 from torchrec_onerec.models.cascade import CascadeRecommender, load_cascade
 from torchrec_onerec.models.reward import SessionRewardModel
 from torchrec_onerec.models.sasrec import load_sasrec
-from torchrec_onerec.run_dir import RunDir
+from torchrec_onerec.run_dir import RunDir, read_json
 from torchrec_onerec.runtime import resolve_device
 from torchrec_onerec.train.export import load_exported
 from torchrec_onerec.train.sasrec_training import SASREC_FILE
@@ -53,6 +53,8 @@ class Arm:
         serves_from: the stage whose exported model ``onerec recommend --arm NAME`` serves; "" for an arm that is
             not one exported OneRec model (the cascade, popularity).
         model_path: (run directory) -> that model file; required with ``serves_from``.
+        serving_penalty: (run directory) -> the ``RepeatedPrefixPenalty`` ``recommend`` serves with (the one the
+            run's ``evaluate`` stage chose); None: the plain search.
     """
 
     name: str
@@ -61,6 +63,7 @@ class Arm:
     chosen: Callable[[OneRecConfig, Dict[str, object]], str]
     serves_from: str = ""
     model_path: Optional[Callable[[RunDir], Path]] = None
+    serving_penalty: Optional[Callable[[RunDir], float]] = None
 
     def __post_init__(self) -> None:
         if bool(self.serves_from) != (self.model_path is not None):
@@ -177,7 +180,16 @@ def _diverse_arm(name: str, base: str) -> Arm:
         return (f"{plain.chosen(config, info)}; served with a diversity penalty of {info['diversity_penalty']} per "
                 f"earlier session item under the same first code, {_selection_text(info)}")
 
-    return Arm(name, plain.needs, score, chosen)
+    def serving_penalty(run: RunDir) -> float:
+        path = run.path / "evaluate" / "metrics.json"
+        arms = read_json(path)["arms"] if path.is_file() else {}
+        if name not in arms:
+            raise FileNotFoundError(f"{path} holds no {name!r} arm: its penalty is chosen on the validation users "
+                                    f"by the evaluate stage; run `onerec evaluate` with compare.arms listing {name}")
+        return float(arms[name]["info"]["diversity_penalty"])
+
+    return Arm(name, plain.needs, score, chosen, serves_from=plain.serves_from, model_path=model_path,
+               serving_penalty=serving_penalty)
 
 
 def _score_popularity(ctx: PipelineContext, reward_model: Optional[SessionRewardModel]) -> EvalResult:

@@ -15,7 +15,7 @@ Usage::
                                                        then score the best config on test once
     onerec config CONFIG [key=value ...]               print the resolved config
     onerec config-reference                            every config key: type, default, meaning (docs/CONFIG.md)
-    onerec recommend RUN_DIR --users ID[,ID...] [--sessions R] [--arm onerec|onerec_ipa] [--exclude-history]
+    onerec recommend RUN_DIR --users ID[,ID...] [--sessions R] [--arm ARM] [--exclude-history]
                                                        sessions for users (raw ids) as JSON lines
 
 Errors in the input (config keys, data files, ids) end the command with exit code 2 and one message that

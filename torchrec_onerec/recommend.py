@@ -30,6 +30,7 @@ from torchrec_onerec.data.semantic_batch import SemanticIdTransform
 from torchrec_onerec.datasets.interactions import InteractionData
 from torchrec_onerec.datasets.load import load_dataset
 from torchrec_onerec.generation.beam_search import constrained_beam_search
+from torchrec_onerec.generation.processors import RepeatedPrefixPenalty
 from torchrec_onerec.models.onerec import OneRecModel
 from torchrec_onerec.pipeline import STAGE_SECTIONS, stage_closure, stage_fingerprint
 from torchrec_onerec.run_dir import RunDir, read_json
@@ -74,6 +75,8 @@ class Recommender:
         codebook (Codebook): the run's semantic IDs.
         model (OneRecModel): the served model, in eval mode.
         device (torch.device): where generation runs.
+        diversity_penalty (float): the ``RepeatedPrefixPenalty`` of the search (0: none; the ``*_diverse`` arms
+            serve with the penalty their evaluation chose on the validation users).
     """
 
     config: OneRecConfig
@@ -81,6 +84,7 @@ class Recommender:
     codebook: Codebook
     model: OneRecModel
     device: torch.device
+    diversity_penalty: float = 0.0
 
     @classmethod
     def from_run_dir(cls, run_dir: Union[str, Path], *, arm: str = "onerec",
@@ -90,8 +94,9 @@ class Recommender:
         Args:
             run_dir (str | Path): a run directory whose ``train`` stage (and ``align`` for ``onerec_ipa``)
                 completed.
-            arm (str): one of ``arms.SERVABLE_ARMS``: ``onerec`` (the NTP-trained model) or ``onerec_ipa``
-                (the aligned one).
+            arm (str): one of ``arms.SERVABLE_ARMS``: ``onerec`` (the NTP-trained model), ``onerec_ipa``
+                (the aligned one), or either's ``_diverse`` arm (the same model with the diversity penalty its
+                ``evaluate`` stage chose on the validation users).
             device (str | None): ``cpu``, ``cuda`` ...; None = the run's ``device`` setting.
 
         Raises:
@@ -117,9 +122,10 @@ class Recommender:
             raise ValueError(f"arm {arm!r} is not available in {run}: {summary['not_applicable']}")
         assert served.model_path is not None  # every servable arm has one (arms.Arm)
         path = served.model_path(RunDir(run))
+        penalty = served.serving_penalty(RunDir(run)) if served.serving_penalty is not None else 0.0
         target = resolve_device(device or config.device)
         model = load_exported(path, config.model, codebook.vocab_sizes, device=target)
-        return cls(config, data, codebook, model, target)
+        return cls(config, data, codebook, model, target, penalty)
 
     def user_samples(self, raw_user_ids: Sequence[Any]) -> SampleSet:
         """The users' current histories (most recent n positives) as a SampleSet, in the given order.
@@ -170,12 +176,13 @@ class Recommender:
                                  shuffle=False, transform=SemanticIdTransform(self.codebook.codes,
                                                                               max_history=cfg.model.max_history))
         raw_items = np.asarray(self.data.raw_item_ids)
+        processors = [RepeatedPrefixPenalty(self.diversity_penalty)] if self.diversity_penalty > 0 else []
         out: List[Dict[str, Any]] = []
         with torch.no_grad():
             for batch in loader:
                 found = constrained_beam_search(self.model, batch.to(self.device), prefix_index=index,
                                                 beam_size=max(R, cfg.eval.beam_size), num_return=R,
-                                                exclude_history=exclude)
+                                                exclude_history=exclude, processors=processors)
                 for items, scores in zip(found.items.cpu().numpy(), found.scores.float().cpu().numpy()):
                     sessions = [{"items": [_plain(raw_items[i]) for i in row], "score": float(score)}
                                 for row, score in zip(items, scores) if np.isfinite(score)]

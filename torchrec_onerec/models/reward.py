@@ -7,7 +7,9 @@ For a user u with history H and a session S = (v_1 .. v_M):
   what the model learns about a user's interest in one item carries over to the items of similar content;
 - u = MLP([user-id embedding, mean of the history items' v]) (the user representation, width D; with
   ``reward.user_id_embedding=false`` the history alone);
-- e_i = v_i (.) u, each session item's embedding fused with the user (target-aware);
+- e_i = v_i (.) u, each session item's embedding fused with the user (target-aware); with
+  ``reward.history_attention`` v_i (.) (u + W_o a_i), where a_i is the item's attention read of the history
+  (``models.history_attention``: the history items most like it count most);
 - ``attention`` pooling (the paper's design): h = e + SelfAttention(e) over the session's real items (key
   padding mask), then the sum of h over the real items; two baselines in which items never see each other:
   ``sum`` (the same without the attention, the ablation that isolates it) and ``mean`` (the mean of the e_i);
@@ -46,6 +48,7 @@ from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
 
 from torchrec_onerec.data.batch import HISTORY_KEY, USER_KEY, OneRecBatch, TensorFieldsBatch
 from torchrec_onerec.data.samples import PAD_ITEM
+from torchrec_onerec.models.history_attention import HistoryAttention
 from torchrec_onerec.models.reward_config import RewardModelConfig
 from torchrec_onerec.modules.attention import AttentionConfig, SelfAttention
 
@@ -330,6 +333,7 @@ class SessionRewardModel(nn.Module):
                                           feature_names=[USER_KEY], **bounds))
         self.ec = EmbeddingCollection(tables=tables, device=device)  # a KJT key no table reads is ignored
         self.user_mlp = _mlp((2 if config.user_id_embedding else 1) * D, H, D, config.dropout, device)
+        self.history_attention = HistoryAttention(D, device=device) if config.history_attention else None
         self.attention: Optional[SelfAttention] = None
         if config.pooling == "attention":
             self.attention = SelfAttention(AttentionConfig(d_model=D, num_heads=config.num_heads,
@@ -348,9 +352,9 @@ class SessionRewardModel(nn.Module):
             return items
         return _with_codes(items, embedded[code_key].values(), self.code_levels)
 
-    def user_representation(self, embedded: Dict[str, JaggedTensor]) -> torch.Tensor:
-        """u = MLP([user-id embedding, mean history item vector v]) (or MLP(mean history) alone): [B, D]."""
-        history = self.item_vectors(embedded, HISTORY_KEY, HISTORY_CODE_KEY)
+    def user_representation(self, embedded: Dict[str, JaggedTensor], history: torch.Tensor) -> torch.Tensor:
+        """u = MLP([user-id embedding, mean history item vector v]) (or MLP(mean history) alone): [B, D], from the
+        history item vectors ``history`` [sum H_b, D]."""
         parts = [_jagged_mean(history, embedded[HISTORY_KEY].lengths())]
         if self.config.user_id_embedding:
             parts.insert(0, embedded[USER_KEY].values())  # one id per sample: [B, D]
@@ -369,11 +373,15 @@ class SessionRewardModel(nn.Module):
         return (self.contextualise(items, mask) * mask.unsqueeze(-1).to(items.dtype)).sum(dim=1)
 
     def fused_items(self, batch: RewardBatch) -> torch.Tensor:
-        """e_i = v_i (.) u of every slot (zeros at padding), from one TorchRec embedding call: [B, M, D]."""
+        """e_i = v_i (.) u (with ``history_attention``: v_i (.) (u + W_o a_i)) of every slot (zeros at padding),
+        from one TorchRec embedding call: [B, M, D]."""
         embedded = self.ec(batch.features)
-        u = self.user_representation(embedded)  # (B, D)
-        session = self.item_vectors(embedded, SESSION_KEY, SESSION_CODE_KEY)
-        return _to_slots(session, batch.session_mask) * u.unsqueeze(1)
+        history = self.item_vectors(embedded, HISTORY_KEY, HISTORY_CODE_KEY)  # (sum H, D)
+        user = self.user_representation(embedded, history).unsqueeze(1)  # (B, 1, D)
+        session = _to_slots(self.item_vectors(embedded, SESSION_KEY, SESSION_CODE_KEY), batch.session_mask)
+        if self.history_attention is not None:
+            user = user + self.history_attention(session, history, embedded[HISTORY_KEY].lengths())  # (B, M, D)
+        return session * user
 
     def session_vectors(self, batch: RewardBatch) -> torch.Tensor:
         """The pooled session representations the towers read (one TorchRec embedding call).

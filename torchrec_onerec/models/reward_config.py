@@ -37,6 +37,9 @@ class RewardModelConfig:
             epochs with it and the model learnt no user-item interaction), and a new user has no trained row.
             KuaiRand's test AUC with these defaults against the earlier ones (id-only, user rows, TorchRec's
             init, learning rate 1e-3): same-length session 0.727 vs 0.724, impression 0.729 vs 0.729.
+        history_attention: fuse each session item with u plus its own attention read of the history (the
+            history items most like it weigh most: ``models.history_attention``, DIN's target-aware attention),
+            so a user's several interests are not averaged into one vector; False: u alone (the paper's design).
         pooling: ``attention`` (self-attention over the session's items, then sum-pool: the paper's design);
             the baselines the attention design is measured against, where items never see each other: ``sum``
             (the same sum-pool without the attention) and ``mean`` (the mean of the e_i).
@@ -86,6 +89,7 @@ class RewardModelConfig:
     embedding_init: float = 0.5
     semantic_ids: bool = True
     user_id_embedding: bool = False
+    history_attention: bool = False
     pooling: str = "attention"
     tower_level: str = "session"
     dropout: float = 0.0

@@ -27,8 +27,10 @@ def test_the_registry_holds_exactly_the_arms_the_config_accepts() -> None:
 
 
 def test_servable_arms_are_the_generative_ones_with_a_model_file() -> None:
-    assert SERVABLE_ARMS == ("onerec", "onerec_ipa")
+    assert SERVABLE_ARMS == ("onerec", "onerec_ipa", "onerec_diverse", "onerec_ipa_diverse")
     assert ARMS["onerec"].serves_from == "train" and ARMS["onerec_ipa"].serves_from == "align"
+    assert ARMS["onerec_diverse"].serves_from == "train" and ARMS["onerec_ipa_diverse"].serves_from == "align"
+    assert ARMS["onerec_diverse"].serving_penalty is not None and ARMS["onerec"].serving_penalty is None
     assert all(ARMS[a].model_path is None for a in ARMS if a not in SERVABLE_ARMS)
 
 

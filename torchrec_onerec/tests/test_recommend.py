@@ -1,5 +1,6 @@
 """Serving a finished run: real items in raw ids, no repeats, the user's own latest history, clear errors."""
 
+import json
 import shutil
 from pathlib import Path
 
@@ -79,3 +80,26 @@ def test_a_moved_run_serves_its_own_files_with_the_config_its_model_was_trained_
     (moved / "train" / "config.yaml").unlink()
     with pytest.raises(ValueError, match="config.yaml is not the config the train stage completed with"):
         Recommender.from_run_dir(moved)
+
+
+def test_a_diverse_arm_serves_with_the_penalty_its_evaluation_chose(run_dir: Path, tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    assert main(["recommend", str(run), "--users", "1", "--arm", "onerec_diverse"]) == 2
+    assert "run `onerec evaluate` with compare.arms listing onerec_diverse" in capsys.readouterr().err
+    (run / "evaluate").mkdir()
+    (run / "evaluate" / "metrics.json").write_text(
+        json.dumps({"arms": {"onerec_diverse": {"info": {"diversity_penalty": 1e4}}}}))
+    diverse = Recommender.from_run_dir(run, arm="onerec_diverse")
+    plain = Recommender.from_run_dir(run)
+    assert diverse.diversity_penalty == 1e4 and plain.diversity_penalty == 0.0
+    index = {raw: i for i, raw in enumerate(diverse.data.raw_item_ids.tolist())}
+    first = diverse.codebook.codes[:, 0]
+
+    def repeats(rows) -> int:
+        return sum(len(s["items"]) - len({int(first[index[i]]) for i in s["items"]}) for row in rows
+                   for s in row["sessions"])
+
+    users = [1, 2, 3, 4]
+    assert repeats(diverse.recommend(users, num_sessions=3)) < repeats(plain.recommend(users, num_sessions=3))

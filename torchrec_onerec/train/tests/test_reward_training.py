@@ -188,3 +188,18 @@ def test_single_item_sessions_keep_every_impression(world: Dict[str, object]) ->
     assert len(out) == len(impressions) and out.session_items == 3
     assert (out.target[:, 1:] == -1).all() and np.array_equal(out.target[:, 0], impressions.target[:, 0])
     assert np.array_equal(out.labels[:, 0], impressions.labels[:, 0]) and not out.labels[:, 1:].any()
+
+
+def test_history_attention_trains_through_the_pipeline_and_round_trips(world: Dict[str, object],
+                                                                       tmp_path: Path) -> None:
+    if dist.is_initialized():
+        pytest.skip("a default process group already exists in this process")
+    data = world["data"]
+    config = dataclasses.replace(CONFIG, history_attention=True)
+    train_reward_model(config, world["train"], world["valid"], num_users=data.num_users, num_items=data.num_items,
+                       out_dir=tmp_path, seed=0, device=CPU, train_impressions=world["train_impressions"],
+                       item_codes=world["codes"], progress=False)
+    model = load_reward_model(tmp_path / "reward_model.pt", num_items=data.num_items, signals=["swt", "vtr", "ltr"])
+    assert model.history_attention is not None  # the file's config builds the attention back
+    metrics = evaluate_reward_model(model, world["test"], world["test_impressions"], batch_size=256, device=CPU)
+    assert metrics["vtr"]["impression_auc"] > 0.6
