@@ -40,6 +40,7 @@ class RewardModelConfig:
         history_attention: fuse each session item with u plus its own attention read of the history (the
             history items most like it weigh most: ``models.history_attention``, DIN's target-aware attention),
             so a user's several interests are not averaged into one vector; False: u alone (the paper's design).
+            On the synthetic world it did not help: validation same-length session AUC 0.6374 against 0.6376.
         pooling: ``attention`` (self-attention over the session's items, then sum-pool: the paper's design);
             the baselines the attention design is measured against, where items never see each other: ``sum``
             (the same sum-pool without the attention) and ``mean`` (the mean of the e_i).
