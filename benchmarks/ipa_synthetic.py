@@ -28,7 +28,8 @@ from typing import Any, Dict
 import torch
 
 from torchrec_onerec.alignment.config import AlignConfig
-from torchrec_onerec.alignment.ipa import align_iteratively, generation_stats
+from torchrec_onerec.alignment.ipa import align_iteratively
+from torchrec_onerec.alignment.ipa_stats import generation_stats
 from torchrec_onerec.config import load_config
 from torchrec_onerec.datasets.synthetic import load_synthetic
 from torchrec_onerec.eval.protocols import evaluation_users

@@ -40,7 +40,8 @@ from torchrec_onerec.models.reward_config import RewardModelConfig
 from torchrec_onerec.tokenizer.embeddings import item_embeddings
 from torchrec_onerec.tokenizer.tokenize import fit_tokenizer
 from torchrec_onerec.eval.reward_auc import auc, auc_within_groups, evaluate_reward_model
-from torchrec_onerec.train.reward_training import load_reward_model, train_reward_model
+from torchrec_onerec.train.reward_io import load_reward_model
+from torchrec_onerec.train.reward_training import train_reward_model
 
 def _rounded(metrics: Dict[str, Dict[str, float]]) -> Dict[str, Dict[str, float]]:
     return {key: {name: round(value, 4) for name, value in values.items()} for key, values in metrics.items()}

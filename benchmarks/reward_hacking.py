@@ -66,7 +66,7 @@ import numpy as np
 import torch
 
 from torchrec_onerec.alignment.ipa import model_file
-from torchrec_onerec.alignment.pairs import scored_candidates
+from torchrec_onerec.alignment.candidates import scored_candidates
 from torchrec_onerec.config import load_config
 from torchrec_onerec.data.samples import Sample, SampleSet
 from torchrec_onerec.datasets.synthetic import CLICK_BIAS, INTEREST_SCALE, LIKE_BIAS, LONG_VIEW_BIAS, SyntheticWorld
@@ -77,7 +77,7 @@ from torchrec_onerec.models.reward_scoring import session_rewards
 from torchrec_onerec.run_dir import RunDir
 from torchrec_onerec.context import PipelineContext
 from torchrec_onerec.train.export import load_exported
-from torchrec_onerec.train.reward_training import load_reward_model
+from torchrec_onerec.train.reward_io import load_reward_model
 
 CPU = torch.device("cpu")
 HISTORY_ITEMS = 10  # items of one topic in a fake user's history (history_topic_gain)

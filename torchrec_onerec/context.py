@@ -18,7 +18,7 @@ from torchrec_onerec.run_dir import RunDir
 from torchrec_onerec.runtime import resolve_device
 from torchrec_onerec.tokenizer.codebook import Codebook, catalogue_fingerprint
 from torchrec_onerec.train.distributed import rank_device
-from torchrec_onerec.train.reward_training import load_reward_model
+from torchrec_onerec.train.reward_io import load_reward_model
 
 
 def rank() -> int:

@@ -27,7 +27,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from torchrec_onerec.alignment.ipa import align_iteratively
-from torchrec_onerec.alignment.pairs import RewardFn
+from torchrec_onerec.alignment.candidates import RewardFn
 from torchrec_onerec.alignment.rewards import mixed_reward_fn, ranker_reward_fn
 from torchrec_onerec.arms import arm_file, arm_for, evaluate_arm
 from torchrec_onerec.config import OneRecConfig
@@ -52,7 +52,8 @@ from torchrec_onerec.tokenizer.tokenize import fit_tokenizer
 from torchrec_onerec.train.cascade_training import train_cascade
 from torchrec_onerec.train.export import load_exported
 from torchrec_onerec.train.loop import train_generative
-from torchrec_onerec.train.reward_training import load_reward_model, train_reward_model
+from torchrec_onerec.train.reward_io import load_reward_model
+from torchrec_onerec.train.reward_training import train_reward_model
 from torchrec_onerec.train.sasrec_training import train_sasrec
 
 LOG = logging.getLogger("torchrec_onerec")

@@ -25,8 +25,8 @@ from typing import Dict, NamedTuple, Optional
 import numpy as np
 import torch
 
-from torchrec_onerec.alignment.pairs import (ROLE_GROUP, CandidateBatch, ExtraRows, RewardFn, ScoredUsers, finite_mean,
-                                             reduce_candidates)
+from torchrec_onerec.alignment.candidates import CandidateBatch, RewardFn, reduce_candidates
+from torchrec_onerec.alignment.pairs import ROLE_GROUP, ExtraRows, ScoredUsers, finite_mean
 from torchrec_onerec.data.samples import SampleSet
 from torchrec_onerec.models.onerec import OneRecModel
 from torchrec_onerec.tokenizer.prefix_index import PrefixIndex
@@ -186,7 +186,7 @@ def build_candidate_groups(model: OneRecModel, samples: SampleSet, rows: np.ndar
         exclude_history (bool): never generate an item of the user's history.
         device (torch.device | None): where to generate (default: the model's device).
         progress (bool): a tqdm bar.
-        sampled (int): candidates drawn by sampling instead of beam search (``pairs.scored_candidates``).
+        sampled (int): candidates drawn by sampling instead of beam search (``candidates.scored_candidates``).
         temperature (float): their sampling temperature.
         seed (int): seeds the draws.
 

@@ -12,9 +12,7 @@ by the teacher-forced ``OneRecModel.log_prob``, so the reference model never run
 Under torchrun every rank builds the pairs of its share of the sampled rows and ``gather_preferences`` joins them, in
 rank order, on every rank.
 
-Reward functions: ``RewardFn(samples, sessions) -> rewards`` takes the U samples (users and histories) and their
-candidate sessions [U, N, M] of item ids (-1 = empty slot; a filler session is all -1) and returns [U, N] floats,
-higher is better (the session reward model, or a simulator's true reward).
+The candidates and reward functions are ``alignment.candidates``'s.
 
 Shape legend: U users, N candidates, M session items, L' code levels, P pairs.
 """
@@ -22,30 +20,23 @@ Shape legend: U users, N candidates, M session items, L' code levels, P pairs.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Type,
+from typing import (TYPE_CHECKING, Any, Dict, List, NamedTuple, Optional, Sequence, Type,
                     TypeVar)
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from tqdm.auto import tqdm
 
-from torchrec_onerec.data.batch import make_dataloader
-from torchrec_onerec.data.config import LoaderConfig
-from torchrec_onerec.data.samples import PAD_ITEM, SampleSet
-from torchrec_onerec.data.semantic_batch import SemanticIdBatch, SemanticIdTransform
-from torchrec_onerec.generation.beam_search import BeamSearchOutput, constrained_beam_search
-from torchrec_onerec.generation.sampling import constrained_sample
+from torchrec_onerec.data.samples import SampleSet
 from torchrec_onerec.models.onerec import OneRecModel
 from torchrec_onerec.tokenizer.prefix_index import PrefixIndex
+from torchrec_onerec.alignment.candidates import CandidateBatch, RewardFn, reduce_candidates
 from torchrec_onerec.train.distributed import DistContext
 
 if TYPE_CHECKING:
     from torchrec_onerec.alignment.groups import CandidateGroups
 
-RewardFn = Callable[[SampleSet, np.ndarray], np.ndarray]
 PrefsT = TypeVar("PrefsT", "PreferencePairs", "CandidateGroups")
-ReducedT = TypeVar("ReducedT")
 # roles of the rows of a preference batch (``train_step``): NTP rows, DPO chosen and rejected rows, GRPO rows
 ROLE_NTP, ROLE_CHOSEN, ROLE_REJECTED, ROLE_GROUP = 0, 1, 2, 3
 
@@ -90,119 +81,6 @@ def sample_preference_rows(num_samples: int, fraction: float, *, seed: int, iter
     count = min(num_samples, max(1, int(round(fraction * num_samples))))
     rng = np.random.default_rng(np.random.SeedSequence([seed, iteration, 0x1BA]))
     return np.sort(rng.choice(num_samples, size=count, replace=False)).astype(np.int64)
-
-
-class CandidateBatch(NamedTuple):
-    """One batch of users with their scored candidate sessions.
-
-    Args:
-        rows (np.ndarray): [U] positions of these users in the samples given to ``scored_candidates``.
-        batch (SemanticIdBatch): the users' batch, on the generation device.
-        items (np.ndarray): [U, N, M] int64 item ids, -1 throughout a filler session.
-        codes (torch.Tensor): [U, N, M, L'] int64 code tuples (arbitrary in filler sessions), on the device.
-        log_probs (torch.Tensor): [U, N] float32 log M(S | H) (the beam scores), -inf for filler sessions.
-        rewards (np.ndarray): [U, N] float64 rewards, NaN for filler sessions.
-    """
-
-    rows: np.ndarray
-    batch: SemanticIdBatch
-    items: np.ndarray
-    codes: torch.Tensor
-    log_probs: torch.Tensor
-    rewards: np.ndarray
-
-    @property
-    def real(self) -> np.ndarray:
-        """[U, N] bool, True at real (non-filler) sessions."""
-        return np.isfinite(self.log_probs.cpu().numpy())
-
-    def reward_stats(self) -> Tuple[np.ndarray, np.ndarray]:
-        """[U] mean and [U] best reward of each user's real candidates (NaN for a user with none)."""
-        real = self.real
-        any_real = real.any(axis=1)
-        totals = np.where(real, self.rewards, 0.0).sum(axis=1)
-        return (np.where(any_real, totals / np.maximum(real.sum(axis=1), 1), np.nan),
-                np.where(any_real, np.where(real, self.rewards, -np.inf).max(axis=1), np.nan))
-
-
-def _check_rewards(rewards: np.ndarray, shape: Sequence[int], real: np.ndarray) -> np.ndarray:
-    rewards = np.asarray(rewards, dtype=np.float64)
-    if rewards.shape != tuple(shape):
-        raise ValueError(f"the reward function returned shape {rewards.shape}, expected {tuple(shape)} "
-                         "(one reward per candidate session of each user)")
-    if not np.isfinite(rewards[real]).all():
-        raise ValueError("the reward function returned NaN or infinite rewards for real sessions; it must score "
-                         "every session with a finite number")
-    return np.where(real, rewards, np.nan)
-
-
-def _candidates(model: OneRecModel, batch: SemanticIdBatch, *, prefix_index: PrefixIndex, num_candidates: int,
-                sampled: int, temperature: float, seed: int, session_items: int, exclude_history: bool
-                ) -> BeamSearchOutput:
-    """The N - S beam-search sessions, then S sampled ones (each part best first)."""
-    parts, beams = [], num_candidates - sampled
-    if beams:
-        parts.append(constrained_beam_search(model, batch, prefix_index=prefix_index, beam_size=beams,
-                                             num_return=beams, session_items=session_items,
-                                             exclude_history=exclude_history))
-    if sampled:
-        generator = torch.Generator(batch.target_codes.device).manual_seed(seed)
-        parts.append(constrained_sample(model, batch, prefix_index=prefix_index, num_samples=sampled,
-                                        generator=generator, temperature=temperature, session_items=session_items,
-                                        exclude_history=exclude_history))
-    return BeamSearchOutput(*(torch.cat(tensors, dim=1) for tensors in zip(*parts)))
-
-
-@torch.no_grad()
-def scored_candidates(model: OneRecModel, samples: SampleSet, reward_fn: RewardFn, *, codes: torch.Tensor,
-                      prefix_index: PrefixIndex, num_candidates: int, batch_size: int,
-                      exclude_history: bool = False, device: Optional[torch.device] = None,
-                      progress: bool = False, sampled: int = 0, temperature: float = 1.0,
-                      seed: int = 0) -> Iterator[CandidateBatch]:
-    """Write ``num_candidates`` sessions of M = ``samples.session_items`` items per sample and score them.
-
-    The candidates are the N - S most probable sessions (constrained beam search) followed by S sessions drawn
-    from the model (``generation.sampling``; S = ``sampled``, 0 by default).
-
-    Args:
-        model (OneRecModel): the plain (unsharded) model; generation runs in eval mode.
-        samples (SampleSet): the users (their targets are not read).
-        reward_fn (RewardFn): rewards of candidate sessions (module docstring).
-        codes (torch.Tensor): [I, L'] int64 item codes of the model's codebook.
-        prefix_index (PrefixIndex): the same codebook's index, on ``device``.
-        num_candidates (int): N, the beam width and the sessions returned per user.
-        batch_size (int): users per beam-search batch.
-        exclude_history (bool): never generate an item of the user's history.
-        device (torch.device | None): where to generate (default: the model's device).
-        progress (bool): a tqdm bar over batches.
-        sampled (int): S in [0, N], the candidates drawn by constrained sampling instead of beam search.
-        temperature (float): the sampling temperature.
-        seed (int): with ``seed`` and its first row's position, a batch's draws are reproducible.
-
-    Yields:
-        CandidateBatch: per batch, in sample order.
-    """
-    if not 0 <= sampled <= num_candidates:
-        raise ValueError(f"sampled={sampled} must lie in [0, num_candidates={num_candidates}] "
-                         "(align.sampled_candidates)")
-    device = device or next(model.parameters()).device
-    M = samples.session_items
-    transform = SemanticIdTransform(codes, max_history=model.config.max_history)
-    loader = make_dataloader(samples, LoaderConfig(batch_size=batch_size, shuffle=False), seed=0, shuffle=False,
-                             transform=transform)
-    start = 0
-    for batch in tqdm(loader, desc="candidates", unit="batch", disable=not progress):
-        batch = batch.to(device)
-        batch_seed = int(np.random.SeedSequence([seed, start]).generate_state(1)[0])
-        out = _candidates(model, batch, prefix_index=prefix_index, num_candidates=num_candidates, sampled=sampled,
-                          temperature=temperature, seed=batch_seed, session_items=M, exclude_history=exclude_history)
-        U = batch.batch_size
-        rows = np.arange(start, start + U)
-        start += U
-        real = torch.isfinite(out.scores).cpu().numpy()
-        items = np.where(real[:, :, None], out.items.cpu().numpy(), PAD_ITEM)
-        rewards = _check_rewards(reward_fn(samples.subset(rows), items), (U, num_candidates), real)
-        yield CandidateBatch(rows, batch, items, out.codes, out.scores.float(), rewards)
 
 
 class PairSelection(NamedTuple):
@@ -364,23 +242,6 @@ def _batch_pairs(model: OneRecModel, cand: CandidateBatch, sample_rows: np.ndarr
         chosen_reward=cand.rewards[pick.users, pick.chosen], rejected_reward=cand.rewards[pick.users, pick.rejected],
         reference_chosen=reference[:, 0].numpy(), reference_rejected=reference[:, 1].numpy(),
         candidate_reward_mean=reward_mean, candidate_reward_max=reward_max, ties=pick.ties, fillers=pick.fillers)
-
-
-def reduce_candidates(model: OneRecModel, samples: SampleSet, rows: np.ndarray, reward_fn: RewardFn,
-                      reduce: Callable[[CandidateBatch, np.ndarray], ReducedT], **candidates: Any) -> List[ReducedT]:
-    """``reduce(batch, its training rows)`` over the scored candidates of ``samples[rows]`` (the model in eval mode,
-    without gradients, restored after); ``candidates`` are ``scored_candidates``'s keyword arguments."""
-    rows = np.asarray(rows, dtype=np.int64)
-    parts: List[ReducedT] = []
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for cand in scored_candidates(model, samples.subset(rows), reward_fn, **candidates):
-                parts.append(reduce(cand, rows[cand.rows]))
-    finally:
-        model.train(was_training)
-    return parts
 
 
 def build_preference_pairs(model: OneRecModel, samples: SampleSet, rows: np.ndarray, reward_fn: RewardFn, *,

@@ -12,7 +12,7 @@ items before it in the session. ``mixed_reward_fn`` combines both: each reward i
 user's candidates (zero mean, unit spread), then they are summed with weights. Pair selection compares
 candidates of one user only, so the per-user scale of each reward is all that matters.
 
-Every function here returns an ``alignment.pairs.RewardFn``: (U samples, sessions [U, N, M]) -> [U, N].
+Every function here returns an ``alignment.candidates.RewardFn``: (U samples, sessions [U, N, M]) -> [U, N].
 
 Shape legend: U users, N candidates, M session items.
 """
@@ -23,7 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
-from torchrec_onerec.alignment.pairs import RewardFn
+from torchrec_onerec.alignment.candidates import RewardFn
 from torchrec_onerec.data.samples import PAD_ITEM, SampleSet
 from torchrec_onerec.models.cascade import CascadeRecommender
 

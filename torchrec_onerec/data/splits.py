@@ -43,13 +43,15 @@ from __future__ import annotations
 
 import datetime
 from dataclasses import dataclass
-from typing import Dict, List, Tuple, Union
+from typing import Dict, Tuple, Union
 
 import numpy as np
 import pandas as pd
 
 from torchrec_onerec.data.config import SplitConfig
-from torchrec_onerec.data.samples import PAD_ITEM, SampleSet, take_slices
+from torchrec_onerec.data.samples import PAD_ITEM, SampleSet
+from torchrec_onerec.data.sequences import (assemble_samples, label_matrix, merge_pre_period, pre_period,
+                                           target_runs, time_order, user_offsets)
 from torchrec_onerec.datasets.interactions import DataError, InteractionData
 
 MS_PER_DAY = 86_400_000
@@ -125,72 +127,6 @@ def split_data(data: InteractionData, config: SplitConfig) -> Union[SplitA, Spli
     raise ValueError(f"split.protocol={config.protocol!r} must be 'A' or 'B'")
 
 
-def _time_order(users: np.ndarray, timestamps: np.ndarray) -> np.ndarray:
-    """Row indices sorted by (user, timestamp) with stable sorts: file order on ties."""
-    order = np.argsort(timestamps, kind="stable")
-    return order[np.argsort(users[order], kind="stable")]
-
-
-def _user_offsets(sorted_users: np.ndarray, num_users: int) -> np.ndarray:
-    """[U + 1] int64 start of each user's block in a user-sorted array."""
-    offsets = np.zeros(num_users + 1, dtype=np.int64)
-    np.cumsum(np.bincount(sorted_users, minlength=num_users), out=offsets[1:])
-    return offsets
-
-
-def _label_matrix(frame: pd.DataFrame, columns: List[str]) -> Tuple[np.ndarray, int]:
-    """[R, S] float32 values of ``columns`` (NaN -> 0) and the number of NaNs filled."""
-    values = frame[columns].to_numpy(dtype=np.float32, copy=True) if columns else np.zeros((len(frame), 0), np.float32)
-    nan = np.isnan(values)
-    values[nan] = 0.0
-    return values, int(nan.sum())
-
-
-def _pre_period(data: InteractionData) -> Tuple[np.ndarray, np.ndarray, pd.DataFrame]:
-    """Pre-period (user, item) arrays sorted by user, keeping each user's order, and the sorted frame."""
-    hist = data.histories
-    if hist is None or len(hist) == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), pd.DataFrame()
-    for col, n in (("user_id", data.num_users), ("item_id", data.num_items)):
-        if col not in hist.columns:
-            raise DataError(f"{data.name}: histories table has no column {col!r} (columns: {list(hist.columns)})")
-        lo, hi = int(hist[col].min()), int(hist[col].max())
-        if lo < 0 or hi >= n:
-            raise DataError(f"{data.name}: histories {col} values span [{lo}, {hi}] but there are {n} ids")
-    order = np.argsort(hist["user_id"].to_numpy(np.int64), kind="stable")
-    frame = hist.iloc[order]
-    return frame["user_id"].to_numpy(np.int64), frame["item_id"].to_numpy(np.int64), frame
-
-
-def _runs(items: np.ndarray, labels: np.ndarray, starts: np.ndarray, lengths: np.ndarray, m: int
-          ) -> Tuple[np.ndarray, np.ndarray]:
-    """Targets [K, m] = ``items[start:start + length]`` padded with -1, and their labels [K, m, S] (0 at pads)."""
-    cols = np.arange(m)
-    real = cols < lengths[:, None]  # (K, m)
-    idx = np.where(real, starts[:, None] + cols, 0)
-    target = np.where(real, items[idx], PAD_ITEM)
-    lab = np.where(real[..., None], labels[idx], 0.0)
-    return target.astype(np.int64), lab.astype(np.float32)
-
-
-def _assemble(users: np.ndarray, seq_items: np.ndarray, hist_start: np.ndarray, hist_len: np.ndarray,
-              target: np.ndarray, labels: np.ndarray, signals: List[str], min_history: int) -> Tuple[SampleSet, int]:
-    """A SampleSet of the samples whose history (a slice of ``seq_items``) has >= ``min_history`` items."""
-    keep = hist_len >= min_history
-    values, offsets = take_slices(seq_items, hist_start[keep], hist_len[keep])
-    return SampleSet(users[keep], values, offsets, target[keep], labels[keep], signals), int((~keep).sum())
-
-
-def _merge_pre(pre_users: np.ndarray, pre_items: np.ndarray, pre_labels: np.ndarray, users: np.ndarray,
-               items: np.ndarray, labels: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Per-user sequences: pre-period rows, then the (time-sorted) logged rows. Returns users, items, labels,
-    is_logged, all sorted by user."""
-    order = np.argsort(np.concatenate([pre_users, users]), kind="stable")
-    logged = np.concatenate([np.zeros(len(pre_users), bool), np.ones(len(users), bool)])
-    return (np.concatenate([pre_users, users])[order], np.concatenate([pre_items, items])[order],
-            np.concatenate([pre_labels, labels])[order], logged[order])
-
-
 def protocol_a_split(data: InteractionData, config: SplitConfig) -> SplitA:
     """Leave-one-out split of docs/EVAL.md protocol A (rules in the module docstring).
 
@@ -217,16 +153,16 @@ def protocol_a_split(data: InteractionData, config: SplitConfig) -> SplitA:
     present = {s: c for s, c in config.labels.items() if c in inter.columns}
     skipped = {s: c for s, c in config.labels.items() if c not in inter.columns}
     signals = list(present)
-    row_labels, nan_filled = _label_matrix(inter, list(present.values()))
+    row_labels, nan_filled = label_matrix(inter, list(present.values()))
     users_raw = inter["user_id"].to_numpy(np.int64)
-    order = _time_order(users_raw, inter["timestamp"].to_numpy(np.int64))
+    order = time_order(users_raw, inter["timestamp"].to_numpy(np.int64))
     log_users = users_raw[order]
-    pre_users, pre_items, _ = _pre_period(data)
-    users, items, labels, logged = _merge_pre(
+    pre_users, pre_items, _ = pre_period(data)
+    users, items, labels, logged = merge_pre_period(
         pre_users, pre_items, np.zeros((len(pre_users), len(signals)), np.float32),
         log_users, inter["item_id"].to_numpy(np.int64)[order], row_labels[order])
     num_users = data.num_users
-    offsets = _user_offsets(users, num_users)
+    offsets = user_offsets(users, num_users)
     num_pre = np.bincount(pre_users, minlength=num_users)
     num_log = np.bincount(log_users, minlength=num_users)
     held = np.minimum(2, np.maximum(num_log - 1, 0))  # RecBole leave_one_out: min(2, L - 1) held out
@@ -237,8 +173,8 @@ def protocol_a_split(data: InteractionData, config: SplitConfig) -> SplitA:
     def make(select: np.ndarray, run_len: np.ndarray) -> Tuple[SampleSet, int]:
         at, who = pos[select], users[select]
         start = np.maximum(offsets[who], at - n)
-        target, lab = _runs(items, labels, at, run_len, m)
-        return _assemble(who, items, start, at - start, target, lab, signals, config.min_history)
+        target, lab = target_runs(items, labels, at, run_len, m)
+        return assemble_samples(who, items, start, at - start, target, lab, signals, config.min_history)
 
     train_sel = logged & (rank < train_end)
     train, d_train = make(train_sel, np.minimum(m, (train_end - rank)[train_sel]))
@@ -353,12 +289,12 @@ def protocol_b_split(data: InteractionData, config: SplitConfig) -> SplitB:
     inter = data.interactions
     m, n, num_users = config.session_items, config.max_history, data.num_users
     signals, columns = list(config.labels), list(config.labels.values())
-    row_labels, nan_filled = _label_matrix(inter, columns)
+    row_labels, nan_filled = label_matrix(inter, columns)
     days = _day_numbers(data, config.utc_offset_hours)
     valid_start, test_start, test_end = _boundaries(days, config)
     window = np.where(days < valid_start, 0, np.where(days < test_start, 1, np.where(days <= test_end, 2, -1)))
     positive = (inter[config.positive_col].to_numpy() == 1) if config.positive_col else np.ones(len(inter), bool)
-    order = _time_order(inter["user_id"].to_numpy(np.int64), inter["timestamp"].to_numpy(np.int64))
+    order = time_order(inter["user_id"].to_numpy(np.int64), inter["timestamp"].to_numpy(np.int64))
     order = order[window[order] >= 0]
     rows = {
         "user": inter["user_id"].to_numpy(np.int64)[order], "item": inter["item_id"].to_numpy(np.int64)[order],
@@ -370,7 +306,7 @@ def protocol_b_split(data: InteractionData, config: SplitConfig) -> SplitB:
             raise DataError(f"{data.name}: protocol B {name} window is empty "
                             f"(days {int(days.min())}..{int(days.max())},"
                             f" valid_start={valid_start}, test_start={test_start}, test_end={test_end})")
-    pre_users, pre_items, pre_frame = _pre_period(data)
+    pre_users, pre_items, pre_frame = pre_period(data)
     pre_labels = np.zeros((len(pre_users), len(columns)), np.float32)
     for j, col in enumerate(columns):  # the histories' own column, else 1 for the positive column, 0 otherwise
         pre_labels[:, j] = (pre_frame[col].to_numpy(np.float32) if col in pre_frame.columns
@@ -384,9 +320,9 @@ def protocol_b_split(data: InteractionData, config: SplitConfig) -> SplitB:
 
     # Training: runs of m over pre-period + training-day positives, stride m, first run at position min_history.
     sel = (rows["window"] == 0) & rows["positive"]
-    t_users, t_items, t_labels, _ = _merge_pre(pre_users, pre_items, pre_labels, rows["user"][sel],
+    t_users, t_items, t_labels, _ = merge_pre_period(pre_users, pre_items, pre_labels, rows["user"][sel],
                                                       rows["item"][sel], rows["labels"][sel])
-    t_off = _user_offsets(t_users, num_users)
+    t_off = user_offsets(t_users, num_users)
     rank = np.arange(len(t_users)) - t_off[t_users]
     length = np.diff(t_off)
     s0 = config.min_history
@@ -394,20 +330,20 @@ def protocol_b_split(data: InteractionData, config: SplitConfig) -> SplitB:
     at = np.flatnonzero((rank >= s0) & ((rank - s0) % stride == 0))
     who = t_users[at]
     hist_start = np.maximum(t_off[who], at - n)
-    target, labels = _runs(t_items, t_labels, at, np.minimum(m, length[who] - rank[at]), m)
-    train, dropped["train_short_history"] = _assemble(who, t_items, hist_start, at - hist_start, target, labels,
+    target, labels = target_runs(t_items, t_labels, at, np.minimum(m, length[who] - rank[at]), m)
+    train, dropped["train_short_history"] = assemble_samples(who, t_items, hist_start, at - hist_start, target, labels,
                                                       signals, s0)
     dropped["train_users_without_target"] = int(((length > 0) & (length <= s0)).sum())
     num_pre = np.bincount(pre_users, minlength=num_users)
     stats["train_target_items_from_pre_period"] = int(np.clip(num_pre[who] - rank[at], 0, m).sum())
 
     # Evaluation histories: pre-period + every logged positive before the session's first impression.
-    a_users, a_items, _, _ = _merge_pre(pre_users, pre_items, np.zeros((len(pre_users), 0), np.float32),
+    a_users, a_items, _, _ = merge_pre_period(pre_users, pre_items, np.zeros((len(pre_users), 0), np.float32),
                                         rows["user"][rows["positive"]], rows["item"][rows["positive"]],
                                         np.zeros((int(rows["positive"].sum()), 0), np.float32))
-    a_off = _user_offsets(a_users, num_users)
+    a_off = user_offsets(a_users, num_users)
     cpos = np.concatenate([[0], np.cumsum(rows["positive"])])  # cpos[r] = positives among sorted rows [0, r)
-    log_off = _user_offsets(rows["user"], num_users)
+    log_off = user_offsets(rows["user"], num_users)
 
     sets: Dict[str, SampleSet] = {"train": train}
     impressions: Dict[str, pd.DataFrame] = {}
@@ -438,7 +374,7 @@ def protocol_b_split(data: InteractionData, config: SplitConfig) -> SplitB:
         who = rows["user"][row]
         end = a_off[who] + num_pre[who] + cpos[row] - cpos[log_off[who]]
         hist_start = np.maximum(a_off[who], end - n)
-        sets[name], dropped[f"{name}_short_history"] = _assemble(who, a_items, hist_start, end - hist_start,
+        sets[name], dropped[f"{name}_short_history"] = assemble_samples(who, a_items, hist_start, end - hist_start,
                                                                 target, labels, signals, s0)
         window_stats["sessions_with_positive"] = int(len(first))
     sequences = pd.DataFrame({"user_id": t_users, "item_id": t_items})

@@ -77,7 +77,7 @@ def add_true_rewards(world: SyntheticWorld, data: InteractionData, result: EvalR
 
 def world_reward_fn(world: SyntheticWorld, data: InteractionData,
                     weights: Optional[Dict[str, float]] = None) -> Callable[[SampleSet, np.ndarray], np.ndarray]:
-    """The world's true expected session reward as an alignment reward function (``alignment.pairs.RewardFn``):
+    """The world's true expected session reward as an alignment reward function (``alignment.candidates.RewardFn``):
     U samples and their sessions [U, N, M] (contiguous item ids, -1 empty) -> rewards [U, N].
 
     Aligning to it instead of the learned reward model (``align.reward_source=world``) separates what the

@@ -14,7 +14,8 @@ import torch
 
 from torchrec_onerec.data.batch import collate_samples
 from torchrec_onerec.data.samples import PAD_ITEM, SampleSet
-from torchrec_onerec.models.reward import SessionRewardModel, to_reward_batch
+from torchrec_onerec.models.reward import SessionRewardModel
+from torchrec_onerec.models.reward_batch import to_reward_batch
 
 
 def _check_sessions(model: SessionRewardModel, samples: SampleSet, sessions: np.ndarray) -> np.ndarray:

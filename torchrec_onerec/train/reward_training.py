@@ -36,7 +36,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -47,9 +47,10 @@ from tqdm.auto import tqdm
 from torchrec_onerec.data.config import LoaderConfig
 from torchrec_onerec.data.samples import PAD_ITEM, SampleSet
 from torchrec_onerec.eval.reward_auc import nan_mean, session_aucs
-from torchrec_onerec.models.reward import RewardTrainModule, RewardTransform, SessionRewardModel
+from torchrec_onerec.models.reward import RewardTrainModule, SessionRewardModel
+from torchrec_onerec.models.reward_batch import RewardTransform
 from torchrec_onerec.models.reward_config import RewardModelConfig
-from torchrec_onerec.run_dir import atomic_write_text, load_tagged, save_tagged
+from torchrec_onerec.run_dir import atomic_write_text
 from torchrec_onerec.runtime import seed_everything
 from torchrec_onerec.train.checkpoint import rank_seed
 from torchrec_onerec.train.config import TrainConfig
@@ -57,12 +58,12 @@ from torchrec_onerec.train.distributed import (DistContext, all_reduce_sum, barr
                                                init_distributed, on_rank0, teardown_distributed)
 from torchrec_onerec.train.export import gather_model_state
 from torchrec_onerec.train.rank_data import rank_dataloader, steps_per_epoch
+from torchrec_onerec.train.reward_io import plain_reward_model, save_reward_model
 from torchrec_onerec.train.schedule import lr_multiplier
 from torchrec_onerec.train.sharding import ShardedTraining, shard_for_training
 from torchrec_onerec.train.validation import ModelSelection
 
 LOG = logging.getLogger("torchrec_onerec")
-REWARD_FORMAT = "torchrec_onerec.reward_model/1"
 SELECTION_METRIC = "valid_session_auc_same_length"
 EVAL_BATCH_SIZE = 1024
 
@@ -158,75 +159,6 @@ def reward_train_config(config: RewardModelConfig) -> TrainConfig:
     return TrainConfig(epochs=config.epochs, learning_rate=config.learning_rate,
                        sparse_learning_rate=config.sparse_learning_rate, weight_decay=config.weight_decay,
                        warmup_steps=config.warmup_steps, patience=config.patience, selection_metric=SELECTION_METRIC)
-
-
-def plain_reward_model(state: Dict[str, torch.Tensor], config: RewardModelConfig, num_users: int, num_items: int,
-                       signals: Sequence[str], *, item_codes: Optional[torch.Tensor] = None,
-                       device: Optional[torch.device] = None) -> SessionRewardModel:
-    """An unsharded ``SessionRewardModel`` holding ``state`` (no random initialisation, no RNG consumed).
-
-    Args:
-        state (Dict[str, torch.Tensor]): a full ``SessionRewardModel`` state dict.
-        config (RewardModelConfig): the config it was trained with.
-        num_users (int): rows of its user table.
-        num_items (int): rows of its item table.
-        signals (Sequence[str]): its towers.
-        item_codes (torch.Tensor | None): [num_items, L'] the codes it was trained with (``reward.semantic_ids``).
-        device (torch.device | None): where to put it (CPU by default).
-
-    Returns:
-        SessionRewardModel: in eval mode.
-    """
-    model = SessionRewardModel(config, num_users, num_items, signals, item_codes=item_codes,
-                               device=torch.device("meta"))
-    model.load_state_dict(state, assign=True)
-    return model.to(device or torch.device("cpu")).eval()
-
-
-def save_reward_model(path: Path, state: Dict[str, torch.Tensor], config: RewardModelConfig, num_users: int,
-                      num_items: int, signals: Sequence[str], item_codes: Optional[torch.Tensor] = None) -> None:
-    """Write a plain state dict with what is needed to rebuild and check the model (atomically).
-
-    Args:
-        path (Path): the file (``torch.save`` format).
-        state (Dict[str, torch.Tensor]): a full ``SessionRewardModel`` state dict.
-        config (RewardModelConfig): its config.
-        num_users (int): rows of its user table.
-        num_items (int): rows of its item table.
-        signals (Sequence[str]): its towers, in order.
-        item_codes (torch.Tensor | None): [num_items, L'] its items' codes (``reward.semantic_ids``): the model
-            file carries them, so it scores sessions without the codebook.
-    """
-    codes = None if item_codes is None else item_codes.detach().to("cpu", torch.int64).clone()
-    save_tagged(path, REWARD_FORMAT, {"config": asdict(config), "num_users": int(num_users),
-                                      "num_items": int(num_items), "signals": list(signals), "state_dict": state,
-                                      "item_codes": codes})
-
-
-def load_reward_model(path: Path, *, num_items: Optional[int] = None, num_users: Optional[int] = None,
-                      signals: Optional[Sequence[str]] = None, device: Optional[torch.device] = None
-                      ) -> SessionRewardModel:
-    """Read a model written by ``save_reward_model``, refusing one built for another catalogue or other signals.
-
-    Args:
-        path (Path): the file (``reward_model.pt``).
-        num_items (int | None): the catalogue size in use (None: not checked).
-        num_users (int | None): the number of users in use (None: not checked).
-        signals (Sequence[str] | None): the signals in use, in order (None: not checked).
-        device (torch.device | None): where to put the model.
-
-    Returns:
-        SessionRewardModel: plain, in eval mode.
-    """
-    data = load_tagged(path, REWARD_FORMAT, "save_reward_model")
-    expected = {"num_items": num_items, "num_users": num_users, "signals": None if signals is None else list(signals)}
-    for key, wanted in expected.items():
-        if wanted is not None and data[key] != wanted:
-            raise ValueError(f"{path} holds a reward model with {key}={data[key]}, not the {key}={wanted} in use; "
-                             "train a reward model on this data set (stage train-reward) or load the matching one")
-    config = RewardModelConfig(**{"semantic_ids": False, **data["config"]})  # files before the key were id-only
-    return plain_reward_model(data["state_dict"], config, data["num_users"], data["num_items"], data["signals"],
-                              item_codes=data.get("item_codes"), device=device)
 
 
 class _RewardRun:

@@ -15,7 +15,8 @@ import torch
 import torch.distributed as dist
 
 from torchrec_onerec.alignment.config import AlignConfig
-from torchrec_onerec.alignment.ipa import AlignResult, align_iteratively, generation_stats
+from torchrec_onerec.alignment.ipa import AlignResult, align_iteratively
+from torchrec_onerec.alignment.ipa_stats import generation_stats
 from torchrec_onerec.alignment.train_step import PreferenceTrainStep
 from torchrec_onerec.alignment.trainer import load_plain_state
 from torchrec_onerec.data.samples import SampleSet

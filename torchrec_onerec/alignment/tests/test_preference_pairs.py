@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from torchrec_onerec.alignment.pairs import (PreferencePairs, build_preference_pairs, empty_pairs, scored_candidates,
+from torchrec_onerec.alignment.candidates import scored_candidates
+from torchrec_onerec.alignment.pairs import (PreferencePairs, build_preference_pairs, empty_pairs,
                                              sample_preference_rows, select_pairs)
 from torchrec_onerec.data.batch import collate_samples
 from torchrec_onerec.generation.beam_search import constrained_beam_search

@@ -24,8 +24,9 @@ from torchrec.optim.optimizers import in_backward_optimizer_filter
 from torchrec_onerec.data.batch import collate_samples
 from torchrec_onerec.data.samples import Sample, SampleSet
 from torchrec_onerec.errors import ConfigError
-from torchrec_onerec.models.reward import (RewardBatch, RewardTrainModule, RewardTransform, SessionRewardModel,
-                                           code_tokens, session_labels, to_reward_batch)
+from torchrec_onerec.models.reward import RewardTrainModule, SessionRewardModel
+from torchrec_onerec.models.reward_batch import (RewardBatch, RewardTransform, code_tokens, session_labels,
+                                                 to_reward_batch)
 from torchrec_onerec.models.reward_config import RewardModelConfig
 from torchrec_onerec.models.reward_scoring import score_sessions, session_rewards
 

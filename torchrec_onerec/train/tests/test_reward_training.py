@@ -19,12 +19,13 @@ from torchrec_onerec.data.samples import Sample, SampleSet
 from torchrec_onerec.data.splits import SplitB, split_data
 from torchrec_onerec.datasets.load import load_dataset
 from torchrec_onerec.eval.reward_auc import auc, evaluate_reward_model
-from torchrec_onerec.models.reward import SessionRewardModel, code_tokens
+from torchrec_onerec.models.reward import SessionRewardModel
+from torchrec_onerec.models.reward_batch import code_tokens
 from torchrec_onerec.models.reward_scoring import score_sessions
 from torchrec_onerec.models.reward_config import RewardModelConfig
 from torchrec_onerec.run_dir import load_tagged, save_tagged
-from torchrec_onerec.train.reward_training import (REWARD_FORMAT, RewardTrainResult, load_reward_model,
-                                                   save_reward_model, single_item_sessions, train_reward_model)
+from torchrec_onerec.train.reward_io import REWARD_FORMAT, load_reward_model, save_reward_model
+from torchrec_onerec.train.reward_training import RewardTrainResult, single_item_sessions, train_reward_model
 
 CPU = torch.device("cpu")
 # The tiny world with a strong user-topic signal: on the plain tiny world even the users' true interest in an
