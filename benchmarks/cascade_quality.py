@@ -48,34 +48,77 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     cfg = load_config(args.config, args.set)
-    cascade = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(CascadeConfig),
-                                                  OmegaConf.from_dotlist(args.cascade)))
+    cascade = OmegaConf.to_object(
+        OmegaConf.merge(OmegaConf.structured(CascadeConfig), OmegaConf.from_dotlist(args.cascade))
+    )
     assert isinstance(cascade, CascadeConfig)
     data = load_dataset(cfg.data, seed=cfg.seed)
     split = split_data(data, cfg.split)
-    setting = {"config": args.config, "overrides": args.set, "cascade": OmegaConf.to_container(
-        OmegaConf.structured(cascade)), "threads": args.threads, "torch": torch.__version__,
-        "torchrec": torchrec.__version__, "machine": platform.machine(), "protocol": cfg.split.protocol,
-        "users": data.num_users, "items": data.num_items}
+    setting = {
+        "config": args.config,
+        "overrides": args.set,
+        "cascade": OmegaConf.to_container(OmegaConf.structured(cascade)),
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "torchrec": torchrec.__version__,
+        "machine": platform.machine(),
+        "protocol": cfg.split.protocol,
+        "users": data.num_users,
+        "items": data.num_items,
+    }
     with tempfile.TemporaryDirectory() as folder:
-        result = train_cascade(cascade, split, data, train_config=cfg.train, max_history=cfg.split.max_history,
-                               out_dir=folder, device=torch.device("cpu"), seed=cfg.seed, progress=False)
-        _emit({"what": "train", **setting, "tasks": result.tasks, "ranker_valid_auc": result.ranker_valid_auc,
-               "ranker_test_auc": result.ranker_test_auc,
-               **{f"{m.model}_{key}": getattr(m, key) for m in (result.two_tower, result.ranker)
-                  for key in ("epochs", "steps", "selection_metric", "best_epoch", "best_value", "train_seconds",
-                              "samples_per_s", "history")}})
+        result = train_cascade(
+            cascade,
+            split,
+            data,
+            train_config=cfg.train,
+            max_history=cfg.split.max_history,
+            out_dir=folder,
+            device=torch.device("cpu"),
+            seed=cfg.seed,
+            progress=False,
+        )
+        _emit(
+            {
+                "what": "train",
+                **setting,
+                "tasks": result.tasks,
+                "ranker_valid_auc": result.ranker_valid_auc,
+                "ranker_test_auc": result.ranker_test_auc,
+                **{
+                    f"{m.model}_{key}": getattr(m, key)
+                    for m in (result.two_tower, result.ranker)
+                    for key in (
+                        "epochs",
+                        "steps",
+                        "selection_metric",
+                        "best_epoch",
+                        "best_value",
+                        "train_seconds",
+                        "samples_per_s",
+                        "history",
+                    )
+                },
+            }
+        )
         recommender = load_cascade(folder)
     arms = {
-        "cascade": evaluate_cascade(recommender, split.test, config=cfg.eval, protocol=cfg.split.protocol,
-                                    num_items=data.num_items),
-        "popularity": evaluate_popularity(split.test, split.train_sequences, data.num_items, config=cfg.eval,
-                                          protocol=cfg.split.protocol),
+        "cascade": evaluate_cascade(
+            recommender, split.test, config=cfg.eval, protocol=cfg.split.protocol, num_items=data.num_items
+        ),
+        "popularity": evaluate_popularity(
+            split.test, split.train_sequences, data.num_items, config=cfg.eval, protocol=cfg.split.protocol
+        ),
     }
     for name, arm in arms.items():
         _emit({"what": "evaluate", "arm": name, "split": "test", "metrics": arm.metrics, "info": arm.info})
-    _emit({"what": "wall", "seconds": time.perf_counter() - start,
-           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+    _emit(
+        {
+            "what": "wall",
+            "seconds": time.perf_counter() - start,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        }
+    )
 
 
 if __name__ == "__main__":

@@ -54,8 +54,15 @@ def timed(fn: Callable[[], T], repeats: int) -> Tuple[float, T]:
 
 
 def _record(what: str, wall: float, count: int, unit: str, **sizes: object) -> Dict[str, object]:
-    return {"what": what, **sizes, "wall_s": round(wall, 4), f"{unit}_per_s": round(count / wall),
-            "peak_rss_mb": round(peak_rss_mb(), 1), "device": "cpu", "threads": threads()}
+    return {
+        "what": what,
+        **sizes,
+        "wall_s": round(wall, 4),
+        f"{unit}_per_s": round(count / wall),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "device": "cpu",
+        "threads": threads(),
+    }
 
 
 def measure_protocol_b(data: InteractionData, repeats: int) -> Tuple[Dict[str, object], SampleSet]:
@@ -68,8 +75,16 @@ def measure_protocol_b(data: InteractionData, repeats: int) -> Tuple[Dict[str, o
     split_cfg = load_config(str(Path(__file__).resolve().parents[1] / "configs" / "kuairand.yaml")).split
     wall, split = timed(lambda: protocol_b_split(data, split_cfg), repeats)
     rows = len(data.interactions) + (0 if data.histories is None else len(data.histories))
-    record = _record("protocol_b_split_kuairand", wall, rows, "rows", rows=rows, train_samples=len(split.train),
-                     valid_targets=len(split.valid), test_targets=len(split.test))
+    record = _record(
+        "protocol_b_split_kuairand",
+        wall,
+        rows,
+        "rows",
+        rows=rows,
+        train_samples=len(split.train),
+        valid_targets=len(split.valid),
+        test_targets=len(split.test),
+    )
     return record, split.train
 
 
@@ -81,8 +96,15 @@ def measure_dataloader(samples: SampleSet, batch_size: int, repeats: int) -> Dic
         return sum(batch.users.numel() for batch in make_dataloader(samples, config, seed=0))
 
     wall, count = timed(epoch, repeats)
-    return _record("dataloader_epoch", wall, count, "samples", samples=count, batch_size=batch_size,
-                   batches=-(-count // batch_size))
+    return _record(
+        "dataloader_epoch",
+        wall,
+        count,
+        "samples",
+        samples=count,
+        batch_size=batch_size,
+        batches=-(-count // batch_size),
+    )
 
 
 def measure_load_kuairand(path: Path, repeats: int) -> Tuple[Dict[str, object], InteractionData]:

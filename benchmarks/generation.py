@@ -58,31 +58,74 @@ def run(args: argparse.Namespace) -> List[Dict[str, object]]:
     torch.manual_seed(0)
     config = model_size(args.size, dropout=0.0, **({"session_items": args.session_items} if args.session_items else {}))
     model = OneRecModel(config, sizes).to(device).eval()
-    batch = random_batch(codes, args.users, max_history=config.max_history, session_items=config.session_items,
-                         seed=0).to(device)
+    batch = random_batch(
+        codes, args.users, max_history=config.max_history, session_items=config.session_items, seed=0
+    ).to(device)
     index = PrefixIndex(codes, vocab_sizes=sizes, device=device)
     amp = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    common = {"bench": "beam_search", "device": name, "threads": torch.get_num_threads(),
-              "model": args.size, "params": count_parameters(config, sizes)["total"], "items": args.items,
-              "vocab_sizes": sizes, "session_items": config.session_items, "users": args.users, "amp": args.amp}
+    common = {
+        "bench": "beam_search",
+        "device": name,
+        "threads": torch.get_num_threads(),
+        "model": args.size,
+        "params": count_parameters(config, sizes)["total"],
+        "items": args.items,
+        "vocab_sizes": sizes,
+        "session_items": config.session_items,
+        "users": args.users,
+        "amp": args.amp,
+    }
     records: List[Dict[str, object]] = []
     for beam in [args.beam] + ([128] if args.beam_128 else []):
         seconds = {}
-        for mode, kwargs in (("constrained", {}), ("unconstrained", {"constrained": False}),
-                             ("constrained_no_cache", {"use_cache": False}), ("constrained_dense", {"compact": False})):
-            seconds[mode] = _time(lambda: constrained_beam_search(
-                model, batch, prefix_index=index, beam_size=beam, num_return=min(10, beam), amp_dtype=amp,
-                **kwargs), args.repeats)
-            records.append({**common, "beam": beam, "mode": mode, "seconds": round(seconds[mode], 4),
-                            "sessions_per_s": round(args.users / seconds[mode], 2)})
-        records.append({**common, "beam": beam, "ratio": "constrained/unconstrained",
-                        "value": round(seconds["constrained"] / seconds["unconstrained"], 3), "target": "<= 1.1"})
-        records.append({**common, "beam": beam, "ratio": "no_cache/cache",
-                        "value": round(seconds["constrained_no_cache"] / seconds["constrained"], 3),
-                        "target": ">= 3" if beam == 32 else None})
-        records.append({**common, "beam": beam, "ratio": "dense/compact",
-                        "value": round(seconds["constrained_dense"] / seconds["constrained"], 3)})
+        for mode, kwargs in (
+            ("constrained", {}),
+            ("unconstrained", {"constrained": False}),
+            ("constrained_no_cache", {"use_cache": False}),
+            ("constrained_dense", {"compact": False}),
+        ):
+            seconds[mode] = _time(
+                lambda: constrained_beam_search(
+                    model, batch, prefix_index=index, beam_size=beam, num_return=min(10, beam), amp_dtype=amp, **kwargs
+                ),
+                args.repeats,
+            )
+            records.append(
+                {
+                    **common,
+                    "beam": beam,
+                    "mode": mode,
+                    "seconds": round(seconds[mode], 4),
+                    "sessions_per_s": round(args.users / seconds[mode], 2),
+                }
+            )
+        records.append(
+            {
+                **common,
+                "beam": beam,
+                "ratio": "constrained/unconstrained",
+                "value": round(seconds["constrained"] / seconds["unconstrained"], 3),
+                "target": "<= 1.1",
+            }
+        )
+        records.append(
+            {
+                **common,
+                "beam": beam,
+                "ratio": "no_cache/cache",
+                "value": round(seconds["constrained_no_cache"] / seconds["constrained"], 3),
+                "target": ">= 3" if beam == 32 else None,
+            }
+        )
+        records.append(
+            {
+                **common,
+                "beam": beam,
+                "ratio": "dense/compact",
+                "value": round(seconds["constrained_dense"] / seconds["constrained"], 3),
+            }
+        )
     for record in records:
         print(json.dumps(record), flush=True)
     return records

@@ -68,22 +68,54 @@ def main() -> None:
     book = ctx.codebook
     model = load_exported(Path(summary["stages"]["train"]["best_model_path"]), config.model, book.vocab_sizes)
     reward = world_reward_fn(world, ctx.data)
-    align = AlignConfig(iterations=args.iterations, sample_fraction=args.fraction, num_candidates=args.candidates,
-                        beta=args.beta, dpo_weight=args.dpo_weight, epochs=args.epochs,
-                        batch_size=config.loader.batch_size, learning_rate=args.lr,
-                        sparse_learning_rate=args.sparse_lr, eval_users=args.eval_users)
+    align = AlignConfig(
+        iterations=args.iterations,
+        sample_fraction=args.fraction,
+        num_candidates=args.candidates,
+        beta=args.beta,
+        dpo_weight=args.dpo_weight,
+        epochs=args.epochs,
+        batch_size=config.loader.batch_size,
+        learning_rate=args.lr,
+        sparse_learning_rate=args.sparse_lr,
+        eval_users=args.eval_users,
+    )
     split = ctx.split
-    print(json.dumps({"bench": "ipa_synthetic", "line": "setup", "config": args.config, "run_dir": run_dir,
-                      "train_samples": len(split.train), "valid_samples": len(split.valid),
-                      "test_samples": len(split.test), "items": world.num_items,
-                      "session_items": split.train.session_items,
-                      "align": align.__dict__, "threads": args.threads, "setup_seconds": round(setup_seconds, 1),
-                      "load_avg": os.getloadavg()[0]}), flush=True)
+    print(
+        json.dumps(
+            {
+                "bench": "ipa_synthetic",
+                "line": "setup",
+                "config": args.config,
+                "run_dir": run_dir,
+                "train_samples": len(split.train),
+                "valid_samples": len(split.valid),
+                "test_samples": len(split.test),
+                "items": world.num_items,
+                "session_items": split.train.session_items,
+                "align": align.__dict__,
+                "threads": args.threads,
+                "setup_seconds": round(setup_seconds, 1),
+                "load_avg": os.getloadavg()[0],
+            }
+        ),
+        flush=True,
+    )
     start = time.perf_counter()
-    result = align_iteratively(align, model, split.train, split.valid, reward, codes=book.codes,
-                               prefix_index=book.prefix_index(), train_config=config.train,
-                               out_dir=Path(run_dir) / "align", seed=config.seed, device=torch.device("cpu"),
-                               resume=False)
+    result = align_iteratively(
+        align,
+        model,
+        split.train,
+        split.valid,
+        reward,
+        codes=book.codes,
+        prefix_index=book.prefix_index(),
+        train_config=config.train,
+        out_dir=Path(run_dir) / "align",
+        seed=config.seed,
+        device=torch.device("cpu"),
+        resume=False,
+    )
     align_seconds = time.perf_counter() - start
     for record in result.records:
         print(json.dumps({"bench": "ipa_synthetic", "line": "iteration", **record}), flush=True)
@@ -92,8 +124,12 @@ def main() -> None:
     local = DistContext(0, 1, 0, 1, torch.device("cpu"), "gloo", False)
     index = book.prefix_index()
     aligned = load_exported(Path(result.model_path), config.model, book.vocab_sizes)
-    line: Dict[str, Any] = {"bench": "ipa_synthetic", "line": "test", "users": len(test),
-                            "align_seconds": round(align_seconds, 1)}
+    line: Dict[str, Any] = {
+        "bench": "ipa_synthetic",
+        "line": "test",
+        "users": len(test),
+        "align_seconds": round(align_seconds, 1),
+    }
     for name, candidate in (("trained", model), ("aligned", aligned)):
         stats = generation_stats(candidate, test, reward, codes=book.codes, prefix_index=index, align=align, ctx=local)
         line.update({f"{name}_{key}": value for key, value in stats.items() if key.startswith("reward")})

@@ -43,6 +43,7 @@ from torchrec_onerec.eval.reward_auc import auc, auc_within_groups, evaluate_rew
 from torchrec_onerec.train.reward_io import load_reward_model
 from torchrec_onerec.train.reward_training import train_reward_model
 
+
 def _rounded(metrics: Dict[str, Dict[str, float]]) -> Dict[str, Dict[str, float]]:
     return {key: {name: round(value, 4) for name, value in values.items()} for key, values in metrics.items()}
 
@@ -52,8 +53,9 @@ def _oracle(cfg: OneRecConfig, split: SplitB, sessions: SampleSet, impressions: 
     data, world = load_synthetic(cfg.data.synthetic, seed=cfg.seed)
     frame = data.interactions
     width = cfg.data.synthetic.impressions_per_session  # the log is session by session, ``width`` rows each
-    truth = world.item_probabilities(frame["user_id"].to_numpy().reshape(-1, width)[:, 0],
-                                     frame["item_id"].to_numpy().reshape(-1, width))
+    truth = world.item_probabilities(
+        frame["user_id"].to_numpy().reshape(-1, width)[:, 0], frame["item_id"].to_numpy().reshape(-1, width)
+    )
     keys = ["user_id", "item_id", "timestamp"]
     table = frame[keys].assign(**{f"p_{name}": values.reshape(-1) for name, values in truth.items()})
     test = split.impressions["test"].merge(table, on=keys, how="left", validate="one_to_one")
@@ -65,9 +67,11 @@ def _oracle(cfg: OneRecConfig, split: SplitB, sessions: SampleSet, impressions: 
         any_positive = 1.0 - np.prod(1.0 - per_slot, axis=1)
         s = list(sessions.signals).index(signal)
         labels = (sessions.labels[..., s] > 0).any(axis=1)
-        out[signal] = {"session_auc": auc(any_positive, labels),
-                       "session_auc_same_length": auc_within_groups(any_positive, labels, sessions.target_lengths),
-                       "impression_auc": auc(p, impressions.labels[:, 0, s])}
+        out[signal] = {
+            "session_auc": auc(any_positive, labels),
+            "session_auc_same_length": auc_within_groups(any_positive, labels, sessions.target_lengths),
+            "impression_auc": auc(p, impressions.labels[:, 0, s]),
+        }
     return out
 
 
@@ -92,37 +96,65 @@ def main() -> None:
 
     train, train_impressions, valid = samples("train", m), samples("train", 1), samples("valid", m)
     embeddings = item_embeddings(data, cfg.tokenizer, train_interactions=split.train_sequences, seed=cfg.seed)
-    codebook, _ = fit_tokenizer(embeddings, cfg.tokenizer, seed=cfg.seed, device=torch.device("cpu"),
-                                item_ids=data.raw_item_ids)
+    codebook, _ = fit_tokenizer(
+        embeddings, cfg.tokenizer, seed=cfg.seed, device=torch.device("cpu"), item_ids=data.raw_item_ids
+    )
     test, test_impressions = samples("test", m), samples("test", 1)
-    common = {"config": args.config, "m": m, "n": n, "users": data.num_users, "items": data.num_items,
-              "train_sessions": len(train), "train_impressions": len(train_impressions),
-              "test_sessions": len(test), "test_impressions": len(test_impressions),
-              "device": "cpu", "threads": args.threads, "machine": platform.machine()}
+    common = {
+        "config": args.config,
+        "m": m,
+        "n": n,
+        "users": data.num_users,
+        "items": data.num_items,
+        "train_sessions": len(train),
+        "train_impressions": len(train_impressions),
+        "test_sessions": len(test),
+        "test_impressions": len(test_impressions),
+        "device": "cpu",
+        "threads": args.threads,
+        "machine": platform.machine(),
+    }
     print(json.dumps({"what": "data", **common, "seconds": round(time.perf_counter() - start, 2)}), flush=True)
     if cfg.data.source == "synthetic":
         oracle = _oracle(cfg, split, test, test_impressions)
-        print(json.dumps({"what": "oracle: the world's true probabilities", **common, "test": _rounded(oracle)}),
-              flush=True)
+        print(
+            json.dumps({"what": "oracle: the world's true probabilities", **common, "test": _rounded(oracle)}),
+            flush=True,
+        )
     overrides = OmegaConf.to_container(OmegaConf.from_dotlist(list(args.set)))
     for pooling in args.pooling:
         config = RewardModelConfig(**{**overrides, "pooling": pooling})
         start = time.perf_counter()
         with tempfile.TemporaryDirectory() as folder:
-            result = train_reward_model(config, train, valid, num_users=data.num_users, num_items=data.num_items,
-                                        out_dir=Path(folder), seed=args.seed, device=torch.device("cpu"),
-                                        train_impressions=train_impressions, item_codes=codebook.codes,
-                                        progress=False)
-            model = load_reward_model(Path(folder) / "reward_model.pt", num_items=data.num_items,
-                                      signals=train.signals)
+            result = train_reward_model(
+                config,
+                train,
+                valid,
+                num_users=data.num_users,
+                num_items=data.num_items,
+                out_dir=Path(folder),
+                seed=args.seed,
+                device=torch.device("cpu"),
+                train_impressions=train_impressions,
+                item_codes=codebook.codes,
+                progress=False,
+            )
+            model = load_reward_model(Path(folder) / "reward_model.pt", num_items=data.num_items, signals=train.signals)
         metrics = evaluate_reward_model(model, test, test_impressions, batch_size=1024, device=torch.device("cpu"))
-        line = {"what": f"reward model, pooling={pooling}", **common, "reward": asdict(config),
-                "best_epoch": result.best_epoch, "epochs_run": result.epochs, "steps": result.steps,
-                "valid_selection_auc": round(result.best_value or float("nan"), 4),
-                "train_seconds": round(result.train_seconds, 2), "seconds": round(time.perf_counter() - start, 2),
-                "parameters": sum(p.numel() for p in model.parameters()),
-                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-                "test": _rounded(metrics)}
+        line = {
+            "what": f"reward model, pooling={pooling}",
+            **common,
+            "reward": asdict(config),
+            "best_epoch": result.best_epoch,
+            "epochs_run": result.epochs,
+            "steps": result.steps,
+            "valid_selection_auc": round(result.best_value or float("nan"), 4),
+            "train_seconds": round(result.train_seconds, 2),
+            "seconds": round(time.perf_counter() - start, 2),
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+            "test": _rounded(metrics),
+        }
         print(json.dumps(line), flush=True)
 
 

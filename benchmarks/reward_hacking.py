@@ -99,7 +99,7 @@ def within_user_spearman(x: np.ndarray, y: np.ndarray) -> float:
     """Mean over rows of the Spearman correlation of x [U, N] and y [U, N] (rows where either is constant skipped)."""
     rx, ry = _ranks(np.asarray(x, np.float64)), _ranks(np.asarray(y, np.float64))
     rx, ry = rx - rx.mean(1, keepdims=True), ry - ry.mean(1, keepdims=True)
-    norm = np.sqrt((rx ** 2).sum(1) * (ry ** 2).sum(1))
+    norm = np.sqrt((rx**2).sum(1) * (ry**2).sum(1))
     keep = norm > 0
     return float(((rx * ry).sum(1)[keep] / norm[keep]).mean()) if keep.any() else float("nan")
 
@@ -122,47 +122,67 @@ def reward_model_lines(model: SessionRewardModel, world: SyntheticWorld, users: 
     sessions = np.full((len(users), num_items, 1), -1, np.int64)
     sessions[:, :, 0] = np.arange(num_items)
     scores = session_rewards(model, users, sessions, batch_size=8192, device=CPU)  # [U, I]
-    truth = world.session_reward(np.repeat(users.user, num_items),
-                                 np.tile(np.arange(num_items), len(users))[:, None]).reshape(len(users), num_items)
+    truth = world.session_reward(
+        np.repeat(users.user, num_items), np.tile(np.arange(num_items), len(users))[:, None]
+    ).reshape(len(users), num_items)
     interest = world.user_interest[users.user][:, world.item_topic]
     quality = np.broadcast_to(world.item_quality, truth.shape)
     num_topics = world.config.num_topics
     fake = SampleSet.from_samples(
-        [Sample(int(users.user[0]), np.flatnonzero(world.item_topic == t)[:HISTORY_ITEMS], np.array([0]),
-                np.zeros((1, len(users.signals)), np.float32)) for t in range(num_topics)], users.signals)
+        [
+            Sample(
+                int(users.user[0]),
+                np.flatnonzero(world.item_topic == t)[:HISTORY_ITEMS],
+                np.array([0]),
+                np.zeros((1, len(users.signals)), np.float32),
+            )
+            for t in range(num_topics)
+        ],
+        users.signals,
+    )
     by_history = session_rewards(model, fake, sessions[:num_topics], batch_size=8192, device=CPU)  # [T, I]
     topic_means = np.stack([by_history[:, world.item_topic == t].mean(1) for t in range(num_topics)], 1)  # [T, T]
     off_diagonal = (topic_means.sum() - np.trace(topic_means)) / (num_topics * (num_topics - 1))
-    return {"users": len(users), "items": num_items,
-            "spearman_true": within_user_spearman(scores, truth),
-            "spearman_interest": within_user_spearman(scores, interest),
-            "spearman_interest_truth": within_user_spearman(truth, interest),
-            "spearman_quality": within_user_spearman(scores, quality),
-            "spearman_quality_truth": within_user_spearman(truth, quality),
-            "item_mean_share": _item_mean_share(scores), "item_mean_share_truth": _item_mean_share(truth),
-            "history_topic_gain": float(np.trace(topic_means) / num_topics - off_diagonal),
-            "history_topic_gain_relative": float((np.trace(topic_means) / num_topics - off_diagonal)
-                                                 / max(abs(off_diagonal), 1e-12))}
+    return {
+        "users": len(users),
+        "items": num_items,
+        "spearman_true": within_user_spearman(scores, truth),
+        "spearman_interest": within_user_spearman(scores, interest),
+        "spearman_interest_truth": within_user_spearman(truth, interest),
+        "spearman_quality": within_user_spearman(scores, quality),
+        "spearman_quality_truth": within_user_spearman(truth, quality),
+        "item_mean_share": _item_mean_share(scores),
+        "item_mean_share_truth": _item_mean_share(truth),
+        "history_topic_gain": float(np.trace(topic_means) / num_topics - off_diagonal),
+        "history_topic_gain_relative": float(
+            (np.trace(topic_means) / num_topics - off_diagonal) / max(abs(off_diagonal), 1e-12)
+        ),
+    }
 
 
-def session_mix_lines(model: SessionRewardModel, world: SyntheticWorld, users: SampleSet, *,
-                      seed: int) -> Dict[str, float]:
+def session_mix_lines(
+    model: SessionRewardModel, world: SyntheticWorld, users: SampleSet, *, seed: int
+) -> Dict[str, float]:
     """How often the reward model and the world prefer a two-topic session to a one-topic one (``session_mix``)."""
     rng = np.random.default_rng([seed, 0x5E5])
     by_interest = np.argsort(-world.user_interest[users.user], axis=1)
     sessions = np.zeros((len(users), 3, 5), np.int64)
     for u in range(len(users)):
-        own, second, far = (rng.choice(np.flatnonzero(world.item_topic == by_interest[u, k]), 5, replace=False)
-                            for k in (0, 1, 10))
+        own, second, far = (
+            rng.choice(np.flatnonzero(world.item_topic == by_interest[u, k]), 5, replace=False) for k in (0, 1, 10)
+        )
         sessions[u, 0] = own
         sessions[u, 1] = [own[0], second[0], own[1], second[1], own[2]]
         sessions[u, 2] = [own[0], far[0], own[1], far[1], own[2]]
     truth = world.session_reward(np.repeat(users.user, 3), sessions.reshape(-1, 5)).reshape(len(users), 3)
     estimate = session_rewards(model, users, sessions, batch_size=4096, device=CPU)
-    return {"users": len(users), "prefers_mixed": float((estimate[:, 1] > estimate[:, 0]).mean()),
-            "prefers_mixed_truth": float((truth[:, 1] > truth[:, 0]).mean()),
-            "prefers_far": float((estimate[:, 2] > estimate[:, 0]).mean()),
-            "prefers_far_truth": float((truth[:, 2] > truth[:, 0]).mean())}
+    return {
+        "users": len(users),
+        "prefers_mixed": float((estimate[:, 1] > estimate[:, 0]).mean()),
+        "prefers_mixed_truth": float((truth[:, 1] > truth[:, 0]).mean()),
+        "prefers_far": float((estimate[:, 2] > estimate[:, 0]).mean()),
+        "prefers_far_truth": float((truth[:, 2] > truth[:, 0]).mean()),
+    }
 
 
 def _session_features(world: SyntheticWorld, users: SampleSet, items: np.ndarray) -> Dict[str, np.ndarray]:
@@ -172,8 +192,12 @@ def _session_features(world: SyntheticWorld, users: SampleSet, items: np.ndarray
     distinct = 1 + (np.diff(sorted_topics, axis=2) != 0).sum(2)
     interest = world.user_interest[users.user[:, None, None], topics].mean(2)
     in_history = np.stack([np.isin(items[u], users[u].history).sum(1) for u in range(len(users))])
-    return {"topics": distinct.astype(np.float64), "interest": interest, "quality": world.item_quality[items].mean(2),
-            "in_history": in_history.astype(np.float64)}
+    return {
+        "topics": distinct.astype(np.float64),
+        "interest": interest,
+        "quality": world.item_quality[items].mean(2),
+        "in_history": in_history.astype(np.float64),
+    }
 
 
 def _ranking(score: np.ndarray, truth: np.ndarray) -> Dict[str, float]:
@@ -183,10 +207,13 @@ def _ranking(score: np.ndarray, truth: np.ndarray) -> Dict[str, float]:
     best, worst = score.argmax(1), score.argmin(1)
     paired = score[rows, best] > score[rows, worst]
     right = truth[rows, best] > truth[rows, worst]
-    return {"spearman": within_user_spearman(score, truth), "true_of_best": float(truth[rows, best].mean()),
-            "true_of_worst": float(truth[rows, worst].mean()),
-            "pair_right_way": float(right[paired].mean()) if paired.any() else float("nan"),
-            "users_with_pair": int(paired.sum())}
+    return {
+        "spearman": within_user_spearman(score, truth),
+        "true_of_best": float(truth[rows, best].mean()),
+        "true_of_worst": float(truth[rows, worst].mean()),
+        "pair_right_way": float(right[paired].mean()) if paired.any() else float("nan"),
+        "users_with_pair": int(paired.sum()),
+    }
 
 
 def main() -> None:
@@ -220,13 +247,25 @@ def main() -> None:
     if aligned is not None:
         policies["aligned"] = aligned
     common = {"bench": "reward_hacking", "run_dir": str(run), "reward_model": str(reward_path)}
-    print(json.dumps({**common, "line": "setup", "users": len(users), "candidates": args.candidates,
-                      "policies": {k: str(v) for k, v in policies.items()},
-                      "reward_config": reward_model.config.__dict__, "seconds": round(time.perf_counter() - start, 1)}),
-          flush=True)
+    print(
+        json.dumps(
+            {
+                **common,
+                "line": "setup",
+                "users": len(users),
+                "candidates": args.candidates,
+                "policies": {k: str(v) for k, v in policies.items()},
+                "reward_config": reward_model.config.__dict__,
+                "seconds": round(time.perf_counter() - start, 1),
+            }
+        ),
+        flush=True,
+    )
     print(json.dumps({**common, "line": "reward_model", **reward_model_lines(reward_model, world, users)}), flush=True)
-    print(json.dumps({**common, "line": "session_mix", **session_mix_lines(reward_model, world, users,
-                                                                          seed=args.seed)}), flush=True)
+    print(
+        json.dumps({**common, "line": "session_mix", **session_mix_lines(reward_model, world, users, seed=args.seed)}),
+        flush=True,
+    )
 
     true_reward = world_reward_fn(world, data)
     popularity = np.bincount(split.train_sequences["item_id"].to_numpy(), minlength=data.num_items)
@@ -236,11 +275,24 @@ def main() -> None:
     for name, path in policies.items():
         model = load_exported(path, cfg.model, book.vocab_sizes)
         parts: List[Dict[str, np.ndarray]] = []
-        for cand in scored_candidates(model, users, true_reward, codes=book.codes, prefix_index=index,
-                                      num_candidates=args.candidates, batch_size=32):
+        for cand in scored_candidates(
+            model,
+            users,
+            true_reward,
+            codes=book.codes,
+            prefix_index=index,
+            num_candidates=args.candidates,
+            batch_size=32,
+        ):
             estimated = session_rewards(reward_model, users.subset(cand.rows), cand.items, batch_size=4096, device=CPU)
-            parts.append({"items": cand.items, "truth": cand.rewards, "estimate": estimated,
-                          "log_prob": cand.log_probs.cpu().numpy()})
+            parts.append(
+                {
+                    "items": cand.items,
+                    "truth": cand.rewards,
+                    "estimate": estimated,
+                    "log_prob": cand.log_probs.cpu().numpy(),
+                }
+            )
         got = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
         if not np.isfinite(got["log_prob"]).all():
             raise SystemExit("filler candidates came back; lower --candidates")
@@ -248,19 +300,36 @@ def main() -> None:
         top = items[:, 0]  # [U, M] the most probable session: the one served
         slots = world.item_probabilities(users.user, top)["click"]
         features = _session_features(world, users, items)
-        print(json.dumps({**common, "line": "generation", "policy": name, "model": str(path),
-                          "true_reward_top": float(truth[:, 0].mean()), "true_reward_mean": float(truth.mean()),
-                          "true_reward_max": float(truth.max(1).mean()),
-                          "estimated_reward_top": float(estimate[:, 0].mean()),
-                          "estimated_reward_mean": float(estimate.mean()),
-                          "coverage_top": int(len(np.unique(top))),
-                          "popularity_rank_median_top": float(np.median(popularity_rank[top])),
-                          "popularity_count_mean_top": float(popularity[top].mean()),
-                          **{f"{key}_top": float(value[:, 0].mean()) for key, value in features.items()},
-                          "click_per_slot_top": [round(float(v), 4) for v in slots.mean(0)]}), flush=True)
-        line = {**common, "line": "ranking", "policy": name, **_ranking(estimate, truth),
-                "spearman_log_prob": within_user_spearman(got["log_prob"], truth),
-                "true_of_top_beam": float(truth[:, 0].mean()), "true_of_truly_best": float(truth.max(1).mean())}
+        print(
+            json.dumps(
+                {
+                    **common,
+                    "line": "generation",
+                    "policy": name,
+                    "model": str(path),
+                    "true_reward_top": float(truth[:, 0].mean()),
+                    "true_reward_mean": float(truth.mean()),
+                    "true_reward_max": float(truth.max(1).mean()),
+                    "estimated_reward_top": float(estimate[:, 0].mean()),
+                    "estimated_reward_mean": float(estimate.mean()),
+                    "coverage_top": int(len(np.unique(top))),
+                    "popularity_rank_median_top": float(np.median(popularity_rank[top])),
+                    "popularity_count_mean_top": float(popularity[top].mean()),
+                    **{f"{key}_top": float(value[:, 0].mean()) for key, value in features.items()},
+                    "click_per_slot_top": [round(float(v), 4) for v in slots.mean(0)],
+                }
+            ),
+            flush=True,
+        )
+        line = {
+            **common,
+            "line": "ranking",
+            "policy": name,
+            **_ranking(estimate, truth),
+            "spearman_log_prob": within_user_spearman(got["log_prob"], truth),
+            "true_of_top_beam": float(truth[:, 0].mean()),
+            "true_of_truly_best": float(truth.max(1).mean()),
+        }
         for key, value in features.items():
             line[f"spearman_{key}_estimate"] = within_user_spearman(value, estimate)
             line[f"spearman_{key}_truth"] = within_user_spearman(value, truth)
@@ -276,12 +345,24 @@ def main() -> None:
     earlier_same = (topics[:, :, None] == topics[:, None, :]) & np.tri(M, M, k=-1, dtype=bool)[None]
     novelty = np.exp(-world.config.diversity_weight * earlier_same.sum(2))
     without_noise = INTEREST_SCALE * world.user_interest[who, topics] + world.item_quality[flat]
-    scores = {"items_alone": _item_reward(world._affinity(who, flat)).sum(1),
-              "interest_and_quality": _item_reward(without_noise).sum(1),
-              "quality_only": world.item_quality[flat].sum(1), "novelty_only": novelty.sum(1)}
-    print(json.dumps({**common, "line": "ceilings", "policy": "ntp",
-                      **{name: _ranking(value.reshape(U, N), truth) for name, value in scores.items()},
-                      "seconds": round(time.perf_counter() - start, 1)}), flush=True)
+    scores = {
+        "items_alone": _item_reward(world._affinity(who, flat)).sum(1),
+        "interest_and_quality": _item_reward(without_noise).sum(1),
+        "quality_only": world.item_quality[flat].sum(1),
+        "novelty_only": novelty.sum(1),
+    }
+    print(
+        json.dumps(
+            {
+                **common,
+                "line": "ceilings",
+                "policy": "ntp",
+                **{name: _ranking(value.reshape(U, N), truth) for name, value in scores.items()},
+                "seconds": round(time.perf_counter() - start, 1),
+            }
+        ),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -67,8 +67,14 @@ def child(spec: Dict[str, Any]) -> Dict[str, Any]:
     n, d, k, method = spec["n"], spec["d"], spec["k"], spec["method"]
     x = make_data(n, d, spec["data"], spec["seed"])
     device = torch.device(spec["device"])
-    record: Dict[str, Any] = {"what": spec["what"], "method": method, "sizes": {"N": n, "d": d, "K": k},
-                              "max_iter": spec["max_iter"], "data": spec["data"], "device": str(device)}
+    record: Dict[str, Any] = {
+        "what": spec["what"],
+        "method": method,
+        "sizes": {"N": n, "d": d, "K": k},
+        "max_iter": spec["max_iter"],
+        "data": spec["data"],
+        "device": str(device),
+    }
     _fit(spec, make_data(2048, d, spec["data"], spec["seed"] + 1), device, warmup=True)  # thread pools, kernels
     try:  # reset the peak-memory mark so it covers the fit only (plus the data, which stays resident)
         with open("/proc/self/clear_refs", "w") as refs:
@@ -84,25 +90,46 @@ def child(spec: Dict[str, Any]) -> Dict[str, Any]:
         from threadpoolctl import threadpool_info
 
         sizes = np.bincount(result.labels_, minlength=k)
-        record.update(iterations=int(getattr(result, "n_iter_", -1)), inertia=float(result.inertia_),
-                      threads=max(p["num_threads"] for p in threadpool_info()))
+        record.update(
+            iterations=int(getattr(result, "n_iter_", -1)),
+            inertia=float(result.inertia_),
+            threads=max(p["num_threads"] for p in threadpool_info()),
+        )
     elif method in ("balanced", "lloyd"):
         sizes = result.cluster_sizes().cpu().numpy()
-        record.update(iterations=result.iterations, converged=result.converged, inertia=result.inertia,
-                      rescans=result.rescans, threads=torch.get_num_threads())
+        record.update(
+            iterations=result.iterations,
+            converged=result.converged,
+            inertia=result.inertia,
+            rescans=result.rescans,
+            threads=torch.get_num_threads(),
+        )
     else:
         book, report = result
         sizes = np.bincount(book.codes[:, 0].numpy(), minlength=k)
         record["sizes"]["L"] = spec["levels"]
-        levels = [{"seconds": round(lv.seconds, 2), "iterations": lv.iterations, "converged": lv.converged,
-                   "reconstruction_error": round(lv.reconstruction_error, 4), "utilisation": lv.utilisation}
-                  for lv in report.levels]
+        levels = [
+            {
+                "seconds": round(lv.seconds, 2),
+                "iterations": lv.iterations,
+                "converged": lv.converged,
+                "reconstruction_error": round(lv.reconstruction_error, 4),
+                "utilisation": lv.utilisation,
+            }
+            for lv in report.levels
+        ]
         per_round = [lv.seconds / max(lv.iterations, 1) for lv in report.levels]  # a level of 1-item fits: 0
         extrapolated = {str(spec["target_iter"]): round(sum(per_round) * spec["target_iter"])}
-        record.update(levels=levels, collision_rate=report.collision_rate, threads=torch.get_num_threads(),
-                      s_per_round=round(sum(per_round) / len(per_round), 2), extrapolated_s_at_max_iter=extrapolated)
-    record.update(wall_s=round(wall, 4), throughput_items_per_s=round(n / wall, 1),
-                  balance_spread=int(sizes.max() - sizes.min()))
+        record.update(
+            levels=levels,
+            collision_rate=report.collision_rate,
+            threads=torch.get_num_threads(),
+            s_per_round=round(sum(per_round) / len(per_round), 2),
+            extrapolated_s_at_max_iter=extrapolated,
+        )
+    record.update(
+        wall_s=round(wall, 4), throughput_items_per_s=round(n / wall, 1), balance_spread=int(sizes.max() - sizes.min())
+    )
     mem = _memory()
     record.update(peak_rss_mib=round(mem.get("VmHWM", float("nan"))), data_mib=round(x.nbytes / 2**20))
     if device.type == "cuda":
@@ -123,8 +150,16 @@ def _fit(spec: Dict[str, Any], x: Any, device: Any, *, warmup: bool) -> Any:
     if method == "constrained":
         from k_means_constrained import KMeansConstrained
 
-        return KMeansConstrained(n_clusters=k, size_min=n // k, size_max=-(-n // k), init="random", n_init=1,
-                                 max_iter=max_iter, tol=0, random_state=seed).fit(x)
+        return KMeansConstrained(
+            n_clusters=k,
+            size_min=n // k,
+            size_max=-(-n // k),
+            init="random",
+            n_init=1,
+            max_iter=max_iter,
+            tol=0,
+            random_state=seed,
+        ).fit(x)
     points = torch.from_numpy(x).to(device)
     if method in ("balanced", "lloyd"):
         from torchrec_onerec.tokenizer.balanced_kmeans import BalancedKMeans
@@ -187,8 +222,11 @@ def main(argv: List[str]) -> None:
     parser.add_argument("--scale-k", type=int, default=8192)
     parser.add_argument("--scale-levels", type=int, default=3)
     parser.add_argument("--scale-max-iter", type=int, default=30, help="rounds per level actually run at scale")
-    parser.add_argument("--scale-scopes", default="level",
-                        help="comma list of tokenizer.codebook_scope values fitted at scale (level, prefix)")
+    parser.add_argument(
+        "--scale-scopes",
+        default="level",
+        help="comma list of tokenizer.codebook_scope values fitted at scale (level, prefix)",
+    )
     parser.add_argument("--data", choices=["mixture", "gaussian"], default="mixture")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=1, help="runs per sklearn point; the fastest is kept")
@@ -206,26 +244,58 @@ def main(argv: List[str]) -> None:
         for n in map(int, args.sizes.split(",")):
             for d in map(int, args.dims.split(",")):
                 base = {**common, "what": "sklearn", "n": n, "d": d, "k": args.k}
-                specs = [{**base, "method": "balanced"}, {**base, "method": "sklearn", "device": "cpu"},
-                         {**base, "method": "lloyd"}]
+                specs = [
+                    {**base, "method": "balanced"},
+                    {**base, "method": "sklearn", "device": "cpu"},
+                    {**base, "method": "lloyd"},
+                ]
                 ours, theirs, lloyd = run(specs, args.repeats, records, args.out)
-                emit({"what": "ratio", "point": f"N={n} d={d} K={args.k}", "device": args.device,
-                      "balanced_over_sklearn": round(ours["wall_s"] / theirs["wall_s"], 2),
-                      "balanced_over_sklearn_per_round": round(
-                          ours["wall_s"] / ours["iterations"] / (theirs["wall_s"] / theirs["iterations"]), 2),
-                      "our_lloyd_over_sklearn": round(lloyd["wall_s"] / theirs["wall_s"], 2),
-                      "target": "balanced <= 2.0x sklearn"}, records, args.out)
+                emit(
+                    {
+                        "what": "ratio",
+                        "point": f"N={n} d={d} K={args.k}",
+                        "device": args.device,
+                        "balanced_over_sklearn": round(ours["wall_s"] / theirs["wall_s"], 2),
+                        "balanced_over_sklearn_per_round": round(
+                            ours["wall_s"] / ours["iterations"] / (theirs["wall_s"] / theirs["iterations"]), 2
+                        ),
+                        "our_lloyd_over_sklearn": round(lloyd["wall_s"] / theirs["wall_s"], 2),
+                        "target": "balanced <= 2.0x sklearn",
+                    },
+                    records,
+                    args.out,
+                )
     if "constrained" in points:
         base = {**common, "what": "constrained", "n": args.constrained_n, "d": args.constrained_d, "k": args.k}
-        ours, theirs = run([{**base, "method": "balanced"}, {**base, "method": "constrained", "device": "cpu"}], 1,
-                           records, args.out)
-        emit({"what": "ratio", "point": f"N={args.constrained_n} d={args.constrained_d} K={args.k}",
-              "constrained_over_balanced": round(theirs["wall_s"] / ours["wall_s"], 1),
-              "target": "k-means-constrained >= 10x slower"}, records, args.out)
+        ours, theirs = run(
+            [{**base, "method": "balanced"}, {**base, "method": "constrained", "device": "cpu"}], 1, records, args.out
+        )
+        emit(
+            {
+                "what": "ratio",
+                "point": f"N={args.constrained_n} d={args.constrained_d} K={args.k}",
+                "constrained_over_balanced": round(theirs["wall_s"] / ours["wall_s"], 1),
+                "target": "k-means-constrained >= 10x slower",
+            },
+            records,
+            args.out,
+        )
     if "scale" in points:
-        specs = [{**common, "what": "scale", "method": "fit_tokenizer", "n": args.scale_n, "d": args.scale_d,
-                  "k": args.scale_k, "levels": args.scale_levels, "max_iter": args.scale_max_iter,
-                  "target_iter": args.max_iter, "scope": scope} for scope in args.scale_scopes.split(",")]
+        specs = [
+            {
+                **common,
+                "what": "scale",
+                "method": "fit_tokenizer",
+                "n": args.scale_n,
+                "d": args.scale_d,
+                "k": args.scale_k,
+                "levels": args.scale_levels,
+                "max_iter": args.scale_max_iter,
+                "target_iter": args.max_iter,
+                "scope": scope,
+            }
+            for scope in args.scale_scopes.split(",")
+        ]
         run(specs, 1, records, args.out)
 
 

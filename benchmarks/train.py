@@ -63,44 +63,96 @@ from torchrec_onerec.train.testing import random_samples, tiny_config
 from torchrec_onerec.train.train_module import OneRecTrainStep
 
 SIZES: Dict[str, Dict[str, Any]] = {
-    "small": {"d_model": 64, "num_heads": 4, "encoder_layers": 2, "decoder_layers": 2, "ffn_hidden": 256,
-              "num_experts": 8, "top_k": 2, "expert_hidden": 128, "dropout": 0.1},
+    "small": {
+        "d_model": 64,
+        "num_heads": 4,
+        "encoder_layers": 2,
+        "decoder_layers": 2,
+        "ffn_hidden": 256,
+        "num_experts": 8,
+        "top_k": 2,
+        "expert_hidden": 128,
+        "dropout": 0.1,
+    },
     "tiny": {},
-    "1b": {name: getattr(MODEL_SIZES["1b"], name) for name in ("d_model", "num_heads", "encoder_layers",
-                                                              "decoder_layers", "ffn_hidden", "num_experts",
-                                                              "top_k", "expert_hidden", "dropout")},
+    "1b": {
+        name: getattr(MODEL_SIZES["1b"], name)
+        for name in (
+            "d_model",
+            "num_heads",
+            "encoder_layers",
+            "decoder_layers",
+            "ffn_hidden",
+            "num_experts",
+            "top_k",
+            "expert_hidden",
+            "dropout",
+        )
+    },
 }
 # dense bf16 / float32 (no TF32) datasheet peaks in TFLOP/s of the SXM parts, by a word of the device name
-PEAK_TFLOPS: Dict[str, Dict[str, float]] = {"H100": {"bf16": 989.4, "none": 66.9},
-                                            "H200": {"bf16": 989.4, "none": 66.9},
-                                            "A100": {"bf16": 312.0, "none": 19.5}}
+PEAK_TFLOPS: Dict[str, Dict[str, float]] = {
+    "H100": {"bf16": 989.4, "none": 66.9},
+    "H200": {"bf16": 989.4, "none": 66.9},
+    "A100": {"bf16": 312.0, "none": 19.5},
+}
 
 
 def _setting(args: argparse.Namespace) -> Dict[str, Any]:
     """Everything both world sizes share (built identically in every worker from the seed)."""
     codes, vocab = random_codes(args.items, [args.codebook] * 2, seed=0)
-    config = tiny_config(batch_size=args.batch, num_users=args.batch * args.steps, max_history=args.history,
-                         session_items=args.session, model={**SIZES[args.size], "history_tokens": args.history_tokens},
-                         epochs=1, log_every_steps=args.log_every, warmup_steps=5, amp=args.amp)
-    samples = random_samples(args.batch * args.steps, args.items, max_history=args.history,
-                             session_items=args.session, seed=0)
+    config = tiny_config(
+        batch_size=args.batch,
+        num_users=args.batch * args.steps,
+        max_history=args.history,
+        session_items=args.session,
+        model={**SIZES[args.size], "history_tokens": args.history_tokens},
+        epochs=1,
+        log_every_steps=args.log_every,
+        warmup_steps=5,
+        amp=args.amp,
+    )
+    samples = random_samples(
+        args.batch * args.steps, args.items, max_history=args.history, session_items=args.session, seed=0
+    )
     return {"codes": codes, "vocab": vocab, "config": config, "samples": samples}
 
 
 def _worker(rank: int, world_size: int, threads: int, port: int, args: argparse.Namespace, folder: str) -> None:
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
-                      LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_WORLD_SIZE=str(world_size),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
     torch.set_num_threads(threads)
     setting = _setting(args)
-    result = train_generative(setting["config"], setting["samples"], SampleSet.empty(args.session, ["click"]),
-                              setting["codes"], setting["vocab"], Path(folder) / "run",
-                              prefix_index=PrefixIndex(setting["codes"]), device=torch.device(args.device),
-                              resume=False, progress=False)
+    result = train_generative(
+        setting["config"],
+        setting["samples"],
+        SampleSet.empty(args.session, ["click"]),
+        setting["codes"],
+        setting["vocab"],
+        Path(folder) / "run",
+        prefix_index=PrefixIndex(setting["codes"]),
+        device=torch.device(args.device),
+        resume=False,
+        progress=False,
+    )
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     gpu_mib = torch.cuda.max_memory_allocated() / 2**20 if args.device == "cuda" else None
-    Path(folder, f"rank{rank}.json").write_text(json.dumps({"result": result.__dict__, "peak_rss_mb": peak_mb,
-                                                            "peak_gpu_mib": gpu_mib,
-                                                            "threads": torch.get_num_threads()}))
+    Path(folder, f"rank{rank}.json").write_text(
+        json.dumps(
+            {
+                "result": result.__dict__,
+                "peak_rss_mb": peak_mb,
+                "peak_gpu_mib": gpu_mib,
+                "threads": torch.get_num_threads(),
+            }
+        )
+    )
 
 
 def _free_port() -> int:
@@ -113,27 +165,38 @@ def measure(world_size: int, threads: int, args: argparse.Namespace) -> Dict[str
     """Train ``args.steps`` steps with ``world_size`` processes of ``threads`` threads; returns the JSON record."""
     load_before = os.getloadavg()[0]  # the machine may be shared: a busy core slows multi-threaded settings most
     with tempfile.TemporaryDirectory() as folder:
-        mp.start_processes(_worker, args=(world_size, threads, _free_port(), args, folder), nprocs=world_size,
-                           start_method="spawn")
+        mp.start_processes(
+            _worker, args=(world_size, threads, _free_port(), args, folder), nprocs=world_size, start_method="spawn"
+        )
         reports = [json.loads(Path(folder, f"rank{r}.json").read_text()) for r in range(world_size)]
         with open(Path(folder) / "run" / "train" / "metrics.csv") as f:
             windows = list(csv.DictReader(f))[1:]
     result = reports[0]["result"]
     setting = _setting(args)
     return {
-        "bench": "train", "device": _device_name(args.device), "amp": args.amp, "world_size": world_size,
+        "bench": "train",
+        "device": _device_name(args.device),
+        "amp": args.amp,
+        "world_size": world_size,
         "threads_per_process": reports[0]["threads"],
-        "model": args.size, "history_tokens": args.history_tokens,
+        "model": args.size,
+        "history_tokens": args.history_tokens,
         "params": count_parameters(setting["config"].model, setting["vocab"])["total"],
-        "vocab_sizes": setting["vocab"], "max_history": args.history, "session_items": args.session,
-        "global_batch": args.batch, "steps": result["steps"], "plan": sorted({p["sharding_type"]
-                                                                              for p in result["plan"].values()}),
+        "vocab_sizes": setting["vocab"],
+        "max_history": args.history,
+        "session_items": args.session,
+        "global_batch": args.batch,
+        "steps": result["steps"],
+        "plan": sorted({p["sharding_type"] for p in result["plan"].values()}),
         "samples_per_s": statistics.median(float(w["samples_per_s"]) for w in windows),
         "tokens_per_s": statistics.median(float(w["tokens_per_s"]) for w in windows),
-        "samples_per_s_overall": result["samples_per_s"], "tokens_per_s_overall": result["tokens_per_s"],
-        "peak_rss_mb": [round(r["peak_rss_mb"], 1) for r in reports], "load_avg_before": load_before,
+        "samples_per_s_overall": result["samples_per_s"],
+        "tokens_per_s_overall": result["tokens_per_s"],
+        "peak_rss_mb": [round(r["peak_rss_mb"], 1) for r in reports],
+        "load_avg_before": load_before,
         "peak_gpu_mib": [None if r["peak_gpu_mib"] is None else round(r["peak_gpu_mib"]) for r in reports],
-        "torch": torch.__version__, "torchrec": torchrec.__version__,
+        "torch": torch.__version__,
+        "torchrec": torchrec.__version__,
     }
 
 
@@ -146,8 +209,9 @@ def _unsharded_step(args: argparse.Namespace) -> Tuple[Dict[str, Any], torch.dev
     setting = _setting(args)
     device = torch.device(args.device)
     torch.manual_seed(0)
-    step = OneRecTrainStep(OneRecModel(setting["config"].model, setting["vocab"], device=device), amp=args.amp,
-                           device_type=device.type)
+    step = OneRecTrainStep(
+        OneRecModel(setting["config"].model, setting["vocab"], device=device), amp=args.amp, device_type=device.type
+    )
     return setting, device, step
 
 
@@ -175,10 +239,20 @@ def utilisation(record: Dict[str, Any], flops: int, args: argparse.Namespace) ->
     """The MFU line of one measured CUDA setting."""
     peak = args.peak_tflops or next((p[args.amp] for word, p in PEAK_TFLOPS.items() if word in record["device"]), 0.0)
     achieved = flops * record["samples_per_s"] / record["global_batch"] / 1e12
-    return {"bench": "train_mfu", "device": record["device"], "amp": args.amp, "world_size": record["world_size"],
-            "model": args.size, "params": record["params"], "global_batch": args.batch, "flops_per_step": flops,
-            "model_tflops_per_s": round(achieved, 2), "peak_tflops_per_gpu": peak or None,
-            "mfu": round(achieved / (peak * record["world_size"]), 4) if peak else None, "target": ">= 0.25"}
+    return {
+        "bench": "train_mfu",
+        "device": record["device"],
+        "amp": args.amp,
+        "world_size": record["world_size"],
+        "model": args.size,
+        "params": record["params"],
+        "global_batch": args.batch,
+        "flops_per_step": flops,
+        "model_tflops_per_s": round(achieved, 2),
+        "peak_tflops_per_gpu": peak or None,
+        "mfu": round(achieved / (peak * record["world_size"]), 4) if peak else None,
+        "target": ">= 0.25",
+    }
 
 
 def measure_unsharded(args: argparse.Namespace) -> Dict[str, Any]:
@@ -200,14 +274,26 @@ def measure_unsharded(args: argparse.Namespace) -> Dict[str, Any]:
             torch.cuda.synchronize()
         seconds.append(time.perf_counter() - start)
     median = statistics.median(seconds[3:] or seconds)
-    return {"bench": "train_unsharded", "device": _device_name(args.device), "amp": args.amp, "world_size": 1,
-            "model": args.size, "history_tokens": args.history_tokens,
-            "params": count_parameters(setting["config"].model, setting["vocab"])["total"],
-            "vocab_sizes": setting["vocab"], "max_history": args.history, "session_items": args.session,
-            "global_batch": B, "steps": args.steps, "seconds_per_step": round(median, 5),
-            "samples_per_s": B / median, "final_loss": float(loss.detach()),
-            "peak_gpu_mib": round(torch.cuda.max_memory_allocated() / 2**20) if device.type == "cuda" else None,
-            "torch": torch.__version__, "torchrec": torchrec.__version__}
+    return {
+        "bench": "train_unsharded",
+        "device": _device_name(args.device),
+        "amp": args.amp,
+        "world_size": 1,
+        "model": args.size,
+        "history_tokens": args.history_tokens,
+        "params": count_parameters(setting["config"].model, setting["vocab"])["total"],
+        "vocab_sizes": setting["vocab"],
+        "max_history": args.history,
+        "session_items": args.session,
+        "global_batch": B,
+        "steps": args.steps,
+        "seconds_per_step": round(median, 5),
+        "samples_per_s": B / median,
+        "final_loss": float(loss.detach()),
+        "peak_gpu_mib": round(torch.cuda.max_memory_allocated() / 2**20) if device.type == "cuda" else None,
+        "torch": torch.__version__,
+        "torchrec": torchrec.__version__,
+    }
 
 
 def main_mfu(args: argparse.Namespace) -> None:
@@ -231,16 +317,29 @@ def main() -> None:
     parser.add_argument("--session", type=int, default=5, help="M, target items per sample")
     parser.add_argument("--items", type=int, default=2000)
     parser.add_argument("--codebook", type=int, default=64, help="K of each of the 2 quantised levels")
-    parser.add_argument("--cores", type=int, default=2, help="threads of the wide 1-process setting = processes of "
-                        "the multi-process setting")
+    parser.add_argument(
+        "--cores",
+        type=int,
+        default=2,
+        help="threads of the wide 1-process setting = processes of the multi-process setting",
+    )
     parser.add_argument("--log-every", type=int, default=5, help="steps per throughput window")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--amp", choices=AMP_MODES, default="none", help="train.amp")
     parser.add_argument("--history-tokens", choices=["codes", "items"], default="codes", help="model.history_tokens")
-    parser.add_argument("--unsharded", action="store_true", help="time the unsharded train step (no DMP), e.g. "
-                        "on a GPU machine without TorchRec's CUDA kernels; prints its MFU line")
-    parser.add_argument("--peak-tflops", type=float, default=0.0, help="dense peak TFLOP/s of one GPU for --amp "
-                        f"(default: the datasheet figure of a GPU named {sorted(PEAK_TFLOPS)})")
+    parser.add_argument(
+        "--unsharded",
+        action="store_true",
+        help="time the unsharded train step (no DMP), e.g. "
+        "on a GPU machine without TorchRec's CUDA kernels; prints its MFU line",
+    )
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=0.0,
+        help="dense peak TFLOP/s of one GPU for --amp "
+        f"(default: the datasheet figure of a GPU named {sorted(PEAK_TFLOPS)})",
+    )
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: torch sees no CUDA device")
@@ -254,13 +353,28 @@ def main() -> None:
         records.append(measure(world_size, threads, args))
         print(json.dumps(records[-1]), flush=True)
     best = max(records[:2], key=lambda r: r["tokens_per_s"])
-    print(json.dumps({"bench": "train_scaling",
-                      "ratio": f"{args.cores} processes x 1 thread / 1 process x {best['threads_per_process']} threads",
-                      "tokens_per_s": records[2]["tokens_per_s"] / best["tokens_per_s"]}), flush=True)
+    print(
+        json.dumps(
+            {
+                "bench": "train_scaling",
+                "ratio": f"{args.cores} processes x 1 thread / 1 process x {best['threads_per_process']} threads",
+                "tokens_per_s": records[2]["tokens_per_s"] / best["tokens_per_s"],
+            }
+        ),
+        flush=True,
+    )
     items = measure(1, 1, argparse.Namespace(**{**vars(args), "history_tokens": "items"}))
     print(json.dumps(items), flush=True)
-    print(json.dumps({"bench": "train_history_tokens", "ratio": "history_tokens items / codes, 1 process x 1 thread",
-                      "samples_per_s": items["samples_per_s"] / records[0]["samples_per_s"]}), flush=True)
+    print(
+        json.dumps(
+            {
+                "bench": "train_history_tokens",
+                "ratio": "history_tokens items / codes, 1 process x 1 thread",
+                "samples_per_s": items["samples_per_s"] / records[0]["samples_per_s"],
+            }
+        ),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -52,19 +52,22 @@ def write_your_log(path: Path, seed: int) -> int:
     world_config = load_config(str(TINY)).data.synthetic
     data, _ = load_synthetic(world_config, seed=seed)
     log = data.interactions
-    table = pd.DataFrame({
-        "user_id": [f"user_{u}" for u in data.raw_user_ids[log["user_id"]]],
-        "item_id": [f"video_{i}" for i in data.raw_item_ids[log["item_id"]]],
-        "timestamp": log["timestamp"] // 1000,
-        **{column: log[column] for column in FEEDBACK},
-    })
+    table = pd.DataFrame(
+        {
+            "user_id": [f"user_{u}" for u in data.raw_user_ids[log["user_id"]]],
+            "item_id": [f"video_{i}" for i in data.raw_item_ids[log["item_id"]]],
+            "timestamp": log["timestamp"] // 1000,
+            **{column: log[column] for column in FEEDBACK},
+        }
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(path, index=False)
     return len(table)
 
 
-def your_cascade(train_sequences: pd.DataFrame, users: SampleSet, num_items: int, *, num_sessions: int
-                 ) -> Tuple[np.ndarray, np.ndarray]:
+def your_cascade(
+    train_sequences: pd.DataFrame, users: SampleSet, num_items: int, *, num_sessions: int
+) -> Tuple[np.ndarray, np.ndarray]:
     """Stand-in for your production cascade; call your serving system here instead.
 
     Retrieval: the items that most often followed the user's latest item in the training sequences; ranking: by
@@ -78,7 +81,7 @@ def your_cascade(train_sequences: pd.DataFrame, users: SampleSet, num_items: int
     latest = users.history_values[users.history_offsets[1:] - 1]  # split.min_history >= 1: every history has one
     score = follows[latest] + popularity / (popularity.max() + 1.0)  # [U, I]: retrieval count, popularity breaks ties
     M = users.session_items
-    ranked = np.argsort(-score, axis=1, kind="stable")[:, :num_sessions * M]
+    ranked = np.argsort(-score, axis=1, kind="stable")[:, : num_sessions * M]
     scores = np.broadcast_to(-np.arange(num_sessions, dtype=np.float32), (len(users), num_sessions))
     return ranked.reshape(len(users), num_sessions, M), scores.copy()
 
@@ -89,10 +92,18 @@ def your_arm(cfg: OneRecConfig) -> EvalResult:
     split = split_data(data, cfg.split)
     rows, _ = evaluation_users(split.test)
     users = split.test.subset(rows)
-    sessions, scores = your_cascade(split.train_sequences, users, data.num_items,
-                                    num_sessions=math.ceil(max(cfg.eval.ks) / users.session_items))
-    metrics, per_user = score_sessions(cfg.split.protocol, sessions, scores, users.target, ks=cfg.eval.ks,
-                                       num_items=data.num_items, legality=np.ones(len(users)))
+    sessions, scores = your_cascade(
+        split.train_sequences, users, data.num_items, num_sessions=math.ceil(max(cfg.eval.ks) / users.session_items)
+    )
+    metrics, per_user = score_sessions(
+        cfg.split.protocol,
+        sessions,
+        scores,
+        users.target,
+        ks=cfg.eval.ks,
+        num_items=data.num_items,
+        legality=np.ones(len(users)),
+    )
     per_user.update(user=users.user.copy(), sample=rows)  # what pairs your users with the other arms'
     return EvalResult(metrics, per_user, sessions, scores, {"arm": "your_cascade"})
 
@@ -120,13 +131,22 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, float]]:
     log = run_dir / "your_log.csv"
     print(f"your log: {log} ({write_your_log(log, args.seed)} impressions)")
 
-    cfg = load_config(str(TINY), [
-        f"run_dir={run_dir / 'run'}", f"seed={args.seed}",
-        "data.source=table", f"data.path={log}", f"data.feedback_cols=[{','.join(FEEDBACK)}]",
-        "split.protocol=B", "split.positive_col=click", "split.labels={swt: long_view, vtr: click, ltr: like}",
-        "tokenizer.embedding_source=collaborative",
-        "compare.arms=[cascade,onerec,popularity]", "compare.baseline=cascade",
-    ])
+    cfg = load_config(
+        str(TINY),
+        [
+            f"run_dir={run_dir / 'run'}",
+            f"seed={args.seed}",
+            "data.source=table",
+            f"data.path={log}",
+            f"data.feedback_cols=[{','.join(FEEDBACK)}]",
+            "split.protocol=B",
+            "split.positive_col=click",
+            "split.labels={swt: long_view, vtr: click, ltr: like}",
+            "tokenizer.embedding_source=collaborative",
+            "compare.arms=[cascade,onerec,popularity]",
+            "compare.baseline=cascade",
+        ],
+    )
     stages = [stage for stage in STAGES if stage != "align"]  # no onerec_ipa arm, so no alignment stage
     result = run_pipeline(cfg, stages=stages)
     comparison = result["stages"]["compare"]  # type: ignore[index]
@@ -136,8 +156,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, float]]:
     arms = {"your_cascade": your_arm(cfg)}
     saved = run_dir / "run" / "evaluate" / "arms"  # the evaluate stage's per-user results of each arm
     arms.update({arm: EvalResult.load(saved / f"{arm}.npz") for arm in cfg.compare.arms})
-    yours = compare_arms(arms, baseline="your_cascade", resamples=cfg.compare.resamples, level=cfg.compare.level,
-                         seed=cfg.seed)
+    yours = compare_arms(
+        arms, baseline="your_cascade", resamples=cfg.compare.resamples, level=cfg.compare.level, seed=cfg.seed
+    )
     report = run_dir / "your_ab" / "report.md"
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text(f"# Your cascade against OneRec ({yours.num_users} test users)\n\n" + yours.to_markdown())

@@ -69,8 +69,9 @@ def toy_catalogue(seed: int) -> Tuple[torch.Tensor, np.ndarray]:
     return torch.nn.functional.normalize(torch.tensor(embeddings, dtype=torch.float32), dim=1), topic
 
 
-def your_batch(topic: np.ndarray, batch_size: int, rng: np.random.Generator
-               ) -> Tuple[KeyedJaggedTensor, torch.Tensor, np.ndarray]:
+def your_batch(
+    topic: np.ndarray, batch_size: int, rng: np.random.Generator
+) -> Tuple[KeyedJaggedTensor, torch.Tensor, np.ndarray]:
     """What your data pipeline already yields: a KJT of item ids (keys ``history_item`` and ``user_id``) and the
     next session's items [B, M]. Each toy user has a favourite topic (returned for the printout)."""
     favourite = rng.integers(NUM_TOPICS, size=batch_size)
@@ -79,7 +80,7 @@ def your_batch(topic: np.ndarray, batch_size: int, rng: np.random.Generator
         items = rng.permutation(np.flatnonzero(topic == t))
         length = int(rng.integers(2, MAX_HISTORY + 1))
         histories.append(items[:length])
-        targets.append(items[length:length + SESSION_ITEMS])
+        targets.append(items[length : length + SESSION_ITEMS])
     users = rng.integers(1_000_000, size=batch_size)
     features = KeyedJaggedTensor.from_lengths_sync(
         keys=[HISTORY_KEY, USER_KEY],
@@ -91,12 +92,18 @@ def your_batch(topic: np.ndarray, batch_size: int, rng: np.random.Generator
 
 def as_onerec_batch(features: KeyedJaggedTensor, target: torch.Tensor) -> OneRecBatch:
     """OneRec: your KJT and targets as a ``OneRecBatch`` (no feedback labels are needed for NTP training)."""
-    return OneRecBatch(users=features[USER_KEY].values(), features=features, target=target,
-                       target_mask=target >= 0, labels=torch.zeros(*target.shape, 0))
+    return OneRecBatch(
+        users=features[USER_KEY].values(),
+        features=features,
+        target=target,
+        target_mask=target >= 0,
+        labels=torch.zeros(*target.shape, 0),
+    )
 
 
-def training_batches(topic: np.ndarray, batch_size: int, rng: np.random.Generator,
-                     transform: SemanticIdTransform) -> Iterator[SemanticIdBatch]:
+def training_batches(
+    topic: np.ndarray, batch_size: int, rng: np.random.Generator, transform: SemanticIdTransform
+) -> Iterator[SemanticIdBatch]:
     """Your batches, endlessly, each mapped to the model's input (item ids -> the KJT of their codes). With a
     DataLoader, give it ``transform`` as the collate step instead (it is picklable, so workers can run it)."""
     while True:
@@ -104,32 +111,39 @@ def training_batches(topic: np.ndarray, batch_size: int, rng: np.random.Generato
         yield transform(as_onerec_batch(features, target))  # OneRec: the one extra step per batch
 
 
-def shard_with_torchrec(module: OneRecTrainModule, device: torch.device
-                        ) -> Tuple[DistributedModelParallel, CombinedOptimizer]:
+def shard_with_torchrec(
+    module: OneRecTrainModule, device: torch.device
+) -> Tuple[DistributedModelParallel, CombinedOptimizer]:
     """The usual TorchRec recipe: fused table optimiser, planner, DMP, AdamW over the dense parameters."""
     tables = module.model.embedding.ec  # OneRec: the model's one EmbeddingCollection (every code level's table)
     apply_optimizer_in_backward(RowWiseAdagrad, tables.parameters(), {"lr": SPARSE_LR, "eps": 1e-8})
     sharders = [EmbeddingCollectionSharder()]
-    topology = TopologyFactory.create_topology(TrainerConfig(world_size=dist.get_world_size()),
-                                               kernel_config=KernelConfig(compute_device=device.type))
-    planner = EmbeddingShardingPlanner(topology=topology,
-                                       storage_reservation=FixedPercentageStorageReservation(percentage=0.15))
+    topology = TopologyFactory.create_topology(
+        TrainerConfig(world_size=dist.get_world_size()), kernel_config=KernelConfig(compute_device=device.type)
+    )
+    planner = EmbeddingShardingPlanner(
+        topology=topology, storage_reservation=FixedPercentageStorageReservation(percentage=0.15)
+    )
     plan = planner.collective_plan(module, sharders, dist.GroupMember.WORLD)
     dmp = DistributedModelParallel(module, device=device, plan=plan, sharders=sharders)
-    dense = KeyedOptimizerWrapper(dict(in_backward_optimizer_filter(dmp.named_parameters())),
-                                  lambda params: torch.optim.AdamW(params, lr=DENSE_LR))
+    dense = KeyedOptimizerWrapper(
+        dict(in_backward_optimizer_filter(dmp.named_parameters())),
+        lambda params: torch.optim.AdamW(params, lr=DENSE_LR),
+    )
     return dmp, CombinedOptimizer([dmp.fused_optimizer, dense])
 
 
-def generate(model: OneRecModel, codebook: Codebook, transform: SemanticIdTransform, topic: np.ndarray,
-             num_users: int, seed: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+def generate(
+    model: OneRecModel, codebook: Codebook, transform: SemanticIdTransform, topic: np.ndarray, num_users: int, seed: int
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Best sessions of new users, their history items excluded: (favourite topic [U], history [U, n] -1 padded,
     session [U, M])."""
     device = next(model.parameters()).device
     features, target, favourite = your_batch(topic, num_users, np.random.default_rng([seed, 1]))
     batch = transform(as_onerec_batch(features, target)).to(device)  # OneRec: the same mapping as in training
-    out = constrained_beam_search(model, batch, prefix_index=codebook.prefix_index(device), beam_size=8,
-                                  num_return=1, exclude_history=True)
+    out = constrained_beam_search(
+        model, batch, prefix_index=codebook.prefix_index(device), beam_size=8, num_return=1, exclude_history=True
+    )
     history = features[HISTORY_KEY].to_padded_dense(desired_length=MAX_HISTORY, padding_value=-1)
     return favourite, history.numpy(), out.items[:, 0].cpu().numpy()
 
@@ -153,17 +167,30 @@ def main(argv: Optional[Sequence[str]] = None) -> Optional[Dict[str, object]]:
         # fit is deterministic, so every rank gets the same codes (torchrun_training.py broadcasts rank 0's).
         codebook, _ = fit_tokenizer(embeddings, TokenizerConfig(codebook_sizes=[8, 8]), seed=args.seed)
         if ctx.is_rank0:
-            print(f"tokenizer: {codebook.num_items} items -> codes of {codebook.num_levels} levels, "
-                  f"vocabulary sizes {codebook.vocab_sizes}")
+            print(
+                f"tokenizer: {codebook.num_items} items -> codes of {codebook.num_levels} levels, "
+                f"vocabulary sizes {codebook.vocab_sizes}"
+            )
 
-        config = OneRecModelConfig(d_model=32, num_heads=2, encoder_layers=1, decoder_layers=1, ffn_hidden=64,
-                                   num_experts=4, top_k=2, expert_hidden=32, dropout=0.0,
-                                   max_history=MAX_HISTORY, session_items=SESSION_ITEMS)
+        config = OneRecModelConfig(
+            d_model=32,
+            num_heads=2,
+            encoder_layers=1,
+            decoder_layers=1,
+            ffn_hidden=64,
+            num_experts=4,
+            top_k=2,
+            expert_hidden=32,
+            dropout=0.0,
+            max_history=MAX_HISTORY,
+            session_items=SESSION_ITEMS,
+        )
         # OneRec: the model, built on meta so that DMP allocates only this rank's shards.
         module = OneRecTrainModule(OneRecModel(config, codebook.vocab_sizes, device=torch.device("meta")))
         if args.package_sharding:  # or let the package do the same recipe in one call
-            training = shard_for_training(module, TrainConfig(learning_rate=DENSE_LR, sparse_learning_rate=SPARSE_LR),
-                                          ctx, seed=args.seed)
+            training = shard_for_training(
+                module, TrainConfig(learning_rate=DENSE_LR, sparse_learning_rate=SPARSE_LR), ctx, seed=args.seed
+            )
             dmp, optimizer = training.dmp, training.optimizer
         else:
             dmp, optimizer = shard_with_torchrec(module, ctx.device)
@@ -185,12 +212,19 @@ def main(argv: Optional[Sequence[str]] = None) -> Optional[Dict[str, object]]:
         model = plain_model(state, config, codebook.vocab_sizes, device=ctx.device)
         favourite, history, sessions = generate(model, codebook, transform, topic, num_users=64, seed=args.seed)
         for u in range(4):
-            print(f"user with topic {favourite[u]}: history {history[u][history[u] >= 0].tolist()} -> session "
-                  f"{sessions[u].tolist()} (topics {topic[sessions[u]].tolist()})")
+            print(
+                f"user with topic {favourite[u]}: history {history[u][history[u] >= 0].tolist()} -> session "
+                f"{sessions[u].tolist()} (topics {topic[sessions[u]].tolist()})"
+            )
         on_topic = float((topic[sessions] == favourite[:, None]).mean())
         print(f"generated items in the user's topic: {on_topic:.0%} (chance: {1 / NUM_TOPICS:.0%})")
-        summary: Dict[str, object] = {"losses": losses, "sessions": sessions.tolist(), "history": history.tolist(),
-                                      "on_topic": on_topic, "num_items": codebook.num_items}
+        summary: Dict[str, object] = {
+            "losses": losses,
+            "sessions": sessions.tolist(),
+            "history": history.tolist(),
+            "on_topic": on_topic,
+            "num_items": codebook.num_items,
+        }
         folder = Path(args.run_dir)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "summary.json").write_text(json.dumps(summary))

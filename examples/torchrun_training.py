@@ -54,26 +54,43 @@ def main(argv: Optional[Sequence[str]] = None) -> TrainResult:
             codebook, _ = fit_tokenizer(embeddings, cfg.tokenizer, seed=cfg.seed, item_ids=data.raw_item_ids)
         codebook = broadcast_object(codebook, ctx)
         if ctx.is_rank0:
-            print(f"world size {ctx.world_size} ({ctx.backend}); {len(split.train)} training samples, global batch "
-                  f"{cfg.loader.batch_size}; codes of {codebook.num_levels} levels, sizes {codebook.vocab_sizes}")
+            print(
+                f"world size {ctx.world_size} ({ctx.backend}); {len(split.train)} training samples, global batch "
+                f"{cfg.loader.batch_size}; codes of {codebook.num_levels} levels, sizes {codebook.vocab_sizes}"
+            )
 
-        result = train_generative(cfg, split.train, split.valid, codebook.codes, codebook.vocab_sizes,
-                                  Path(cfg.run_dir), prefix_index=codebook.prefix_index(), device=ctx.device,
-                                  resume=False, progress=False)
+        result = train_generative(
+            cfg,
+            split.train,
+            split.valid,
+            codebook.codes,
+            codebook.vocab_sizes,
+            Path(cfg.run_dir),
+            prefix_index=codebook.prefix_index(),
+            device=ctx.device,
+            resume=False,
+            progress=False,
+        )
         if ctx.is_rank0:
             print("sharding plan (table: sharding type, kernel, ranks):")
             for table, placement in result.plan.items():
-                print(f"  {table}: {placement['sharding_type']}, {placement['compute_kernel']}, "
-                      f"ranks {placement['ranks']}")
+                print(
+                    f"  {table}: {placement['sharding_type']}, {placement['compute_kernel']}, "
+                    f"ranks {placement['ranks']}"
+                )
             with open(Path(cfg.run_dir) / "train" / "metrics.csv") as f:
                 losses = [float(row["loss"]) for row in csv.DictReader(f)]
-            print(f"trained {result.steps} steps in {result.epochs} epochs ({result.stop_reason}), "
-                  f"{result.samples_per_s:.0f} samples/s; loss every {cfg.train.log_every_steps} steps: "
-                  + " ".join(f"{loss:.3f}" for loss in losses))
+            print(
+                f"trained {result.steps} steps in {result.epochs} epochs ({result.stop_reason}), "
+                f"{result.samples_per_s:.0f} samples/s; loss every {cfg.train.log_every_steps} steps: "
+                + " ".join(f"{loss:.3f}" for loss in losses)
+            )
             if result.best_value is not None:
                 last = result.validations[-1]
-                print("last validation: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(last.items())
-                                                     if k.startswith(("recall@", "ndcg@"))))
+                print(
+                    "last validation: "
+                    + ", ".join(f"{k} {v:.4f}" for k, v in sorted(last.items()) if k.startswith(("recall@", "ndcg@")))
+                )
                 print(f"best {result.selection_metric} {result.best_value:.4f} at epoch {result.best_epoch}")
             print(f"artefacts: {Path(cfg.run_dir) / 'train'}")
         return result

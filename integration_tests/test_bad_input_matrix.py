@@ -58,8 +58,11 @@ def _checkpoint(run: Path) -> Path:
 
 def _snapshot(folder: Path) -> Dict[str, Tuple[int, int]]:
     """Every file under ``folder`` with its size and modification time."""
-    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 # ---- loaders: the data stage on crafted files -----------------------------------------------------------------
@@ -92,64 +95,101 @@ def _one_day_of_feedback() -> str:
 
 TABLE = ["data.source=table", "data.path={tmp}/t.csv"]
 LOADER_CASES = {
-    "table-missing-column": LoaderCase({"t.csv": "user_id,item_id\n1,2\n"}, TABLE,
-                                       ["{tmp}/t.csv", "no column 'timestamp'", "['user_id', 'item_id']"]),
-    "table-non-numeric-timestamp": LoaderCase({"t.csv": "user_id,item_id,timestamp\n1,2,3\n1,3,abc\n"}, TABLE,
-                                              ["{tmp}/t.csv line 3", "'timestamp'", "'abc'"]),
+    "table-missing-column": LoaderCase(
+        {"t.csv": "user_id,item_id\n1,2\n"}, TABLE, ["{tmp}/t.csv", "no column 'timestamp'", "['user_id', 'item_id']"]
+    ),
+    "table-non-numeric-timestamp": LoaderCase(
+        {"t.csv": "user_id,item_id,timestamp\n1,2,3\n1,3,abc\n"}, TABLE, ["{tmp}/t.csv line 3", "'timestamp'", "'abc'"]
+    ),
     "table-empty-file": LoaderCase({"t.csv": ""}, TABLE, ["{tmp}/t.csv is empty"]),
-    "table-header-only": LoaderCase({"t.csv": "user_id,item_id,timestamp\n"}, TABLE,
-                                    ["{tmp}/t.csv has a header but no data rows"]),
-    "table-missing-file": LoaderCase({}, ["data.source=table", "data.path={tmp}/absent.csv"],
-                                     ["{tmp}/absent.csv does not exist"]),
-    "table-non-numeric-feedback": LoaderCase({"t.csv": "user_id,item_id,timestamp,click\n1,2,3,yes\n"},
-                                             [*TABLE, "data.feedback_cols=[click]"],
-                                             ["{tmp}/t.csv line 2", "'click'", "'yes'"]),
-    "table-duplicates-refused": LoaderCase({"t.csv": "user_id,item_id,timestamp\n1,2,3\n1,2,3\n"},
-                                           [*TABLE, "data.drop_duplicates=false"],
-                                           ["{tmp}/t.csv line 3 repeats line 2", "data.drop_duplicates"]),
-    "table-unparsable-datetime": LoaderCase({"t.csv": "user_id,item_id,timestamp\n1,2,yesterday\n"},
-                                            [*TABLE, "data.timestamp_unit=datetime"],
-                                            ["{tmp}/t.csv line 2", "unparsable timestamp 'yesterday'"]),
-    "table-header-not-utf8": LoaderCase({"t.csv": "us\u00e9r,item_id,timestamp\na,b,1\n".encode("latin-1")}, TABLE,
-                                        ["{tmp}/t.csv line 1", "cannot parse the header"]),
-    "parquet-not-parquet": LoaderCase({"t.parquet": "user_id,item_id,timestamp\n"},
-                                      ["data.source=table", "data.path={tmp}/t.parquet"],
-                                      ["{tmp}/t.parquet", "not a readable parquet file"]),
-    "parquet-text-timestamp": LoaderCase({"t.parquet": _parquet_with_text_timestamp},
-                                         ["data.source=table", "data.path={tmp}/t.parquet"],
-                                         ["{tmp}/t.parquet row 1", "'timestamp'", "'abc'"]),
-    "movielens-without-u.data": LoaderCase({"ml/README": "ratings to come\n"},
-                                           ["data.source=movielens", "data.path={tmp}/ml"],
-                                           ["{tmp}/ml", "u.data", "['README']"]),
-    "movielens-u.data-three-columns": LoaderCase({"ml/u.data": "1\t2\t881250949\n"},
-                                                 ["data.source=movielens", "data.path={tmp}/ml"],
-                                                 ["{tmp}/ml/u.data", "cannot parse", "expected 4"]),
-    "kuairand-folder-without-log": LoaderCase({"kr/README": "x\n"}, ["data.source=kuairand", "data.path={tmp}/kr"],
-                                              ["{tmp}/kr/", "does not exist"]),
-    "sequence-user-on-two-lines": LoaderCase({"s.txt": "u1 a b\nu2 c\nu1 d\n"},
-                                             ["data.source=sequence", "data.path={tmp}/s.txt"],
-                                             ["{tmp}/s.txt", "user 'u1' has more than one line (lines 1, 3)"]),
-    "sequence-not-utf8": LoaderCase({"s.txt": "u1 a\nu2 caf\u00e9\n".encode("latin-1")},
-                                    ["data.source=sequence", "data.path={tmp}/s.txt"],
-                                    ["{tmp}/s.txt line 2", "byte 0xe9 is not UTF-8"]),
-    "split-label-column-missing": LoaderCase({}, ["split.labels.swt=watch_time"],
-                                             ["'watch_time'", "split.labels.swt", "'long_view'"]),
-    "split-protocol-b-empty-train-window": LoaderCase({"t.csv": _one_day_of_feedback()},
-                                                      [*TABLE, "data.feedback_cols=[click,long_view,like]"],
-                                                      ["protocol B train window is empty", "valid_start="]),
+    "table-header-only": LoaderCase(
+        {"t.csv": "user_id,item_id,timestamp\n"}, TABLE, ["{tmp}/t.csv has a header but no data rows"]
+    ),
+    "table-missing-file": LoaderCase(
+        {}, ["data.source=table", "data.path={tmp}/absent.csv"], ["{tmp}/absent.csv does not exist"]
+    ),
+    "table-non-numeric-feedback": LoaderCase(
+        {"t.csv": "user_id,item_id,timestamp,click\n1,2,3,yes\n"},
+        [*TABLE, "data.feedback_cols=[click]"],
+        ["{tmp}/t.csv line 2", "'click'", "'yes'"],
+    ),
+    "table-duplicates-refused": LoaderCase(
+        {"t.csv": "user_id,item_id,timestamp\n1,2,3\n1,2,3\n"},
+        [*TABLE, "data.drop_duplicates=false"],
+        ["{tmp}/t.csv line 3 repeats line 2", "data.drop_duplicates"],
+    ),
+    "table-unparsable-datetime": LoaderCase(
+        {"t.csv": "user_id,item_id,timestamp\n1,2,yesterday\n"},
+        [*TABLE, "data.timestamp_unit=datetime"],
+        ["{tmp}/t.csv line 2", "unparsable timestamp 'yesterday'"],
+    ),
+    "table-header-not-utf8": LoaderCase(
+        {"t.csv": "us\u00e9r,item_id,timestamp\na,b,1\n".encode("latin-1")},
+        TABLE,
+        ["{tmp}/t.csv line 1", "cannot parse the header"],
+    ),
+    "parquet-not-parquet": LoaderCase(
+        {"t.parquet": "user_id,item_id,timestamp\n"},
+        ["data.source=table", "data.path={tmp}/t.parquet"],
+        ["{tmp}/t.parquet", "not a readable parquet file"],
+    ),
+    "parquet-text-timestamp": LoaderCase(
+        {"t.parquet": _parquet_with_text_timestamp},
+        ["data.source=table", "data.path={tmp}/t.parquet"],
+        ["{tmp}/t.parquet row 1", "'timestamp'", "'abc'"],
+    ),
+    "movielens-without-u.data": LoaderCase(
+        {"ml/README": "ratings to come\n"},
+        ["data.source=movielens", "data.path={tmp}/ml"],
+        ["{tmp}/ml", "u.data", "['README']"],
+    ),
+    "movielens-u.data-three-columns": LoaderCase(
+        {"ml/u.data": "1\t2\t881250949\n"},
+        ["data.source=movielens", "data.path={tmp}/ml"],
+        ["{tmp}/ml/u.data", "cannot parse", "expected 4"],
+    ),
+    "kuairand-folder-without-log": LoaderCase(
+        {"kr/README": "x\n"}, ["data.source=kuairand", "data.path={tmp}/kr"], ["{tmp}/kr/", "does not exist"]
+    ),
+    "sequence-user-on-two-lines": LoaderCase(
+        {"s.txt": "u1 a b\nu2 c\nu1 d\n"},
+        ["data.source=sequence", "data.path={tmp}/s.txt"],
+        ["{tmp}/s.txt", "user 'u1' has more than one line (lines 1, 3)"],
+    ),
+    "sequence-not-utf8": LoaderCase(
+        {"s.txt": "u1 a\nu2 caf\u00e9\n".encode("latin-1")},
+        ["data.source=sequence", "data.path={tmp}/s.txt"],
+        ["{tmp}/s.txt line 2", "byte 0xe9 is not UTF-8"],
+    ),
+    "split-label-column-missing": LoaderCase(
+        {}, ["split.labels.swt=watch_time"], ["'watch_time'", "split.labels.swt", "'long_view'"]
+    ),
+    "split-protocol-b-empty-train-window": LoaderCase(
+        {"t.csv": _one_day_of_feedback()},
+        [*TABLE, "data.feedback_cols=[click,long_view,like]"],
+        ["protocol B train window is empty", "valid_start="],
+    ),
     # The data stage accepts a split without training samples (stages.py would have to check it); the train
     # stage then names the count.
     "split-without-training-samples": LoaderCase(
         {"t.csv": _two_interactions_per_user()},
-        [*TABLE, "split.protocol=A", "tokenizer.embedding_source=collaborative", "tokenizer.embedding_dim=4",
-         "tokenizer.codebook_sizes=[2,2]"],
-        ["0 training samples"], command="train"),
+        [
+            *TABLE,
+            "split.protocol=A",
+            "tokenizer.embedding_source=collaborative",
+            "tokenizer.embedding_dim=4",
+            "tokenizer.codebook_sizes=[2,2]",
+        ],
+        ["0 training samples"],
+        command="train",
+    ),
 }
 
 
 @pytest.mark.parametrize("case", list(LOADER_CASES.values()), ids=list(LOADER_CASES))
-def test_bad_data_files_are_named_and_no_stage_is_marked_done(case: LoaderCase, tmp_path: Path,
-                                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_data_files_are_named_and_no_stage_is_marked_done(
+    case: LoaderCase, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     for name, content in case.files.items():
         path = tmp_path / name
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -180,8 +220,10 @@ CONFIG_CASES: Dict[str, Tuple[List[str], List[str]]] = {
     "negative-epochs": (["train", TINY, "train.epochs=-1"], ["train.epochs=-1"]),
     "unknown-data-source": (["data", TINY, "data.source=csv"], ["data.source='csv'", "'table'"]),
     "codebook-too-small": (["tokenize", TINY, "tokenizer.codebook_sizes=[1]"], ["tokenizer.codebook_sizes=[1]"]),
-    "model-history-differs-from-split": (["data", TINY, "model.max_history=7"],
-                                         ["model.max_history=7 differs from split.max_history=20"]),
+    "model-history-differs-from-split": (
+        ["data", TINY, "model.max_history=7"],
+        ["model.max_history=7 differs from split.max_history=20"],
+    ),
     "override-without-equals": (["data", TINY, "seed"], ["override 'seed' is not of the form key=value"]),
     "missing-config-file": (["run", "{tmp}/absent.yaml"], ["{tmp}/absent.yaml", "does not exist"]),
     "unparsable-config-file": (["data", "{tmp}/broken.yaml"], ["{tmp}/broken.yaml", "cannot parse"]),
@@ -193,8 +235,7 @@ CONFIG_CASES: Dict[str, Tuple[List[str], List[str]]] = {
 CONFIG_FILES = {"broken.yaml": "train: {epochs: 2\n", "typo.yaml": "trian:\n  epochs: 1\n", "taken": "a file\n"}
 
 
-def _config_case(argv: List[str], message: List[str], tmp_path: Path,
-                 capsys: pytest.CaptureFixture[str]) -> None:
+def _config_case(argv: List[str], message: List[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     for name, text in CONFIG_FILES.items():
         (tmp_path / name).write_text(text)
     run = tmp_path / "run"
@@ -210,8 +251,9 @@ def _config_case(argv: List[str], message: List[str], tmp_path: Path,
 
 
 @pytest.mark.parametrize("argv, message", list(CONFIG_CASES.values()), ids=list(CONFIG_CASES))
-def test_bad_configs_are_named_and_nothing_is_written(argv: List[str], message: List[str], tmp_path: Path,
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_configs_are_named_and_nothing_is_written(
+    argv: List[str], message: List[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     _config_case(argv, message, tmp_path, capsys)
 
 
@@ -231,8 +273,10 @@ def foreign_codebooks(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Pat
     """Codebooks of the tiny world built with other codebook sizes, and for another catalogue (100 items)."""
     root = tmp_path_factory.mktemp("foreign")
     books = {}
-    for name, override in (("other_config", "tokenizer.codebook_sizes=[4,4]"),
-                           ("other_catalogue", "data.synthetic.num_items=100")):
+    for name, override in (
+        ("other_config", "tokenizer.codebook_sizes=[4,4]"),
+        ("other_catalogue", "data.synthetic.num_items=100"),
+    ):
         assert main(["tokenize", TINY, f"run_dir={root / name}", override]) == 0
         books[name] = root / name / "tokenize" / "codebook.pt"
     return books
@@ -297,76 +341,142 @@ RECOMMEND = ["recommend", "{run}", "--users", "1"]
 AFTER_TOKENIZE = ("data", "tokenize")
 RUN_CASES = {
     # tokenizer: the codebook the train stage reads
-    "codebook-truncated": RunCase(_each(lambda r: _truncate(r / "tokenize" / "codebook.pt")), TRAIN,
-                                  ["{run}/tokenize/codebook.pt cannot be read", "truncated or corrupt"],
-                                  "train", AFTER_TOKENIZE),
-    "codebook-deleted": RunCase(_each(lambda r: (r / "tokenize" / "codebook.pt").unlink()), TRAIN,
-                                ["no codebook at {run}/tokenize/codebook.pt", "--force tokenize"],
-                                "train", AFTER_TOKENIZE),
+    "codebook-truncated": RunCase(
+        _each(lambda r: _truncate(r / "tokenize" / "codebook.pt")),
+        TRAIN,
+        ["{run}/tokenize/codebook.pt cannot be read", "truncated or corrupt"],
+        "train",
+        AFTER_TOKENIZE,
+    ),
+    "codebook-deleted": RunCase(
+        _each(lambda r: (r / "tokenize" / "codebook.pt").unlink()),
+        TRAIN,
+        ["no codebook at {run}/tokenize/codebook.pt", "--force tokenize"],
+        "train",
+        AFTER_TOKENIZE,
+    ),
     "codebook-not-a-codebook": RunCase(
-        _each(lambda r: shutil.copy(r / "train" / "best_model.pt", r / "tokenize" / "codebook.pt")), TRAIN,
-        ["{run}/tokenize/codebook.pt is not a codebook"], "train", AFTER_TOKENIZE),
-    "codebook-of-other-codebook-sizes": RunCase(_swap_codebook("other_config"), TRAIN,
-                                                ["codebook {run}/tokenize/codebook.pt", "tokenizer config"],
-                                                "train", AFTER_TOKENIZE),
-    "codebook-of-other-catalogue": RunCase(_swap_codebook("other_catalogue"), TRAIN,
-                                           ["codes for 100 items but the catalogue has 120"], "train",
-                                           AFTER_TOKENIZE),
+        _each(lambda r: shutil.copy(r / "train" / "best_model.pt", r / "tokenize" / "codebook.pt")),
+        TRAIN,
+        ["{run}/tokenize/codebook.pt is not a codebook"],
+        "train",
+        AFTER_TOKENIZE,
+    ),
+    "codebook-of-other-codebook-sizes": RunCase(
+        _swap_codebook("other_config"),
+        TRAIN,
+        ["codebook {run}/tokenize/codebook.pt", "tokenizer config"],
+        "train",
+        AFTER_TOKENIZE,
+    ),
+    "codebook-of-other-catalogue": RunCase(
+        _swap_codebook("other_catalogue"),
+        TRAIN,
+        ["codes for 100 items but the catalogue has 120"],
+        "train",
+        AFTER_TOKENIZE,
+    ),
     # checkpoints: an interrupted train stage resumes from its latest DCP checkpoint
     "checkpoint-shard-truncated": RunCase(
         _each(_interrupted_after_checkpoint, lambda r: _truncate(next(_checkpoint(r).glob("*.distcp")), 1000)),
-        RESUME, ["training checkpoint {run}/train/checkpoints/step-", "incomplete or corrupt", "--force train"],
-        "train", AFTER_TOKENIZE),
+        RESUME,
+        ["training checkpoint {run}/train/checkpoints/step-", "incomplete or corrupt", "--force train"],
+        "train",
+        AFTER_TOKENIZE,
+    ),
     "checkpoint-shard-deleted": RunCase(
         _each(_interrupted_after_checkpoint, lambda r: next(_checkpoint(r).glob("*.distcp")).unlink()),
-        RESUME, ["incomplete or corrupt", "FileNotFoundError", "__0_0.distcp"], "train", AFTER_TOKENIZE),
+        RESUME,
+        ["incomplete or corrupt", "FileNotFoundError", "__0_0.distcp"],
+        "train",
+        AFTER_TOKENIZE,
+    ),
     "checkpoint-metadata-truncated": RunCase(
         _each(_interrupted_after_checkpoint, lambda r: _truncate(_checkpoint(r) / ".metadata", 20)),
-        RESUME, ["training checkpoint {run}/train/checkpoints/step-", "incomplete or corrupt"], "train",
-        AFTER_TOKENIZE),
+        RESUME,
+        ["training checkpoint {run}/train/checkpoints/step-", "incomplete or corrupt"],
+        "train",
+        AFTER_TOKENIZE,
+    ),
     "checkpoint-meta-json-cut-short": RunCase(
         _each(_interrupted_after_checkpoint, lambda r: _truncate(_checkpoint(r) / "meta.json", 10)),
-        RESUME, ["{run}/train/checkpoints/step-", "is not a readable training checkpoint"], "train", AFTER_TOKENIZE),
+        RESUME,
+        ["{run}/train/checkpoints/step-", "is not a readable training checkpoint"],
+        "train",
+        AFTER_TOKENIZE,
+    ),
     "checkpoint-of-another-config": RunCase(
-        _each(_interrupted_after_checkpoint,
-              lambda r: (_checkpoint(r) / "meta.json").write_text(json.dumps(
-                  {**json.loads((_checkpoint(r) / "meta.json").read_text()), "fingerprint": "0" * 24}))),
-        RESUME, ["was written for another model config", "fingerprint 000000000000000000000000"], "train",
-        AFTER_TOKENIZE),
+        _each(
+            _interrupted_after_checkpoint,
+            lambda r: (_checkpoint(r) / "meta.json").write_text(
+                json.dumps({**json.loads((_checkpoint(r) / "meta.json").read_text()), "fingerprint": "0" * 24})
+            ),
+        ),
+        RESUME,
+        ["was written for another model config", "fingerprint 000000000000000000000000"],
+        "train",
+        AFTER_TOKENIZE,
+    ),
     # the exported model that recommend serves
-    "exported-model-truncated": RunCase(_each(lambda r: _truncate(r / "train" / "best_model.pt")), RECOMMEND,
-                                        ["{run}/train/best_model.pt cannot be read", "truncated or corrupt"]),
-    "exported-model-deleted": RunCase(_each(lambda r: (r / "train" / "best_model.pt").unlink()), RECOMMEND,
-                                      ["{run}/train/best_model.pt does not exist"]),
-    "exported-model-of-another-config": RunCase(_each(_model_of_another_config), RECOMMEND,
-                                                ["{run}/train/best_model.pt holds a model with config",
-                                                 "'d_model': 16"]),
-    "summary-cut-short": RunCase(_each(lambda r: _truncate(r / "train" / "summary.json", 5)), RECOMMEND,
-                                 ["{run}/train/summary.json is not valid JSON"]),
+    "exported-model-truncated": RunCase(
+        _each(lambda r: _truncate(r / "train" / "best_model.pt")),
+        RECOMMEND,
+        ["{run}/train/best_model.pt cannot be read", "truncated or corrupt"],
+    ),
+    "exported-model-deleted": RunCase(
+        _each(lambda r: (r / "train" / "best_model.pt").unlink()),
+        RECOMMEND,
+        ["{run}/train/best_model.pt does not exist"],
+    ),
+    "exported-model-of-another-config": RunCase(
+        _each(_model_of_another_config),
+        RECOMMEND,
+        ["{run}/train/best_model.pt holds a model with config", "'d_model': 16"],
+    ),
+    "summary-cut-short": RunCase(
+        _each(lambda r: _truncate(r / "train" / "summary.json", 5)),
+        RECOMMEND,
+        ["{run}/train/summary.json is not valid JSON"],
+    ),
     # recommend: ids, arguments, and run directories it cannot serve
-    "recommend-unknown-user": RunCase(_unchanged, ["recommend", "{run}", "--users", "1,nobody"],
-                                      ["['nobody']", "not in the run's data"]),
-    "recommend-without-trained-model": RunCase(_each(lambda r: (r / "train" / "done.json").unlink()), RECOMMEND,
-                                               ["{run}/train/done.json is missing"], kept=AFTER_TOKENIZE),
-    "recommend-not-a-run-directory": RunCase(_unchanged, ["recommend", "{run}/absent", "--users", "1"],
-                                             ["{run}/absent/config.yaml is missing"]),
-    "recommend-arm-not-trained": RunCase(_unchanged, [*RECOMMEND, "--arm", "onerec_ipa"],
-                                         ["{run}/align/done.json is missing"]),
+    "recommend-unknown-user": RunCase(
+        _unchanged, ["recommend", "{run}", "--users", "1,nobody"], ["['nobody']", "not in the run's data"]
+    ),
+    "recommend-without-trained-model": RunCase(
+        _each(lambda r: (r / "train" / "done.json").unlink()),
+        RECOMMEND,
+        ["{run}/train/done.json is missing"],
+        kept=AFTER_TOKENIZE,
+    ),
+    "recommend-not-a-run-directory": RunCase(
+        _unchanged, ["recommend", "{run}/absent", "--users", "1"], ["{run}/absent/config.yaml is missing"]
+    ),
+    "recommend-arm-not-trained": RunCase(
+        _unchanged, [*RECOMMEND, "--arm", "onerec_ipa"], ["{run}/align/done.json is missing"]
+    ),
     "recommend-zero-sessions": RunCase(_unchanged, [*RECOMMEND, "--sessions", "0"], ["num_sessions=0 must be >= 1"]),
     "recommend-no-users": RunCase(_unchanged, ["recommend", "{run}", "--users", ","], ["--users is empty"]),
     "recommend-unknown-device": RunCase(_unchanged, [*RECOMMEND, "--device", "tpu"], ["device='tpu'"]),
     "recommend-older-run-dir-after-a-failed-command-changed-the-config": RunCase(
-        _each(lambda r: (r / "train" / "config.yaml").unlink(), _later_failing_command), RECOMMEND,
-        ["{run}/config.yaml is not the config the train stage completed with"], kept=AFTER_TOKENIZE[1:] + ("train",)),
-    "force-of-an-unknown-stage": RunCase(_unchanged, [*RESUME, "--force", "trian"],
-                                         ["argument --force: invalid choice: 'trian'"]),
+        _each(lambda r: (r / "train" / "config.yaml").unlink(), _later_failing_command),
+        RECOMMEND,
+        ["{run}/config.yaml is not the config the train stage completed with"],
+        kept=AFTER_TOKENIZE[1:] + ("train",),
+    ),
+    "force-of-an-unknown-stage": RunCase(
+        _unchanged, [*RESUME, "--force", "trian"], ["argument --force: invalid choice: 'trian'"]
+    ),
 }
 
 
 @pytest.mark.parametrize("case", list(RUN_CASES.values()), ids=list(RUN_CASES))
 def test_a_corrupted_run_is_named_and_keeps_its_completed_stages(
-        case: RunCase, finished_run: Path, foreign_codebooks: Dict[str, Path], tmp_path: Path,
-        capsys: pytest.CaptureFixture[str]) -> None:
+    case: RunCase,
+    finished_run: Path,
+    foreign_codebooks: Dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
     case.corrupt(run, foreign_codebooks)
@@ -388,8 +498,9 @@ def test_a_corrupted_run_is_named_and_keeps_its_completed_stages(
 # ---- after the error: the advice in the message recovers the run ------------------------------------------------
 
 
-def test_a_corrupt_checkpoint_is_recovered_by_training_over(finished_run: Path, tmp_path: Path,
-                                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_corrupt_checkpoint_is_recovered_by_training_over(
+    finished_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
     _interrupted_after_checkpoint(run)
@@ -404,8 +515,9 @@ def test_a_corrupt_checkpoint_is_recovered_by_training_over(finished_run: Path, 
     assert len(json.loads(capsys.readouterr().out)["sessions"]) == 2
 
 
-def test_after_a_failed_command_the_good_config_reuses_the_completed_stages(finished_run: Path, tmp_path: Path,
-                                                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_after_a_failed_command_the_good_config_reuses_the_completed_stages(
+    finished_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
     _later_failing_command(run)
@@ -415,7 +527,8 @@ def test_after_a_failed_command_the_good_config_reuses_the_completed_stages(fini
 
 
 def test_recommend_serves_the_config_its_model_was_trained_with_after_a_failed_command(
-        finished_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    finished_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
     _later_failing_command(run)

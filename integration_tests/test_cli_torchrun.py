@@ -14,14 +14,18 @@ from torchrec_onerec.pipeline import STAGES
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "configs" / "tiny.yaml")
-WITH_SASREC = ["compare.arms=[cascade,cascade_rerank,onerec,onerec_dpo,onerec_ipa,popularity,sasrec]",
-               "sasrec.epochs=2", "sasrec.embedding_dim=16"]
+WITH_SASREC = [
+    "compare.arms=[cascade,cascade_rerank,onerec,onerec_dpo,onerec_ipa,popularity,sasrec]",
+    "sasrec.epochs=2",
+    "sasrec.embedding_dim=16",
+]
 
 
 def _onerec(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "torchrec_onerec", *args], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "torchrec_onerec", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300
+    )
 
 
 def test_run_then_torchrun_run_gives_the_same_kind_of_result(tmp_path: Path) -> None:
@@ -37,8 +41,15 @@ def test_run_then_torchrun_run_gives_the_same_kind_of_result(tmp_path: Path) -> 
     for arm in metrics.values():  # protocol C and the reward model's estimates on every arm
         assert {"true_reward", "reward_swt_max", "reward_ltr_mean"} <= set(arm["metrics"])
     report = (one / "compare" / "report.md").read_text()
-    for needed in ("lift of onerec_ipa", "protocol C", "## Session reward model", "| mean / all |",
-                   "## Cascade ranker", "## Alignment iterations", "training_curves.png"):
+    for needed in (
+        "lift of onerec_ipa",
+        "protocol C",
+        "## Session reward model",
+        "| mean / all |",
+        "## Cascade ranker",
+        "## Alignment iterations",
+        "training_curves.png",
+    ):
         assert needed in report, needed
     assert f"report: {one / 'compare' / 'report.md'}" in proc.stdout
 
@@ -47,9 +58,24 @@ def test_run_then_torchrun_run_gives_the_same_kind_of_result(tmp_path: Path) -> 
         pytest.skip("torchrun is not installed beside this Python")
     two = tmp_path / "two"
     shutil.copytree(one, two, ignore=shutil.ignore_patterns(*STAGES[2:]))
-    proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "torchrec_onerec", "run", TINY,
-                           f"run_dir={two}", *WITH_SASREC], capture_output=True, text=True, cwd=REPO, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(
+        [
+            torchrun,
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "torchrec_onerec",
+            "run",
+            TINY,
+            f"run_dir={two}",
+            *WITH_SASREC,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     for stage in ("train", "train-reward", "cascade", "sasrec"):
         assert json.loads((two / stage / "summary.json").read_text())["world_size"] == 2, stage
@@ -61,7 +87,12 @@ def test_torchrun_refuses_to_tokenize_in_every_rank(tmp_path: Path) -> None:
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     if torchrun is None:
         pytest.skip("torchrun is not installed beside this Python")
-    proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "torchrec_onerec", "train", TINY,
-                           f"run_dir={tmp_path}"], capture_output=True, text=True, cwd=REPO, timeout=300)
+    proc = subprocess.run(
+        [torchrun, "--standalone", "--nproc_per_node=2", "-m", "torchrec_onerec", "train", TINY, f"run_dir={tmp_path}"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
     assert proc.returncode != 0
     assert "onerec tokenize CONFIG" in proc.stderr

@@ -46,14 +46,23 @@ VALID = random_samples(12, 30, max_history=8, session_items=2, seed=1)
 def _config(**train: object) -> OneRecConfig:
     # With the MoE balance loss at its default weight: it is the global batch's (modules/moe.py), so 1 and 2
     # processes agree; a per-rank balance loss parted them by 0.3% within 12 steps.
-    return tiny_config(batch_size=8, epochs=2, sharding_type="row_wise", checkpoint_every_steps=4,
-                       collective_timeout_s=60, **train)
+    return tiny_config(
+        batch_size=8, epochs=2, sharding_type="row_wise", checkpoint_every_steps=4, collective_timeout_s=60, **train
+    )
 
 
 def _train(run_dir: Path, **train: object) -> Dict[str, object]:
-    result = train_generative(_config(**train), TRAIN, VALID, CODES, SIZES, run_dir,
-                              prefix_index=PrefixIndex(CODES, vocab_sizes=SIZES), device=torch.device("cpu"),
-                              progress=False)
+    result = train_generative(
+        _config(**train),
+        TRAIN,
+        VALID,
+        CODES,
+        SIZES,
+        run_dir,
+        prefix_index=PrefixIndex(CODES, vocab_sizes=SIZES),
+        device=torch.device("cpu"),
+        progress=False,
+    )
     return asdict(result)
 
 
@@ -64,8 +73,14 @@ def _free_port() -> int:
 
 
 def _torchrun_env(rank: int, port: int) -> None:
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD_SIZE),
-                      LOCAL_WORLD_SIZE=str(WORLD_SIZE), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(WORLD_SIZE),
+        LOCAL_WORLD_SIZE=str(WORLD_SIZE),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
     torch.set_num_threads(1)
 
 
@@ -95,8 +110,7 @@ def _dead_rank_worker(rank: int, port: int, folder: str) -> None:
         outcome = "no error"
     except RuntimeError as exc:  # gloo: timeout or connection closed
         outcome = type(exc).__name__
-    Path(folder, "dead-rank.json").write_text(json.dumps({"outcome": outcome,
-                                                          "seconds": time.perf_counter() - start}))
+    Path(folder, "dead-rank.json").write_text(json.dumps({"outcome": outcome, "seconds": time.perf_counter() - start}))
     os._exit(0)  # the group is broken: skip its teardown
 
 
@@ -162,7 +176,6 @@ def test_a_two_process_checkpoint_resumes_in_one_process(runs: Path) -> None:
 
 
 def test_a_dead_rank_ends_the_job_within_the_collective_timeout(tmp_path: Path) -> None:
-    mp.start_processes(_dead_rank_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD_SIZE,
-                       start_method="spawn")
+    mp.start_processes(_dead_rank_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD_SIZE, start_method="spawn")
     report = json.loads((tmp_path / "dead-rank.json").read_text())
     assert report["outcome"] != "no error" and report["seconds"] < 30

@@ -20,8 +20,20 @@ from torchrec_onerec.models.config import model_size
 from torchrec_onerec.models.onerec import OneRecModel
 from torchrec_onerec.tokenizer import Codebook, fit_tokenizer, item_embeddings
 
-COMMON = {"legality", "repeat_rate", "repeat_slot_rate", "filler_rate", "list_length", "num_users",
-          "recall@5", "recall@10", "ndcg@5", "ndcg@10", "coverage@5", "coverage@10"}
+COMMON = {
+    "legality",
+    "repeat_rate",
+    "repeat_slot_rate",
+    "filler_rate",
+    "list_length",
+    "num_users",
+    "recall@5",
+    "recall@10",
+    "ndcg@5",
+    "ndcg@10",
+    "coverage@5",
+    "coverage@10",
+}
 EXPECTED = {"A": COMMON, "B": COMMON | {"recall@m", "ndcg@m", "coverage@m"}}
 
 
@@ -42,9 +54,16 @@ def test_evaluation_end_to_end(protocol: str) -> None:
     model = OneRecModel(config, book.vocab_sizes)
     eval_config = EvalConfig(beam_size=10, num_return=10, ks=[5, 10], batch_size=64)
     start = time.perf_counter()
-    result = evaluate_generative(model, split.test, codes=book.codes, prefix_index=book.prefix_index(),
-                                 config=eval_config, protocol=protocol, max_history=cfg.split.max_history,
-                                 progress=False)
+    result = evaluate_generative(
+        model,
+        split.test,
+        codes=book.codes,
+        prefix_index=book.prefix_index(),
+        config=eval_config,
+        protocol=protocol,
+        max_history=cfg.split.max_history,
+        progress=False,
+    )
     seconds = time.perf_counter() - start
     floor = evaluate_popularity(split.test, split.train_sequences, num_items, config=eval_config, protocol=protocol)
     assert seconds < 60.0  # about 1 s alone on one CPU core; generous for a shared machine
@@ -60,5 +79,7 @@ def test_evaluation_end_to_end(protocol: str) -> None:
     assert result.sessions.shape == (len(split.test), 10, M) and result.metrics["legality"] == 1.0
     assert result.metrics["repeat_rate"] == 0.0 and result.info["protocol"] == protocol
     metrics: Dict[str, float] = {k: round(v, 4) for k, v in result.metrics.items()}
-    print(f"protocol {protocol}: {seconds:.2f}s model {metrics} popularity "
-          f"ndcg@10={floor.metrics['ndcg@10']:.4f} recall@10={floor.metrics['recall@10']:.4f}")
+    print(
+        f"protocol {protocol}: {seconds:.2f}s model {metrics} popularity "
+        f"ndcg@10={floor.metrics['ndcg@10']:.4f} recall@10={floor.metrics['recall@10']:.4f}"
+    )

@@ -43,8 +43,17 @@ def test_torchrun_training_shards_tables_over_two_ranks(tmp_path: Path) -> None:
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     if torchrun is None:
         pytest.skip("torchrun is not installed beside this Python")
-    proc = _run([torchrun, "--standalone", "--nproc_per_node=2", str(EXAMPLES / "torchrun_training.py"),
-                 "--run-dir", str(tmp_path), "train.sharding_type=table_wise"])
+    proc = _run(
+        [
+            torchrun,
+            "--standalone",
+            "--nproc_per_node=2",
+            str(EXAMPLES / "torchrun_training.py"),
+            "--run-dir",
+            str(tmp_path),
+            "train.sharding_type=table_wise",
+        ]
+    )
     result = json.loads((tmp_path / "train" / "result.json").read_text())
     assert result["world_size"] == 2 and result["stop_reason"] == "epochs"
     assert {p["sharding_type"] for p in result["plan"].values()} == {"table_wise"}

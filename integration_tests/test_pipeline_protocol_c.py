@@ -13,8 +13,11 @@ from torchrec_onerec.cli import main
 from torchrec_onerec.eval.world_diagnostics import REFERENCES
 
 TINY = "configs/tiny.yaml"
-MIX = ["align.reward_source=mix", "align.iterations=1",
-       "compare.arms=[cascade,cascade_rerank,onerec,onerec_dpo,onerec_ipa,onerec_ipa_diverse,popularity]"]
+MIX = [
+    "align.reward_source=mix",
+    "align.iterations=1",
+    "compare.arms=[cascade,cascade_rerank,onerec,onerec_dpo,onerec_ipa,onerec_ipa_diverse,popularity]",
+]
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +31,7 @@ def test_report_places_every_arm_between_the_world_references(run_dir: Path) -> 
     listed = json.loads((run_dir / "compare" / "world_diagnostics.json").read_text())["rows"]
     rows = {row.pop("sessions"): row for row in listed}
     metrics = json.loads((run_dir / "evaluate" / "metrics.json").read_text())["arms"]
-    assert list(rows)[:len(REFERENCES)] == list(REFERENCES)
+    assert list(rows)[: len(REFERENCES)] == list(REFERENCES)
     assert set(metrics) <= set(rows)
     for arm, row in rows.items():
         assert 0.0 < row["share_of_ceiling"] <= 1.0 + 1e-9, arm

@@ -37,9 +37,18 @@ def _free_port() -> int:
 
 def _samples(n: int, seed: int) -> SampleSet:
     rng = np.random.default_rng(seed)
-    return SampleSet.from_samples([Sample(int(rng.integers(10)), rng.integers(20, size=3), rng.choice(20, 3, False),
-                                          rng.integers(0, 2, size=(3, 1)).astype(np.float32)) for _ in range(n)],
-                                  ["vtr"])
+    return SampleSet.from_samples(
+        [
+            Sample(
+                int(rng.integers(10)),
+                rng.integers(20, size=3),
+                rng.choice(20, 3, False),
+                rng.integers(0, 2, size=(3, 1)).astype(np.float32),
+            )
+            for _ in range(n)
+        ],
+        ["vtr"],
+    )
 
 
 def _fail(*args: object, **kwargs: object) -> None:
@@ -47,8 +56,14 @@ def _fail(*args: object, **kwargs: object) -> None:
 
 
 def _worker(rank: int, port: int, folder: str) -> None:
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD_SIZE),
-                      LOCAL_WORLD_SIZE=str(WORLD_SIZE), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(WORLD_SIZE),
+        LOCAL_WORLD_SIZE=str(WORLD_SIZE),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
     torch.set_num_threads(1)
     ctx = init_distributed(torch.device("cpu"), timeout_s=TIMEOUT_S)
     outcomes = {}
@@ -60,13 +75,28 @@ def _worker(rank: int, port: int, folder: str) -> None:
         outcomes["helper"] = {"error": str(exc)}
     outcomes["helper"]["seconds"] = time.perf_counter() - start
     reward_training.session_aucs = _fail  # the validation every rank waits for fails on rank 0
-    config = RewardModelConfig(embedding_dim=8, num_heads=1, semantic_ids=False, train_on_impressions=False,
-                               epochs=2, batch_size=16, baseline_pooling="")
+    config = RewardModelConfig(
+        embedding_dim=8,
+        num_heads=1,
+        semantic_ids=False,
+        train_on_impressions=False,
+        epochs=2,
+        batch_size=16,
+        baseline_pooling="",
+    )
     start = time.perf_counter()
     try:
-        reward_training.train_reward_model(config, _samples(64, 0), _samples(16, 1), num_users=10, num_items=20,
-                                           out_dir=Path(folder) / "reward", seed=0, device=torch.device("cpu"),
-                                           progress=False)
+        reward_training.train_reward_model(
+            config,
+            _samples(64, 0),
+            _samples(16, 1),
+            num_users=10,
+            num_items=20,
+            out_dir=Path(folder) / "reward",
+            seed=0,
+            device=torch.device("cpu"),
+            progress=False,
+        )
         outcomes["reward"] = {"error": ""}
     except RuntimeError as exc:
         outcomes["reward"] = {"error": str(exc)}
@@ -86,9 +116,11 @@ def test_a_rank0_failure_ends_every_rank_with_its_error(tmp_path: Path) -> None:
     mp.start_processes(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD_SIZE, start_method="spawn")
     for rank in range(WORLD_SIZE):
         outcomes = json.loads((tmp_path / f"rank{rank}.json").read_text())
-        assert outcomes["helper"]["error"] == ("the helper failed on rank 0: ValueError: boom: no validation "
-                                               "session has both labels")
-        assert outcomes["reward"]["error"] == ("reward model validation failed on rank 0: ValueError: boom: no "
-                                               "validation session has both labels")
+        assert outcomes["helper"]["error"] == (
+            "the helper failed on rank 0: ValueError: boom: no validation session has both labels"
+        )
+        assert outcomes["reward"]["error"] == (
+            "reward model validation failed on rank 0: ValueError: boom: no validation session has both labels"
+        )
         for what in ("helper", "reward"):
             assert outcomes[what]["seconds"] < 30, (rank, what, outcomes[what])  # not the 120 s timeout

@@ -45,8 +45,9 @@ TQDM_POSITION = re.compile(r"train:\s+\d+%\|[^|]*\|\s*(\d+)/(\d+)")
 def _launch(argv: Sequence[str], log: Path) -> subprocess.Popen:
     """Start a command in its own session, its stdout and stderr going to ``log``."""
     with open(log, "ab") as out:
-        return subprocess.Popen(list(argv), cwd=REPO, env=ENV, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        return subprocess.Popen(
+            list(argv), cwd=REPO, env=ENV, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -170,8 +171,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackgroundRuns]:
     started.stop()
 
 
-def test_kill_9_during_training_then_rerun_resumes_and_equals_an_uninterrupted_run(runs: BackgroundRuns,
-                                                                                  tmp_path: Path) -> None:
+def test_kill_9_during_training_then_rerun_resumes_and_equals_an_uninterrupted_run(
+    runs: BackgroundRuns, tmp_path: Path
+) -> None:
     run_dir, log = tmp_path / "killed", tmp_path / "killed.log"
     command = [sys.executable, "-m", "torchrec_onerec", "run", TINY, f"run_dir={run_dir}", CHECKPOINT_EVERY]
     proc = _launch(command, log)
@@ -212,25 +214,31 @@ def test_kill_9_during_training_then_rerun_resumes_and_equals_an_uninterrupted_r
     # a validation the kill cut off before its checkpoint is logged again, with the same values
     valid = {json.dumps(r, sort_keys=True) for r in _records(run_dir, "train/valid")}
     assert sorted(valid) == sorted(json.dumps(r, sort_keys=True) for r in _records(uninterrupted, "train/valid"))
-    _assert_same_weights(_exported_state(run_dir / "train/best_model.pt"),
-                         _exported_state(uninterrupted / "train/best_model.pt"))
-    assert sorted(p.name for p in (run_dir / "train/checkpoints").iterdir() if p != partial) == \
-        sorted(p.name for p in (uninterrupted / "train/checkpoints").iterdir())
+    _assert_same_weights(
+        _exported_state(run_dir / "train/best_model.pt"), _exported_state(uninterrupted / "train/best_model.pt")
+    )
+    assert sorted(p.name for p in (run_dir / "train/checkpoints").iterdir() if p != partial) == sorted(
+        p.name for p in (uninterrupted / "train/checkpoints").iterdir()
+    )
     assert _arm_metrics(run_dir) == _arm_metrics(uninterrupted)
     print(f"killed at step {killed_at} of {total}, resumed from there")
 
 
 def test_same_seed_gives_the_same_results_and_another_seed_another_model(runs: BackgroundRuns) -> None:
     uninterrupted, again = runs.finished("uninterrupted"), runs.finished("again")
-    for relpath in ["evaluate/metrics.json", "compare/comparison.json",
-                    *(f"evaluate/arms/{p.name}" for p in (uninterrupted / "evaluate/arms").glob("*.json"))]:
+    for relpath in [
+        "evaluate/metrics.json",
+        "compare/comparison.json",
+        *(f"evaluate/arms/{p.name}" for p in (uninterrupted / "evaluate/arms").glob("*.json")),
+    ]:
         assert _json(again, relpath) == _json(uninterrupted, relpath), relpath
     for arms in (uninterrupted / "evaluate/arms").glob("*.npz"):
         with np.load(arms) as a, np.load(again / "evaluate/arms" / arms.name) as b:
             assert a.files == b.files and all(np.array_equal(a[k], b[k]) for k in a.files), arms.name
     assert (again / "compare/report.md").read_text() == (uninterrupted / "compare/report.md").read_text()
-    _assert_same_weights(_exported_state(again / "train/best_model.pt"),
-                         _exported_state(uninterrupted / "train/best_model.pt"))
+    _assert_same_weights(
+        _exported_state(again / "train/best_model.pt"), _exported_state(uninterrupted / "train/best_model.pt")
+    )
 
     # the seed also draws the synthetic world, so everything downstream of the data differs
     other = runs.finished("seed1")
@@ -262,7 +270,7 @@ def _rank(pid: int) -> int:
         variables = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     except (FileNotFoundError, ProcessLookupError):
         return -1
-    ranks = [v[len(b"RANK="):] for v in variables if v.startswith(b"RANK=")]
+    ranks = [v[len(b"RANK=") :] for v in variables if v.startswith(b"RANK=")]
     return int(ranks[0]) if ranks else -1
 
 
@@ -275,8 +283,9 @@ def _running(pid: int) -> bool:
     return state != "Z"
 
 
-def test_a_worker_killed_under_torchrun_ends_the_job_with_an_error_in_bounded_time(runs: BackgroundRuns,
-                                                                                   tmp_path: Path) -> None:
+def test_a_worker_killed_under_torchrun_ends_the_job_with_an_error_in_bounded_time(
+    runs: BackgroundRuns, tmp_path: Path
+) -> None:
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     if torchrun is None:
         pytest.skip("torchrun is not installed beside this Python")
@@ -284,8 +293,22 @@ def test_a_worker_killed_under_torchrun_ends_the_job_with_an_error_in_bounded_ti
     # torchrun needs data and tokenize done by one process: a finished run's, with the same data config
     shutil.copytree(runs.finished("uninterrupted"), run_dir, ignore=shutil.ignore_patterns(*STAGES[2:]))
     # more epochs than the kill lets it reach, so the kill lands in training whatever the machine's speed
-    proc = _launch([torchrun, "--standalone", "--nproc_per_node=2", "-m", "torchrec_onerec", "train", TINY,
-                    f"run_dir={run_dir}", "train.epochs=20", CHECKPOINT_EVERY, "train.collective_timeout_s=20"], log)
+    proc = _launch(
+        [
+            torchrun,
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "torchrec_onerec",
+            "train",
+            TINY,
+            f"run_dir={run_dir}",
+            "train.epochs=20",
+            CHECKPOINT_EVERY,
+            "train.collective_timeout_s=20",
+        ],
+        log,
+    )
     try:
         _poll(lambda: bool(_complete_checkpoints(run_dir)), proc, log, "complete training checkpoint")
         workers = {_rank(pid): pid for pid in _children(proc.pid)}

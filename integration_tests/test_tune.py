@@ -13,13 +13,20 @@ from torchrec_onerec.cli import main
 from torchrec_onerec.config import load_config
 
 TINY = "configs/tiny.yaml"
-SEARCH = ["tune.space={cascade.retrieval.embedding_dim: [8, 16], cascade.retrieval.temperature: {low: 0.05, "
-          "high: 0.2}}", "tune.trials=3", "tune.seeds=[0, 1]", "tune.arm=cascade",
-          "compare.arms=[cascade, popularity]", "cascade.retrieval.epochs=1", "cascade.ranker.epochs=1"]
+SEARCH = [
+    "tune.space={cascade.retrieval.embedding_dim: [8, 16], cascade.retrieval.temperature: {low: 0.05, high: 0.2}}",
+    "tune.trials=3",
+    "tune.seeds=[0, 1]",
+    "tune.arm=cascade",
+    "compare.arms=[cascade, popularity]",
+    "cascade.retrieval.epochs=1",
+    "cascade.ranker.epochs=1",
+]
 
 
-def test_tune_chooses_on_validation_and_scores_the_choice_on_test_once(tmp_path: Path,
-                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_tune_chooses_on_validation_and_scores_the_choice_on_test_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["tune", TINY, f"run_dir={tmp_path}", *SEARCH]) == 0
     rows = list(csv.DictReader(open(tmp_path / "tune" / "trials.csv")))
     assert len(rows) == 3 and {"seed 0", "seed 1", "mean"} <= set(rows[0])
@@ -42,7 +49,8 @@ def test_tune_chooses_on_validation_and_scores_the_choice_on_test_once(tmp_path:
 
 
 def test_an_empty_space_an_unknown_key_or_an_unlisted_arm_is_an_error_that_names_it(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["tune", TINY, f"run_dir={tmp_path}"]) == 2
     assert "tune.space is empty" in capsys.readouterr().err
     assert main(["tune", TINY, f"run_dir={tmp_path}", "tune.space={cascade.no_such_key: [1, 2]}"]) == 2
@@ -54,9 +62,17 @@ def test_an_empty_space_an_unknown_key_or_an_unlisted_arm_is_an_error_that_names
 def test_tune_scores_trials_with_the_sizes_their_stages_were_run_with(tmp_path: Path) -> None:
     # tiny's [8, 8] codebooks become [32, 32] from its 120 items: a trial scored with the sizes as written would
     # refuse the codebook its own tokenize stage wrote
-    search = ["sizes_from_data=[tokenizer.codebook_sizes]", "tune.space={model.dropout: [0.1]}", "tune.trials=1",
-              "tune.seeds=[0]", "tune.arm=onerec", "tune.score_test=false", "train.epochs=1",
-              "compare.arms=[onerec, popularity]", "compare.baseline=popularity"]
+    search = [
+        "sizes_from_data=[tokenizer.codebook_sizes]",
+        "tune.space={model.dropout: [0.1]}",
+        "tune.trials=1",
+        "tune.seeds=[0]",
+        "tune.arm=onerec",
+        "tune.score_test=false",
+        "train.epochs=1",
+        "compare.arms=[onerec, popularity]",
+        "compare.baseline=popularity",
+    ]
     assert main(["tune", TINY, f"run_dir={tmp_path}", *search]) == 0
     rows = list(csv.DictReader(open(tmp_path / "tune" / "trials.csv")))
     assert len(rows) == 1 and float(rows[0]["mean"]) >= 0

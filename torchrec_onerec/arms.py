@@ -80,16 +80,25 @@ def arm_file(arm: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", arm)
 
 
-def _score_generative(ctx: PipelineContext, path: Path, diversity_penalty: float = 0.0,
-                      samples: Optional[SampleSet] = None) -> EvalResult:
+def _score_generative(
+    ctx: PipelineContext, path: Path, diversity_penalty: float = 0.0, samples: Optional[SampleSet] = None
+) -> EvalResult:
     """The exported OneRec model at ``path``, beam-searched on ``samples`` (default: the scored split)."""
     cfg = ctx.config
     book = ctx.codebook
     device = resolve_device(cfg.device)
     model = load_exported(path, cfg.model, book.vocab_sizes, device=device)
-    return evaluate_generative(model, ctx.scored_samples if samples is None else samples, codes=book.codes,
-                               prefix_index=book.prefix_index(), config=cfg.eval, protocol=cfg.split.protocol,
-                               max_history=cfg.model.max_history, device=device, diversity_penalty=diversity_penalty)
+    return evaluate_generative(
+        model,
+        ctx.scored_samples if samples is None else samples,
+        codes=book.codes,
+        prefix_index=book.prefix_index(),
+        config=cfg.eval,
+        protocol=cfg.split.protocol,
+        max_history=cfg.model.max_history,
+        device=device,
+        diversity_penalty=diversity_penalty,
+    )
 
 
 def _trained_model(run: RunDir) -> Path:
@@ -106,12 +115,18 @@ def _cascade(ctx: PipelineContext) -> CascadeRecommender:
 
 def _score_cascade(ctx: PipelineContext, reward_model: Optional[SessionRewardModel]) -> EvalResult:
     cfg = ctx.config
-    return evaluate_cascade(_cascade(ctx), ctx.scored_samples, config=cfg.eval, protocol=cfg.split.protocol,
-                            num_items=ctx.data.num_items)
+    return evaluate_cascade(
+        _cascade(ctx), ctx.scored_samples, config=cfg.eval, protocol=cfg.split.protocol, num_items=ctx.data.num_items
+    )
 
 
-def choose_on_validation(ctx: PipelineContext, reward_model: Optional[SessionRewardModel], values: Sequence[float],
-                         score_valid: Callable[[float], EvalResult], what: str) -> Tuple[float, Dict[str, float], str]:
+def choose_on_validation(
+    ctx: PipelineContext,
+    reward_model: Optional[SessionRewardModel],
+    values: Sequence[float],
+    score_valid: Callable[[float], EvalResult],
+    what: str,
+) -> Tuple[float, Dict[str, float], str]:
     """A serving setting chosen on the validation users only, 0 (the setting off) among the tries: the value whose
     validation result is best by the session reward model's estimate of the served session (its validation
     NDCG@10 without a reward model), the smaller on a tie. Returns (the value, every value's validation score,
@@ -145,19 +160,29 @@ def _score_cascade_rerank(ctx: PipelineContext, reward_model: Optional[SessionRe
     recommender = _cascade(ctx)
 
     def score(weight: float, samples: SampleSet) -> EvalResult:
-        return evaluate_cascade(recommender, samples, config=cfg.eval, protocol=cfg.split.protocol,
-                                num_items=ctx.data.num_items, diversity_weight=weight)
+        return evaluate_cascade(
+            recommender,
+            samples,
+            config=cfg.eval,
+            protocol=cfg.split.protocol,
+            num_items=ctx.data.num_items,
+            diversity_weight=weight,
+        )
 
-    weight, table, criterion = choose_on_validation(ctx, reward_model, cfg.cascade.ranker.rerank_weights,
-                                                    lambda w: score(w, ctx.split.valid), "cascade_rerank weight")
+    weight, table, criterion = choose_on_validation(
+        ctx,
+        reward_model,
+        cfg.cascade.ranker.rerank_weights,
+        lambda w: score(w, ctx.split.valid),
+        "cascade_rerank weight",
+    )
     result = score(weight, ctx.scored_samples)
     result.info.update(selection=table, selected_on=criterion)
     return result
 
 
 def _rerank_chosen(config: OneRecConfig, info: Dict[str, object]) -> str:
-    return (f"the cascade, then an MMR re-rank with diversity weight {info['diversity_weight']}, "
-            f"{_selection_text(info)}")
+    return f"the cascade, then an MMR re-rank with diversity weight {info['diversity_weight']}, {_selection_text(info)}"
 
 
 def _diverse_arm(name: str, base: str) -> Arm:
@@ -170,80 +195,136 @@ def _diverse_arm(name: str, base: str) -> Arm:
     def score(ctx: PipelineContext, reward_model: Optional[SessionRewardModel]) -> EvalResult:
         path = model_path(ctx.run)
         penalty, table, criterion = choose_on_validation(
-            ctx, reward_model, ctx.config.eval.diversity_penalties,
-            lambda p: _score_generative(ctx, path, p, ctx.split.valid), f"{name} diversity penalty")
+            ctx,
+            reward_model,
+            ctx.config.eval.diversity_penalties,
+            lambda p: _score_generative(ctx, path, p, ctx.split.valid),
+            f"{name} diversity penalty",
+        )
         result = _score_generative(ctx, path, penalty)
         result.info.update(selection=table, selected_on=criterion)
         return result
 
     def chosen(config: OneRecConfig, info: Dict[str, object]) -> str:
-        return (f"{plain.chosen(config, info)}; served with a diversity penalty of {info['diversity_penalty']} per "
-                f"earlier session item under the same first code, {_selection_text(info)}")
+        return (
+            f"{plain.chosen(config, info)}; served with a diversity penalty of {info['diversity_penalty']} per "
+            f"earlier session item under the same first code, {_selection_text(info)}"
+        )
 
     def serving_penalty(run: RunDir) -> float:
         path = run.path / "evaluate" / "metrics.json"
         arms = read_json(path)["arms"] if path.is_file() else {}
         if name not in arms:
-            raise FileNotFoundError(f"{path} holds no {name!r} arm: its penalty is chosen on the validation users "
-                                    f"by the evaluate stage; run `onerec evaluate` with compare.arms listing {name}")
+            raise FileNotFoundError(
+                f"{path} holds no {name!r} arm: its penalty is chosen on the validation users "
+                f"by the evaluate stage; run `onerec evaluate` with compare.arms listing {name}"
+            )
         return float(arms[name]["info"]["diversity_penalty"])
 
-    return Arm(name, plain.needs, score, chosen, serves_from=plain.serves_from, model_path=model_path,
-               serving_penalty=serving_penalty)
+    return Arm(
+        name,
+        plain.needs,
+        score,
+        chosen,
+        serves_from=plain.serves_from,
+        model_path=model_path,
+        serving_penalty=serving_penalty,
+    )
 
 
 def _score_popularity(ctx: PipelineContext, reward_model: Optional[SessionRewardModel]) -> EvalResult:
     cfg = ctx.config
-    return evaluate_popularity(ctx.scored_samples, ctx.split.train_sequences, ctx.data.num_items, config=cfg.eval,
-                               protocol=cfg.split.protocol)
+    return evaluate_popularity(
+        ctx.scored_samples, ctx.split.train_sequences, ctx.data.num_items, config=cfg.eval, protocol=cfg.split.protocol
+    )
 
 
 def _score_sasrec(ctx: PipelineContext, reward_model: Optional[SessionRewardModel]) -> EvalResult:
     cfg = ctx.config
     model = load_sasrec(ctx.run.path / "sasrec" / SASREC_FILE, device=resolve_device(cfg.device))
-    return evaluate_sasrec(model, ctx.scored_samples, config=cfg.eval, protocol=cfg.split.protocol,
-                           num_items=ctx.data.num_items)
+    return evaluate_sasrec(
+        model, ctx.scored_samples, config=cfg.eval, protocol=cfg.split.protocol, num_items=ctx.data.num_items
+    )
 
 
 def _sasrec_chosen(config: OneRecConfig, info: Dict[str, object]) -> str:
     sasrec = config.sasrec
     stop = f", stopping after {sasrec.patience} epochs without a better one" if sasrec.patience else ""
-    return (f"SASRec trained for at most {sasrec.epochs} epochs, the epoch with the best validation NDCG@10 kept"
-            f"{stop}; sizes and learning rates from the `sasrec` section")
+    return (
+        f"SASRec trained for at most {sasrec.epochs} epochs, the epoch with the best validation NDCG@10 kept"
+        f"{stop}; sizes and learning rates from the `sasrec` section"
+    )
 
 
 def _ntp_chosen(config: OneRecConfig, info: Dict[str, object]) -> str:
     train = config.train
-    epochs = ("the final weights (validated once, after the last epoch)" if train.eval_every_epochs >= train.epochs
-              else f"the epoch with the best validation {train.selection_metric}")
+    epochs = (
+        "the final weights (validated once, after the last epoch)"
+        if train.eval_every_epochs >= train.epochs
+        else f"the epoch with the best validation {train.selection_metric}"
+    )
     return f"NTP training, {train.epochs} epochs, {epochs}"
 
 
-def _generative_arm(name: str, needs: Tuple[str, ...], model_path: Callable[[RunDir], Path],
-                    chosen: Callable[[OneRecConfig, Dict[str, object]], str], serves_from: str = "") -> Arm:
+def _generative_arm(
+    name: str,
+    needs: Tuple[str, ...],
+    model_path: Callable[[RunDir], Path],
+    chosen: Callable[[OneRecConfig, Dict[str, object]], str],
+    serves_from: str = "",
+) -> Arm:
     """An arm that is one exported OneRec model, beam-searched like every generative arm."""
-    return Arm(name, needs, lambda ctx, reward_model: _score_generative(ctx, model_path(ctx.run)), chosen,
-               serves_from=serves_from, model_path=model_path if serves_from else None)
+    return Arm(
+        name,
+        needs,
+        lambda ctx, reward_model: _score_generative(ctx, model_path(ctx.run)),
+        chosen,
+        serves_from=serves_from,
+        model_path=model_path if serves_from else None,
+    )
 
 
-ARMS: Dict[str, Arm] = {arm.name: arm for arm in (
-    Arm("cascade", ("cascade",), _score_cascade,
-        lambda config, info: "two-tower retrieval kept at its best epoch by validation recall@K_r, ranker at its best "
-                             "epoch by mean validation AUC; sizes and learning rates from the config"),
-    Arm("cascade_rerank", ("cascade",), _score_cascade_rerank, _rerank_chosen),
-    _generative_arm("onerec", ("tokenize", "train"), _trained_model, _ntp_chosen, serves_from="train"),
-    _generative_arm("onerec_dpo", ("tokenize", "train", "align"), lambda run: run.path / "align" / model_file(1),
-                    lambda config, info: "the NTP model after one alignment iteration to "
-                                         f"`align.reward_source={config.align.reward_source}`"),
-    _generative_arm("onerec_ipa", ("tokenize", "train", "align"), _aligned_model,
-                    lambda config, info: f"the NTP model after {config.align.iterations} alignment iterations to "
-                                         f"`align.reward_source={config.align.reward_source}` (the last iteration "
-                                         "is kept)", serves_from="align"),
-    Arm("popularity", (), _score_popularity, lambda config, info: "training counts; nothing tuned"),
-    Arm("sasrec", ("sasrec",), _score_sasrec, _sasrec_chosen),
-)}
-ARMS.update((arm.name, arm) for arm in (_diverse_arm("onerec_diverse", "onerec"),
-                                        _diverse_arm("onerec_ipa_diverse", "onerec_ipa")))
+ARMS: Dict[str, Arm] = {
+    arm.name: arm
+    for arm in (
+        Arm(
+            "cascade",
+            ("cascade",),
+            _score_cascade,
+            lambda config, info: (
+                "two-tower retrieval kept at its best epoch by validation recall@K_r, ranker at its best "
+                "epoch by mean validation AUC; sizes and learning rates from the config"
+            ),
+        ),
+        Arm("cascade_rerank", ("cascade",), _score_cascade_rerank, _rerank_chosen),
+        _generative_arm("onerec", ("tokenize", "train"), _trained_model, _ntp_chosen, serves_from="train"),
+        _generative_arm(
+            "onerec_dpo",
+            ("tokenize", "train", "align"),
+            lambda run: run.path / "align" / model_file(1),
+            lambda config, info: (
+                f"the NTP model after one alignment iteration to `align.reward_source={config.align.reward_source}`"
+            ),
+        ),
+        _generative_arm(
+            "onerec_ipa",
+            ("tokenize", "train", "align"),
+            _aligned_model,
+            lambda config, info: (
+                f"the NTP model after {config.align.iterations} alignment iterations to "
+                f"`align.reward_source={config.align.reward_source}` (the last iteration "
+                "is kept)"
+            ),
+            serves_from="align",
+        ),
+        Arm("popularity", (), _score_popularity, lambda config, info: "training counts; nothing tuned"),
+        Arm("sasrec", ("sasrec",), _score_sasrec, _sasrec_chosen),
+    )
+}
+ARMS.update(
+    (arm.name, arm)
+    for arm in (_diverse_arm("onerec_diverse", "onerec"), _diverse_arm("onerec_ipa_diverse", "onerec_ipa"))
+)
 SERVABLE_ARMS = tuple(name for name, arm in ARMS.items() if arm.serves_from)
 
 
@@ -260,20 +341,22 @@ def arm_for(name: str) -> Arm:
     if name in ARMS:
         return ARMS[name]
     if name.startswith(MODEL_PREFIX) and len(name) > len(MODEL_PREFIX):
-        path = Path(name[len(MODEL_PREFIX):])
+        path = Path(name[len(MODEL_PREFIX) :])
 
         def exported(run: RunDir) -> Path:
             if not path.is_file():
                 raise FileNotFoundError(f"compare.arms names {name!r} but {path} does not exist")
             return path
 
-        return _generative_arm(name, ("tokenize",), exported,
-                               lambda config, info: "an exported model named on the command line")
+        return _generative_arm(
+            name, ("tokenize",), exported, lambda config, info: "an exported model named on the command line"
+        )
     raise ValueError(f"arm {name!r} is not one of {list(ARMS)} nor '{MODEL_PREFIX}<path>'")
 
 
-def evaluate_arm(ctx: PipelineContext, name: str,
-                 reward_model: Optional[SessionRewardModel]) -> Tuple[Optional[EvalResult], str]:
+def evaluate_arm(
+    ctx: PipelineContext, name: str, reward_model: Optional[SessionRewardModel]
+) -> Tuple[Optional[EvalResult], str]:
     """Arm ``name`` scored on ``ctx.scored_samples``, or (None, why it is left out: a stage it needs did not
     apply to this data)."""
     arm = arm_for(name)

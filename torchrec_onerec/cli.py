@@ -57,8 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     for stage in STAGE_LIST:
         p = sub.add_parser(stage.name, help=stage.help)
         _add_config_args(p)
-    search = sub.add_parser("tune", help="choose a config on the validation users (the tune section's space, "
-                                         "Optuna), then score it on test once")
+    search = sub.add_parser(
+        "tune",
+        help="choose a config on the validation users (the tune section's space, Optuna), then score it on test once",
+    )
     _add_config_args(search)
     show = sub.add_parser("config", help="print the resolved config")
     _add_config_args(show)
@@ -68,8 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--users", required=True, help="comma-separated user ids, as the data names them")
     rec.add_argument("--sessions", type=int, default=None, help="sessions per user (default eval.num_return)")
     rec.add_argument("--arm", default="onerec", choices=list(SERVABLE_ARMS), help="which trained model serves")
-    rec.add_argument("--exclude-history", action="store_true", default=None,
-                     help="never recommend an item of the user's history")
+    rec.add_argument(
+        "--exclude-history", action="store_true", default=None, help="never recommend an item of the user's history"
+    )
     rec.add_argument("--device", default=None, help="cpu, cuda ... (default: the run's device setting)")
     return parser
 
@@ -142,10 +145,11 @@ def _render(command: str, result: Dict[str, object]) -> str:
         return (run_dir / "compare" / "report.md").read_text()
     seconds: Dict[str, float] = result["seconds"]  # type: ignore[assignment]
     stages: Dict[str, object] = result["stages"]  # type: ignore[assignment]
-    lines = [f"stage {stage}: " + (f"done in {seconds[stage]:.1f} s" if stage in seconds else "complete, skipped")
-             for stage in stages]
+    lines = [
+        f"stage {stage}: " + (f"done in {seconds[stage]:.1f} s" if stage in seconds else "complete, skipped")
+        for stage in stages
+    ]
     lines.append(f"run directory: {run_dir} (config.yaml, run.log, metrics.jsonl, one folder per stage)")
     if (run_dir / "compare" / "report.md").is_file():
         lines.append(f"report: {run_dir / 'compare' / 'report.md'}")
     return "\n".join(lines)
-

@@ -79,8 +79,10 @@ class OneRecConfig:
     def __post_init__(self) -> None:
         unknown = [key for key in self.sizes_from_data if key not in SIZES_FROM_DATA]
         if unknown:
-            raise ConfigError(f"sizes_from_data={list(self.sizes_from_data)}: no rule derives {unknown}; the keys "
-                              f"it can set are {list(SIZES_FROM_DATA)}")
+            raise ConfigError(
+                f"sizes_from_data={list(self.sizes_from_data)}: no rule derives {unknown}; the keys "
+                f"it can set are {list(SIZES_FROM_DATA)}"
+            )
         defaults = OneRecModelConfig()
         for name in ("max_history", "session_items"):
             wanted, given = getattr(self.split, name), getattr(self.model, name)
@@ -102,8 +104,10 @@ def _check_keys(node: Any, schema: DictConfig, prefix: str) -> None:
         if isinstance(child, DictConfig) and not _is_free_dict(schema, key):
             if value is not None and not isinstance(value, dict):
                 keys = sorted(str(k) for k in child.keys())
-                raise ConfigError(f"config key {path!r} is a section, not a value: set its keys ({', '.join(keys)}), "
-                                  f"e.g. {path}.{keys[0]}=..., not {path}={value!r}")
+                raise ConfigError(
+                    f"config key {path!r} is a section, not a value: set its keys ({', '.join(keys)}), "
+                    f"e.g. {path}.{keys[0]}=..., not {path}={value!r}"
+                )
             _check_keys(value, child, path + ".")
 
 
@@ -144,8 +148,10 @@ def load_config(path: Optional[str], overrides: Sequence[str] = ()) -> OneRecCon
         except Exception as exc:  # yaml.YAMLError: a value YAML cannot read
             key, _, value = item.partition("=")
             reason = (str(exc).splitlines() or [""])[0]
-            raise ConfigError(f"override {item!r}: YAML cannot read the value {value!r} ({reason}); quote it, "
-                              f"e.g. \"{key}='{value}'\"") from None
+            raise ConfigError(
+                f"override {item!r}: YAML cannot read the value {value!r} ({reason}); quote it, "
+                f"e.g. \"{key}='{value}'\""
+            ) from None
     if overrides:
         sources.append(("command line", OmegaConf.from_dotlist(list(overrides))))
     merged = schema
@@ -168,4 +174,3 @@ def load_config(path: Optional[str], overrides: Sequence[str] = ()) -> OneRecCon
 def to_yaml(cfg: OneRecConfig) -> str:
     """The resolved config as YAML text (what a run directory keeps as ``config.yaml``)."""
     return OmegaConf.to_yaml(OmegaConf.structured(cfg), resolve=True)
-

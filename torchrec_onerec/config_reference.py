@@ -69,7 +69,7 @@ def docstring_args(cls: type) -> Dict[str, str]:
     entries: Dict[str, List[str]] = {}
     current: List[str] | None = None
     indent = None
-    for line in lines[start + 1:]:
+    for line in lines[start + 1 :]:
         if not line.strip():
             continue
         width = len(line) - len(line.lstrip())
@@ -126,8 +126,15 @@ def config_rows(cls: type = OneRecConfig, prefix: str = "") -> List[ConfigRow]:
         if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
             rows.extend(config_rows(annotation, key + "."))
             continue
-        rows.append(ConfigRow(key=key, type_name=_type_name(annotation), default=_default_text(field),
-                              description=described.get(field.name, ""), section=cls.__name__))
+        rows.append(
+            ConfigRow(
+                key=key,
+                type_name=_type_name(annotation),
+                default=_default_text(field),
+                description=described.get(field.name, ""),
+                section=cls.__name__,
+            )
+        )
     return rows
 
 

@@ -77,11 +77,18 @@ class PipelineContext:
     def codebook(self) -> Codebook:
         """The tokenize stage's codebook, refused if it belongs to another catalogue or tokenizer config."""
         cfg = self.config
-        return Codebook.load(self.run.path / "tokenize" / "codebook.pt", num_items=self.data.num_items,
-                             fingerprint=catalogue_fingerprint(self.data.raw_item_ids, cfg.tokenizer, seed=cfg.seed))
+        return Codebook.load(
+            self.run.path / "tokenize" / "codebook.pt",
+            num_items=self.data.num_items,
+            fingerprint=catalogue_fingerprint(self.data.raw_item_ids, cfg.tokenizer, seed=cfg.seed),
+        )
 
     def reward_model(self) -> SessionRewardModel:
         """The train-reward stage's model on this rank's device, refused if it was trained on another catalogue."""
         device = rank_device(resolve_device(self.config.device), int(os.environ.get("LOCAL_RANK", "0")))
-        return load_reward_model(self.run.path / "train-reward" / "reward_model.pt", num_items=self.data.num_items,
-                                 signals=self.split.train.signals, device=device)
+        return load_reward_model(
+            self.run.path / "train-reward" / "reward_model.pt",
+            num_items=self.data.num_items,
+            signals=self.split.train.signals,
+            device=device,
+        )

@@ -92,8 +92,9 @@ def stage_fingerprint(config: OneRecConfig, stage: str) -> str:
     return fingerprint(sections)
 
 
-def run_pipeline(config: OneRecConfig, *, stages: Sequence[str] = STAGES, force: Sequence[str] = (),
-                 redo_if_done: Sequence[str] = ()) -> Dict[str, object]:
+def run_pipeline(
+    config: OneRecConfig, *, stages: Sequence[str] = STAGES, force: Sequence[str] = (), redo_if_done: Sequence[str] = ()
+) -> Dict[str, object]:
     """Run ``stages`` in order in ``config.run_dir``; skip completed ones whose inputs did not change.
 
     The keys of ``config.sizes_from_data`` are set from the data first (``torchrec_onerec.sizing``), so the
@@ -135,16 +136,19 @@ def run_pipeline(config: OneRecConfig, *, stages: Sequence[str] = STAGES, force:
         for stage in stages:
             fp = stage_fingerprint(config, stage)
             # Rank 0 decides whether to skip and whether to resume, so that every rank takes the same path.
-            done, fresh = broadcast_object((stage not in force and run.is_done(stage, fp),
-                                            stage in force or not run.was_started(stage, fp)), group)
+            done, fresh = broadcast_object(
+                (stage not in force and run.is_done(stage, fp), stage in force or not run.was_started(stage, fp)), group
+            )
             if done:
                 LOG.info("stage %s: complete with the same inputs, skipped (--force %s redoes it)", stage, stage)
                 summaries[stage] = run.read_json(f"{stage}/summary.json")
                 skipped.append(stage)
                 continue
             if world_size() > 1 and stage in ("data", "tokenize"):
-                raise ValueError(f"stage {stage!r} is not complete in {run.path}; under torchrun run "
-                                 f"`onerec tokenize CONFIG` in one process first")
+                raise ValueError(
+                    f"stage {stage!r} is not complete in {run.path}; under torchrun run "
+                    f"`onerec tokenize CONFIG` in one process first"
+                )
             if not lead and stage not in COLLECTIVE_STAGES:
                 continue
             # An interrupted stage resumes its own partial work only when it was started with the same inputs.
@@ -168,8 +172,7 @@ def run_pipeline(config: OneRecConfig, *, stages: Sequence[str] = STAGES, force:
         # The other ranks skip rank 0's last stages; tearing the group down while rank 0 still works on them
         # could abort a rank in gloo's teardown, so every rank leaves together.
         barrier(group)
-        return {"run_dir": str(run.path), "stages": summaries, "skipped": skipped, "seconds": seconds,
-                "config": config}
+        return {"run_dir": str(run.path), "stages": summaries, "skipped": skipped, "seconds": seconds, "config": config}
     finally:
         teardown_distributed(group)
         if handler is not None:

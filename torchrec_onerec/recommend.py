@@ -39,7 +39,6 @@ from torchrec_onerec.tokenizer.codebook import Codebook, catalogue_fingerprint
 from torchrec_onerec.train.export import load_exported
 
 
-
 class UnknownUserError(ValueError):
     """A user id the run's data does not hold, or a user without any history to condition on."""
 
@@ -87,8 +86,9 @@ class Recommender:
     diversity_penalty: float = 0.0
 
     @classmethod
-    def from_run_dir(cls, run_dir: Union[str, Path], *, arm: str = "onerec",
-                     device: Optional[str] = None) -> "Recommender":
+    def from_run_dir(
+        cls, run_dir: Union[str, Path], *, arm: str = "onerec", device: Optional[str] = None
+    ) -> "Recommender":
         """Load a completed run: its config, data, codebook and the model of ``arm``.
 
         Args:
@@ -110,13 +110,17 @@ class Recommender:
         served, stage = ARMS[arm], ARMS[arm].serves_from
         for needed in (run / "config.yaml", run / "tokenize" / "done.json", run / stage / "done.json"):
             if not needed.is_file():
-                raise FileNotFoundError(f"{needed} is missing: run `onerec run` (at least up to the {stage} stage) "
-                                        f"for this run directory first")
+                raise FileNotFoundError(
+                    f"{needed} is missing: run `onerec run` (at least up to the {stage} stage) "
+                    f"for this run directory first"
+                )
         config = _config_of_stage(run, stage)
         data = load_dataset(config.data, seed=config.seed)
-        codebook = Codebook.load(run / "tokenize" / "codebook.pt", num_items=data.num_items,
-                                 fingerprint=catalogue_fingerprint(data.raw_item_ids, config.tokenizer,
-                                                                   seed=config.seed))
+        codebook = Codebook.load(
+            run / "tokenize" / "codebook.pt",
+            num_items=data.num_items,
+            fingerprint=catalogue_fingerprint(data.raw_item_ids, config.tokenizer, seed=config.seed),
+        )
         summary = read_json(run / stage / "summary.json")
         if "not_applicable" in summary:
             raise ValueError(f"arm {arm!r} is not available in {run}: {summary['not_applicable']}")
@@ -136,9 +140,11 @@ class Recommender:
         index = {str(raw): i for i, raw in enumerate(self.data.raw_user_ids)}
         unknown = [u for u in raw_user_ids if str(u) not in index]
         if unknown:
-            raise UnknownUserError(f"user id(s) {unknown[:5]} are not in the run's data ({self.data.name}, "
-                                   f"{self.data.num_users} users); OneRec conditions on a user's history, so it "
-                                   "can only serve users seen in the data")
+            raise UnknownUserError(
+                f"user id(s) {unknown[:5]} are not in the run's data ({self.data.name}, "
+                f"{self.data.num_users} users); OneRec conditions on a user's history, so it "
+                "can only serve users seen in the data"
+            )
         users = np.array([index[str(u)] for u in raw_user_ids], dtype=np.int64)
         items, offsets = positive_histories(self.data, self.config)
         end = offsets[users + 1]
@@ -148,11 +154,18 @@ class Recommender:
             raise UnknownUserError(f"user id(s) {empty[:5]} have no positive interaction to condition on")
         values, hist_offsets = take_slices(items, start, end - start)
         M = self.config.model.session_items
-        return SampleSet(users, values, hist_offsets, np.full((len(users), M), PAD_ITEM, np.int64),
-                         np.zeros((len(users), M, 0), np.float32), [])
+        return SampleSet(
+            users,
+            values,
+            hist_offsets,
+            np.full((len(users), M), PAD_ITEM, np.int64),
+            np.zeros((len(users), M, 0), np.float32),
+            [],
+        )
 
-    def recommend(self, raw_user_ids: Sequence[Any], *, num_sessions: Optional[int] = None,
-                  exclude_history: Optional[bool] = None) -> List[Dict[str, Any]]:
+    def recommend(
+        self, raw_user_ids: Sequence[Any], *, num_sessions: Optional[int] = None, exclude_history: Optional[bool] = None
+    ) -> List[Dict[str, Any]]:
         """The best sessions for each user, best first, with raw item ids and sequence log-probabilities.
 
         Args:
@@ -172,20 +185,33 @@ class Recommender:
         exclude = cfg.eval.exclude_history if exclude_history is None else exclude_history
         samples = self.user_samples(raw_user_ids)
         index = self.codebook.prefix_index().to(self.device)
-        loader = make_dataloader(samples, LoaderConfig(batch_size=cfg.eval.batch_size, shuffle=False), seed=0,
-                                 shuffle=False, transform=SemanticIdTransform(self.codebook.codes,
-                                                                              max_history=cfg.model.max_history))
+        loader = make_dataloader(
+            samples,
+            LoaderConfig(batch_size=cfg.eval.batch_size, shuffle=False),
+            seed=0,
+            shuffle=False,
+            transform=SemanticIdTransform(self.codebook.codes, max_history=cfg.model.max_history),
+        )
         raw_items = np.asarray(self.data.raw_item_ids)
         processors = [RepeatedPrefixPenalty(self.diversity_penalty)] if self.diversity_penalty > 0 else []
         out: List[Dict[str, Any]] = []
         with torch.no_grad():
             for batch in loader:
-                found = constrained_beam_search(self.model, batch.to(self.device), prefix_index=index,
-                                                beam_size=max(R, cfg.eval.beam_size), num_return=R,
-                                                exclude_history=exclude, processors=processors)
+                found = constrained_beam_search(
+                    self.model,
+                    batch.to(self.device),
+                    prefix_index=index,
+                    beam_size=max(R, cfg.eval.beam_size),
+                    num_return=R,
+                    exclude_history=exclude,
+                    processors=processors,
+                )
                 for items, scores in zip(found.items.cpu().numpy(), found.scores.float().cpu().numpy()):
-                    sessions = [{"items": [_plain(raw_items[i]) for i in row], "score": float(score)}
-                                for row, score in zip(items, scores) if np.isfinite(score)]
+                    sessions = [
+                        {"items": [_plain(raw_items[i]) for i in row], "score": float(score)}
+                        for row, score in zip(items, scores)
+                        if np.isfinite(score)
+                    ]
                     out.append({"user": _plain(self.data.raw_user_ids[samples.user[len(out)]]), "sessions": sessions})
         return out
 
@@ -198,9 +224,11 @@ def _config_of_stage(run: Path, stage: str) -> OneRecConfig:
     config = load_config(str(run / "config.yaml"))
     if read_json(run / stage / "done.json").get("fingerprint") != stage_fingerprint(config, stage):
         sections = sorted({name for earlier in stage_closure(stage, config) for name in STAGE_SECTIONS[earlier]})
-        raise ValueError(f"{run / 'config.yaml'} is not the config the {stage} stage completed with: a later "
-                         f"command in {run} changed one of {sections}; complete the stage with the config to serve "
-                         f"(onerec run CONFIG run_dir={run}), then recommend")
+        raise ValueError(
+            f"{run / 'config.yaml'} is not the config the {stage} stage completed with: a later "
+            f"command in {run} changed one of {sections}; complete the stage with the config to serve "
+            f"(onerec run CONFIG run_dir={run}), then recommend"
+        )
     return config
 
 

@@ -56,8 +56,10 @@ def read_json(path: Path) -> Any:
     try:
         return json.loads(Path(path).read_text())
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path} is not valid JSON ({exc}): it was cut short or edited; redo the stage that "
-                         "writes it (onerec run CONFIG --force STAGE)") from None
+        raise ValueError(
+            f"{path} is not valid JSON ({exc}): it was cut short or edited; redo the stage that "
+            "writes it (onerec run CONFIG --force STAGE)"
+        ) from None
 
 
 def load_torch_file(path: Path, writer: str) -> Any:
@@ -83,8 +85,10 @@ def load_torch_file(path: Path, writer: str) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch.load fails in many ways on a cut-short file (zip, pickle, EOF, OS errors)
         reason = (str(exc).splitlines() or [""])[0][:200]
-        raise ValueError(f"{path} cannot be read ({type(exc).__name__}: {reason}): it is truncated or corrupt; "
-                         f"redo the stage that writes it ({writer}): onerec run CONFIG --force STAGE") from None
+        raise ValueError(
+            f"{path} cannot be read ({type(exc).__name__}: {reason}): it is truncated or corrupt; "
+            f"redo the stage that writes it ({writer}): onerec run CONFIG --force STAGE"
+        ) from None
 
 
 def save_tagged(path: Path, tag: str, payload: Dict[str, Any]) -> None:
@@ -154,8 +158,10 @@ class RunDir:
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise ConfigError(f"run_dir={str(path)!r} cannot be created ({exc.strerror}: {exc.filename}); set "
-                              "run_dir to a writable folder") from None
+            raise ConfigError(
+                f"run_dir={str(path)!r} cannot be created ({exc.strerror}: {exc.filename}); set "
+                "run_dir to a writable folder"
+            ) from None
 
     def stage_dir(self, stage: str) -> Path:
         """The artefact folder of one stage (created)."""

@@ -114,15 +114,18 @@ def _codebook_rule(cfg: OneRecConfig, shape: DataShape) -> Tuple[Any, str]:
     tok = cfg.tokenizer
     leaf = tok.disambiguation == "item"
     sizes = derived_codebook_sizes(shape.num_items, len(tok.codebook_sizes), leaf)
-    why = (f"{shape.num_items} items, {len(sizes)} level(s) "
-           + ("then the item id: about sqrt(I) items per prefix" if leaf else "of codes only: K^L >= 2^L I"))
+    why = f"{shape.num_items} items, {len(sizes)} level(s) " + (
+        "then the item id: about sqrt(I) items per prefix" if leaf else "of codes only: K^L >= 2^L I"
+    )
     return sizes, why
 
 
 def _history_rule(cfg: OneRecConfig, shape: DataShape) -> Tuple[Any, str]:
     n = derived_max_history(shape.history_quantile, cfg.split.max_history)
-    return n, (f"{HISTORY_QUANTILE}% of the users have at most {shape.history_quantile} interactions "
-               f"(configured n = {cfg.split.max_history})")
+    return n, (
+        f"{HISTORY_QUANTILE}% of the users have at most {shape.history_quantile} interactions "
+        f"(configured n = {cfg.split.max_history})"
+    )
 
 
 SIZE_RULES: Dict[str, Rule] = {

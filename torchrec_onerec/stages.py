@@ -38,8 +38,13 @@ from torchrec_onerec.data.splits import SplitB
 from torchrec_onerec.datasets.interactions import DataError
 from torchrec_onerec.eval.compare import compare_arms
 from torchrec_onerec.eval.protocols import EvalResult
-from torchrec_onerec.eval.report import (evaluation_markdown, protocol_deviations, stage_sections, training_curves,
-                                          write_comparison_report)
+from torchrec_onerec.eval.report import (
+    evaluation_markdown,
+    protocol_deviations,
+    stage_sections,
+    training_curves,
+    write_comparison_report,
+)
 from torchrec_onerec.eval.reward_auc import evaluate_reward_model
 from torchrec_onerec.eval.reward_estimates import add_reward_estimates
 from torchrec_onerec.eval.simulated import add_true_rewards, world_reward_fn
@@ -65,12 +70,17 @@ def data_stage(ctx: PipelineContext) -> Dict[str, object]:
     Raises:
         DataError: the split leaves no training or no test samples (nothing later stages could use).
     """
-    empty = [f"0 {what} samples" for window, what in (("train", "training"), ("test", "test"))
-             if len(getattr(ctx.split, window)) == 0]
+    empty = [
+        f"0 {what} samples"
+        for window, what in (("train", "training"), ("test", "test"))
+        if len(getattr(ctx.split, window)) == 0
+    ]
     if empty:
-        raise DataError(f"{ctx.data.name}: split.protocol={ctx.config.split.protocol} gives {' and '.join(empty)} "
-                        f"(left out: {ctx.split.dropped}); the data needs more interactions per user, or a lower "
-                        "split.min_history")
+        raise DataError(
+            f"{ctx.data.name}: split.protocol={ctx.config.split.protocol} gives {' and '.join(empty)} "
+            f"(left out: {ctx.split.dropped}); the data needs more interactions per user, or a lower "
+            "split.min_history"
+        )
     stats: Dict[str, object] = {"dataset": ctx.data.summary(), "split": ctx.split.summary()}
     ctx.run.write_json("data/stats.json", stats)
     return stats
@@ -80,8 +90,9 @@ def tokenize_stage(ctx: PipelineContext) -> Dict[str, object]:
     """Item embeddings -> codebook; write ``tokenize/codebook.pt``, ``report.json`` and ``report.md``."""
     cfg = ctx.config
     embeddings = item_embeddings(ctx.data, cfg.tokenizer, train_interactions=ctx.split.train_sequences, seed=cfg.seed)
-    codebook, report = fit_tokenizer(embeddings, cfg.tokenizer, seed=cfg.seed, device=resolve_device(cfg.device),
-                                     item_ids=ctx.data.raw_item_ids)
+    codebook, report = fit_tokenizer(
+        embeddings, cfg.tokenizer, seed=cfg.seed, device=resolve_device(cfg.device), item_ids=ctx.data.raw_item_ids
+    )
     folder = ctx.run.stage_dir("tokenize")
     codebook.save(folder / "codebook.pt")
     ctx.run.write_json("tokenize/report.json", report.to_json())
@@ -93,9 +104,18 @@ def train_stage(ctx: PipelineContext) -> Dict[str, object]:
     """Train the generative model (every torchrun rank takes part); artefacts under ``train/``."""
     cfg = ctx.config
     book = ctx.codebook
-    result = train_generative(cfg, ctx.split.train, ctx.split.valid, book.codes, book.vocab_sizes, ctx.run.path,
-                              prefix_index=book.prefix_index(), device=resolve_device(cfg.device),
-                              resume=not ctx.fresh, progress=rank() == 0)
+    result = train_generative(
+        cfg,
+        ctx.split.train,
+        ctx.split.valid,
+        book.codes,
+        book.vocab_sizes,
+        ctx.run.path,
+        prefix_index=book.prefix_index(),
+        device=resolve_device(cfg.device),
+        resume=not ctx.fresh,
+        progress=rank() == 0,
+    )
     return asdict(result)
 
 
@@ -103,14 +123,21 @@ def _unless_feedback(config: OneRecConfig) -> str:
     """A ``Stage.skip_when`` for the stages that learn from per-impression feedback (protocol B data only)."""
     if config.split.protocol == "B":
         return ""
-    return ("protocol A data has no per-impression feedback, so there is no session reward to learn or align to; "
-            "use split.protocol=B data (KuaiRand, the synthetic world, a table with feedback columns)")
+    return (
+        "protocol A data has no per-impression feedback, so there is no session reward to learn or align to; "
+        "use split.protocol=B data (KuaiRand, the synthetic world, a table with feedback columns)"
+    )
 
 
 def _window_samples(ctx: PipelineContext, window: str, items_per_sample: int) -> SampleSet:
     assert isinstance(ctx.split, SplitB)
-    return impression_samples(ctx.split, window, num_users=ctx.data.num_users, items_per_sample=items_per_sample,
-                              max_history=ctx.config.split.max_history)
+    return impression_samples(
+        ctx.split,
+        window,
+        num_users=ctx.data.num_users,
+        items_per_sample=items_per_sample,
+        max_history=ctx.config.split.max_history,
+    )
 
 
 def train_reward_stage(ctx: PipelineContext) -> Dict[str, object]:
@@ -118,29 +145,51 @@ def train_reward_stage(ctx: PipelineContext) -> Dict[str, object]:
     validation days and measure its per-tower test AUC (docs/EVAL.md protocol B); artefacts under ``train-reward/``."""
     cfg = ctx.config
     m, device = cfg.split.session_items, resolve_device(cfg.device)
-    train, valid, impressions = (_window_samples(ctx, "train", m), _window_samples(ctx, "valid", m),
-                                 _window_samples(ctx, "train", 1))
+    train, valid, impressions = (
+        _window_samples(ctx, "train", m),
+        _window_samples(ctx, "valid", m),
+        _window_samples(ctx, "train", 1),
+    )
     folder = ctx.run.path / "train-reward"
     variants = {cfg.reward.pooling: (cfg.reward, folder)}
     if cfg.reward.baseline_pooling and cfg.reward.baseline_pooling != cfg.reward.pooling:
-        variants[cfg.reward.baseline_pooling] = (replace(cfg.reward, pooling=cfg.reward.baseline_pooling),
-                                                 folder / "baseline")
+        variants[cfg.reward.baseline_pooling] = (
+            replace(cfg.reward, pooling=cfg.reward.baseline_pooling),
+            folder / "baseline",
+        )
     summary: Dict[str, object] = {}
     test: Dict[str, object] = {}
     for pooling, (reward_config, out_dir) in variants.items():
-        result = train_reward_model(reward_config, train, valid, num_users=ctx.data.num_users,
-                                    num_items=ctx.data.num_items, out_dir=out_dir, seed=cfg.seed, device=device,
-                                    train_impressions=impressions, item_codes=ctx.codebook.codes,
-                                    progress=rank() == 0)
+        result = train_reward_model(
+            reward_config,
+            train,
+            valid,
+            num_users=ctx.data.num_users,
+            num_items=ctx.data.num_items,
+            out_dir=out_dir,
+            seed=cfg.seed,
+            device=device,
+            train_impressions=impressions,
+            item_codes=ctx.codebook.codes,
+            progress=rank() == 0,
+        )
         summary[pooling] = asdict(result)
         if rank() == 0:
-            model = load_reward_model(Path(result.model_path), num_items=ctx.data.num_items,
-                                      signals=ctx.split.train.signals, device=device)
-            test[pooling] = evaluate_reward_model(model, _window_samples(ctx, "test", m),
-                                                  _window_samples(ctx, "test", 1), batch_size=cfg.eval.batch_size,
-                                                  device=device)
-    summary.update(model_path=summary[cfg.reward.pooling]["model_path"],  # type: ignore[index]
-                   world_size=summary[cfg.reward.pooling]["world_size"], test_auc=test)  # type: ignore[index]
+            model = load_reward_model(
+                Path(result.model_path), num_items=ctx.data.num_items, signals=ctx.split.train.signals, device=device
+            )
+            test[pooling] = evaluate_reward_model(
+                model,
+                _window_samples(ctx, "test", m),
+                _window_samples(ctx, "test", 1),
+                batch_size=cfg.eval.batch_size,
+                device=device,
+            )
+    summary.update(
+        model_path=summary[cfg.reward.pooling]["model_path"],  # type: ignore[index]
+        world_size=summary[cfg.reward.pooling]["world_size"],  # type: ignore[index]
+        test_auc=test,
+    )
     if rank() == 0:
         ctx.run.write_json("train-reward/test_auc.json", test)
     return summary
@@ -152,18 +201,29 @@ def _alignment_reward(ctx: PipelineContext) -> RewardFn:
     source = cfg.align.reward_source
     if source == "world":
         if ctx.world is None:
-            raise ValueError(f"align.reward_source='world' needs the synthetic world (data.source=synthetic), not "
-                             f"data.source={cfg.data.source!r}; use align.reward_source=model")
+            raise ValueError(
+                f"align.reward_source='world' needs the synthetic world (data.source=synthetic), not "
+                f"data.source={cfg.data.source!r}; use align.reward_source=model"
+            )
         return world_reward_fn(ctx.world, ctx.data)
     fns: List[RewardFn] = []
     if source in ("model", "mix"):
         reward_model = ctx.reward_model()
-        fns.append(functools.partial(session_rewards, reward_model, batch_size=cfg.eval.batch_size,
-                                     device=next(reward_model.parameters()).device))
+        fns.append(
+            functools.partial(
+                session_rewards,
+                reward_model,
+                batch_size=cfg.eval.batch_size,
+                device=next(reward_model.parameters()).device,
+            )
+        )
     if source in ("ranker", "mix"):
         # Loaded on the CPU like the generative model: alignment scores candidates on the host.
-        fns.append(ranker_reward_fn(load_cascade(ctx.run.path / "cascade", config=cfg.cascade),
-                                    diversity_weight=cfg.align.ranker_diversity))
+        fns.append(
+            ranker_reward_fn(
+                load_cascade(ctx.run.path / "cascade", config=cfg.cascade), diversity_weight=cfg.align.ranker_diversity
+            )
+        )
     if source == "mix":
         return mixed_reward_fn(fns, [1.0 - cfg.align.ranker_weight, cfg.align.ranker_weight])
     return fns[0]
@@ -183,35 +243,66 @@ def align_stage(ctx: PipelineContext) -> Dict[str, object]:
         rng = np.random.default_rng([cfg.seed, len(train)])
         keep = max(1, round(cfg.align.train_fraction * len(train)))
         train = train.subset(np.sort(rng.choice(len(train), size=keep, replace=False)))
-    result = align_iteratively(cfg.align, model, train, ctx.split.valid, reward_fn, codes=book.codes,
-                               prefix_index=book.prefix_index(), train_config=cfg.train,
-                               out_dir=ctx.run.path / "align", seed=cfg.seed, device=resolve_device(cfg.device),
-                               resume=not ctx.fresh, progress=rank() == 0)
+    result = align_iteratively(
+        cfg.align,
+        model,
+        train,
+        ctx.split.valid,
+        reward_fn,
+        codes=book.codes,
+        prefix_index=book.prefix_index(),
+        train_config=cfg.train,
+        out_dir=ctx.run.path / "align",
+        seed=cfg.seed,
+        device=resolve_device(cfg.device),
+        resume=not ctx.fresh,
+        progress=rank() == 0,
+    )
     return asdict(result)
 
 
 def cascade_stage(ctx: PipelineContext) -> Dict[str, object]:
     """Train the cascade baseline (every torchrun rank takes part); artefacts under ``cascade/``."""
     cfg = ctx.config
-    result = train_cascade(cfg.cascade, ctx.split, ctx.data, train_config=cfg.train, max_history=cfg.split.max_history,
-                           out_dir=ctx.run.path / "cascade", device=resolve_device(cfg.device), seed=cfg.seed,
-                           num_workers=cfg.loader.num_workers, progress=rank() == 0)
+    result = train_cascade(
+        cfg.cascade,
+        ctx.split,
+        ctx.data,
+        train_config=cfg.train,
+        max_history=cfg.split.max_history,
+        out_dir=ctx.run.path / "cascade",
+        device=resolve_device(cfg.device),
+        seed=cfg.seed,
+        num_workers=cfg.loader.num_workers,
+        progress=rank() == 0,
+    )
     return asdict(result)
 
 
 def sasrec_stage(ctx: PipelineContext) -> Dict[str, object]:
     """Train the SASRec baseline arm (every torchrun rank takes part); artefacts under ``sasrec/``."""
     cfg = ctx.config
-    result = train_sasrec(cfg.sasrec, ctx.split, num_items=ctx.data.num_items, max_history=cfg.split.max_history,
-                          train_config=cfg.train, out_dir=ctx.run.path / "sasrec", device=resolve_device(cfg.device),
-                          seed=cfg.seed, num_workers=cfg.loader.num_workers, progress=rank() == 0)
+    result = train_sasrec(
+        cfg.sasrec,
+        ctx.split,
+        num_items=ctx.data.num_items,
+        max_history=cfg.split.max_history,
+        train_config=cfg.train,
+        out_dir=ctx.run.path / "sasrec",
+        device=resolve_device(cfg.device),
+        seed=cfg.seed,
+        num_workers=cfg.loader.num_workers,
+        progress=rank() == 0,
+    )
     return {**asdict(result), "world_size": world_size()}
 
 
 def _unless_listed(arm: str) -> Callable[[OneRecConfig], str]:
     """A ``Stage.skip_when`` for a stage that only an arm of ``compare.arms`` needs."""
+
     def skip_when(config: OneRecConfig) -> str:
         return "" if arm in config.compare.arms else f"compare.arms does not list {arm!r}"
+
     return skip_when
 
 
@@ -236,11 +327,15 @@ def evaluate_stage(ctx: PipelineContext) -> Dict[str, object]:
             add_reward_estimates(reward_model, ctx.scored_samples, result, batch_size=cfg.eval.batch_size)
         results[arm] = result
         result.save(ctx.run.stage_dir("evaluate") / "arms" / f"{arm_file(arm)}.npz")
-    summary: Dict[str, object] = {"arms": {a: {"metrics": r.metrics, "info": r.info} for a, r in results.items()},
-                                  "unavailable": unavailable}
+    summary: Dict[str, object] = {
+        "arms": {a: {"metrics": r.metrics, "info": r.info} for a, r in results.items()},
+        "unavailable": unavailable,
+    }
     ctx.run.write_json("evaluate/metrics.json", summary)
-    ctx.run.write_text("evaluate/report.md", evaluation_markdown(cfg.name, cfg.split, cfg.eval,
-                                                                 {k: r.metrics for k, r in results.items()}))
+    ctx.run.write_text(
+        "evaluate/report.md",
+        evaluation_markdown(cfg.name, cfg.split, cfg.eval, {k: r.metrics for k, r in results.items()}),
+    )
     return summary
 
 
@@ -250,18 +345,27 @@ def compare_stage(ctx: PipelineContext) -> Dict[str, object]:
     evaluated = ctx.run.read_json("evaluate/metrics.json")
     arms = [a for a in cfg.compare.arms if a in evaluated["arms"]]
     if cfg.compare.baseline not in arms:
-        raise ValueError(f"compare.baseline={cfg.compare.baseline!r} was not evaluated "
-                         f"({evaluated['unavailable'].get(cfg.compare.baseline, 'not among the evaluated arms')}); "
-                         f"evaluated arms: {arms}")
+        raise ValueError(
+            f"compare.baseline={cfg.compare.baseline!r} was not evaluated "
+            f"({evaluated['unavailable'].get(cfg.compare.baseline, 'not among the evaluated arms')}); "
+            f"evaluated arms: {arms}"
+        )
     results = {a: EvalResult.load(ctx.run.path / "evaluate" / "arms" / f"{arm_file(a)}.npz") for a in arms}
-    comparison = compare_arms(results, baseline=cfg.compare.baseline, resamples=cfg.compare.resamples,
-                              level=cfg.compare.level, seed=cfg.seed)
+    comparison = compare_arms(
+        results, baseline=cfg.compare.baseline, resamples=cfg.compare.resamples, level=cfg.compare.level, seed=cfg.seed
+    )
     curves, x_labels = training_curves(ctx.run.path, cfg.train.selection_metric)
     protocols = [cfg.split.protocol] + (["C"] if ctx.ab_world is not None else [])
-    settings = {"data": cfg.data.source, "split scored": cfg.eval.split, "users compared": comparison.num_users,
-                "history n": cfg.split.max_history, "session m": cfg.split.session_items,
-                "beam / returned": f"{cfg.eval.beam_size} / {cfg.eval.num_return}", "ks": list(cfg.eval.ks),
-                "seed": cfg.seed}
+    settings = {
+        "data": cfg.data.source,
+        "split scored": cfg.eval.split,
+        "users compared": comparison.num_users,
+        "history n": cfg.split.max_history,
+        "session m": cfg.split.session_items,
+        "beam / returned": f"{cfg.eval.beam_size} / {cfg.eval.num_return}",
+        "ks": list(cfg.eval.ks),
+        "seed": cfg.seed,
+    }
     unavailable = evaluated["unavailable"]
     extra = stage_sections(ctx.run.path)
     if ctx.ab_world is not None:
@@ -269,15 +373,24 @@ def compare_stage(ctx: PipelineContext) -> Dict[str, object]:
         rows = [{"sessions": name, **row} for name, row in diagnostics.items()]
         ctx.run.write_json("compare/world_diagnostics.json", {"rows": rows})
         extra["Protocol C: where the sessions stand"] = diagnostics_markdown(diagnostics)
-    extra["How each arm was chosen"] = "\n".join(f"- {a}: {arm_for(a).chosen(cfg, evaluated['arms'][a]['info'])}"
-                                                 for a in arms)
+    extra["How each arm was chosen"] = "\n".join(
+        f"- {a}: {arm_for(a).chosen(cfg, evaluated['arms'][a]['info'])}" for a in arms
+    )
     if unavailable:
         extra["Arms left out"] = "\n".join(f"- {a}: {why}" for a, why in unavailable.items())
     report = write_comparison_report(
-        ctx.run.stage_dir("compare"), title=f"A/B comparison: {cfg.name}", comparison=comparison, protocols=protocols,
-        settings=settings, deviations=protocol_deviations(cfg.split, cfg.eval), data_source=cfg.data.source,
-        per_user={a: r.per_user for a, r in results.items()}, curves=curves, curve_x_labels=x_labels,
-        extra_sections=extra)
+        ctx.run.stage_dir("compare"),
+        title=f"A/B comparison: {cfg.name}",
+        comparison=comparison,
+        protocols=protocols,
+        settings=settings,
+        deviations=protocol_deviations(cfg.split, cfg.eval),
+        data_source=cfg.data.source,
+        per_user={a: r.per_user for a, r in results.items()},
+        curves=curves,
+        curve_x_labels=x_labels,
+        extra_sections=extra,
+    )
     LOG.info("compare: report written to %s", report)
     return {"report": str(report), **comparison.to_json()}
 
@@ -309,25 +422,74 @@ class Stage:
 
 # In pipeline order: every stage comes after the stages it reads.
 STAGE_LIST: Tuple[Stage, ...] = (
-    Stage("data", data_stage, ("seed", "data", "split"), (), False,
-          "load, validate and split the data; write statistics"),
-    Stage("tokenize", tokenize_stage, ("tokenizer",), ("data",), False,
-          "item embeddings -> semantic IDs, with a quality report"),
-    Stage("train", train_stage, ("model", "train", "loader"), ("tokenize",), True,
-          "train the generative model (also under torchrun)"),
-    Stage("train-reward", train_reward_stage, ("reward",), ("tokenize",), True,
-          "train the session reward model on the training days; per-tower test AUC", skip_when=_unless_feedback),
-    Stage("cascade", cascade_stage, ("cascade", "train", "loader"), ("data",), True,
-          "train the cascade baseline: two-tower retrieval -> DLRM ranker (also torchrun)"),
-    Stage("align", align_stage, ("align", "train"), ("train", "train-reward", "cascade"), True,
-          "align the trained model to align.reward_source (IPA with DPO; also under torchrun)",
-          skip_when=_unless_feedback),
-    Stage("sasrec", sasrec_stage, ("sasrec", "train", "loader"), ("data",), True,
-          "train the SASRec baseline arm when compare.arms lists it (also under torchrun)",
-          skip_when=_unless_listed("sasrec")),
-    Stage("evaluate", evaluate_stage, ("eval", "compare"), ("train", "train-reward", "align", "cascade", "sasrec"),
-          False,
-          "score every arm of compare.arms on the test split (or eval.split)"),
-    Stage("compare", compare_stage, ("compare",), ("evaluate",), False,
-          "A/B report: intervals and lifts of each arm over compare.baseline"),
+    Stage(
+        "data", data_stage, ("seed", "data", "split"), (), False, "load, validate and split the data; write statistics"
+    ),
+    Stage(
+        "tokenize",
+        tokenize_stage,
+        ("tokenizer",),
+        ("data",),
+        False,
+        "item embeddings -> semantic IDs, with a quality report",
+    ),
+    Stage(
+        "train",
+        train_stage,
+        ("model", "train", "loader"),
+        ("tokenize",),
+        True,
+        "train the generative model (also under torchrun)",
+    ),
+    Stage(
+        "train-reward",
+        train_reward_stage,
+        ("reward",),
+        ("tokenize",),
+        True,
+        "train the session reward model on the training days; per-tower test AUC",
+        skip_when=_unless_feedback,
+    ),
+    Stage(
+        "cascade",
+        cascade_stage,
+        ("cascade", "train", "loader"),
+        ("data",),
+        True,
+        "train the cascade baseline: two-tower retrieval -> DLRM ranker (also torchrun)",
+    ),
+    Stage(
+        "align",
+        align_stage,
+        ("align", "train"),
+        ("train", "train-reward", "cascade"),
+        True,
+        "align the trained model to align.reward_source (IPA with DPO; also under torchrun)",
+        skip_when=_unless_feedback,
+    ),
+    Stage(
+        "sasrec",
+        sasrec_stage,
+        ("sasrec", "train", "loader"),
+        ("data",),
+        True,
+        "train the SASRec baseline arm when compare.arms lists it (also under torchrun)",
+        skip_when=_unless_listed("sasrec"),
+    ),
+    Stage(
+        "evaluate",
+        evaluate_stage,
+        ("eval", "compare"),
+        ("train", "train-reward", "align", "cascade", "sasrec"),
+        False,
+        "score every arm of compare.arms on the test split (or eval.split)",
+    ),
+    Stage(
+        "compare",
+        compare_stage,
+        ("compare",),
+        ("evaluate",),
+        False,
+        "A/B report: intervals and lifts of each arm over compare.baseline",
+    ),
 )

@@ -78,8 +78,9 @@ def _suggest(trial: optuna.Trial, space: Dict[str, Any]) -> Dict[str, Any]:
         elif isinstance(spec["low"], int) and isinstance(spec["high"], int):
             values[key] = trial.suggest_int(key, spec["low"], spec["high"], log=bool(spec.get("log", False)))
         else:
-            values[key] = trial.suggest_float(key, float(spec["low"]), float(spec["high"]),
-                                              log=bool(spec.get("log", False)))
+            values[key] = trial.suggest_float(
+                key, float(spec["low"]), float(spec["high"]), log=bool(spec.get("log", False))
+            )
     return values
 
 
@@ -93,8 +94,9 @@ def _validation_score(config: OneRecConfig) -> float:
     if result is None:
         raise ValueError(f"tune.arm={name!r} cannot be scored on this data: {why}")
     if metric not in result.metrics:
-        raise ValueError(f"tune.metric={metric!r} is not a metric of arm {name!r}; its metrics are "
-                         f"{sorted(result.metrics)}")
+        raise ValueError(
+            f"tune.metric={metric!r} is not a metric of arm {name!r}; its metrics are {sorted(result.metrics)}"
+        )
     return float(result.metrics[metric])
 
 
@@ -102,8 +104,15 @@ def _table(trials: List[Dict[str, Any]], seeds: Sequence[int]) -> tuple[str, str
     """(csv, markdown) of the trials, best score marked in the markdown."""
     keys = list(dict.fromkeys(k for t in trials for k in t["values"]))
     header = ["trial", *keys, *(f"seed {s}" for s in seeds), "mean"]
-    rows = [[t["number"], *(json.dumps(t["values"].get(k)) for k in keys),
-             *(f"{v:.4f}" for v in t["scores"]), f"{t['score']:.4f}"] for t in trials]
+    rows = [
+        [
+            t["number"],
+            *(json.dumps(t["values"].get(k)) for k in keys),
+            *(f"{v:.4f}" for v in t["scores"]),
+            f"{t['score']:.4f}",
+        ]
+        for t in trials
+    ]
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(header)
@@ -136,11 +145,15 @@ def tune(config_path: Optional[str], overrides: Sequence[str] = ()) -> TuneResul
     base = load_config(config_path, list(overrides))
     settings = base.tune
     if not settings.space:
-        raise ConfigError("tune.space is empty: name the config keys to try, e.g. "
-                          "tune.space='{train.learning_rate: {low: 1e-4, high: 1e-2, log: true}}'")
+        raise ConfigError(
+            "tune.space is empty: name the config keys to try, e.g. "
+            "tune.space='{train.learning_rate: {low: 1e-4, high: 1e-2, log: true}}'"
+        )
     if settings.arm not in base.compare.arms:
-        raise ConfigError(f"tune.arm={settings.arm!r} is not in compare.arms={list(base.compare.arms)}; add it "
-                          "there, so that its stages run and the final test run scores it")
+        raise ConfigError(
+            f"tune.arm={settings.arm!r} is not in compare.arms={list(base.compare.arms)}; add it "
+            "there, so that its stages run and the final test run scores it"
+        )
     folder = Path(base.run_dir) / "tune"
 
     def trial_config(values: Dict[str, Any], *extra: str) -> OneRecConfig:
@@ -155,12 +168,21 @@ def tune(config_path: Optional[str], overrides: Sequence[str] = ()) -> TuneResul
         scores = []
         for seed in settings.seeds:
             run_dir = folder / f"trial-{trial.number:03d}" / f"seed-{seed}"
-            scores.append(_validation_score(trial_config(values, f"seed={seed}", "eval.split=valid",
-                                                         f"run_dir={run_dir}")))
+            scores.append(
+                _validation_score(trial_config(values, f"seed={seed}", "eval.split=valid", f"run_dir={run_dir}"))
+            )
         score = sum(scores) / len(scores)
         trials.append({"number": trial.number, "values": values, "scores": scores, "score": score})
-        LOG.info("tune: trial %d/%d %s: validation %s of %s %s, mean %.4f", trial.number + 1, settings.trials,
-                 values, settings.metric, settings.arm, [round(s, 4) for s in scores], score)
+        LOG.info(
+            "tune: trial %d/%d %s: validation %s of %s %s, mean %.4f",
+            trial.number + 1,
+            settings.trials,
+            values,
+            settings.metric,
+            settings.arm,
+            [round(s, 4) for s in scores],
+            score,
+        )
         return score
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -171,13 +193,20 @@ def tune(config_path: Optional[str], overrides: Sequence[str] = ()) -> TuneResul
     atomic_write_text(folder / "trials.csv", table_csv)
     atomic_write_text(folder / "trials.md", table_md)
     chosen = trial_config(best["values"], "eval.split=test")
-    header = (f"# Chosen by `onerec tune` on validation {settings.metric} of arm {settings.arm}, the mean over seeds "
-              f"{list(settings.seeds)}:\n# trial {best['number']} of {settings.trials}, {best['score']:.4f} "
-              f"(every trial: {folder / 'trials.md'}). The test split was not read to choose.\n"
-              + "".join(f"# {override(k, v)}\n" for k, v in best["values"].items()))
+    header = (
+        f"# Chosen by `onerec tune` on validation {settings.metric} of arm {settings.arm}, the mean over seeds "
+        f"{list(settings.seeds)}:\n# trial {best['number']} of {settings.trials}, {best['score']:.4f} "
+        f"(every trial: {folder / 'trials.md'}). The test split was not read to choose.\n"
+        + "".join(f"# {override(k, v)}\n" for k, v in best["values"].items())
+    )
     best_path = folder / "best.yaml"
     atomic_write_text(best_path, header + to_yaml(chosen))
-    LOG.info("tune: best trial %d, validation %s %.4f; config written to %s", best["number"], settings.metric,
-             best["score"], best_path)
+    LOG.info(
+        "tune: best trial %d, validation %s %.4f; config written to %s",
+        best["number"],
+        settings.metric,
+        best["score"],
+        best_path,
+    )
     test_run = run_pipeline(chosen) if settings.score_test else None
     return TuneResult(best["values"], best["score"], trials, str(best_path), test_run)

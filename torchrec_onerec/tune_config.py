@@ -50,8 +50,10 @@ class TuneConfig:
                 if not spec:
                     raise ConfigError(f"tune.space[{key!r}] is an empty list; give the values to try")
                 continue
-            if not (isinstance(spec, dict) and {"low", "high"} <= set(spec) <= RANGE_KEYS
-                    and spec["low"] < spec["high"]):
-                raise ConfigError(f"tune.space[{key!r}] = {spec!r} must be a list of values or "
-                                  "{low: a, high: b, log: false} with a < b")
-
+            if not (
+                isinstance(spec, dict) and {"low", "high"} <= set(spec) <= RANGE_KEYS and spec["low"] < spec["high"]
+            ):
+                raise ConfigError(
+                    f"tune.space[{key!r}] = {spec!r} must be a list of values or "
+                    "{low: a, high: b, log: false} with a < b"
+                )

@@ -61,44 +61,87 @@ class CandidateBatch(NamedTuple):
         real = self.real
         any_real = real.any(axis=1)
         totals = np.where(real, self.rewards, 0.0).sum(axis=1)
-        return (np.where(any_real, totals / np.maximum(real.sum(axis=1), 1), np.nan),
-                np.where(any_real, np.where(real, self.rewards, -np.inf).max(axis=1), np.nan))
+        return (
+            np.where(any_real, totals / np.maximum(real.sum(axis=1), 1), np.nan),
+            np.where(any_real, np.where(real, self.rewards, -np.inf).max(axis=1), np.nan),
+        )
 
 
 def _check_rewards(rewards: np.ndarray, shape: Sequence[int], real: np.ndarray) -> np.ndarray:
     rewards = np.asarray(rewards, dtype=np.float64)
     if rewards.shape != tuple(shape):
-        raise ValueError(f"the reward function returned shape {rewards.shape}, expected {tuple(shape)} "
-                         "(one reward per candidate session of each user)")
+        raise ValueError(
+            f"the reward function returned shape {rewards.shape}, expected {tuple(shape)} "
+            "(one reward per candidate session of each user)"
+        )
     if not np.isfinite(rewards[real]).all():
-        raise ValueError("the reward function returned NaN or infinite rewards for real sessions; it must score "
-                         "every session with a finite number")
+        raise ValueError(
+            "the reward function returned NaN or infinite rewards for real sessions; it must score "
+            "every session with a finite number"
+        )
     return np.where(real, rewards, np.nan)
 
 
-def _candidates(model: OneRecModel, batch: SemanticIdBatch, *, prefix_index: PrefixIndex, num_candidates: int,
-                sampled: int, temperature: float, seed: int, session_items: int, exclude_history: bool
-                ) -> BeamSearchOutput:
+def _candidates(
+    model: OneRecModel,
+    batch: SemanticIdBatch,
+    *,
+    prefix_index: PrefixIndex,
+    num_candidates: int,
+    sampled: int,
+    temperature: float,
+    seed: int,
+    session_items: int,
+    exclude_history: bool,
+) -> BeamSearchOutput:
     """The N - S beam-search sessions, then S sampled ones (each part best first)."""
     parts, beams = [], num_candidates - sampled
     if beams:
-        parts.append(constrained_beam_search(model, batch, prefix_index=prefix_index, beam_size=beams,
-                                             num_return=beams, session_items=session_items,
-                                             exclude_history=exclude_history))
+        parts.append(
+            constrained_beam_search(
+                model,
+                batch,
+                prefix_index=prefix_index,
+                beam_size=beams,
+                num_return=beams,
+                session_items=session_items,
+                exclude_history=exclude_history,
+            )
+        )
     if sampled:
         generator = torch.Generator(batch.target_codes.device).manual_seed(seed)
-        parts.append(constrained_sample(model, batch, prefix_index=prefix_index, num_samples=sampled,
-                                        generator=generator, temperature=temperature, session_items=session_items,
-                                        exclude_history=exclude_history))
+        parts.append(
+            constrained_sample(
+                model,
+                batch,
+                prefix_index=prefix_index,
+                num_samples=sampled,
+                generator=generator,
+                temperature=temperature,
+                session_items=session_items,
+                exclude_history=exclude_history,
+            )
+        )
     return BeamSearchOutput(*(torch.cat(tensors, dim=1) for tensors in zip(*parts)))
 
 
 @torch.no_grad()
-def scored_candidates(model: OneRecModel, samples: SampleSet, reward_fn: RewardFn, *, codes: torch.Tensor,
-                      prefix_index: PrefixIndex, num_candidates: int, batch_size: int,
-                      exclude_history: bool = False, device: Optional[torch.device] = None,
-                      progress: bool = False, sampled: int = 0, temperature: float = 1.0,
-                      seed: int = 0) -> Iterator[CandidateBatch]:
+def scored_candidates(
+    model: OneRecModel,
+    samples: SampleSet,
+    reward_fn: RewardFn,
+    *,
+    codes: torch.Tensor,
+    prefix_index: PrefixIndex,
+    num_candidates: int,
+    batch_size: int,
+    exclude_history: bool = False,
+    device: Optional[torch.device] = None,
+    progress: bool = False,
+    sampled: int = 0,
+    temperature: float = 1.0,
+    seed: int = 0,
+) -> Iterator[CandidateBatch]:
     """Write ``num_candidates`` sessions of M = ``samples.session_items`` items per sample and score them.
 
     The candidates are the N - S most probable sessions (constrained beam search) followed by S sessions drawn
@@ -123,19 +166,30 @@ def scored_candidates(model: OneRecModel, samples: SampleSet, reward_fn: RewardF
         CandidateBatch: per batch, in sample order.
     """
     if not 0 <= sampled <= num_candidates:
-        raise ValueError(f"sampled={sampled} must lie in [0, num_candidates={num_candidates}] "
-                         "(align.sampled_candidates)")
+        raise ValueError(
+            f"sampled={sampled} must lie in [0, num_candidates={num_candidates}] (align.sampled_candidates)"
+        )
     device = device or next(model.parameters()).device
     M = samples.session_items
     transform = SemanticIdTransform(codes, max_history=model.config.max_history)
-    loader = make_dataloader(samples, LoaderConfig(batch_size=batch_size, shuffle=False), seed=0, shuffle=False,
-                             transform=transform)
+    loader = make_dataloader(
+        samples, LoaderConfig(batch_size=batch_size, shuffle=False), seed=0, shuffle=False, transform=transform
+    )
     start = 0
     for batch in tqdm(loader, desc="candidates", unit="batch", disable=not progress):
         batch = batch.to(device)
         batch_seed = int(np.random.SeedSequence([seed, start]).generate_state(1)[0])
-        out = _candidates(model, batch, prefix_index=prefix_index, num_candidates=num_candidates, sampled=sampled,
-                          temperature=temperature, seed=batch_seed, session_items=M, exclude_history=exclude_history)
+        out = _candidates(
+            model,
+            batch,
+            prefix_index=prefix_index,
+            num_candidates=num_candidates,
+            sampled=sampled,
+            temperature=temperature,
+            seed=batch_seed,
+            session_items=M,
+            exclude_history=exclude_history,
+        )
         U = batch.batch_size
         rows = np.arange(start, start + U)
         start += U
@@ -145,8 +199,14 @@ def scored_candidates(model: OneRecModel, samples: SampleSet, reward_fn: RewardF
         yield CandidateBatch(rows, batch, items, out.codes, out.scores.float(), rewards)
 
 
-def reduce_candidates(model: OneRecModel, samples: SampleSet, rows: np.ndarray, reward_fn: RewardFn,
-                      reduce: Callable[[CandidateBatch, np.ndarray], ReducedT], **candidates: Any) -> List[ReducedT]:
+def reduce_candidates(
+    model: OneRecModel,
+    samples: SampleSet,
+    rows: np.ndarray,
+    reward_fn: RewardFn,
+    reduce: Callable[[CandidateBatch, np.ndarray], ReducedT],
+    **candidates: Any,
+) -> List[ReducedT]:
     """``reduce(batch, its training rows)`` over the scored candidates of ``samples[rows]`` (the model in eval mode,
     without gradients, restored after); ``candidates`` are ``scored_candidates``'s keyword arguments."""
     rows = np.asarray(rows, dtype=np.int64)

@@ -103,30 +103,38 @@ class AlignConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"align.{name}={getattr(self, name)} must be >= 1")
         if self.reward_source not in REWARD_SOURCES:
-            raise ConfigError(f"align.reward_source={self.reward_source!r} must be one of {REWARD_SOURCES}: 'model' "
-                              "(the reward model), 'ranker' (the cascade's ranker), 'mix' (both) or 'world' (the "
-                              "synthetic world's true reward)")
+            raise ConfigError(
+                f"align.reward_source={self.reward_source!r} must be one of {REWARD_SOURCES}: 'model' "
+                "(the reward model), 'ranker' (the cascade's ranker), 'mix' (both) or 'world' (the "
+                "synthetic world's true reward)"
+            )
         for name in ("ranker_weight", "ranker_diversity"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"align.{name}={getattr(self, name)} must lie in [0, 1]")
         if not 0.0 < self.train_fraction <= 1.0:
             raise ConfigError(f"align.train_fraction={self.train_fraction} must lie in (0, 1] (1.0 = every sample)")
         if not 0.0 < self.sample_fraction <= 1.0:
-            raise ConfigError(f"align.sample_fraction={self.sample_fraction} must lie in (0, 1] "
-                              "(the paper's r_DPO is 0.01)")
+            raise ConfigError(
+                f"align.sample_fraction={self.sample_fraction} must lie in (0, 1] (the paper's r_DPO is 0.01)"
+            )
         if self.num_candidates < 2:
-            raise ConfigError(f"align.num_candidates={self.num_candidates} must be >= 2: a pair needs a best and "
-                              "a worst session")
+            raise ConfigError(
+                f"align.num_candidates={self.num_candidates} must be >= 2: a pair needs a best and a worst session"
+            )
         if self.objective not in OBJECTIVES:
             raise ConfigError(f"align.objective={self.objective!r} must be one of {OBJECTIVES}")
         if self.group_size < 2 or self.group_size % 2 or self.group_size > self.num_candidates:
-            raise ConfigError(f"align.group_size={self.group_size} must be even, >= 2 and <= "
-                              f"align.num_candidates={self.num_candidates}")
+            raise ConfigError(
+                f"align.group_size={self.group_size} must be even, >= 2 and <= "
+                f"align.num_candidates={self.num_candidates}"
+            )
         if not 0.0 < self.grpo_clip < 1.0:
             raise ConfigError(f"align.grpo_clip={self.grpo_clip} must lie in (0, 1)")
         if not 0 <= self.sampled_candidates <= self.num_candidates:
-            raise ConfigError(f"align.sampled_candidates={self.sampled_candidates} must lie in [0, "
-                              f"align.num_candidates={self.num_candidates}]")
+            raise ConfigError(
+                f"align.sampled_candidates={self.sampled_candidates} must lie in [0, "
+                f"align.num_candidates={self.num_candidates}]"
+            )
         for name in ("beta", "learning_rate", "sparse_learning_rate", "sample_temperature"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"align.{name}={getattr(self, name)} must be > 0")

@@ -43,8 +43,14 @@ class DPOOutput(NamedTuple):
     rejected_rewards: torch.Tensor
 
 
-def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, reference_chosen: torch.Tensor,
-             reference_rejected: torch.Tensor, *, beta: float) -> DPOOutput:
+def dpo_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    reference_chosen: torch.Tensor,
+    reference_rejected: torch.Tensor,
+    *,
+    beta: float,
+) -> DPOOutput:
     """DPO loss ``-log sigmoid(beta * [(pi_w - ref_w) - (pi_l - ref_l)])``, mean over pairs (module docstring).
 
     Args:
@@ -72,6 +78,11 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, referen
     margins = chosen_rewards - rejected_rewards
     losses = -F.logsigmoid(margins)
     pairs = torch.ones_like(margins).sum().clamp(min=1.0)  # a tensor, not len(): fx-traceable, and 0 pairs give 0
-    return DPOOutput(loss=losses.sum() / pairs, accuracy=(margins > 0).to(margins.dtype).sum() / pairs,
-                     margin=margins.sum() / pairs, losses=losses, chosen_rewards=chosen_rewards,
-                     rejected_rewards=rejected_rewards)
+    return DPOOutput(
+        loss=losses.sum() / pairs,
+        accuracy=(margins > 0).to(margins.dtype).sum() / pairs,
+        margin=margins.sum() / pairs,
+        losses=losses,
+        chosen_rewards=chosen_rewards,
+        rejected_rewards=rejected_rewards,
+    )

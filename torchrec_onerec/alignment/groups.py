@@ -75,8 +75,9 @@ def select_groups(rewards: np.ndarray, real: np.ndarray, group_size: int) -> Gro
     if rewards.shape != real.shape or rewards.ndim != 2:
         raise ValueError(f"rewards {rewards.shape} and real {real.shape} must both be [U, N]")
     if group_size < 2 or group_size % 2 or group_size > rewards.shape[1]:
-        raise ValueError(f"group_size={group_size} must be even, >= 2 and <= the {rewards.shape[1]} candidates "
-                         "(align.group_size)")
+        raise ValueError(
+            f"group_size={group_size} must be even, >= 2 and <= the {rewards.shape[1]} candidates (align.group_size)"
+        )
     count = real.sum(axis=1)
     filled = np.where(real, rewards, 0.0)
     mean = filled.sum(axis=1) / np.maximum(count, 1)
@@ -92,8 +93,9 @@ def select_groups(rewards: np.ndarray, real: np.ndarray, group_size: int) -> Gro
     members = np.concatenate([top, bottom], axis=1).astype(np.int64)
     picked = np.take_along_axis(rewards[users], members, axis=1)
     advantages = ((picked - mean[users, None]) / std[users, None]).astype(np.float32)
-    return GroupSelection(users.astype(np.int64), members, advantages, int((enough & ~differ).sum()),
-                          int((~enough).sum()))
+    return GroupSelection(
+        users.astype(np.int64), members, advantages, int((enough & ~differ).sum()), int((~enough).sum())
+    )
 
 
 @dataclass
@@ -128,24 +130,37 @@ class CandidateGroups(ScoredUsers):
         """The G rows of each group in ``index`` (group by group)."""
         index = np.asarray(index, dtype=np.int64)
         G, M = self.items.shape[1], self.items.shape[2]
-        return ExtraRows(np.repeat(self.sample_rows[index], G), self.items[index].reshape(-1, M),
-                         np.full(len(index) * G, ROLE_GROUP, dtype=np.int64),
-                         self.reference[index].reshape(-1).astype(np.float32),
-                         self.advantages[index].reshape(-1).astype(np.float32))
+        return ExtraRows(
+            np.repeat(self.sample_rows[index], G),
+            self.items[index].reshape(-1, M),
+            np.full(len(index) * G, ROLE_GROUP, dtype=np.int64),
+            self.reference[index].reshape(-1).astype(np.float32),
+            self.advantages[index].reshape(-1).astype(np.float32),
+        )
 
     def summary(self) -> Dict[str, float]:
         """Counts and mean rewards for the iteration log (NaN means when there is nothing to average)."""
         half = self.items.shape[1] // 2
-        return {**self._counts("groups"), "top_half_reward": finite_mean(self.rewards[:, :half].reshape(-1)),
-                "bottom_half_reward": finite_mean(self.rewards[:, half:].reshape(-1))}
+        return {
+            **self._counts("groups"),
+            "top_half_reward": finite_mean(self.rewards[:, :half].reshape(-1)),
+            "bottom_half_reward": finite_mean(self.rewards[:, half:].reshape(-1)),
+        }
 
 
 def empty_groups(group_size: int, session_items: int, num_levels: int) -> CandidateGroups:
     """No groups (and no sampled users), with the array shapes of G, M and L'."""
     G, M, L = group_size, session_items, num_levels
-    return CandidateGroups(np.zeros(0, np.int64), np.zeros((0, G, M), np.int64), np.zeros((0, G, M, L), np.int64),
-                           np.zeros((0, G)), np.zeros((0, G), np.float32), np.zeros((0, G), np.float32),
-                           np.zeros(0), np.zeros(0))
+    return CandidateGroups(
+        np.zeros(0, np.int64),
+        np.zeros((0, G, M), np.int64),
+        np.zeros((0, G, M, L), np.int64),
+        np.zeros((0, G)),
+        np.zeros((0, G), np.float32),
+        np.zeros((0, G), np.float32),
+        np.zeros(0),
+        np.zeros(0),
+    )
 
 
 def _batch_groups(cand: CandidateBatch, sample_rows: np.ndarray, group_size: int) -> CandidateGroups:
@@ -163,14 +178,31 @@ def _batch_groups(cand: CandidateBatch, sample_rows: np.ndarray, group_size: int
         rewards=np.take_along_axis(cand.rewards[users], pick.members, axis=1),
         advantages=pick.advantages,
         reference=cand.log_probs[user_index, members].float().cpu().numpy(),
-        candidate_reward_mean=reward_mean, candidate_reward_max=reward_max, ties=pick.ties, fillers=pick.fillers)
+        candidate_reward_mean=reward_mean,
+        candidate_reward_max=reward_max,
+        ties=pick.ties,
+        fillers=pick.fillers,
+    )
 
 
-def build_candidate_groups(model: OneRecModel, samples: SampleSet, rows: np.ndarray, reward_fn: RewardFn, *,
-                           codes: torch.Tensor, prefix_index: PrefixIndex, num_candidates: int, group_size: int,
-                           batch_size: int, exclude_history: bool = False, device: Optional[torch.device] = None,
-                           progress: bool = False, sampled: int = 0, temperature: float = 1.0,
-                           seed: int = 0) -> CandidateGroups:
+def build_candidate_groups(
+    model: OneRecModel,
+    samples: SampleSet,
+    rows: np.ndarray,
+    reward_fn: RewardFn,
+    *,
+    codes: torch.Tensor,
+    prefix_index: PrefixIndex,
+    num_candidates: int,
+    group_size: int,
+    batch_size: int,
+    exclude_history: bool = False,
+    device: Optional[torch.device] = None,
+    progress: bool = False,
+    sampled: int = 0,
+    temperature: float = 1.0,
+    seed: int = 0,
+) -> CandidateGroups:
     """Candidates for ``samples[rows]`` from ``model`` (= M_t), scored, reduced to groups of G with advantages.
 
     Args:
@@ -208,11 +240,23 @@ def build_candidate_groups(model: OneRecModel, samples: SampleSet, rows: np.ndar
         >>> groups.items.shape, bool((groups.rewards[:, :2] >= groups.rewards[:, 2:]).all())
         ((2, 4, 2), True)
     """
-    parts = reduce_candidates(model, samples, rows, reward_fn,
-                              lambda cand, users: _batch_groups(cand, users, group_size), codes=codes,
-                              prefix_index=prefix_index, num_candidates=num_candidates, batch_size=batch_size,
-                              exclude_history=exclude_history, device=device, progress=progress, sampled=sampled,
-                              temperature=temperature, seed=seed)
+    parts = reduce_candidates(
+        model,
+        samples,
+        rows,
+        reward_fn,
+        lambda cand, users: _batch_groups(cand, users, group_size),
+        codes=codes,
+        prefix_index=prefix_index,
+        num_candidates=num_candidates,
+        batch_size=batch_size,
+        exclude_history=exclude_history,
+        device=device,
+        progress=progress,
+        sampled=sampled,
+        temperature=temperature,
+        seed=seed,
+    )
     if parts:
         return CandidateGroups.concat(parts)
     return empty_groups(group_size, samples.session_items, int(codes.shape[1]))

@@ -39,8 +39,15 @@ class GRPOOutput(NamedTuple):
     clipped: torch.Tensor
 
 
-def grpo_loss(policy: torch.Tensor, reference: torch.Tensor, advantage: torch.Tensor, codes: torch.Tensor,
-              mask: torch.Tensor, *, clip: float) -> GRPOOutput:
+def grpo_loss(
+    policy: torch.Tensor,
+    reference: torch.Tensor,
+    advantage: torch.Tensor,
+    codes: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    clip: float,
+) -> GRPOOutput:
     """L_GRPO over the rows where ``mask`` holds (module docstring).
 
     Args:
@@ -73,5 +80,8 @@ def grpo_loss(policy: torch.Tensor, reference: torch.Tensor, advantage: torch.Te
     clipped = ratio.clamp(1.0 - clip, 1.0 + clip) * advantage
     surrogate = torch.minimum(unclipped, clipped)
     rows = weight.sum().clamp(min=1.0)
-    return GRPOOutput(loss=-(surrogate * weight).sum() / rows, ratio=(ratio.detach() * weight).sum() / rows,
-                      clipped=((clipped < unclipped).to(policy.dtype) * weight).sum() / rows)
+    return GRPOOutput(
+        loss=-(surrogate * weight).sum() / rows,
+        ratio=(ratio.detach() * weight).sum() / rows,
+        clipped=((clipped < unclipped).to(policy.dtype) * weight).sum() / rows,
+    )

@@ -50,8 +50,12 @@ from torchrec_onerec.alignment.config import AlignConfig
 from torchrec_onerec.alignment.groups import build_candidate_groups
 from torchrec_onerec.alignment.ipa_stats import generation_stats, pair_stats, rank_share
 from torchrec_onerec.alignment.candidates import RewardFn
-from torchrec_onerec.alignment.pairs import (PreferencePairs, build_preference_pairs, gather_preferences,
-                                             sample_preference_rows)
+from torchrec_onerec.alignment.pairs import (
+    PreferencePairs,
+    build_preference_pairs,
+    gather_preferences,
+    sample_preference_rows,
+)
 from torchrec_onerec.alignment.train_step import PreferenceData
 from torchrec_onerec.alignment.trainer import train_iteration
 from torchrec_onerec.data.samples import SampleSet
@@ -60,8 +64,7 @@ from torchrec_onerec.run_dir import atomic_write_text
 from torchrec_onerec.tokenizer.prefix_index import PrefixIndex
 from torchrec_onerec.train.checkpoint import training_fingerprint
 from torchrec_onerec.train.config import TrainConfig
-from torchrec_onerec.train.distributed import (DistContext, barrier, init_distributed,
-                                               teardown_distributed)
+from torchrec_onerec.train.distributed import DistContext, barrier, init_distributed, teardown_distributed
 from torchrec_onerec.train.export import load_exported, plain_model, save_exported
 
 LOG = logging.getLogger("torchrec_onerec")
@@ -97,8 +100,16 @@ def _weights_digest(state: Dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()[:24]
 
 
-def alignment_fingerprint(align: AlignConfig, model: OneRecModel, codes: torch.Tensor, train_config: TrainConfig, *,
-                          seed: int, num_train: int, num_held_out: int) -> str:
+def alignment_fingerprint(
+    align: AlignConfig,
+    model: OneRecModel,
+    codes: torch.Tensor,
+    train_config: TrainConfig,
+    *,
+    seed: int,
+    num_train: int,
+    num_held_out: int,
+) -> str:
     """Hash of everything an alignment run's results depend on, except ``align.iterations`` and the reward.
 
     Example:
@@ -115,11 +126,21 @@ def alignment_fingerprint(align: AlignConfig, model: OneRecModel, codes: torch.T
         False
     """
     section = {k: v for k, v in asdict(align).items() if k != "iterations"}
-    optimiser = {k: getattr(train_config, k)
-                 for k in ("weight_decay", "grad_clip", "sparse_optimizer", "sharding_type")}
-    text = json.dumps({"align": section, "train": optimiser, "seed": seed, "num_train": num_train,
-                       "num_held_out": num_held_out, "weights": _weights_digest(model.state_dict()),
-                       "model": training_fingerprint(model.config, model.vocab_sizes, codes, "")}, sort_keys=True)
+    optimiser = {
+        k: getattr(train_config, k) for k in ("weight_decay", "grad_clip", "sparse_optimizer", "sharding_type")
+    }
+    text = json.dumps(
+        {
+            "align": section,
+            "train": optimiser,
+            "seed": seed,
+            "num_train": num_train,
+            "num_held_out": num_held_out,
+            "weights": _weights_digest(model.state_dict()),
+            "model": training_fingerprint(model.config, model.vocab_sizes, codes, ""),
+        },
+        sort_keys=True,
+    )
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
@@ -163,9 +184,11 @@ class _Store:
             return None
         state = json.loads(path.read_text())
         if state.get("format") != STATE_FORMAT or state.get("fingerprint") != self.fingerprint:
-            raise ValueError(f"{path} belongs to an alignment run with other inputs (fingerprint "
-                             f"{state.get('fingerprint')}, this run {self.fingerprint}); resume=False starts over, "
-                             "or point out_dir to a new folder")
+            raise ValueError(
+                f"{path} belongs to an alignment run with other inputs (fingerprint "
+                f"{state.get('fingerprint')}, this run {self.fingerprint}); resume=False starts over, "
+                "or point out_dir to a new folder"
+            )
         return state
 
     def write(self, state: Dict[str, Any]) -> None:
@@ -176,10 +199,22 @@ class _Store:
         atomic_write_text(self.root / "state.json", json.dumps(state, indent=2, sort_keys=True) + "\n")
 
 
-def align_iteratively(align: AlignConfig, initial_model: OneRecModel, train: SampleSet, held_out: SampleSet,
-                      reward_fn: RewardFn, *, codes: torch.Tensor, prefix_index: PrefixIndex,
-                      train_config: TrainConfig, out_dir: Path, seed: int, device: torch.device,
-                      resume: bool = True, progress: bool = False) -> AlignResult:
+def align_iteratively(
+    align: AlignConfig,
+    initial_model: OneRecModel,
+    train: SampleSet,
+    held_out: SampleSet,
+    reward_fn: RewardFn,
+    *,
+    codes: torch.Tensor,
+    prefix_index: PrefixIndex,
+    train_config: TrainConfig,
+    out_dir: Path,
+    seed: int,
+    device: torch.device,
+    resume: bool = True,
+    progress: bool = False,
+) -> AlignResult:
     """Align ``initial_model`` to ``reward_fn`` for ``align.iterations`` iterations (module docstring).
 
     Runs in one process or under ``torchrun`` (every rank calls it with the same arguments; a world-size-1 gloo
@@ -207,12 +242,26 @@ def align_iteratively(align: AlignConfig, initial_model: OneRecModel, train: Sam
         AlignResult: on every rank.
     """
     if train.session_items > initial_model.config.session_items or len(train) == 0:
-        raise ValueError(f"train has {len(train)} samples of {train.session_items} target items; need >= 1 sample "
-                         f"and at most the model's session_items={initial_model.config.session_items}")
+        raise ValueError(
+            f"train has {len(train)} samples of {train.session_items} target items; need >= 1 sample "
+            f"and at most the model's session_items={initial_model.config.session_items}"
+        )
     ctx = init_distributed(device, timeout_s=train_config.collective_timeout_s)
     try:
-        return _Alignment(align, initial_model, train, held_out, reward_fn, codes, prefix_index, train_config,
-                          Path(out_dir), seed, ctx, progress).run(resume)
+        return _Alignment(
+            align,
+            initial_model,
+            train,
+            held_out,
+            reward_fn,
+            codes,
+            prefix_index,
+            train_config,
+            Path(out_dir),
+            seed,
+            ctx,
+            progress,
+        ).run(resume)
     finally:
         teardown_distributed(ctx)
 
@@ -220,20 +269,41 @@ def align_iteratively(align: AlignConfig, initial_model: OneRecModel, train: Sam
 class _Alignment:
     """State of one ``align_iteratively`` invocation on one rank."""
 
-    def __init__(self, align: AlignConfig, initial_model: OneRecModel, train: SampleSet, held_out: SampleSet,
-                 reward_fn: RewardFn, codes: torch.Tensor, prefix_index: PrefixIndex, train_config: TrainConfig,
-                 out_dir: Path, seed: int, ctx: DistContext, progress: bool) -> None:
+    def __init__(
+        self,
+        align: AlignConfig,
+        initial_model: OneRecModel,
+        train: SampleSet,
+        held_out: SampleSet,
+        reward_fn: RewardFn,
+        codes: torch.Tensor,
+        prefix_index: PrefixIndex,
+        train_config: TrainConfig,
+        out_dir: Path,
+        seed: int,
+        ctx: DistContext,
+        progress: bool,
+    ) -> None:
         self.align, self.initial_model, self.train, self.reward_fn = align, initial_model, train, reward_fn
         self.codes, self.prefix_index, self.train_config, self.seed, self.ctx, self.progress = (
-            codes, prefix_index.to(ctx.device), train_config, seed, ctx, progress)
+            codes,
+            prefix_index.to(ctx.device),
+            train_config,
+            seed,
+            ctx,
+            progress,
+        )
         self.model_config, self.vocab_sizes = initial_model.config, list(initial_model.vocab_sizes)
-        self.held_out = (_held_out_users(held_out, align.eval_users, seed) if align.eval_users and len(held_out)
-                         else None)
-        fingerprint = alignment_fingerprint(align, initial_model, codes, train_config, seed=seed,
-                                            num_train=len(train), num_held_out=len(held_out))
+        self.held_out = (
+            _held_out_users(held_out, align.eval_users, seed) if align.eval_users and len(held_out) else None
+        )
+        fingerprint = alignment_fingerprint(
+            align, initial_model, codes, train_config, seed=seed, num_train=len(train), num_held_out=len(held_out)
+        )
         self.store = _Store(out_dir, ctx, fingerprint)
-        self.export_fingerprint = training_fingerprint(self.model_config, self.vocab_sizes, codes,
-                                                       train_config.sparse_optimizer)
+        self.export_fingerprint = training_fingerprint(
+            self.model_config, self.vocab_sizes, codes, train_config.sparse_optimizer
+        )
 
     def _plain(self, state: Dict[str, torch.Tensor]) -> OneRecModel:
         return plain_model(state, self.model_config, self.vocab_sizes, device=self.ctx.device)
@@ -241,8 +311,16 @@ class _Alignment:
     def _generation(self, model: OneRecModel, reference: Optional[OneRecModel] = None) -> Dict[str, float]:
         if self.held_out is None:
             return {}
-        return generation_stats(model, self.held_out, self.reward_fn, codes=self.codes, prefix_index=self.prefix_index,
-                                align=self.align, ctx=self.ctx, reference=reference)
+        return generation_stats(
+            model,
+            self.held_out,
+            self.reward_fn,
+            codes=self.codes,
+            prefix_index=self.prefix_index,
+            align=self.align,
+            ctx=self.ctx,
+            reference=reference,
+        )
 
     def run(self, resume: bool) -> AlignResult:
         if not resume:
@@ -250,11 +328,16 @@ class _Alignment:
         stored = self.store.read() if resume else None
         if stored is None:
             current = {k: v.detach().cpu().clone() for k, v in self.initial_model.state_dict().items()}
-            stored = {"format": STATE_FORMAT, "fingerprint": self.store.fingerprint, "completed": 0, "records": [],
-                      "model": "", "generation": [self._generation(self._plain(current))]}
+            stored = {
+                "format": STATE_FORMAT,
+                "fingerprint": self.store.fingerprint,
+                "completed": 0,
+                "records": [],
+                "model": "",
+                "generation": [self._generation(self._plain(current))],
+            }
         else:
-            current = load_exported(self.store.root / stored["model"], self.model_config,
-                                    self.vocab_sizes).state_dict()
+            current = load_exported(self.store.root / stored["model"], self.model_config, self.vocab_sizes).state_dict()
             LOG.info("align: resuming after iteration %d of %d", stored["completed"], self.align.iterations)
         for iteration in range(stored["completed"], self.align.iterations):
             start = time.perf_counter()
@@ -262,8 +345,9 @@ class _Alignment:
             record["seconds"] = time.perf_counter() - start
             name = model_file(iteration + 1)
             if self.ctx.is_rank0:
-                save_exported(self.store.root / name, current, self.model_config, self.vocab_sizes,
-                              self.export_fingerprint)
+                save_exported(
+                    self.store.root / name, current, self.model_config, self.vocab_sizes, self.export_fingerprint
+                )
             stored.update(completed=iteration + 1, model=name)
             stored["records"].append(record)
             stored["generation"].append(generation)
@@ -273,39 +357,72 @@ class _Alignment:
                 done = f"{record['pairs']} pairs, DPO accuracy {record['dpo_accuracy']:.3f}"
             else:
                 done = f"{record['groups']} groups, GRPO ratio {record.get('train_grpo_ratio', float('nan')):.3f}"
-            LOG.info("align: iteration %d: %s, held-out reward_top %s -> %s", iteration + 1, done,
-                     record.get("heldout_reward_top_before"), record.get("heldout_reward_top_after"))
+            LOG.info(
+                "align: iteration %d: %s, held-out reward_top %s -> %s",
+                iteration + 1,
+                done,
+                record.get("heldout_reward_top_before"),
+                record.get("heldout_reward_top_after"),
+            )
         model_path = str(self.store.root / stored["model"]) if stored["model"] else ""
-        result = AlignResult(stored["completed"], stored["records"], model_path, stored["generation"][0],
-                             self.store.fingerprint, float(sum(r["seconds"] for r in stored["records"])))
+        result = AlignResult(
+            stored["completed"],
+            stored["records"],
+            model_path,
+            stored["generation"][0],
+            self.store.fingerprint,
+            float(sum(r["seconds"] for r in stored["records"])),
+        )
         if self.ctx.is_rank0:
             atomic_write_text(self.store.root / "result.json", json.dumps(asdict(result), indent=2, sort_keys=True))
         return result
 
-    def _iteration(self, iteration: int, current: Dict[str, torch.Tensor], before: Dict[str, float]
-                   ) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any], Dict[str, float]]:
+    def _iteration(
+        self, iteration: int, current: Dict[str, torch.Tensor], before: Dict[str, float]
+    ) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any], Dict[str, float]]:
         """One iteration from the plain state ``current`` (M_t): (M_{t+1} state, record, its generation stats)."""
         align, ctx = self.align, self.ctx
         reference = self._plain(current)
         rows = sample_preference_rows(len(self.train), align.sample_fraction, seed=self.seed, iteration=iteration)
         candidates: Dict[str, Any] = dict(
-            codes=self.codes, prefix_index=self.prefix_index, num_candidates=align.num_candidates,
-            batch_size=align.generation_batch_size, exclude_history=align.exclude_history, device=ctx.device,
-            progress=self.progress and ctx.is_rank0, sampled=align.sampled_candidates,
+            codes=self.codes,
+            prefix_index=self.prefix_index,
+            num_candidates=align.num_candidates,
+            batch_size=align.generation_batch_size,
+            exclude_history=align.exclude_history,
+            device=ctx.device,
+            progress=self.progress and ctx.is_rank0,
+            sampled=align.sampled_candidates,
             temperature=align.sample_temperature,
-            seed=int(np.random.SeedSequence([self.seed, iteration, ctx.rank]).generate_state(1)[0]))
+            seed=int(np.random.SeedSequence([self.seed, iteration, ctx.rank]).generate_state(1)[0]),
+        )
         mine = rows[rank_share(len(rows), ctx)]
         prefs: PreferenceData
         if align.objective == "grpo":
-            prefs = gather_preferences(build_candidate_groups(reference, self.train, mine, self.reward_fn,
-                                                              group_size=align.group_size, **candidates), ctx)
+            prefs = gather_preferences(
+                build_candidate_groups(
+                    reference, self.train, mine, self.reward_fn, group_size=align.group_size, **candidates
+                ),
+                ctx,
+            )
         else:
-            prefs = gather_preferences(build_preference_pairs(reference, self.train, mine, self.reward_fn,
-                                                              **candidates), ctx)
-        trained = train_iteration(current, prefs, self.train, model_config=self.model_config,
-                                  vocab_sizes=self.vocab_sizes, codes=self.codes, align=align,
-                                  train_config=self.train_config, ctx=ctx, seed=self.seed, iteration=iteration,
-                                  progress=self.progress)
+            prefs = gather_preferences(
+                build_preference_pairs(reference, self.train, mine, self.reward_fn, **candidates), ctx
+            )
+        trained = train_iteration(
+            current,
+            prefs,
+            self.train,
+            model_config=self.model_config,
+            vocab_sizes=self.vocab_sizes,
+            codes=self.codes,
+            align=align,
+            train_config=self.train_config,
+            ctx=ctx,
+            seed=self.seed,
+            iteration=iteration,
+            progress=self.progress,
+        )
         policy = self._plain(trained.state)
         after = self._generation(policy, reference)
         record: Dict[str, Any] = {"iteration": iteration + 1, **prefs.summary(), **_prefixed("train_", trained.metrics)}

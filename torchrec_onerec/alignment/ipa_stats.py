@@ -30,9 +30,17 @@ def rank_share(count: int, ctx: DistContext) -> np.ndarray:
 
 
 @torch.no_grad()
-def generation_stats(model: OneRecModel, samples: SampleSet, reward_fn: RewardFn, *, codes: torch.Tensor,
-                     prefix_index: PrefixIndex, align: AlignConfig, ctx: DistContext,
-                     reference: Optional[OneRecModel] = None) -> Dict[str, float]:
+def generation_stats(
+    model: OneRecModel,
+    samples: SampleSet,
+    reward_fn: RewardFn,
+    *,
+    codes: torch.Tensor,
+    prefix_index: PrefixIndex,
+    align: AlignConfig,
+    ctx: DistContext,
+    reference: Optional[OneRecModel] = None,
+) -> Dict[str, float]:
     """Rewards of the N sessions ``model`` writes for ``samples`` (each rank its share; a collective).
 
     Args:
@@ -52,10 +60,17 @@ def generation_stats(model: OneRecModel, samples: SampleSet, reward_fn: RewardFn
         real sessions of log M(S) - log M_ref(S)).
     """
     sums = [0.0] * 7  # users with a real session, mean, max, top, filler sessions, sessions, log-ratio
-    for cand in scored_candidates(model, samples.subset(rank_share(len(samples), ctx)), reward_fn, codes=codes,
-                                  prefix_index=prefix_index, num_candidates=align.num_candidates,
-                                  batch_size=align.generation_batch_size, exclude_history=align.exclude_history,
-                                  device=ctx.device):
+    for cand in scored_candidates(
+        model,
+        samples.subset(rank_share(len(samples), ctx)),
+        reward_fn,
+        codes=codes,
+        prefix_index=prefix_index,
+        num_candidates=align.num_candidates,
+        batch_size=align.generation_batch_size,
+        exclude_history=align.exclude_history,
+        device=ctx.device,
+    ):
         real = cand.real
         users = real.any(axis=1)
         filled = np.where(real, cand.rewards, 0.0)
@@ -70,8 +85,13 @@ def generation_stats(model: OneRecModel, samples: SampleSet, reward_fn: RewardFn
             sums[6] += float(ratio[torch.from_numpy(real).to(ratio.device)].sum())
     num_users, mean, best, top, fillers, sessions, log_ratio = all_reduce_sum(sums, ctx)
     per_user = num_users if num_users else float("nan")
-    stats = {"users": int(num_users), "reward_mean": mean / per_user, "reward_max": best / per_user,
-             "reward_top": top / per_user, "filler_share": fillers / max(sessions, 1.0)}
+    stats = {
+        "users": int(num_users),
+        "reward_mean": mean / per_user,
+        "reward_max": best / per_user,
+        "reward_top": top / per_user,
+        "filler_share": fillers / max(sessions, 1.0),
+    }
     if reference is not None:
         real_sessions = sessions - fillers
         stats["kl_to_reference"] = log_ratio / real_sessions if real_sessions else float("nan")
@@ -79,8 +99,15 @@ def generation_stats(model: OneRecModel, samples: SampleSet, reward_fn: RewardFn
 
 
 @torch.no_grad()
-def pair_stats(policy: OneRecModel, pairs: PreferencePairs, samples: SampleSet, *, codes: torch.Tensor,
-               align: AlignConfig, ctx: DistContext) -> Dict[str, float]:
+def pair_stats(
+    policy: OneRecModel,
+    pairs: PreferencePairs,
+    samples: SampleSet,
+    *,
+    codes: torch.Tensor,
+    align: AlignConfig,
+    ctx: DistContext,
+) -> Dict[str, float]:
     """DPO numbers of ``policy`` (eval mode) on ``pairs`` against their stored reference log-probs (a collective).
 
     Args:
@@ -100,20 +127,32 @@ def pair_stats(policy: OneRecModel, pairs: PreferencePairs, samples: SampleSet, 
     was_training = policy.training
     policy.eval()
     for start in range(0, len(share), align.generation_batch_size):
-        index = share[start:start + align.generation_batch_size]
-        batch = to_semantic_batch(collate_samples(samples, pairs.sample_rows[index]), codes,
-                                  max_history=policy.config.max_history).to(ctx.device)
+        index = share[start : start + align.generation_batch_size]
+        batch = to_semantic_batch(
+            collate_samples(samples, pairs.sample_rows[index]), codes, max_history=policy.config.max_history
+        ).to(ctx.device)
         sessions = torch.from_numpy(np.stack([pairs.chosen_codes[index], pairs.rejected_codes[index]], axis=1))
         log_probs = policy.log_prob(batch, sessions.to(ctx.device)).float().cpu()  # (P_b, 2)
         ref_chosen = torch.from_numpy(pairs.reference_chosen[index]).float()
         ref_rejected = torch.from_numpy(pairs.reference_rejected[index]).float()
         out = dpo_loss(log_probs[:, 0], log_probs[:, 1], ref_chosen, ref_rejected, beta=align.beta)
         margins = out.chosen_rewards - out.rejected_rewards
-        values: Tuple[Any, ...] = (len(index), out.losses.sum(), (margins > 0).sum(), margins.sum(),
-                  (log_probs[:, 0] - ref_chosen).sum(), (log_probs[:, 1] - ref_rejected).sum())
+        values: Tuple[Any, ...] = (
+            len(index),
+            out.losses.sum(),
+            (margins > 0).sum(),
+            margins.sum(),
+            (log_probs[:, 0] - ref_chosen).sum(),
+            (log_probs[:, 1] - ref_rejected).sum(),
+        )
         sums = [total + float(value) for total, value in zip(sums, values)]
     policy.train(was_training)
     count, loss, correct, margin, chosen, rejected = all_reduce_sum(sums, ctx)
     per_pair = count if count else float("nan")
-    return {"dpo_loss": loss / per_pair, "dpo_accuracy": correct / per_pair, "reward_margin": margin / per_pair,
-            "chosen_log_ratio": chosen / per_pair, "rejected_log_ratio": rejected / per_pair}
+    return {
+        "dpo_loss": loss / per_pair,
+        "dpo_accuracy": correct / per_pair,
+        "reward_margin": margin / per_pair,
+        "chosen_log_ratio": chosen / per_pair,
+        "rejected_log_ratio": rejected / per_pair,
+    }

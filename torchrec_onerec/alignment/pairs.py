@@ -20,8 +20,7 @@ Shape legend: U users, N candidates, M session items, L' code levels, P pairs.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import (TYPE_CHECKING, Any, Dict, List, NamedTuple, Optional, Sequence, Type,
-                    TypeVar)
+from typing import TYPE_CHECKING, Any, Dict, List, NamedTuple, Optional, Sequence, Type, TypeVar
 
 import numpy as np
 import torch
@@ -128,8 +127,13 @@ def select_pairs(rewards: np.ndarray, real: np.ndarray) -> PairSelection:
     enough = real.sum(axis=1) >= 2
     differ = rewards[rows, best] > rewards[rows, worst]
     keep = enough & differ
-    return PairSelection(np.flatnonzero(keep).astype(np.int64), best[keep].astype(np.int64),
-                         worst[keep].astype(np.int64), int((enough & ~differ).sum()), int((~enough).sum()))
+    return PairSelection(
+        np.flatnonzero(keep).astype(np.int64),
+        best[keep].astype(np.int64),
+        worst[keep].astype(np.int64),
+        int((enough & ~differ).sum()),
+        int((~enough).sum()),
+    )
 
 
 ScoredT = TypeVar("ScoredT", bound="ScoredUsers")
@@ -165,10 +169,14 @@ class ScoredUsers:
         return cls(**values)
 
     def _counts(self, kept: str) -> Dict[str, float]:
-        return {"sampled_users": int(len(self.candidate_reward_mean)), kept: len(self),
-                "skipped_ties": self.ties, "skipped_fillers": self.fillers,
-                "candidate_reward_mean": finite_mean(self.candidate_reward_mean),
-                "candidate_reward_max": finite_mean(self.candidate_reward_max)}
+        return {
+            "sampled_users": int(len(self.candidate_reward_mean)),
+            kept: len(self),
+            "skipped_ties": self.ties,
+            "skipped_fillers": self.fillers,
+            "candidate_reward_mean": finite_mean(self.candidate_reward_mean),
+            "candidate_reward_max": finite_mean(self.candidate_reward_max),
+        }
 
 
 @dataclass
@@ -210,16 +218,21 @@ class PreferencePairs(ScoredUsers):
         """The chosen rows of pairs ``index``, then their rejected rows in the same order."""
         index = np.asarray(index, dtype=np.int64)
         P = len(index)
-        return ExtraRows(np.concatenate([self.sample_rows[index]] * 2),
-                         np.concatenate([self.chosen[index], self.rejected[index]]),
-                         np.concatenate([np.full(P, ROLE_CHOSEN), np.full(P, ROLE_REJECTED)]).astype(np.int64),
-                         np.concatenate([self.reference_chosen[index], self.reference_rejected[index]]
-                                        ).astype(np.float32), np.zeros(2 * P, dtype=np.float32))
+        return ExtraRows(
+            np.concatenate([self.sample_rows[index]] * 2),
+            np.concatenate([self.chosen[index], self.rejected[index]]),
+            np.concatenate([np.full(P, ROLE_CHOSEN), np.full(P, ROLE_REJECTED)]).astype(np.int64),
+            np.concatenate([self.reference_chosen[index], self.reference_rejected[index]]).astype(np.float32),
+            np.zeros(2 * P, dtype=np.float32),
+        )
 
     def summary(self) -> Dict[str, float]:
         """Counts and mean rewards for the iteration log (NaN means when there is nothing to average)."""
-        return {**self._counts("pairs"), "chosen_reward": finite_mean(self.chosen_reward),
-                "rejected_reward": finite_mean(self.rejected_reward)}
+        return {
+            **self._counts("pairs"),
+            "chosen_reward": finite_mean(self.chosen_reward),
+            "rejected_reward": finite_mean(self.rejected_reward),
+        }
 
 
 def _batch_pairs(model: OneRecModel, cand: CandidateBatch, sample_rows: np.ndarray) -> PreferencePairs:
@@ -227,8 +240,13 @@ def _batch_pairs(model: OneRecModel, cand: CandidateBatch, sample_rows: np.ndarr
     real = cand.real
     pick = select_pairs(cand.rewards, real)
     users = torch.as_tensor(pick.users, device=cand.codes.device)
-    both = torch.stack([cand.codes[users, torch.as_tensor(pick.chosen, device=users.device)],
-                        cand.codes[users, torch.as_tensor(pick.rejected, device=users.device)]], dim=1)  # (P, 2, M, L')
+    both = torch.stack(
+        [
+            cand.codes[users, torch.as_tensor(pick.chosen, device=users.device)],
+            cand.codes[users, torch.as_tensor(pick.rejected, device=users.device)],
+        ],
+        dim=1,
+    )  # (P, 2, M, L')
     reference = torch.zeros(len(pick.users), 2)
     if len(pick.users):
         sessions = torch.zeros((len(real),) + tuple(both.shape[1:]), dtype=torch.long, device=users.device)
@@ -237,18 +255,38 @@ def _batch_pairs(model: OneRecModel, cand: CandidateBatch, sample_rows: np.ndarr
     reward_mean, reward_max = cand.reward_stats()
     return PreferencePairs(
         sample_rows=sample_rows[pick.users],
-        chosen=cand.items[pick.users, pick.chosen], rejected=cand.items[pick.users, pick.rejected],
-        chosen_codes=both[:, 0].cpu().numpy(), rejected_codes=both[:, 1].cpu().numpy(),
-        chosen_reward=cand.rewards[pick.users, pick.chosen], rejected_reward=cand.rewards[pick.users, pick.rejected],
-        reference_chosen=reference[:, 0].numpy(), reference_rejected=reference[:, 1].numpy(),
-        candidate_reward_mean=reward_mean, candidate_reward_max=reward_max, ties=pick.ties, fillers=pick.fillers)
+        chosen=cand.items[pick.users, pick.chosen],
+        rejected=cand.items[pick.users, pick.rejected],
+        chosen_codes=both[:, 0].cpu().numpy(),
+        rejected_codes=both[:, 1].cpu().numpy(),
+        chosen_reward=cand.rewards[pick.users, pick.chosen],
+        rejected_reward=cand.rewards[pick.users, pick.rejected],
+        reference_chosen=reference[:, 0].numpy(),
+        reference_rejected=reference[:, 1].numpy(),
+        candidate_reward_mean=reward_mean,
+        candidate_reward_max=reward_max,
+        ties=pick.ties,
+        fillers=pick.fillers,
+    )
 
 
-def build_preference_pairs(model: OneRecModel, samples: SampleSet, rows: np.ndarray, reward_fn: RewardFn, *,
-                           codes: torch.Tensor, prefix_index: PrefixIndex, num_candidates: int, batch_size: int,
-                           exclude_history: bool = False, device: Optional[torch.device] = None,
-                           progress: bool = False, sampled: int = 0, temperature: float = 1.0,
-                           seed: int = 0) -> PreferencePairs:
+def build_preference_pairs(
+    model: OneRecModel,
+    samples: SampleSet,
+    rows: np.ndarray,
+    reward_fn: RewardFn,
+    *,
+    codes: torch.Tensor,
+    prefix_index: PrefixIndex,
+    num_candidates: int,
+    batch_size: int,
+    exclude_history: bool = False,
+    device: Optional[torch.device] = None,
+    progress: bool = False,
+    sampled: int = 0,
+    temperature: float = 1.0,
+    seed: int = 0,
+) -> PreferencePairs:
     """Candidates for ``samples[rows]`` from ``model`` (= the reference M_t), scored, reduced to best/worst pairs.
 
     Args:
@@ -291,19 +329,42 @@ def build_preference_pairs(model: OneRecModel, samples: SampleSet, rows: np.ndar
         >>> bool((pairs.chosen_reward > pairs.rejected_reward).all()), pairs.reference_chosen.shape
         (True, (2,))
     """
-    parts = reduce_candidates(model, samples, rows, reward_fn, lambda cand, users: _batch_pairs(model, cand, users),
-                              codes=codes, prefix_index=prefix_index, num_candidates=num_candidates,
-                              batch_size=batch_size, exclude_history=exclude_history, device=device,
-                              progress=progress, sampled=sampled, temperature=temperature, seed=seed)
+    parts = reduce_candidates(
+        model,
+        samples,
+        rows,
+        reward_fn,
+        lambda cand, users: _batch_pairs(model, cand, users),
+        codes=codes,
+        prefix_index=prefix_index,
+        num_candidates=num_candidates,
+        batch_size=batch_size,
+        exclude_history=exclude_history,
+        device=device,
+        progress=progress,
+        sampled=sampled,
+        temperature=temperature,
+        seed=seed,
+    )
     return PreferencePairs.concat(parts) if parts else empty_pairs(samples.session_items, int(codes.shape[1]))
 
 
 def empty_pairs(session_items: int, num_levels: int) -> PreferencePairs:
     """No pairs (and no sampled users), with the array shapes of M = ``session_items`` and L' = ``num_levels``."""
     M, L = session_items, num_levels
-    return PreferencePairs(np.zeros(0, np.int64), np.zeros((0, M), np.int64), np.zeros((0, M), np.int64),
-                           np.zeros((0, M, L), np.int64), np.zeros((0, M, L), np.int64), np.zeros(0), np.zeros(0),
-                           np.zeros(0, np.float32), np.zeros(0, np.float32), np.zeros(0), np.zeros(0))
+    return PreferencePairs(
+        np.zeros(0, np.int64),
+        np.zeros((0, M), np.int64),
+        np.zeros((0, M), np.int64),
+        np.zeros((0, M, L), np.int64),
+        np.zeros((0, M, L), np.int64),
+        np.zeros(0),
+        np.zeros(0),
+        np.zeros(0, np.float32),
+        np.zeros(0, np.float32),
+        np.zeros(0),
+        np.zeros(0),
+    )
 
 
 def gather_preferences(prefs: PrefsT, ctx: DistContext) -> PrefsT:

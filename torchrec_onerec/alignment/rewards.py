@@ -109,8 +109,9 @@ def mixed_reward_fn(fns: Sequence[RewardFn], weights: Sequence[float]) -> Reward
         [[-1.299, 1.103, 0.196]]
     """
     if len(fns) != len(weights) or not fns:
-        raise ValueError(f"mixed_reward_fn needs one weight per reward function, got {len(fns)} functions and "
-                         f"{len(weights)} weights")
+        raise ValueError(
+            f"mixed_reward_fn needs one weight per reward function, got {len(fns)} functions and {len(weights)} weights"
+        )
 
     def reward(samples: SampleSet, sessions: np.ndarray) -> np.ndarray:
         real = (sessions != PAD_ITEM).any(axis=2)  # [U, N]

@@ -44,8 +44,17 @@ from torchrec_onerec.data.semantic_batch import SemanticIdBatch, SemanticIdTrans
 from torchrec_onerec.data.samples import SampleSet
 from torchrec_onerec.models.onerec import OneRecModel, OneRecTrainModule
 
-__all__ = ["ROLE_CHOSEN", "ROLE_GROUP", "ROLE_NTP", "ROLE_REJECTED", "AlignStepMetrics", "PreferenceBatch",
-           "PreferenceTrainStep", "code_log_probs", "preference_batch"]
+__all__ = [
+    "ROLE_CHOSEN",
+    "ROLE_GROUP",
+    "ROLE_NTP",
+    "ROLE_REJECTED",
+    "AlignStepMetrics",
+    "PreferenceBatch",
+    "PreferenceTrainStep",
+    "code_log_probs",
+    "preference_batch",
+]
 
 
 @dataclass
@@ -79,8 +88,9 @@ class PreferenceData(Protocol):
     def summary(self) -> Dict[str, float]: ...
 
 
-def preference_batch(samples: SampleSet, rows: np.ndarray, prefs: PreferenceData, index: np.ndarray,
-                     transform: SemanticIdTransform) -> PreferenceBatch:
+def preference_batch(
+    samples: SampleSet, rows: np.ndarray, prefs: PreferenceData, index: np.ndarray, transform: SemanticIdTransform
+) -> PreferenceBatch:
     """The batch of training rows ``rows`` plus the rows of pairs (or groups) ``index``.
 
     Args:
@@ -117,8 +127,12 @@ def preference_batch(samples: SampleSet, rows: np.ndarray, prefs: PreferenceData
     role = torch.cat([torch.full((B,), ROLE_NTP), torch.from_numpy(extra.role)])
     reference = torch.cat([torch.zeros(B), torch.from_numpy(extra.reference).float()])
     advantage = torch.cat([torch.zeros(B), torch.from_numpy(extra.advantage).float()])
-    return PreferenceBatch(**{f.name: getattr(base, f.name) for f in fields(SemanticIdBatch)}, role=role,
-                           reference_log_prob=reference, advantage=advantage)
+    return PreferenceBatch(
+        **{f.name: getattr(base, f.name) for f in fields(SemanticIdBatch)},
+        role=role,
+        reference_log_prob=reference,
+        advantage=advantage,
+    )
 
 
 class AlignStepMetrics(NamedTuple):
@@ -201,14 +215,23 @@ class PreferenceTrainStep(OneRecTrainModule):
         (True, 0.0, 0.0)
     """
 
-    def __init__(self, model: OneRecModel, *, beta: float, dpo_weight: float, chosen_nll_weight: float = 0.0,
-                 grpo_clip: float = 0.2) -> None:
+    def __init__(
+        self,
+        model: OneRecModel,
+        *,
+        beta: float,
+        dpo_weight: float,
+        chosen_nll_weight: float = 0.0,
+        grpo_clip: float = 0.2,
+    ) -> None:
         super().__init__(model)
         if beta <= 0 or dpo_weight < 0 or chosen_nll_weight < 0 or not 0 < grpo_clip < 1:
-            raise ValueError(f"need beta > 0, dpo_weight >= 0, chosen_nll_weight >= 0 and grpo_clip in (0, 1), got "
-                             f"beta={beta}, dpo_weight={dpo_weight}, chosen_nll_weight={chosen_nll_weight}, "
-                             f"grpo_clip={grpo_clip} (align.beta, align.dpo_weight, align.chosen_nll_weight, "
-                             "align.grpo_clip)")
+            raise ValueError(
+                f"need beta > 0, dpo_weight >= 0, chosen_nll_weight >= 0 and grpo_clip in (0, 1), got "
+                f"beta={beta}, dpo_weight={dpo_weight}, chosen_nll_weight={chosen_nll_weight}, "
+                f"grpo_clip={grpo_clip} (align.beta, align.dpo_weight, align.chosen_nll_weight, "
+                "align.grpo_clip)"
+            )
         self.beta, self.dpo_weight, self.chosen_nll_weight = beta, dpo_weight, chosen_nll_weight
         self.grpo_clip = grpo_clip
 
@@ -223,15 +246,35 @@ class PreferenceTrainStep(OneRecTrainModule):
         chosen, rejected = batch.role == ROLE_CHOSEN, batch.role == ROLE_REJECTED
         chosen_codes = real & chosen.view(-1, 1, 1)
         chosen_nll = -(picked * chosen_codes).sum() / chosen_codes.sum().clamp(min=1)
-        dpo = dpo_loss(session[chosen], session[rejected], batch.reference_log_prob[chosen],
-                       batch.reference_log_prob[rejected], beta=self.beta)
+        dpo = dpo_loss(
+            session[chosen],
+            session[rejected],
+            batch.reference_log_prob[chosen],
+            batch.reference_log_prob[rejected],
+            beta=self.beta,
+        )
         group = batch.role == ROLE_GROUP
-        grpo = grpo_loss(session, batch.reference_log_prob, batch.advantage, real.sum(dim=(1, 2)).float(), group,
-                         clip=self.grpo_clip)
-        loss = (ntp_loss + self.dpo_weight * (dpo.loss + grpo.loss) + self.chosen_nll_weight * chosen_nll
-                + self.model.config.moe_aux_weight * out.aux_loss)
-        metrics = AlignStepMetrics(loss.detach(), ntp_loss.detach(), dpo.loss.detach(), chosen_nll.detach(),
-                                   out.aux_loss.detach(), dpo.accuracy.detach(), dpo.margin.detach(),
-                                   chosen.sum().detach(), grpo.loss.detach(), grpo.ratio, grpo.clipped.detach(),
-                                   group.sum().detach())
+        grpo = grpo_loss(
+            session, batch.reference_log_prob, batch.advantage, real.sum(dim=(1, 2)).float(), group, clip=self.grpo_clip
+        )
+        loss = (
+            ntp_loss
+            + self.dpo_weight * (dpo.loss + grpo.loss)
+            + self.chosen_nll_weight * chosen_nll
+            + self.model.config.moe_aux_weight * out.aux_loss
+        )
+        metrics = AlignStepMetrics(
+            loss.detach(),
+            ntp_loss.detach(),
+            dpo.loss.detach(),
+            chosen_nll.detach(),
+            out.aux_loss.detach(),
+            dpo.accuracy.detach(),
+            dpo.margin.detach(),
+            chosen.sum().detach(),
+            grpo.loss.detach(),
+            grpo.ratio,
+            grpo.clipped.detach(),
+            group.sum().detach(),
+        )
         return loss, metrics

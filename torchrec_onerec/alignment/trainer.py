@@ -31,8 +31,13 @@ from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 from tqdm.auto import tqdm
 
 from torchrec_onerec.alignment.config import AlignConfig
-from torchrec_onerec.alignment.train_step import (AlignStepMetrics, PreferenceBatch, PreferenceData,
-                                                  PreferenceTrainStep, preference_batch)
+from torchrec_onerec.alignment.train_step import (
+    AlignStepMetrics,
+    PreferenceBatch,
+    PreferenceData,
+    PreferenceTrainStep,
+    preference_batch,
+)
 from torchrec_onerec.data.samples import SampleSet
 from torchrec_onerec.data.semantic_batch import SemanticIdTransform
 from torchrec_onerec.models.config import OneRecModelConfig
@@ -58,16 +63,18 @@ def load_plain_state(dmp: DistributedModelParallel, state: Dict[str, torch.Tenso
     with warnings.catch_warnings(), torch.no_grad():
         warnings.filterwarnings("ignore", message=".*ShardedTensor.*", category=FutureWarning)
         sharded = dmp.state_dict()
-        expected = {key[len(MODEL_PREFIX):] for key in sharded}
+        expected = {key[len(MODEL_PREFIX) :] for key in sharded}
         if expected != set(state):
-            raise KeyError(f"the plain state dict does not fit the model: missing {sorted(expected - set(state))}, "
-                           f"unexpected {sorted(set(state) - expected)}; load a model of the same config")
+            raise KeyError(
+                f"the plain state dict does not fit the model: missing {sorted(expected - set(state))}, "
+                f"unexpected {sorted(set(state) - expected)}; load a model of the same config"
+            )
         for key, value in sharded.items():
-            plain = state[key[len(MODEL_PREFIX):]]
+            plain = state[key[len(MODEL_PREFIX) :]]
             if isinstance(value, ShardedTensor):
                 for shard in value.local_shards():
                     (row, col), (rows, cols) = shard.metadata.shard_offsets, shard.metadata.shard_sizes
-                    shard.tensor.copy_(plain[row:row + rows, col:col + cols].to(shard.tensor.device))
+                    shard.tensor.copy_(plain[row : row + rows, col : col + cols].to(shard.tensor.device))
             else:
                 value.copy_(plain.to(value.device))
         dmp.load_state_dict(sharded)
@@ -119,29 +126,61 @@ class _StepSums:
 
     def add(self, m: AlignStepMetrics) -> None:
         pairs, rows = float(m.pairs), float(m.group_rows)
-        for index, value in enumerate((1.0, float(m.loss), float(m.ntp_loss), float(m.aux_loss), pairs,
-                                       pairs * float(m.dpo_loss), pairs * float(m.dpo_accuracy),
-                                       pairs * float(m.reward_margin), pairs * float(m.chosen_nll), rows,
-                                       rows * float(m.grpo_loss), rows * float(m.grpo_ratio),
-                                       rows * float(m.grpo_clipped))):
+        for index, value in enumerate(
+            (
+                1.0,
+                float(m.loss),
+                float(m.ntp_loss),
+                float(m.aux_loss),
+                pairs,
+                pairs * float(m.dpo_loss),
+                pairs * float(m.dpo_accuracy),
+                pairs * float(m.reward_margin),
+                pairs * float(m.chosen_nll),
+                rows,
+                rows * float(m.grpo_loss),
+                rows * float(m.grpo_ratio),
+                rows * float(m.grpo_clipped),
+            )
+        ):
             self.values[index] += value
 
     def result(self, ctx: DistContext, seconds: float) -> Dict[str, float]:
-        (steps, loss, ntp, aux, pairs, dpo, accuracy, margin, chosen, rows, grpo, ratio,
-         clipped) = all_reduce_sum(self.values, ctx)
+        (steps, loss, ntp, aux, pairs, dpo, accuracy, margin, chosen, rows, grpo, ratio, clipped) = all_reduce_sum(
+            self.values, ctx
+        )
         per_step, per_pair = max(steps, 1.0), (pairs if pairs else float("nan"))
-        result = {"steps": int(steps) // ctx.world_size, "loss": loss / per_step, "ntp_loss": ntp / per_step,
-                  "aux_loss": aux / per_step, "dpo_loss": dpo / per_pair, "dpo_accuracy": accuracy / per_pair,
-                  "reward_margin": margin / per_pair, "chosen_nll": chosen / per_pair, "seconds": seconds}
+        result = {
+            "steps": int(steps) // ctx.world_size,
+            "loss": loss / per_step,
+            "ntp_loss": ntp / per_step,
+            "aux_loss": aux / per_step,
+            "dpo_loss": dpo / per_pair,
+            "dpo_accuracy": accuracy / per_pair,
+            "reward_margin": margin / per_pair,
+            "chosen_nll": chosen / per_pair,
+            "seconds": seconds,
+        }
         if rows:
             result.update(grpo_loss=grpo / rows, grpo_ratio=ratio / rows, grpo_clipped=clipped / rows)
         return result
 
 
-def train_iteration(state: Dict[str, torch.Tensor], prefs: PreferenceData, samples: SampleSet, *,
-                    model_config: OneRecModelConfig, vocab_sizes: List[int], codes: torch.Tensor,
-                    align: AlignConfig, train_config: TrainConfig, ctx: DistContext, seed: int, iteration: int,
-                    progress: bool = False) -> IterationTraining:
+def train_iteration(
+    state: Dict[str, torch.Tensor],
+    prefs: PreferenceData,
+    samples: SampleSet,
+    *,
+    model_config: OneRecModelConfig,
+    vocab_sizes: List[int],
+    codes: torch.Tensor,
+    align: AlignConfig,
+    train_config: TrainConfig,
+    ctx: DistContext,
+    seed: int,
+    iteration: int,
+    progress: bool = False,
+) -> IterationTraining:
     """Train the policy from ``state`` for ``align.epochs`` epochs with L_NTP + lambda * L_DPO + mu * L_chosen.
 
     Args:
@@ -164,15 +203,21 @@ def train_iteration(state: Dict[str, torch.Tensor], prefs: PreferenceData, sampl
     """
     steps = steps_per_epoch(len(samples), align.batch_size, ctx.world_size)
     if steps == 0:
-        raise ValueError(f"{len(samples)} training samples cannot feed {ctx.world_size} processes; use more samples "
-                         "or fewer processes")
+        raise ValueError(
+            f"{len(samples)} training samples cannot feed {ctx.world_size} processes; use more samples "
+            "or fewer processes"
+        )
     if align.disable_dropout:
         # The reference log-probabilities come from the model in eval mode; a policy with dropout on would
         # start each pair from a log-ratio of noise rather than 0 (TRL's DPO turns dropout off for this reason).
         model_config = replace(model_config, dropout=0.0)
-    module = PreferenceTrainStep(OneRecModel(model_config, vocab_sizes, device=torch.device("meta")),
-                                 beta=align.beta, dpo_weight=align.dpo_weight,
-                                 chosen_nll_weight=align.chosen_nll_weight, grpo_clip=align.grpo_clip)
+    module = PreferenceTrainStep(
+        OneRecModel(model_config, vocab_sizes, device=torch.device("meta")),
+        beta=align.beta,
+        dpo_weight=align.dpo_weight,
+        chosen_nll_weight=align.chosen_nll_weight,
+        grpo_clip=align.grpo_clip,
+    )
     config = replace(train_config, learning_rate=align.learning_rate, sparse_learning_rate=align.sparse_learning_rate)
     training = shard_for_training(module, config, ctx, seed=seed)
     load_plain_state(training.dmp, state)
@@ -180,14 +225,26 @@ def train_iteration(state: Dict[str, torch.Tensor], prefs: PreferenceData, sampl
     dataset = _PreferenceBatches(samples, prefs, SemanticIdTransform(codes, max_history=model_config.max_history))
     pipeline = TrainPipelineSparseDist(training.dmp, training.optimizer, device=ctx.device, execute_all_batches=True)
     sums, seconds = _StepSums(), 0.0
-    bar = tqdm(total=steps * align.epochs, desc=f"align iteration {iteration + 1}", unit="step",
-               disable=not (progress and ctx.is_rank0))
+    bar = tqdm(
+        total=steps * align.epochs,
+        desc=f"align iteration {iteration + 1}",
+        unit="step",
+        disable=not (progress and ctx.is_rank0),
+    )
     training.dmp.train()
     for epoch in range(align.epochs):
-        sampler = RankBatchSampler(len(samples), align.batch_size, shuffle=True, seed=seed,
-                                   epoch=iteration * align.epochs + epoch, rank=ctx.rank, world_size=ctx.world_size)
-        batches: Iterator[PreferenceBatch] = iter(DataLoader(dataset, batch_size=None, sampler=sampler,
-                                                             collate_fn=_as_batch))  # type: ignore[arg-type]
+        sampler = RankBatchSampler(
+            len(samples),
+            align.batch_size,
+            shuffle=True,
+            seed=seed,
+            epoch=iteration * align.epochs + epoch,
+            rank=ctx.rank,
+            world_size=ctx.world_size,
+        )
+        batches: Iterator[PreferenceBatch] = iter(
+            DataLoader(dataset, batch_size=None, sampler=sampler, collate_fn=_as_batch)  # type: ignore[arg-type]
+        )
         while True:
             start = time.perf_counter()
             try:

@@ -167,7 +167,12 @@ class EpochBatchSampler(Sampler[np.ndarray]):
         if seed < 0 or epoch < 0:
             raise ValueError(f"seed={seed} and epoch={epoch} must both be >= 0")
         self.num_samples, self.batch_size, self.shuffle, self.seed, self.epoch = (
-            num_samples, batch_size, shuffle, seed, epoch)
+            num_samples,
+            batch_size,
+            shuffle,
+            seed,
+            epoch,
+        )
 
     def __len__(self) -> int:
         return -(-self.num_samples // self.batch_size)
@@ -180,7 +185,7 @@ class EpochBatchSampler(Sampler[np.ndarray]):
         else:
             order = np.arange(self.num_samples)
         for start in range(0, self.num_samples, self.batch_size):
-            yield order[start:start + self.batch_size]
+            yield order[start : start + self.batch_size]
 
 
 def _no_collate(batch: OneRecBatch) -> OneRecBatch:
@@ -218,7 +223,12 @@ def make_dataloader(
         [[0, 1], [2, 3], [4]]
     """
     sampler = EpochBatchSampler(
-        len(samples), config.batch_size, shuffle=config.shuffle if shuffle is None else shuffle, seed=seed, epoch=epoch)
-    return DataLoader(SampleSetBatches(samples), batch_size=None, sampler=sampler,
-                      collate_fn=_no_collate if transform is None else transform,  # type: ignore[arg-type]
-                      num_workers=config.num_workers)  # batch_size=None: collate_fn gets one batch, not a list
+        len(samples), config.batch_size, shuffle=config.shuffle if shuffle is None else shuffle, seed=seed, epoch=epoch
+    )
+    return DataLoader(
+        SampleSetBatches(samples),
+        batch_size=None,
+        sampler=sampler,
+        collate_fn=_no_collate if transform is None else transform,  # type: ignore[arg-type]
+        num_workers=config.num_workers,
+    )  # batch_size=None: collate_fn gets one batch, not a list

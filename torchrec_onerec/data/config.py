@@ -69,8 +69,9 @@ class SplitConfig:
                 try:
                     days[name] = datetime.date.fromisoformat(value)
                 except ValueError:
-                    raise ConfigError(f"split.{name}={value!r} is not a date; write it as YYYY-MM-DD or leave it "
-                                      "empty") from None
+                    raise ConfigError(
+                        f"split.{name}={value!r} is not a date; write it as YYYY-MM-DD or leave it empty"
+                    ) from None
         ordered = [days[k] for k in ("valid_start", "test_start", "test_end") if k in days]
         if ordered != sorted(ordered):
             raise ConfigError(

@@ -29,9 +29,9 @@ def _positive_sequences(split: SplitB, num_users: int) -> tuple[np.ndarray, np.n
     and test windows' positives follow them.
     """
     train_pos = split.impressions["train"]
-    num_pre = (np.bincount(split.train_sequences["user_id"].to_numpy(np.int64), minlength=num_users)
-               - np.bincount(train_pos["user_id"].to_numpy(np.int64)[train_pos["positive"].to_numpy(bool)],
-                             minlength=num_users))
+    num_pre = np.bincount(split.train_sequences["user_id"].to_numpy(np.int64), minlength=num_users) - np.bincount(
+        train_pos["user_id"].to_numpy(np.int64)[train_pos["positive"].to_numpy(bool)], minlength=num_users
+    )
     users = [split.train_sequences["user_id"].to_numpy(np.int64)]
     items = [split.train_sequences["item_id"].to_numpy(np.int64)]
     for window in WINDOWS[1:]:
@@ -46,8 +46,9 @@ def _positive_sequences(split: SplitB, num_users: int) -> tuple[np.ndarray, np.n
     return np.concatenate(items)[order], offsets, num_pre
 
 
-def impression_samples(split: SplitB, window: str, *, num_users: int, items_per_sample: int,
-                       max_history: int) -> SampleSet:
+def impression_samples(
+    split: SplitB, window: str, *, num_users: int, items_per_sample: int, max_history: int
+) -> SampleSet:
     """Chunks of ``items_per_sample`` impressions of one window, each with the user's positive history.
 
     Args:
@@ -89,8 +90,9 @@ def impression_samples(split: SplitB, window: str, *, num_users: int, items_per_
     earlier_windows = np.zeros(num_users, np.int64)  # each user's positives in the windows before this one
     for name in WINDOWS[: WINDOWS.index(window)]:
         f = split.impressions[name]
-        earlier_windows += np.bincount(f["user_id"].to_numpy(np.int64)[f["positive"].to_numpy(bool)],
-                                       minlength=num_users)
+        earlier_windows += np.bincount(
+            f["user_id"].to_numpy(np.int64)[f["positive"].to_numpy(bool)], minlength=num_users
+        )
     # positives of this user in this window on rows strictly before each row (rows are in (user, time) order)
     cum = np.concatenate([[0], np.cumsum(positive)])
     first_row = np.searchsorted(users, users, side="left")

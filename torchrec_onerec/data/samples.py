@@ -111,8 +111,9 @@ class SampleSet:
     def __post_init__(self) -> None:
         n = len(self.user)
         if self.history_offsets.shape != (n + 1,):
-            raise ValueError(f"history_offsets has shape {self.history_offsets.shape}, expected ({n + 1},) for {n} "
-                             "samples")
+            raise ValueError(
+                f"history_offsets has shape {self.history_offsets.shape}, expected ({n + 1},) for {n} samples"
+            )
         if int(self.history_offsets[0]) != 0 or int(self.history_offsets[-1]) != len(self.history_values):
             raise ValueError("history_offsets must start at 0 and end at len(history_values)")
         if self.target.ndim != 2 or self.target.shape[0] != n:

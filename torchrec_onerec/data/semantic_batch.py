@@ -47,8 +47,11 @@ def semantic_feature_keys(num_levels: int) -> List[str]:
         >>> semantic_feature_keys(2)
         ['history_code_0', 'history_code_1', 'target_code_0', 'target_code_1', 'user_id']
     """
-    return ([history_code_key(level) for level in range(num_levels)]
-            + [target_code_key(level) for level in range(num_levels)] + [USER_KEY])
+    return (
+        [history_code_key(level) for level in range(num_levels)]
+        + [target_code_key(level) for level in range(num_levels)]
+        + [USER_KEY]
+    )
 
 
 @dataclass
@@ -108,11 +111,11 @@ def _check_ids(name: str, ids: torch.Tensor, num_items: int) -> None:
     if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= num_items):
         raise ValueError(
             f"{name} holds item ids in [{int(ids.min())}, {int(ids.max())}] but the codebook covers items "
-            f"[0, {num_items}); tokenize the same item table the samples were built from")
+            f"[0, {num_items}); tokenize the same item table the samples were built from"
+        )
 
 
-def to_semantic_batch(batch: OneRecBatch, codes: torch.Tensor, *, max_history: Optional[int] = None
-                      ) -> SemanticIdBatch:
+def to_semantic_batch(batch: OneRecBatch, codes: torch.Tensor, *, max_history: Optional[int] = None) -> SemanticIdBatch:
     """Replace every item of ``batch`` by its code tuple (vectorised; meant for the DataLoader's collate step).
 
     Args:
@@ -129,8 +132,10 @@ def to_semantic_batch(batch: OneRecBatch, codes: torch.Tensor, *, max_history: O
     codes = codes.to(batch.target.device)
     history = batch.features[HISTORY_KEY]
     if max_history is not None and history.lengths().numel() and int(history.lengths().max()) > max_history:
-        raise ValueError(f"a history has {int(history.lengths().max())} items, more than max_history={max_history}; "
-                         "cut histories to the model's max_history when building samples")
+        raise ValueError(
+            f"a history has {int(history.lengths().max())} items, more than max_history={max_history}; "
+            "cut histories to the model's max_history when building samples"
+        )
     history_items = history.values()
     _check_ids("batch.features['history_item']", history_items, num_items)
     target_items = batch.target[batch.target_mask]  # real items only, row by row
@@ -139,18 +144,21 @@ def to_semantic_batch(batch: OneRecBatch, codes: torch.Tensor, *, max_history: O
         raise ValueError("batch.target_mask has padding before a real item; real target items must come first")
     target_lengths = batch.target_mask.sum(dim=1)
     users = batch.features[USER_KEY]
-    values = torch.cat([
-        codes[history_items].t().reshape(-1),  # [L' * sum H], level-major: key l holds every item's level-l code
-        codes[target_items].t().reshape(-1),  # [L' * sum M_b]
-        users.values(),
-    ])
+    values = torch.cat(
+        [
+            codes[history_items].t().reshape(-1),  # [L' * sum H], level-major: key l holds every item's level-l code
+            codes[target_items].t().reshape(-1),  # [L' * sum M_b]
+            users.values(),
+        ]
+    )
     lengths = torch.cat([history.lengths()] * num_levels + [target_lengths] * num_levels + [users.lengths()])
     target_codes = codes[batch.target.clamp(min=0)]  # [B, M, L']
     target_codes = target_codes.masked_fill(~batch.target_mask.unsqueeze(-1), PAD_CODE)
     return SemanticIdBatch(
         users=batch.users,
         features=KeyedJaggedTensor.from_lengths_sync(
-            keys=semantic_feature_keys(num_levels), values=values, lengths=lengths),
+            keys=semantic_feature_keys(num_levels), values=values, lengths=lengths
+        ),
         item_features=batch.features,
         target=batch.target,
         target_mask=batch.target_mask,

@@ -52,8 +52,9 @@ def pre_period(data: InteractionData) -> Tuple[np.ndarray, np.ndarray, pd.DataFr
     return frame["user_id"].to_numpy(np.int64), frame["item_id"].to_numpy(np.int64), frame
 
 
-def target_runs(items: np.ndarray, labels: np.ndarray, starts: np.ndarray, lengths: np.ndarray, m: int
-          ) -> Tuple[np.ndarray, np.ndarray]:
+def target_runs(
+    items: np.ndarray, labels: np.ndarray, starts: np.ndarray, lengths: np.ndarray, m: int
+) -> Tuple[np.ndarray, np.ndarray]:
     """Targets [K, m] = ``items[start:start + length]`` padded with -1, and their labels [K, m, S] (0 at pads)."""
     cols = np.arange(m)
     real = cols < lengths[:, None]  # (K, m)
@@ -63,19 +64,37 @@ def target_runs(items: np.ndarray, labels: np.ndarray, starts: np.ndarray, lengt
     return target.astype(np.int64), lab.astype(np.float32)
 
 
-def assemble_samples(users: np.ndarray, seq_items: np.ndarray, hist_start: np.ndarray, hist_len: np.ndarray,
-              target: np.ndarray, labels: np.ndarray, signals: List[str], min_history: int) -> Tuple[SampleSet, int]:
+def assemble_samples(
+    users: np.ndarray,
+    seq_items: np.ndarray,
+    hist_start: np.ndarray,
+    hist_len: np.ndarray,
+    target: np.ndarray,
+    labels: np.ndarray,
+    signals: List[str],
+    min_history: int,
+) -> Tuple[SampleSet, int]:
     """A SampleSet of the samples whose history (a slice of ``seq_items``) has >= ``min_history`` items."""
     keep = hist_len >= min_history
     values, offsets = take_slices(seq_items, hist_start[keep], hist_len[keep])
     return SampleSet(users[keep], values, offsets, target[keep], labels[keep], signals), int((~keep).sum())
 
 
-def merge_pre_period(pre_users: np.ndarray, pre_items: np.ndarray, pre_labels: np.ndarray, users: np.ndarray,
-               items: np.ndarray, labels: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def merge_pre_period(
+    pre_users: np.ndarray,
+    pre_items: np.ndarray,
+    pre_labels: np.ndarray,
+    users: np.ndarray,
+    items: np.ndarray,
+    labels: np.ndarray,
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per-user sequences: pre-period rows, then the (time-sorted) logged rows. Returns users, items, labels,
     is_logged, all sorted by user."""
     order = np.argsort(np.concatenate([pre_users, users]), kind="stable")
     logged = np.concatenate([np.zeros(len(pre_users), bool), np.ones(len(users), bool)])
-    return (np.concatenate([pre_users, users])[order], np.concatenate([pre_items, items])[order],
-            np.concatenate([pre_labels, labels])[order], logged[order])
+    return (
+        np.concatenate([pre_users, users])[order],
+        np.concatenate([pre_items, items])[order],
+        np.concatenate([pre_labels, labels])[order],
+        logged[order],
+    )

@@ -50,8 +50,15 @@ import pandas as pd
 
 from torchrec_onerec.data.config import SplitConfig
 from torchrec_onerec.data.samples import PAD_ITEM, SampleSet
-from torchrec_onerec.data.sequences import (assemble_samples, label_matrix, merge_pre_period, pre_period,
-                                           target_runs, time_order, user_offsets)
+from torchrec_onerec.data.sequences import (
+    assemble_samples,
+    label_matrix,
+    merge_pre_period,
+    pre_period,
+    target_runs,
+    time_order,
+    user_offsets,
+)
 from torchrec_onerec.datasets.interactions import DataError, InteractionData
 
 MS_PER_DAY = 86_400_000
@@ -82,8 +89,12 @@ class SplitA:
 
     def summary(self) -> Dict[str, object]:
         """Per-split ``SampleSet.summary()`` plus the drop counts."""
-        return {"protocol": "A", **{w: getattr(self, w).summary() for w in WINDOWS}, "dropped": dict(self.dropped),
-                "skipped_signals": dict(self.skipped_signals)}
+        return {
+            "protocol": "A",
+            **{w: getattr(self, w).summary() for w in WINDOWS},
+            "dropped": dict(self.dropped),
+            "skipped_signals": dict(self.skipped_signals),
+        }
 
 
 @dataclass
@@ -114,8 +125,12 @@ class SplitB:
 
     def summary(self) -> Dict[str, object]:
         """Per-split ``SampleSet.summary()``, drop counts and window statistics."""
-        return {"protocol": "B", **{w: getattr(self, w).summary() for w in WINDOWS}, "dropped": dict(self.dropped),
-                "stats": self.stats}
+        return {
+            "protocol": "B",
+            **{w: getattr(self, w).summary() for w in WINDOWS},
+            "dropped": dict(self.dropped),
+            "stats": self.stats,
+        }
 
 
 def split_data(data: InteractionData, config: SplitConfig) -> Union[SplitA, SplitB]:
@@ -159,8 +174,13 @@ def protocol_a_split(data: InteractionData, config: SplitConfig) -> SplitA:
     log_users = users_raw[order]
     pre_users, pre_items, _ = pre_period(data)
     users, items, labels, logged = merge_pre_period(
-        pre_users, pre_items, np.zeros((len(pre_users), len(signals)), np.float32),
-        log_users, inter["item_id"].to_numpy(np.int64)[order], row_labels[order])
+        pre_users,
+        pre_items,
+        np.zeros((len(pre_users), len(signals)), np.float32),
+        log_users,
+        inter["item_id"].to_numpy(np.int64)[order],
+        row_labels[order],
+    )
     num_users = data.num_users
     offsets = user_offsets(users, num_users)
     num_pre = np.bincount(pre_users, minlength=num_users)
@@ -215,14 +235,20 @@ def _as_int(day: datetime.date) -> int:
 def _boundaries(days: np.ndarray, config: SplitConfig) -> Tuple[int, int, int]:
     """Resolved (valid_start, test_start, test_end) as YYYYMMDD ints (defaults in the module docstring)."""
     last = int(days.max())
-    end = datetime.date.fromisoformat(config.test_end) if config.test_end else datetime.date(
-        last // 10000, last // 100 % 100, last % 100)
+    end = (
+        datetime.date.fromisoformat(config.test_end)
+        if config.test_end
+        else datetime.date(last // 10000, last // 100 % 100, last % 100)
+    )
     test_start = datetime.date.fromisoformat(config.test_start) if config.test_start else end - datetime.timedelta(1)
-    valid_start = (datetime.date.fromisoformat(config.valid_start) if config.valid_start
-                   else test_start - datetime.timedelta(2))
+    valid_start = (
+        datetime.date.fromisoformat(config.valid_start) if config.valid_start else test_start - datetime.timedelta(2)
+    )
     if not valid_start <= test_start <= end:
-        raise DataError(f"protocol B day boundaries resolve to valid_start={valid_start}, test_start={test_start}, "
-                        f"test_end={end}; they must be in order: set split.valid_start/test_start/test_end")
+        raise DataError(
+            f"protocol B day boundaries resolve to valid_start={valid_start}, test_start={test_start}, "
+            f"test_end={end}; they must be in order: set split.valid_start/test_start/test_end"
+        )
     return _as_int(valid_start), _as_int(test_start), _as_int(end)
 
 
@@ -230,16 +256,21 @@ def _check_columns(data: InteractionData, config: SplitConfig) -> None:
     """DataError naming the signal/column of ``config`` that the interaction table lacks."""
     cols = data.interactions.columns
     if config.positive_col and config.positive_col not in cols:
-        raise DataError(f"{data.name}: split.positive_col={config.positive_col!r} is not a column "
-                        f"(columns: {list(cols)}); set it to one of them, or to '' to count every row as positive")
+        raise DataError(
+            f"{data.name}: split.positive_col={config.positive_col!r} is not a column "
+            f"(columns: {list(cols)}); set it to one of them, or to '' to count every row as positive"
+        )
     for signal, col in config.labels.items():
         if col not in cols:
-            raise DataError(f"{data.name}: label signal {signal!r} maps to column {col!r}, which the data lacks "
-                            f"(columns: {list(cols)}); fix split.labels.{signal}")
+            raise DataError(
+                f"{data.name}: label signal {signal!r} maps to column {col!r}, which the data lacks "
+                f"(columns: {list(cols)}); fix split.labels.{signal}"
+            )
 
 
-def _eval_targets(frame: Dict[str, np.ndarray], new: np.ndarray, m: int, num_signals: int
-                  ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
+def _eval_targets(
+    frame: Dict[str, np.ndarray], new: np.ndarray, m: int, num_signals: int
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
     """Session targets of one window.
 
     Returns:
@@ -297,31 +328,46 @@ def protocol_b_split(data: InteractionData, config: SplitConfig) -> SplitB:
     order = time_order(inter["user_id"].to_numpy(np.int64), inter["timestamp"].to_numpy(np.int64))
     order = order[window[order] >= 0]
     rows = {
-        "user": inter["user_id"].to_numpy(np.int64)[order], "item": inter["item_id"].to_numpy(np.int64)[order],
-        "time": inter["timestamp"].to_numpy(np.int64)[order], "day": days[order], "window": window[order],
-        "positive": positive[order], "labels": row_labels[order],
+        "user": inter["user_id"].to_numpy(np.int64)[order],
+        "item": inter["item_id"].to_numpy(np.int64)[order],
+        "time": inter["timestamp"].to_numpy(np.int64)[order],
+        "day": days[order],
+        "window": window[order],
+        "positive": positive[order],
+        "labels": row_labels[order],
     }
     for name, count in (("train", rows["window"] == 0), ("test", rows["window"] == 2)):
         if not count.any():
-            raise DataError(f"{data.name}: protocol B {name} window is empty "
-                            f"(days {int(days.min())}..{int(days.max())},"
-                            f" valid_start={valid_start}, test_start={test_start}, test_end={test_end})")
+            raise DataError(
+                f"{data.name}: protocol B {name} window is empty "
+                f"(days {int(days.min())}..{int(days.max())},"
+                f" valid_start={valid_start}, test_start={test_start}, test_end={test_end})"
+            )
     pre_users, pre_items, pre_frame = pre_period(data)
     pre_labels = np.zeros((len(pre_users), len(columns)), np.float32)
     for j, col in enumerate(columns):  # the histories' own column, else 1 for the positive column, 0 otherwise
-        pre_labels[:, j] = (pre_frame[col].to_numpy(np.float32) if col in pre_frame.columns
-                            else col == config.positive_col)
+        pre_labels[:, j] = (
+            pre_frame[col].to_numpy(np.float32) if col in pre_frame.columns else col == config.positive_col
+        )
     pre_nan = np.isnan(pre_labels)
     pre_labels[pre_nan] = 0.0
-    dropped: Dict[str, int] = {"rows_after_test_end": int((window < 0).sum()),
-                               "label_nan_filled": nan_filled + int(pre_nan.sum())}
-    stats: Dict[str, object] = {"valid_start": valid_start, "test_start": test_start, "test_end": test_end,
-                                "session_rule": config.session_rule, "pre_period_items": int(len(pre_users))}
+    dropped: Dict[str, int] = {
+        "rows_after_test_end": int((window < 0).sum()),
+        "label_nan_filled": nan_filled + int(pre_nan.sum()),
+    }
+    stats: Dict[str, object] = {
+        "valid_start": valid_start,
+        "test_start": test_start,
+        "test_end": test_end,
+        "session_rule": config.session_rule,
+        "pre_period_items": int(len(pre_users)),
+    }
 
     # Training: runs of m over pre-period + training-day positives, stride m, first run at position min_history.
     sel = (rows["window"] == 0) & rows["positive"]
-    t_users, t_items, t_labels, _ = merge_pre_period(pre_users, pre_items, pre_labels, rows["user"][sel],
-                                                      rows["item"][sel], rows["labels"][sel])
+    t_users, t_items, t_labels, _ = merge_pre_period(
+        pre_users, pre_items, pre_labels, rows["user"][sel], rows["item"][sel], rows["labels"][sel]
+    )
     t_off = user_offsets(t_users, num_users)
     rank = np.arange(len(t_users)) - t_off[t_users]
     length = np.diff(t_off)
@@ -331,16 +377,22 @@ def protocol_b_split(data: InteractionData, config: SplitConfig) -> SplitB:
     who = t_users[at]
     hist_start = np.maximum(t_off[who], at - n)
     target, labels = target_runs(t_items, t_labels, at, np.minimum(m, length[who] - rank[at]), m)
-    train, dropped["train_short_history"] = assemble_samples(who, t_items, hist_start, at - hist_start, target, labels,
-                                                      signals, s0)
+    train, dropped["train_short_history"] = assemble_samples(
+        who, t_items, hist_start, at - hist_start, target, labels, signals, s0
+    )
     dropped["train_users_without_target"] = int(((length > 0) & (length <= s0)).sum())
     num_pre = np.bincount(pre_users, minlength=num_users)
     stats["train_target_items_from_pre_period"] = int(np.clip(num_pre[who] - rank[at], 0, m).sum())
 
     # Evaluation histories: pre-period + every logged positive before the session's first impression.
-    a_users, a_items, _, _ = merge_pre_period(pre_users, pre_items, np.zeros((len(pre_users), 0), np.float32),
-                                        rows["user"][rows["positive"]], rows["item"][rows["positive"]],
-                                        np.zeros((int(rows["positive"].sum()), 0), np.float32))
+    a_users, a_items, _, _ = merge_pre_period(
+        pre_users,
+        pre_items,
+        np.zeros((len(pre_users), 0), np.float32),
+        rows["user"][rows["positive"]],
+        rows["item"][rows["positive"]],
+        np.zeros((int(rows["positive"].sum()), 0), np.float32),
+    )
     a_off = user_offsets(a_users, num_users)
     cpos = np.concatenate([[0], np.cumsum(rows["positive"])])  # cpos[r] = positives among sorted rows [0, r)
     log_off = user_offsets(rows["user"], num_users)
@@ -355,15 +407,25 @@ def protocol_b_split(data: InteractionData, config: SplitConfig) -> SplitB:
         new[1:] = part["user"][1:] != part["user"][:-1]
         if config.session_rule == "gap":
             new[1:] |= np.diff(part["time"]) >= gap_ms
-        impressions[name] = pd.DataFrame({
-            "user_id": part["user"], "item_id": part["item"], "timestamp": part["time"], "day": part["day"],
-            "session_id": np.cumsum(new) - 1, "positive": part["positive"],
-            **{s: part["labels"][:, j] for j, s in enumerate(signals)}})
+        impressions[name] = pd.DataFrame(
+            {
+                "user_id": part["user"],
+                "item_id": part["item"],
+                "timestamp": part["time"],
+                "day": part["day"],
+                "session_id": np.cumsum(new) - 1,
+                "positive": part["positive"],
+                **{s: part["labels"][:, j] for j, s in enumerate(signals)},
+            }
+        )
         per_user = np.bincount(part["user"][part["positive"]], minlength=num_users)
         window_stats: Dict[str, int] = {
-            "users": int(len(np.unique(part["user"]))), "impressions": int(len(idx)),
-            "positives": int(part["positive"].sum()), "sessions": int(new.sum()),
-            **{f"users_with_{k}_positives": int((per_user >= k).sum()) for k in (1, 2, 3)}}
+            "users": int(len(np.unique(part["user"]))),
+            "impressions": int(len(idx)),
+            "positives": int(part["positive"].sum()),
+            "sessions": int(new.sum()),
+            **{f"users_with_{k}_positives": int((per_user >= k).sum()) for k in (1, 2, 3)},
+        }
         stats[name] = window_stats
         if name == "train":
             continue
@@ -374,8 +436,9 @@ def protocol_b_split(data: InteractionData, config: SplitConfig) -> SplitB:
         who = rows["user"][row]
         end = a_off[who] + num_pre[who] + cpos[row] - cpos[log_off[who]]
         hist_start = np.maximum(a_off[who], end - n)
-        sets[name], dropped[f"{name}_short_history"] = assemble_samples(who, a_items, hist_start, end - hist_start,
-                                                                target, labels, signals, s0)
+        sets[name], dropped[f"{name}_short_history"] = assemble_samples(
+            who, a_items, hist_start, end - hist_start, target, labels, signals, s0
+        )
         window_stats["sessions_with_positive"] = int(len(first))
     sequences = pd.DataFrame({"user_id": t_users, "item_id": t_items})
     return SplitB(sets["train"], sets["valid"], sets["test"], impressions, dropped, stats, sequences)

@@ -112,7 +112,7 @@ def load_sequence_file(path: str, sep: str = WHITESPACE) -> InteractionData:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        row, byte = raw[:exc.start].count(b"\n"), raw[exc.start]
+        row, byte = raw[: exc.start].count(b"\n"), raw[exc.start]
         raise DataError(f"{src.at(row)}: byte {byte:#04x} is not UTF-8 text; save the file as UTF-8") from None
     lines = pd.Series(text.splitlines(), dtype="str").str.strip()
     lines = lines[lines != ""]

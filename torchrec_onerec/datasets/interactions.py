@@ -69,8 +69,9 @@ class InteractionData:
         inter = self.interactions
         for col in REQUIRED_COLUMNS:
             if col not in inter.columns:
-                raise DataError(f"{self.name}: interaction table has no column {col!r} "
-                                f"(columns: {list(inter.columns)})")
+                raise DataError(
+                    f"{self.name}: interaction table has no column {col!r} (columns: {list(inter.columns)})"
+                )
             if inter[col].dtype != np.int64:
                 raise DataError(f"{self.name}: column {col!r} must be int64, got {inter[col].dtype}")
         if len(inter) == 0:

@@ -44,8 +44,10 @@ def popularity_ranking(train_sequences: pd.DataFrame, num_items: int, k: int) ->
         raise ValueError(f"train_sequences has columns {list(train_sequences.columns)}, it needs 'item_id'")
     ids = train_sequences["item_id"].to_numpy(dtype=np.int64)
     if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= num_items):
-        raise ValueError(f"train_sequences holds item ids in [{int(ids.min())}, {int(ids.max())}], outside the "
-                         f"catalogue [0, {num_items}); pass the split's train_sequences and its data's num_items")
+        raise ValueError(
+            f"train_sequences holds item ids in [{int(ids.min())}, {int(ids.max())}], outside the "
+            f"catalogue [0, {num_items}); pass the split's train_sequences and its data's num_items"
+        )
     counts = np.bincount(ids, minlength=num_items)
     return np.argsort(-counts, kind="stable")[:k].astype(np.int64)
 
@@ -108,14 +110,20 @@ def evaluate_popularity(
     flat[:, :width] = lists[:, :width]
     sessions = flat.reshape(U, R, M)
     scores = np.broadcast_to(-np.arange(R, dtype=np.float32), (U, R)).copy()
-    metrics, per_user = score_sessions(protocol, sessions, scores, users.target, ks=config.ks, num_items=num_items,
-                                       legality=np.ones(U))
+    metrics, per_user = score_sessions(
+        protocol, sessions, scores, users.target, ks=config.ks, num_items=num_items, legality=np.ones(U)
+    )
     per_user["user"] = users.user.copy()
     per_user["sample"] = rows
     seconds = time.perf_counter() - start
     info = {
-        "protocol": protocol, "arm": "popularity", "ks": list(config.ks), "session_items": M,
-        "exclude_history": config.exclude_history, "num_samples": len(samples), "users_without_target": skipped,
+        "protocol": protocol,
+        "arm": "popularity",
+        "ks": list(config.ks),
+        "session_items": M,
+        "exclude_history": config.exclude_history,
+        "num_samples": len(samples),
+        "users_without_target": skipped,
         "seconds": seconds,
     }
     return EvalResult(metrics, per_user, sessions, scores, info)

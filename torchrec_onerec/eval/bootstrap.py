@@ -87,8 +87,9 @@ def mean_interval(values: np.ndarray, indices: np.ndarray, *, level: float = 0.9
     return _interval(float(values.mean()), values[indices].mean(axis=1), level)
 
 
-def paired_difference(arm: np.ndarray, baseline: np.ndarray, indices: np.ndarray, *, level: float = 0.95
-                      ) -> Dict[str, Interval]:
+def paired_difference(
+    arm: np.ndarray, baseline: np.ndarray, indices: np.ndarray, *, level: float = 0.95
+) -> Dict[str, Interval]:
     """Difference and relative lift of an arm over a baseline on the same users, with paired intervals.
 
     Args:
@@ -110,8 +111,9 @@ def paired_difference(arm: np.ndarray, baseline: np.ndarray, indices: np.ndarray
     arm = _check(arm, "arm", level)
     baseline = _check(baseline, "baseline", level)
     if arm.shape != baseline.shape:
-        raise ValueError(f"arm has {arm.size} users, baseline {baseline.size}: a paired comparison needs the same "
-                         "users")
+        raise ValueError(
+            f"arm has {arm.size} users, baseline {baseline.size}: a paired comparison needs the same users"
+        )
     diff_draws = arm[indices].mean(axis=1) - baseline[indices].mean(axis=1)
     base_draws = baseline[indices].mean(axis=1)
     base = float(baseline.mean())

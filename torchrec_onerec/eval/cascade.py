@@ -23,8 +23,16 @@ from torchrec_onerec.eval.protocols import EvalResult, check_protocol, evaluatio
 from torchrec_onerec.models.cascade import CascadeRecommender
 
 
-def evaluate_cascade(recommender: CascadeRecommender, samples: SampleSet, *, config: EvalConfig, protocol: str,
-                     num_items: int, session_items: Optional[int] = None, diversity_weight: float = 0.0) -> EvalResult:
+def evaluate_cascade(
+    recommender: CascadeRecommender,
+    samples: SampleSet,
+    *,
+    config: EvalConfig,
+    protocol: str,
+    num_items: int,
+    session_items: Optional[int] = None,
+    diversity_weight: float = 0.0,
+) -> EvalResult:
     """Recommend sessions with the cascade for every sample with a target and score them by ``protocol``.
 
     Args:
@@ -59,23 +67,39 @@ def evaluate_cascade(recommender: CascadeRecommender, samples: SampleSet, *, con
     R = -(-K // M)  # enough sessions for a top-K list
     num_candidates = min(recommender.config.retrieval.num_candidates, recommender.num_items)
     if num_candidates < R * M and num_candidates < num_items:
-        raise ValueError(f"cascade.retrieval.num_candidates={recommender.config.retrieval.num_candidates} is below "
-                         f"the {R * M} items the evaluation ranks (max(eval.ks)={K}, M={M}); raise it")
+        raise ValueError(
+            f"cascade.retrieval.num_candidates={recommender.config.retrieval.num_candidates} is below "
+            f"the {R * M} items the evaluation ranks (max(eval.ks)={K}, M={M}); raise it"
+        )
     start = time.perf_counter()
-    sessions, scores = recommender.recommend(users, num_sessions=R, session_items=M,
-                                             exclude_history=config.exclude_history, diversity_weight=diversity_weight)
+    sessions, scores = recommender.recommend(
+        users,
+        num_sessions=R,
+        session_items=M,
+        exclude_history=config.exclude_history,
+        diversity_weight=diversity_weight,
+    )
     seconds = time.perf_counter() - start
-    metrics, per_user = score_sessions(protocol, sessions, scores, users.target, ks=config.ks, num_items=num_items,
-                                       legality=np.ones(len(users)))
+    metrics, per_user = score_sessions(
+        protocol, sessions, scores, users.target, ks=config.ks, num_items=num_items, legality=np.ones(len(users))
+    )
     per_user["user"] = users.user.copy()
     per_user["sample"] = rows
     info = {
-        "protocol": protocol, "arm": "cascade" if diversity_weight == 0 else "cascade_rerank",
-        "diversity_weight": diversity_weight, "ks": list(config.ks), "session_items": M, "num_sessions": R,
-        "num_candidates": num_candidates, "tasks": list(recommender.ranker.tasks),
+        "protocol": protocol,
+        "arm": "cascade" if diversity_weight == 0 else "cascade_rerank",
+        "diversity_weight": diversity_weight,
+        "ks": list(config.ks),
+        "session_items": M,
+        "num_sessions": R,
+        "num_candidates": num_candidates,
+        "tasks": list(recommender.ranker.tasks),
         "score_weights": dict(zip(recommender.ranker.tasks, recommender.weights.tolist())),
-        "exclude_history": config.exclude_history, "num_samples": len(samples), "users_without_target": skipped,
-        "filler_sessions": int((~np.isfinite(scores)).sum()), "seconds": seconds,
+        "exclude_history": config.exclude_history,
+        "num_samples": len(samples),
+        "users_without_target": skipped,
+        "filler_sessions": int((~np.isfinite(scores)).sum()),
+        "seconds": seconds,
         "users_per_second": len(rows) / max(seconds, 1e-9),
     }
     return EvalResult(metrics, per_user, sessions, scores, info)

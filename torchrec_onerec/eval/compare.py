@@ -17,8 +17,13 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from torchrec_onerec.eval.bootstrap import (DEFAULT_RESAMPLES, Interval, mean_interval, paired_difference,
-                                            resample_indices)
+from torchrec_onerec.eval.bootstrap import (
+    DEFAULT_RESAMPLES,
+    Interval,
+    mean_interval,
+    paired_difference,
+    resample_indices,
+)
 from torchrec_onerec.eval.protocols import ID_KEYS, EvalResult
 from torchrec_onerec.eval.simulated import TRUE_REWARD
 
@@ -61,21 +66,30 @@ class Comparison:
 
     def to_json(self) -> Dict[str, Any]:
         return {
-            "baseline": self.baseline, "arms": self.arms, "metrics": self.metrics, "num_users": self.num_users,
-            "level": self.level, "resamples": self.resamples,
+            "baseline": self.baseline,
+            "arms": self.arms,
+            "metrics": self.metrics,
+            "num_users": self.num_users,
+            "level": self.level,
+            "resamples": self.resamples,
             "means": {a: {m: ci.to_json() for m, ci in per.items()} for a, per in self.means.items()},
-            "versus": {a: {m: {k: ci.to_json() for k, ci in d.items()} for m, d in per.items()}
-                       for a, per in self.versus.items()},
-            "diagnostics": self.diagnostics, "info": self.info,
+            "versus": {
+                a: {m: {k: ci.to_json() for k, ci in d.items()} for m, d in per.items()}
+                for a, per in self.versus.items()
+            },
+            "diagnostics": self.diagnostics,
+            "info": self.info,
         }
 
     def to_markdown(self) -> str:
         """Per metric group (ranking, protocol C's true reward, reward-model estimates): each arm's means with
         intervals, then each arm's lift over the baseline with paired intervals; then the diagnostics."""
         pct = f"{round(self.level * 100)}%"
-        lines = [f"Means over the same {self.num_users} users with {pct} bootstrap intervals ({self.resamples} "
-                 f"resamples of users); lifts relative to **{self.baseline}** with paired intervals "
-                 "(* = the interval of the difference excludes 0)."]
+        lines = [
+            f"Means over the same {self.num_users} users with {pct} bootstrap intervals ({self.resamples} "
+            f"resamples of users); lifts relative to **{self.baseline}** with paired intervals "
+            "(* = the interval of the difference excludes 0)."
+        ]
         for title, group in metric_groups(self.metrics).items():
             lines += ["", f"### {title}", "", "| arm | " + " | ".join(group) + " |", "|---|" + "---|" * len(group)]
             for arm in self.arms:
@@ -87,16 +101,27 @@ class Comparison:
                 for metric in group:
                     lift, diff = self.versus[arm][metric]["lift"], self.versus[arm][metric]["difference"]
                     star = "*" if diff.excludes_zero() else ""
-                    lifts.append("n/a" if np.isnan(lift.value) else
-                                 f"{lift.value:+.1%} [{lift.low:+.1%}, {lift.high:+.1%}]{star}")
+                    lifts.append(
+                        "n/a"
+                        if np.isnan(lift.value)
+                        else f"{lift.value:+.1%} [{lift.low:+.1%}, {lift.high:+.1%}]{star}"
+                    )
                 lines.append(f"| lift of {arm} | " + " | ".join(lifts) + " |")
         if any(self.diagnostics.values()):
             keys = [k for k in DIAGNOSTICS if any(k in d for d in self.diagnostics.values())]
-            lines += ["", "### Diagnostics (means)", "", "| arm | " + " | ".join(keys) + " |",
-                      "|---|" + "---|" * len(keys)]
+            lines += [
+                "",
+                "### Diagnostics (means)",
+                "",
+                "| arm | " + " | ".join(keys) + " |",
+                "|---|" + "---|" * len(keys),
+            ]
             for arm in self.arms:
-                lines.append(f"| {arm} | " + " | ".join(
-                    f"{self.diagnostics[arm][k]:.4f}" if k in self.diagnostics[arm] else "-" for k in keys) + " |")
+                lines.append(
+                    f"| {arm} | "
+                    + " | ".join(f"{self.diagnostics[arm][k]:.4f}" if k in self.diagnostics[arm] else "-" for k in keys)
+                    + " |"
+                )
         return "\n".join(lines) + "\n"
 
 
@@ -110,14 +135,23 @@ def metric_groups(metrics: Sequence[str]) -> Dict[str, List[str]]:
         True reward (protocol C) ['true_reward']
         Reward-model estimates ['reward_vtr_max']
     """
-    groups = {"Ranking (docs/EVAL.md A/B)": [m for m in metrics if m.startswith(("recall@", "ndcg@"))],
-              "True reward (protocol C)": [m for m in metrics if m == TRUE_REWARD],
-              "Reward-model estimates": [m for m in metrics if m.startswith("reward_")]}
+    groups = {
+        "Ranking (docs/EVAL.md A/B)": [m for m in metrics if m.startswith(("recall@", "ndcg@"))],
+        "True reward (protocol C)": [m for m in metrics if m == TRUE_REWARD],
+        "Reward-model estimates": [m for m in metrics if m.startswith("reward_")],
+    }
     return {title: group for title, group in groups.items() if group}
 
 
-def compare_arms(results: Mapping[str, EvalResult], *, baseline: str, metrics: Optional[Sequence[str]] = None,
-                 resamples: int = DEFAULT_RESAMPLES, level: float = 0.95, seed: int = 0) -> Comparison:
+def compare_arms(
+    results: Mapping[str, EvalResult],
+    *,
+    baseline: str,
+    metrics: Optional[Sequence[str]] = None,
+    resamples: int = DEFAULT_RESAMPLES,
+    level: float = 0.95,
+    seed: int = 0,
+) -> Comparison:
     """Compare arms scored on the same users.
 
     Args:
@@ -147,8 +181,10 @@ def compare_arms(results: Mapping[str, EvalResult], *, baseline: str, metrics: O
         per_user = results[arm].per_user
         for key in ID_KEYS:
             if key in reference and (key not in per_user or not np.array_equal(per_user[key], reference[key])):
-                raise ValueError(f"arm {arm!r} was scored on other users than {baseline!r} ({key} differs); "
-                                 "evaluate every arm on the same SampleSet")
+                raise ValueError(
+                    f"arm {arm!r} was scored on other users than {baseline!r} ({key} differs); "
+                    "evaluate every arm on the same SampleSet"
+                )
     common = set.intersection(*(set(results[a].per_user) for a in arms))
     if metrics is None:
         metrics = [m for m in reference if m in common and is_compared_metric(m)]
@@ -160,9 +196,23 @@ def compare_arms(results: Mapping[str, EvalResult], *, baseline: str, metrics: O
     num_users = len(next(iter(reference.values())))
     indices = resample_indices(num_users, resamples=resamples, seed=seed)
     means = {a: {m: mean_interval(results[a].per_user[m], indices, level=level) for m in metrics} for a in arms}
-    versus = {a: {m: paired_difference(results[a].per_user[m], reference[m], indices, level=level) for m in metrics}
-              for a in arms if a != baseline}
-    diagnostics = {a: {k: float(np.mean(results[a].per_user[k])) for k in DIAGNOSTICS if k in results[a].per_user}
-                   for a in arms}
-    return Comparison(baseline, arms, list(metrics), num_users, level, resamples, means, versus, diagnostics,
-                      {a: dict(results[a].info) for a in arms})
+    versus = {
+        a: {m: paired_difference(results[a].per_user[m], reference[m], indices, level=level) for m in metrics}
+        for a in arms
+        if a != baseline
+    }
+    diagnostics = {
+        a: {k: float(np.mean(results[a].per_user[k])) for k in DIAGNOSTICS if k in results[a].per_user} for a in arms
+    }
+    return Comparison(
+        baseline,
+        arms,
+        list(metrics),
+        num_users,
+        level,
+        resamples,
+        means,
+        versus,
+        diagnostics,
+        {a: dict(results[a].info) for a in arms},
+    )

@@ -58,8 +58,10 @@ class EvalConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"eval.{name}={getattr(self, name)} must be >= 1")
         if self.num_return > self.beam_size:
-            raise ConfigError(f"eval.num_return={self.num_return} exceeds eval.beam_size={self.beam_size}; "
-                             "lower num_return or raise beam_size")
+            raise ConfigError(
+                f"eval.num_return={self.num_return} exceeds eval.beam_size={self.beam_size}; "
+                "lower num_return or raise beam_size"
+            )
         if self.split not in ("test", "valid"):
             raise ConfigError(f"eval.split={self.split!r} must be 'test' (the A/B) or 'valid' (choosing a config)")
         if not self.ks or min(self.ks) < 1:
@@ -71,8 +73,17 @@ class EvalConfig:
 
 
 # The names of arms.ARMS, which this schema module does not import (tests/test_arms.py keeps them equal).
-ARM_KINDS = ("cascade", "cascade_rerank", "onerec", "onerec_dpo", "onerec_ipa", "popularity", "sasrec",
-             "onerec_diverse", "onerec_ipa_diverse")
+ARM_KINDS = (
+    "cascade",
+    "cascade_rerank",
+    "onerec",
+    "onerec_dpo",
+    "onerec_ipa",
+    "popularity",
+    "sasrec",
+    "onerec_diverse",
+    "onerec_ipa_diverse",
+)
 
 
 @dataclass
@@ -101,8 +112,9 @@ class CompareConfig:
         torchrec_onerec.errors.ConfigError: compare.baseline='cascade' is not one of compare.arms=['onerec']; ...
     """
 
-    arms: List[str] = field(default_factory=lambda: ["cascade", "cascade_rerank", "onerec", "onerec_dpo", "onerec_ipa",
-                                                     "popularity"])
+    arms: List[str] = field(
+        default_factory=lambda: ["cascade", "cascade_rerank", "onerec", "onerec_dpo", "onerec_ipa", "popularity"]
+    )
     baseline: str = "cascade"
     resamples: int = 1000
     level: float = 0.95
@@ -114,8 +126,10 @@ class CompareConfig:
         if len(set(self.arms)) != len(self.arms):
             raise ConfigError(f"compare.arms={list(self.arms)} repeats an arm")
         if self.baseline not in self.arms:
-            raise ConfigError(f"compare.baseline={self.baseline!r} is not one of compare.arms={list(self.arms)}; "
-                              "add it or pick an arm")
+            raise ConfigError(
+                f"compare.baseline={self.baseline!r} is not one of compare.arms={list(self.arms)}; "
+                "add it or pick an arm"
+            )
         if self.resamples < 1:
             raise ConfigError(f"compare.resamples={self.resamples} must be >= 1")
         if not 0.0 < self.level < 1.0:

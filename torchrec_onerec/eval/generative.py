@@ -48,12 +48,16 @@ def generated_session_items(model: OneRecModel, samples: SampleSet, config: Eval
     M = config.protocol_a_session_items if protocol == "A" else samples.session_items
     if M > model.config.session_items:
         source = "eval.protocol_a_session_items" if protocol == "A" else "the samples' target width m"
-        raise ValueError(f"{source}={M} exceeds the model's session_items={model.config.session_items}; "
-                         "evaluate with the m the model was trained for")
+        raise ValueError(
+            f"{source}={M} exceeds the model's session_items={model.config.session_items}; "
+            "evaluate with the m the model was trained for"
+        )
     if protocol == "A" and config.num_return < max(config.ks):
-        raise ValueError(f"eval.num_return={config.num_return} (eval.beam_size={config.beam_size}) is below "
-                         f"max(eval.ks)={max(config.ks)}: protocol A ranks the first items of the returned "
-                         "sequences, so it needs beam_size >= num_return >= K; raise both")
+        raise ValueError(
+            f"eval.num_return={config.num_return} (eval.beam_size={config.beam_size}) is below "
+            f"max(eval.ks)={max(config.ks)}: protocol A ranks the first items of the returned "
+            "sequences, so it needs beam_size >= num_return >= K; raise both"
+        )
     return M
 
 
@@ -108,19 +112,28 @@ def evaluate_generative(
     """
     M = generated_session_items(model, samples, config, protocol)
     if codes.dim() != 2 or codes.shape[0] != prefix_index.num_items:
-        raise ValueError(f"codes has shape {tuple(codes.shape)} but prefix_index covers {prefix_index.num_items} "
-                         "items; pass one codebook's codes and index")
+        raise ValueError(
+            f"codes has shape {tuple(codes.shape)} but prefix_index covers {prefix_index.num_items} "
+            "items; pass one codebook's codes and index"
+        )
     if not 1 <= max_history <= model.config.max_history:
-        raise ValueError(f"max_history={max_history} must lie in [1, {model.config.max_history}] "
-                         "(the model's max_history); cut the samples' histories to what the model reads")
+        raise ValueError(
+            f"max_history={max_history} must lie in [1, {model.config.max_history}] "
+            "(the model's max_history); cut the samples' histories to what the model reads"
+        )
     rows, skipped = evaluation_users(samples)
     users = samples.subset(rows)
     target_device = torch.device(device) if device is not None else next(model.parameters()).device
     model.to(target_device)
     if prefix_index.device != target_device:
         prefix_index.to(target_device)
-    loader = make_dataloader(users, LoaderConfig(batch_size=config.batch_size, shuffle=False), seed=0,
-                             shuffle=False, transform=SemanticIdTransform(codes, max_history=max_history))
+    loader = make_dataloader(
+        users,
+        LoaderConfig(batch_size=config.batch_size, shuffle=False),
+        seed=0,
+        shuffle=False,
+        transform=SemanticIdTransform(codes, max_history=max_history),
+    )
     processors = [RepeatedPrefixPenalty(diversity_penalty)] if diversity_penalty > 0 else []
     items: List[torch.Tensor] = []
     generated: List[torch.Tensor] = []
@@ -129,9 +142,16 @@ def evaluate_generative(
     with torch.no_grad():
         for batch in tqdm(loader, desc=f"evaluate (protocol {protocol})", unit="batch", disable=not progress):
             out = constrained_beam_search(
-                model, batch.to(target_device), prefix_index=prefix_index, beam_size=config.beam_size,
-                num_return=config.num_return, session_items=M, exclude_history=config.exclude_history,
-                constrained=config.constrained, processors=processors)
+                model,
+                batch.to(target_device),
+                prefix_index=prefix_index,
+                beam_size=config.beam_size,
+                num_return=config.num_return,
+                session_items=M,
+                exclude_history=config.exclude_history,
+                constrained=config.constrained,
+                processors=processors,
+            )
             items.append(out.items.cpu())
             generated.append(out.codes.cpu())
             scores.append(out.scores.float().cpu())
@@ -141,16 +161,33 @@ def evaluate_generative(
     real = np.isfinite(session_scores)  # False: filler, the search found fewer than R sessions
     sessions = np.where(real[:, :, None], torch.cat(items).numpy(), PAD_ITEM)  # [U, R, M]
     legality = legality_rate(session_codes, prefix_index, real)
-    metrics, per_user = score_sessions(protocol, sessions, session_scores, users.target, ks=config.ks,
-                                       num_items=prefix_index.num_items, legality=legality)
+    metrics, per_user = score_sessions(
+        protocol,
+        sessions,
+        session_scores,
+        users.target,
+        ks=config.ks,
+        num_items=prefix_index.num_items,
+        legality=legality,
+    )
     per_user["user"] = users.user.copy()
     per_user["sample"] = rows
     info = {
-        "protocol": protocol, "arm": "generative", "beam_size": config.beam_size,
-        "num_return": config.num_return, "ks": list(config.ks), "session_items": M, "max_history": max_history,
-        "exclude_history": config.exclude_history, "constrained": config.constrained,
-        "diversity_penalty": diversity_penalty, "num_samples": len(samples), "users_without_target": skipped,
-        "device": str(target_device), "filler_sessions": int((~real).sum()), "seconds": seconds,
+        "protocol": protocol,
+        "arm": "generative",
+        "beam_size": config.beam_size,
+        "num_return": config.num_return,
+        "ks": list(config.ks),
+        "session_items": M,
+        "max_history": max_history,
+        "exclude_history": config.exclude_history,
+        "constrained": config.constrained,
+        "diversity_penalty": diversity_penalty,
+        "num_samples": len(samples),
+        "users_without_target": skipped,
+        "device": str(target_device),
+        "filler_sessions": int((~real).sum()),
+        "seconds": seconds,
         "users_per_second": len(rows) / max(seconds, 1e-9),
     }
     return EvalResult(metrics, per_user, sessions, session_scores, info)

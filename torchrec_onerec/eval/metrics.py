@@ -97,8 +97,9 @@ def list_lengths(rows: np.ndarray) -> np.ndarray:
     return (np.asarray(rows) != PAD).sum(axis=1).astype(np.int64)
 
 
-def ranking_metrics(ranked: np.ndarray, targets: np.ndarray, ks: Sequence[int], *, suffix: Optional[str] = None
-                    ) -> Dict[str, np.ndarray]:
+def ranking_metrics(
+    ranked: np.ndarray, targets: np.ndarray, ks: Sequence[int], *, suffix: Optional[str] = None
+) -> Dict[str, np.ndarray]:
     """Recall@K and NDCG@K of each user's ranked list against the user's positives (module docstring).
 
     Args:
@@ -128,11 +129,13 @@ def ranking_metrics(ranked: np.ndarray, targets: np.ndarray, ks: Sequence[int], 
     positives = first_occurrence(targets)  # distinct positives
     num_pos = positives.sum(axis=1)
     if (num_pos == 0).any():
-        raise ValueError(f"{int((num_pos == 0).sum())} targets row(s) hold no positive item (e.g. row "
-                         f"{int(np.argmax(num_pos == 0))}); drop users without a target before scoring")
+        raise ValueError(
+            f"{int((num_pos == 0).sum())} targets row(s) hold no positive item (e.g. row "
+            f"{int(np.argmax(num_pos == 0))}); drop users without a target before scoring"
+        )
     width = max(ks)
     top = np.full((ranked.shape[0], width), PAD, dtype=np.int64)  # [U, max K]; shorter lists read as padded
-    top[:, :min(width, ranked.shape[1])] = ranked[:, :width]
+    top[:, : min(width, ranked.shape[1])] = ranked[:, :width]
     pos = np.where(positives, targets, PAD - 1)  # padding and repeated positives never match
     hits = (top[:, :, None] == pos[:, None, :]).any(axis=2) & first_occurrence(top)  # [U, max K]
     discount = 1.0 / np.log2(np.arange(2, width + 2))  # [max K]
@@ -160,8 +163,7 @@ def generated_items(codes: torch.Tensor, prefix_index: PrefixIndex) -> np.ndarra
     return prefix_index.item_of(flat).view(lead).cpu().numpy()
 
 
-def legality_rate(codes: torch.Tensor, prefix_index: PrefixIndex, valid: Optional[np.ndarray] = None
-                  ) -> np.ndarray:
+def legality_rate(codes: torch.Tensor, prefix_index: PrefixIndex, valid: Optional[np.ndarray] = None) -> np.ndarray:
     """Per user, the fraction of generated code tuples (of real sessions) that are real items.
 
     Args:

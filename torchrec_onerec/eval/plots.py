@@ -56,10 +56,13 @@ def plot_metric_intervals(comparison: Comparison, path: Path) -> Path:
         ax.set_xticks(x, comparison.arms, rotation=20, ha="right")
         ax.set_title(metric)
         ax.set_ylabel(f"{metric} (mean over users)")
-    for ax in list(axes.flat)[len(metrics):]:
+    for ax in list(axes.flat)[len(metrics) :]:
         ax.set_visible(False)
-    fig.suptitle(f"Per-arm means, {round(comparison.level * 100)}% bootstrap intervals "
-                 f"({comparison.num_users} users; hatched = baseline {comparison.baseline})", fontsize=10)
+    fig.suptitle(
+        f"Per-arm means, {round(comparison.level * 100)}% bootstrap intervals "
+        f"({comparison.num_users} users; hatched = baseline {comparison.baseline})",
+        fontsize=10,
+    )
     return _save(fig, path)
 
 
@@ -107,6 +110,6 @@ def plot_curves(curves: Mapping[str, Dict[str, Curve]], *, x_labels: Mapping[str
         ax.set_xlabel(x_labels.get(title, "step"))
         ax.set_ylabel("value")
         ax.legend(fontsize=7)
-    for ax in list(axes.flat)[len(curves):]:
+    for ax in list(axes.flat)[len(curves) :]:
         ax.set_visible(False)
     return _save(fig, path)

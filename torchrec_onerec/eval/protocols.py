@@ -92,7 +92,7 @@ class EvalResult:
                 raise FileNotFoundError(f"evaluation file {needed} is missing; run the evaluate stage first")
         meta = json.loads(path.with_suffix(".json").read_text())
         with np.load(path) as arrays:
-            per_user = {k[len("per_user/"):]: arrays[k] for k in arrays.files if k.startswith("per_user/")}
+            per_user = {k[len("per_user/") :]: arrays[k] for k in arrays.files if k.startswith("per_user/")}
             return cls(meta["metrics"], per_user, arrays["sessions"], arrays["scores"], meta["info"])
 
 
@@ -115,8 +115,10 @@ def evaluation_users(samples: SampleSet) -> Tuple[np.ndarray, int]:
     has_target = samples.target[:, 0] != PAD_ITEM if samples.session_items else np.zeros(len(samples), bool)
     rows = np.flatnonzero(has_target).astype(np.int64)
     if rows.size == 0:
-        raise ValueError(f"none of the {len(samples)} samples has a target item; nothing to evaluate "
-                         "(pass the validation or test SampleSet of a split)")
+        raise ValueError(
+            f"none of the {len(samples)} samples has a target item; nothing to evaluate "
+            "(pass the validation or test SampleSet of a split)"
+        )
     return rows, int(len(samples) - rows.size)
 
 
@@ -204,8 +206,10 @@ def score_sessions(
     scores = np.asarray(scores, dtype=np.float64)
     U, R, M = items.shape
     if scores.shape != (U, R) or len(target) != U or np.shape(legality) != (U,):
-        raise ValueError(f"items {items.shape} need scores ({U}, {R}), {U} target rows and legality ({U},); got "
-                         f"{scores.shape}, {len(target)} and {np.shape(legality)}")
+        raise ValueError(
+            f"items {items.shape} need scores ({U}, {R}), {U} target rows and legality ({U},); got "
+            f"{scores.shape}, {len(target)} and {np.shape(legality)}"
+        )
     valid = np.isfinite(scores)  # [U, R], False for filler sessions
     session_repeat, slot_repeat = repeat_rates(items, valid)
     per_user: Dict[str, np.ndarray] = {}

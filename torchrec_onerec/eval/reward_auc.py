@@ -74,8 +74,9 @@ def nan_mean(values: Sequence[float]) -> float:
     return float(np.mean(kept)) if kept else float("nan")
 
 
-def session_aucs(model: SessionRewardModel, sessions: SampleSet, *, batch_size: int,
-                 device: torch.device) -> Dict[str, Dict[str, float]]:
+def session_aucs(
+    model: SessionRewardModel, sessions: SampleSet, *, batch_size: int, device: torch.device
+) -> Dict[str, Dict[str, float]]:
     """Session-level AUC per tower of a plain model on logged sessions (label: any positive item).
 
     Args:
@@ -91,18 +92,24 @@ def session_aucs(model: SessionRewardModel, sessions: SampleSet, *, batch_size: 
         of one length) and ``session_positive_rate``; NaN where the labels are one class.
     """
     _check_signals(model, sessions, "sessions")
-    scores = score_sessions(model, sessions, sessions.target[:, None, :], batch_size=batch_size,
-                            device=device)[:, 0]  # (N, S)
+    scores = score_sessions(model, sessions, sessions.target[:, None, :], batch_size=batch_size, device=device)[
+        :, 0
+    ]  # (N, S)
     labels = np.asarray((sessions.labels > 0).any(axis=1))  # (N, S): the any rule
     lengths = sessions.target_lengths
-    return {signal: {"session_auc": auc(scores[:, s], labels[:, s]),
-                     "session_auc_same_length": auc_within_groups(scores[:, s], labels[:, s], lengths),
-                     "session_positive_rate": float(labels[:, s].mean()) if len(labels) else float("nan")}
-            for s, signal in enumerate(model.signals)}
+    return {
+        signal: {
+            "session_auc": auc(scores[:, s], labels[:, s]),
+            "session_auc_same_length": auc_within_groups(scores[:, s], labels[:, s], lengths),
+            "session_positive_rate": float(labels[:, s].mean()) if len(labels) else float("nan"),
+        }
+        for s, signal in enumerate(model.signals)
+    }
 
 
-def evaluate_reward_model(model: SessionRewardModel, sessions: SampleSet, impressions: SampleSet, *,
-                          batch_size: int, device: torch.device) -> Dict[str, Dict[str, float]]:
+def evaluate_reward_model(
+    model: SessionRewardModel, sessions: SampleSet, impressions: SampleSet, *, batch_size: int, device: torch.device
+) -> Dict[str, Dict[str, float]]:
     """Per-tower AUC of a plain reward model at session level and at impression level (docs/EVAL.md protocol B).
 
     Session level (``session_aucs``): each logged session (a row of ``sessions``) is scored as a whole; its
@@ -137,16 +144,16 @@ def evaluate_reward_model(model: SessionRewardModel, sessions: SampleSet, impres
     _check_signals(model, impressions, "impressions")
     out = session_aucs(model, sessions, batch_size=batch_size, device=device)
     real = impressions.target != PAD_ITEM  # (N, M)
-    scores = score_sessions(model, impressions, impressions.target[:, :, None], batch_size=batch_size,
-                            device=device)[real]  # (real impressions, S)
+    scores = score_sessions(model, impressions, impressions.target[:, :, None], batch_size=batch_size, device=device)[
+        real
+    ]  # (real impressions, S)
     labels = impressions.labels[real] > 0  # (real impressions, S)
     for s, signal in enumerate(model.signals):
         out[signal]["impression_auc"] = auc(scores[:, s], labels[:, s])
         out[signal]["impression_positive_rate"] = float(labels[:, s].mean()) if len(labels) else float("nan")
         for key in ("session_auc", "impression_auc"):
             if math.isnan(out[signal][key]):
-                LOG.warning("reward model: the %s labels of %r are all one class; its AUC is skipped", key[:-4],
-                            signal)
+                LOG.warning("reward model: the %s labels of %r are all one class; its AUC is skipped", key[:-4], signal)
     keys = ("session_auc", "session_auc_same_length", "impression_auc")
     out["all"] = {key: nan_mean([out[s][key] for s in model.signals]) for key in keys}
     out["all"].update(sessions=float(len(sessions)), impressions=float(real.sum()))
@@ -155,5 +162,7 @@ def evaluate_reward_model(model: SessionRewardModel, sessions: SampleSet, impres
 
 def _check_signals(model: SessionRewardModel, samples: SampleSet, name: str) -> None:
     if list(samples.signals) != model.signals:
-        raise ValueError(f"{name} carry signals {list(samples.signals)} but the reward model's towers are "
-                         f"{model.signals}; build both from the same split.labels")
+        raise ValueError(
+            f"{name} carry signals {list(samples.signals)} but the reward model's towers are "
+            f"{model.signals}; build both from the same split.labels"
+        )

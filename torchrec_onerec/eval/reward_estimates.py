@@ -14,15 +14,17 @@ from torchrec_onerec.models.reward import SessionRewardModel
 from torchrec_onerec.models.reward_scoring import score_sessions
 
 
-def add_reward_estimates(model: SessionRewardModel, samples: SampleSet, result: EvalResult, *,
-                         batch_size: int) -> EvalResult:
+def add_reward_estimates(
+    model: SessionRewardModel, samples: SampleSet, result: EvalResult, *, batch_size: int
+) -> EvalResult:
     """The reward model's estimate of each signal over an arm's returned sessions (the OneRec paper's offline
     metric): per user, ``reward_<signal>_mean`` and ``reward_<signal>_max`` over its real sessions (fillers left
     out), and ``reward_served``, the model's scalar reward of the session the user is served (the best-scored
     one, as protocol C serves it); added to ``result`` in place."""
     users = samples.subset(result.per_user["sample"])
-    probabilities = score_sessions(model, users, result.sessions, batch_size=batch_size,
-                                   device=next(model.parameters()).device)  # [U, R, S]
+    probabilities = score_sessions(
+        model, users, result.sessions, batch_size=batch_size, device=next(model.parameters()).device
+    )  # [U, R, S]
     real = np.isfinite(result.scores)[:, :, None]  # [U, R, 1]
     count = np.maximum(real.sum(axis=1), 1)
     means = np.where(real, probabilities, 0.0).sum(axis=1) / count  # [U, S]

@@ -22,8 +22,9 @@ from torchrec_onerec.models.cascade import sessions_from_ranking
 from torchrec_onerec.models.sasrec import SASRec, rank_items
 
 
-def evaluate_sasrec(model: SASRec, samples: SampleSet, *, config: EvalConfig, protocol: str,
-                    num_items: int) -> EvalResult:
+def evaluate_sasrec(
+    model: SASRec, samples: SampleSet, *, config: EvalConfig, protocol: str, num_items: int
+) -> EvalResult:
     """Rank the catalogue with SASRec for every sample with a target and score the lists by ``protocol``.
 
     Args:
@@ -53,17 +54,32 @@ def evaluate_sasrec(model: SASRec, samples: SampleSet, *, config: EvalConfig, pr
     M = 1 if protocol == "A" else users.session_items
     R = -(-K // M)  # enough sessions for a top-K list
     start = time.perf_counter()
-    items, scores = rank_items(model, users, k=min(R * M, num_items), exclude_history=config.exclude_history,
-                               batch_size=config.batch_size)
+    items, scores = rank_items(
+        model, users, k=min(R * M, num_items), exclude_history=config.exclude_history, batch_size=config.batch_size
+    )
     sessions, session_scores = sessions_from_ranking(items, scores, num_sessions=R, session_items=M)
     seconds = time.perf_counter() - start
-    metrics, per_user = score_sessions(protocol, sessions, session_scores, users.target, ks=config.ks,
-                                       num_items=num_items, legality=np.ones(len(users)))
+    metrics, per_user = score_sessions(
+        protocol,
+        sessions,
+        session_scores,
+        users.target,
+        ks=config.ks,
+        num_items=num_items,
+        legality=np.ones(len(users)),
+    )
     per_user["user"] = users.user.copy()
     per_user["sample"] = rows
     info = {
-        "protocol": protocol, "arm": "sasrec", "ks": list(config.ks), "session_items": M, "num_sessions": R,
-        "exclude_history": config.exclude_history, "num_samples": len(samples), "users_without_target": skipped,
-        "seconds": seconds, "users_per_second": len(rows) / max(seconds, 1e-9),
+        "protocol": protocol,
+        "arm": "sasrec",
+        "ks": list(config.ks),
+        "session_items": M,
+        "num_sessions": R,
+        "exclude_history": config.exclude_history,
+        "num_samples": len(samples),
+        "users_without_target": skipped,
+        "seconds": seconds,
+        "users_per_second": len(rows) / max(seconds, 1e-9),
     }
     return EvalResult(metrics, per_user, sessions, session_scores, info)

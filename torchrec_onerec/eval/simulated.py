@@ -46,8 +46,9 @@ def world_item_ids(raw_item_ids: np.ndarray, sessions: np.ndarray) -> np.ndarray
     return np.where(sessions >= 0, raw[np.clip(sessions, 0, None)], -1)
 
 
-def true_session_rewards(world: SyntheticWorld, data: InteractionData, result: EvalResult,
-                         weights: Optional[Dict[str, float]] = None) -> np.ndarray:
+def true_session_rewards(
+    world: SyntheticWorld, data: InteractionData, result: EvalResult, weights: Optional[Dict[str, float]] = None
+) -> np.ndarray:
     """[U] the world's expected reward of the session each user is served.
 
     Args:
@@ -60,14 +61,17 @@ def true_session_rewards(world: SyntheticWorld, data: InteractionData, result: E
         [U] float64 true expected reward, aligned with ``result.per_user``.
     """
     if data.num_items != world.num_items:
-        raise ValueError(f"data has {data.num_items} items, the world {world.num_items}: pass the world that "
-                         "logged this data (datasets.synthetic.load_synthetic with the same config and seed)")
+        raise ValueError(
+            f"data has {data.num_items} items, the world {world.num_items}: pass the world that "
+            "logged this data (datasets.synthetic.load_synthetic with the same config and seed)"
+        )
     users = np.asarray(data.raw_user_ids)[result.per_user["user"]].astype(np.int64)
     return world.session_reward(users, world_item_ids(data.raw_item_ids, served_sessions(result)), weights)
 
 
-def add_true_rewards(world: SyntheticWorld, data: InteractionData, result: EvalResult,
-                     weights: Optional[Dict[str, float]] = None) -> EvalResult:
+def add_true_rewards(
+    world: SyntheticWorld, data: InteractionData, result: EvalResult, weights: Optional[Dict[str, float]] = None
+) -> EvalResult:
     """Add protocol C's per-user ``true_reward`` and its mean to ``result`` (in place) and return it."""
     values = true_session_rewards(world, data, result, weights)
     result.per_user[TRUE_REWARD] = values
@@ -75,8 +79,9 @@ def add_true_rewards(world: SyntheticWorld, data: InteractionData, result: EvalR
     return result
 
 
-def world_reward_fn(world: SyntheticWorld, data: InteractionData,
-                    weights: Optional[Dict[str, float]] = None) -> Callable[[SampleSet, np.ndarray], np.ndarray]:
+def world_reward_fn(
+    world: SyntheticWorld, data: InteractionData, weights: Optional[Dict[str, float]] = None
+) -> Callable[[SampleSet, np.ndarray], np.ndarray]:
     """The world's true expected session reward as an alignment reward function (``alignment.candidates.RewardFn``):
     U samples and their sessions [U, N, M] (contiguous item ids, -1 empty) -> rewards [U, N].
 

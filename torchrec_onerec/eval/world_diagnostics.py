@@ -49,12 +49,17 @@ def reference_sessions(world: SyntheticWorld, users: np.ndarray, m: int, *, seed
     """
     rng = np.random.default_rng([int(seed), 0xD1A6])
     random = np.argsort(rng.random((len(users), world.num_items)), axis=1)[:, :m]
-    return {CEILING: world.greedy_sessions(users, m), "top items": world.best_items(users, m),
-            "logging policy": world.logging_sessions(users, m, seed=seed), "uniform random": random.astype(np.int64)}
+    return {
+        CEILING: world.greedy_sessions(users, m),
+        "top items": world.best_items(users, m),
+        "logging policy": world.logging_sessions(users, m, seed=seed),
+        "uniform random": random.astype(np.int64),
+    }
 
 
-def session_profile(world: SyntheticWorld, users: np.ndarray, sessions: np.ndarray,
-                    histories: Sequence[np.ndarray]) -> Dict[str, float]:
+def session_profile(
+    world: SyntheticWorld, users: np.ndarray, sessions: np.ndarray, histories: Sequence[np.ndarray]
+) -> Dict[str, float]:
     """What served sessions are made of (module docstring), means over users.
 
     Args:
@@ -86,17 +91,20 @@ def session_profile(world: SyntheticWorld, users: np.ndarray, sessions: np.ndarr
     interest = world.user_interest[users[:, None], topics]
     in_history = np.array([np.isin(s[r], h).sum() for s, r, h in zip(sessions, real, histories)], np.float64)
     served = np.unique(sessions[real])
-    return {"true_reward": float(world.session_reward(users, sessions).mean()),
-            "topics": float(distinct.mean()),
-            "quality": float((np.where(real, world.item_quality[items], 0.0).sum(1) / count).mean()),
-            "interest": float((np.where(real, interest, 0.0).sum(1) / count).mean()),
-            "in_history": float(in_history.mean()),
-            "coverage": float(len(served) / world.num_items),
-            "empty_slots": float(1.0 - real.mean()) if real.size else 0.0}
+    return {
+        "true_reward": float(world.session_reward(users, sessions).mean()),
+        "topics": float(distinct.mean()),
+        "quality": float((np.where(real, world.item_quality[items], 0.0).sum(1) / count).mean()),
+        "interest": float((np.where(real, interest, 0.0).sum(1) / count).mean()),
+        "in_history": float(in_history.mean()),
+        "coverage": float(len(served) / world.num_items),
+        "empty_slots": float(1.0 - real.mean()) if real.size else 0.0,
+    }
 
 
-def world_diagnostics(world: SyntheticWorld, data: InteractionData, results: Mapping[str, EvalResult],
-                      samples: SampleSet, *, seed: int) -> Dict[str, Dict[str, float]]:
+def world_diagnostics(
+    world: SyntheticWorld, data: InteractionData, results: Mapping[str, EvalResult], samples: SampleSet, *, seed: int
+) -> Dict[str, Dict[str, float]]:
     """Profiles of every arm's served sessions and of the world's reference sessions for the same users.
 
     Args:
@@ -115,8 +123,10 @@ def world_diagnostics(world: SyntheticWorld, data: InteractionData, results: Map
         raise ValueError("results is empty: pass at least one evaluated arm")
     orders = [r.per_user["sample"] for r in results.values()]
     if any(len(o) != len(orders[0]) or (o != orders[0]).any() for o in orders[1:]):
-        raise ValueError(f"the arms {list(results)} were not evaluated on the same users in the same order; "
-                         "evaluate them on one sample set")
+        raise ValueError(
+            f"the arms {list(results)} were not evaluated on the same users in the same order; "
+            "evaluate them on one sample set"
+        )
     evaluated = samples.subset(np.asarray(orders[0], np.int64))
     users = np.asarray(data.raw_user_ids).astype(np.int64)[evaluated.user]
     raw_histories = [world_item_ids(data.raw_item_ids, evaluated[i].history) for i in range(len(evaluated))]
@@ -149,18 +159,31 @@ def diagnostics_markdown(rows: Mapping[str, Mapping[str, float]]) -> str:
         <BLANKLINE>
         Rows in italics are the world's own reference sessions for the same users...
     """
-    header = ["sessions", "true reward", "share of ceiling", "topics / session", "quality", "interest",
-              "items in history", "coverage"]
+    header = [
+        "sessions",
+        "true reward",
+        "share of ceiling",
+        "topics / session",
+        "quality",
+        "interest",
+        "items in history",
+        "coverage",
+    ]
     lines: List[str] = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, r in rows.items():
         label = f"*{name}*" if r.get("kind", 0.0) else name
-        lines.append(f"| {label} | {r['true_reward']:.3f} | {r['share_of_ceiling']:.1%} | {r['topics']:.2f} | "
-                     f"{r['quality']:.3f} | {r['interest']:.3f} | {r['in_history']:.2f} | {r['coverage']:.1%} |")
-    lines += ["", "Rows in italics are the world's own reference sessions for the same users, built from its true "
-              "response, not by a model. ceiling: greedy by true marginal reward; top items: the best single items "
-              "put together; logging policy: a fresh session of the policy that logged the data. Columns: distinct "
-              "topics per session, mean item quality, the user's true interest in the items' topics, items the "
-              "user engaged with before, distinct items served over all users as a share of the catalogue. Low "
-              "interest points at personalisation, few topics at diversity, low quality at item quality, low "
-              "coverage at popularity."]
+        lines.append(
+            f"| {label} | {r['true_reward']:.3f} | {r['share_of_ceiling']:.1%} | {r['topics']:.2f} | "
+            f"{r['quality']:.3f} | {r['interest']:.3f} | {r['in_history']:.2f} | {r['coverage']:.1%} |"
+        )
+    lines += [
+        "",
+        "Rows in italics are the world's own reference sessions for the same users, built from its true "
+        "response, not by a model. ceiling: greedy by true marginal reward; top items: the best single items "
+        "put together; logging policy: a fresh session of the policy that logged the data. Columns: distinct "
+        "topics per session, mean item quality, the user's true interest in the items' topics, items the "
+        "user engaged with before, distinct items served over all users as a share of the catalogue. Low "
+        "interest points at personalisation, few topics at diversity, low quality at item quality, low "
+        "coverage at popularity.",
+    ]
     return "\n".join(lines)

@@ -27,8 +27,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from torchrec_onerec.data.batch import HISTORY_KEY
 from torchrec_onerec.data.semantic_batch import SemanticIdBatch
-from torchrec_onerec.generation.processors import (BeamState, BlockedItemsProcessor, LogitsProcessor,
-                                                   ValidCodeProcessor)
+from torchrec_onerec.generation.processors import BeamState, BlockedItemsProcessor, LogitsProcessor, ValidCodeProcessor
 from torchrec_onerec.models.onerec import OneRecModel
 from torchrec_onerec.tokenizer.prefix_index import PrefixIndex
 
@@ -54,8 +53,9 @@ def history_items(batch: SemanticIdBatch) -> torch.Tensor:
     return pad_sequence(list(rows), batch_first=True, padding_value=-1)
 
 
-def default_processors(prefix_index: PrefixIndex, batch: SemanticIdBatch, *, exclude_history: bool = False
-                       ) -> List[LogitsProcessor]:
+def default_processors(
+    prefix_index: PrefixIndex, batch: SemanticIdBatch, *, exclude_history: bool = False
+) -> List[LogitsProcessor]:
     """Valid items only, no repeats, and (optionally) none of the user's history items."""
     excluded = history_items(batch) if exclude_history else None
     return [ValidCodeProcessor(prefix_index), BlockedItemsProcessor(excluded, no_repeat=True)]
@@ -127,30 +127,52 @@ def constrained_beam_search(
     model.eval()
     try:
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            return decode_sessions(model, batch, prefix_index, steps, beam_size, num_return, M, use_cache,
-                                   compact=compact and constrained and follow_columns(processors),
-                                   select=BeamSelect())
+            return decode_sessions(
+                model,
+                batch,
+                prefix_index,
+                steps,
+                beam_size,
+                num_return,
+                M,
+                use_cache,
+                compact=compact and constrained and follow_columns(processors),
+                select=BeamSelect(),
+            )
     finally:
         model.train(was_training)
 
 
-def check_search_arguments(model: OneRecModel, batch: SemanticIdBatch, prefix_index: PrefixIndex,
-                           session_items: Optional[int], beam_size: int, num_return: int) -> int:
+def check_search_arguments(
+    model: OneRecModel,
+    batch: SemanticIdBatch,
+    prefix_index: PrefixIndex,
+    session_items: Optional[int],
+    beam_size: int,
+    num_return: int,
+) -> int:
     """Refuse arguments a search cannot run with, naming them; returns M, the session items to write."""
     M = model.config.session_items if session_items is None else session_items
     if not 1 <= M <= model.config.session_items:
-        raise ValueError(f"session_items={session_items} must lie in [1, {model.config.session_items}] "
-                         "(the model's positions cover config.session_items items)")
+        raise ValueError(
+            f"session_items={session_items} must lie in [1, {model.config.session_items}] "
+            "(the model's positions cover config.session_items items)"
+        )
     if beam_size < 1 or not 1 <= num_return <= beam_size:
-        raise ValueError(f"need beam_size >= 1 and 1 <= num_return <= beam_size, got beam_size={beam_size}, "
-                         f"num_return={num_return}; raise beam_size or lower num_return")
+        raise ValueError(
+            f"need beam_size >= 1 and 1 <= num_return <= beam_size, got beam_size={beam_size}, "
+            f"num_return={num_return}; raise beam_size or lower num_return"
+        )
     if list(prefix_index.vocab_sizes) != model.vocab_sizes:
-        raise ValueError(f"prefix_index.vocab_sizes={list(prefix_index.vocab_sizes)} differ from the model's "
-                         f"{model.vocab_sizes}; use the codebook the model was trained on")
+        raise ValueError(
+            f"prefix_index.vocab_sizes={list(prefix_index.vocab_sizes)} differ from the model's "
+            f"{model.vocab_sizes}; use the codebook the model was trained on"
+        )
     device = batch.target_codes.device
     if prefix_index.device.type != device.type:
-        raise ValueError(f"prefix_index is on {prefix_index.device}, the batch on {device}; "
-                         "move it with prefix_index.to(device)")
+        raise ValueError(
+            f"prefix_index is on {prefix_index.device}, the batch on {device}; move it with prefix_index.to(device)"
+        )
     return M
 
 
@@ -186,14 +208,24 @@ class BeamSelect:
         return ranked.values[:, :N].contiguous(), best // K, (best % K).view(B * N)
 
 
-def decode_sessions(model: OneRecModel, batch: SemanticIdBatch, prefix_index: PrefixIndex,
-                    processors: List[LogitsProcessor], N: int, num_return: int, M: int, use_cache: bool,
-                    compact: bool, select: Select) -> BeamSearchOutput:
+def decode_sessions(
+    model: OneRecModel,
+    batch: SemanticIdBatch,
+    prefix_index: PrefixIndex,
+    processors: List[LogitsProcessor],
+    N: int,
+    num_return: int,
+    M: int,
+    use_cache: bool,
+    compact: bool,
+    select: Select,
+) -> BeamSearchOutput:
     """The decoding loop of ``constrained_beam_search`` and ``constrained_sample`` (arguments already checked):
     ``select`` (``BeamSelect`` or ``sampling.SampleSelect``) decides which extensions survive each step."""
     embedding, decoder, L = model.embedding, model.decoder, model.num_levels
-    compact_levels = {level for level in range(L)
-                      if compact and 2 * prefix_index.fanout(level) <= prefix_index.vocab_sizes[level]}
+    compact_levels = {
+        level for level in range(L) if compact and 2 * prefix_index.fanout(level) <= prefix_index.vocab_sizes[level]
+    }
     tokens, memory = model.encode(batch.features)
     memory_kv = decoder.project_memory(memory)  # once per user, shared by its beams
     B, _, D = memory.shape
@@ -210,7 +242,7 @@ def decode_sessions(model: OneRecModel, batch: SemanticIdBatch, prefix_index: Pr
                 x = embedding.add_decoder_positions(step_tokens, cache.length)
                 hidden = decoder(x, memory_kv, tokens.mask, cache=cache).hidden[:, -1]  # (BN, D)
             else:
-                x = embedding.decoder_tokens(embedding.embed_codes(codes[:, :j + 1]))[:, :j * (L + 1) + level + 1]
+                x = embedding.decoder_tokens(embedding.embed_codes(codes[:, : j + 1]))[:, : j * (L + 1) + level + 1]
                 hidden = decoder(x, memory_kv, tokens.mask).hidden[:, -1]
             log_probs = model.level_logits(hidden, level).float().log_softmax(dim=-1)  # (BN, K_l)
             columns = nodes = None
@@ -230,7 +262,7 @@ def decode_sessions(model: OneRecModel, batch: SemanticIdBatch, prefix_index: Pr
                 items[:, j] = prefix_index.item_of(codes[:, j])
             if cache is not None:
                 cache.reorder(rows)
-                step_tokens = embedding.embed_codes(codes[:, j:j + 1])[:, 0, level:level + 1]  # (BN, 1, D)
+                step_tokens = embedding.embed_codes(codes[:, j : j + 1])[:, 0, level : level + 1]  # (BN, 1, D)
                 if level == L - 1:  # the item is complete: the next one starts with [BOS]
                     step_tokens = torch.cat([step_tokens, embedding.bos.expand(B * N, 1, D)], dim=1)
     # best first (beam search keeps them so already: a stable sort leaves its order as it is)

@@ -64,7 +64,7 @@ class BeamState:
     @property
     def prefix(self) -> torch.Tensor:
         """[B N, l] the partial code tuple of the item being written."""
-        return self.codes[:, self.item, :self.level]
+        return self.codes[:, self.item, : self.level]
 
     @property
     def is_last_level(self) -> bool:
@@ -140,7 +140,7 @@ class BlockedItemsProcessor:
 
     def blocked_items(self, state: BeamState) -> torch.Tensor:
         """[B N, S] each beam's blocked items, sorted, each once (-1: padding or a duplicate)."""
-        parts = [state.items[:, :state.item]] if self.no_repeat else []  # (BN, j)
+        parts = [state.items[:, : state.item]] if self.no_repeat else []  # (BN, j)
         if self.excluded is not None:
             parts.append(self.excluded.repeat_interleave(state.num_beams, dim=0))  # (BN, H): a user's beams adjoin
         if not parts:
@@ -197,7 +197,7 @@ class RepeatedPrefixPenalty:
         """[B N, K_0] (or [B N, F]) scores -> the same, penalised at a session item's first code."""
         if state.level != 0 or state.item == 0 or self.penalty == 0.0:
             return scores
-        earlier = state.codes[:, :state.item, 0]  # (BN, j) first codes of the finished items
+        earlier = state.codes[:, : state.item, 0]  # (BN, j) first codes of the finished items
         counts = torch.zeros(earlier.shape[0], state.prefix_index.vocab_sizes[0], device=scores.device)
         counts.scatter_add_(1, earlier, torch.ones_like(earlier, dtype=counts.dtype))  # (BN, K_0)
         if state.column_codes is not None:

@@ -21,8 +21,14 @@ from typing import Optional, Sequence
 import torch
 
 from torchrec_onerec.data.semantic_batch import SemanticIdBatch
-from torchrec_onerec.generation.beam_search import (BeamSearchOutput, Selection, check_search_arguments,
-                                                    decode_sessions, default_processors, follow_columns)
+from torchrec_onerec.generation.beam_search import (
+    BeamSearchOutput,
+    Selection,
+    check_search_arguments,
+    decode_sessions,
+    default_processors,
+    follow_columns,
+)
 from torchrec_onerec.generation.processors import LogitsProcessor
 from torchrec_onerec.models.onerec import OneRecModel
 from torchrec_onerec.tokenizer.prefix_index import PrefixIndex
@@ -106,7 +112,17 @@ def constrained_sample(
     was_training = model.training
     model.eval()
     try:
-        return decode_sessions(model, batch, prefix_index, steps, num_samples, num_samples, M, use_cache,
-                       compact=follow_columns(processors), select=SampleSelect(temperature, generator))
+        return decode_sessions(
+            model,
+            batch,
+            prefix_index,
+            steps,
+            num_samples,
+            num_samples,
+            M,
+            use_cache,
+            compact=follow_columns(processors),
+            select=SampleSelect(temperature, generator),
+        )
     finally:
         model.train(was_training)

@@ -46,15 +46,17 @@ def combined_weights(config: CascadeConfig, tasks: list[str]) -> np.ndarray:
     given = dict(config.ranker.score_weights)
     unknown = sorted(set(given) - set(tasks))
     if unknown:
-        raise ValueError(f"cascade.ranker.score_weights names {unknown}, which the ranker does not predict; its "
-                         f"tasks are {tasks}")
+        raise ValueError(
+            f"cascade.ranker.score_weights names {unknown}, which the ranker does not predict; its tasks are {tasks}"
+        )
     weights = np.array([given.get(task, 0.0) for task in tasks] if given else [1.0] * len(tasks), np.float64)
     assert weights.sum() > 0, "RankerConfig checks that the score weights have a positive sum"
     return weights / weights.sum()
 
 
-def sessions_from_ranking(items: np.ndarray, scores: np.ndarray, *, num_sessions: int, session_items: int
-                          ) -> Tuple[np.ndarray, np.ndarray]:
+def sessions_from_ranking(
+    items: np.ndarray, scores: np.ndarray, *, num_sessions: int, session_items: int
+) -> Tuple[np.ndarray, np.ndarray]:
     """Write ranked lists as R consecutive sessions of M, scored by their items' mean score.
 
     Args:
@@ -76,8 +78,8 @@ def sessions_from_ranking(items: np.ndarray, scores: np.ndarray, *, num_sessions
     width = num_sessions * session_items
     flat = np.full((U, width), PAD_ITEM, np.int64)
     value = np.zeros((U, width), np.float64)
-    flat[:, :min(K, width)] = items[:, :width]
-    value[:, :min(K, width)] = scores[:, :width]
+    flat[:, : min(K, width)] = items[:, :width]
+    value[:, : min(K, width)] = scores[:, :width]
     sessions = flat.reshape(U, num_sessions, session_items)
     real = sessions != PAD_ITEM
     count = real.sum(axis=2)
@@ -87,8 +89,9 @@ def sessions_from_ranking(items: np.ndarray, scores: np.ndarray, *, num_sessions
     return sessions, session_scores.astype(np.float32)
 
 
-def mmr_rerank(items: np.ndarray, scores: np.ndarray, vectors: np.ndarray, *, weight: float, take: int
-               ) -> Tuple[np.ndarray, np.ndarray]:
+def mmr_rerank(
+    items: np.ndarray, scores: np.ndarray, vectors: np.ndarray, *, weight: float, take: int
+) -> Tuple[np.ndarray, np.ndarray]:
     """Maximal marginal relevance: re-order ranked candidates so that similar items do not follow each other.
 
     Greedily, each next item maximises ``(1 - weight) * score - weight * max(0, max cosine to the items already
@@ -162,12 +165,20 @@ class CascadeRecommender:
         ((1, 2, 2), True, 4)
     """
 
-    def __init__(self, two_tower: TwoTowerRetrieval, ranker: MultiTaskRanker, config: CascadeConfig,
-                 item_content: torch.Tensor, ranker_item_features: torch.Tensor) -> None:
+    def __init__(
+        self,
+        two_tower: TwoTowerRetrieval,
+        ranker: MultiTaskRanker,
+        config: CascadeConfig,
+        item_content: torch.Tensor,
+        ranker_item_features: torch.Tensor,
+    ) -> None:
         if not two_tower.num_items == ranker.num_items == len(item_content) == len(ranker_item_features):
-            raise ValueError(f"the two-tower model ({two_tower.num_items} items), the ranker ({ranker.num_items}), "
-                             f"the item content ({len(item_content)}) and the ranker's item features "
-                             f"({len(ranker_item_features)}) must cover one catalogue")
+            raise ValueError(
+                f"the two-tower model ({two_tower.num_items} items), the ranker ({ranker.num_items}), "
+                f"the item content ({len(item_content)}) and the ranker's item features "
+                f"({len(ranker_item_features)}) must cover one catalogue"
+            )
         self.two_tower, self.ranker, self.config = two_tower.eval(), ranker.eval(), config
         self.item_content, self.ranker_item_features = item_content, ranker_item_features
         self.weights = combined_weights(config, ranker.tasks)
@@ -195,9 +206,14 @@ class CascadeRecommender:
         """
         U, K = candidates.shape
         step = max(1, RANKED_PAIRS_PER_CHUNK // max(K, 1))
-        parts = [predict(self.ranker, candidate_samples(samples.subset(np.arange(lo, min(lo + step, U))),
-                                                        candidates[lo:lo + step]), self.ranker_item_features)
-                 for lo in range(0, U, step)]
+        parts = [
+            predict(
+                self.ranker,
+                candidate_samples(samples.subset(np.arange(lo, min(lo + step, U))), candidates[lo : lo + step]),
+                self.ranker_item_features,
+            )
+            for lo in range(0, U, step)
+        ]
         tasks = len(self.ranker.tasks)
         probabilities = (np.concatenate(parts) if parts else np.zeros((0, tasks), np.float32)).reshape(U, K, tasks)
         combined = np.where(candidates != PAD_ITEM, probabilities @ self.weights, -np.inf)
@@ -208,13 +224,21 @@ class CascadeRecommender:
         if self._item_vectors is None:
             device = next(self.two_tower.parameters()).device
             with torch.no_grad():
-                vectors = self.two_tower.item_vectors(item_kjt(torch.arange(self.num_items, device=device)),
-                                                      self.item_content.to(device).float())
+                vectors = self.two_tower.item_vectors(
+                    item_kjt(torch.arange(self.num_items, device=device)), self.item_content.to(device).float()
+                )
             self._item_vectors = torch.nn.functional.normalize(vectors.float(), dim=1).cpu().numpy()
         return self._item_vectors
 
-    def recommend(self, samples: SampleSet, *, num_sessions: int, session_items: int, exclude_history: bool = False,
-                  diversity_weight: float = 0.0) -> Tuple[np.ndarray, np.ndarray]:
+    def recommend(
+        self,
+        samples: SampleSet,
+        *,
+        num_sessions: int,
+        session_items: int,
+        exclude_history: bool = False,
+        diversity_weight: float = 0.0,
+    ) -> Tuple[np.ndarray, np.ndarray]:
         """R sessions of M items per sample: the retrieved candidates in combined-score order, or re-ranked.
 
         Args:
@@ -236,13 +260,15 @@ class CascadeRecommender:
         items = np.take_along_axis(candidates, order, axis=1)
         scores = np.take_along_axis(combined, order, axis=1)
         if diversity_weight > 0:
-            items, scores = mmr_rerank(items, scores, self.item_vectors(), weight=diversity_weight,
-                                       take=num_sessions * session_items)
+            items, scores = mmr_rerank(
+                items, scores, self.item_vectors(), weight=diversity_weight, take=num_sessions * session_items
+            )
         return sessions_from_ranking(items, scores, num_sessions=num_sessions, session_items=session_items)
 
 
-def load_cascade(folder: Path, *, config: Optional[CascadeConfig] = None,
-                 device: Optional[torch.device] = None) -> CascadeRecommender:
+def load_cascade(
+    folder: Path, *, config: Optional[CascadeConfig] = None, device: Optional[torch.device] = None
+) -> CascadeRecommender:
     """The recommender from a folder written by ``train_cascade`` (``two_tower.pt``, ``ranker.pt``).
 
     Args:
@@ -262,5 +288,6 @@ def load_cascade(folder: Path, *, config: Optional[CascadeConfig] = None,
     if config is not None:
         saved = CascadeConfig(
             retrieval=replace(saved.retrieval, num_candidates=config.retrieval.num_candidates),
-            ranker=replace(saved.ranker, score_weights=dict(config.ranker.score_weights)))
+            ranker=replace(saved.ranker, score_weights=dict(config.ranker.score_weights)),
+        )
     return CascadeRecommender(two_tower, ranker, saved, content, features)

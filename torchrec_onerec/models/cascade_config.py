@@ -70,8 +70,19 @@ class RetrievalConfig:
     num_candidates: int = 100
 
     def __post_init__(self) -> None:
-        _check_positive("cascade.retrieval", self, ("embedding_dim", "temperature", "epochs", "batch_size",
-                                                    "learning_rate", "sparse_learning_rate", "num_candidates"))
+        _check_positive(
+            "cascade.retrieval",
+            self,
+            (
+                "embedding_dim",
+                "temperature",
+                "epochs",
+                "batch_size",
+                "learning_rate",
+                "sparse_learning_rate",
+                "num_candidates",
+            ),
+        )
         _check_layers("cascade.retrieval.tower_hidden", self.tower_hidden)
         if self.weight_decay < 0:
             raise ConfigError(f"cascade.retrieval.weight_decay={self.weight_decay} must be >= 0")
@@ -122,15 +133,29 @@ class RankerConfig:
 
     def __post_init__(self) -> None:
         if any(not 0.0 <= w <= 1.0 for w in self.rerank_weights):
-            raise ConfigError(f"cascade.ranker.rerank_weights={list(self.rerank_weights)}: every weight must lie in "
-                              "[0, 1] (0 keeps the ranking, 1 ignores relevance after the first item)")
-        _check_positive("cascade.ranker", self, ("embedding_dim", "epochs", "batch_size", "learning_rate",
-                                                 "sparse_learning_rate", "negatives_per_positive"))
+            raise ConfigError(
+                f"cascade.ranker.rerank_weights={list(self.rerank_weights)}: every weight must lie in "
+                "[0, 1] (0 keeps the ranking, 1 ignores relevance after the first item)"
+            )
+        _check_positive(
+            "cascade.ranker",
+            self,
+            (
+                "embedding_dim",
+                "epochs",
+                "batch_size",
+                "learning_rate",
+                "sparse_learning_rate",
+                "negatives_per_positive",
+            ),
+        )
         _check_layers("cascade.ranker.bottom_mlp", self.bottom_mlp)
         _check_layers("cascade.ranker.top_mlp", self.top_mlp)
         if not self.top_mlp:
-            raise ConfigError("cascade.ranker.top_mlp=[] needs at least one hidden layer (DLRM's over arch has two "
-                              "or more layers); e.g. [64, 32]")
+            raise ConfigError(
+                "cascade.ranker.top_mlp=[] needs at least one hidden layer (DLRM's over arch has two "
+                "or more layers); e.g. [64, 32]"
+            )
         if self.weight_decay < 0:
             raise ConfigError(f"cascade.ranker.weight_decay={self.weight_decay} must be >= 0")
         weights = dict(self.score_weights)

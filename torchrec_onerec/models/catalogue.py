@@ -14,8 +14,9 @@ from torchrec.sparse.jagged_tensor import JaggedTensor
 from torchrec_onerec.data.samples import PAD_ITEM
 
 
-def top_k_items(scores: torch.Tensor, history: JaggedTensor, k: int, *,
-                exclude_history: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+def top_k_items(
+    scores: torch.Tensor, history: JaggedTensor, k: int, *, exclude_history: bool
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """The ``k`` best-scored items of each row, best first.
 
     Args:

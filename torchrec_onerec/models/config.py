@@ -65,8 +65,9 @@ class OneRecModelConfig:
 
     def embedding(self, vocab_sizes: Sequence[int]) -> SemanticEmbeddingConfig:
         """The token-embedding sub-config for the codebook's per-level sizes K_l."""
-        return SemanticEmbeddingConfig(self.d_model, list(vocab_sizes), self.max_history, self.session_items,
-                                       self.num_users, self.history_tokens)
+        return SemanticEmbeddingConfig(
+            self.d_model, list(vocab_sizes), self.max_history, self.session_items, self.num_users, self.history_tokens
+        )
 
     def encoder(self) -> EncoderConfig:
         """The encoder sub-config."""
@@ -74,17 +75,46 @@ class OneRecModelConfig:
 
     def decoder(self) -> DecoderConfig:
         """The decoder sub-config."""
-        return DecoderConfig(self.d_model, self.num_heads, self.decoder_layers, self.ffn_hidden, self.dropout,
-                             self.use_moe, self.num_experts, self.top_k, self.expert_hidden)
+        return DecoderConfig(
+            self.d_model,
+            self.num_heads,
+            self.decoder_layers,
+            self.ffn_hidden,
+            self.dropout,
+            self.use_moe,
+            self.num_experts,
+            self.top_k,
+            self.expert_hidden,
+        )
 
 
 MODEL_SIZES: Dict[str, OneRecModelConfig] = {
-    "tiny": OneRecModelConfig(d_model=16, num_heads=2, encoder_layers=1, decoder_layers=1, ffn_hidden=32,
-                              num_experts=4, top_k=2, expert_hidden=16, dropout=0.0, max_history=8,
-                              session_items=2),
+    "tiny": OneRecModelConfig(
+        d_model=16,
+        num_heads=2,
+        encoder_layers=1,
+        decoder_layers=1,
+        ffn_hidden=32,
+        num_experts=4,
+        top_k=2,
+        expert_hidden=16,
+        dropout=0.0,
+        max_history=8,
+        session_items=2,
+    ),
     "default": OneRecModelConfig(),
-    "1b": OneRecModelConfig(d_model=1024, num_heads=16, encoder_layers=8, decoder_layers=8, ffn_hidden=4096,
-                            num_experts=24, top_k=2, expert_hidden=2048, max_history=256, session_items=5),
+    "1b": OneRecModelConfig(
+        d_model=1024,
+        num_heads=16,
+        encoder_layers=8,
+        decoder_layers=8,
+        ffn_hidden=4096,
+        num_experts=24,
+        top_k=2,
+        expert_hidden=2048,
+        max_history=256,
+        session_items=5,
+    ),
 }
 
 

@@ -64,8 +64,9 @@ class OneRecModel(nn.Module):
         True
     """
 
-    def __init__(self, config: OneRecModelConfig, vocab_sizes: Sequence[int], *,
-                 device: Optional[torch.device] = None) -> None:
+    def __init__(
+        self, config: OneRecModelConfig, vocab_sizes: Sequence[int], *, device: Optional[torch.device] = None
+    ) -> None:
         super().__init__()
         self.config = config
         self.vocab_sizes = list(vocab_sizes)
@@ -108,8 +109,10 @@ class OneRecModel(nn.Module):
         B, T, D = hidden.shape
         L, K = self.num_levels, max(self.vocab_sizes)
         per_item = hidden.view(B, T // (L + 1), L + 1, D)  # (B, M, L'+1, D): slot l predicts level l
-        logits = [F.pad(self.heads[level](per_item[:, :, level]), (0, K - size), value=float("-inf"))
-                  for level, size in enumerate(self.vocab_sizes)]  # each (B, M, K_max)
+        logits = [
+            F.pad(self.heads[level](per_item[:, :, level]), (0, K - size), value=float("-inf"))
+            for level, size in enumerate(self.vocab_sizes)
+        ]  # each (B, M, K_max)
         return torch.stack(logits, dim=2)
 
     def forward(self, batch: SemanticIdBatch, item_weights: Optional[torch.Tensor] = None) -> OneRecOutput:
@@ -135,8 +138,9 @@ class OneRecModel(nn.Module):
         if item_weights is None:
             ntp_loss = F.cross_entropy(logits.reshape(B * M * L, -1).float(), labels.reshape(-1), ignore_index=-1)
         else:
-            per_code = F.cross_entropy(logits.reshape(B * M * L, -1).float(), labels.reshape(-1), ignore_index=-1,
-                                       reduction="none").view(B, M, L)
+            per_code = F.cross_entropy(
+                logits.reshape(B * M * L, -1).float(), labels.reshape(-1), ignore_index=-1, reduction="none"
+            ).view(B, M, L)
             weights = item_weights.float().unsqueeze(-1) * (labels >= 0)  # (B, M, L'), 0 at padding
             ntp_loss = (per_code * weights).sum() / weights.sum()
         loss = ntp_loss + self.config.moe_aux_weight * decoded.aux_loss
@@ -215,5 +219,12 @@ def count_parameters(config: OneRecModelConfig, vocab_sizes: Sequence[int]) -> D
         expert = cast(MoEFeedForward, cast(DecoderBlock, model.decoder.blocks[0]).ffn)
         experts_per_layer = sum(p.numel() for p in (expert.w_in, expert.b_in, expert.w_out, expert.b_out))
     idle = config.decoder_layers * experts_per_layer * (config.num_experts - config.top_k) // config.num_experts
-    return {"total": total, "tables": tables, "dense": total - tables, "encoder": numel(model.encoder),
-            "decoder": numel(model.decoder), "heads": numel(model.heads), "active": total - idle}
+    return {
+        "total": total,
+        "tables": tables,
+        "dense": total - tables,
+        "encoder": numel(model.encoder),
+        "decoder": numel(model.decoder),
+        "heads": numel(model.heads),
+        "active": total - idle,
+    }

@@ -118,12 +118,16 @@ class RankerTransform:
     def __call__(self, batch: OneRecBatch) -> RankerBatch:
         items = batch.target[:, 0]
         if items.numel() and (int(items.min()) < 0 or int(items.max()) >= len(self.item_features)):
-            raise ValueError(f"candidate items span [{int(items.min())}, {int(items.max())}], outside [0, "
-                             f"{len(self.item_features)}); every sample needs a real item in target slot 0")
+            raise ValueError(
+                f"candidate items span [{int(items.min())}, {int(items.max())}], outside [0, "
+                f"{len(self.item_features)}); every sample needs a real item in target slot 0"
+            )
         history, users = batch.features[HISTORY_KEY], batch.features[USER_KEY]
         features = KeyedJaggedTensor.from_lengths_sync(
-            keys=list(RANKER_FEATURE_KEYS), values=torch.cat([users.values(), items, history.values()]),
-            lengths=torch.cat([users.lengths(), torch.ones_like(items), history.lengths()]))
+            keys=list(RANKER_FEATURE_KEYS),
+            values=torch.cat([users.values(), items, history.values()]),
+            lengths=torch.cat([users.lengths(), torch.ones_like(items), history.lengths()]),
+        )
         item_rows = self.item_features[items]  # [B, 1 + C]
         dense = [item_rows, torch.log1p(history.lengths().float()).unsqueeze(1)]
         if self.item_features.shape[1] > 1:
@@ -155,26 +159,52 @@ class MultiTaskRanker(nn.Module):
         (1, 2)
     """
 
-    def __init__(self, config: RankerConfig, *, num_users: int, num_items: int, tasks: Sequence[str],
-                 dense_features: int, device: Optional[torch.device] = None) -> None:
+    def __init__(
+        self,
+        config: RankerConfig,
+        *,
+        num_users: int,
+        num_items: int,
+        tasks: Sequence[str],
+        dense_features: int,
+        device: Optional[torch.device] = None,
+    ) -> None:
         super().__init__()
         if not tasks or len(set(tasks)) != len(tasks):
             raise ValueError(f"tasks={list(tasks)} must name at least one task, each once")
         if num_users < 1 or num_items < 1 or dense_features < 1:
-            raise ValueError(f"num_users={num_users}, num_items={num_items} and dense_features={dense_features} "
-                             "must all be >= 1")
+            raise ValueError(
+                f"num_users={num_users}, num_items={num_items} and dense_features={dense_features} must all be >= 1"
+            )
         self.config, self.tasks = config, list(tasks)
         self.num_users, self.num_items, self.dense_features = num_users, num_items, dense_features
         D = config.embedding_dim
-        ebc = EmbeddingBagCollection(tables=[
-            EmbeddingBagConfig(name=USER_TABLE, embedding_dim=D, num_embeddings=num_users, feature_names=[USER_KEY],
-                               pooling=PoolingType.SUM),
-            EmbeddingBagConfig(name=ITEM_TABLE, embedding_dim=D, num_embeddings=num_items,
-                               feature_names=[ITEM_KEY, HISTORY_KEY], pooling=PoolingType.MEAN),
-        ], device=device)
-        self.dlrm = DLRM(embedding_bag_collection=ebc, dense_in_features=dense_features,
-                         dense_arch_layer_sizes=[*config.bottom_mlp, D],
-                         over_arch_layer_sizes=[*config.top_mlp, len(self.tasks)], dense_device=device)
+        ebc = EmbeddingBagCollection(
+            tables=[
+                EmbeddingBagConfig(
+                    name=USER_TABLE,
+                    embedding_dim=D,
+                    num_embeddings=num_users,
+                    feature_names=[USER_KEY],
+                    pooling=PoolingType.SUM,
+                ),
+                EmbeddingBagConfig(
+                    name=ITEM_TABLE,
+                    embedding_dim=D,
+                    num_embeddings=num_items,
+                    feature_names=[ITEM_KEY, HISTORY_KEY],
+                    pooling=PoolingType.MEAN,
+                ),
+            ],
+            device=device,
+        )
+        self.dlrm = DLRM(
+            embedding_bag_collection=ebc,
+            dense_in_features=dense_features,
+            dense_arch_layer_sizes=[*config.bottom_mlp, D],
+            over_arch_layer_sizes=[*config.top_mlp, len(self.tasks)],
+            dense_device=device,
+        )
 
     def forward(self, batch: RankerBatch) -> torch.Tensor:
         """[B, T] logits."""
@@ -215,8 +245,7 @@ def negative_samples(samples: SampleSet, *, num_items: int, negatives_per_positi
         (2, True, [1.0, 0.0, 0.0])
     """
     if num_items < 2 or negatives_per_positive < 1:
-        raise ValueError(f"num_items={num_items} must be >= 2 and negatives_per_positive={negatives_per_positive} "
-                         ">= 1")
+        raise ValueError(f"num_items={num_items} must be >= 2 and negatives_per_positive={negatives_per_positive} >= 1")
     keep = np.flatnonzero(samples.target[:, 0] != PAD_ITEM)
     k = negatives_per_positive
     positives = samples.target[keep, 0]
@@ -226,13 +255,20 @@ def negative_samples(samples: SampleSet, *, num_items: int, negatives_per_positi
     labels = np.zeros((len(keep), 1 + k), np.float32)
     labels[:, 0] = 1.0
     repeated = samples.subset(np.repeat(keep, 1 + k))
-    return SampleSet(repeated.user, repeated.history_values, repeated.history_offsets, target.astype(np.int64),
-                     labels.reshape(-1, 1, 1), [POSITIVE_TASK])
+    return SampleSet(
+        repeated.user,
+        repeated.history_values,
+        repeated.history_offsets,
+        target.astype(np.int64),
+        labels.reshape(-1, 1, 1),
+        [POSITIVE_TASK],
+    )
 
 
 @torch.no_grad()
-def predict(ranker: MultiTaskRanker, samples: SampleSet, item_features: torch.Tensor, *,
-            batch_size: int = 4096) -> np.ndarray:
+def predict(
+    ranker: MultiTaskRanker, samples: SampleSet, item_features: torch.Tensor, *, batch_size: int = 4096
+) -> np.ndarray:
     """[N, T] float32 task probabilities of each sample's slot-0 target item (a plain ranker, on its device).
 
     Args:
@@ -244,9 +280,12 @@ def predict(ranker: MultiTaskRanker, samples: SampleSet, item_features: torch.Te
     device = next(ranker.parameters()).device
     ranker.eval()
     transform = RankerTransform(item_features)
-    out = [torch.sigmoid(ranker(transform(collate_samples(samples, np.arange(lo, min(lo + batch_size, len(samples))))
-                                          ).to(device))).cpu()
-           for lo in range(0, len(samples), batch_size)]
+    out = [
+        torch.sigmoid(
+            ranker(transform(collate_samples(samples, np.arange(lo, min(lo + batch_size, len(samples))))).to(device))
+        ).cpu()
+        for lo in range(0, len(samples), batch_size)
+    ]
     return torch.cat(out).numpy() if out else np.zeros((0, len(ranker.tasks)), np.float32)
 
 
@@ -263,8 +302,14 @@ def candidate_samples(samples: SampleSet, candidates: np.ndarray) -> SampleSet:
     U, K = candidates.shape
     repeated = samples.subset(np.repeat(np.arange(U), K))
     target = np.maximum(candidates.reshape(-1, 1), 0).astype(np.int64)
-    return SampleSet(repeated.user, repeated.history_values, repeated.history_offsets, target,
-                     np.zeros((U * K, 1, 0), np.float32), [])
+    return SampleSet(
+        repeated.user,
+        repeated.history_values,
+        repeated.history_offsets,
+        target,
+        np.zeros((U * K, 1, 0), np.float32),
+        [],
+    )
 
 
 def task_aucs(probabilities: np.ndarray, labels: np.ndarray, tasks: Sequence[str]) -> Dict[str, float]:
@@ -291,20 +336,42 @@ def task_aucs(probabilities: np.ndarray, labels: np.ndarray, tasks: Sequence[str
     return out
 
 
-def save_ranker(path: Path, state: dict, model_config: RankerConfig, *, num_users: int, num_items: int,
-                tasks: Sequence[str], item_features: torch.Tensor) -> None:
+def save_ranker(
+    path: Path,
+    state: dict,
+    model_config: RankerConfig,
+    *,
+    num_users: int,
+    num_items: int,
+    tasks: Sequence[str],
+    item_features: torch.Tensor,
+) -> None:
     """Write a plain ranker state dict with what rebuilds it (config, sizes, tasks, item features), atomically."""
-    save_tagged(path, EXPORT_FORMAT, {"config": asdict(model_config), "num_users": int(num_users),
-                                      "num_items": int(num_items), "tasks": list(tasks),
-                                      "item_features": item_features.float().cpu(), "state_dict": state})
+    save_tagged(
+        path,
+        EXPORT_FORMAT,
+        {
+            "config": asdict(model_config),
+            "num_users": int(num_users),
+            "num_items": int(num_items),
+            "tasks": list(tasks),
+            "item_features": item_features.float().cpu(),
+            "state_dict": state,
+        },
+    )
 
 
 def load_ranker(path: Path, *, device: Optional[torch.device] = None) -> Tuple[MultiTaskRanker, torch.Tensor]:
     """Read a ``save_ranker`` file: (the ranker in eval mode, its item features [I, 1 + C])."""
     data = load_tagged(path, EXPORT_FORMAT, "save_ranker")
     features = data["item_features"]
-    ranker = MultiTaskRanker(RankerConfig(**data["config"]), num_users=data["num_users"], num_items=data["num_items"],
-                             tasks=data["tasks"], dense_features=dense_width(features),
-                             device=torch.device("meta"))
+    ranker = MultiTaskRanker(
+        RankerConfig(**data["config"]),
+        num_users=data["num_users"],
+        num_items=data["num_items"],
+        tasks=data["tasks"],
+        dense_features=dense_width(features),
+        device=torch.device("meta"),
+    )
     ranker.load_state_dict(data["state_dict"], assign=True)
     return ranker.to(device or torch.device("cpu")).eval(), features

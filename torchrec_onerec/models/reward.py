@@ -47,11 +47,21 @@ from torchrec.sparse.jagged_tensor import JaggedTensor
 
 from torchrec_onerec.data.batch import HISTORY_KEY, USER_KEY
 from torchrec_onerec.models.history_attention import HistoryAttention
-from torchrec_onerec.models.reward_batch import (CODE_FEATURE_KEYS, CODE_TABLE, HISTORY_CODE_KEY, ITEM_TABLE,
-                                                 SESSION_CODE_KEY, SESSION_KEY, USER_TABLE, RewardBatch,
-                                                 code_tokens, slot_mean)
+from torchrec_onerec.models.reward_batch import (
+    CODE_FEATURE_KEYS,
+    CODE_TABLE,
+    HISTORY_CODE_KEY,
+    ITEM_TABLE,
+    SESSION_CODE_KEY,
+    SESSION_KEY,
+    USER_TABLE,
+    RewardBatch,
+    code_tokens,
+    slot_mean,
+)
 from torchrec_onerec.models.reward_config import RewardModelConfig
 from torchrec_onerec.modules.attention import AttentionConfig, SelfAttention
+
 
 @torch.fx.wrap
 def _jagged_mean(values: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -102,8 +112,9 @@ class RewardOutput(NamedTuple):
 
 
 def _mlp(d_in: int, hidden: int, d_out: int, dropout: float, device: Optional[torch.device]) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(d_in, hidden, device=device), nn.ReLU(), nn.Dropout(dropout),
-                         nn.Linear(hidden, d_out, device=device))
+    return nn.Sequential(
+        nn.Linear(d_in, hidden, device=device), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, d_out, device=device)
+    )
 
 
 class SessionRewardModel(nn.Module):
@@ -133,49 +144,84 @@ class SessionRewardModel(nn.Module):
         ((1, 2), (1,), ['reward_code', 'reward_item'])
     """
 
-    def __init__(self, config: RewardModelConfig, num_users: int, num_items: int, signals: Sequence[str], *,
-                 item_codes: Optional[torch.Tensor] = None, device: Optional[torch.device] = None) -> None:
+    def __init__(
+        self,
+        config: RewardModelConfig,
+        num_users: int,
+        num_items: int,
+        signals: Sequence[str],
+        *,
+        item_codes: Optional[torch.Tensor] = None,
+        device: Optional[torch.device] = None,
+    ) -> None:
         super().__init__()
         if num_users < 1 or num_items < 1:
             raise ValueError(f"num_users={num_users} and num_items={num_items} must both be >= 1")
         if not signals or len(set(signals)) != len(signals):
-            raise ValueError(f"signals={list(signals)} must name at least one tower, each once "
-                             "(split.labels gives them)")
+            raise ValueError(
+                f"signals={list(signals)} must name at least one tower, each once (split.labels gives them)"
+            )
         unknown = sorted(set(config.weights) - set(signals))
         if unknown:
-            raise ValueError(f"reward.weights names {unknown}, which are not among the signals {list(signals)}; "
-                             "weight only the signals the split labels")
+            raise ValueError(
+                f"reward.weights names {unknown}, which are not among the signals {list(signals)}; "
+                "weight only the signals the split labels"
+            )
         self.item_tokens: Optional[torch.Tensor] = None
         if config.semantic_ids:
             if item_codes is None:
-                raise ValueError("reward.semantic_ids is true but no item_codes were given; pass the codebook's "
-                                 "codes (Codebook.codes, [num_items, L']) or set reward.semantic_ids=false")
+                raise ValueError(
+                    "reward.semantic_ids is true but no item_codes were given; pass the codebook's "
+                    "codes (Codebook.codes, [num_items, L']) or set reward.semantic_ids=false"
+                )
             if item_codes.shape[0] != num_items:
-                raise ValueError(f"item_codes has {item_codes.shape[0]} rows but num_items={num_items}; pass the "
-                                 "codes of this catalogue's items (one row per item id)")
+                raise ValueError(
+                    f"item_codes has {item_codes.shape[0]} rows but num_items={num_items}; pass the "
+                    "codes of this catalogue's items (one row per item id)"
+                )
             self.item_tokens = code_tokens(item_codes)
         self.config, self.num_users, self.num_items = config, num_users, num_items
         self.signals: List[str] = list(signals)
         self.weights: List[float] = [float(config.weights.get(s, 0.0)) if config.weights else 1.0 for s in signals]
         D, H = config.embedding_dim, config.tower_hidden
-        bounds = ({"weight_init_min": -config.embedding_init, "weight_init_max": config.embedding_init}
-                  if config.embedding_init else {})
-        tables = [EmbeddingConfig(name=ITEM_TABLE, embedding_dim=D, num_embeddings=num_items,
-                                  feature_names=[HISTORY_KEY, SESSION_KEY], **bounds)]
+        bounds = (
+            {"weight_init_min": -config.embedding_init, "weight_init_max": config.embedding_init}
+            if config.embedding_init
+            else {}
+        )
+        tables = [
+            EmbeddingConfig(
+                name=ITEM_TABLE,
+                embedding_dim=D,
+                num_embeddings=num_items,
+                feature_names=[HISTORY_KEY, SESSION_KEY],
+                **bounds,
+            )
+        ]
         if self.item_tokens is not None:
-            tables.append(EmbeddingConfig(name=CODE_TABLE, embedding_dim=D,
-                                          num_embeddings=int(self.item_tokens.max()) + 1,
-                                          feature_names=list(CODE_FEATURE_KEYS), **bounds))
+            tables.append(
+                EmbeddingConfig(
+                    name=CODE_TABLE,
+                    embedding_dim=D,
+                    num_embeddings=int(self.item_tokens.max()) + 1,
+                    feature_names=list(CODE_FEATURE_KEYS),
+                    **bounds,
+                )
+            )
         if config.user_id_embedding:
-            tables.append(EmbeddingConfig(name=USER_TABLE, embedding_dim=D, num_embeddings=num_users,
-                                          feature_names=[USER_KEY], **bounds))
+            tables.append(
+                EmbeddingConfig(
+                    name=USER_TABLE, embedding_dim=D, num_embeddings=num_users, feature_names=[USER_KEY], **bounds
+                )
+            )
         self.ec = EmbeddingCollection(tables=tables, device=device)  # a KJT key no table reads is ignored
         self.user_mlp = _mlp((2 if config.user_id_embedding else 1) * D, H, D, config.dropout, device)
         self.history_attention = HistoryAttention(D, device=device) if config.history_attention else None
         self.attention: Optional[SelfAttention] = None
         if config.pooling == "attention":
-            self.attention = SelfAttention(AttentionConfig(d_model=D, num_heads=config.num_heads,
-                                                           dropout=config.dropout), device=device)
+            self.attention = SelfAttention(
+                AttentionConfig(d_model=D, num_heads=config.num_heads, dropout=config.dropout), device=device
+            )
         self.towers = nn.ModuleList(_mlp(D, H, 1, config.dropout, device) for _ in self.signals)
 
     @property

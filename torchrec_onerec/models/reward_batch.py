@@ -44,8 +44,10 @@ def code_tokens(item_codes: torch.Tensor) -> torch.Tensor:
         [[0, 4], [2, 3]]
     """
     if item_codes.dim() != 2 or item_codes.shape[1] < 1 or (item_codes.numel() and int(item_codes.min()) < 0):
-        raise ValueError(f"item_codes must be a non-negative [I, L'] integer tensor (Codebook.codes), got shape "
-                         f"{tuple(item_codes.shape)}")
+        raise ValueError(
+            f"item_codes must be a non-negative [I, L'] integer tensor (Codebook.codes), got shape "
+            f"{tuple(item_codes.shape)}"
+        )
     codes = item_codes.detach().to("cpu", torch.int64)
     sizes = codes.max(dim=0).values + 1
     return codes + (torch.cumsum(sizes, 0) - sizes)
@@ -115,8 +117,9 @@ def session_labels(item_labels: torch.Tensor, mask: torch.Tensor, rule: str) -> 
     raise ValueError(f"rule={rule!r} must be 'mean' or 'any' (reward.session_label)")
 
 
-def to_reward_batch(batch: OneRecBatch, *, session_label: str,
-                    item_tokens: Optional[torch.Tensor] = None) -> RewardBatch:
+def to_reward_batch(
+    batch: OneRecBatch, *, session_label: str, item_tokens: Optional[torch.Tensor] = None
+) -> RewardBatch:
     """Add a ``OneRecBatch``'s target sessions to its feature KJT as ``session_item`` (vectorised).
 
     Args:
@@ -151,8 +154,12 @@ def to_reward_batch(batch: OneRecBatch, *, session_label: str,
         values += [item_tokens[history.values()].reshape(-1), item_tokens[batch.target[mask]].reshape(-1)]
         lengths += [history.lengths() * levels, mask.sum(dim=1) * levels]
     features = KeyedJaggedTensor.from_lengths_sync(keys=keys, values=torch.cat(values), lengths=torch.cat(lengths))
-    return RewardBatch(features=features, session_mask=mask,
-                       labels=session_labels(batch.labels, mask, session_label), item_labels=batch.labels)
+    return RewardBatch(
+        features=features,
+        session_mask=mask,
+        labels=session_labels(batch.labels, mask, session_label),
+        item_labels=batch.labels,
+    )
 
 
 class RewardTransform:

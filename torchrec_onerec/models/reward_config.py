@@ -111,18 +111,23 @@ class RewardModelConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"reward.{name}={getattr(self, name)} must be >= 1")
         if self.embedding_dim % self.num_heads:
-            raise ConfigError(f"reward.num_heads={self.num_heads} must divide reward.embedding_dim="
-                              f"{self.embedding_dim}; pick a head count that divides the width")
+            raise ConfigError(
+                f"reward.num_heads={self.num_heads} must divide reward.embedding_dim="
+                f"{self.embedding_dim}; pick a head count that divides the width"
+            )
         if self.pooling not in POOLINGS:
             raise ConfigError(f"reward.pooling={self.pooling!r} must be one of {list(POOLINGS)}")
         if self.tower_level not in TOWER_LEVELS:
             raise ConfigError(f"reward.tower_level={self.tower_level!r} must be one of {list(TOWER_LEVELS)}")
         if self.tower_level == "item" and self.session_label != "mean":
-            raise ConfigError("reward.tower_level=item scores a session by the mean of its items' probabilities, "
-                              f"which is what session_label=mean targets; got session_label={self.session_label!r}")
+            raise ConfigError(
+                "reward.tower_level=item scores a session by the mean of its items' probabilities, "
+                f"which is what session_label=mean targets; got session_label={self.session_label!r}"
+            )
         if self.baseline_pooling not in ("", *POOLINGS):
-            raise ConfigError(f"reward.baseline_pooling={self.baseline_pooling!r} must be '' (none) or one of "
-                              f"{list(POOLINGS)}")
+            raise ConfigError(
+                f"reward.baseline_pooling={self.baseline_pooling!r} must be '' (none) or one of {list(POOLINGS)}"
+            )
         if self.session_label not in SESSION_LABELS:
             raise ConfigError(f"reward.session_label={self.session_label!r} must be one of {list(SESSION_LABELS)}")
         if not 0.0 <= self.dropout < 1.0:
@@ -135,5 +140,7 @@ class RewardModelConfig:
                 raise ConfigError(f"reward.{name}={getattr(self, name)} must be >= 0")
         bad = {signal: weight for signal, weight in self.weights.items() if not math.isfinite(weight)}
         if bad:
-            raise ConfigError(f"reward.weights has non-finite weights {bad}; give each signal a finite weight "
-                              "(negative for an unwanted signal such as hate, or leave a signal out to ignore it)")
+            raise ConfigError(
+                f"reward.weights has non-finite weights {bad}; give each signal a finite weight "
+                "(negative for an unwanted signal such as hate, or leave a signal out to ignore it)"
+            )

@@ -22,20 +22,27 @@ def _check_sessions(model: SessionRewardModel, samples: SampleSet, sessions: np.
     """``sessions`` as [U, N, M] int64 with U = len(samples) and ids in [-1, num_items), else ValueError."""
     sessions = np.asarray(sessions)
     if sessions.ndim != 3 or sessions.shape[0] != len(samples) or (sessions.size and sessions.dtype.kind not in "iu"):
-        raise ValueError(f"sessions must be an integer array [U={len(samples)}, N, M] (one row per sample), got "
-                         f"shape {sessions.shape} and dtype {sessions.dtype}")
+        raise ValueError(
+            f"sessions must be an integer array [U={len(samples)}, N, M] (one row per sample), got "
+            f"shape {sessions.shape} and dtype {sessions.dtype}"
+        )
     if sessions.size and (int(sessions.min()) < PAD_ITEM or int(sessions.max()) >= model.num_items):
-        raise ValueError(f"sessions hold ids in [{int(sessions.min())}, {int(sessions.max())}]; items are "
-                         f"[0, {model.num_items}) for this reward model and -1 is the only padding value")
+        raise ValueError(
+            f"sessions hold ids in [{int(sessions.min())}, {int(sessions.max())}]; items are "
+            f"[0, {model.num_items}) for this reward model and -1 is the only padding value"
+        )
     largest_user = samples.largest_ids()[0]
     if largest_user >= model.num_users:
-        raise ValueError(f"samples hold user id {largest_user} but the reward model has "
-                         f"{model.num_users} users; score users of the data set it was trained on")
+        raise ValueError(
+            f"samples hold user id {largest_user} but the reward model has "
+            f"{model.num_users} users; score users of the data set it was trained on"
+        )
     return sessions.astype(np.int64, copy=False)
 
 
-def score_sessions(model: SessionRewardModel, samples: SampleSet, sessions: np.ndarray, *, batch_size: int,
-                   device: torch.device) -> np.ndarray:
+def score_sessions(
+    model: SessionRewardModel, samples: SampleSet, sessions: np.ndarray, *, batch_size: int, device: torch.device
+) -> np.ndarray:
     """Per-signal probabilities of N sessions per user, from a plain (unsharded) model, without gradients.
 
     Sample u's user and history are paired with each of its N sessions. The model runs in eval mode (its mode
@@ -75,8 +82,12 @@ def score_sessions(model: SessionRewardModel, samples: SampleSet, sessions: np.n
                 rows = np.arange(start, min(U, start + users_per_batch))
                 batch = collate_samples(samples, np.repeat(rows, N))  # each user once per session
                 target = torch.from_numpy(sessions[rows].reshape(len(rows) * N, M))
-                batch = dataclasses.replace(batch, target=target, target_mask=target != PAD_ITEM,
-                                            labels=torch.zeros(len(rows) * N, M, len(model.signals)))
+                batch = dataclasses.replace(
+                    batch,
+                    target=target,
+                    target_mask=target != PAD_ITEM,
+                    labels=torch.zeros(len(rows) * N, M, len(model.signals)),
+                )
                 reward_batch = to_reward_batch(batch, session_label="mean", item_tokens=model.item_tokens)
                 probabilities = model(reward_batch.to(device)).probabilities
                 out[rows] = probabilities.view(len(rows), N, -1).float().cpu().numpy()
@@ -85,8 +96,9 @@ def score_sessions(model: SessionRewardModel, samples: SampleSet, sessions: np.n
     return out
 
 
-def session_rewards(model: SessionRewardModel, samples: SampleSet, sessions: np.ndarray, *, batch_size: int,
-                    device: torch.device) -> np.ndarray:
+def session_rewards(
+    model: SessionRewardModel, samples: SampleSet, sessions: np.ndarray, *, batch_size: int, device: torch.device
+) -> np.ndarray:
     """The scalar reward of N sessions per user: ``model.reward`` of ``score_sessions``.
 
     Args:

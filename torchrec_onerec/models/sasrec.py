@@ -83,7 +83,8 @@ class SASRecTransform:
         features = KeyedJaggedTensor.from_lengths_sync(
             keys=[HISTORY_KEY, CATALOGUE_KEY],
             values=torch.cat([history.values(), torch.arange(self.num_items, dtype=torch.int64)]),
-            lengths=torch.cat([history.lengths(), catalogue_lengths]))
+            lengths=torch.cat([history.lengths(), catalogue_lengths]),
+        )
         return SASRecBatch(features, batch.target[:, 0].clone())
 
 
@@ -107,20 +108,31 @@ class SASRec(nn.Module):
         ((2, 8), (5, 8), True)
     """
 
-    def __init__(self, config: SASRecConfig, *, num_items: int, max_history: int,
-                 device: Optional[torch.device] = None) -> None:
+    def __init__(
+        self, config: SASRecConfig, *, num_items: int, max_history: int, device: Optional[torch.device] = None
+    ) -> None:
         super().__init__()
         if num_items < 1 or max_history < 1:
             raise ValueError(f"num_items={num_items} and max_history={max_history} must be >= 1")
         self.config, self.num_items, self.max_history = config, num_items, max_history
         D = config.embedding_dim
-        self.ec = EmbeddingCollection(tables=[
-            EmbeddingConfig(name=ITEM_TABLE, embedding_dim=D, num_embeddings=num_items,
-                            feature_names=[HISTORY_KEY, CATALOGUE_KEY])], device=device)
+        self.ec = EmbeddingCollection(
+            tables=[
+                EmbeddingConfig(
+                    name=ITEM_TABLE,
+                    embedding_dim=D,
+                    num_embeddings=num_items,
+                    feature_names=[HISTORY_KEY, CATALOGUE_KEY],
+                )
+            ],
+            device=device,
+        )
         self.position = nn.Parameter(torch.empty(max_history, D, device=device))
         self.dropout = nn.Dropout(config.dropout)
-        self.encoder = TransformerEncoder(EncoderConfig(D, config.num_heads, config.num_layers, config.ffn_hidden,
-                                                        config.dropout, causal=True), device=device)
+        self.encoder = TransformerEncoder(
+            EncoderConfig(D, config.num_heads, config.num_layers, config.ffn_hidden, config.dropout, causal=True),
+            device=device,
+        )
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -150,8 +162,9 @@ class SASRec(nn.Module):
 
 
 @torch.no_grad()
-def rank_items(model: SASRec, samples: SampleSet, *, k: int, exclude_history: bool = False,
-               batch_size: int = 256) -> Tuple[np.ndarray, np.ndarray]:
+def rank_items(
+    model: SASRec, samples: SampleSet, *, k: int, exclude_history: bool = False, batch_size: int = 256
+) -> Tuple[np.ndarray, np.ndarray]:
     """The top-``k`` items of every sample by the model's score over the whole catalogue.
 
     Args:
@@ -182,8 +195,9 @@ def rank_items(model: SASRec, samples: SampleSet, *, k: int, exclude_history: bo
         rows = np.arange(start, min(start + batch_size, len(samples)))
         batch = transform(collate_samples(samples, rows)).to(device)
         user, catalogue = model.encode(batch.features)
-        top_items, top_scores = top_k_items(user @ catalogue.t(), batch.features[HISTORY_KEY], k,
-                                            exclude_history=exclude_history)
+        top_items, top_scores = top_k_items(
+            user @ catalogue.t(), batch.features[HISTORY_KEY], k, exclude_history=exclude_history
+        )
         items.append(top_items)
         scores.append(top_scores)
     if not items:
@@ -193,14 +207,21 @@ def rank_items(model: SASRec, samples: SampleSet, *, k: int, exclude_history: bo
 
 def save_sasrec(path: Path, state: dict, config: SASRecConfig, *, num_items: int, max_history: int) -> None:
     """Write a plain SASRec state dict with what rebuilds it (config and sizes), atomically."""
-    save_tagged(path, EXPORT_FORMAT, {"config": asdict(config), "num_items": int(num_items),
-                                      "max_history": int(max_history), "state_dict": state})
+    save_tagged(
+        path,
+        EXPORT_FORMAT,
+        {"config": asdict(config), "num_items": int(num_items), "max_history": int(max_history), "state_dict": state},
+    )
 
 
 def load_sasrec(path: Path, *, device: Optional[torch.device] = None) -> SASRec:
     """Read a ``save_sasrec`` file: the model, in eval mode, on ``device`` (default CPU)."""
     data = load_tagged(path, EXPORT_FORMAT, "save_sasrec")
-    model = SASRec(SASRecConfig(**data["config"]), num_items=data["num_items"], max_history=data["max_history"],
-                   device=torch.device("meta"))
+    model = SASRec(
+        SASRecConfig(**data["config"]),
+        num_items=data["num_items"],
+        max_history=data["max_history"],
+        device=torch.device("meta"),
+    )
     model.load_state_dict(data["state_dict"], assign=True)
     return model.to(device or torch.device("cpu")).eval()

@@ -51,15 +51,25 @@ class SASRecConfig:
     weight_decay: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("embedding_dim", "num_layers", "num_heads", "ffn_hidden", "epochs", "batch_size",
-                     "learning_rate", "sparse_learning_rate"):
+        for name in (
+            "embedding_dim",
+            "num_layers",
+            "num_heads",
+            "ffn_hidden",
+            "epochs",
+            "batch_size",
+            "learning_rate",
+            "sparse_learning_rate",
+        ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"sasrec.{name}={getattr(self, name)} must be > 0")
         if self.embedding_dim % self.num_heads:
-            raise ConfigError(f"sasrec.num_heads={self.num_heads} must divide sasrec.embedding_dim="
-                              f"{self.embedding_dim}")
+            raise ConfigError(
+                f"sasrec.num_heads={self.num_heads} must divide sasrec.embedding_dim={self.embedding_dim}"
+            )
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"sasrec.dropout={self.dropout} must lie in [0, 1)")
         if self.patience < 0 or self.weight_decay < 0:
-            raise ConfigError(f"sasrec.patience={self.patience} and sasrec.weight_decay={self.weight_decay} must "
-                              "be >= 0")
+            raise ConfigError(
+                f"sasrec.patience={self.patience} and sasrec.weight_decay={self.weight_decay} must be >= 0"
+            )

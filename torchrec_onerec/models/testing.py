@@ -55,8 +55,9 @@ def random_codes(num_items: int, codebook_sizes: Sequence[int], *, seed: int = 0
     return codes, [int(size) for size in codebook_sizes] + [int(rank.max()) + 1]
 
 
-def random_batch(codes: torch.Tensor, batch_size: int, *, max_history: int, session_items: int,
-                 num_users: int = 1000, seed: int = 0) -> SemanticIdBatch:
+def random_batch(
+    codes: torch.Tensor, batch_size: int, *, max_history: int, session_items: int, num_users: int = 1000, seed: int = 0
+) -> SemanticIdBatch:
     """A semantic batch of random users with random histories (0 .. n items) and sessions (1 .. M items).
 
     Args:
@@ -89,8 +90,9 @@ def random_batch(codes: torch.Tensor, batch_size: int, *, max_history: int, sess
     return to_semantic_batch(collate_samples(samples), codes)
 
 
-def tiny_cascade(num_users: int, num_items: int, tasks: Sequence[str] = ("vtr",), *,
-                 num_candidates: Optional[int] = None) -> CascadeRecommender:
+def tiny_cascade(
+    num_users: int, num_items: int, tasks: Sequence[str] = ("vtr",), *, num_candidates: Optional[int] = None
+) -> CascadeRecommender:
     """An untrained cascade (tables of width 4, no item content, one dense item feature of zeros), initialised
     from the global torch seed: enough to exercise what retrieves, ranks or scores with a cascade.
 
@@ -109,7 +111,10 @@ def tiny_cascade(num_users: int, num_items: int, tasks: Sequence[str] = ("vtr",)
     if num_candidates is not None:
         retrieval = dataclasses.replace(retrieval, num_candidates=num_candidates)
     config = CascadeConfig(retrieval, RankerConfig(embedding_dim=4))
-    return CascadeRecommender(TwoTowerRetrieval(config.retrieval, num_users=num_users, num_items=num_items),
-                              MultiTaskRanker(config.ranker, num_users=num_users, num_items=num_items,
-                                              tasks=list(tasks), dense_features=2),
-                              config, torch.zeros(num_items, 0), torch.zeros(num_items, 1))
+    return CascadeRecommender(
+        TwoTowerRetrieval(config.retrieval, num_users=num_users, num_items=num_items),
+        MultiTaskRanker(config.ranker, num_users=num_users, num_items=num_items, tasks=list(tasks), dense_features=2),
+        config,
+        torch.zeros(num_items, 0),
+        torch.zeros(num_items, 1),
+    )

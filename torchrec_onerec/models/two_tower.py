@@ -83,15 +83,19 @@ class TwoTowerTransform:
 
     def __init__(self, item_content: torch.Tensor, item_log_q: torch.Tensor) -> None:
         if item_content.dim() != 2 or item_log_q.shape != (item_content.shape[0],):
-            raise ValueError(f"item_content {tuple(item_content.shape)} must be [I, C] and item_log_q "
-                             f"{tuple(item_log_q.shape)} must be [I] for the same I")
+            raise ValueError(
+                f"item_content {tuple(item_content.shape)} must be [I, C] and item_log_q "
+                f"{tuple(item_log_q.shape)} must be [I] for the same I"
+            )
         self.item_content, self.item_log_q = item_content.float(), item_log_q.float()
 
     def __call__(self, batch: OneRecBatch) -> TwoTowerBatch:
         items = batch.target[:, 0]
         if items.numel() and (int(items.min()) < 0 or int(items.max()) >= len(self.item_log_q)):
-            raise ValueError(f"pair items span [{int(items.min())}, {int(items.max())}], outside [0, "
-                             f"{len(self.item_log_q)}); build the pairs with training_pairs from this catalogue")
+            raise ValueError(
+                f"pair items span [{int(items.min())}, {int(items.max())}], outside [0, "
+                f"{len(self.item_log_q)}); build the pairs with training_pairs from this catalogue"
+            )
         return TwoTowerBatch(batch.features, item_kjt(items), self.item_content[items], self.item_log_q[items], items)
 
 
@@ -114,9 +118,14 @@ def training_pairs(samples: SampleSet) -> SampleSet:
     """
     rows, slots = np.nonzero(samples.target != PAD_ITEM)
     repeated = samples.subset(rows)
-    return SampleSet(repeated.user, repeated.history_values, repeated.history_offsets,
-                     samples.target[rows, slots][:, None], samples.labels[rows, slots][:, None, :],
-                     list(samples.signals))
+    return SampleSet(
+        repeated.user,
+        repeated.history_values,
+        repeated.history_offsets,
+        samples.target[rows, slots][:, None],
+        samples.labels[rows, slots][:, None, :],
+        list(samples.signals),
+    )
 
 
 def item_log_frequency(items: np.ndarray, num_items: int) -> np.ndarray:
@@ -131,8 +140,9 @@ def item_log_frequency(items: np.ndarray, num_items: int) -> np.ndarray:
 
 
 @torch.fx.wrap
-def in_batch_softmax_loss(user: torch.Tensor, item: torch.Tensor, items: torch.Tensor, log_q: Optional[torch.Tensor],
-                          temperature: float) -> torch.Tensor:
+def in_batch_softmax_loss(
+    user: torch.Tensor, item: torch.Tensor, items: torch.Tensor, log_q: Optional[torch.Tensor], temperature: float
+) -> torch.Tensor:
     """Mean cross-entropy of each pair's own item against the batch's other items (module docstring).
 
     Args:
@@ -185,24 +195,53 @@ class TwoTowerRetrieval(nn.Module):
         ((2, 4), True)
     """
 
-    def __init__(self, config: RetrievalConfig, *, num_users: int, num_items: int, content_dim: int = 0,
-                 device: Optional[torch.device] = None) -> None:
+    def __init__(
+        self,
+        config: RetrievalConfig,
+        *,
+        num_users: int,
+        num_items: int,
+        content_dim: int = 0,
+        device: Optional[torch.device] = None,
+    ) -> None:
         super().__init__()
         if num_users < 1 or num_items < 1 or content_dim < 0:
-            raise ValueError(f"num_users={num_users} and num_items={num_items} must be >= 1, content_dim="
-                             f"{content_dim} >= 0")
+            raise ValueError(
+                f"num_users={num_users} and num_items={num_items} must be >= 1, content_dim={content_dim} >= 0"
+            )
         self.config, self.num_users, self.num_items, self.content_dim = config, num_users, num_items, content_dim
         D = config.embedding_dim
-        self.user_ebc = EmbeddingBagCollection(tables=[
-            EmbeddingBagConfig(name=USER_TABLE, embedding_dim=D, num_embeddings=num_users, feature_names=[USER_KEY],
-                               pooling=PoolingType.SUM),
-            EmbeddingBagConfig(name=HISTORY_TABLE, embedding_dim=D, num_embeddings=num_items,
-                               feature_names=[HISTORY_KEY], pooling=PoolingType.MEAN),
-        ], device=device)
-        self.item_ebc = EmbeddingBagCollection(tables=[
-            EmbeddingBagConfig(name=ITEM_TABLE, embedding_dim=D, num_embeddings=num_items, feature_names=[ITEM_KEY],
-                               pooling=PoolingType.SUM),
-        ], device=device)
+        self.user_ebc = EmbeddingBagCollection(
+            tables=[
+                EmbeddingBagConfig(
+                    name=USER_TABLE,
+                    embedding_dim=D,
+                    num_embeddings=num_users,
+                    feature_names=[USER_KEY],
+                    pooling=PoolingType.SUM,
+                ),
+                EmbeddingBagConfig(
+                    name=HISTORY_TABLE,
+                    embedding_dim=D,
+                    num_embeddings=num_items,
+                    feature_names=[HISTORY_KEY],
+                    pooling=PoolingType.MEAN,
+                ),
+            ],
+            device=device,
+        )
+        self.item_ebc = EmbeddingBagCollection(
+            tables=[
+                EmbeddingBagConfig(
+                    name=ITEM_TABLE,
+                    embedding_dim=D,
+                    num_embeddings=num_items,
+                    feature_names=[ITEM_KEY],
+                    pooling=PoolingType.SUM,
+                ),
+            ],
+            device=device,
+        )
         self.user_tower = _tower(2 * D, config.tower_hidden, D, device)
         self.item_tower = _tower(D + content_dim, config.tower_hidden, D, device)
 
@@ -226,8 +265,15 @@ class TwoTowerRetrieval(nn.Module):
 
 
 @torch.no_grad()
-def retrieve(model: TwoTowerRetrieval, samples: SampleSet, *, k: int, item_content: torch.Tensor,
-             exclude_history: bool = False, batch_size: int = 1024) -> Tuple[np.ndarray, np.ndarray]:
+def retrieve(
+    model: TwoTowerRetrieval,
+    samples: SampleSet,
+    *,
+    k: int,
+    item_content: torch.Tensor,
+    exclude_history: bool = False,
+    batch_size: int = 1024,
+) -> Tuple[np.ndarray, np.ndarray]:
     """The top-``k`` items of every sample by exact inner product with the whole catalogue.
 
     Args:
@@ -260,20 +306,39 @@ def retrieve(model: TwoTowerRetrieval, samples: SampleSet, *, k: int, item_conte
     return torch.cat(items).numpy(), torch.cat(scores).numpy()
 
 
-def save_two_tower(path: Path, state: dict, model_config: RetrievalConfig, *, num_users: int, num_items: int,
-                   item_content: torch.Tensor) -> None:
+def save_two_tower(
+    path: Path,
+    state: dict,
+    model_config: RetrievalConfig,
+    *,
+    num_users: int,
+    num_items: int,
+    item_content: torch.Tensor,
+) -> None:
     """Write a plain two-tower state dict with what rebuilds it (config, sizes, item content), atomically."""
-    save_tagged(path, EXPORT_FORMAT, {"config": asdict(model_config), "num_users": int(num_users),
-                                      "num_items": int(num_items), "item_content": item_content.float().cpu(),
-                                      "state_dict": state})
+    save_tagged(
+        path,
+        EXPORT_FORMAT,
+        {
+            "config": asdict(model_config),
+            "num_users": int(num_users),
+            "num_items": int(num_items),
+            "item_content": item_content.float().cpu(),
+            "state_dict": state,
+        },
+    )
 
 
 def load_two_tower(path: Path, *, device: Optional[torch.device] = None) -> Tuple[TwoTowerRetrieval, torch.Tensor]:
     """Read a ``save_two_tower`` file: (the model in eval mode, its item content [I, C])."""
     data = load_tagged(path, EXPORT_FORMAT, "save_two_tower")
     content = data["item_content"]
-    model = TwoTowerRetrieval(RetrievalConfig(**data["config"]), num_users=data["num_users"],
-                              num_items=data["num_items"], content_dim=int(content.shape[1]),
-                              device=torch.device("meta"))
+    model = TwoTowerRetrieval(
+        RetrievalConfig(**data["config"]),
+        num_users=data["num_users"],
+        num_items=data["num_items"],
+        content_dim=int(content.shape[1]),
+        device=torch.device("meta"),
+    )
     model.load_state_dict(data["state_dict"], assign=True)
     return model.to(device or torch.device("cpu")).eval(), content

@@ -7,6 +7,21 @@ from torchrec_onerec.modules.kv_cache import KVCache
 from torchrec_onerec.modules.moe import MoEConfig, MoEFeedForward
 from torchrec_onerec.modules.transformer import DecoderConfig, EncoderConfig, TransformerDecoder, TransformerEncoder
 
-__all__ = ["AttentionConfig", "CrossAttention", "DecoderConfig", "EncoderConfig", "FeedForward", "FeedForwardConfig",
-           "FeedForwardOutput", "KVCache", "MoEConfig", "MoEFeedForward", "SelfAttention", "SemanticEmbeddingConfig",
-           "SemanticTokenEmbedding", "TransformerDecoder", "TransformerEncoder", "reference_attention"]
+__all__ = [
+    "AttentionConfig",
+    "CrossAttention",
+    "DecoderConfig",
+    "EncoderConfig",
+    "FeedForward",
+    "FeedForwardConfig",
+    "FeedForwardOutput",
+    "KVCache",
+    "MoEConfig",
+    "MoEFeedForward",
+    "SelfAttention",
+    "SemanticEmbeddingConfig",
+    "SemanticTokenEmbedding",
+    "TransformerDecoder",
+    "TransformerEncoder",
+    "reference_attention",
+]

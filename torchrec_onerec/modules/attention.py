@@ -44,14 +44,17 @@ class AttentionConfig:
 
     def __post_init__(self) -> None:
         if self.num_heads < 1 or self.d_model % self.num_heads:
-            raise ValueError(f"num_heads={self.num_heads} must be >= 1 and divide d_model={self.d_model}; "
-                             "pick a head count that divides the width")
+            raise ValueError(
+                f"num_heads={self.num_heads} must be >= 1 and divide d_model={self.d_model}; "
+                "pick a head count that divides the width"
+            )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout={self.dropout} must lie in [0, 1)")
 
 
-def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                        mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+def reference_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor] = None
+) -> torch.Tensor:
     """softmax(Q K^T / sqrt(d) masked) V, written out; the test oracle of ``attend``.
 
     Args:
@@ -74,8 +77,9 @@ def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     return scores.softmax(dim=-1) @ v
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor] = None, *,
-           causal: bool = False) -> torch.Tensor:
+def attend(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor] = None, *, causal: bool = False
+) -> torch.Tensor:
     """``scaled_dot_product_attention`` with a boolean mask or a causal flag (the fast path).
 
     Args:
@@ -123,8 +127,9 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(config.d_model, config.d_model, device=device)
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, key_mask: Optional[torch.Tensor] = None,
-                cache: Optional[KVCache] = None, layer: int = 0) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, key_mask: Optional[torch.Tensor] = None, cache: Optional[KVCache] = None, layer: int = 0
+    ) -> torch.Tensor:
         """Attend over ``x`` (and the cached tokens).
 
         Args:
@@ -169,8 +174,9 @@ class CrossAttention(nn.Module):
     def __init__(self, config: AttentionConfig, *, device: Optional[torch.device] = None) -> None:
         super().__init__()
         if config.causal:
-            raise ValueError("CrossAttention got config.causal=True; cross-attention sees the whole memory, "
-                             "set causal=False")
+            raise ValueError(
+                "CrossAttention got config.causal=True; cross-attention sees the whole memory, set causal=False"
+            )
         self.config = config
         self.q = nn.Linear(config.d_model, config.d_model, device=device)
         self.kv = nn.Linear(config.d_model, 2 * config.d_model, device=device)
@@ -191,8 +197,9 @@ class CrossAttention(nn.Module):
         k, v = self.kv(memory).view(B, S, 2, H, D // H).permute(2, 0, 3, 1, 4)  # each (B, H, S, D/H)
         return k, v
 
-    def forward(self, x: torch.Tensor, memory_kv: Tuple[torch.Tensor, torch.Tensor],
-                memory_mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, memory_kv: Tuple[torch.Tensor, torch.Tensor], memory_mask: torch.Tensor
+    ) -> torch.Tensor:
         """Attend from ``x`` to the memory.
 
         Args:

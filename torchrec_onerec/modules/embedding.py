@@ -65,8 +65,10 @@ class SemanticEmbeddingConfig:
         if self.d_model < 1:
             raise ValueError(f"d_model={self.d_model} must be >= 1")
         if not self.vocab_sizes or min(self.vocab_sizes) < 1:
-            raise ValueError(f"vocab_sizes={list(self.vocab_sizes)} needs one entry >= 1 per code level; "
-                             "pass the codebook's per-level sizes")
+            raise ValueError(
+                f"vocab_sizes={list(self.vocab_sizes)} needs one entry >= 1 per code level; "
+                "pass the codebook's per-level sizes"
+            )
         if self.max_history < 1 or self.session_items < 1:
             raise ValueError(f"max_history={self.max_history} and session_items={self.session_items} must be >= 1")
         if self.num_users < 0:
@@ -117,12 +119,21 @@ class SemanticTokenEmbedding(nn.Module):
         super().__init__()
         self.config = config
         D, L = config.d_model, config.num_levels
-        tables = [EmbeddingConfig(name=f"code_{level}", embedding_dim=D, num_embeddings=size,
-                                  feature_names=[history_code_key(level), target_code_key(level)])
-                  for level, size in enumerate(config.vocab_sizes)]
+        tables = [
+            EmbeddingConfig(
+                name=f"code_{level}",
+                embedding_dim=D,
+                num_embeddings=size,
+                feature_names=[history_code_key(level), target_code_key(level)],
+            )
+            for level, size in enumerate(config.vocab_sizes)
+        ]
         if config.num_users:
-            tables.append(EmbeddingConfig(name=USER_KEY, embedding_dim=D, num_embeddings=config.num_users,
-                                          feature_names=[USER_KEY]))
+            tables.append(
+                EmbeddingConfig(
+                    name=USER_KEY, embedding_dim=D, num_embeddings=config.num_users, feature_names=[USER_KEY]
+                )
+            )
         self.ec = EmbeddingCollection(tables=tables, device=device)
         self.recency = nn.Embedding(config.max_history, D, device=device)
         self.level = nn.Embedding(L, D, device=device)
@@ -148,8 +159,9 @@ class SemanticTokenEmbedding(nn.Module):
         """
         n, M, L = self.config.max_history, self.config.session_items, self.config.num_levels
         embedded = self.ec(features)
-        history = torch.stack([embedded[history_code_key(level)].to_padded_dense(n) for level in range(L)],
-                              dim=2)  # (B, n, L', D)
+        history = torch.stack(
+            [embedded[history_code_key(level)].to_padded_dense(n) for level in range(L)], dim=2
+        )  # (B, n, L', D)
         B, _, _, D = history.shape
         lengths = embedded[history_code_key(0)].lengths()  # (B,)
         age = lengths.unsqueeze(1) - 1 - torch.arange(n, device=lengths.device)  # (B, n), newest item = 0
@@ -164,8 +176,9 @@ class SemanticTokenEmbedding(nn.Module):
         else:
             tokens = torch.cat([context, history.reshape(B, n * L, D)], dim=1)  # (B, 1 + n L', D)
             mask = torch.cat([valid.new_ones(B, 1), valid.unsqueeze(2).expand(B, n, L).reshape(B, n * L)], dim=1)
-        targets = torch.stack([embedded[target_code_key(level)].to_padded_dense(M) for level in range(L)],
-                              dim=2)  # (B, M, L', D)
+        targets = torch.stack(
+            [embedded[target_code_key(level)].to_padded_dense(M) for level in range(L)], dim=2
+        )  # (B, M, L', D)
         return EncoderTokens(tokens, mask, targets)
 
     def embed_codes(self, codes: torch.Tensor) -> torch.Tensor:
@@ -203,4 +216,4 @@ class SemanticTokenEmbedding(nn.Module):
     def add_decoder_positions(self, tokens: torch.Tensor, start: int) -> torch.Tensor:
         """Add the decoder position embedding of slots ``start .. start + T - 1`` to [B, T, D] tokens."""
         T = tokens.shape[1]
-        return tokens + self.decoder_position.weight[start:start + T]
+        return tokens + self.decoder_position.weight[start : start + T]

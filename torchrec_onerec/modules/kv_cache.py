@@ -42,8 +42,17 @@ class KVCache:
         ((2, 1, 2, 1), 2)
     """
 
-    def __init__(self, num_layers: int, batch_size: int, num_heads: int, max_length: int, head_dim: int, *,
-                 dtype: torch.dtype = torch.float32, device: Optional[torch.device] = None) -> None:
+    def __init__(
+        self,
+        num_layers: int,
+        batch_size: int,
+        num_heads: int,
+        max_length: int,
+        head_dim: int,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: Optional[torch.device] = None,
+    ) -> None:
         shape = (max_length, num_layers, batch_size, num_heads, head_dim)
         self.keys = torch.empty(shape, dtype=dtype, device=device)  # only written slots are ever read
         self.values = torch.empty(shape, dtype=dtype, device=device)
@@ -68,10 +77,12 @@ class KVCache:
         """
         end = self.length + keys.shape[2]
         if end > self.max_length:
-            raise ValueError(f"KVCache holds at most max_length={self.max_length} tokens, {end} requested; "
-                             "build it with a larger max_length")
-        self.keys[self.length:end, layer] = keys.permute(2, 0, 1, 3)
-        self.values[self.length:end, layer] = values.permute(2, 0, 1, 3)
+            raise ValueError(
+                f"KVCache holds at most max_length={self.max_length} tokens, {end} requested; "
+                "build it with a larger max_length"
+            )
+        self.keys[self.length : end, layer] = keys.permute(2, 0, 1, 3)
+        self.values[self.length : end, layer] = values.permute(2, 0, 1, 3)
         return self.keys[:end, layer].permute(1, 2, 0, 3), self.values[:end, layer].permute(1, 2, 0, 3)
 
     def advance(self, num_tokens: int) -> None:

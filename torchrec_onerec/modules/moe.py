@@ -71,8 +71,9 @@ class MoEConfig:
 
 
 @torch.fx.wrap
-def grouped_expert_forward(x: torch.Tensor, expert_index: torch.Tensor, gates: torch.Tensor,
-                           weights: List[torch.Tensor]) -> torch.Tensor:
+def grouped_expert_forward(
+    x: torch.Tensor, expert_index: torch.Tensor, gates: torch.Tensor, weights: List[torch.Tensor]
+) -> torch.Tensor:
     """Run every token through its chosen experts and sum the gated outputs (vectorised dispatch).
 
     The split sizes depend on the routing (data-dependent), so fx treats this function as one leaf call.
@@ -149,8 +150,12 @@ class MoEFeedForward(nn.Module):
 
     def reset_parameters(self) -> None:
         """Initialise each expert like a pair of ``nn.Linear`` layers (uniform in +-1/sqrt(fan_in))."""
-        for weight, fan_in in ((self.w_in, self.config.d_model), (self.b_in, self.config.d_model),
-                               (self.w_out, self.config.expert_hidden), (self.b_out, self.config.expert_hidden)):
+        for weight, fan_in in (
+            (self.w_in, self.config.d_model),
+            (self.b_in, self.config.d_model),
+            (self.w_out, self.config.expert_hidden),
+            (self.b_out, self.config.expert_hidden),
+        ):
             nn.init.uniform_(weight, -1.0 / math.sqrt(fan_in), 1.0 / math.sqrt(fan_in))
 
     def route(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -167,8 +172,9 @@ class MoEFeedForward(nn.Module):
         gates = top_probs / top_probs.sum(dim=-1, keepdim=True) if self.config.top_k > 1 else top_probs
         return probs, expert_index, gates
 
-    def balance(self, probs: torch.Tensor, expert_index: torch.Tensor,
-                mask: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    def balance(
+        self, probs: torch.Tensor, expert_index: torch.Tensor, mask: Optional[torch.Tensor] = None
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Switch/GShard balance loss and expert load over the real tokens.
 
         Args:

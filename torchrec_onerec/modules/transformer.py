@@ -191,12 +191,21 @@ class DecoderBlock(nn.Module):
         self.ln_2 = nn.LayerNorm(config.d_model, device=device)
         self.cross_attn = CrossAttention(config.attention(causal=False), device=device)
         self.ln_3 = nn.LayerNorm(config.d_model, device=device)
-        self.ffn: nn.Module = (MoEFeedForward(config.moe(), device=device) if config.use_moe
-                               else FeedForward(config.feed_forward(), device=device))
+        self.ffn: nn.Module = (
+            MoEFeedForward(config.moe(), device=device)
+            if config.use_moe
+            else FeedForward(config.feed_forward(), device=device)
+        )
 
-    def forward(self, x: torch.Tensor, memory_kv: Tuple[torch.Tensor, torch.Tensor], memory_mask: torch.Tensor,
-                mask: Optional[torch.Tensor] = None, cache: Optional[KVCache] = None,
-                layer: int = 0) -> FeedForwardOutput:
+    def forward(
+        self,
+        x: torch.Tensor,
+        memory_kv: Tuple[torch.Tensor, torch.Tensor],
+        memory_mask: torch.Tensor,
+        mask: Optional[torch.Tensor] = None,
+        cache: Optional[KVCache] = None,
+        layer: int = 0,
+    ) -> FeedForwardOutput:
         """One decoder layer; see ``TransformerDecoder.forward`` for the arguments. Returns out [B, T, D]."""
         x = x + self.self_attn(self.ln_1(x), cache=cache, layer=layer)
         x = x + self.cross_attn(self.ln_2(x), memory_kv, memory_mask)
@@ -244,15 +253,21 @@ class TransformerDecoder(nn.Module):
         """Every layer's cross-attention keys/values of the [B, S, D] encoder output, each [B, H, S, D / H]."""
         return [cast(DecoderBlock, block).cross_attn.project_memory(memory) for block in self.blocks]
 
-    def new_cache(self, batch_size: int, max_length: int, *, dtype: torch.dtype,
-                  device: torch.device) -> KVCache:
+    def new_cache(self, batch_size: int, max_length: int, *, dtype: torch.dtype, device: torch.device) -> KVCache:
         """An empty self-attention cache for ``batch_size`` rows of up to ``max_length`` tokens."""
         H = self.config.num_heads
-        return KVCache(self.config.num_layers, batch_size, H, max_length, self.config.d_model // H,
-                       dtype=dtype, device=device)
+        return KVCache(
+            self.config.num_layers, batch_size, H, max_length, self.config.d_model // H, dtype=dtype, device=device
+        )
 
-    def forward(self, x: torch.Tensor, memory_kv: MemoryKV, memory_mask: torch.Tensor,
-                mask: Optional[torch.Tensor] = None, cache: Optional[KVCache] = None) -> DecoderOutput:
+    def forward(
+        self,
+        x: torch.Tensor,
+        memory_kv: MemoryKV,
+        memory_mask: torch.Tensor,
+        mask: Optional[torch.Tensor] = None,
+        cache: Optional[KVCache] = None,
+    ) -> DecoderOutput:
         """Decode.
 
         Args:

@@ -52,9 +52,11 @@ def test_how_each_arm_was_chosen_reads_the_config() -> None:
     config.align.iterations, config.align.reward_source = 6, "ranker"
     assert "after 6 alignment iterations to `align.reward_source=ranker`" in ARMS["onerec_ipa"].chosen(config, {})
     info = {"diversity_weight": 0.2, "selected_on": "validation NDCG@10", "selection": {"0.0": 0.1, "0.2": 0.2}}
-    assert ARMS["cascade_rerank"].chosen(config, info) == ("the cascade, then an MMR re-rank with diversity weight "
-                                                           "0.2, chosen on validation NDCG@10 (0.0: 0.1000, 0.2: "
-                                                           "0.2000)")
+    assert ARMS["cascade_rerank"].chosen(config, info) == (
+        "the cascade, then an MMR re-rank with diversity weight "
+        "0.2, chosen on validation NDCG@10 (0.0: 0.1000, 0.2: "
+        "0.2000)"
+    )
 
 
 def test_a_diverse_arm_reads_its_base_arm_and_says_how_its_penalty_was_chosen() -> None:
@@ -64,7 +66,8 @@ def test_a_diverse_arm_reads_its_base_arm_and_says_how_its_penalty_was_chosen() 
     info = {"diversity_penalty": 1.0, "selected_on": "validation NDCG@10", "selection": {"0.0": 0.1, "1.0": 0.3}}
     assert ARMS["onerec_diverse"].chosen(config, info) == (
         f"{ARMS['onerec'].chosen(config, info)}; served with a diversity penalty of 1.0 per earlier session item "
-        "under the same first code, chosen on validation NDCG@10 (0.0: 0.1000, 1.0: 0.3000)")
+        "under the same first code, chosen on validation NDCG@10 (0.0: 0.1000, 1.0: 0.3000)"
+    )
 
 
 def test_an_arm_whose_stage_did_not_apply_is_left_out_with_the_reason(tmp_path: Path) -> None:

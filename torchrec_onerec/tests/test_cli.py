@@ -43,8 +43,14 @@ def test_tokenize_prints_the_report(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 
 def test_item_id_leaf_trains_and_generates_real_items(tmp_path: Path) -> None:
-    overrides = [f"run_dir={tmp_path}", "tokenizer.codebook_sizes=[8]", "tokenizer.disambiguation=item",
-                 "train.epochs=1", "compare.arms=[onerec]", "compare.baseline=onerec"]
+    overrides = [
+        f"run_dir={tmp_path}",
+        "tokenizer.codebook_sizes=[8]",
+        "tokenizer.disambiguation=item",
+        "train.epochs=1",
+        "compare.arms=[onerec]",
+        "compare.baseline=onerec",
+    ]
     assert main(["evaluate", TINY, *overrides]) == 0
     report = json.loads((tmp_path / "tokenize" / "report.json").read_text())
     assert report["vocab_sizes"] == [8, 120]
@@ -72,6 +78,11 @@ def test_bad_input_exits_2_with_a_named_problem(
 
 
 def test_module_entry_point_runs(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "torchrec_onerec", "config", TINY, "seed=9"],
-                          capture_output=True, text=True, check=True, cwd=REPO)
+    proc = subprocess.run(
+        [sys.executable, "-m", "torchrec_onerec", "config", TINY, "seed=9"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+    )
     assert "seed: 9" in proc.stdout

@@ -9,9 +9,13 @@ MAX_LINES = 500
 
 
 def test_no_module_is_over_500_lines() -> None:
-    sizes = {path.relative_to(PACKAGE.parent).as_posix(): len(path.read_text().splitlines())
-             for path in sorted(PACKAGE.rglob("*.py"))}
+    sizes = {
+        path.relative_to(PACKAGE.parent).as_posix(): len(path.read_text().splitlines())
+        for path in sorted(PACKAGE.rglob("*.py"))
+    }
     assert len(sizes) > 50, f"found only {len(sizes)} modules under {PACKAGE}; is the package layout different?"
     too_long = {name: lines for name, lines in sizes.items() if lines > MAX_LINES}
-    assert not too_long, (f"modules over {MAX_LINES} lines: {too_long}; split each by concept (one concept per "
-                          "file) rather than raising the limit")
+    assert not too_long, (
+        f"modules over {MAX_LINES} lines: {too_long}; split each by concept (one concept per "
+        "file) rather than raising the limit"
+    )

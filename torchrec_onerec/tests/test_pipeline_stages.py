@@ -33,8 +33,12 @@ def test_the_command_line_has_one_subcommand_per_stage_with_its_help() -> None:
 
 def test_a_cascade_change_redoes_what_reads_the_cascade_only() -> None:
     base = OneRecConfig()
-    changed = dataclasses.replace(base, cascade=dataclasses.replace(
-        base.cascade, retrieval=dataclasses.replace(base.cascade.retrieval, num_candidates=7)))
+    changed = dataclasses.replace(
+        base,
+        cascade=dataclasses.replace(
+            base.cascade, retrieval=dataclasses.replace(base.cascade.retrieval, num_candidates=7)
+        ),
+    )
     moved = {s for s in STAGES if stage_fingerprint(base, s) != stage_fingerprint(changed, s)}
     assert moved == {"cascade", "evaluate", "compare"}  # alignment reads the ranker only under reward_source=ranker
     ranker = dataclasses.replace(base, align=dataclasses.replace(base.align, reward_source="ranker"))

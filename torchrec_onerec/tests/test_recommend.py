@@ -38,15 +38,16 @@ def test_history_is_the_latest_positives_and_can_be_excluded(run_dir: Path) -> N
     rec = Recommender.from_run_dir(run_dir)
     inter = rec.data.interactions
     mine = inter[(inter.user_id == 7) & (inter.click == 1)].sort_values("timestamp", kind="stable")
-    expected = mine.item_id.to_numpy()[-rec.config.split.max_history:]
+    expected = mine.item_id.to_numpy()[-rec.config.split.max_history :]
     assert np.array_equal(rec.user_samples([7])[0].history, expected)
     out = rec.recommend([7], num_sessions=3, exclude_history=True)
     seen = set(rec.data.raw_item_ids[expected].tolist())
     assert all(not seen & set(s["items"]) for s in out[0]["sessions"])
 
 
-def test_unknown_user_and_incomplete_run_are_named(run_dir: Path, tmp_path: Path,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_unknown_user_and_incomplete_run_are_named(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(UnknownUserError, match=r"\['nobody'\]"):
         Recommender.from_run_dir(run_dir).recommend(["nobody"])
     assert main(["recommend", str(tmp_path), "--users", "1"]) == 2
@@ -61,8 +62,9 @@ def test_cli_prints_json_lines(run_dir: Path, capsys: pytest.CaptureFixture[str]
     assert len(lines) == 2 and '"sessions"' in lines[0]
 
 
-def test_a_moved_run_serves_its_own_files_with_the_config_its_model_was_trained_with(run_dir: Path,
-                                                                                    tmp_path: Path) -> None:
+def test_a_moved_run_serves_its_own_files_with_the_config_its_model_was_trained_with(
+    run_dir: Path, tmp_path: Path
+) -> None:
     moved = tmp_path / "moved"
     shutil.copytree(run_dir, moved)
     (moved / "train" / "best_model.pt").write_bytes(b"cut short")
@@ -82,15 +84,17 @@ def test_a_moved_run_serves_its_own_files_with_the_config_its_model_was_trained_
         Recommender.from_run_dir(moved)
 
 
-def test_a_diverse_arm_serves_with_the_penalty_its_evaluation_chose(run_dir: Path, tmp_path: Path,
-                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_diverse_arm_serves_with_the_penalty_its_evaluation_chose(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
     assert main(["recommend", str(run), "--users", "1", "--arm", "onerec_diverse"]) == 2
     assert "run `onerec evaluate` with compare.arms listing onerec_diverse" in capsys.readouterr().err
     (run / "evaluate").mkdir()
     (run / "evaluate" / "metrics.json").write_text(
-        json.dumps({"arms": {"onerec_diverse": {"info": {"diversity_penalty": 1e4}}}}))
+        json.dumps({"arms": {"onerec_diverse": {"info": {"diversity_penalty": 1e4}}}})
+    )
     diverse = Recommender.from_run_dir(run, arm="onerec_diverse")
     plain = Recommender.from_run_dir(run)
     assert diverse.diversity_penalty == 1e4 and plain.diversity_penalty == 0.0
@@ -98,8 +102,9 @@ def test_a_diverse_arm_serves_with_the_penalty_its_evaluation_chose(run_dir: Pat
     first = diverse.codebook.codes[:, 0]
 
     def repeats(rows) -> int:
-        return sum(len(s["items"]) - len({int(first[index[i]]) for i in s["items"]}) for row in rows
-                   for s in row["sessions"])
+        return sum(
+            len(s["items"]) - len({int(first[index[i]]) for i in s["items"]}) for row in rows for s in row["sessions"]
+        )
 
     users = [1, 2, 3, 4]
     assert repeats(diverse.recommend(users, num_sessions=3)) < repeats(plain.recommend(users, num_sessions=3))

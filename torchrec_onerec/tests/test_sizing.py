@@ -12,8 +12,14 @@ from torchrec_onerec.config import SIZES_FROM_DATA, ConfigError, load_config
 from torchrec_onerec.datasets.load import load_dataset
 from torchrec_onerec.pipeline import run_pipeline, stage_fingerprint
 from torchrec_onerec.run_dir import RunDir
-from torchrec_onerec.sizing import (MAX_CODEBOOK, MIN_CODEBOOK, SIZE_RULES, DataShape, derived_codebook_sizes,
-                                    derived_max_history)
+from torchrec_onerec.sizing import (
+    MAX_CODEBOOK,
+    MIN_CODEBOOK,
+    SIZE_RULES,
+    DataShape,
+    derived_codebook_sizes,
+    derived_max_history,
+)
 
 BOTH = "sizes_from_data=[tokenizer.codebook_sizes,split.max_history]"
 
@@ -45,8 +51,9 @@ def test_the_history_statistic_counts_pre_period_histories() -> None:
     cfg = load_config("configs/tiny.yaml")
     data = load_dataset(cfg.data, seed=0)
     plain = DataShape.of(data)
-    extended = DataShape.of(data.__class__(**{**data.__dict__, "histories": data.interactions[["user_id", "item_id",
-                                                                                                 "timestamp"]]}))
+    extended = DataShape.of(
+        data.__class__(**{**data.__dict__, "histories": data.interactions[["user_id", "item_id", "timestamp"]]})
+    )
     assert plain.num_items == data.num_items and extended.history_quantile >= 2 * plain.history_quantile - 1
 
 

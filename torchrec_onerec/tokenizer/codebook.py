@@ -102,8 +102,14 @@ class Codebook:
 
     @classmethod
     def build(
-        cls, codes: torch.Tensor, centroids: List[torch.Tensor], *, fingerprint: str, disambiguation: str = "auto",
-        centroid_keys: Optional[List[torch.Tensor]] = None, level_sizes: Optional[List[int]] = None,
+        cls,
+        codes: torch.Tensor,
+        centroids: List[torch.Tensor],
+        *,
+        fingerprint: str,
+        disambiguation: str = "auto",
+        centroid_keys: Optional[List[torch.Tensor]] = None,
+        level_sizes: Optional[List[int]] = None,
     ) -> Tuple["Codebook", Collisions]:
         """Codebook from quantised codes, with the disambiguation level made as configured.
 
@@ -121,8 +127,9 @@ class Codebook:
         """
         if codes.dim() != 2 or codes.shape[1] != len(centroids):
             raise ValueError(f"codes {tuple(codes.shape)} must be [I, L] with L = {len(centroids)} centroid tables")
-        if centroid_keys is not None and (level_sizes is None or len(level_sizes) != len(centroids)
-                                          or len(centroid_keys) != len(centroids)):
+        if centroid_keys is not None and (
+            level_sizes is None or len(level_sizes) != len(centroids) or len(centroid_keys) != len(centroids)
+        ):
             raise ValueError(f"centroid_keys need one key tensor and one level size per level ({len(centroids)})")
         codes = codes.to(torch.int64).cpu()
         collisions = disambiguate(codes)
@@ -212,14 +219,22 @@ class Codebook:
             ValueError: the file is truncated, not a codebook, or built for another catalogue or config.
         """
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"no codebook at {path}: run the tokenize stage (onerec tokenize CONFIG, "
-                                    "or onerec run CONFIG --force tokenize when the stage is marked done)")
+            raise FileNotFoundError(
+                f"no codebook at {path}: run the tokenize stage (onerec tokenize CONFIG, "
+                "or onerec run CONFIG --force tokenize when the stage is marked done)"
+            )
         state = load_torch_file(Path(path), "tokenize: Codebook.save")
         if not isinstance(state, dict) or state.get("format") != FORMAT:
             raise ValueError(f"{path} is not a codebook written by Codebook.save (format {FORMAT})")
         keys = state.get("centroid_keys")  # absent in codebooks written before codebook_scope existed
-        book = cls(state["codes"], list(state["centroids"]), state["fingerprint"], state["disambiguation_size"],
-                   None if keys is None else list(keys), state.get("level_sizes"))
+        book = cls(
+            state["codes"],
+            list(state["centroids"]),
+            state["fingerprint"],
+            state["disambiguation_size"],
+            None if keys is None else list(keys),
+            state.get("level_sizes"),
+        )
         if book.num_items != num_items:
             raise ValueError(
                 f"codebook {path} has codes for {book.num_items} items but the catalogue has {num_items}: "

@@ -23,9 +23,7 @@ _OVERSAMPLE = 10  # extra random directions of the randomised SVD
 _POWER_ITERS = 4  # subspace iterations of the randomised SVD
 
 
-def cooccurrence(
-    interactions: pd.DataFrame, num_items: int, window: int
-) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+def cooccurrence(interactions: pd.DataFrame, num_items: int, window: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Symmetric co-occurrence counts of items at most ``window`` positions apart in a user's sequence.
 
     Args:

@@ -65,8 +65,10 @@ def feature_matrix(items: pd.DataFrame, config: TokenizerConfig) -> Tuple[np.nda
             notes["missing_values"][name] = missing
         if pd.api.types.is_bool_dtype(series) or pd.api.types.is_numeric_dtype(series):
             block, kind = _numeric(series, name, config)
-        elif isinstance(series.dtype, pd.CategoricalDtype) or pd.api.types.is_string_dtype(series) or (
-            pd.api.types.is_object_dtype(series)
+        elif (
+            isinstance(series.dtype, pd.CategoricalDtype)
+            or pd.api.types.is_string_dtype(series)
+            or (pd.api.types.is_object_dtype(series))
         ):
             block, kind = _tokens(series.astype(object), name, name in explicit, config, notes)
         else:

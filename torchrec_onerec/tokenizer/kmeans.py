@@ -132,9 +132,7 @@ def cluster_means(x: torch.Tensor, labels: torch.Tensor, num_clusters: int) -> T
     return sums / counts.clamp_min(1).unsqueeze(1).to(x.dtype), counts
 
 
-def nearest_centroids(
-    x: torch.Tensor, centroids: torch.Tensor, chunk_size: int
-) -> Tuple[torch.Tensor, torch.Tensor]:
+def nearest_centroids(x: torch.Tensor, centroids: torch.Tensor, chunk_size: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """Nearest centroid of every point, computed in [chunk_size, K] blocks.
 
     Args:

@@ -89,8 +89,10 @@ class ResidualFit:
         """Each level's row keys under ``codebook_scope="prefix"`` (level 0: its codes); None otherwise."""
         if all(level.keys is None for level in self.levels):
             return None
-        return [level.keys if level.keys is not None else torch.arange(level.size, device=level.centroids.device)
-                for level in self.levels]
+        return [
+            level.keys if level.keys is not None else torch.arange(level.size, device=level.centroids.device)
+            for level in self.levels
+        ]
 
     @property
     def codebook_sizes(self) -> List[int]:
@@ -124,8 +126,13 @@ class ResidualQuantizer:
     def _kmeans(self, k: int, level: int) -> Union[BalancedKMeans, KMeans]:
         cfg = self.config
         if cfg.quantizer == "balanced_kmeans":
-            return BalancedKMeans(k, max_iter=cfg.max_iter, chunk_size=cfg.chunk_size, seed=self.seed + level,
-                                  algorithm=cfg.balanced_algorithm)
+            return BalancedKMeans(
+                k,
+                max_iter=cfg.max_iter,
+                chunk_size=cfg.chunk_size,
+                seed=self.seed + level,
+                algorithm=cfg.balanced_algorithm,
+            )
         return KMeans(k, max_iter=cfg.max_iter, chunk_size=cfg.chunk_size, seed=self.seed + level)
 
     def fit(self, x: torch.Tensor) -> ResidualFit:
@@ -153,8 +160,15 @@ class ResidualQuantizer:
             start = time.perf_counter()
             if level == 0 or cfg.codebook_scope == "level":
                 result = self._kmeans(k, level).fit(residual)
-                fit = LevelFit(result.centroids, result.labels, result.iterations, result.inertia, result.converged,
-                               result.rescans, 0.0)
+                fit = LevelFit(
+                    result.centroids,
+                    result.labels,
+                    result.iterations,
+                    result.inertia,
+                    result.converged,
+                    result.rescans,
+                    0.0,
+                )
                 rows = result.labels
             else:
                 fit, rows = self._fit_per_prefix(residual, rows, k, level)
@@ -169,8 +183,9 @@ class ResidualQuantizer:
         self.codebooks, self.keys = out.centroids, out.centroid_keys
         return out
 
-    def _fit_per_prefix(self, residual: torch.Tensor, parents: torch.Tensor, k: int,
-                        level: int) -> Tuple[LevelFit, torch.Tensor]:
+    def _fit_per_prefix(
+        self, residual: torch.Tensor, parents: torch.Tensor, k: int, level: int
+    ) -> Tuple[LevelFit, torch.Tensor]:
         """One level of ``codebook_scope="prefix"``: K-means within each parent's items (module docstring).
 
         Args:
@@ -194,7 +209,7 @@ class ResidualQuantizer:
         keys, centroids = [groups.repeat_interleave(counts)[alone] * k + rank[alone]], [residual[order[alone]]]
         iterations, converged, rescans = 0, True, 0
         for group in torch.nonzero(counts > k).flatten().tolist():
-            members = order[int(starts[group]):int(starts[group] + counts[group])]
+            members = order[int(starts[group]) : int(starts[group] + counts[group])]
             result = self._kmeans(k, level).fit(residual[members])
             codes[members] = result.labels
             keys.append(groups[group] * k + torch.arange(k, device=residual.device))
@@ -233,11 +248,14 @@ class ResidualQuantizer:
                 keys, labels, parents = self.keys[level], torch.empty_like(rows), rows.clone()
                 for parent in parents.unique().tolist():
                     points = torch.nonzero(parents == parent).flatten()
-                    first, last = torch.searchsorted(keys, torch.tensor([parent * k, (parent + 1) * k],
-                                                                        device=keys.device)).tolist()
+                    first, last = torch.searchsorted(
+                        keys, torch.tensor([parent * k, (parent + 1) * k], device=keys.device)
+                    ).tolist()
                     if first == last:
-                        raise ValueError(f"level {level - 1} centroid row {parent} holds no fitted item, so level "
-                                         f"{level} has no codebook under it (plain K-means left it empty)")
+                        raise ValueError(
+                            f"level {level - 1} centroid row {parent} holds no fitted item, so level "
+                            f"{level} has no codebook under it (plain K-means left it empty)"
+                        )
                     nearest, _ = nearest_centroids(residual[points], centroids[first:last], self.config.chunk_size)
                     labels[points] = keys[first:last][nearest] - parent * k
                     rows[points] = first + nearest
@@ -257,8 +275,13 @@ class ResidualQuantizer:
         return decode(self._fitted(), codes, keys=self.keys, sizes=list(self.config.codebook_sizes))
 
 
-def decode(codebooks: List[torch.Tensor], codes: torch.Tensor, *, keys: Optional[List[torch.Tensor]] = None,
-           sizes: Optional[List[int]] = None) -> torch.Tensor:
+def decode(
+    codebooks: List[torch.Tensor],
+    codes: torch.Tensor,
+    *,
+    keys: Optional[List[torch.Tensor]] = None,
+    sizes: Optional[List[int]] = None,
+) -> torch.Tensor:
     """Sum over the L quantised levels of each level's centroid of the code tuple.
 
     Args:
@@ -296,7 +319,9 @@ def decode(codebooks: List[torch.Tensor], codes: torch.Tensor, *, keys: Optional
         missing = level_keys[rows] != wanted
         if missing.any():
             bad = int(torch.nonzero(missing)[0])
-            raise ValueError(f"code tuple {codes[bad, :len(codebooks)].tolist()} (row {bad}) has no centroid at level "
-                             f"{level}: under codebook_scope='prefix' only the fitted items' tuples decode")
+            raise ValueError(
+                f"code tuple {codes[bad, : len(codebooks)].tolist()} (row {bad}) has no centroid at level "
+                f"{level}: under codebook_scope='prefix' only the fitted items' tuples decode"
+            )
         out += table[rows]
     return out

@@ -40,16 +40,42 @@ from torchrec_onerec.data.splits import SplitA, SplitB
 from torchrec_onerec.datasets.interactions import InteractionData
 from torchrec_onerec.models.cascade import RANKER_FILE, TWO_TOWER_FILE
 from torchrec_onerec.models.cascade_config import CascadeConfig
-from torchrec_onerec.models.ranker import (POSITIVE_TASK, MultiTaskRanker, RankerTrainStep, RankerTransform,
-                                           dense_width, item_dense_features, load_ranker, negative_samples, predict,
-                                           save_ranker, task_aucs)
-from torchrec_onerec.models.two_tower import (TwoTowerRetrieval, TwoTowerTransform,
-                                              item_log_frequency, retrieve, save_two_tower, training_pairs)
+from torchrec_onerec.models.ranker import (
+    POSITIVE_TASK,
+    MultiTaskRanker,
+    RankerTrainStep,
+    RankerTransform,
+    dense_width,
+    item_dense_features,
+    load_ranker,
+    negative_samples,
+    predict,
+    save_ranker,
+    task_aucs,
+)
+from torchrec_onerec.models.two_tower import (
+    TwoTowerRetrieval,
+    TwoTowerTransform,
+    item_log_frequency,
+    retrieve,
+    save_two_tower,
+    training_pairs,
+)
 from torchrec_onerec.run_dir import atomic_write_text
 from torchrec_onerec.train.config import TrainConfig
 from torchrec_onerec.train.distributed import barrier, broadcast_object, init_distributed, teardown_distributed
-from torchrec_onerec.train.trainer import (FitSpec, LossTrainStep, MetricsWriter, ModelTrainResult, State, fit,
-                                           list_metrics, plain_module, section_train_config, validation_users)
+from torchrec_onerec.train.trainer import (
+    FitSpec,
+    LossTrainStep,
+    MetricsWriter,
+    ModelTrainResult,
+    State,
+    fit,
+    list_metrics,
+    plain_module,
+    section_train_config,
+    validation_users,
+)
 
 VALIDATION_SEED_OFFSET = 1_000_003  # protocol A's validation/test negatives: a draw no training epoch uses
 
@@ -85,8 +111,14 @@ def _item_content(data: InteractionData, use: bool) -> torch.Tensor:
     return torch.zeros(data.num_items, 0)
 
 
-def _two_tower_stage(config: CascadeConfig, split: Union[SplitA, SplitB], data: InteractionData, train: TrainConfig,
-                     folder: Path, device: torch.device) -> FitSpec:
+def _two_tower_stage(
+    config: CascadeConfig,
+    split: Union[SplitA, SplitB],
+    data: InteractionData,
+    train: TrainConfig,
+    folder: Path,
+    device: torch.device,
+) -> FitSpec:
     """The retrieval model, its training pairs and its validation (recall@K_r of the retrieved lists)."""
     rc = config.retrieval
     pairs = training_pairs(split.train)
@@ -94,8 +126,7 @@ def _two_tower_stage(config: CascadeConfig, split: Union[SplitA, SplitB], data: 
         raise ValueError("the split's training samples hold no target item: the two-tower model has nothing to learn")
     content = _item_content(data, rc.use_item_content)
     log_q = torch.as_tensor(item_log_frequency(pairs.target[:, 0], data.num_items))
-    sizes: Dict[str, Any] = dict(num_users=data.num_users, num_items=data.num_items,
-                                 content_dim=int(content.shape[1]))
+    sizes: Dict[str, Any] = dict(num_users=data.num_users, num_items=data.num_items, content_dim=int(content.shape[1]))
     k = min(rc.num_candidates, data.num_items)
     valid = validation_users(split.valid)
 
@@ -107,17 +138,29 @@ def _two_tower_stage(config: CascadeConfig, split: Union[SplitA, SplitB], data: 
         return list_metrics(ranked, valid, k)
 
     def save(state: State) -> None:
-        save_two_tower(folder / TWO_TOWER_FILE, state, rc, num_users=data.num_users, num_items=data.num_items,
-                       item_content=content)
+        save_two_tower(
+            folder / TWO_TOWER_FILE, state, rc, num_users=data.num_users, num_items=data.num_items, item_content=content
+        )
 
     return FitSpec(
-        name="two_tower", path=folder / TWO_TOWER_FILE,
+        name="two_tower",
+        path=folder / TWO_TOWER_FILE,
         module=LossTrainStep(TwoTowerRetrieval(rc, **sizes, device=torch.device("meta"))),
-        epoch_samples=lambda epoch: pairs, transform=TwoTowerTransform(content, log_q), batch_size=rc.batch_size,
-        train_config=section_train_config(train, epochs=rc.epochs, learning_rate=rc.learning_rate,
-                                        sparse_learning_rate=rc.sparse_learning_rate, weight_decay=rc.weight_decay,
-                                        device=device),
-        selection_metric=f"recall@{k}", validate=validate, save=save)
+        epoch_samples=lambda epoch: pairs,
+        transform=TwoTowerTransform(content, log_q),
+        batch_size=rc.batch_size,
+        train_config=section_train_config(
+            train,
+            epochs=rc.epochs,
+            learning_rate=rc.learning_rate,
+            sparse_learning_rate=rc.sparse_learning_rate,
+            weight_decay=rc.weight_decay,
+            device=device,
+        ),
+        selection_metric=f"recall@{k}",
+        validate=validate,
+        save=save,
+    )
 
 
 @dataclass
@@ -131,16 +174,20 @@ class _RankerData:
     item_features: torch.Tensor
 
 
-def _ranker_data(config: CascadeConfig, split: Union[SplitA, SplitB], data: InteractionData, *, max_history: int,
-                 seed: int) -> _RankerData:
+def _ranker_data(
+    config: CascadeConfig, split: Union[SplitA, SplitB], data: InteractionData, *, max_history: int, seed: int
+) -> _RankerData:
     """Protocol B: impressions with the split's signals; protocol A: positives and sampled negatives."""
     counts = np.bincount(split.train_sequences["item_id"].to_numpy(np.int64), minlength=data.num_items)
     content = _item_content(data, config.ranker.use_item_content)
     features = torch.as_tensor(item_dense_features(counts, content.numpy() if content.shape[1] else None))
     if isinstance(split, SplitB):
+
         def window(name: str) -> SampleSet:
-            return impression_samples(split, name, num_users=data.num_users, items_per_sample=1,
-                                      max_history=max_history)
+            return impression_samples(
+                split, name, num_users=data.num_users, items_per_sample=1, max_history=max_history
+            )
+
         train = window("train")
         return _RankerData(list(split.train.signals), lambda epoch: train, window("valid"), window("test"), features)
     k = config.ranker.negatives_per_positive
@@ -148,9 +195,13 @@ def _ranker_data(config: CascadeConfig, split: Union[SplitA, SplitB], data: Inte
     def sampled(samples: SampleSet, draw_seed: int) -> SampleSet:
         return negative_samples(samples, num_items=data.num_items, negatives_per_positive=k, seed=draw_seed)
 
-    return _RankerData([POSITIVE_TASK], lambda epoch: sampled(split.train, seed + epoch),
-                       sampled(split.valid, seed + VALIDATION_SEED_OFFSET),
-                       sampled(split.test, seed + 2 * VALIDATION_SEED_OFFSET), features)
+    return _RankerData(
+        [POSITIVE_TASK],
+        lambda epoch: sampled(split.train, seed + epoch),
+        sampled(split.valid, seed + VALIDATION_SEED_OFFSET),
+        sampled(split.test, seed + 2 * VALIDATION_SEED_OFFSET),
+        features,
+    )
 
 
 def _ranker_aucs(ranker: MultiTaskRanker, samples: SampleSet, features: torch.Tensor) -> Dict[str, float]:
@@ -160,34 +211,72 @@ def _ranker_aucs(ranker: MultiTaskRanker, samples: SampleSet, features: torch.Te
     return task_aucs(predict(ranker, samples, features), samples.labels[:, 0, :], ranker.tasks)
 
 
-def _ranker_stage(config: CascadeConfig, ranker_data: _RankerData, data: InteractionData, train: TrainConfig,
-                  folder: Path, device: torch.device) -> FitSpec:
+def _ranker_stage(
+    config: CascadeConfig,
+    ranker_data: _RankerData,
+    data: InteractionData,
+    train: TrainConfig,
+    folder: Path,
+    device: torch.device,
+) -> FitSpec:
     """The ranker and its validation (mean AUC over tasks)."""
     rk, features = config.ranker, ranker_data.item_features
-    sizes: Dict[str, Any] = dict(num_users=data.num_users, num_items=data.num_items, tasks=ranker_data.tasks,
-                                 dense_features=dense_width(features))
+    sizes: Dict[str, Any] = dict(
+        num_users=data.num_users,
+        num_items=data.num_items,
+        tasks=ranker_data.tasks,
+        dense_features=dense_width(features),
+    )
 
     def validate(state: State) -> Dict[str, float]:
         model = plain_module(MultiTaskRanker(rk, **sizes, device=torch.device("meta")), state, device)
         return _ranker_aucs(model, ranker_data.valid, features)
 
     def save(state: State) -> None:
-        save_ranker(folder / RANKER_FILE, state, rk, num_users=data.num_users, num_items=data.num_items,
-                    tasks=ranker_data.tasks, item_features=features)
+        save_ranker(
+            folder / RANKER_FILE,
+            state,
+            rk,
+            num_users=data.num_users,
+            num_items=data.num_items,
+            tasks=ranker_data.tasks,
+            item_features=features,
+        )
 
     return FitSpec(
-        name="ranker", path=folder / RANKER_FILE,
+        name="ranker",
+        path=folder / RANKER_FILE,
         module=RankerTrainStep(MultiTaskRanker(rk, **sizes, device=torch.device("meta"))),
-        epoch_samples=ranker_data.epoch_samples, transform=RankerTransform(features), batch_size=rk.batch_size,
-        train_config=section_train_config(train, epochs=rk.epochs, learning_rate=rk.learning_rate,
-                                        sparse_learning_rate=rk.sparse_learning_rate, weight_decay=rk.weight_decay,
-                                        device=device),
-        selection_metric="auc_mean", validate=validate, save=save)
+        epoch_samples=ranker_data.epoch_samples,
+        transform=RankerTransform(features),
+        batch_size=rk.batch_size,
+        train_config=section_train_config(
+            train,
+            epochs=rk.epochs,
+            learning_rate=rk.learning_rate,
+            sparse_learning_rate=rk.sparse_learning_rate,
+            weight_decay=rk.weight_decay,
+            device=device,
+        ),
+        selection_metric="auc_mean",
+        validate=validate,
+        save=save,
+    )
 
 
-def train_cascade(config: CascadeConfig, split: Union[SplitA, SplitB], data: InteractionData, *,
-                  train_config: TrainConfig, max_history: int, out_dir: Path, device: torch.device, seed: int,
-                  num_workers: int = 0, progress: bool = True) -> CascadeTrainResult:
+def train_cascade(
+    config: CascadeConfig,
+    split: Union[SplitA, SplitB],
+    data: InteractionData,
+    *,
+    train_config: TrainConfig,
+    max_history: int,
+    out_dir: Path,
+    device: torch.device,
+    seed: int,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> CascadeTrainResult:
     """Train the two-tower model, then the ranker, on TorchRec; keep each one's best epoch under ``out_dir``.
 
     Args:
@@ -219,11 +308,14 @@ def train_cascade(config: CascadeConfig, split: Union[SplitA, SplitB], data: Int
             aucs = (_ranker_aucs(best, ranker_data.valid, features), _ranker_aucs(best, ranker_data.test, features))
             writer.record({"model": "ranker", "split": "test", **aucs[1]})
         valid_auc, test_auc = broadcast_object(aucs, ctx)
-        result = CascadeTrainResult(two_tower, ranker, ranker_data.tasks, valid_auc, test_auc, str(folder),
-                                    ctx.world_size)
+        result = CascadeTrainResult(
+            two_tower, ranker, ranker_data.tasks, valid_auc, test_auc, str(folder), ctx.world_size
+        )
         if ctx.is_rank0:
-            atomic_write_text(folder / "sharding_plan.json",
-                              json.dumps({"two_tower": two_tower.plan, "ranker": ranker.plan}, indent=2) + "\n")
+            atomic_write_text(
+                folder / "sharding_plan.json",
+                json.dumps({"two_tower": two_tower.plan, "ranker": ranker.plan}, indent=2) + "\n",
+            )
             atomic_write_text(folder / "result.json", json.dumps(asdict(result), indent=2, default=str) + "\n")
         barrier(ctx)
         return result

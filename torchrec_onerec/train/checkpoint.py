@@ -69,11 +69,13 @@ def corrupt_checkpoint_error(path: Path, cause: BaseException) -> CheckpointCorr
     reason = (str(cause).splitlines() or [""])[0][:200]
     return CheckpointCorruptError(
         f"training checkpoint {path} is incomplete or corrupt ({type(cause).__name__}: {reason}); delete that "
-        "folder to resume from an earlier checkpoint, or start training over (onerec run CONFIG --force train)")
+        "folder to resume from an earlier checkpoint, or start training over (onerec run CONFIG --force train)"
+    )
 
 
-def training_fingerprint(model_config: OneRecModelConfig, vocab_sizes: Sequence[int], codes: torch.Tensor,
-                         sparse_optimizer: str) -> str:
+def training_fingerprint(
+    model_config: OneRecModelConfig, vocab_sizes: Sequence[int], codes: torch.Tensor, sparse_optimizer: str
+) -> str:
     """A hash of what a checkpoint's tensors are only valid for: the model config, code levels, codes, optimiser.
 
     Example:
@@ -84,8 +86,16 @@ def training_fingerprint(model_config: OneRecModelConfig, vocab_sizes: Sequence[
         False
     """
     digest = hashlib.sha256()
-    digest.update(json.dumps({"model": asdict(model_config), "vocab_sizes": [int(v) for v in vocab_sizes],
-                              "sparse_optimizer": sparse_optimizer}, sort_keys=True).encode())
+    digest.update(
+        json.dumps(
+            {
+                "model": asdict(model_config),
+                "vocab_sizes": [int(v) for v in vocab_sizes],
+                "sparse_optimizer": sparse_optimizer,
+            },
+            sort_keys=True,
+        ).encode()
+    )
     digest.update(codes.detach().to(torch.int64).cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()[:24]
 
@@ -138,10 +148,12 @@ class CheckpointMeta:
 
 def _capture_rng() -> Dict[str, Any]:
     state: Tuple[Any, ...] = tuple(np.random.get_state())
-    return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "numpy": (state[0], torch.from_numpy(state[1].astype(np.int64)), *state[2:]),
-            "python": random.getstate()}
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": (state[0], torch.from_numpy(state[1].astype(np.int64)), *state[2:]),
+        "python": random.getstate(),
+    }
 
 
 def _restore_rng(state: Dict[str, Any]) -> None:
@@ -188,7 +200,8 @@ class CheckpointStore:
             raise CheckpointMismatchError(
                 f"checkpoint {path} was written for another model config, codebook or sparse optimiser "
                 f"(fingerprint {data.get('fingerprint')}, this run {self.fingerprint}); train from scratch with "
-                "resume=False, or point run_dir to a new folder")
+                "resume=False, or point run_dir to a new folder"
+            )
         return CheckpointMeta.from_json(data)
 
     def clear(self) -> None:
@@ -217,8 +230,7 @@ class CheckpointStore:
         barrier(self.ctx)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*ShardedTensor.*", category=FutureWarning)
-            dcp.save({"model": training.dmp.state_dict(), "optim": training.optimizer.state_dict()},
-                     checkpoint_id=tmp)
+            dcp.save({"model": training.dmp.state_dict(), "optim": training.optimizer.state_dict()}, checkpoint_id=tmp)
         torch.save(_capture_rng(), tmp / f"rng-rank{self.ctx.rank}.pt")
         barrier(self.ctx)
         if self.ctx.is_rank0:
@@ -266,7 +278,12 @@ class CheckpointStore:
                 raise corrupt_checkpoint_error(path, exc) from None
             _restore_rng(rng)
         else:
-            LOG.info("checkpoint %s was written by %d processes, resuming with %d: tables resharded, random "
-                     "streams re-derived from the seed", path, meta.world_size, self.ctx.world_size)
+            LOG.info(
+                "checkpoint %s was written by %d processes, resuming with %d: tables resharded, random "
+                "streams re-derived from the seed",
+                path,
+                meta.world_size,
+                self.ctx.world_size,
+            )
             seed_everything(rank_seed(seed, self.ctx.rank, meta.step))
         return meta

@@ -90,8 +90,9 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name}={getattr(self, name)} must be >= 1")
         if self.sparse_optimizer not in SPARSE_OPTIMIZERS:
-            raise ConfigError(f"train.sparse_optimizer={self.sparse_optimizer!r} must be one of "
-                              f"{list(SPARSE_OPTIMIZERS)}")
+            raise ConfigError(
+                f"train.sparse_optimizer={self.sparse_optimizer!r} must be one of {list(SPARSE_OPTIMIZERS)}"
+            )
         if self.lr_decay not in LR_DECAYS:
             raise ConfigError(f"train.lr_decay={self.lr_decay!r} must be one of {list(LR_DECAYS)}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
@@ -115,6 +116,8 @@ class TrainConfig:
         """
         missing = [name for name in self.label_weights if name not in signals]
         if missing:
-            raise ConfigError(f"train.label_weights names {missing}, which the training samples do not carry (their "
-                              f"signals: {list(signals)}); weigh only signals of split.labels present in the data")
+            raise ConfigError(
+                f"train.label_weights names {missing}, which the training samples do not carry (their "
+                f"signals: {list(signals)}); weigh only signals of split.labels present in the data"
+            )
         return [float(self.label_weights.get(name, 0.0)) for name in signals]

@@ -66,8 +66,10 @@ def rank_device(device: torch.device, local_rank: int) -> torch.device:
         return torch.device("cpu")
     index = device.index if device.index is not None else local_rank
     if index >= torch.cuda.device_count():
-        raise ValueError(f"LOCAL_RANK={local_rank} asks for cuda:{index} but only {torch.cuda.device_count()} GPUs "
-                         "are visible; start at most that many processes per node (--nproc_per_node)")
+        raise ValueError(
+            f"LOCAL_RANK={local_rank} asks for cuda:{index} but only {torch.cuda.device_count()} GPUs "
+            "are visible; start at most that many processes per node (--nproc_per_node)"
+        )
     return torch.device("cuda", index)
 
 
@@ -97,22 +99,43 @@ def init_distributed(device: torch.device, *, timeout_s: float) -> DistContext:
     backend = "nccl" if this_device.type == "cuda" else "gloo"
     if dist.is_initialized():
         world_size = dist.get_world_size()
-        return DistContext(dist.get_rank(), world_size, local_rank, _env_int("LOCAL_WORLD_SIZE", world_size),
-                           this_device, dist.get_backend(), owns_group=False)
+        return DistContext(
+            dist.get_rank(),
+            world_size,
+            local_rank,
+            _env_int("LOCAL_WORLD_SIZE", world_size),
+            this_device,
+            dist.get_backend(),
+            owns_group=False,
+        )
     timeout = datetime.timedelta(seconds=timeout_s)
     present = [key for key in TORCHRUN_KEYS if key in os.environ]
     if present and len(present) < len(TORCHRUN_KEYS):
         missing = sorted(set(TORCHRUN_KEYS) - set(present))
-        raise ValueError(f"torchrun environment incomplete: {present} set but {missing} missing; launch with "
-                         "torchrun, or unset them to run as one process")
+        raise ValueError(
+            f"torchrun environment incomplete: {present} set but {missing} missing; launch with "
+            "torchrun, or unset them to run as one process"
+        )
     if present:
-        dist.init_process_group(backend, init_method="env://", rank=_env_int("RANK", 0),
-                                world_size=_env_int("WORLD_SIZE", 1), timeout=timeout)
+        dist.init_process_group(
+            backend,
+            init_method="env://",
+            rank=_env_int("RANK", 0),
+            world_size=_env_int("WORLD_SIZE", 1),
+            timeout=timeout,
+        )
     else:
         dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
     world_size = dist.get_world_size()
-    return DistContext(dist.get_rank(), world_size, local_rank, _env_int("LOCAL_WORLD_SIZE", world_size),
-                       this_device, backend, owns_group=True)
+    return DistContext(
+        dist.get_rank(),
+        world_size,
+        local_rank,
+        _env_int("LOCAL_WORLD_SIZE", world_size),
+        this_device,
+        backend,
+        owns_group=True,
+    )
 
 
 def teardown_distributed(ctx: DistContext) -> None:

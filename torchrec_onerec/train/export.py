@@ -57,12 +57,17 @@ def gather_model_state(dmp: DistributedModelParallel, ctx: DistContext) -> Optio
             else:
                 full = value.detach()
             if ctx.is_rank0 and full is not None:
-                out[key[len(MODEL_PREFIX):]] = full.cpu().clone()
+                out[key[len(MODEL_PREFIX) :]] = full.cpu().clone()
     return out if ctx.is_rank0 else None
 
 
-def plain_model(state: Dict[str, torch.Tensor], model_config: OneRecModelConfig, vocab_sizes: Sequence[int], *,
-                device: Optional[torch.device] = None) -> OneRecModel:
+def plain_model(
+    state: Dict[str, torch.Tensor],
+    model_config: OneRecModelConfig,
+    vocab_sizes: Sequence[int],
+    *,
+    device: Optional[torch.device] = None,
+) -> OneRecModel:
     """An unsharded ``OneRecModel`` holding ``state`` (no random initialisation, no RNG consumed).
 
     Args:
@@ -86,8 +91,13 @@ def plain_model(state: Dict[str, torch.Tensor], model_config: OneRecModelConfig,
     return model.to(device or torch.device("cpu")).eval()
 
 
-def save_exported(path: Path, state: Dict[str, torch.Tensor], model_config: OneRecModelConfig,
-                  vocab_sizes: Sequence[int], fingerprint: str) -> None:
+def save_exported(
+    path: Path,
+    state: Dict[str, torch.Tensor],
+    model_config: OneRecModelConfig,
+    vocab_sizes: Sequence[int],
+    fingerprint: str,
+) -> None:
     """Write a plain state dict with what is needed to rebuild and check the model (atomically).
 
     Args:
@@ -97,13 +107,21 @@ def save_exported(path: Path, state: Dict[str, torch.Tensor], model_config: OneR
         vocab_sizes (Sequence[int]): K_l of each code level.
         fingerprint (str): the training fingerprint (model config, codebook, optimiser).
     """
-    save_tagged(path, EXPORT_FORMAT, {"model_config": asdict(model_config),
-                                      "vocab_sizes": [int(v) for v in vocab_sizes], "fingerprint": fingerprint,
-                                      "state_dict": state})
+    save_tagged(
+        path,
+        EXPORT_FORMAT,
+        {
+            "model_config": asdict(model_config),
+            "vocab_sizes": [int(v) for v in vocab_sizes],
+            "fingerprint": fingerprint,
+            "state_dict": state,
+        },
+    )
 
 
-def load_exported(path: Path, model_config: OneRecModelConfig, vocab_sizes: Sequence[int], *,
-                  device: Optional[torch.device] = None) -> OneRecModel:
+def load_exported(
+    path: Path, model_config: OneRecModelConfig, vocab_sizes: Sequence[int], *, device: Optional[torch.device] = None
+) -> OneRecModel:
     """Read a model written by ``save_exported``, refusing one built for another config or codebook.
 
     Args:
@@ -119,17 +137,22 @@ def load_exported(path: Path, model_config: OneRecModelConfig, vocab_sizes: Sequ
     try:  # a key added after the file was written takes its default, which is what the model was built with
         saved = asdict(OneRecModelConfig(**data["model_config"]))
     except TypeError as exc:
-        raise ValueError(f"{path} holds a model config this version does not know ({exc}); load it with the "
-                         "torchrec_onerec version that wrote it") from None
+        raise ValueError(
+            f"{path} holds a model config this version does not know ({exc}); load it with the "
+            "torchrec_onerec version that wrote it"
+        ) from None
     if saved != asdict(model_config) or data["vocab_sizes"] != [int(v) for v in vocab_sizes]:
-        raise ValueError(f"{path} holds a model with config {data['model_config']} and vocab_sizes "
-                         f"{data['vocab_sizes']}, not the {asdict(model_config)} / {list(vocab_sizes)} in use; "
-                         "load it with the config and codebook it was trained with")
+        raise ValueError(
+            f"{path} holds a model with config {data['model_config']} and vocab_sizes "
+            f"{data['vocab_sizes']}, not the {asdict(model_config)} / {list(vocab_sizes)} in use; "
+            "load it with the config and codebook it was trained with"
+        )
     return plain_model(data["state_dict"], model_config, vocab_sizes, device=device)
 
 
-def load_checkpoint_model(path: Path, model_config: OneRecModelConfig, vocab_sizes: Sequence[int], *,
-                          device: Optional[torch.device] = None) -> OneRecModel:
+def load_checkpoint_model(
+    path: Path, model_config: OneRecModelConfig, vocab_sizes: Sequence[int], *, device: Optional[torch.device] = None
+) -> OneRecModel:
     """An unsharded model from a training checkpoint folder (DCP, read by this process alone).
 
     Args:
@@ -155,4 +178,3 @@ def load_checkpoint_model(path: Path, model_config: OneRecModelConfig, vocab_siz
             raise corrupt_checkpoint_error(Path(path), exc) from None
     module.load_state_dict(state["model"])
     return module.model.to(device or torch.device("cpu")).eval()
-

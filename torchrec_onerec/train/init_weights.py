@@ -65,7 +65,7 @@ def table_rows(config: BaseEmbeddingConfig, seed: int, start: int, stop: int) ->
         first = block * ROW_BLOCK
         rows = min(ROW_BLOCK, config.num_embeddings - first)
         values = torch.rand(rows, config.embedding_dim, generator=_block_generator(seed, config.name, block))
-        parts.append(values[max(start, first) - first:min(stop, first + rows) - first])
+        parts.append(values[max(start, first) - first : min(stop, first + rows) - first])
     return torch.cat(parts) * (high - low) + low
 
 
@@ -81,7 +81,7 @@ def _init_tables(dmp: DistributedModelParallel, tables: Sequence[Tuple[str, Base
                 raise TypeError(f"{key} is {type(weight).__name__} in the DMP state dict, expected a ShardedTensor")
             for shard in weight.local_shards():
                 (row, col), (rows, cols) = shard.metadata.shard_offsets, shard.metadata.shard_sizes
-                values = table_rows(table, seed, row, row + rows)[:, col:col + cols]
+                values = table_rows(table, seed, row, row + rows)[:, col : col + cols]
                 shard.tensor.copy_(values.to(shard.tensor.device, shard.tensor.dtype))
         dmp.load_state_dict(state)
 
@@ -99,19 +99,21 @@ def _init_dense(module: nn.Module, seed: int) -> None:
             continue
         own = list(sub.parameters(recurse=False))
         if own and not hasattr(sub, "reset_parameters"):
-            raise RuntimeError(f"module {name!r} ({type(sub).__name__}) owns parameters but has no "
-                               "reset_parameters, so its initialisation would depend on the world size")
+            raise RuntimeError(
+                f"module {name!r} ({type(sub).__name__}) owns parameters but has no "
+                "reset_parameters, so its initialisation would depend on the world size"
+            )
         if own:
             sub.reset_parameters()
             dense.append(sub)
-    composites = [sub for sub in dense if any(next(child.parameters(), None) is not None
-                                              for child in sub.children())]
+    composites = [sub for sub in dense if any(next(child.parameters(), None) is not None for child in sub.children())]
     for sub in reversed(composites):
         sub.reset_parameters()
 
 
-def initialise_weights(dmp: DistributedModelParallel, tables: Sequence[Tuple[str, BaseEmbeddingConfig]], *,
-                       seed: int) -> None:
+def initialise_weights(
+    dmp: DistributedModelParallel, tables: Sequence[Tuple[str, BaseEmbeddingConfig]], *, seed: int
+) -> None:
     """Give a freshly built DMP the seed's initial weights (see the module docstring).
 
     Args:
@@ -123,4 +125,3 @@ def initialise_weights(dmp: DistributedModelParallel, tables: Sequence[Tuple[str
     with torch.no_grad():
         _init_dense(dmp.module, seed)
         _init_tables(dmp, tables, seed)
-

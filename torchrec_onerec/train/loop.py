@@ -41,8 +41,14 @@ from torchrec_onerec.run_dir import RunDir
 from torchrec_onerec.runtime import seed_everything
 from torchrec_onerec.tokenizer.prefix_index import PrefixIndex
 from torchrec_onerec.train.checkpoint import CheckpointMeta, CheckpointStore, rank_seed, training_fingerprint
-from torchrec_onerec.train.distributed import (DistContext, all_reduce_sum, barrier, broadcast_object,
-                                               init_distributed, teardown_distributed)
+from torchrec_onerec.train.distributed import (
+    DistContext,
+    all_reduce_sum,
+    barrier,
+    broadcast_object,
+    init_distributed,
+    teardown_distributed,
+)
 from torchrec_onerec.train.export import gather_model_state, save_exported
 from torchrec_onerec.train.metrics_log import StepAccumulator, TrainLogger, batch_sizes, summary_rows
 from torchrec_onerec.train.rank_data import rank_dataloader, steps_per_epoch, tail_samples_skipped
@@ -117,8 +123,18 @@ class _CountingIterator:
 class _Run:
     """State of one ``train_generative`` invocation on one rank."""
 
-    def __init__(self, config: OneRecConfig, train: SampleSet, valid: SampleSet, codes: torch.Tensor,
-                 vocab_sizes: List[int], run: RunDir, ctx: DistContext, validator: Validator, progress: bool) -> None:
+    def __init__(
+        self,
+        config: OneRecConfig,
+        train: SampleSet,
+        valid: SampleSet,
+        codes: torch.Tensor,
+        vocab_sizes: List[int],
+        run: RunDir,
+        ctx: DistContext,
+        validator: Validator,
+        progress: bool,
+    ) -> None:
         self.config, self.tc = config, config.train
         self.train, self.valid, self.codes, self.vocab_sizes = train, valid, codes, vocab_sizes
         self.run, self.ctx, self.validator, self.progress = run, ctx, validator, progress
@@ -127,14 +143,19 @@ class _Run:
         self.store = CheckpointStore(self.folder / "checkpoints", ctx, self.fingerprint)
         self.steps_per_epoch = steps_per_epoch(len(train), config.loader.batch_size, ctx.world_size)
         if self.steps_per_epoch == 0:
-            raise ValueError(f"{len(train)} training samples cannot feed {ctx.world_size} processes; use more "
-                             "samples or fewer processes")
+            raise ValueError(
+                f"{len(train)} training samples cannot feed {ctx.world_size} processes; use more "
+                "samples or fewer processes"
+            )
         self.total_steps = self.tc.epochs * self.steps_per_epoch
         skipped = tail_samples_skipped(len(train), config.loader.batch_size, ctx.world_size)
         if skipped and ctx.is_rank0:
-            LOG.warning("the last %d training samples of every epoch form a batch smaller than the %d processes "
-                        "and are skipped; a global batch size that leaves no such tail trains on all", skipped,
-                        ctx.world_size)
+            LOG.warning(
+                "the last %d training samples of every epoch form a batch smaller than the %d processes "
+                "and are skipped; a global batch size that leaves no such tail trains on all",
+                skipped,
+                ctx.world_size,
+            )
         self.transform = SemanticIdTransform(codes, max_history=config.model.max_history)
         self.signal_weights = self.tc.signal_weights(train.signals)
         self.totals = [0.0, 0.0, 0.0]  # samples, tokens, seconds of this invocation
@@ -158,32 +179,53 @@ class _Run:
             done = self._stored_result(self.store.read_meta(latest))
             if done is not None:
                 return done
-        training = build_sharded_training(self.config.model, self.vocab_sizes, self.tc, self.ctx, seed=self.config.seed,
-                                          signal_weights=self.signal_weights)
+        training = build_sharded_training(
+            self.config.model,
+            self.vocab_sizes,
+            self.tc,
+            self.ctx,
+            seed=self.config.seed,
+            signal_weights=self.signal_weights,
+        )
         if latest is not None:
             meta = self.store.load(latest, training, seed=self.config.seed)
             if self.ctx.is_rank0:
-                LOG.info("train: resumed from checkpoint %s (step %d of %d, epoch %d)", latest.name, meta.step,
-                         self.total_steps, meta.epoch)
+                LOG.info(
+                    "train: resumed from checkpoint %s (step %d of %d, epoch %d)",
+                    latest.name,
+                    meta.step,
+                    self.total_steps,
+                    meta.epoch,
+                )
         else:
             meta = CheckpointMeta(self.fingerprint)
             seed_everything(rank_seed(self.config.seed, self.ctx.rank, 0))
-        selection = (ModelSelection.from_json(meta.selection) if meta.selection
-                     else ModelSelection(self.tc.selection_metric, self.tc.patience))
+        selection = (
+            ModelSelection.from_json(meta.selection)
+            if meta.selection
+            else ModelSelection(self.tc.selection_metric, self.tc.patience)
+        )
         if self.ctx.is_rank0:
             self.run.write_json("train/sharding_plan.json", training.plan)
         logger = TrainLogger(self.run, self.ctx, resume_step=meta.step)
         stop_reason = self._loop(training, meta, selection, logger)
         return self._finish(training, meta, selection, stop_reason)
 
-    def _loop(self, training: ShardedTraining, meta: CheckpointMeta, selection: ModelSelection,
-              logger: TrainLogger) -> str:
+    def _loop(
+        self, training: ShardedTraining, meta: CheckpointMeta, selection: ModelSelection, logger: TrainLogger
+    ) -> str:
         """Train epoch after epoch; returns why training stopped."""
-        pipeline = TrainPipelineSparseDist(training.dmp, training.optimizer, device=self.ctx.device,
-                                           execute_all_batches=True)
+        pipeline = TrainPipelineSparseDist(
+            training.dmp, training.optimizer, device=self.ctx.device, execute_all_batches=True
+        )
         limit = min(self.total_steps, self.tc.max_steps or self.total_steps)
-        bar = tqdm(total=limit, initial=min(meta.step, limit), desc="train", unit="step",
-                   disable=not (self.ctx.is_rank0 and self.progress))
+        bar = tqdm(
+            total=limit,
+            initial=min(meta.step, limit),
+            desc="train",
+            unit="step",
+            disable=not (self.ctx.is_rank0 and self.progress),
+        )
         self.last_saved = meta.name if meta.step else ""
         training.dmp.train()
         try:
@@ -204,21 +246,41 @@ class _Run:
         finally:
             bar.close()
 
-    def _epoch(self, pipeline: TrainPipelineSparseDist, training: ShardedTraining, meta: CheckpointMeta,
-               selection: ModelSelection, logger: TrainLogger, bar: tqdm) -> bool:
+    def _epoch(
+        self,
+        pipeline: TrainPipelineSparseDist,
+        training: ShardedTraining,
+        meta: CheckpointMeta,
+        selection: ModelSelection,
+        logger: TrainLogger,
+        bar: tqdm,
+    ) -> bool:
         """Train the rest of epoch ``meta.epoch``; False when ``train.max_steps`` stopped it first."""
         # a resume with more processes may skip a trailing batch that the checkpoint's world size trained on
         first = min(meta.batch_in_epoch, self.steps_per_epoch)
-        loader = rank_dataloader(self.train, self.config.loader, seed=self.config.seed, epoch=meta.epoch,
-                                 rank=self.ctx.rank, world_size=self.ctx.world_size, transform=self.transform,
-                                 start=first)
+        loader = rank_dataloader(
+            self.train,
+            self.config.loader,
+            seed=self.config.seed,
+            epoch=meta.epoch,
+            rank=self.ctx.rank,
+            world_size=self.ctx.world_size,
+            transform=self.transform,
+            start=first,
+        )
         batches = _CountingIterator(iter(loader))
         while True:
             if self.tc.max_steps and meta.step >= self.tc.max_steps:
                 return False
-            training.set_lr_multiplier(lr_multiplier(meta.step, total_steps=self.total_steps,
-                                                     warmup_steps=self.tc.warmup_steps, decay=self.tc.lr_decay,
-                                                     min_ratio=self.tc.min_lr_ratio))
+            training.set_lr_multiplier(
+                lr_multiplier(
+                    meta.step,
+                    total_steps=self.total_steps,
+                    warmup_steps=self.tc.warmup_steps,
+                    decay=self.tc.lr_decay,
+                    min_ratio=self.tc.min_lr_ratio,
+                )
+            )
             start = time.perf_counter()
             try:
                 metrics = pipeline.progress(batches)
@@ -242,23 +304,27 @@ class _Run:
 
     def _log(self, training: ShardedTraining, meta: CheckpointMeta, logger: TrainLogger, bar: tqdm) -> None:
         record = self.window.flush(self.ctx)
-        record.update(epoch=meta.epoch, lr=training.dense_optimizer.param_groups[0]["lr"],
-                      grad_norm=training.last_grad_norm)
+        record.update(
+            epoch=meta.epoch, lr=training.dense_optimizer.param_groups[0]["lr"], grad_norm=training.last_grad_norm
+        )
         self.final_loss = record["loss"]
         bar.set_postfix(loss=f"{record['loss']:.4f}")
         logger.log_step(record, step=meta.step)
 
-    def _validate(self, training: ShardedTraining, meta: CheckpointMeta, selection: ModelSelection,
-                  logger: TrainLogger) -> None:
-        metrics, state = validate(training, self.ctx, self.validator, self.valid, config=self.config,
-                                  vocab_sizes=self.vocab_sizes)
+    def _validate(
+        self, training: ShardedTraining, meta: CheckpointMeta, selection: ModelSelection, logger: TrainLogger
+    ) -> None:
+        metrics, state = validate(
+            training, self.ctx, self.validator, self.valid, config=self.config, vocab_sizes=self.vocab_sizes
+        )
         best = selection.update(metrics, epoch=meta.epoch, step=meta.step, checkpoint=meta.name)
         logger.log_validation(metrics, epoch=meta.epoch, step=meta.step, best=best)
         if self.ctx.is_rank0:
             assert state is not None
             if best:
-                save_exported(self.folder / "best_model.pt", state, self.config.model, self.vocab_sizes,
-                              self.fingerprint)
+                save_exported(
+                    self.folder / "best_model.pt", state, self.config.model, self.vocab_sizes, self.fingerprint
+                )
             self.run.write_text("train/validation.csv", summary_rows(selection.history))
 
     def _save(self, training: ShardedTraining, meta: CheckpointMeta, selection: ModelSelection) -> None:
@@ -267,8 +333,9 @@ class _Run:
         self.store.save(training, meta, keep=keep)
         self.last_saved = meta.name
 
-    def _finish(self, training: ShardedTraining, meta: CheckpointMeta, selection: ModelSelection,
-                stop_reason: str) -> TrainResult:
+    def _finish(
+        self, training: ShardedTraining, meta: CheckpointMeta, selection: ModelSelection, stop_reason: str
+    ) -> TrainResult:
         best_path = self.folder / "best_model.pt"
         if selection.best_value is None:  # nothing validated: the final model is the one to use
             state = gather_model_state(training.dmp, self.ctx)
@@ -278,15 +345,27 @@ class _Run:
         samples, tokens = all_reduce_sum(self.totals[:2], self.ctx)
         seconds = max(self.totals[2], 1e-9)
         result = TrainResult(
-            steps=meta.step, epochs=meta.epoch, stop_reason=stop_reason, selection_metric=selection.metric,
-            best_value=selection.best_value, best_epoch=selection.best_epoch, best_step=selection.best_step,
-            validations=selection.history, best_model_path=str(best_path),
+            steps=meta.step,
+            epochs=meta.epoch,
+            stop_reason=stop_reason,
+            selection_metric=selection.metric,
+            best_value=selection.best_value,
+            best_epoch=selection.best_epoch,
+            best_step=selection.best_step,
+            validations=selection.history,
+            best_model_path=str(best_path),
             best_checkpoint=(str(self.store.root / selection.best_checkpoint) if selection.best_checkpoint else None),
-            world_size=self.ctx.world_size, plan=training.plan, train_seconds=meta.train_seconds,
-            samples_per_s=samples / seconds, tokens_per_s=tokens / seconds, final_loss=self.final_loss,
-            tail_samples_skipped=tail_samples_skipped(len(self.train), self.config.loader.batch_size,
-                                                      self.ctx.world_size),
-            fingerprint=self.fingerprint)
+            world_size=self.ctx.world_size,
+            plan=training.plan,
+            train_seconds=meta.train_seconds,
+            samples_per_s=samples / seconds,
+            tokens_per_s=tokens / seconds,
+            final_loss=self.final_loss,
+            tail_samples_skipped=tail_samples_skipped(
+                len(self.train), self.config.loader.batch_size, self.ctx.world_size
+            ),
+            fingerprint=self.fingerprint,
+        )
         result = broadcast_object(result, self.ctx)  # rank 0's clock and counts, on every rank
         if self.ctx.is_rank0:
             self.run.write_json("train/result.json", asdict(result))
@@ -299,14 +378,27 @@ def _check_user_table(num_users: int, *samples: SampleSet) -> None:
         return
     largest = max((s.largest_ids()[0] for s in samples), default=-1)
     if largest >= num_users:
-        raise ValueError(f"model.num_users={num_users} is too small: the samples hold user id {largest}; set "
-                         f"model.num_users to at least {largest + 1} (the data set's user count) or to 0 for no "
-                         "user feature")
+        raise ValueError(
+            f"model.num_users={num_users} is too small: the samples hold user id {largest}; set "
+            f"model.num_users to at least {largest + 1} (the data set's user count) or to 0 for no "
+            "user feature"
+        )
 
 
-def train_generative(config: OneRecConfig, train: SampleSet, valid: SampleSet, codes: torch.Tensor,
-                     vocab_sizes: Sequence[int], run_dir: Path, *, prefix_index: PrefixIndex, device: torch.device,
-                     resume: bool = True, validator: Optional[Validator] = None, progress: bool = True) -> TrainResult:
+def train_generative(
+    config: OneRecConfig,
+    train: SampleSet,
+    valid: SampleSet,
+    codes: torch.Tensor,
+    vocab_sizes: Sequence[int],
+    run_dir: Path,
+    *,
+    prefix_index: PrefixIndex,
+    device: torch.device,
+    resume: bool = True,
+    validator: Optional[Validator] = None,
+    progress: bool = True,
+) -> TrainResult:
     """Train the OneRec model with session-wise NTP on TorchRec, in one process or under torchrun.
 
     Args:

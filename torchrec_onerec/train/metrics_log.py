@@ -24,8 +24,19 @@ from torchrec_onerec.run_dir import RunDir, atomic_write_text
 from torchrec_onerec.train.distributed import DistContext, all_reduce_sum
 from torchrec_onerec.train.train_module import StepMetrics
 
-STEP_COLUMNS = ("step", "epoch", "loss", "ntp_loss", "aux_loss", "lr", "grad_norm", "tokens_per_s", "samples_per_s",
-                "expert_load_max", "expert_load_min")
+STEP_COLUMNS = (
+    "step",
+    "epoch",
+    "loss",
+    "ntp_loss",
+    "aux_loss",
+    "lr",
+    "grad_norm",
+    "tokens_per_s",
+    "samples_per_s",
+    "expert_load_max",
+    "expert_load_min",
+)
 
 
 def batch_sizes(batch: SemanticIdBatch) -> tuple[int, int]:
@@ -71,17 +82,26 @@ class StepAccumulator:
     def flush(self, ctx: DistContext) -> Dict[str, Any]:
         """Combine the window over ranks (a collective) and reset."""
         load = self.load if self.load is not None else torch.zeros(0)
-        sums = all_reduce_sum([self.steps, self.loss, self.ntp, self.aux, self.samples, self.tokens,
-                               *load.flatten().tolist()], ctx)
+        sums = all_reduce_sum(
+            [self.steps, self.loss, self.ntp, self.aux, self.samples, self.tokens, *load.flatten().tolist()], ctx
+        )
         steps = max(sums[0], 1.0)
         seconds = max(self.seconds, 1e-9)  # ranks step in lockstep: rank 0's clock is the job's
-        record: Dict[str, Any] = {"loss": sums[1] / steps, "ntp_loss": sums[2] / steps, "aux_loss": sums[3] / steps,
-                                  "samples_per_s": sums[4] / seconds, "tokens_per_s": sums[5] / seconds}
+        record: Dict[str, Any] = {
+            "loss": sums[1] / steps,
+            "ntp_loss": sums[2] / steps,
+            "aux_loss": sums[3] / steps,
+            "samples_per_s": sums[4] / seconds,
+            "tokens_per_s": sums[5] / seconds,
+        }
         if load.numel():
             share = torch.tensor(sums[6:]).view(load.shape) / steps  # [layers, E], each row sums to 1
             utilisation = share * share.shape[-1]
-            record.update(expert_load_max=float(utilisation.max()), expert_load_min=float(utilisation.min()),
-                          expert_load=share.tolist())
+            record.update(
+                expert_load_max=float(utilisation.max()),
+                expert_load_min=float(utilisation.min()),
+                expert_load=share.tolist(),
+            )
         self.reset()
         return record
 

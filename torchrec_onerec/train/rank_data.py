@@ -66,8 +66,18 @@ class RankBatchSampler(Sampler[np.ndarray]):
         [[4, 5]]
     """
 
-    def __init__(self, num_samples: int, batch_size: int, *, shuffle: bool, seed: int, epoch: int, rank: int,
-                 world_size: int, start: int = 0) -> None:
+    def __init__(
+        self,
+        num_samples: int,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        seed: int,
+        epoch: int,
+        rank: int,
+        world_size: int,
+        start: int = 0,
+    ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank={rank} must lie in [0, world_size={world_size})")
         total = steps_per_epoch(num_samples, batch_size, world_size)
@@ -87,8 +97,17 @@ class RankBatchSampler(Sampler[np.ndarray]):
                 yield np.array_split(rows, self.world_size)[self.rank]
 
 
-def rank_dataloader(samples: SampleSet, config: LoaderConfig, *, seed: int, epoch: int, rank: int, world_size: int,
-                    transform: Callable[[OneRecBatch], Pipelineable], start: int = 0) -> DataLoader:
+def rank_dataloader(
+    samples: SampleSet,
+    config: LoaderConfig,
+    *,
+    seed: int,
+    epoch: int,
+    rank: int,
+    world_size: int,
+    transform: Callable[[OneRecBatch], Pipelineable],
+    start: int = 0,
+) -> DataLoader:
     """This rank's training batches of one epoch.
 
     Args:
@@ -104,11 +123,24 @@ def rank_dataloader(samples: SampleSet, config: LoaderConfig, *, seed: int, epoc
     Returns:
         DataLoader: ``steps_per_epoch(N, B, W) - start`` batches of about B / W samples.
     """
-    sampler = RankBatchSampler(len(samples), config.batch_size, shuffle=config.shuffle, seed=seed, epoch=epoch,
-                               rank=rank, world_size=world_size, start=start)
+    sampler = RankBatchSampler(
+        len(samples),
+        config.batch_size,
+        shuffle=config.shuffle,
+        seed=seed,
+        epoch=epoch,
+        rank=rank,
+        world_size=world_size,
+        start=start,
+    )
     # the loader draws its workers' base seed from this generator, not from the global stream (dropout's)
     generator = torch.Generator().manual_seed(seed)
     # batch_size=None: collate_fn gets one batch, not the list torch's annotation expects
-    return DataLoader(SampleSetBatches(samples), batch_size=None, sampler=sampler,
-                      collate_fn=transform,  # type: ignore[arg-type]
-                      num_workers=config.num_workers, generator=generator)
+    return DataLoader(
+        SampleSetBatches(samples),
+        batch_size=None,
+        sampler=sampler,
+        collate_fn=transform,  # type: ignore[arg-type]
+        num_workers=config.num_workers,
+        generator=generator,
+    )

@@ -20,9 +20,16 @@ from torchrec_onerec.run_dir import load_tagged, save_tagged
 REWARD_FORMAT = "torchrec_onerec.reward_model/1"
 
 
-def plain_reward_model(state: Dict[str, torch.Tensor], config: RewardModelConfig, num_users: int, num_items: int,
-                       signals: Sequence[str], *, item_codes: Optional[torch.Tensor] = None,
-                       device: Optional[torch.device] = None) -> SessionRewardModel:
+def plain_reward_model(
+    state: Dict[str, torch.Tensor],
+    config: RewardModelConfig,
+    num_users: int,
+    num_items: int,
+    signals: Sequence[str],
+    *,
+    item_codes: Optional[torch.Tensor] = None,
+    device: Optional[torch.device] = None,
+) -> SessionRewardModel:
     """An unsharded ``SessionRewardModel`` holding ``state`` (no random initialisation, no RNG consumed).
 
     Args:
@@ -37,14 +44,22 @@ def plain_reward_model(state: Dict[str, torch.Tensor], config: RewardModelConfig
     Returns:
         SessionRewardModel: in eval mode.
     """
-    model = SessionRewardModel(config, num_users, num_items, signals, item_codes=item_codes,
-                               device=torch.device("meta"))
+    model = SessionRewardModel(
+        config, num_users, num_items, signals, item_codes=item_codes, device=torch.device("meta")
+    )
     model.load_state_dict(state, assign=True)
     return model.to(device or torch.device("cpu")).eval()
 
 
-def save_reward_model(path: Path, state: Dict[str, torch.Tensor], config: RewardModelConfig, num_users: int,
-                      num_items: int, signals: Sequence[str], item_codes: Optional[torch.Tensor] = None) -> None:
+def save_reward_model(
+    path: Path,
+    state: Dict[str, torch.Tensor],
+    config: RewardModelConfig,
+    num_users: int,
+    num_items: int,
+    signals: Sequence[str],
+    item_codes: Optional[torch.Tensor] = None,
+) -> None:
     """Write a plain state dict with what is needed to rebuild and check the model (atomically).
 
     Args:
@@ -58,14 +73,28 @@ def save_reward_model(path: Path, state: Dict[str, torch.Tensor], config: Reward
             file carries them, so it scores sessions without the codebook.
     """
     codes = None if item_codes is None else item_codes.detach().to("cpu", torch.int64).clone()
-    save_tagged(path, REWARD_FORMAT, {"config": asdict(config), "num_users": int(num_users),
-                                      "num_items": int(num_items), "signals": list(signals), "state_dict": state,
-                                      "item_codes": codes})
+    save_tagged(
+        path,
+        REWARD_FORMAT,
+        {
+            "config": asdict(config),
+            "num_users": int(num_users),
+            "num_items": int(num_items),
+            "signals": list(signals),
+            "state_dict": state,
+            "item_codes": codes,
+        },
+    )
 
 
-def load_reward_model(path: Path, *, num_items: Optional[int] = None, num_users: Optional[int] = None,
-                      signals: Optional[Sequence[str]] = None, device: Optional[torch.device] = None
-                      ) -> SessionRewardModel:
+def load_reward_model(
+    path: Path,
+    *,
+    num_items: Optional[int] = None,
+    num_users: Optional[int] = None,
+    signals: Optional[Sequence[str]] = None,
+    device: Optional[torch.device] = None,
+) -> SessionRewardModel:
     """Read a model written by ``save_reward_model``, refusing one built for another catalogue or other signals.
 
     Args:
@@ -82,8 +111,17 @@ def load_reward_model(path: Path, *, num_items: Optional[int] = None, num_users:
     expected = {"num_items": num_items, "num_users": num_users, "signals": None if signals is None else list(signals)}
     for key, wanted in expected.items():
         if wanted is not None and data[key] != wanted:
-            raise ValueError(f"{path} holds a reward model with {key}={data[key]}, not the {key}={wanted} in use; "
-                             "train a reward model on this data set (stage train-reward) or load the matching one")
+            raise ValueError(
+                f"{path} holds a reward model with {key}={data[key]}, not the {key}={wanted} in use; "
+                "train a reward model on this data set (stage train-reward) or load the matching one"
+            )
     config = RewardModelConfig(**{"semantic_ids": False, **data["config"]})  # files before the key were id-only
-    return plain_reward_model(data["state_dict"], config, data["num_users"], data["num_items"], data["signals"],
-                              item_codes=data.get("item_codes"), device=device)
+    return plain_reward_model(
+        data["state_dict"],
+        config,
+        data["num_users"],
+        data["num_items"],
+        data["signals"],
+        item_codes=data.get("item_codes"),
+        device=device,
+    )

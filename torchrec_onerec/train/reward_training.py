@@ -54,8 +54,15 @@ from torchrec_onerec.run_dir import atomic_write_text
 from torchrec_onerec.runtime import seed_everything
 from torchrec_onerec.train.checkpoint import rank_seed
 from torchrec_onerec.train.config import TrainConfig
-from torchrec_onerec.train.distributed import (DistContext, all_reduce_sum, barrier, broadcast_object,
-                                               init_distributed, on_rank0, teardown_distributed)
+from torchrec_onerec.train.distributed import (
+    DistContext,
+    all_reduce_sum,
+    barrier,
+    broadcast_object,
+    init_distributed,
+    on_rank0,
+    teardown_distributed,
+)
 from torchrec_onerec.train.export import gather_model_state
 from torchrec_onerec.train.rank_data import rank_dataloader, steps_per_epoch
 from torchrec_onerec.train.reward_io import plain_reward_model, save_reward_model
@@ -139,13 +146,19 @@ def concat_samples(first: SampleSet, second: SampleSet) -> SampleSet:
         ([0, 3], [4, 5])
     """
     if first.session_items != second.session_items or list(first.signals) != list(second.signals):
-        raise ValueError(f"cannot concatenate samples of width {first.session_items} with signals "
-                         f"{list(first.signals)} and width {second.session_items} with {list(second.signals)}")
+        raise ValueError(
+            f"cannot concatenate samples of width {first.session_items} with signals "
+            f"{list(first.signals)} and width {second.session_items} with {list(second.signals)}"
+        )
     offsets = np.concatenate([first.history_offsets[:-1], second.history_offsets + first.history_offsets[-1]])
-    return SampleSet(np.concatenate([first.user, second.user]),
-                     np.concatenate([first.history_values, second.history_values]), offsets,
-                     np.concatenate([first.target, second.target]), np.concatenate([first.labels, second.labels]),
-                     list(first.signals))
+    return SampleSet(
+        np.concatenate([first.user, second.user]),
+        np.concatenate([first.history_values, second.history_values]),
+        offsets,
+        np.concatenate([first.target, second.target]),
+        np.concatenate([first.labels, second.labels]),
+        list(first.signals),
+    )
 
 
 def reward_train_config(config: RewardModelConfig) -> TrainConfig:
@@ -156,17 +169,33 @@ def reward_train_config(config: RewardModelConfig) -> TrainConfig:
         >>> tc.epochs, tc.learning_rate, tc.sparse_optimizer, tc.lr_decay
         (4, 0.01, 'rowwise_adagrad', 'cosine')
     """
-    return TrainConfig(epochs=config.epochs, learning_rate=config.learning_rate,
-                       sparse_learning_rate=config.sparse_learning_rate, weight_decay=config.weight_decay,
-                       warmup_steps=config.warmup_steps, patience=config.patience, selection_metric=SELECTION_METRIC)
+    return TrainConfig(
+        epochs=config.epochs,
+        learning_rate=config.learning_rate,
+        sparse_learning_rate=config.sparse_learning_rate,
+        weight_decay=config.weight_decay,
+        warmup_steps=config.warmup_steps,
+        patience=config.patience,
+        selection_metric=SELECTION_METRIC,
+    )
 
 
 class _RewardRun:
     """One ``train_reward_model`` invocation on one rank."""
 
-    def __init__(self, config: RewardModelConfig, train: SampleSet, valid: SampleSet, num_users: int,
-                 num_items: int, item_codes: Optional[torch.Tensor], out_dir: Path, seed: int, ctx: DistContext,
-                 progress: bool) -> None:
+    def __init__(
+        self,
+        config: RewardModelConfig,
+        train: SampleSet,
+        valid: SampleSet,
+        num_users: int,
+        num_items: int,
+        item_codes: Optional[torch.Tensor],
+        out_dir: Path,
+        seed: int,
+        ctx: DistContext,
+        progress: bool,
+    ) -> None:
         self.config, self.train, self.valid = config, train, valid
         self.item_codes = item_codes if config.semantic_ids else None
         self.num_users, self.num_items, self.signals = num_users, num_items, list(train.signals)
@@ -175,8 +204,10 @@ class _RewardRun:
         self.loader = LoaderConfig(batch_size=config.batch_size, shuffle=True)
         self.steps_per_epoch = steps_per_epoch(len(train), config.batch_size, ctx.world_size)
         if self.steps_per_epoch == 0:
-            raise ValueError(f"{len(train)} training sessions cannot feed {ctx.world_size} processes; use more "
-                             "sessions or fewer processes")
+            raise ValueError(
+                f"{len(train)} training sessions cannot feed {ctx.world_size} processes; use more "
+                "sessions or fewer processes"
+            )
         self.total_steps = config.epochs * self.steps_per_epoch
         self.model_path = self.out_dir / "reward_model.pt"
         self.metrics_path = self.out_dir / "metrics.jsonl"
@@ -185,8 +216,9 @@ class _RewardRun:
     def _save(self, state: Optional[Dict[str, torch.Tensor]]) -> None:
         if self.ctx.is_rank0:
             assert state is not None
-            save_reward_model(self.model_path, state, self.config, self.num_users, self.num_items, self.signals,
-                              self.item_codes)
+            save_reward_model(
+                self.model_path, state, self.config, self.num_users, self.num_items, self.signals, self.item_codes
+            )
 
     def _validate(self, dmp: DistributedModelParallel) -> Tuple[Dict[str, float], Optional[Dict[str, torch.Tensor]]]:
         """Session-level validation AUCs on rank 0, broadcast to every rank (a collective; a failure on rank 0
@@ -195,11 +227,21 @@ class _RewardRun:
 
         def metrics() -> Dict[str, float]:
             assert state is not None  # rank 0 holds the gathered state
-            model = plain_reward_model(state, self.config, self.num_users, self.num_items, self.signals,
-                                       item_codes=self.item_codes, device=self.ctx.device)
+            model = plain_reward_model(
+                state,
+                self.config,
+                self.num_users,
+                self.num_items,
+                self.signals,
+                item_codes=self.item_codes,
+                device=self.ctx.device,
+            )
             per_signal = session_aucs(model, self.valid, batch_size=EVAL_BATCH_SIZE, device=self.ctx.device)
-            out = {f"valid_{key}_{signal}": values[key] for signal, values in per_signal.items()
-                   for key in ("session_auc", "session_auc_same_length")}
+            out = {
+                f"valid_{key}_{signal}": values[key]
+                for signal, values in per_signal.items()
+                for key in ("session_auc", "session_auc_same_length")
+            }
             out[SELECTION_METRIC] = nan_mean([v["session_auc_same_length"] for v in per_signal.values()])
             return out
 
@@ -207,13 +249,28 @@ class _RewardRun:
 
     def _epoch(self, pipeline: TrainPipelineSparseDist, training: ShardedTraining, epoch: int, bar: tqdm) -> float:
         """Train one epoch; returns its mean loss over steps and ranks."""
-        batches = iter(rank_dataloader(self.train, self.loader, seed=self.seed, epoch=epoch, rank=self.ctx.rank,
-                                       world_size=self.ctx.world_size, transform=self.transform))
+        batches = iter(
+            rank_dataloader(
+                self.train,
+                self.loader,
+                seed=self.seed,
+                epoch=epoch,
+                rank=self.ctx.rank,
+                world_size=self.ctx.world_size,
+                transform=self.transform,
+            )
+        )
         loss_sum, loss_steps = 0.0, 0
         while True:
-            training.set_lr_multiplier(lr_multiplier(self.step, total_steps=self.total_steps,
-                                                     warmup_steps=self.tc.warmup_steps, decay=self.tc.lr_decay,
-                                                     min_ratio=self.tc.min_lr_ratio))
+            training.set_lr_multiplier(
+                lr_multiplier(
+                    self.step,
+                    total_steps=self.total_steps,
+                    warmup_steps=self.tc.warmup_steps,
+                    decay=self.tc.lr_decay,
+                    min_ratio=self.tc.min_lr_ratio,
+                )
+            )
             start = time.perf_counter()
             try:
                 loss = pipeline.progress(batches)[0]
@@ -239,21 +296,29 @@ class _RewardRun:
         return {**metrics, "best": best}
 
     def fit(self) -> RewardTrainResult:
-        model = SessionRewardModel(self.config, self.num_users, self.num_items, self.signals,
-                                   item_codes=self.item_codes, device=torch.device("meta"))
+        model = SessionRewardModel(
+            self.config,
+            self.num_users,
+            self.num_items,
+            self.signals,
+            item_codes=self.item_codes,
+            device=torch.device("meta"),
+        )
         self.transform = RewardTransform(self.config.session_label, model.item_tokens)  # batches carry its tokens
         training = shard_for_training(RewardTrainModule(model), self.tc, self.ctx, seed=self.seed)
         seed_everything(rank_seed(self.seed, self.ctx.rank, 0))  # dropout streams differ per rank
-        pipeline = TrainPipelineSparseDist(training.dmp, training.optimizer, device=self.ctx.device,
-                                           execute_all_batches=True)
+        pipeline = TrainPipelineSparseDist(
+            training.dmp, training.optimizer, device=self.ctx.device, execute_all_batches=True
+        )
         selection = ModelSelection(SELECTION_METRIC, self.config.patience)
         if self.ctx.is_rank0:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             self.metrics_path.unlink(missing_ok=True)
         records: List[Dict[str, Any]] = []
         epoch, stop_reason = 0, "epochs"
-        bar = tqdm(total=self.total_steps, desc="train-reward", unit="step",
-                   disable=not (self.ctx.is_rank0 and self.progress))
+        bar = tqdm(
+            total=self.total_steps, desc="train-reward", unit="step", disable=not (self.ctx.is_rank0 and self.progress)
+        )
         training.dmp.train()
         try:
             while epoch < self.config.epochs and stop_reason == "epochs":
@@ -273,19 +338,37 @@ class _RewardRun:
         if selection.best_value is None:  # nothing validated (or every AUC undefined): keep the final model
             self._save(gather_model_state(training.dmp, self.ctx))
         result = RewardTrainResult(
-            model_path=str(self.model_path), epochs=epoch, steps=self.step, stop_reason=stop_reason,
-            best_epoch=selection.best_epoch, best_value=selection.best_value, validations=records,
-            plan=training.plan, world_size=self.ctx.world_size, train_seconds=self.seconds)
+            model_path=str(self.model_path),
+            epochs=epoch,
+            steps=self.step,
+            stop_reason=stop_reason,
+            best_epoch=selection.best_epoch,
+            best_value=selection.best_value,
+            validations=records,
+            plan=training.plan,
+            world_size=self.ctx.world_size,
+            train_seconds=self.seconds,
+        )
         result = broadcast_object(result, self.ctx)
         if self.ctx.is_rank0:
             atomic_write_text(self.out_dir / "result.json", json.dumps(asdict(result), indent=2))
         return result
 
 
-def train_reward_model(config: RewardModelConfig, train: SampleSet, valid: SampleSet, *, num_users: int,
-                       num_items: int, out_dir: Path, seed: int, device: torch.device,
-                       train_impressions: Optional[SampleSet] = None, item_codes: Optional[torch.Tensor] = None,
-                       progress: bool = True) -> RewardTrainResult:
+def train_reward_model(
+    config: RewardModelConfig,
+    train: SampleSet,
+    valid: SampleSet,
+    *,
+    num_users: int,
+    num_items: int,
+    out_dir: Path,
+    seed: int,
+    device: torch.device,
+    train_impressions: Optional[SampleSet] = None,
+    item_codes: Optional[torch.Tensor] = None,
+    progress: bool = True,
+) -> RewardTrainResult:
     """Train the session reward model on TorchRec (DMP + TrainPipelineSparseDist), in one process or under torchrun.
 
     Args:
@@ -311,26 +394,33 @@ def train_reward_model(config: RewardModelConfig, train: SampleSet, valid: Sampl
     """
     if config.train_on_impressions:
         if train_impressions is None:
-            raise ValueError("reward.train_on_impressions is true but no train_impressions were given; pass "
-                             "impression_samples(split, 'train', items_per_sample=1, ...) or set it to false")
+            raise ValueError(
+                "reward.train_on_impressions is true but no train_impressions were given; pass "
+                "impression_samples(split, 'train', items_per_sample=1, ...) or set it to false"
+            )
         train = concat_samples(train, single_item_sessions(train_impressions, train.session_items))
     if config.semantic_ids and item_codes is None:
-        raise ValueError("reward.semantic_ids is true but no item_codes were given; pass the codebook's codes "
-                         "(Codebook.codes of the tokenize stage) or set reward.semantic_ids=false")
+        raise ValueError(
+            "reward.semantic_ids is true but no item_codes were given; pass the codebook's codes "
+            "(Codebook.codes of the tokenize stage) or set reward.semantic_ids=false"
+        )
     if not train.signals:
         raise ValueError("the training sessions carry no signals; set split.labels (e.g. swt: long_view)")
     if list(valid.signals) != list(train.signals):
-        raise ValueError(f"valid signals {list(valid.signals)} differ from train signals {list(train.signals)}; "
-                         "build both from the same split")
+        raise ValueError(
+            f"valid signals {list(valid.signals)} differ from train signals {list(train.signals)}; "
+            "build both from the same split"
+        )
     for name, samples in (("train", train), ("valid", valid)):
         largest_user, largest_item = samples.largest_ids()
         if largest_user >= num_users or largest_item >= num_items:
-            raise ValueError(f"{name} holds user or item ids beyond num_users={num_users} / num_items={num_items}; "
-                             "pass the data set's sizes")
+            raise ValueError(
+                f"{name} holds user or item ids beyond num_users={num_users} / num_items={num_items}; "
+                "pass the data set's sizes"
+            )
     ctx = init_distributed(device, timeout_s=reward_train_config(config).collective_timeout_s)
     try:
-        result = _RewardRun(config, train, valid, num_users, num_items, item_codes, out_dir, seed, ctx,
-                            progress).fit()
+        result = _RewardRun(config, train, valid, num_users, num_items, item_codes, out_dir, seed, ctx, progress).fit()
         barrier(ctx)  # no rank tears the group down while another still uses it
         return result
     finally:

@@ -31,16 +31,36 @@ from torchrec_onerec.models.two_tower import training_pairs
 from torchrec_onerec.run_dir import atomic_write_text
 from torchrec_onerec.train.config import TrainConfig
 from torchrec_onerec.train.distributed import barrier, init_distributed, teardown_distributed
-from torchrec_onerec.train.trainer import (FitSpec, LossTrainStep, MetricsWriter, ModelTrainResult, State, fit,
-                                           list_metrics, plain_module, section_train_config, validation_users)
+from torchrec_onerec.train.trainer import (
+    FitSpec,
+    LossTrainStep,
+    MetricsWriter,
+    ModelTrainResult,
+    State,
+    fit,
+    list_metrics,
+    plain_module,
+    section_train_config,
+    validation_users,
+)
 
 SASREC_FILE = "sasrec.pt"
 SELECTION_K = 10
 
 
-def train_sasrec(config: SASRecConfig, split: Union[SplitA, SplitB], *, num_items: int, max_history: int,
-                 train_config: TrainConfig, out_dir: Path, device: torch.device, seed: int, num_workers: int = 0,
-                 progress: bool = True) -> ModelTrainResult:
+def train_sasrec(
+    config: SASRecConfig,
+    split: Union[SplitA, SplitB],
+    *,
+    num_items: int,
+    max_history: int,
+    train_config: TrainConfig,
+    out_dir: Path,
+    device: torch.device,
+    seed: int,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> ModelTrainResult:
     """Train SASRec on the split's training samples; keep the epoch with the best validation NDCG@10.
 
     Args:
@@ -69,6 +89,7 @@ def train_sasrec(config: SASRecConfig, split: Union[SplitA, SplitB], *, num_item
     folder = Path(out_dir)
     ctx = init_distributed(device, timeout_s=train_config.collective_timeout_s)
     try:
+
         def build(on: torch.device) -> SASRec:
             return SASRec(config, num_items=num_items, max_history=max_history, device=on)
 
@@ -83,16 +104,31 @@ def train_sasrec(config: SASRecConfig, split: Union[SplitA, SplitB], *, num_item
             save_sasrec(folder / SASREC_FILE, state, config, num_items=num_items, max_history=max_history)
 
         spec = FitSpec(
-            name="sasrec", path=folder / SASREC_FILE, module=LossTrainStep(build(torch.device("meta"))),
-            epoch_samples=lambda epoch: pairs, transform=SASRecTransform(num_items), batch_size=config.batch_size,
-            train_config=section_train_config(train_config, epochs=config.epochs, learning_rate=config.learning_rate,
-                                              sparse_learning_rate=config.sparse_learning_rate,
-                                              weight_decay=config.weight_decay, device=ctx.device),
-            selection_metric=f"ndcg@{k}", validate=validate, save=save, patience=config.patience)
+            name="sasrec",
+            path=folder / SASREC_FILE,
+            module=LossTrainStep(build(torch.device("meta"))),
+            epoch_samples=lambda epoch: pairs,
+            transform=SASRecTransform(num_items),
+            batch_size=config.batch_size,
+            train_config=section_train_config(
+                train_config,
+                epochs=config.epochs,
+                learning_rate=config.learning_rate,
+                sparse_learning_rate=config.sparse_learning_rate,
+                weight_decay=config.weight_decay,
+                device=ctx.device,
+            ),
+            selection_metric=f"ndcg@{k}",
+            validate=validate,
+            save=save,
+            patience=config.patience,
+        )
         result = fit(spec, ctx, MetricsWriter(folder, ctx), seed=seed, num_workers=num_workers, progress=progress)
         if ctx.is_rank0:
-            atomic_write_text(folder / "result.json", json.dumps({**asdict(result), "world_size": ctx.world_size},
-                                                                 indent=2, default=str) + "\n")
+            atomic_write_text(
+                folder / "result.json",
+                json.dumps({**asdict(result), "world_size": ctx.world_size}, indent=2, default=str) + "\n",
+            )
         barrier(ctx)
         return result
     finally:

@@ -37,8 +37,9 @@ def lr_multiplier(step: int, *, total_steps: int, warmup_steps: int, decay: str,
         1.0
     """
     if total_steps < 1 or warmup_steps < 0 or step < 0:
-        raise ValueError(f"need total_steps >= 1, warmup_steps >= 0 and step >= 0, got {total_steps}, "
-                         f"{warmup_steps}, {step}")
+        raise ValueError(
+            f"need total_steps >= 1, warmup_steps >= 0 and step >= 0, got {total_steps}, {warmup_steps}, {step}"
+        )
     if decay not in LR_DECAYS:
         raise ValueError(f"decay={decay!r} must be one of {list(LR_DECAYS)}")
     if not 0.0 <= min_ratio <= 1.0:

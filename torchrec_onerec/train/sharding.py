@@ -53,11 +53,16 @@ SPARSE_EPS = 1e-8
 STORAGE_MARGIN = 0.15
 DENSE_BYTES_PER_PARAM = 16  # float32 parameter, gradient and AdamW's two moments
 _SPARSE_CLASSES: Dict[str, Type[torch.optim.Optimizer]] = {
-    "sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad, "rowwise_adagrad": RowWiseAdagrad, "adam": torch.optim.Adam}
+    "sgd": torch.optim.SGD,
+    "adagrad": torch.optim.Adagrad,
+    "rowwise_adagrad": RowWiseAdagrad,
+    "adam": torch.optim.Adam,
+}
 
 
-def sparse_optimizer_args(name: str, lr: float, device: torch.device) -> Tuple[Type[torch.optim.Optimizer],
-                                                                               Dict[str, Any]]:
+def sparse_optimizer_args(
+    name: str, lr: float, device: torch.device
+) -> Tuple[Type[torch.optim.Optimizer], Dict[str, Any]]:
     """The optimiser class and a fresh kwargs dict for ``apply_optimizer_in_backward`` (DMP mutates the dict).
 
     Args:
@@ -76,8 +81,10 @@ def sparse_optimizer_args(name: str, lr: float, device: torch.device) -> Tuple[T
     if name not in _SPARSE_CLASSES:
         raise ValueError(f"train.sparse_optimizer={name!r} must be one of {sorted(_SPARSE_CLASSES)}")
     if device.type == "cpu" and name not in CPU_FUSED_OPTIMIZERS:
-        raise ValueError(f"train.sparse_optimizer={name!r} is not fused by fbgemm on CPU; use one of "
-                         f"{list(CPU_FUSED_OPTIMIZERS)} (rowwise_adagrad is the usual choice), or train on CUDA")
+        raise ValueError(
+            f"train.sparse_optimizer={name!r} is not fused by fbgemm on CPU; use one of "
+            f"{list(CPU_FUSED_OPTIMIZERS)} (rowwise_adagrad is the usual choice), or train on CUDA"
+        )
     kwargs: Dict[str, Any] = {"lr": lr}
     if name != "sgd":
         kwargs["eps"] = SPARSE_EPS
@@ -89,8 +96,11 @@ def describe_plan(plan: ShardingPlan) -> Dict[str, Dict[str, Any]]:
     out: Dict[str, Dict[str, Any]] = {}
     for module_plan in plan.plan.values():
         for table, sharding in module_plan.items():  # type: ignore[union-attr]
-            out[table] = {"sharding_type": sharding.sharding_type, "compute_kernel": sharding.compute_kernel,
-                          "ranks": list(sharding.ranks or [])}
+            out[table] = {
+                "sharding_type": sharding.sharding_type,
+                "compute_kernel": sharding.compute_kernel,
+                "ranks": list(sharding.ranks or []),
+            }
     return out
 
 
@@ -139,24 +149,35 @@ def _constraints(tables: Sequence[str], sharding_type: str) -> Dict[str, Paramet
 
 def embedding_collections(module: nn.Module) -> Dict[str, Union[EmbeddingCollection, EmbeddingBagCollection]]:
     """Module path -> every TorchRec ``EmbeddingCollection`` / ``EmbeddingBagCollection`` inside ``module``."""
-    return {name: sub for name, sub in module.named_modules()
-            if isinstance(sub, (EmbeddingCollection, EmbeddingBagCollection))}
+    return {
+        name: sub
+        for name, sub in module.named_modules()
+        if isinstance(sub, (EmbeddingCollection, EmbeddingBagCollection))
+    }
 
 
-def _planner(module: nn.Module, collections: Dict[str, nn.Module], tables: Sequence[str], train_config: TrainConfig,
-             ctx: DistContext) -> EmbeddingShardingPlanner:
+def _planner(
+    module: nn.Module,
+    collections: Dict[str, nn.Module],
+    tables: Sequence[str],
+    train_config: TrainConfig,
+    ctx: DistContext,
+) -> EmbeddingShardingPlanner:
     """A planner for this job's topology, told the dense model's true size (it is on the meta device)."""
     topology = TopologyFactory.create_topology(
         TrainerConfig(world_size=ctx.world_size, local_world_size=ctx.local_world_size),
-        kernel_config=KernelConfig(compute_device=ctx.device.type))
+        kernel_config=KernelConfig(compute_device=ctx.device.type),
+    )
     table_params = {id(p) for c in collections.values() for p in c.parameters()}
     dense_params = sum(p.numel() for p in module.parameters() if id(p) not in table_params)
     with warnings.catch_warnings():  # it warns that estimates from meta tensors are wrong: ours is exact
         warnings.filterwarnings("ignore", message="HeuristicalStorageReservation", category=FutureWarning)
         reservation = HeuristicalStorageReservation(
-            percentage=STORAGE_MARGIN, dense_tensor_estimate=dense_params * DENSE_BYTES_PER_PARAM)
-    return EmbeddingShardingPlanner(topology=topology, storage_reservation=reservation,
-                                    constraints=_constraints(tables, train_config.sharding_type))
+            percentage=STORAGE_MARGIN, dense_tensor_estimate=dense_params * DENSE_BYTES_PER_PARAM
+        )
+    return EmbeddingShardingPlanner(
+        topology=topology, storage_reservation=reservation, constraints=_constraints(tables, train_config.sharding_type)
+    )
 
 
 def shard_for_training(module: nn.Module, train_config: TrainConfig, ctx: DistContext, *, seed: int) -> ShardedTraining:
@@ -183,8 +204,11 @@ def shard_for_training(module: nn.Module, train_config: TrainConfig, ctx: DistCo
         raise ValueError(f"{type(module).__name__} holds no EmbeddingCollection or EmbeddingBagCollection to shard")
     tables: List[Tuple[str, Any]] = []
     for path, collection in collections.items():
-        configs = (collection.embedding_configs() if isinstance(collection, EmbeddingCollection)
-                   else collection.embedding_bag_configs())
+        configs = (
+            collection.embedding_configs()
+            if isinstance(collection, EmbeddingCollection)
+            else collection.embedding_bag_configs()
+        )
         attribute = "embeddings" if isinstance(collection, EmbeddingCollection) else "embedding_bags"
         tables += [(f"{path}.{attribute}.", config) for config in configs]
     names = [config.name for _, config in tables]
@@ -199,18 +223,29 @@ def shard_for_training(module: nn.Module, train_config: TrainConfig, ctx: DistCo
     dmp = DistributedModelParallel(module, device=ctx.device, plan=plan, sharders=sharders)
     initialise_weights(dmp, tables, seed=seed)
     lr, weight_decay = train_config.learning_rate, train_config.weight_decay
-    dense = KeyedOptimizerWrapper(dict(in_backward_optimizer_filter(dmp.named_parameters())),
-                                  lambda params: torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay))
+    dense = KeyedOptimizerWrapper(
+        dict(in_backward_optimizer_filter(dmp.named_parameters())),
+        lambda params: torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay),
+    )
     clipping = GradientClipping.NORM if train_config.grad_clip > 0 else GradientClipping.NONE
-    clipped = GradientClippingOptimizer(dense, clipping=clipping, max_gradient=train_config.grad_clip,
-                                        track_grad_norm=True)
+    clipped = GradientClippingOptimizer(
+        dense, clipping=clipping, max_gradient=train_config.grad_clip, track_grad_norm=True
+    )
     optimizer = CombinedOptimizer([("sparse", dmp.fused_optimizer), ("dense", clipped)])
-    return ShardedTraining(dmp, optimizer, dmp.fused_optimizer, clipped, describe_plan(plan),
-                           (lr, train_config.sparse_learning_rate))
+    return ShardedTraining(
+        dmp, optimizer, dmp.fused_optimizer, clipped, describe_plan(plan), (lr, train_config.sparse_learning_rate)
+    )
 
 
-def build_sharded_training(model_config: OneRecModelConfig, vocab_sizes: Sequence[int], train_config: TrainConfig,
-                           ctx: DistContext, *, seed: int, signal_weights: Sequence[float] = ()) -> ShardedTraining:
+def build_sharded_training(
+    model_config: OneRecModelConfig,
+    vocab_sizes: Sequence[int],
+    train_config: TrainConfig,
+    ctx: DistContext,
+    *,
+    seed: int,
+    signal_weights: Sequence[float] = (),
+) -> ShardedTraining:
     """Shard a new OneRec model (in its ``OneRecTrainStep``) with ``shard_for_training``.
 
     Args:
@@ -226,6 +261,10 @@ def build_sharded_training(model_config: OneRecModelConfig, vocab_sizes: Sequenc
     """
     if not dist.is_initialized():
         raise RuntimeError("build_sharded_training needs the default process group; call init_distributed first")
-    module = OneRecTrainStep(OneRecModel(model_config, vocab_sizes, device=torch.device("meta")),
-                             amp=train_config.amp, device_type=ctx.device.type, signal_weights=signal_weights)
+    module = OneRecTrainStep(
+        OneRecModel(model_config, vocab_sizes, device=torch.device("meta")),
+        amp=train_config.amp,
+        device_type=ctx.device.type,
+        signal_weights=signal_weights,
+    )
     return shard_for_training(module, train_config, ctx, seed=seed)

@@ -18,8 +18,9 @@ from torchrec_onerec.models.config import model_size
 from torchrec_onerec.train.config import TrainConfig
 
 
-def random_samples(num_samples: int, num_items: int, *, max_history: int, session_items: int, seed: int,
-                   full_sessions: bool = True) -> SampleSet:
+def random_samples(
+    num_samples: int, num_items: int, *, max_history: int, session_items: int, seed: int, full_sessions: bool = True
+) -> SampleSet:
     """Random users with 1..n distinct history items and a target session of M (or 1..M) distinct items.
 
     Args:
@@ -46,13 +47,19 @@ def random_samples(num_samples: int, num_items: int, *, max_history: int, sessio
         size = session_items if full_sessions else int(rng.integers(1, session_items + 1))
         target = np.full(session_items, -1, dtype=np.int64)
         target[:size] = rng.choice(num_items, size=size, replace=False)
-        samples.append(Sample(user, history.astype(np.int64), target,
-                              (target[:, None] >= 0).astype(np.float32)))
+        samples.append(Sample(user, history.astype(np.int64), target, (target[:, None] >= 0).astype(np.float32)))
     return SampleSet.from_samples(samples, ["click"])
 
 
-def tiny_config(*, batch_size: int = 8, num_users: int = 64, max_history: int = 8, session_items: int = 2,
-                model: Optional[Dict[str, Any]] = None, **train: Any) -> OneRecConfig:
+def tiny_config(
+    *,
+    batch_size: int = 8,
+    num_users: int = 64,
+    max_history: int = 8,
+    session_items: int = 2,
+    model: Optional[Dict[str, Any]] = None,
+    **train: Any,
+) -> OneRecConfig:
     """A run config with the ``tiny`` model (n = 8, M = 2 unless given), a small beam and ``train`` overrides.
 
     Args:
@@ -68,13 +75,19 @@ def tiny_config(*, batch_size: int = 8, num_users: int = 64, max_history: int = 
         >>> cfg.train.epochs, cfg.model.max_history, cfg.loader.batch_size
         (2, 8, 8)
     """
-    defaults: Dict[str, Any] = {"epochs": 2, "warmup_steps": 2, "log_every_steps": 1, "learning_rate": 1e-2,
-                                "sparse_learning_rate": 0.05}
+    defaults: Dict[str, Any] = {
+        "epochs": 2,
+        "warmup_steps": 2,
+        "log_every_steps": 1,
+        "learning_rate": 1e-2,
+        "sparse_learning_rate": 0.05,
+    }
     return OneRecConfig(
         split=SplitConfig(max_history=max_history, session_items=session_items),
         loader=LoaderConfig(batch_size=batch_size),
-        model=model_size("tiny", num_users=num_users, max_history=max_history, session_items=session_items,
-                         **(model or {})),
+        model=model_size(
+            "tiny", num_users=num_users, max_history=max_history, session_items=session_items, **(model or {})
+        ),
         train=TrainConfig(**{**defaults, **train}),
         eval=EvalConfig(beam_size=10, num_return=10, batch_size=32),
     )

@@ -57,8 +57,9 @@ class OneRecTrainStep(OneRecTrainModule):
         (True, (1, 4))
     """
 
-    def __init__(self, model: OneRecModel, *, amp: str = "none", device_type: str = "cpu",
-                 signal_weights: Sequence[float] = ()) -> None:
+    def __init__(
+        self, model: OneRecModel, *, amp: str = "none", device_type: str = "cpu", signal_weights: Sequence[float] = ()
+    ) -> None:
         super().__init__(model)
         if amp not in AMP_MODES:
             raise ValueError(f"amp={amp!r} must be one of {list(AMP_MODES)}")
@@ -87,5 +88,6 @@ class OneRecTrainStep(OneRecTrainModule):
         """Loss and its detached parts (float32 under autocast too: the model computes its losses in float32)."""
         with torch.autocast(self.device_type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
             out = self.model(batch, self.item_weights(batch))
-        return out.loss, StepMetrics(out.loss.detach(), out.ntp_loss.detach(), out.aux_loss.detach(),
-                                     out.expert_load.detach())
+        return out.loss, StepMetrics(
+            out.loss.detach(), out.ntp_loss.detach(), out.aux_loss.detach(), out.expert_load.detach()
+        )

@@ -134,8 +134,15 @@ class LossTrainStep(nn.Module):
         return loss, (loss.detach(),)
 
 
-def section_train_config(base: TrainConfig, *, epochs: int, learning_rate: float, sparse_learning_rate: float,
-                         weight_decay: float, device: torch.device) -> TrainConfig:
+def section_train_config(
+    base: TrainConfig,
+    *,
+    epochs: int,
+    learning_rate: float,
+    sparse_learning_rate: float,
+    weight_decay: float,
+    device: torch.device,
+) -> TrainConfig:
     """The ``train`` section's stack settings with one baseline model's epochs and learning rates.
 
     Example:
@@ -146,12 +153,22 @@ def section_train_config(base: TrainConfig, *, epochs: int, learning_rate: float
     """
     sharding = base.sharding_type or "table_wise"
     if sharding == "row_wise" and device.type != "cuda":
-        raise ValueError("train.sharding_type='row_wise': TorchRec shards pooled tables (EmbeddingBagCollection, "
-                         "the cascade's) row-wise on CUDA only; use table_wise or column_wise on CPU")
-    return TrainConfig(epochs=epochs, learning_rate=learning_rate, sparse_learning_rate=sparse_learning_rate,
-                       weight_decay=weight_decay, warmup_steps=0, grad_clip=base.grad_clip,
-                       sparse_optimizer=base.sparse_optimizer, lr_decay="constant", sharding_type=sharding,
-                       collective_timeout_s=base.collective_timeout_s)
+        raise ValueError(
+            "train.sharding_type='row_wise': TorchRec shards pooled tables (EmbeddingBagCollection, "
+            "the cascade's) row-wise on CUDA only; use table_wise or column_wise on CPU"
+        )
+    return TrainConfig(
+        epochs=epochs,
+        learning_rate=learning_rate,
+        sparse_learning_rate=sparse_learning_rate,
+        weight_decay=weight_decay,
+        warmup_steps=0,
+        grad_clip=base.grad_clip,
+        sparse_optimizer=base.sparse_optimizer,
+        lr_decay="constant",
+        sharding_type=sharding,
+        collective_timeout_s=base.collective_timeout_s,
+    )
 
 
 class MetricsWriter:
@@ -196,8 +213,9 @@ def plain_module(module: ModuleT, state: State, device: torch.device) -> ModuleT
     return module.to(device).eval()
 
 
-def fit(spec: FitSpec, ctx: DistContext, writer: MetricsWriter, *, seed: int, num_workers: int,
-        progress: bool) -> ModelTrainResult:
+def fit(
+    spec: FitSpec, ctx: DistContext, writer: MetricsWriter, *, seed: int, num_workers: int, progress: bool
+) -> ModelTrainResult:
     """Train one model epoch by epoch, validate each epoch on rank 0, save the best (module docstring); when no
     epoch could be validated (no validation data, or undefined metrics), the last one is kept.
 
@@ -213,13 +231,24 @@ def fit(spec: FitSpec, ctx: DistContext, writer: MetricsWriter, *, seed: int, nu
     training.dmp.train()
     for epoch in range(spec.train_config.epochs):
         samples = spec.epoch_samples(epoch)
-        loader = rank_dataloader(samples, loader_config, seed=seed, epoch=epoch, rank=ctx.rank,
-                                 world_size=ctx.world_size, transform=spec.transform)
+        loader = rank_dataloader(
+            samples,
+            loader_config,
+            seed=seed,
+            epoch=epoch,
+            rank=ctx.rank,
+            world_size=ctx.world_size,
+            transform=spec.transform,
+        )
         batches = iter(loader)
         loss_sum, epoch_steps = 0.0, 0
         start = time.perf_counter()
-        with tqdm(total=len(loader), desc=f"{spec.name} {epoch + 1}/{spec.train_config.epochs}", unit="step",
-                  disable=not (progress and ctx.is_rank0)) as bar:
+        with tqdm(
+            total=len(loader),
+            desc=f"{spec.name} {epoch + 1}/{spec.train_config.epochs}",
+            unit="step",
+            disable=not (progress and ctx.is_rank0),
+        ) as bar:
             while True:
                 try:
                     output = pipeline.progress(batches)
@@ -246,8 +275,15 @@ def fit(spec: FitSpec, ctx: DistContext, writer: MetricsWriter, *, seed: int, nu
             best_value, best_epoch = value, epochs
             if state is not None:
                 spec.save(state)
-        record = {"model": spec.name, "epoch": epochs, "step": steps, "loss": total_loss / max(total_steps, 1.0),
-                  "seconds": seconds, "best": better, **metrics}
+        record = {
+            "model": spec.name,
+            "epoch": epochs,
+            "step": steps,
+            "loss": total_loss / max(total_steps, 1.0),
+            "seconds": seconds,
+            "best": better,
+            **metrics,
+        }
         history.append(record)
         writer.record(record)
         writer.table(spec.name, history)
@@ -258,5 +294,16 @@ def fit(spec: FitSpec, ctx: DistContext, writer: MetricsWriter, *, seed: int, nu
         if state is not None:
             spec.save(state)
     barrier(ctx)
-    return ModelTrainResult(spec.name, epochs, steps, spec.selection_metric, best_epoch, best_value, history,
-                            str(spec.path), training.plan, seconds, seen / max(seconds, 1e-9))
+    return ModelTrainResult(
+        spec.name,
+        epochs,
+        steps,
+        spec.selection_metric,
+        best_epoch,
+        best_value,
+        history,
+        str(spec.path),
+        training.plan,
+        seconds,
+        seen / max(seconds, 1e-9),
+    )

@@ -43,20 +43,35 @@ class GenerativeValidator:
         progress (bool): show the evaluation's tqdm bar.
     """
 
-    def __init__(self, config: OneRecConfig, codes: torch.Tensor, prefix_index: PrefixIndex, device: torch.device,
-                 progress: bool) -> None:
+    def __init__(
+        self, config: OneRecConfig, codes: torch.Tensor, prefix_index: PrefixIndex, device: torch.device, progress: bool
+    ) -> None:
         cutoff = re.fullmatch(r"(?:ndcg|recall)@(\d+)", config.train.selection_metric)
         if cutoff and int(cutoff.group(1)) not in config.eval.ks:
-            raise ValueError(f"train.selection_metric={config.train.selection_metric!r} needs K={cutoff.group(1)} "
-                             f"in eval.ks={list(config.eval.ks)}; add it there or select on another metric")
+            raise ValueError(
+                f"train.selection_metric={config.train.selection_metric!r} needs K={cutoff.group(1)} "
+                f"in eval.ks={list(config.eval.ks)}; add it there or select on another metric"
+            )
         self.config, self.codes, self.prefix_index, self.device, self.progress = (
-            config, codes, prefix_index, device, progress)
+            config,
+            codes,
+            prefix_index,
+            device,
+            progress,
+        )
 
     def __call__(self, model: OneRecModel, samples: SampleSet) -> Dict[str, float]:
-        result = evaluate_generative(model, samples, codes=self.codes, prefix_index=self.prefix_index,
-                                     config=self.config.eval, protocol=self.config.split.protocol,
-                                     max_history=self.config.model.max_history, device=self.device,
-                                     progress=self.progress)
+        result = evaluate_generative(
+            model,
+            samples,
+            codes=self.codes,
+            prefix_index=self.prefix_index,
+            config=self.config.eval,
+            protocol=self.config.split.protocol,
+            max_history=self.config.model.max_history,
+            device=self.device,
+            progress=self.progress,
+        )
         return {key: float(value) for key, value in result.metrics.items()}
 
 
@@ -94,8 +109,10 @@ class ModelSelection:
     def update(self, metrics: Dict[str, float], *, epoch: int, step: int, checkpoint: str) -> bool:
         """Record one validation; True when it is the best so far (ties keep the earlier model)."""
         if self.metric not in metrics:
-            raise ValueError(f"train.selection_metric={self.metric!r} is not among the validation metrics "
-                           f"{sorted(metrics)}; set train.selection_metric to one of them")
+            raise ValueError(
+                f"train.selection_metric={self.metric!r} is not among the validation metrics "
+                f"{sorted(metrics)}; set train.selection_metric to one of them"
+            )
         value = float(metrics[self.metric])
         self.history.append({"epoch": epoch, "step": step, **metrics})
         if math.isnan(value) or (self.best_value is not None and value <= self.best_value):
@@ -118,9 +135,15 @@ class ModelSelection:
         return cls(**data)
 
 
-def validate(training: ShardedTraining, ctx: DistContext, validator: Validator, samples: SampleSet, *,
-             config: OneRecConfig,
-             vocab_sizes: List[int]) -> Tuple[Dict[str, float], Optional[Dict[str, torch.Tensor]]]:
+def validate(
+    training: ShardedTraining,
+    ctx: DistContext,
+    validator: Validator,
+    samples: SampleSet,
+    *,
+    config: OneRecConfig,
+    vocab_sizes: List[int],
+) -> Tuple[Dict[str, float], Optional[Dict[str, torch.Tensor]]]:
     """Validate the current weights on rank 0 (a collective; see the module docstring).
 
     Args:

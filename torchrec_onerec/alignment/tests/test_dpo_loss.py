@@ -55,13 +55,19 @@ def test_no_pairs_give_zero_loss_and_bad_beta_is_refused() -> None:
         dpo_loss(empty, empty, empty, empty, beta=0.0)
 
 
-@pytest.mark.parametrize("overrides, key", [({"sample_fraction": 0.0}, "align.sample_fraction"),
-                                           ({"train_fraction": 1.5}, "align.train_fraction"),
-                                            ({"sample_fraction": 1.5}, "align.sample_fraction"),
-                                            ({"num_candidates": 1}, "align.num_candidates"),
-                                            ({"beta": -0.1}, "align.beta"), ({"dpo_weight": -1.0}, "align.dpo_weight"),
-                                            ({"iterations": 0}, "align.iterations"),
-                                            ({"batch_size": 0}, "align.batch_size")])
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        ({"sample_fraction": 0.0}, "align.sample_fraction"),
+        ({"train_fraction": 1.5}, "align.train_fraction"),
+        ({"sample_fraction": 1.5}, "align.sample_fraction"),
+        ({"num_candidates": 1}, "align.num_candidates"),
+        ({"beta": -0.1}, "align.beta"),
+        ({"dpo_weight": -1.0}, "align.dpo_weight"),
+        ({"iterations": 0}, "align.iterations"),
+        ({"batch_size": 0}, "align.batch_size"),
+    ],
+)
 def test_config_names_the_bad_key(overrides: dict, key: str) -> None:
     with pytest.raises(ConfigError, match=key):
         AlignConfig(**overrides)

@@ -30,17 +30,29 @@ def _model_and_groups() -> Tuple[OneRecModel, CandidateGroups]:
     """A tiny model and the groups of 4 of its 6 candidates for training rows 1 and 4 (reward: sum of item ids)."""
     torch.manual_seed(0)
     model = OneRecModel(model_size("tiny"), SIZES).eval()
-    groups = build_candidate_groups(model, SAMPLES, np.array([1, 4]), lambda users, s: s.sum(axis=2).astype(float),
-                                    codes=CODES, prefix_index=PrefixIndex(CODES, vocab_sizes=SIZES), num_candidates=6,
-                                    group_size=4, batch_size=2)
+    groups = build_candidate_groups(
+        model,
+        SAMPLES,
+        np.array([1, 4]),
+        lambda users, s: s.sum(axis=2).astype(float),
+        codes=CODES,
+        prefix_index=PrefixIndex(CODES, vocab_sizes=SIZES),
+        num_candidates=6,
+        group_size=4,
+        batch_size=2,
+    )
     return model, groups
 
 
 def test_groups_keep_the_extremes_with_advantages_over_every_real_candidate() -> None:
-    rewards = np.array([[0.0, 5.0, 1.0, 4.0, 2.0, 3.0],
-                        [1.0, 1.0, 1.0, 1.0, 1.0, 1.0],    # all tie: no group
-                        [3.0, 0.0, 9.0, 1.0, 7.0, -5.0],   # two fillers: 4 real candidates are enough
-                        [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]])   # three fillers: fewer than G
+    rewards = np.array(
+        [
+            [0.0, 5.0, 1.0, 4.0, 2.0, 3.0],
+            [1.0, 1.0, 1.0, 1.0, 1.0, 1.0],  # all tie: no group
+            [3.0, 0.0, 9.0, 1.0, 7.0, -5.0],  # two fillers: 4 real candidates are enough
+            [1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+        ]
+    )  # three fillers: fewer than G
     real = np.ones_like(rewards, dtype=bool)
     real[2, [2, 4]] = False
     real[3, :3] = False
@@ -74,15 +86,22 @@ def test_groups_come_back_as_training_rows_with_their_advantages() -> None:
 
 def test_grpo_loss_pushes_by_the_advantage_until_the_clip() -> None:
     policy = torch.zeros(3, requires_grad=True)
-    out = grpo_loss(policy, torch.zeros(3), torch.tensor([1.0, -1.0, 2.0]), torch.tensor([2.0, 2.0, 4.0]),
-                    torch.tensor([True, True, False]), clip=0.2)
+    out = grpo_loss(
+        policy,
+        torch.zeros(3),
+        torch.tensor([1.0, -1.0, 2.0]),
+        torch.tensor([2.0, 2.0, 4.0]),
+        torch.tensor([True, True, False]),
+        clip=0.2,
+    )
     out.loss.backward()
     assert float(out.loss.detach()) == pytest.approx(0.0) and float(out.ratio) == pytest.approx(1.0)
     # d/d log pi of -mean(A exp(log-ratio / |S|)) at the reference: -A / (|S| rows); the masked row gets nothing
     assert policy.grad.tolist() == pytest.approx([-0.25, 0.25, 0.0])
     moved = torch.tensor([1.0, -1.0], requires_grad=True)  # ratios e^0.5 and e^-0.5: both past the clip
-    out = grpo_loss(moved, torch.zeros(2), torch.tensor([1.0, -1.0]), torch.tensor([2.0, 2.0]),
-                    torch.tensor([True, True]), clip=0.2)
+    out = grpo_loss(
+        moved, torch.zeros(2), torch.tensor([1.0, -1.0]), torch.tensor([2.0, 2.0]), torch.tensor([True, True]), clip=0.2
+    )
     out.loss.backward()
     assert float(out.clipped) == 1.0 and moved.grad.tolist() == [0.0, 0.0]
 
@@ -98,7 +117,12 @@ def test_the_train_step_raises_the_sessions_above_the_mean() -> None:
         loss.backward()
         optimizer.step()
     assert float(metrics.group_rows) == 8 and float(metrics.pairs) == 0
-    after = model.log_prob(to_semantic_batch(collate_samples(SAMPLES, groups.sample_rows), CODES),
-                           torch.from_numpy(groups.codes)).detach().numpy()
+    after = (
+        model.log_prob(
+            to_semantic_batch(collate_samples(SAMPLES, groups.sample_rows), CODES), torch.from_numpy(groups.codes)
+        )
+        .detach()
+        .numpy()
+    )
     change = after - groups.reference
     assert (change[:, :2].mean(axis=1) > change[:, 2:].mean(axis=1)).all()

@@ -37,8 +37,17 @@ TRAIN = random_samples(32, 20, max_history=8, session_items=2, seed=0)
 HELD_OUT = random_samples(16, 20, max_history=8, session_items=2, seed=1)
 CONFIG = model_size("tiny", dropout=0.1, num_users=32)
 REWARDED = np.arange(5)  # a toy reward: +1 per item of this set in the session
-ALIGN = AlignConfig(iterations=2, sample_fraction=1.0, num_candidates=8, beta=0.5, dpo_weight=1.0, batch_size=16,
-                    learning_rate=3e-3, sparse_learning_rate=0.05, eval_users=16)
+ALIGN = AlignConfig(
+    iterations=2,
+    sample_fraction=1.0,
+    num_candidates=8,
+    beta=0.5,
+    dpo_weight=1.0,
+    batch_size=16,
+    learning_rate=3e-3,
+    sparse_learning_rate=0.05,
+    eval_users=16,
+)
 
 
 def rewarded_items(samples: SampleSet, sessions: np.ndarray) -> np.ndarray:
@@ -57,8 +66,20 @@ def _initial_model() -> OneRecModel:
 
 
 def _align(out_dir: Path, align: AlignConfig = ALIGN, resume: bool = True) -> AlignResult:
-    return align_iteratively(align, _initial_model(), TRAIN, HELD_OUT, rewarded_items, codes=CODES, prefix_index=INDEX,
-                             train_config=TrainConfig(), out_dir=out_dir, seed=0, device=CPU, resume=resume)
+    return align_iteratively(
+        align,
+        _initial_model(),
+        TRAIN,
+        HELD_OUT,
+        rewarded_items,
+        codes=CODES,
+        prefix_index=INDEX,
+        train_config=TrainConfig(),
+        out_dir=out_dir,
+        seed=0,
+        device=CPU,
+        resume=resume,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +96,11 @@ def test_alignment_moves_generation_towards_the_rewarded_items(full_run: AlignRe
     assert full_run.iterations == 2 and first["pairs"] > 16 and first["chosen_reward"] > first["rejected_reward"]
     # the reward counts rewarded items per 2-item session: reward / 2 is their share in the generated sessions
     before, after = full_run.initial_generation, last
-    assert before == {k[len("heldout_"):-len("_before")]: v for k, v in first.items()
-                      if k.startswith("heldout_") and k.endswith("_before")}
+    assert before == {
+        k[len("heldout_") : -len("_before")]: v
+        for k, v in first.items()
+        if k.startswith("heldout_") and k.endswith("_before")
+    }
     assert after["heldout_reward_mean_after"] > before["reward_mean"] + 0.3  # measured: 1.09 -> 1.55
     assert after["heldout_reward_top_after"] > before["reward_top"] + 0.5  # measured: 0.94 -> 2.0 (the most)
     assert first["dpo_accuracy"] > 0.9 and first["chosen_log_ratio"] > 0 > first["rejected_log_ratio"]
@@ -125,6 +149,7 @@ def test_plain_weights_load_into_the_row_wise_sharded_module_exactly() -> None:
 @pytest.mark.parametrize("sampled", [0, 4])
 def test_grpo_moves_generation_towards_the_rewarded_items(tmp_path: Path, sampled: int) -> None:
     from dataclasses import replace
+
     grpo = replace(ALIGN, objective="grpo", group_size=4, sampled_candidates=sampled)
     result = _align(tmp_path / "align", grpo)
     first, last = result.records[0], result.records[-1]

@@ -10,8 +10,13 @@ import pytest
 import torch
 
 from torchrec_onerec.alignment.candidates import scored_candidates
-from torchrec_onerec.alignment.pairs import (PreferencePairs, build_preference_pairs, empty_pairs,
-                                             sample_preference_rows, select_pairs)
+from torchrec_onerec.alignment.pairs import (
+    PreferencePairs,
+    build_preference_pairs,
+    empty_pairs,
+    sample_preference_rows,
+    select_pairs,
+)
 from torchrec_onerec.data.batch import collate_samples
 from torchrec_onerec.generation.beam_search import constrained_beam_search
 from torchrec_onerec.data.samples import Sample, SampleSet
@@ -32,10 +37,14 @@ def _model(codes_sizes: List[int] = SIZES) -> OneRecModel:
 
 
 def test_select_pairs_takes_the_first_best_and_worst_and_counts_the_skipped() -> None:
-    rewards = np.array([[2.0, 5.0, 5.0, 1.0, 1.0],  # best: first of the two 5s; worst: first of the two 1s
-                        [3.0, 3.0, 3.0, 3.0, 3.0],  # all tie
-                        [9.0, 0.0, 4.0, 7.0, 8.0],  # slot 0 and 4 are filler: their rewards do not count
-                        [1.0, 2.0, 3.0, 4.0, 5.0]])  # one real session only
+    rewards = np.array(
+        [
+            [2.0, 5.0, 5.0, 1.0, 1.0],  # best: first of the two 5s; worst: first of the two 1s
+            [3.0, 3.0, 3.0, 3.0, 3.0],  # all tie
+            [9.0, 0.0, 4.0, 7.0, 8.0],  # slot 0 and 4 are filler: their rewards do not count
+            [1.0, 2.0, 3.0, 4.0, 5.0],
+        ]
+    )  # one real session only
     real = np.array([[True] * 5, [True] * 5, [False, True, True, True, False], [True] + [False] * 4])
     pick = select_pairs(rewards, real)
     assert pick.users.tolist() == [0, 2] and pick.chosen.tolist() == [1, 3] and pick.rejected.tolist() == [3, 1]
@@ -52,8 +61,9 @@ def test_pairs_are_best_and_worst_with_the_model_reference_log_probs() -> None:
         return (sessions * np.array([1.0, 0.1])).sum(axis=2)  # a distinct value for nearly every session
 
     model = _model()
-    pairs = build_preference_pairs(model, samples, rows, reward, codes=CODES, prefix_index=INDEX, num_candidates=6,
-                                   batch_size=3)
+    pairs = build_preference_pairs(
+        model, samples, rows, reward, codes=CODES, prefix_index=INDEX, num_candidates=6, batch_size=3
+    )
     assert np.concatenate(seen).tolist() == samples.user[rows].tolist()  # the reward saw the sampled users
     assert pairs.sample_rows.tolist() == rows.tolist() and (pairs.ties, pairs.fillers) == (0, 0)
     assert np.allclose(pairs.chosen_reward, reward(samples.subset(rows), pairs.chosen[:, None])[:, 0])
@@ -70,9 +80,13 @@ def test_pairs_are_best_and_worst_with_the_model_reference_log_probs() -> None:
 
 def test_filler_sessions_reach_the_reward_as_minus_one_and_are_never_chosen() -> None:
     codes, sizes = random_codes(3, [2, 2], seed=1)  # 3 items, M = 2, no repeats: 6 real sessions of the 8 asked
-    samples = SampleSet.from_samples([Sample(0, np.array([2]), np.array([0, 1]), np.zeros((2, 0), np.float32)),
-                                      Sample(1, np.array([0, 1]), np.array([0, 1]), np.zeros((2, 0), np.float32))],
-                                     [])
+    samples = SampleSet.from_samples(
+        [
+            Sample(0, np.array([2]), np.array([0, 1]), np.zeros((2, 0), np.float32)),
+            Sample(1, np.array([0, 1]), np.array([0, 1]), np.zeros((2, 0), np.float32)),
+        ],
+        [],
+    )
     fillers: List[int] = []
 
     def reward(users: SampleSet, sessions: np.ndarray) -> np.ndarray:
@@ -81,14 +95,24 @@ def test_filler_sessions_reach_the_reward_as_minus_one_and_are_never_chosen() ->
         return np.where(filler, 100.0, sessions[:, :, 0] == 0)  # 1 when item 0 comes first
 
     index = PrefixIndex(codes, vocab_sizes=sizes)
-    pairs = build_preference_pairs(_model(sizes), samples, np.array([0]), reward, codes=codes, prefix_index=index,
-                                   num_candidates=8, batch_size=2)
+    pairs = build_preference_pairs(
+        _model(sizes), samples, np.array([0]), reward, codes=codes, prefix_index=index, num_candidates=8, batch_size=2
+    )
     assert fillers == [2] and len(pairs) == 1
     assert pairs.chosen[0, 0] == 0 and pairs.rejected[0, 0] != 0 and (pairs.chosen >= 0).all()
     # with its two history items excluded, user 1 has one item left: no session of 2 distinct items at all
     fillers.clear()
-    pairs = build_preference_pairs(_model(sizes), samples, np.array([0, 1]), reward, codes=codes, prefix_index=index,
-                                   num_candidates=8, batch_size=2, exclude_history=True)
+    pairs = build_preference_pairs(
+        _model(sizes),
+        samples,
+        np.array([0, 1]),
+        reward,
+        codes=codes,
+        prefix_index=index,
+        num_candidates=8,
+        batch_size=2,
+        exclude_history=True,
+    )
     assert fillers == [8 - 2, 8] and pairs.sample_rows.tolist() == [0] and pairs.fillers == 1
     assert pairs.chosen.tolist() == [[0, 1]] and pairs.rejected.tolist() == [[1, 0]]
     assert np.isnan(pairs.candidate_reward_mean[1]) and pairs.summary()["skipped_fillers"] == 1
@@ -96,8 +120,16 @@ def test_filler_sessions_reach_the_reward_as_minus_one_and_are_never_chosen() ->
 
 def test_constant_rewards_give_no_pairs_and_count_ties() -> None:
     samples = random_samples(4, 12, max_history=4, session_items=2, seed=0)
-    pairs = build_preference_pairs(_model(), samples, np.arange(4), lambda u, s: np.ones(s.shape[:2]), codes=CODES,
-                                   prefix_index=INDEX, num_candidates=4, batch_size=4)
+    pairs = build_preference_pairs(
+        _model(),
+        samples,
+        np.arange(4),
+        lambda u, s: np.ones(s.shape[:2]),
+        codes=CODES,
+        prefix_index=INDEX,
+        num_candidates=4,
+        batch_size=4,
+    )
     assert len(pairs) == 0 and pairs.ties == 4 and pairs.chosen.shape == (0, 2)
 
 
@@ -130,8 +162,19 @@ def test_sampled_candidates_follow_the_beams_and_are_seeded() -> None:
     model = _model()
 
     def candidates(sampled: int, seed: int):
-        return list(scored_candidates(model, samples, lambda users, s: s[:, :, 0].astype(float), codes=CODES,
-                                      prefix_index=INDEX, num_candidates=6, batch_size=3, sampled=sampled, seed=seed))
+        return list(
+            scored_candidates(
+                model,
+                samples,
+                lambda users, s: s[:, :, 0].astype(float),
+                codes=CODES,
+                prefix_index=INDEX,
+                num_candidates=6,
+                batch_size=3,
+                sampled=sampled,
+                seed=seed,
+            )
+        )
 
     mixed, again, other = candidates(4, 0), candidates(4, 0), candidates(4, 1)
     for mix, same in zip(mixed, again):

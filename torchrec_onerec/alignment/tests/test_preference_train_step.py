@@ -11,8 +11,13 @@ import pytest
 import torch
 
 from torchrec_onerec.alignment.pairs import empty_pairs
-from torchrec_onerec.alignment.train_step import (ROLE_CHOSEN, ROLE_REJECTED, PreferenceTrainStep, code_log_probs,
-                                                  preference_batch)
+from torchrec_onerec.alignment.train_step import (
+    ROLE_CHOSEN,
+    ROLE_REJECTED,
+    PreferenceTrainStep,
+    code_log_probs,
+    preference_batch,
+)
 from torchrec_onerec.data.batch import collate_samples
 from torchrec_onerec.data.semantic_batch import SemanticIdTransform, to_semantic_batch
 from torchrec_onerec.models.config import model_size
@@ -29,9 +34,14 @@ REJECTED = np.array([[9, 2], [5, 6]])
 
 
 def _pairs(reference_chosen: np.ndarray, reference_rejected: np.ndarray):
-    return replace(empty_pairs(2, 3), sample_rows=PAIR_ROWS, chosen=CHOSEN, rejected=REJECTED,
-                   reference_chosen=reference_chosen.astype(np.float32),
-                   reference_rejected=reference_rejected.astype(np.float32))
+    return replace(
+        empty_pairs(2, 3),
+        sample_rows=PAIR_ROWS,
+        chosen=CHOSEN,
+        rejected=REJECTED,
+        reference_chosen=reference_chosen.astype(np.float32),
+        reference_rejected=reference_rejected.astype(np.float32),
+    )
 
 
 def _model() -> OneRecModel:
@@ -71,8 +81,9 @@ def test_loss_is_ntp_on_ntp_rows_plus_lambda_dpo(dpo_weight: float) -> None:
     aux = model.config.moe_aux_weight * float(metrics.aux_loss)
     assert float(loss.detach()) == pytest.approx(float(ntp_only) + dpo_weight * math.log(2.0) + aux, abs=1e-5)
     # a reference that makes the chosen sessions look relatively better under the policy lowers L_DPO
-    easier = preference_batch(SAMPLES, np.arange(6), _pairs(policy[:, 0] - 1.0, policy[:, 1] + 1.0), np.arange(2),
-                              TRANSFORM)
+    easier = preference_batch(
+        SAMPLES, np.arange(6), _pairs(policy[:, 0] - 1.0, policy[:, 1] + 1.0), np.arange(2), TRANSFORM
+    )
     _, better = step(easier)
     assert float(better.dpo_loss) == pytest.approx(math.log1p(math.exp(-0.5 * 2.0)), abs=1e-5)
     assert float(better.dpo_accuracy) == 1.0 and float(better.reward_margin) == pytest.approx(1.0, abs=1e-5)
@@ -114,8 +125,9 @@ def test_chosen_nll_raises_the_chosen_session_itself() -> None:
     model = _model()
     policy = _policy_log_probs(model)
     step = PreferenceTrainStep(model, beta=1.0, dpo_weight=0.0, chosen_nll_weight=1.0)
-    batch = preference_batch(SAMPLES, np.zeros(0), _pairs(policy[:, 0].numpy(), policy[:, 1].numpy()), np.arange(2),
-                             TRANSFORM)
+    batch = preference_batch(
+        SAMPLES, np.zeros(0), _pairs(policy[:, 0].numpy(), policy[:, 1].numpy()), np.arange(2), TRANSFORM
+    )
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     for _ in range(3):
         optimizer.zero_grad()

@@ -2,8 +2,12 @@ import numpy as np
 import pytest
 
 from torchrec_onerec.alignment.config import AlignConfig
-from torchrec_onerec.alignment.rewards import (mixed_reward_fn, ranker_reward_fn, session_redundancy,
-                                              standardise_per_user)
+from torchrec_onerec.alignment.rewards import (
+    mixed_reward_fn,
+    ranker_reward_fn,
+    session_redundancy,
+    standardise_per_user,
+)
 from torchrec_onerec.data.samples import Sample, SampleSet
 from torchrec_onerec.errors import ConfigError
 from torchrec_onerec.models.cascade import CascadeRecommender
@@ -15,8 +19,9 @@ def _recommender(num_items: int = 8) -> CascadeRecommender:
 
 
 def _users() -> SampleSet:
-    return SampleSet.from_samples([Sample(u, np.array([u, 5]), np.array([1]), np.zeros((1, 0), np.float32))
-                                   for u in range(3)], [])
+    return SampleSet.from_samples(
+        [Sample(u, np.array([u, 5]), np.array([1]), np.zeros((1, 0), np.float32)) for u in range(3)], []
+    )
 
 
 def test_ranker_reward_is_the_mean_item_score_over_m_slots():
@@ -54,8 +59,9 @@ def test_ranker_diversity_scores_each_item_as_the_cascade_mmr_does():
 
 
 def test_standardise_ignores_fillers_and_constant_rows():
-    out = standardise_per_user(np.array([[4.0, 6.0, 100.0], [1.0, 1.0, 1.0]]),
-                               np.array([[True, True, False], [True, True, True]]))
+    out = standardise_per_user(
+        np.array([[4.0, 6.0, 100.0], [1.0, 1.0, 1.0]]), np.array([[True, True, False], [True, True, True]])
+    )
     np.testing.assert_allclose(out, [[-1.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
 
 

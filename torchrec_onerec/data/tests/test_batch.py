@@ -112,10 +112,14 @@ class TinyModel(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.ec = EmbeddingCollection(tables=[
-            EmbeddingConfig(name="item_table", embedding_dim=8, num_embeddings=NUM_ITEMS, feature_names=[HISTORY_KEY]),
-            EmbeddingConfig(name="user_table", embedding_dim=8, num_embeddings=NUM_USERS, feature_names=[USER_KEY]),
-        ])
+        self.ec = EmbeddingCollection(
+            tables=[
+                EmbeddingConfig(
+                    name="item_table", embedding_dim=8, num_embeddings=NUM_ITEMS, feature_names=[HISTORY_KEY]
+                ),
+                EmbeddingConfig(name="user_table", embedding_dim=8, num_embeddings=NUM_USERS, feature_names=[USER_KEY]),
+            ]
+        )
         self.out = nn.Linear(8, NUM_ITEMS)
 
     def forward(self, batch: OneRecBatch) -> Tuple[torch.Tensor, Tuple[torch.Tensor, ...]]:

@@ -48,8 +48,8 @@ def test_gather_matches_python_slicing() -> None:
     values = rng.integers(0, 100, offsets[-1])
     rows = rng.integers(0, 50, 80)
     got_values, got_offsets = gather_jagged(values, offsets, rows)
-    expected = [values[offsets[r]:offsets[r + 1]].tolist() for r in rows]
-    assert [got_values[got_offsets[k]:got_offsets[k + 1]].tolist() for k in range(80)] == expected
+    expected = [values[offsets[r] : offsets[r + 1]].tolist() for r in rows]
+    assert [got_values[got_offsets[k] : got_offsets[k + 1]].tolist() for k in range(80)] == expected
     v, o = take_slices(values, np.array([3]), np.array([0]))
     assert v.tolist() == [] and o.tolist() == [0, 0]
 

@@ -10,8 +10,13 @@ import torch
 
 from torchrec_onerec.data.batch import collate_samples
 from torchrec_onerec.data.samples import Sample
-from torchrec_onerec.data.semantic_batch import (SemanticIdTransform, history_code_key, semantic_feature_keys,
-                                                 target_code_key, to_semantic_batch)
+from torchrec_onerec.data.semantic_batch import (
+    SemanticIdTransform,
+    history_code_key,
+    semantic_feature_keys,
+    target_code_key,
+    to_semantic_batch,
+)
 
 CODES = torch.tensor([[0, 0, 0], [0, 1, 0], [1, 0, 0], [1, 0, 1], [2, 2, 0]])  # I = 5, L' = 3
 

@@ -17,11 +17,15 @@ MIN = 60_000
 T0 = 1_651_363_200_000  # 2022-05-01 00:00 UTC
 
 
-def make_data(rows: Sequence[Tuple[int, ...]], histories: Optional[Sequence[Tuple[int, int]]] = None,
-              dates: Optional[Sequence[int]] = None, num_items: int = 100) -> InteractionData:
+def make_data(
+    rows: Sequence[Tuple[int, ...]],
+    histories: Optional[Sequence[Tuple[int, int]]] = None,
+    dates: Optional[Sequence[int]] = None,
+    num_items: int = 100,
+) -> InteractionData:
     """rows: (user, item, timestamp[, click, long_view, like]); histories: (user, item) in order."""
     cols = ["user_id", "item_id", "timestamp", "click", "long_view", "like"]
-    inter = pd.DataFrame([tuple(r) + (1, 0, 0)[len(r) - 3:] for r in rows], columns=cols).astype("int64")
+    inter = pd.DataFrame([tuple(r) + (1, 0, 0)[len(r) - 3 :] for r in rows], columns=cols).astype("int64")
     if dates is not None:
         inter.insert(3, "date", np.asarray(dates, dtype=np.int64))
     hist = None
@@ -29,13 +33,21 @@ def make_data(rows: Sequence[Tuple[int, ...]], histories: Optional[Sequence[Tupl
         hist = pd.DataFrame(list(histories), columns=["user_id", "item_id"]).astype("int64")
         hist["timestamp"] = np.int64(-1)
     num_users = int(max(inter.user_id.max(), hist.user_id.max() if hist is not None else 0)) + 1
-    return InteractionData("toy", inter, pd.DataFrame({"item_id": np.arange(num_items)}), np.arange(num_users),
-                           np.arange(num_items), histories=hist)
+    return InteractionData(
+        "toy",
+        inter,
+        pd.DataFrame({"item_id": np.arange(num_items)}),
+        np.arange(num_users),
+        np.arange(num_items),
+        histories=hist,
+    )
 
 
 def rows_of(samples) -> List[Tuple[int, List[int], List[int]]]:
-    return [(s.user, s.history.tolist(), [t for t in s.target.tolist() if t >= 0])
-            for s in (samples[i] for i in range(len(samples)))]
+    return [
+        (s.user, s.history.tolist(), [t for t in s.target.tolist() if t >= 0])
+        for s in (samples[i] for i in range(len(samples)))
+    ]
 
 
 # ----------------------------------------------------------------------------------------------- protocol A
@@ -55,15 +67,23 @@ def test_a_history_cap_runs_and_no_leakage() -> None:
     split = protocol_a_split(data, SplitConfig(protocol="A", max_history=3, session_items=2))
     assert rows_of(split.test) == [(0, [4, 5, 6], [7])]
     assert rows_of(split.valid) == [(0, [3, 4, 5], [6])]
-    assert rows_of(split.train) == [(0, [0], [1, 2]), (0, [0, 1], [2, 3]), (0, [0, 1, 2], [3, 4]),
-                                    (0, [1, 2, 3], [4, 5]), (0, [2, 3, 4], [5])]
+    assert rows_of(split.train) == [
+        (0, [0], [1, 2]),
+        (0, [0, 1], [2, 3]),
+        (0, [0, 1, 2], [3, 4]),
+        (0, [1, 2, 3], [4, 5]),
+        (0, [2, 3, 4], [5]),
+    ]
     assert split.test.target.tolist() == [[7, -1]] and split.test.target.shape == (1, 2)
 
 
 def test_a_random_leakage_and_history_ends_before_target() -> None:
     rng = np.random.default_rng(0)
-    rows = [(u, int(i), int(t)) for u in range(30) for i, t in zip(rng.permutation(100)[:rng.integers(3, 20)],
-                                                                  rng.integers(0, 50, 20))]
+    rows = [
+        (u, int(i), int(t))
+        for u in range(30)
+        for i, t in zip(rng.permutation(100)[: rng.integers(3, 20)], rng.integers(0, 50, 20))
+    ]
     data = make_data(rows)
     split = protocol_a_split(data, SplitConfig(protocol="A", max_history=5, session_items=3))
     test = {u: (h, t[0]) for u, h, t in rows_of(split.test)}
@@ -76,8 +96,9 @@ def test_a_random_leakage_and_history_ends_before_target() -> None:
 
 
 def test_a_short_users_counted_and_pre_period_is_context_only() -> None:
-    data = make_data([(0, 1, 1), (1, 2, 1), (1, 3, 2), (2, 4, 1), (2, 5, 2), (2, 6, 3)],
-                     histories=[(2, 50), (2, 51), (3, 52)])
+    data = make_data(
+        [(0, 1, 1), (1, 2, 1), (1, 3, 2), (2, 4, 1), (2, 5, 2), (2, 6, 3)], histories=[(2, 50), (2, 51), (3, 52)]
+    )
     split = protocol_a_split(data, SplitConfig(protocol="A", session_items=1))
     assert split.dropped["users_with_one_interaction"] == 1
     assert split.dropped["users_with_two_interactions"] == 1
@@ -109,8 +130,13 @@ def test_b_day_boundaries_follow_the_utc_offset() -> None:
     assert plus8.impressions["valid"].item_id.tolist() == [] and plus8.impressions["test"].item_id.tolist() == [2, 3]
     assert plus8.impressions["test"].day.tolist() == [20220505, 20220506]
     # a date column wins over the timestamp
-    dated = protocol_b_split(make_data([(0, 1, T0), (0, 2, late), (0, 3, T0 + 5 * DAY), (0, 4, T0 + 5 * DAY)],
-                                       dates=[20220501, 20220503, 20220505, 20220507]), SplitConfig(**B_CFG))
+    dated = protocol_b_split(
+        make_data(
+            [(0, 1, T0), (0, 2, late), (0, 3, T0 + 5 * DAY), (0, 4, T0 + 5 * DAY)],
+            dates=[20220501, 20220503, 20220505, 20220507],
+        ),
+        SplitConfig(**B_CFG),
+    )
     assert dated.impressions["valid"].item_id.tolist() == [2] and dated.impressions["test"].item_id.tolist() == [3]
     assert dated.dropped["rows_after_test_end"] == 1
 
@@ -131,9 +157,17 @@ def test_b_default_boundaries_are_last_four_and_two_days() -> None:
 
 def test_b_window_vs_gap_sessions_and_history() -> None:
     test_day = T0 + 4 * DAY
-    rows = [(0, 1, T0, 1), (0, 2, T0 + MIN, 0), (0, 3, T0 + 2 * DAY, 1),  # train, valid
-            (0, 4, test_day, 1), (0, 5, test_day + 10 * MIN, 1), (0, 6, test_day + 50 * MIN, 1),  # test
-            (0, 7, test_day + 60 * MIN, 0), (1, 8, T0, 1), (1, 9, test_day, 0)]
+    rows = [
+        (0, 1, T0, 1),
+        (0, 2, T0 + MIN, 0),
+        (0, 3, T0 + 2 * DAY, 1),  # train, valid
+        (0, 4, test_day, 1),
+        (0, 5, test_day + 10 * MIN, 1),
+        (0, 6, test_day + 50 * MIN, 1),  # test
+        (0, 7, test_day + 60 * MIN, 0),
+        (1, 8, T0, 1),
+        (1, 9, test_day, 0),
+    ]
     window = protocol_b_split(make_data(rows, histories=[(0, 90), (0, 91)]), SplitConfig(**B_CFG))
     assert rows_of(window.test) == [(0, [90, 91, 1, 3], [4, 5, 6])]
     assert rows_of(window.valid) == [(0, [90, 91, 1], [3])]
@@ -144,8 +178,9 @@ def test_b_window_vs_gap_sessions_and_history() -> None:
     assert rows_of(gap.test) == [(0, [90, 91, 1, 3], [4, 5]), (0, [90, 91, 1, 3, 4, 5], [6])]
     assert gap.impressions["test"].session_id.tolist() == [0, 0, 1, 1, 2]
     assert window.impressions["test"].session_id.tolist() == [0, 0, 0, 0, 1]
-    capped = protocol_b_split(make_data(rows, histories=[(0, 90), (0, 91)]),
-                              SplitConfig(**B_CFG, session_items=2, max_history=3))
+    capped = protocol_b_split(
+        make_data(rows, histories=[(0, 90), (0, 91)]), SplitConfig(**B_CFG, session_items=2, max_history=3)
+    )
     assert rows_of(capped.test) == [(0, [91, 1, 3], [4, 5])]
     assert capped.dropped["test_positives_beyond_m"] == 1
 
@@ -157,16 +192,21 @@ def test_b_training_runs_of_m_include_pre_period() -> None:
     assert rows_of(split.train) == [(0, [1], [2, 10]), (0, [1, 2, 10], [11, 13]), (0, [1, 2, 10, 11, 13], [14])]
     assert split.train.target[-1].tolist() == [14, -1]
     assert split.stats["train_target_items_from_pre_period"] == 1
-    every = protocol_b_split(make_data(rows, histories=[(0, 1), (0, 2)]),
-                             SplitConfig(**B_CFG, session_items=2, train_stride=1))
+    every = protocol_b_split(
+        make_data(rows, histories=[(0, 1), (0, 2)]), SplitConfig(**B_CFG, session_items=2, train_stride=1)
+    )
     assert [r[2] for r in rows_of(every.train)] == [[2, 10], [10, 11], [11, 13], [13, 14], [14]]
     none = protocol_b_split(make_data(rows, histories=[(0, 1), (0, 2)]), SplitConfig(**B_CFG, min_history=6))
     assert len(none.train) == 0 and none.dropped["train_users_without_target"] == 1
 
 
 def test_b_labels_mapped_per_impression_and_checked() -> None:
-    rows = [(0, 1, T0, 1, 0, 0), (0, 2, T0 + 4 * DAY, 1, 1, 0), (0, 3, T0 + 4 * DAY + 1, 0, 1, 1),
-            (0, 4, T0 + 4 * DAY + 2, 1, 0, 1)]
+    rows = [
+        (0, 1, T0, 1, 0, 0),
+        (0, 2, T0 + 4 * DAY, 1, 1, 0),
+        (0, 3, T0 + 4 * DAY + 1, 0, 1, 1),
+        (0, 4, T0 + 4 * DAY + 2, 1, 0, 1),
+    ]
     split = protocol_b_split(make_data(rows, histories=[(0, 7)]), SplitConfig(**B_CFG))
     assert split.test.signals == ["swt", "vtr", "ltr"]
     assert split.test.labels[0, :3].tolist() == [[1, 1, 0], [0, 1, 1], [0, 0, 0]]
@@ -196,6 +236,8 @@ def test_train_sequences_hold_no_evaluation_item() -> None:
     assert seq.values.tolist() == [[0, 50], [0, 1], [0, 2], [1, 7]]
     # protocol B: training-day positives only (the clicked ones), after the pre-period items.
     rows = [(0, 1, T0, 1, 0, 0), (0, 2, T0 + 1, 0, 0, 0), (0, 3, T0 + 2 * DAY, 1, 0, 0), (0, 4, T0 + 3 * DAY, 1, 0, 0)]
-    split = protocol_b_split(make_data(rows, histories=[(0, 60)]),
-                             SplitConfig(protocol="B", valid_start="2022-05-03", test_start="2022-05-04"))
+    split = protocol_b_split(
+        make_data(rows, histories=[(0, 60)]),
+        SplitConfig(protocol="B", valid_start="2022-05-03", test_start="2022-05-04"),
+    )
     assert split.train_sequences.values.tolist() == [[0, 60], [0, 1]]

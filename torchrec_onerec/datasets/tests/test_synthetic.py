@@ -224,7 +224,7 @@ def test_bad_calls_raise(world_and_data: Tuple[SyntheticWorld, InteractionData],
 
 
 def test_random_sessions_are_uniform_and_leave_the_other_sessions_as_they_were(
-    world_and_data: Tuple[SyntheticWorld, InteractionData]
+    world_and_data: Tuple[SyntheticWorld, InteractionData],
 ) -> None:
     world, plain = world_and_data
     data, _ = load_synthetic(SyntheticConfig(**SMALL, random_session_rate=0.3), seed=0)
@@ -237,15 +237,21 @@ def test_random_sessions_are_uniform_and_leave_the_other_sessions_as_they_were(
     np.testing.assert_array_equal(inter[["user_id", "timestamp"]], base[["user_id", "timestamp"]])
     same, rand = inter["item_id"].to_numpy().reshape(-1, m), base["item_id"].to_numpy().reshape(-1, m)
     np.testing.assert_array_equal(same[~chosen], rand[~chosen])
-    np.testing.assert_array_equal(inter["click"].to_numpy().reshape(-1, m)[~chosen],
-                                  base["click"].to_numpy().reshape(-1, m)[~chosen])
+    np.testing.assert_array_equal(
+        inter["click"].to_numpy().reshape(-1, m)[~chosen], base["click"].to_numpy().reshape(-1, m)[~chosen]
+    )
     shown = same[chosen]
     assert all(len(set(row)) == m for row in shown)  # distinct items
     # the logging policy shows each user their own topics; the random policy does not look at the user
     interest = world.user_interest[inter["user_id"].to_numpy().reshape(-1, m)[:, 0, None], world.item_topic[same]]
     assert interest[chosen].mean() < 0.5 * interest[~chosen].mean()
-    assert abs(np.bincount(shown.ravel(), minlength=world.num_items).std() /
-               np.bincount(shown.ravel(), minlength=world.num_items).mean()) < 0.5  # near uniform counts
+    assert (
+        abs(
+            np.bincount(shown.ravel(), minlength=world.num_items).std()
+            / np.bincount(shown.ravel(), minlength=world.num_items).mean()
+        )
+        < 0.5
+    )  # near uniform counts
 
 
 @pytest.mark.parametrize(

@@ -66,13 +66,16 @@ def test_oracle_arm_beats_random_arm_in_the_simulated_ab_test():
 def test_served_session_is_the_best_scored_and_fillers_earn_nothing():
     data, world = load_synthetic(SyntheticConfig(num_users=20, num_items=30, num_topics=3), seed=0)
     sessions = np.array([[[1, 2], [PAD_ITEM, PAD_ITEM]]])
-    result = EvalResult({}, {"user": np.array([0]), "sample": np.array([0])}, sessions,
-                        np.array([[-1.0, -np.inf]], np.float32))
+    result = EvalResult(
+        {}, {"user": np.array([0]), "sample": np.array([0])}, sessions, np.array([[-1.0, -np.inf]], np.float32)
+    )
     assert served_sessions(result).tolist() == [[1, 2]]
-    filler_first = EvalResult({}, {"user": np.array([0]), "sample": np.array([0])}, sessions[:, ::-1],
-                              np.array([[-np.inf, -1.0]], np.float32))
+    filler_first = EvalResult(
+        {}, {"user": np.array([0]), "sample": np.array([0])}, sessions[:, ::-1], np.array([[-np.inf, -1.0]], np.float32)
+    )
     assert add_true_rewards(world, data, filler_first).metrics[TRUE_REWARD] == pytest.approx(
-        float(world.session_reward(np.array([0]), np.array([[1, 2]]))[0]))
+        float(world.session_reward(np.array([0]), np.array([[1, 2]]))[0])
+    )
 
 
 def test_compare_refuses_arms_scored_on_other_users():

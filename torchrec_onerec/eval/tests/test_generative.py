@@ -44,8 +44,16 @@ def _setup(session_items: int = 2) -> Tuple[torch.Tensor, PrefixIndex, OneRecMod
 
 def _evaluate(model, samples, codes, index, protocol, **config):
     settings = {"beam_size": 6, "num_return": 4, "ks": [1, 4], "batch_size": 5, **config}
-    return evaluate_generative(model, samples, codes=codes, prefix_index=index, config=EvalConfig(**settings),
-                               protocol=protocol, max_history=8, progress=False)
+    return evaluate_generative(
+        model,
+        samples,
+        codes=codes,
+        prefix_index=index,
+        config=EvalConfig(**settings),
+        protocol=protocol,
+        max_history=8,
+        progress=False,
+    )
 
 
 @pytest.mark.parametrize("protocol", ["A", "B"])
@@ -144,8 +152,16 @@ def test_bad_arguments_are_named() -> None:
     with pytest.raises(ValueError, match="eval.num_return=4 .* max\\(eval.ks\\)=10"):
         _evaluate(model, samples, codes, index, "A", ks=[5, 10])
     with pytest.raises(ValueError, match="max_history=9"):
-        evaluate_generative(model, samples, codes=codes, prefix_index=index, config=EvalConfig(ks=[1]),
-                            protocol="B", max_history=9, progress=False)
+        evaluate_generative(
+            model,
+            samples,
+            codes=codes,
+            prefix_index=index,
+            config=EvalConfig(ks=[1]),
+            protocol="B",
+            max_history=9,
+            progress=False,
+        )
     with pytest.raises(ValueError, match="target width m=3 exceeds the model's session_items=2"):
         _evaluate(model, _samples(3, 3), codes, index, "B")
     with pytest.raises(ValueError, match="protocol='b'"):
@@ -157,8 +173,16 @@ def test_cuda_matches_cpu() -> None:
     codes, index, model = _setup()
     samples = _samples(8, 2, seed=5)
     cpu = _evaluate(model, samples, codes, index, "B")
-    cuda = evaluate_generative(model, samples, codes=codes, prefix_index=index,
-                               config=EvalConfig(beam_size=6, num_return=4, ks=[1, 4], batch_size=5),
-                               protocol="B", max_history=8, device="cuda", progress=False)
+    cuda = evaluate_generative(
+        model,
+        samples,
+        codes=codes,
+        prefix_index=index,
+        config=EvalConfig(beam_size=6, num_return=4, ks=[1, 4], batch_size=5),
+        protocol="B",
+        max_history=8,
+        device="cuda",
+        progress=False,
+    )
     assert cuda.info["device"].startswith("cuda") and cuda.metrics["legality"] == 1.0
     assert np.allclose(cuda.scores, cpu.scores, atol=1e-4)

@@ -9,8 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from torchrec_onerec.eval.metrics import (coverage, dedupe_rows, first_occurrence, legality_rate, ranking_metrics,
-                                          repeat_rates)
+from torchrec_onerec.eval.metrics import (
+    coverage,
+    dedupe_rows,
+    first_occurrence,
+    legality_rate,
+    ranking_metrics,
+    repeat_rates,
+)
 from torchrec_onerec.tokenizer.prefix_index import PrefixIndex
 
 

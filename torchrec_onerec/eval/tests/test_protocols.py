@@ -17,8 +17,17 @@ from torchrec_onerec.eval.protocols import beam_ranking, evaluation_users, first
 def _samples(histories, targets) -> SampleSet:
     width = max(len(t) for t in targets)
     return SampleSet.from_samples(
-        [Sample(u, np.array(h, dtype=np.int64), np.array(list(t) + [-1] * (width - len(t)), dtype=np.int64),
-                np.zeros((width, 0), np.float32)) for u, (h, t) in enumerate(zip(histories, targets))], [])
+        [
+            Sample(
+                u,
+                np.array(h, dtype=np.int64),
+                np.array(list(t) + [-1] * (width - len(t)), dtype=np.int64),
+                np.zeros((width, 0), np.float32),
+            )
+            for u, (h, t) in enumerate(zip(histories, targets))
+        ],
+        [],
+    )
 
 
 def test_first_item_ranking_orders_by_score_and_drops_filler() -> None:
@@ -44,8 +53,9 @@ def test_protocol_b_hand_checked() -> None:
 def test_protocol_a_reads_slot_zero_and_pads_short_lists() -> None:
     items = np.array([[[2], [3]], [[2], [5]]])
     scores = np.array([[-1.0, -np.inf], [-1.0, -2.0]])
-    metrics, per_user = score_sessions("A", items, scores, np.array([[3, 2], [5, -1]]), ks=[2], num_items=6,
-                                       legality=np.ones(2))
+    metrics, per_user = score_sessions(
+        "A", items, scores, np.array([[3, 2], [5, -1]]), ks=[2], num_items=6, legality=np.ones(2)
+    )
     assert per_user["recall@2"].tolist() == [0.0, 1.0]  # user 0's only real item is 2; slot 1 is ignored
     assert per_user["list_length"].tolist() == [1.0, 2.0] and per_user["filler_rate"].tolist() == [0.5, 0.0]
     with pytest.raises(ValueError, match="protocol='C'"):
@@ -79,8 +89,7 @@ def test_popularity_protocols_and_history_exclusion() -> None:
     b = evaluate_popularity(samples, train, 6, config=config, protocol="B")
     assert b.sessions.shape == (2, 2, 2) and b.sessions[0, 0].tolist() == [0, 1]
     assert b.per_user["recall@m"].tolist() == [0.5, 1.0] and b.metrics["legality"] == 1.0
-    masked = evaluate_popularity(samples, train, 6, config=EvalConfig(ks=[1, 3], exclude_history=True),
-                                 protocol="A")
+    masked = evaluate_popularity(samples, train, 6, config=EvalConfig(ks=[1, 3], exclude_history=True), protocol="A")
     assert masked.sessions[:, :, 0].tolist() == [[1, 2, 3], [0, 1, 2]]  # user 0 saw item 0
     assert masked.per_user["recall@1"].tolist() == [1.0, 1.0] and masked.info["exclude_history"] is True
     assert a.per_user["user"].tolist() == [0, 1] and a.per_user["sample"].tolist() == [0, 1]

@@ -11,8 +11,13 @@ from torchrec_onerec.eval.report import write_comparison_report
 
 def _arm(values: np.ndarray) -> EvalResult:
     U = len(values)
-    per_user = {"user": np.arange(U), "sample": np.arange(U), "true_reward": values, "ndcg@5": values / 10,
-                "legality": np.ones(U)}
+    per_user = {
+        "user": np.arange(U),
+        "sample": np.arange(U),
+        "true_reward": values,
+        "ndcg@5": values / 10,
+        "legality": np.ones(U),
+    }
     return EvalResult({}, per_user, np.zeros((U, 1, 2), np.int64), np.zeros((U, 1), np.float32))
 
 
@@ -21,13 +26,29 @@ def test_report_has_tables_figures_deviations_and_credits(tmp_path):
     arms = {"cascade": _arm(rng.random(40)), "onerec": _arm(rng.random(40) + 0.5)}
     comparison = compare_arms(arms, baseline="cascade", resamples=100)
     report = write_comparison_report(
-        tmp_path / "compare", title="A/B", comparison=comparison, protocols=["B", "C"],
-        settings={"users": 40, "m": 2}, deviations=["history items kept"], data_source="kuairand",
+        tmp_path / "compare",
+        title="A/B",
+        comparison=comparison,
+        protocols=["B", "C"],
+        settings={"users": 40, "m": 2},
+        deviations=["history items kept"],
+        data_source="kuairand",
         per_user={a: r.per_user for a, r in arms.items()},
-        curves={"train": {"loss": ([1, 2, 3], [3.0, 2.0, 1.5])}}, curve_x_labels={"train": "optimiser step"})
+        curves={"train": {"loss": ([1, 2, 3], [3.0, 2.0, 1.5])}},
+        curve_x_labels={"train": "optimiser step"},
+    )
     text = report.read_text()
-    for needed in ("protocol B", "protocol C", "| onerec |", "history items kept", "CC BY-SA 4.0", "metrics.png",
-                   "distribution.png", "training_curves.png", "legality"):
+    for needed in (
+        "protocol B",
+        "protocol C",
+        "| onerec |",
+        "history items kept",
+        "CC BY-SA 4.0",
+        "metrics.png",
+        "distribution.png",
+        "training_curves.png",
+        "legality",
+    ):
         assert needed in text, needed
     for name in ("metrics.png", "distribution.png", "training_curves.png", "comparison.json"):
         assert (tmp_path / "compare" / name).stat().st_size > 1000, name

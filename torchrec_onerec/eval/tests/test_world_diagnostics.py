@@ -7,8 +7,14 @@ from torchrec_onerec.data.samples import Sample, SampleSet
 from torchrec_onerec.datasets.synthetic import SyntheticWorld, load_synthetic
 from torchrec_onerec.datasets.synthetic_config import SyntheticConfig
 from torchrec_onerec.eval.protocols import EvalResult
-from torchrec_onerec.eval.world_diagnostics import (CEILING, REFERENCES, diagnostics_markdown, reference_sessions,
-                                                     session_profile, world_diagnostics)
+from torchrec_onerec.eval.world_diagnostics import (
+    CEILING,
+    REFERENCES,
+    diagnostics_markdown,
+    reference_sessions,
+    session_profile,
+    world_diagnostics,
+)
 
 
 def _world(**kw) -> SyntheticWorld:
@@ -25,7 +31,7 @@ def test_greedy_session_is_the_best_by_slot_and_beats_exhaustive_search_of_two_s
     pairs = np.array(list(itertools.permutations(range(world.num_items), 2)))
     for u in range(0, 40, 8):
         best = world.session_reward(np.full(len(pairs), u), pairs).max()
-        assert world.session_reward(np.array([u]), greedy[u:u + 1])[0] == pytest.approx(best)
+        assert world.session_reward(np.array([u]), greedy[u : u + 1])[0] == pytest.approx(best)
 
 
 def test_greedy_session_spreads_topics_when_repeats_are_penalised():
@@ -81,13 +87,18 @@ def _arm(users: np.ndarray, sessions: np.ndarray) -> EvalResult:
 def test_world_diagnostics_puts_arms_between_floor_and_ceiling():
     data, world = load_synthetic(SyntheticConfig(num_users=30, num_items=50, num_topics=5), seed=0)
     users = np.arange(30)
-    samples = SampleSet.from_samples([Sample(int(u), np.array([1, 2]), np.array([3]), np.zeros((1, 0), np.float32))
-                                      for u in users], [])
+    samples = SampleSet.from_samples(
+        [Sample(int(u), np.array([1, 2]), np.array([3]), np.zeros((1, 0), np.float32)) for u in users], []
+    )
     ceiling = world.greedy_sessions(users, 3)
-    rows = world_diagnostics(world, data, {"oracle": _arm(users, ceiling),
-                                           "first items": _arm(users, np.tile([0, 1, 2], (30, 1)))},
-                             samples, seed=0)
-    assert list(rows)[:len(REFERENCES)] == list(REFERENCES)
+    rows = world_diagnostics(
+        world,
+        data,
+        {"oracle": _arm(users, ceiling), "first items": _arm(users, np.tile([0, 1, 2], (30, 1)))},
+        samples,
+        seed=0,
+    )
+    assert list(rows)[: len(REFERENCES)] == list(REFERENCES)
     assert rows["oracle"]["share_of_ceiling"] == pytest.approx(1.0) and rows["oracle"]["kind"] == 0.0
     assert rows["first items"]["coverage"] == pytest.approx(3 / 50)
     assert rows["uniform random"]["share_of_ceiling"] < 1.0

@@ -21,8 +21,14 @@ from torchrec_onerec.models.testing import random_batch, random_codes
 from torchrec_onerec.tokenizer.prefix_index import PrefixIndex
 
 
-def _setup(num_items: int, codebook: list[int], session_items: int, users: int = 3, seed: int = 0,
-           history_tokens: str = "codes"):
+def _setup(
+    num_items: int,
+    codebook: list[int],
+    session_items: int,
+    users: int = 3,
+    seed: int = 0,
+    history_tokens: str = "codes",
+):
     codes, sizes = random_codes(num_items, codebook, seed=seed)
     torch.manual_seed(seed)
     model = OneRecModel(model_size("tiny", session_items=session_items, history_tokens=history_tokens), sizes).eval()
@@ -34,8 +40,10 @@ def _batch_with_histories(codes: torch.Tensor, histories: List[List[int]], sessi
     """One user per history (the target session, unused by the search, is item 0)."""
     target = np.full(session_items, -1, dtype=np.int64)
     target[0] = 0
-    samples = [Sample(user, np.array(history, dtype=np.int64), target, np.zeros((session_items, 0), np.float32))
-               for user, history in enumerate(histories)]
+    samples = [
+        Sample(user, np.array(history, dtype=np.int64), target, np.zeros((session_items, 0), np.float32))
+        for user, history in enumerate(histories)
+    ]
     return to_semantic_batch(collate_samples(samples), codes)
 
 
@@ -85,8 +93,9 @@ def test_history_covering_most_of_a_subtree_gives_no_filler() -> None:
     histories = [under[:3], dead, under, under + [4, 7], [dead[0], dead[0], dead[1]], []]
     batch = _batch_with_histories(codes, histories, session_items=2)
     for use_cache in (True, False):
-        out = constrained_beam_search(model, batch, prefix_index=index, beam_size=6, num_return=6,
-                                      exclude_history=True, use_cache=use_cache)
+        out = constrained_beam_search(
+            model, batch, prefix_index=index, beam_size=6, num_return=6, exclude_history=True, use_cache=use_cache
+        )
         _assert_real_sessions(out, codes, histories)
         torch.testing.assert_close(model.log_prob(batch, out.codes), out.scores)
     assert (out.items[-1, 0] == torch.tensor(dead)).any()  # unexcluded, the user gets the model's favourite
@@ -114,8 +123,9 @@ def test_matches_exhaustive_search_with_excluded_history() -> None:
         expected = model.log_prob(batch, codes[sessions].unsqueeze(0))[0][valid].sort(descending=True)
         # a beam as wide as the valid sessions holds every valid partial session: the search is exact
         beam = max(count, 1)
-        out = constrained_beam_search(model, batch, prefix_index=index, beam_size=beam, num_return=beam,
-                                      exclude_history=True)
+        out = constrained_beam_search(
+            model, batch, prefix_index=index, beam_size=beam, num_return=beam, exclude_history=True
+        )
         torch.testing.assert_close(out.scores[0, :count], expected.values)
         assert torch.equal(out.items[0, :count], sessions[valid][expected.indices])
         assert torch.isneginf(out.scores[0, count:]).all()  # filler only when no valid session is left
@@ -124,10 +134,12 @@ def test_matches_exhaustive_search_with_excluded_history() -> None:
 @pytest.mark.parametrize("exclude_history, history_tokens", [(False, "codes"), (True, "codes"), (True, "items")])
 def test_kv_cache_equals_no_cache_and_scores_equal_log_prob(exclude_history: bool, history_tokens: str) -> None:
     _, index, model, batch = _setup(40, [4, 4], session_items=2, history_tokens=history_tokens)
-    cached = constrained_beam_search(model, batch, prefix_index=index, beam_size=6, num_return=6,
-                                     exclude_history=exclude_history)
-    full = constrained_beam_search(model, batch, prefix_index=index, beam_size=6, num_return=6, use_cache=False,
-                                   exclude_history=exclude_history)
+    cached = constrained_beam_search(
+        model, batch, prefix_index=index, beam_size=6, num_return=6, exclude_history=exclude_history
+    )
+    full = constrained_beam_search(
+        model, batch, prefix_index=index, beam_size=6, num_return=6, use_cache=False, exclude_history=exclude_history
+    )
     assert torch.equal(cached.items, full.items)
     torch.testing.assert_close(cached.scores, full.scores)
     torch.testing.assert_close(model.log_prob(batch, cached.codes), cached.scores)
@@ -135,11 +147,11 @@ def test_kv_cache_equals_no_cache_and_scores_equal_log_prob(exclude_history: boo
 
 def test_unconstrained_search_and_shorter_sessions() -> None:
     _, index, model, batch = _setup(40, [4, 4], session_items=3)
-    free = constrained_beam_search(model, batch, prefix_index=index, beam_size=4, num_return=2, constrained=False,
-                                   session_items=2)
+    free = constrained_beam_search(
+        model, batch, prefix_index=index, beam_size=4, num_return=2, constrained=False, session_items=2
+    )
     assert free.items.shape == (3, 2, 2)
-    constrained = constrained_beam_search(model, batch, prefix_index=index, beam_size=4, num_return=2,
-                                          session_items=2)
+    constrained = constrained_beam_search(model, batch, prefix_index=index, beam_size=4, num_return=2, session_items=2)
     assert (free.scores >= constrained.scores - 1e-5).all()  # dropping constraints never lowers the best score
     model.train()
     constrained_beam_search(model, batch, prefix_index=index, beam_size=2, num_return=1)
@@ -157,8 +169,9 @@ def test_argument_errors_name_the_fix() -> None:
 def test_autocast_bf16_search_stays_valid() -> None:
     codes, index, model, batch = _setup(30, [3, 3], session_items=2)
     full = constrained_beam_search(model, batch, prefix_index=index, beam_size=6, num_return=3)
-    half = constrained_beam_search(model, batch, prefix_index=index, beam_size=6, num_return=3,
-                                   amp_dtype=torch.bfloat16)  # CPU autocast; fp16/bf16 on CUDA alike
+    half = constrained_beam_search(
+        model, batch, prefix_index=index, beam_size=6, num_return=3, amp_dtype=torch.bfloat16
+    )  # CPU autocast; fp16/bf16 on CUDA alike
     assert (half.items >= 0).all() and (half.items[..., 0] != half.items[..., 1]).all()
     assert torch.equal(codes[half.items], half.codes)
     torch.testing.assert_close(half.scores[:, 0], full.scores[:, 0], atol=0.3, rtol=0.05)
@@ -201,11 +214,11 @@ def test_a_repeated_prefix_penalty_spreads_sessions_over_first_codes_and_is_scor
     kwargs = dict(prefix_index=index, beam_size=8, num_return=8)
     plain = constrained_beam_search(model, batch, **kwargs)
     assert constrained_beam_search(model, batch, processors=[RepeatedPrefixPenalty(0.0)], **kwargs).items.equal(
-        plain.items)
+        plain.items
+    )
     penalty = 0.7
     compact = constrained_beam_search(model, batch, processors=[RepeatedPrefixPenalty(penalty)], **kwargs)
-    dense = constrained_beam_search(model, batch, processors=[RepeatedPrefixPenalty(penalty)], compact=False,
-                                    **kwargs)
+    dense = constrained_beam_search(model, batch, processors=[RepeatedPrefixPenalty(penalty)], compact=False, **kwargs)
     assert torch.equal(compact.items, dense.items)  # it reads a compact step's columns
     torch.testing.assert_close(compact.scores, dense.scores)
     # scores: the sessions' log-probabilities minus the penalty per item under an earlier item's first code

@@ -13,13 +13,14 @@ from torchrec_onerec.models.testing import random_codes
 from torchrec_onerec.tokenizer.prefix_index import PrefixIndex
 
 
-def _reference_allowed(codes: torch.Tensor, state: BeamState, excluded: Optional[torch.Tensor],
-                       no_repeat: bool) -> torch.Tensor:
+def _reference_allowed(
+    codes: torch.Tensor, state: BeamState, excluded: Optional[torch.Tensor], no_repeat: bool
+) -> torch.Tensor:
     """[B N, K_l] bool, beam by beam: code k is allowed iff some item extends prefix + k and is not blocked."""
     rows, level, K = state.codes.shape[0], state.level, state.prefix_index.vocab_sizes[state.level]
     allowed = torch.zeros(rows, K, dtype=torch.bool)
     for row in range(rows):
-        blocked = set(state.items[row, :state.item].tolist()) if no_repeat else set()
+        blocked = set(state.items[row, : state.item].tolist()) if no_repeat else set()
         if excluded is not None:
             blocked |= set(excluded[row // state.num_beams].tolist())
         prefix = state.codes[row, state.item, :level].tolist()
@@ -29,8 +30,17 @@ def _reference_allowed(codes: torch.Tensor, state: BeamState, excluded: Optional
     return allowed
 
 
-def _random_state(codes: torch.Tensor, index: PrefixIndex, item: int, level: int, users: int, beams: int,
-                  session_items: int, hot: int, generator: torch.Generator) -> BeamState:
+def _random_state(
+    codes: torch.Tensor,
+    index: PrefixIndex,
+    item: int,
+    level: int,
+    users: int,
+    beams: int,
+    session_items: int,
+    hot: int,
+    generator: torch.Generator,
+) -> BeamState:
     """Beams with random (possibly repeated) finished items, often ``hot``, and a partial tuple: mostly an
     item's prefix, sometimes random codes (often no item's prefix)."""
     rows, num_items, L = users * beams, codes.shape[0], codes.shape[1]
@@ -41,8 +51,11 @@ def _random_state(codes: torch.Tensor, index: PrefixIndex, item: int, level: int
     state_codes = torch.full((rows, session_items, L), -1, dtype=torch.long)
     state_codes[:, :item] = codes[items[:, :item]]
     prefix = codes[torch.randint(num_items, (rows,), generator=generator), :level]
-    noise = torch.stack([torch.randint(k, (rows,), generator=generator) for k in index.vocab_sizes[:level]], 1) \
-        if level else prefix
+    noise = (
+        torch.stack([torch.randint(k, (rows,), generator=generator) for k in index.vocab_sizes[:level]], 1)
+        if level
+        else prefix
+    )
     use_noise = torch.rand(rows, generator=generator) < 0.2
     state_codes[:, item, :level] = torch.where(use_noise.unsqueeze(1), noise, prefix)
     return BeamState(state_codes, items, item, level, beams, index)
@@ -77,8 +90,9 @@ def test_blocked_items_are_counted_once() -> None:
     codes = torch.tensor([[0, 0], [0, 1], [1, 0]])  # items 0, 1 under (0,); item 2 under (1,)
     index = PrefixIndex(codes)
     # the session holds item 0, which the user's history also holds twice: one of the 2 items under (0,) is free
-    state = BeamState(torch.tensor([[[0, 0], [-1, -1]]]), torch.tensor([[0, -1]]), item=1, level=0, num_beams=1,
-                      prefix_index=index)
+    state = BeamState(
+        torch.tensor([[[0, 0], [-1, -1]]]), torch.tensor([[0, -1]]), item=1, level=0, num_beams=1, prefix_index=index
+    )
     out = BlockedItemsProcessor(torch.tensor([[0, 0, -1]]))(state, torch.zeros(1, 2))
     assert torch.isfinite(out).all()
     out = BlockedItemsProcessor(torch.tensor([[0, 1, 0]]))(state, torch.zeros(1, 2))  # now both are blocked
@@ -89,8 +103,14 @@ def test_processors_mask_repeats_and_excluded_items_at_the_last_level() -> None:
     codes = torch.tensor([[0, 0], [0, 1], [1, 0]])  # items 0, 1, 2
     index = PrefixIndex(codes)
     # 1 user, 2 beams, writing item 1 of the session at its last level, both beams under prefix (0,)
-    state = BeamState(codes=torch.tensor([[[0, 1], [0, -1]], [[1, 0], [0, -1]]]),
-                      items=torch.tensor([[1, -1], [2, -1]]), item=1, level=1, num_beams=2, prefix_index=index)
+    state = BeamState(
+        codes=torch.tensor([[[0, 1], [0, -1]], [[1, 0], [0, -1]]]),
+        items=torch.tensor([[1, -1], [2, -1]]),
+        item=1,
+        level=1,
+        num_beams=2,
+        prefix_index=index,
+    )
     scores = torch.zeros(2, 2)
     assert torch.isfinite(ValidCodeProcessor(index)(state, scores)).all()  # (0, 0) and (0, 1) both exist
     no_repeat = BlockedItemsProcessor()(state, scores)

@@ -26,8 +26,9 @@ def _setup(num_items: int, codebook: list[int], session_items: int, users: int =
 
 
 def _draw(model, batch, index, n: int, seed: int, **kwargs):
-    return constrained_sample(model, batch, prefix_index=index, num_samples=n,
-                              generator=torch.Generator().manual_seed(seed), **kwargs)
+    return constrained_sample(
+        model, batch, prefix_index=index, num_samples=n, generator=torch.Generator().manual_seed(seed), **kwargs
+    )
 
 
 def test_constraints_hold_and_scores_are_log_probs() -> None:

@@ -22,13 +22,16 @@ TASKS = ["swt", "vtr", "ltr"]
 
 def _recommender(num_candidates: int = 12, weights=None) -> CascadeRecommender:
     torch.manual_seed(0)
-    config = CascadeConfig(RetrievalConfig(embedding_dim=8, num_candidates=num_candidates),
-                           RankerConfig(embedding_dim=8, score_weights=weights or {}))
+    config = CascadeConfig(
+        RetrievalConfig(embedding_dim=8, num_candidates=num_candidates),
+        RankerConfig(embedding_dim=8, score_weights=weights or {}),
+    )
     content = torch.randn(NUM_ITEMS, 4, generator=torch.Generator().manual_seed(0))
     features = torch.as_tensor(item_dense_features(np.arange(NUM_ITEMS), content.numpy()))
     two_tower = TwoTowerRetrieval(config.retrieval, num_users=NUM_USERS, num_items=NUM_ITEMS, content_dim=4)
-    ranker = MultiTaskRanker(config.ranker, num_users=NUM_USERS, num_items=NUM_ITEMS, tasks=TASKS,
-                             dense_features=dense_width(features))
+    ranker = MultiTaskRanker(
+        config.ranker, num_users=NUM_USERS, num_items=NUM_ITEMS, tasks=TASKS, dense_features=dense_width(features)
+    )
     return CascadeRecommender(two_tower, ranker, config, content, features)
 
 
@@ -38,8 +41,11 @@ def _users(num: int = 6, width: int = 3) -> SampleSet:
     for u in range(num):
         target = np.full(width, -1)
         target[: 1 + u % width] = rng.choice(NUM_ITEMS, size=1 + u % width, replace=False)
-        samples.append(Sample(u % NUM_USERS, rng.choice(NUM_ITEMS, size=4, replace=False), target,
-                              np.zeros((width, 0), np.float32)))
+        samples.append(
+            Sample(
+                u % NUM_USERS, rng.choice(NUM_ITEMS, size=4, replace=False), target, np.zeros((width, 0), np.float32)
+            )
+        )
     samples.append(Sample(1, np.array([2]), np.full(width, -1), np.zeros((width, 0), np.float32)))  # no target
     return SampleSet.from_samples(samples, [])
 
@@ -69,8 +75,9 @@ def test_history_items_are_excluded_on_request():
 
 
 def test_too_few_candidates_leave_filler_sessions():
-    sessions, scores = sessions_from_ranking(np.array([[4, 1, 7]]), np.array([[0.5, 0.25, 0.125]]),
-                                             num_sessions=3, session_items=2)
+    sessions, scores = sessions_from_ranking(
+        np.array([[4, 1, 7]]), np.array([[0.5, 0.25, 0.125]]), num_sessions=3, session_items=2
+    )
     assert sessions.tolist() == [[[4, 1], [7, -1], [-1, -1]]]
     assert scores[0, :2].tolist() == [0.375, 0.125] and np.isneginf(scores[0, 2])
 
@@ -85,8 +92,9 @@ def test_evaluation_scores_the_users_and_metrics_of_the_popularity_arm(protocol)
     rec, users = _recommender(), _users()
     config = EvalConfig(ks=[2, 5])
     result = evaluate_cascade(rec, users, config=config, protocol=protocol, num_items=NUM_ITEMS)
-    floor = evaluate_popularity(users, pd.DataFrame({"item_id": np.arange(NUM_ITEMS)}), NUM_ITEMS, config=config,
-                                protocol=protocol)
+    floor = evaluate_popularity(
+        users, pd.DataFrame({"item_id": np.arange(NUM_ITEMS)}), NUM_ITEMS, config=config, protocol=protocol
+    )
     assert set(result.metrics) == set(floor.metrics)
     assert np.array_equal(result.per_user["sample"], floor.per_user["sample"])
     assert result.info["users_without_target"] == 1
@@ -96,8 +104,9 @@ def test_evaluation_scores_the_users_and_metrics_of_the_popularity_arm(protocol)
 
 def test_evaluation_refuses_fewer_candidates_than_the_ranked_list():
     with pytest.raises(ValueError, match="num_candidates"):
-        evaluate_cascade(_recommender(num_candidates=4), _users(), config=EvalConfig(ks=[5, 10]), protocol="A",
-                         num_items=NUM_ITEMS)
+        evaluate_cascade(
+            _recommender(num_candidates=4), _users(), config=EvalConfig(ks=[5, 10]), protocol="A", num_items=NUM_ITEMS
+        )
 
 
 def test_mmr_rerank_trades_relevance_for_dissimilar_items():
@@ -128,6 +137,7 @@ def test_rerank_keeps_the_retrieved_candidates_and_scores_non_increasing():
         assert len(set(diverse[u].ravel().tolist())) == 9
         assert (np.diff(scores[u]) <= 1e-6).all()
     assert (plain != diverse).any()
-    result = evaluate_cascade(rec, users, config=EvalConfig(ks=[3, 6]), protocol="B", num_items=NUM_ITEMS,
-                              diversity_weight=0.5)
+    result = evaluate_cascade(
+        rec, users, config=EvalConfig(ks=[3, 6]), protocol="B", num_items=NUM_ITEMS, diversity_weight=0.5
+    )
     assert result.info["arm"] == "cascade_rerank" and result.info["diversity_weight"] == 0.5

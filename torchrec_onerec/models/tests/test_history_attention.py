@@ -34,7 +34,8 @@ def test_padding_and_history_order_do_not_change_the_read_and_an_empty_history_g
     reordered = attention(items, history[[2, 0, 1]], torch.tensor([3]))
     torch.testing.assert_close(alone, reordered)
     # batched with a user of a longer history and one without history: the first user's read is the same
-    batched = attention(torch.cat([items, torch.randn(2, 3, 4)]), torch.cat([history, torch.randn(5, 4)]),
-                        torch.tensor([3, 5, 0]))
+    batched = attention(
+        torch.cat([items, torch.randn(2, 3, 4)]), torch.cat([history, torch.randn(5, 4)]), torch.tensor([3, 5, 0])
+    )
     torch.testing.assert_close(batched[:1], alone)
     torch.testing.assert_close(batched[2], attention.out.bias.expand(3, 4).detach())  # nothing to read

@@ -32,7 +32,7 @@ def test_forward_shapes_and_gradients() -> None:
     out = model(batch)
     B, M, L = batch.target_codes.shape
     assert out.logits.shape == (B, M, L, max(SIZES)) and torch.equal(out.labels, batch.target_codes)
-    assert torch.isinf(out.logits[:, :, 0, SIZES[0]:]).all()  # slots beyond K_0 are -inf
+    assert torch.isinf(out.logits[:, :, 0, SIZES[0] :]).all()  # slots beyond K_0 are -inf
     assert out.expert_load.shape == (1, 4)
     torch.testing.assert_close(out.loss, out.ntp_loss + model.config.moe_aux_weight * out.aux_loss)
     out.loss.backward()

@@ -31,8 +31,12 @@ LR = 0.1
 def _setup() -> tuple[OneRecTrainModule, List[SemanticIdBatch]]:
     codes, sizes = random_codes(40, [4, 4], seed=0)
     config = model_size("tiny", num_users=50)
-    batches = [random_batch(codes, 4, max_history=config.max_history, session_items=config.session_items,
-                            num_users=50, seed=seed) for seed in range(4)]
+    batches = [
+        random_batch(
+            codes, 4, max_history=config.max_history, session_items=config.session_items, num_users=50, seed=seed
+        )
+        for seed in range(4)
+    ]
     torch.manual_seed(0)
     return OneRecTrainModule(OneRecModel(config, sizes)), batches
 
@@ -77,8 +81,9 @@ def test_dmp_sparse_dist_pipeline_matches_plain_loop(tmp_path: Path) -> None:
         planner = EmbeddingShardingPlanner(topology=Topology(world_size=1, compute_device="cpu"))
         plan = planner.collective_plan(module, sharders, dist.GroupMember.WORLD)
         dmp = DistributedModelParallel(module, device=torch.device("cpu"), plan=plan, sharders=sharders)
-        dense = KeyedOptimizerWrapper(dict(in_backward_optimizer_filter(dmp.named_parameters())),
-                                      lambda params: torch.optim.SGD(params, lr=LR))
+        dense = KeyedOptimizerWrapper(
+            dict(in_backward_optimizer_filter(dmp.named_parameters())), lambda params: torch.optim.SGD(params, lr=LR)
+        )
         optimizer = CombinedOptimizer([dmp.fused_optimizer, dense])
         pipeline = TrainPipelineSparseDist(dmp, optimizer, device=torch.device("cpu"), execute_all_batches=True)
         assert _drain(pipeline, iter(batches)) == pytest.approx(expected, rel=1e-5)
@@ -101,7 +106,7 @@ def test_meta_built_model_materialises_under_dmp(tmp_path: Path) -> None:
         assert torch.isfinite(loss) and not any(p.is_meta for p in dmp.parameters())
         model = dmp.module.model  # every dense module was re-initialised by its reset_parameters
         assert torch.equal(model.encoder.ln_f.weight, torch.ones(config.d_model))
-        assert 0 < model.decoder.blocks[0].ffn.w_in.abs().max() <= config.d_model ** -0.5
+        assert 0 < model.decoder.blocks[0].ffn.w_in.abs().max() <= config.d_model**-0.5
         assert 0 < model.embedding.bos.abs().max() < 0.2
     finally:
         dist.destroy_process_group()

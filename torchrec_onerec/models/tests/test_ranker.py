@@ -10,9 +10,20 @@ from torchrec_onerec.data.batch import collate_samples, make_dataloader
 from torchrec_onerec.data.config import LoaderConfig
 from torchrec_onerec.data.samples import Sample, SampleSet
 from torchrec_onerec.models.cascade_config import RankerConfig
-from torchrec_onerec.models.ranker import (RANKER_FEATURE_KEYS, MultiTaskRanker, RankerTrainStep, RankerTransform,
-                                           candidate_samples, dense_width, item_dense_features, load_ranker,
-                                           negative_samples, predict, save_ranker, task_aucs)
+from torchrec_onerec.models.ranker import (
+    RANKER_FEATURE_KEYS,
+    MultiTaskRanker,
+    RankerTrainStep,
+    RankerTransform,
+    candidate_samples,
+    dense_width,
+    item_dense_features,
+    load_ranker,
+    negative_samples,
+    predict,
+    save_ranker,
+    task_aucs,
+)
 
 NUM_USERS, NUM_ITEMS = 10, 16
 TASKS = ["vtr", "swt"]
@@ -20,8 +31,13 @@ TASKS = ["vtr", "swt"]
 
 def _ranker(dense_features: int) -> MultiTaskRanker:
     torch.manual_seed(0)
-    return MultiTaskRanker(RankerConfig(embedding_dim=8, bottom_mlp=[8], top_mlp=[16]), num_users=NUM_USERS,
-                           num_items=NUM_ITEMS, tasks=TASKS, dense_features=dense_features)
+    return MultiTaskRanker(
+        RankerConfig(embedding_dim=8, bottom_mlp=[8], top_mlp=[16]),
+        num_users=NUM_USERS,
+        num_items=NUM_ITEMS,
+        tasks=TASKS,
+        dense_features=dense_features,
+    )
 
 
 def _planted(num: int, seed: int) -> SampleSet:
@@ -39,10 +55,14 @@ def _planted(num: int, seed: int) -> SampleSet:
 def test_transform_writes_the_pair_features_and_the_content_similarity():
     content = np.array([[1.0, 0.0], [0.0, 2.0], [3.0, 0.0]] + [[1.0, 1.0]] * (NUM_ITEMS - 3))
     features = torch.as_tensor(item_dense_features(np.ones(NUM_ITEMS), content))
-    samples = SampleSet.from_samples([Sample(4, np.array([0, 2]), np.array([2]), np.zeros((1, 2), np.float32)),
-                                      Sample(5, np.array([0, 2]), np.array([1]), np.zeros((1, 2), np.float32)),
-                                      Sample(6, np.array([], np.int64), np.array([1]), np.zeros((1, 2), np.float32))],
-                                     TASKS)
+    samples = SampleSet.from_samples(
+        [
+            Sample(4, np.array([0, 2]), np.array([2]), np.zeros((1, 2), np.float32)),
+            Sample(5, np.array([0, 2]), np.array([1]), np.zeros((1, 2), np.float32)),
+            Sample(6, np.array([], np.int64), np.array([1]), np.zeros((1, 2), np.float32)),
+        ],
+        TASKS,
+    )
     batch = RankerTransform(features)(collate_samples(samples))
     assert batch.features.keys() == list(RANKER_FEATURE_KEYS)
     assert batch.features["user_id"].values().tolist() == [4, 5, 6]
@@ -63,8 +83,9 @@ def test_ranker_learns_a_planted_preference():
     before = task_aucs(predict(ranker, valid, features), valid.labels[:, 0], TASKS)
     for epoch in range(6):
         ranker.train()
-        for batch in make_dataloader(train, LoaderConfig(batch_size=64), seed=0, epoch=epoch,
-                                     transform=RankerTransform(features)):
+        for batch in make_dataloader(
+            train, LoaderConfig(batch_size=64), seed=0, epoch=epoch, transform=RankerTransform(features)
+        ):
             loss, (_, logits, labels) = step(batch)
             optimiser.zero_grad()
             loss.backward()
@@ -76,9 +97,11 @@ def test_ranker_learns_a_planted_preference():
 
 
 def test_negative_samples_are_seeded_and_never_the_positive():
-    samples = SampleSet.from_samples([Sample(u, np.array([1]), np.array([u % NUM_ITEMS, -1]),
-                                             np.zeros((2, 0), np.float32)) for u in range(200)]
-                                     + [Sample(0, np.array([1]), np.array([-1, -1]), np.zeros((2, 0), np.float32))], [])
+    samples = SampleSet.from_samples(
+        [Sample(u, np.array([1]), np.array([u % NUM_ITEMS, -1]), np.zeros((2, 0), np.float32)) for u in range(200)]
+        + [Sample(0, np.array([1]), np.array([-1, -1]), np.zeros((2, 0), np.float32))],
+        [],
+    )
     a = negative_samples(samples, num_items=NUM_ITEMS, negatives_per_positive=3, seed=7)
     b = negative_samples(samples, num_items=NUM_ITEMS, negatives_per_positive=3, seed=7)
     c = negative_samples(samples, num_items=NUM_ITEMS, negatives_per_positive=3, seed=8)
@@ -100,8 +123,13 @@ def test_task_aucs_match_the_hand_computed_value():
 
 
 def test_candidate_samples_repeat_each_user_per_candidate():
-    samples = SampleSet.from_samples([Sample(3, np.array([1, 2]), np.array([5]), np.zeros((1, 0), np.float32)),
-                                      Sample(4, np.array([6]), np.array([7]), np.zeros((1, 0), np.float32))], [])
+    samples = SampleSet.from_samples(
+        [
+            Sample(3, np.array([1, 2]), np.array([5]), np.zeros((1, 0), np.float32)),
+            Sample(4, np.array([6]), np.array([7]), np.zeros((1, 0), np.float32)),
+        ],
+        [],
+    )
     pairs = candidate_samples(samples, np.array([[9, 8, -1], [0, 1, 2]]))
     assert pairs.user.tolist() == [3, 3, 3, 4, 4, 4]
     assert pairs.target.ravel().tolist() == [9, 8, 0, 0, 1, 2]
@@ -111,8 +139,15 @@ def test_candidate_samples_repeat_each_user_per_candidate():
 def test_save_and_load_round_trip(tmp_path):
     features = torch.as_tensor(item_dense_features(np.arange(NUM_ITEMS), np.eye(NUM_ITEMS)[:, :3]))
     ranker = _ranker(dense_width(features))
-    save_ranker(tmp_path / "r.pt", ranker.state_dict(), ranker.config, num_users=NUM_USERS, num_items=NUM_ITEMS,
-                tasks=TASKS, item_features=features)
+    save_ranker(
+        tmp_path / "r.pt",
+        ranker.state_dict(),
+        ranker.config,
+        num_users=NUM_USERS,
+        num_items=NUM_ITEMS,
+        tasks=TASKS,
+        item_features=features,
+    )
     loaded, loaded_features = load_ranker(tmp_path / "r.pt")
     samples = _planted(8, seed=2)
     assert loaded.tasks == TASKS and torch.equal(loaded_features, features)

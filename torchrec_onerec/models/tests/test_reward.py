@@ -25,8 +25,13 @@ from torchrec_onerec.data.batch import collate_samples
 from torchrec_onerec.data.samples import Sample, SampleSet
 from torchrec_onerec.errors import ConfigError
 from torchrec_onerec.models.reward import RewardTrainModule, SessionRewardModel
-from torchrec_onerec.models.reward_batch import (RewardBatch, RewardTransform, code_tokens, session_labels,
-                                                 to_reward_batch)
+from torchrec_onerec.models.reward_batch import (
+    RewardBatch,
+    RewardTransform,
+    code_tokens,
+    session_labels,
+    to_reward_batch,
+)
 from torchrec_onerec.models.reward_config import RewardModelConfig
 from torchrec_onerec.models.reward_scoring import score_sessions, session_rewards
 
@@ -43,10 +48,11 @@ def _samples(num: int, session_items: int, seed: int = 0) -> SampleSet:
     out = []
     for _ in range(num):
         target = rng.choice(NUM_ITEMS, size=session_items, replace=False)
-        target[rng.integers(1, session_items + 1):] = -1
+        target[rng.integers(1, session_items + 1) :] = -1
         labels = (rng.random((session_items, len(SIGNALS))) < 0.5).astype(np.float32) * (target >= 0)[:, None]
-        out.append(Sample(int(rng.integers(NUM_USERS)), rng.integers(NUM_ITEMS, size=rng.integers(0, 5)), target,
-                          labels))
+        out.append(
+            Sample(int(rng.integers(NUM_USERS)), rng.integers(NUM_ITEMS, size=rng.integers(0, 5)), target, labels)
+        )
     return SampleSet.from_samples(out, SIGNALS)
 
 
@@ -54,8 +60,13 @@ def _model(pooling: str = "attention", **config: object) -> SessionRewardModel:
     """A model with tables drawn from N(0, 1); id-only unless ``semantic_ids=True`` (then with ``CODES``)."""
     torch.manual_seed(0)
     config = {"semantic_ids": False, **config}
-    model = SessionRewardModel(RewardModelConfig(embedding_dim=8, pooling=pooling, **config), NUM_USERS, NUM_ITEMS,
-                               SIGNALS, item_codes=CODES if config["semantic_ids"] else None)
+    model = SessionRewardModel(
+        RewardModelConfig(embedding_dim=8, pooling=pooling, **config),
+        NUM_USERS,
+        NUM_ITEMS,
+        SIGNALS,
+        item_codes=CODES if config["semantic_ids"] else None,
+    )
     with torch.no_grad():  # TorchRec's default table init is tiny; larger rows make every difference visible
         for table in model.ec.embeddings.values():
             table.weight.normal_()
@@ -63,8 +74,9 @@ def _model(pooling: str = "attention", **config: object) -> SessionRewardModel:
 
 
 def _batch(samples: SampleSet, rule: str = "mean", model: Optional[SessionRewardModel] = None) -> RewardBatch:
-    return to_reward_batch(collate_samples(samples), session_label=rule,
-                           item_tokens=None if model is None else model.item_tokens)
+    return to_reward_batch(
+        collate_samples(samples), session_label=rule, item_tokens=None if model is None else model.item_tokens
+    )
 
 
 @pytest.mark.parametrize("pooling", ["attention", "sum", "mean"])
@@ -99,8 +111,9 @@ def test_session_labels_by_hand() -> None:
 @pytest.mark.parametrize("pooling", ["attention", "sum", "mean"])
 def test_padding_and_item_order_do_not_change_the_output(pooling: str) -> None:
     model = _model(pooling)
-    base = SampleSet.from_samples([Sample(1, np.array([3, 4]), np.array([5, 7, 2]), np.zeros((3, 3), np.float32))],
-                                  SIGNALS)
+    base = SampleSet.from_samples(
+        [Sample(1, np.array([3, 4]), np.array([5, 7, 2]), np.zeros((3, 3), np.float32))], SIGNALS
+    )
     variants = [np.array([[5, 7, 2, -1, -1]]), np.array([[-1, 5, -1, 7, 2]]), np.array([[2, 5, 7]])]
     expected = score_sessions(model, base, base.target[:, None, :], batch_size=4, device=CPU)
     for sessions in variants:
@@ -118,8 +131,9 @@ def _pooled(model: SessionRewardModel, samples: SampleSet, sessions: np.ndarray)
     """The pooled session vectors [N, D] of sample 0's user with each row of ``sessions`` [N, M]."""
     batch = collate_samples(samples, np.zeros(len(sessions), np.int64))
     target = torch.from_numpy(sessions)
-    batch = dataclasses.replace(batch, target=target, target_mask=target >= 0,
-                                labels=torch.zeros(*sessions.shape, len(samples.signals)))
+    batch = dataclasses.replace(
+        batch, target=target, target_mask=target >= 0, labels=torch.zeros(*sessions.shape, len(samples.signals))
+    )
     with torch.no_grad():
         return model.session_vectors(to_reward_batch(batch, session_label="mean"))
 
@@ -140,8 +154,13 @@ def test_loss_is_the_sum_of_tower_bces_by_hand() -> None:
             tower[-1].weight.zero_()
             tower[-1].bias.fill_(math.log(p / (1 - p)))
     labels = np.array([[[1, 0, 0], [0, 1, 0]], [[1, 1, 1], [0, 0, 0]]], np.float32)  # 2 sessions of 2 items
-    samples = SampleSet.from_samples([Sample(0, np.array([1]), np.array([2, 3]), labels[0]),
-                                      Sample(1, np.array([], np.int64), np.array([4, 5]), labels[1])], SIGNALS)
+    samples = SampleSet.from_samples(
+        [
+            Sample(0, np.array([1]), np.array([2, 3]), labels[0]),
+            Sample(1, np.array([], np.int64), np.array([4, 5]), labels[1]),
+        ],
+        SIGNALS,
+    )
     out = model(_batch(samples, "mean"))
     # mean labels: swt [0.5, 0.5], vtr [0.5, 0.5], ltr [0, 0.5]; BCE(y, p) = -(y ln p + (1 - y) ln(1 - p))
     swt = -(0.5 * math.log(0.75) + 0.5 * math.log(0.25))  # 0.8370, both sessions
@@ -155,23 +174,30 @@ def test_loss_is_the_sum_of_tower_bces_by_hand() -> None:
 def test_item_level_towers_score_each_item_against_its_own_labels() -> None:
     model = _model("attention", tower_level="item")
     labels = np.array([[[1, 0, 0], [0, 1, 0], [0, 0, 0]], [[1, 1, 1], [0, 0, 0], [0, 0, 0]]], np.float32)
-    samples = SampleSet.from_samples([Sample(0, np.array([1]), np.array([2, 3, 6]), labels[0]),
-                                      Sample(1, np.array([], np.int64), np.array([4, 5, -1]), labels[1])], SIGNALS)
+    samples = SampleSet.from_samples(
+        [
+            Sample(0, np.array([1]), np.array([2, 3, 6]), labels[0]),
+            Sample(1, np.array([], np.int64), np.array([4, 5, -1]), labels[1]),
+        ],
+        SIGNALS,
+    )
     batch = _batch(samples, "mean")
     out = model(batch)
     with torch.no_grad():  # the same slots by hand: the towers over h = e + attention(e)
         h = model.contextualise(model.fused_items(batch), batch.session_mask)
         item_logits = torch.cat([tower(h) for tower in model.towers], dim=2)  # (2, 3, 3)
     real = batch.session_mask
-    bce = torch.nn.functional.binary_cross_entropy_with_logits(item_logits[real], batch.item_labels[real],
-                                                               reduction="none")  # (5 real items, 3)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(
+        item_logits[real], batch.item_labels[real], reduction="none"
+    )  # (5 real items, 3)
     assert out.loss.item() == pytest.approx(bce.mean(dim=0).sum().item(), rel=1e-5)
     expected = [torch.sigmoid(item_logits[b][real[b]]).mean(dim=0).tolist() for b in range(2)]
     assert out.probabilities.tolist() == [pytest.approx(row, rel=1e-5) for row in expected]
     assert torch.sigmoid(out.logits).tolist() == [pytest.approx(row, rel=1e-4) for row in expected]
     # the second session's padded slot is neither in the loss nor in its probability: padding moves nothing
-    moved = SampleSet.from_samples([Sample(1, np.array([], np.int64), np.array([-1, 4, 5]), labels[1][[2, 0, 1]])],
-                                   SIGNALS)
+    moved = SampleSet.from_samples(
+        [Sample(1, np.array([], np.int64), np.array([-1, 4, 5]), labels[1][[2, 0, 1]])], SIGNALS
+    )
     assert model(_batch(moved, "mean")).probabilities[0].tolist() == pytest.approx(expected[1], rel=1e-5)
     with pytest.raises(ConfigError, match="reward.tower_level=item"):
         RewardModelConfig(tower_level="item", session_label="any")
@@ -221,8 +247,7 @@ def test_score_sessions_rejects_bad_input() -> None:
         score_sessions(model, samples, np.array([[[0, NUM_ITEMS]], [[1, 2]]]), batch_size=4, device=CPU)
     with pytest.raises(ValueError, match=r"\[U=2, N, M\]"):
         score_sessions(model, samples, np.zeros((3, 1, 2), np.int64), batch_size=4, device=CPU)
-    stranger = SampleSet.from_samples([Sample(NUM_USERS, np.array([1]), np.array([2, -1]), np.zeros((2, 3)))],
-                                      SIGNALS)
+    stranger = SampleSet.from_samples([Sample(NUM_USERS, np.array([1]), np.array([2, -1]), np.zeros((2, 3)))], SIGNALS)
     with pytest.raises(ValueError, match=f"samples hold user id {NUM_USERS} but the reward model has {NUM_USERS}"):
         score_sessions(model, stranger, np.zeros((1, 1, 2), np.int64), batch_size=4, device=CPU)
 
@@ -231,8 +256,14 @@ def test_without_user_id_table_the_user_feature_is_ignored() -> None:
     model = _model("attention", user_id_embedding=False)
     assert list(model.ec.embeddings) == ["reward_item"]
     samples = _samples(3, 2)
-    other_users = SampleSet(samples.user[::-1].copy(), samples.history_values, samples.history_offsets,
-                            samples.target, samples.labels, SIGNALS)
+    other_users = SampleSet(
+        samples.user[::-1].copy(),
+        samples.history_values,
+        samples.history_offsets,
+        samples.target,
+        samples.labels,
+        SIGNALS,
+    )
     with torch.no_grad():
         torch.testing.assert_close(model(_batch(samples)).logits, model(_batch(other_users)).logits)
 
@@ -240,9 +271,13 @@ def test_without_user_id_table_the_user_feature_is_ignored() -> None:
 def test_code_tokens_and_the_code_keys_of_a_batch_by_hand() -> None:
     tokens = code_tokens(CODES)  # level 0 has codes 0-1, so level 1's codes start at 2
     assert tokens[[0, 5, 6, 11]].tolist() == [[0, 2], [0, 7], [1, 2], [1, 7]]
-    samples = SampleSet.from_samples([Sample(0, np.array([6, 1]), np.array([11, -1, 0]), np.zeros((3, 3), np.float32)),
-                                      Sample(1, np.array([], np.int64), np.array([7, 8, -1]),
-                                             np.zeros((3, 3), np.float32))], SIGNALS)
+    samples = SampleSet.from_samples(
+        [
+            Sample(0, np.array([6, 1]), np.array([11, -1, 0]), np.zeros((3, 3), np.float32)),
+            Sample(1, np.array([], np.int64), np.array([7, 8, -1]), np.zeros((3, 3), np.float32)),
+        ],
+        SIGNALS,
+    )
     batch = RewardTransform("mean", tokens)(collate_samples(samples))
     assert batch.features.keys() == ["history_item", "user_id", "session_item", "history_code", "session_code"]
     assert batch.features["history_code"].values().tolist() == [1, 2, 0, 3]
@@ -256,8 +291,9 @@ def test_code_tokens_and_the_code_keys_of_a_batch_by_hand() -> None:
 
 def test_an_item_vector_is_its_id_row_plus_its_code_rows() -> None:
     model = _model("attention", semantic_ids=True)
-    samples = SampleSet.from_samples([Sample(2, np.array([3]), np.array([6, 11]), np.zeros((2, 3), np.float32))],
-                                     SIGNALS)
+    samples = SampleSet.from_samples(
+        [Sample(2, np.array([3]), np.array([6, 11]), np.zeros((2, 3), np.float32))], SIGNALS
+    )
     with torch.no_grad():
         embedded = model.ec(_batch(samples, model=model).features)
         vectors = model.item_vectors(embedded, "session_item", "session_code")
@@ -273,8 +309,9 @@ def test_items_with_the_same_codes_share_what_the_model_learns() -> None:
     codes = CODES.clone()
     codes[9] = codes[2]  # item 9 now has item 2's codes
     torch.manual_seed(0)
-    model = SessionRewardModel(RewardModelConfig(embedding_dim=8), NUM_USERS, NUM_ITEMS, SIGNALS,
-                               item_codes=codes).eval()
+    model = SessionRewardModel(
+        RewardModelConfig(embedding_dim=8), NUM_USERS, NUM_ITEMS, SIGNALS, item_codes=codes
+    ).eval()
     with torch.no_grad():
         for table in model.ec.embeddings.values():
             table.weight.normal_()
@@ -304,12 +341,18 @@ def test_semantic_ids_need_the_codes_of_every_item() -> None:
 
 def test_embedding_init_sets_the_range_of_every_table() -> None:
     torch.manual_seed(0)
-    model = SessionRewardModel(RewardModelConfig(embedding_dim=8, user_id_embedding=True, embedding_init=0.3),
-                               NUM_USERS, NUM_ITEMS, SIGNALS, item_codes=CODES)
+    model = SessionRewardModel(
+        RewardModelConfig(embedding_dim=8, user_id_embedding=True, embedding_init=0.3),
+        NUM_USERS,
+        NUM_ITEMS,
+        SIGNALS,
+        item_codes=CODES,
+    )
     for name, table in model.ec.embeddings.items():
         assert table.weight.abs().max() <= 0.3 and table.weight.abs().max() > 0.15, name
-    default = SessionRewardModel(RewardModelConfig(embedding_dim=8, embedding_init=0.0, semantic_ids=False),
-                                 NUM_USERS, NUM_ITEMS, SIGNALS)
+    default = SessionRewardModel(
+        RewardModelConfig(embedding_dim=8, embedding_init=0.0, semantic_ids=False), NUM_USERS, NUM_ITEMS, SIGNALS
+    )
     assert default.ec.embeddings["reward_item"].weight.abs().max() <= math.sqrt(1 / NUM_ITEMS)
     with pytest.raises(ConfigError, match="reward.embedding_init=-0.1"):
         RewardModelConfig(embedding_init=-0.1)
@@ -342,10 +385,12 @@ def test_dmp_sparse_dist_pipeline_matches_plain_loop(tmp_path: Path, semantic_id
         planner = EmbeddingShardingPlanner(topology=Topology(world_size=1, compute_device="cpu"))
         plan = planner.collective_plan(module, sharders, dist.GroupMember.WORLD)
         dmp = DistributedModelParallel(module, device=CPU, plan=plan, sharders=sharders)
-        dense = KeyedOptimizerWrapper(dict(in_backward_optimizer_filter(dmp.named_parameters())),
-                                      lambda params: torch.optim.SGD(params, lr=lr))
-        pipeline = TrainPipelineSparseDist(dmp, CombinedOptimizer([dmp.fused_optimizer, dense]), device=CPU,
-                                           execute_all_batches=True)
+        dense = KeyedOptimizerWrapper(
+            dict(in_backward_optimizer_filter(dmp.named_parameters())), lambda params: torch.optim.SGD(params, lr=lr)
+        )
+        pipeline = TrainPipelineSparseDist(
+            dmp, CombinedOptimizer([dmp.fused_optimizer, dense]), device=CPU, execute_all_batches=True
+        )
         losses, feed = [], iter(batches)
         while True:
             try:

@@ -16,8 +16,9 @@ NO_LABELS = np.zeros((1, 0), np.float32)
 
 
 def _samples(histories) -> SampleSet:
-    return SampleSet.from_samples([Sample(u, np.array(h, np.int64), np.array([0]), NO_LABELS)
-                                   for u, h in enumerate(histories)], [])
+    return SampleSet.from_samples(
+        [Sample(u, np.array(h, np.int64), np.array([0]), NO_LABELS) for u, h in enumerate(histories)], []
+    )
 
 
 def _model(num_items: int = 7, max_history: int = 4) -> SASRec:
@@ -44,8 +45,9 @@ def test_the_catalogue_scores_come_from_the_history_table():
 def test_training_lowers_the_loss_of_a_repeated_pattern():
     model = _model(num_items=5, max_history=3)
     model.train()
-    samples = SampleSet.from_samples([Sample(u, np.array([u % 5, (u + 1) % 5]), np.array([(u + 2) % 5]), NO_LABELS)
-                                      for u in range(20)], [])
+    samples = SampleSet.from_samples(
+        [Sample(u, np.array([u % 5, (u + 1) % 5]), np.array([(u + 2) % 5]), NO_LABELS) for u in range(20)], []
+    )
     batch = SASRecTransform(5)(collate_samples(samples))
     optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
     first = float(model(batch).detach())

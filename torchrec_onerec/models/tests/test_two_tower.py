@@ -11,8 +11,16 @@ import torch
 from torchrec_onerec.data.batch import collate_samples
 from torchrec_onerec.data.samples import Sample, SampleSet
 from torchrec_onerec.models.cascade_config import RetrievalConfig
-from torchrec_onerec.models.two_tower import (TwoTowerRetrieval, TwoTowerTransform, in_batch_softmax_loss, item_kjt,
-                                              load_two_tower, retrieve, save_two_tower, training_pairs)
+from torchrec_onerec.models.two_tower import (
+    TwoTowerRetrieval,
+    TwoTowerTransform,
+    in_batch_softmax_loss,
+    item_kjt,
+    load_two_tower,
+    retrieve,
+    save_two_tower,
+    training_pairs,
+)
 
 NUM_USERS, NUM_ITEMS, CONTENT = 12, 20, 3
 
@@ -20,8 +28,17 @@ NUM_USERS, NUM_ITEMS, CONTENT = 12, 20, 3
 def _samples(num: int, seed: int, *, max_history: int = 4) -> SampleSet:
     rng = np.random.default_rng(seed)
     return SampleSet.from_samples(
-        [Sample(u % NUM_USERS, rng.choice(NUM_ITEMS, size=int(rng.integers(0, max_history + 1)), replace=False),
-                np.array([int(rng.integers(NUM_ITEMS))]), np.zeros((1, 0), np.float32)) for u in range(num)], [])
+        [
+            Sample(
+                u % NUM_USERS,
+                rng.choice(NUM_ITEMS, size=int(rng.integers(0, max_history + 1)), replace=False),
+                np.array([int(rng.integers(NUM_ITEMS))]),
+                np.zeros((1, 0), np.float32),
+            )
+            for u in range(num)
+        ],
+        [],
+    )
 
 
 def _model(**overrides) -> TwoTowerRetrieval:
@@ -36,8 +53,13 @@ def _content() -> torch.Tensor:
 
 def test_user_and_item_vectors_are_unit_length_even_for_an_empty_history():
     model = _model()
-    samples = SampleSet.from_samples([Sample(0, np.array([], np.int64), np.array([3]), np.zeros((1, 0), np.float32)),
-                                      Sample(5, np.array([1, 2, 7]), np.array([4]), np.zeros((1, 0), np.float32))], [])
+    samples = SampleSet.from_samples(
+        [
+            Sample(0, np.array([], np.int64), np.array([3]), np.zeros((1, 0), np.float32)),
+            Sample(5, np.array([1, 2, 7]), np.array([4]), np.zeros((1, 0), np.float32)),
+        ],
+        [],
+    )
     batch = TwoTowerTransform(_content(), torch.zeros(NUM_ITEMS))(collate_samples(samples))
     users = model.user_vectors(batch.user_features)
     items = model.item_vectors(batch.item_features, batch.item_content)
@@ -67,8 +89,13 @@ def test_accidental_hits_are_not_negatives():
 
 def test_training_lowers_the_in_batch_loss():
     model = _model(temperature=0.1)
-    pairs = SampleSet.from_samples([Sample(u, np.array([u % 5]), np.array([(3 * u) % NUM_ITEMS]),
-                                           np.zeros((1, 0), np.float32)) for u in range(NUM_USERS)], [])
+    pairs = SampleSet.from_samples(
+        [
+            Sample(u, np.array([u % 5]), np.array([(3 * u) % NUM_ITEMS]), np.zeros((1, 0), np.float32))
+            for u in range(NUM_USERS)
+        ],
+        [],
+    )
     batch = TwoTowerTransform(_content(), torch.full((NUM_ITEMS,), -math.log(NUM_ITEMS)))(collate_samples(pairs))
     optimiser = torch.optim.Adam(model.parameters(), lr=0.02)
     losses = []
@@ -104,7 +131,7 @@ def test_retrieve_can_exclude_history_items():
         history = set(samples[u].history.tolist())
         kept = [i for i in full[u].tolist() if i not in history]
         assert excluded[u].tolist() == kept + [-1] * len(history)
-        assert np.isneginf(scores[u, len(kept):]).all()
+        assert np.isneginf(scores[u, len(kept) :]).all()
 
 
 def test_retrieve_rejects_k_beyond_the_catalogue():
@@ -120,9 +147,12 @@ def test_transform_rejects_a_padded_target():
 
 def test_training_pairs_keep_every_real_target_once_with_its_labels():
     samples = SampleSet.from_samples(
-        [Sample(0, np.array([1]), np.array([2, 3, -1]), np.array([[1.0], [0.5], [0.0]], np.float32)),
-         Sample(1, np.array([], np.int64), np.array([4, -1, -1]), np.array([[0.25], [0.0], [0.0]], np.float32))],
-        ["vtr"])
+        [
+            Sample(0, np.array([1]), np.array([2, 3, -1]), np.array([[1.0], [0.5], [0.0]], np.float32)),
+            Sample(1, np.array([], np.int64), np.array([4, -1, -1]), np.array([[0.25], [0.0], [0.0]], np.float32)),
+        ],
+        ["vtr"],
+    )
     pairs = training_pairs(samples)
     assert pairs.target.ravel().tolist() == [2, 3, 4]
     assert pairs.labels.ravel().tolist() == [1.0, 0.5, 0.25]
@@ -131,10 +161,18 @@ def test_training_pairs_keep_every_real_target_once_with_its_labels():
 
 def test_save_and_load_round_trip(tmp_path):
     model, content = _model(), _content()
-    save_two_tower(tmp_path / "tt.pt", model.state_dict(), model.config, num_users=NUM_USERS, num_items=NUM_ITEMS,
-                   item_content=content)
+    save_two_tower(
+        tmp_path / "tt.pt",
+        model.state_dict(),
+        model.config,
+        num_users=NUM_USERS,
+        num_items=NUM_ITEMS,
+        item_content=content,
+    )
     loaded, loaded_content = load_two_tower(tmp_path / "tt.pt")
     samples = _samples(4, seed=5)
     assert torch.equal(loaded_content, content)
-    assert np.array_equal(retrieve(loaded, samples, k=3, item_content=loaded_content)[0],
-                          retrieve(model, samples, k=3, item_content=content)[0])
+    assert np.array_equal(
+        retrieve(loaded, samples, k=3, item_content=loaded_content)[0],
+        retrieve(model, samples, k=3, item_content=content)[0],
+    )

@@ -5,8 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from torchrec_onerec.modules.attention import (AttentionConfig, CrossAttention, SelfAttention, attend, causal_mask,
-                                               reference_attention)
+from torchrec_onerec.modules.attention import (
+    AttentionConfig,
+    CrossAttention,
+    SelfAttention,
+    attend,
+    causal_mask,
+    reference_attention,
+)
 from torchrec_onerec.modules.kv_cache import KVCache
 
 D, H = 8, 2

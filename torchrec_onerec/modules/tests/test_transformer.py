@@ -11,8 +11,18 @@ D = 8
 
 def _decoder(use_moe: bool = True) -> TransformerDecoder:
     torch.manual_seed(0)
-    return TransformerDecoder(DecoderConfig(d_model=D, num_heads=2, num_layers=2, ffn_hidden=16, use_moe=use_moe,
-                                            num_experts=4, top_k=2, expert_hidden=8)).eval()
+    return TransformerDecoder(
+        DecoderConfig(
+            d_model=D,
+            num_heads=2,
+            num_layers=2,
+            ffn_hidden=16,
+            use_moe=use_moe,
+            num_experts=4,
+            top_k=2,
+            expert_hidden=8,
+        )
+    ).eval()
 
 
 def test_encoder_ignores_padding_tokens() -> None:
@@ -32,8 +42,7 @@ def test_decoder_is_causal_and_ignores_memory_padding() -> None:
     out = decoder(x, decoder.project_memory(memory), memory_mask).hidden
     later = x.clone()
     later[:, 3:] = torch.randn(2, 3, D)
-    torch.testing.assert_close(decoder(later, decoder.project_memory(memory), memory_mask).hidden[:, :3],
-                               out[:, :3])
+    torch.testing.assert_close(decoder(later, decoder.project_memory(memory), memory_mask).hidden[:, :3], out[:, :3])
     padded = torch.where(memory_mask.unsqueeze(-1), memory, torch.randn_like(memory))
     torch.testing.assert_close(decoder(x, decoder.project_memory(padded), memory_mask).hidden, out)
 
@@ -54,8 +63,12 @@ def test_kv_cache_decoding_equals_full_decoding() -> None:
 def test_decoder_reports_balance_loss_and_load_per_layer() -> None:
     decoder = _decoder()
     memory_mask = torch.ones(2, 3, dtype=torch.bool)
-    out = decoder(torch.randn(2, 4, D), decoder.project_memory(torch.randn(2, 3, D)), memory_mask,
-                  mask=torch.tensor([[True] * 4, [True, True, False, False]]))
+    out = decoder(
+        torch.randn(2, 4, D),
+        decoder.project_memory(torch.randn(2, 3, D)),
+        memory_mask,
+        mask=torch.tensor([[True] * 4, [True, True, False, False]]),
+    )
     assert out.expert_load.shape == (2, 4) and out.aux_loss.item() > 0
     torch.testing.assert_close(out.expert_load.sum(dim=1), torch.ones(2))
     dense = _decoder(use_moe=False)

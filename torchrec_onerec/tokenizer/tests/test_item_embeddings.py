@@ -77,25 +77,29 @@ def test_file_that_does_not_match_the_catalogue(tmp_path) -> None:
 
 
 def test_features_kuairand_and_movielens_like() -> None:
-    kuairand = pd.DataFrame({
-        "item_id": range(6),
-        "video_type": ["NORMAL", "AD", "NORMAL", "NORMAL", None, "AD"],
-        "upload_type": pd.Categorical(["ShortImport", "Web", "ShortImport", "Kmovie", "Web", "Web"]),
-        "video_duration": [5.2, 12.0, np.nan, 7.9, 30.1, 9.0],
-        "music_type": [9, 4, 9, 11, 4, 9],
-        "author_id": [101, 102, 101, 103, 104, 105],
-        "tag": ["1,5,7", "5", "", "7,28", None, "1"],
-    })
+    kuairand = pd.DataFrame(
+        {
+            "item_id": range(6),
+            "video_type": ["NORMAL", "AD", "NORMAL", "NORMAL", None, "AD"],
+            "upload_type": pd.Categorical(["ShortImport", "Web", "ShortImport", "Kmovie", "Web", "Web"]),
+            "video_duration": [5.2, 12.0, np.nan, 7.9, 30.1, 9.0],
+            "music_type": [9, 4, 9, 11, 4, 9],
+            "author_id": [101, 102, 101, 103, 104, 105],
+            "tag": ["1,5,7", "5", "", "7,28", None, "1"],
+        }
+    )
     cfg = TokenizerConfig(embedding_source="features", normalize="none")
     x = item_embeddings(_data(kuairand), cfg)
     assert x.shape == (6, 2 + 3 + 1 + 3 + 5 + 4)
     assert x[0, -4:].tolist() == [1.0, 0.0, 1.0, 1.0]  # tags 1, 28, 5, 7 (sorted tokens): 1, 5, 7
-    movielens = pd.DataFrame({
-        "item_id": range(4),
-        "title": ["Toy Story (1995)", "GoldenEye (1995)", "Four Rooms (1995)", "Get Shorty (1995)"],
-        "year": pd.array([1995, 1995, 1994, pd.NA], dtype="Int64"),
-        "genres": ["Animation Children's Comedy", "Action Adventure Thriller", "Thriller", "Action Comedy Drama"],
-    })
+    movielens = pd.DataFrame(
+        {
+            "item_id": range(4),
+            "title": ["Toy Story (1995)", "GoldenEye (1995)", "Four Rooms (1995)", "Get Shorty (1995)"],
+            "year": pd.array([1995, 1995, 1994, pd.NA], dtype="Int64"),
+            "genres": ["Animation Children's Comedy", "Action Adventure Thriller", "Thriller", "Action Comedy Drama"],
+        }
+    )
     small_vocab = TokenizerConfig(embedding_source="features", normalize="none", max_feature_categories=7)
     y = item_embeddings(_data(movielens), small_vocab)  # title: 8 distinct words > 7, free text, skipped
     assert y.shape == (4, 2 + 7)  # year one-hot (2 values), 7 genres
@@ -109,8 +113,13 @@ def test_features_kuairand_and_movielens_like() -> None:
 
 def test_collaborative_reads_only_the_given_interactions() -> None:
     data = _data(pd.DataFrame({"item_id": range(6)}))
-    train = pd.DataFrame({"user_id": [0, 0, 0, 1, 1, 1, 2, 2], "item_id": [0, 1, 2, 0, 1, 2, 3, 4],
-                          "timestamp": [1, 2, 3, 1, 2, 3, 1, 2]})
+    train = pd.DataFrame(
+        {
+            "user_id": [0, 0, 0, 1, 1, 1, 2, 2],
+            "item_id": [0, 1, 2, 0, 1, 2, 3, 4],
+            "timestamp": [1, 2, 3, 1, 2, 3, 1, 2],
+        }
+    )
     cfg = TokenizerConfig(embedding_source="collaborative", embedding_dim=3, collaborative_window=2)
     x = item_embeddings(data, cfg, train_interactions=train)
     assert x.shape == (6, 3) and float(x[5].abs().sum()) == 0.0  # item 5 never trained: zero row

@@ -49,8 +49,9 @@ def test_bad_input_names_the_level() -> None:
 @pytest.mark.parametrize("quantizer", ["balanced_kmeans", "residual_kmeans"])
 def test_prefix_scope_splits_each_parent_and_gives_every_item_its_own_tuple(quantizer: str) -> None:
     x = _embeddings()
-    rq = ResidualQuantizer(TokenizerConfig(quantizer=quantizer, codebook_sizes=[8, 8, 16], codebook_scope="prefix",
-                                           max_iter=10), seed=0)
+    rq = ResidualQuantizer(
+        TokenizerConfig(quantizer=quantizer, codebook_sizes=[8, 8, 16], codebook_scope="prefix", max_iter=10), seed=0
+    )
     fit = rq.fit(x)
     assert fit.codebook_sizes == [8, 8, 16] and fit.centroids[0].shape == (8, 16)
     assert len({tuple(row) for row in fit.codes.tolist()}) == 600  # 600 items, at most 16 per level-1 prefix
@@ -76,7 +77,8 @@ def test_prefix_scope_beats_one_codebook_per_level_on_uniqueness() -> None:
     x = _embeddings(2000, 8)
     unique = {}
     for scope in ("level", "prefix"):
-        fit = ResidualQuantizer(TokenizerConfig(codebook_sizes=[16, 16, 16], codebook_scope=scope, max_iter=10),
-                                seed=0).fit(x)
+        fit = ResidualQuantizer(
+            TokenizerConfig(codebook_sizes=[16, 16, 16], codebook_scope=scope, max_iter=10), seed=0
+        ).fit(x)
         unique[scope] = len({tuple(row) for row in fit.codes.tolist()}) / 2000
     assert unique["prefix"] > unique["level"] and unique["prefix"] > 0.9, unique

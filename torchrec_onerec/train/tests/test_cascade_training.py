@@ -30,30 +30,43 @@ def _train(tmp_path_factory, overrides, cascade: CascadeConfig):
     data = load_dataset(cfg.data, seed=0)
     split = split_data(data, cfg.split)
     folder = tmp_path_factory.mktemp("cascade")
-    result = train_cascade(cascade, split, data, train_config=cfg.train, max_history=cfg.split.max_history,
-                           out_dir=folder, device=torch.device("cpu"), seed=0, progress=False)
+    result = train_cascade(
+        cascade,
+        split,
+        data,
+        train_config=cfg.train,
+        max_history=cfg.split.max_history,
+        out_dir=folder,
+        device=torch.device("cpu"),
+        seed=0,
+        progress=False,
+    )
     return cfg, data, split, folder, result
 
 
 @pytest.fixture(scope="module")
 def protocol_b(tmp_path_factory):
-    cascade = CascadeConfig(RetrievalConfig(epochs=3, batch_size=128, num_candidates=CANDIDATES),
-                            RankerConfig(epochs=5, batch_size=256))
+    cascade = CascadeConfig(
+        RetrievalConfig(epochs=3, batch_size=128, num_candidates=CANDIDATES), RankerConfig(epochs=5, batch_size=256)
+    )
     return _train(tmp_path_factory, ["split.protocol=B", "split.min_history=0"], cascade)
 
 
 @pytest.fixture(scope="module")
 def protocol_a(tmp_path_factory):
-    cascade = CascadeConfig(RetrievalConfig(epochs=2, batch_size=256, num_candidates=CANDIDATES),
-                            RankerConfig(epochs=2, batch_size=256, negatives_per_positive=2))
+    cascade = CascadeConfig(
+        RetrievalConfig(epochs=2, batch_size=256, num_candidates=CANDIDATES),
+        RankerConfig(epochs=2, batch_size=256, negatives_per_positive=2),
+    )
     return _train(tmp_path_factory, ["split.protocol=A", "split.session_items=1"], cascade)
 
 
 def test_protocol_b_cascade_beats_the_popularity_arm(protocol_b):
     cfg, data, split, folder, _ = protocol_b
     assert isinstance(split, SplitB)
-    cascade = evaluate_cascade(load_cascade(folder), split.test, config=cfg.eval, protocol="B",
-                               num_items=data.num_items)
+    cascade = evaluate_cascade(
+        load_cascade(folder), split.test, config=cfg.eval, protocol="B", num_items=data.num_items
+    )
     floor = evaluate_popularity(split.test, split.train_sequences, data.num_items, config=cfg.eval, protocol="B")
     assert np.array_equal(cascade.per_user["sample"], floor.per_user["sample"])
     for metric in ("recall@10", "ndcg@10", "recall@m", "ndcg@m"):
@@ -70,8 +83,9 @@ def test_ranker_auc_is_well_above_chance_on_every_task(protocol_b):
 def test_retrieval_finds_more_validation_positives_than_the_most_popular_items(protocol_b):
     _, data, split, _, result = protocol_b
     valid = split.valid.subset(evaluation_users(split.valid)[0])
-    popular = np.broadcast_to(popularity_ranking(split.train_sequences, data.num_items, CANDIDATES),
-                              (len(valid), CANDIDATES))
+    popular = np.broadcast_to(
+        popularity_ranking(split.train_sequences, data.num_items, CANDIDATES), (len(valid), CANDIDATES)
+    )
     floor = float(ranking_metrics(popular, valid.target, [CANDIDATES])[f"recall@{CANDIDATES}"].mean())
     assert result.two_tower.best_value > floor + 0.05
 
@@ -95,21 +109,29 @@ def test_protocol_a_trains_positives_against_sampled_negatives(protocol_a):
     cfg, data, split, folder, result = protocol_a
     assert isinstance(split, SplitA)
     assert result.tasks == ["positive"] and result.ranker_test_auc["auc_positive"] > 0.65
-    cascade = evaluate_cascade(load_cascade(folder), split.test, config=cfg.eval, protocol="A",
-                               num_items=data.num_items)
+    cascade = evaluate_cascade(
+        load_cascade(folder), split.test, config=cfg.eval, protocol="A", num_items=data.num_items
+    )
     assert cascade.sessions.shape[1:] == (10, 1)
     assert cascade.metrics["recall@10"] > 2 * 10 / data.num_items  # twice a random ranking's
 
 
 def test_row_wise_sharding_is_refused_on_cpu():
     with pytest.raises(ValueError, match="row-wise on CUDA only"):
-        section_train_config(TrainConfig(sharding_type="row_wise"), epochs=1, learning_rate=1e-3,
-                             sparse_learning_rate=0.1, weight_decay=0.0, device=torch.device("cpu"))
+        section_train_config(
+            TrainConfig(sharding_type="row_wise"),
+            epochs=1,
+            learning_rate=1e-3,
+            sparse_learning_rate=0.1,
+            weight_decay=0.0,
+            device=torch.device("cpu"),
+        )
 
 
 def test_training_is_deterministic_for_a_seed(tmp_path_factory):
-    cascade = CascadeConfig(RetrievalConfig(epochs=1, batch_size=256, num_candidates=CANDIDATES),
-                            RankerConfig(epochs=1, batch_size=512))
+    cascade = CascadeConfig(
+        RetrievalConfig(epochs=1, batch_size=256, num_candidates=CANDIDATES), RankerConfig(epochs=1, batch_size=512)
+    )
     overrides = ["split.protocol=B", "split.min_history=0"]
     first, second = (_train(tmp_path_factory, overrides, cascade)[3] for _ in range(2))
     for name in ("two_tower.pt", "ranker.pt"):

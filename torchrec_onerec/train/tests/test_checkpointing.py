@@ -14,8 +14,13 @@ import torch.distributed as dist
 from torchrec_onerec.models.config import model_size
 from torchrec_onerec.models.onerec import OneRecModel
 from torchrec_onerec.models.testing import random_batch, random_codes
-from torchrec_onerec.train.checkpoint import (CheckpointCorruptError, CheckpointMeta, CheckpointMismatchError,
-                                              CheckpointStore, training_fingerprint)
+from torchrec_onerec.train.checkpoint import (
+    CheckpointCorruptError,
+    CheckpointMeta,
+    CheckpointMismatchError,
+    CheckpointStore,
+    training_fingerprint,
+)
 from torchrec_onerec.train.config import TrainConfig
 from torchrec_onerec.train.distributed import DistContext, init_distributed, teardown_distributed
 from torchrec_onerec.train.export import gather_model_state, load_checkpoint_model, load_exported, save_exported

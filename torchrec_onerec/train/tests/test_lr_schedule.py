@@ -10,8 +10,9 @@ from torchrec_onerec.train.schedule import lr_multiplier
 
 
 def _curve(decay: str, total: int = 50, warmup: int = 10, floor: float = 0.1) -> list[float]:
-    return [lr_multiplier(s, total_steps=total, warmup_steps=warmup, decay=decay, min_ratio=floor)
-            for s in range(total + 5)]
+    return [
+        lr_multiplier(s, total_steps=total, warmup_steps=warmup, decay=decay, min_ratio=floor) for s in range(total + 5)
+    ]
 
 
 @pytest.mark.parametrize("decay", ["cosine", "linear"])

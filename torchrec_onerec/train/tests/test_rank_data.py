@@ -19,8 +19,10 @@ def test_rank_slices_partition_each_global_batch(world_size: int) -> None:
     num, batch = 23, 6
     expected = [rows for rows in EpochBatchSampler(num, batch, shuffle=True, seed=3, epoch=1)]
     expected = [rows for rows in expected if len(rows) >= world_size]
-    per_rank = [list(RankBatchSampler(num, batch, shuffle=True, seed=3, epoch=1, rank=r, world_size=world_size))
-                for r in range(world_size)]
+    per_rank = [
+        list(RankBatchSampler(num, batch, shuffle=True, seed=3, epoch=1, rank=r, world_size=world_size))
+        for r in range(world_size)
+    ]
     assert all(len(batches) == steps_per_epoch(num, batch, world_size) == len(expected) for batches in per_rank)
     for step, rows in enumerate(expected):
         assert np.array_equal(np.concatenate([per_rank[r][step] for r in range(world_size)]), rows)
@@ -37,8 +39,15 @@ def test_start_skips_the_batches_already_trained() -> None:
 def test_rank_dataloader_yields_semantic_batches_of_its_rows() -> None:
     codes, _ = random_codes(30, [4, 4], seed=0)
     samples = random_samples(10, 30, max_history=8, session_items=2, seed=0)
-    loader = rank_dataloader(samples, LoaderConfig(batch_size=4, shuffle=False), seed=0, epoch=0, rank=1,
-                             world_size=2, transform=SemanticIdTransform(codes, max_history=8))
+    loader = rank_dataloader(
+        samples,
+        LoaderConfig(batch_size=4, shuffle=False),
+        seed=0,
+        epoch=0,
+        rank=1,
+        world_size=2,
+        transform=SemanticIdTransform(codes, max_history=8),
+    )
     users = [batch.users.tolist() for batch in loader]
     assert users == [[2, 3], [6, 7], [9]]
     assert all(batch.target_codes.shape[2] == 3 for batch in loader)

@@ -30,8 +30,12 @@ from torchrec_onerec.train.reward_training import RewardTrainResult, single_item
 CPU = torch.device("cpu")
 # The tiny world with a strong user-topic signal: on the plain tiny world even the users' true interest in an
 # item's topic predicts a click with AUC 0.59 only, too little for a seconds-long test to show learning.
-WORLD = ["data.synthetic.logging_temperature=10", "data.synthetic.noise=0", "data.synthetic.num_topics=3",
-         "data.synthetic.interest_concentration=0.1"]
+WORLD = [
+    "data.synthetic.logging_temperature=10",
+    "data.synthetic.noise=0",
+    "data.synthetic.num_topics=3",
+    "data.synthetic.interest_concentration=0.1",
+]
 CONFIG = RewardModelConfig(batch_size=32, epochs=6, learning_rate=0.003, user_id_embedding=False)
 
 
@@ -52,8 +56,15 @@ def world() -> Dict[str, object]:
     for t in np.unique(topic):
         rank[topic == t] = np.arange((topic == t).sum())
     codes = torch.from_numpy(np.stack([topic, rank], axis=1).astype(np.int64))
-    return {"data": data, "codes": codes, "train": samples("train", m), "train_impressions": samples("train", 1),
-            "valid": samples("valid", m), "test": samples("test", m), "test_impressions": samples("test", 1)}
+    return {
+        "data": data,
+        "codes": codes,
+        "train": samples("train", m),
+        "train_impressions": samples("train", 1),
+        "valid": samples("valid", m),
+        "test": samples("test", m),
+        "test_impressions": samples("test", 1),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -62,10 +73,19 @@ def trained(world: Dict[str, object], tmp_path_factory: pytest.TempPathFactory) 
         pytest.skip("a default process group already exists in this process")
     out = tmp_path_factory.mktemp("reward")
     data = world["data"]
-    result = train_reward_model(CONFIG, world["train"], world["valid"], num_users=data.num_users,
-                                num_items=data.num_items, out_dir=out, seed=0, device=CPU,
-                                train_impressions=world["train_impressions"], item_codes=world["codes"],
-                                progress=False)
+    result = train_reward_model(
+        CONFIG,
+        world["train"],
+        world["valid"],
+        num_users=data.num_users,
+        num_items=data.num_items,
+        out_dir=out,
+        seed=0,
+        device=CPU,
+        train_impressions=world["train_impressions"],
+        item_codes=world["codes"],
+        progress=False,
+    )
     return result, out
 
 
@@ -99,28 +119,56 @@ def test_training_writes_metrics_and_the_best_model(world: Dict[str, object], tr
     assert metrics["all"]["session_auc_same_length"] == pytest.approx(result.best_value, abs=1e-6)
 
 
-def test_training_needs_the_impressions_and_codes_it_is_configured_for(world: Dict[str, object],
-                                                                      tmp_path: Path) -> None:
+def test_training_needs_the_impressions_and_codes_it_is_configured_for(
+    world: Dict[str, object], tmp_path: Path
+) -> None:
     data = world["data"]
     with pytest.raises(ValueError, match="train_on_impressions"):
-        train_reward_model(CONFIG, world["train"], world["valid"], num_users=data.num_users,
-                           num_items=data.num_items, out_dir=tmp_path, seed=0, device=CPU, item_codes=world["codes"])
+        train_reward_model(
+            CONFIG,
+            world["train"],
+            world["valid"],
+            num_users=data.num_users,
+            num_items=data.num_items,
+            out_dir=tmp_path,
+            seed=0,
+            device=CPU,
+            item_codes=world["codes"],
+        )
     with pytest.raises(ValueError, match="semantic_ids is true but no item_codes"):
-        train_reward_model(CONFIG, world["train"], world["valid"], num_users=data.num_users,
-                           num_items=data.num_items, out_dir=tmp_path, seed=0, device=CPU,
-                           train_impressions=world["train_impressions"])
+        train_reward_model(
+            CONFIG,
+            world["train"],
+            world["valid"],
+            num_users=data.num_users,
+            num_items=data.num_items,
+            out_dir=tmp_path,
+            seed=0,
+            device=CPU,
+            train_impressions=world["train_impressions"],
+        )
     plain = dataclasses.replace(CONFIG, train_on_impressions=False, semantic_ids=False)
     largest_user, largest_item = world["train"].largest_ids()
     for users, items in ((largest_user, data.num_items), (data.num_users, largest_item)):
-        with pytest.raises(ValueError, match=f"train holds user or item ids beyond num_users={users} / "
-                                             f"num_items={items}"):
-            train_reward_model(plain, world["train"], world["valid"], num_users=users, num_items=items,
-                               out_dir=tmp_path, seed=0, device=CPU)
+        with pytest.raises(
+            ValueError, match=f"train holds user or item ids beyond num_users={users} / num_items={items}"
+        ):
+            train_reward_model(
+                plain,
+                world["train"],
+                world["valid"],
+                num_users=users,
+                num_items=items,
+                out_dir=tmp_path,
+                seed=0,
+                device=CPU,
+            )
 
 
 def _toy(path: Path, num_items: int = 5, signals=("vtr",)) -> None:
-    model = SessionRewardModel(RewardModelConfig(embedding_dim=4, num_heads=1, semantic_ids=False), 3, num_items,
-                               list(signals))
+    model = SessionRewardModel(
+        RewardModelConfig(embedding_dim=4, num_heads=1, semantic_ids=False), 3, num_items, list(signals)
+    )
     save_reward_model(path, model.state_dict(), model.config, 3, num_items, list(signals))
 
 
@@ -133,8 +181,11 @@ def test_save_and_load_keep_the_codes_and_old_files_load_id_only(tmp_path: Path)
     assert torch.equal(back.item_tokens, model.item_tokens)
     sample = SampleSet.from_samples([Sample(1, np.array([4, 2]), np.array([0]), np.zeros((1, 1), np.float32))], ["vtr"])
     sessions = np.array([[[0, 3], [1, -1]]])
-    np.testing.assert_allclose(score_sessions(back, sample, sessions, batch_size=4, device=CPU),
-                               score_sessions(model.eval(), sample, sessions, batch_size=4, device=CPU), rtol=1e-6)
+    np.testing.assert_allclose(
+        score_sessions(back, sample, sessions, batch_size=4, device=CPU),
+        score_sessions(model.eval(), sample, sessions, batch_size=4, device=CPU),
+        rtol=1e-6,
+    )
     # a file written before reward.semantic_ids existed holds an id-only model and no codes
     _toy(tmp_path / "old.pt")
     data = load_tagged(tmp_path / "old.pt", REWARD_FORMAT, "save_reward_model")
@@ -161,10 +212,14 @@ def test_evaluation_by_hand_and_a_one_class_signal_is_skipped(tmp_path: Path) ->
     path = tmp_path / "reward_model.pt"
     _toy(path, signals=("vtr", "ltr"))
     model = load_reward_model(path)
-    labels = [np.array([[1, 0], [0, 0]], np.float32), np.zeros((2, 2), np.float32),
-              np.array([[0, 0], [1, 0]], np.float32)]
-    sessions = SampleSet.from_samples([Sample(u, np.array([4]), np.array([u, 3]), labels[u]) for u in range(3)],
-                                      ["vtr", "ltr"])
+    labels = [
+        np.array([[1, 0], [0, 0]], np.float32),
+        np.zeros((2, 2), np.float32),
+        np.array([[0, 0], [1, 0]], np.float32),
+    ]
+    sessions = SampleSet.from_samples(
+        [Sample(u, np.array([4]), np.array([u, 3]), labels[u]) for u in range(3)], ["vtr", "ltr"]
+    )
     metrics = evaluate_reward_model(model, sessions, sessions, batch_size=2, device=CPU)
     assert math.isnan(metrics["ltr"]["session_auc"]) and math.isnan(metrics["ltr"]["impression_auc"])
     assert metrics["vtr"]["session_positive_rate"] == pytest.approx(2 / 3)
@@ -178,8 +233,9 @@ def test_evaluation_by_hand_and_a_one_class_signal_is_skipped(tmp_path: Path) ->
 
 def _alone(model: SessionRewardModel, user: int, item: int) -> float:
     """vtr probability of the 1-item session [item] for ``user`` with history [4]."""
-    sample = SampleSet.from_samples([Sample(user, np.array([4]), np.array([item]), np.zeros((1, 2), np.float32))],
-                                    ["vtr", "ltr"])
+    sample = SampleSet.from_samples(
+        [Sample(user, np.array([4]), np.array([item]), np.zeros((1, 2), np.float32))], ["vtr", "ltr"]
+    )
     return float(score_sessions(model, sample, np.array([[[item]]]), batch_size=1, device=CPU)[0, 0, 0])
 
 
@@ -191,15 +247,26 @@ def test_single_item_sessions_keep_every_impression(world: Dict[str, object]) ->
     assert np.array_equal(out.labels[:, 0], impressions.labels[:, 0]) and not out.labels[:, 1:].any()
 
 
-def test_history_attention_trains_through_the_pipeline_and_round_trips(world: Dict[str, object],
-                                                                       tmp_path: Path) -> None:
+def test_history_attention_trains_through_the_pipeline_and_round_trips(
+    world: Dict[str, object], tmp_path: Path
+) -> None:
     if dist.is_initialized():
         pytest.skip("a default process group already exists in this process")
     data = world["data"]
     config = dataclasses.replace(CONFIG, history_attention=True)
-    train_reward_model(config, world["train"], world["valid"], num_users=data.num_users, num_items=data.num_items,
-                       out_dir=tmp_path, seed=0, device=CPU, train_impressions=world["train_impressions"],
-                       item_codes=world["codes"], progress=False)
+    train_reward_model(
+        config,
+        world["train"],
+        world["valid"],
+        num_users=data.num_users,
+        num_items=data.num_items,
+        out_dir=tmp_path,
+        seed=0,
+        device=CPU,
+        train_impressions=world["train_impressions"],
+        item_codes=world["codes"],
+        progress=False,
+    )
     model = load_reward_model(tmp_path / "reward_model.pt", num_items=data.num_items, signals=["swt", "vtr", "ltr"])
     assert model.history_attention is not None  # the file's config builds the attention back
     metrics = evaluate_reward_model(model, world["test"], world["test_impressions"], batch_size=256, device=CPU)

@@ -23,8 +23,17 @@ from torchrec_onerec.train.sasrec_training import SASREC_FILE, train_sasrec
 from torchrec_onerec.train.trainer import FitSpec, LossTrainStep, MetricsWriter, fit, section_train_config
 
 CPU = torch.device("cpu")
-SMALL = SASRecConfig(embedding_dim=32, num_heads=2, ffn_hidden=64, dropout=0.1, epochs=6, patience=0, batch_size=128,
-                     learning_rate=3e-3, sparse_learning_rate=0.1)
+SMALL = SASRecConfig(
+    embedding_dim=32,
+    num_heads=2,
+    ffn_hidden=64,
+    dropout=0.1,
+    epochs=6,
+    patience=0,
+    batch_size=128,
+    learning_rate=3e-3,
+    sparse_learning_rate=0.1,
+)
 
 
 def _split(protocol: str):
@@ -37,8 +46,17 @@ def _split(protocol: str):
 def _train(tmp_path_factory, protocol: str, config: SASRecConfig = SMALL):
     cfg, data, split = _split(protocol)
     folder = tmp_path_factory.mktemp(f"sasrec_{protocol}")
-    result = train_sasrec(config, split, num_items=data.num_items, max_history=cfg.split.max_history,
-                          train_config=cfg.train, out_dir=folder, device=CPU, seed=0, progress=False)
+    result = train_sasrec(
+        config,
+        split,
+        num_items=data.num_items,
+        max_history=cfg.split.max_history,
+        train_config=cfg.train,
+        out_dir=folder,
+        device=CPU,
+        seed=0,
+        progress=False,
+    )
     return cfg, data, split, folder, result
 
 
@@ -64,8 +82,9 @@ def test_protocol_a_sasrec_keeps_its_best_epoch_and_beats_popularity(protocol_a)
 
 def test_protocol_b_sessions_are_the_ranking_in_order(tmp_path_factory):
     cfg, data, split, folder, result = _train(tmp_path_factory, "B", replace(SMALL, epochs=1))
-    scored = evaluate_sasrec(load_sasrec(folder / SASREC_FILE), split.test, config=cfg.eval, protocol="B",
-                             num_items=data.num_items)
+    scored = evaluate_sasrec(
+        load_sasrec(folder / SASREC_FILE), split.test, config=cfg.eval, protocol="B", num_items=data.num_items
+    )
     U, R, M = scored.sessions.shape
     assert M == cfg.split.session_items and R * M >= max(cfg.eval.ks)
     assert np.all(np.diff(scored.scores, axis=1) <= 0)  # sessions in ranking order
@@ -86,15 +105,22 @@ def test_fit_stops_after_patience_epochs_without_a_better_validation(tmp_path):
     ctx = init_distributed(CPU, timeout_s=60)
     try:
         spec = FitSpec(
-            name="sasrec", path=tmp_path / "kept.pt",
-            module=LossTrainStep(SASRec(SMALL, num_items=data.num_items, max_history=cfg.split.max_history,
-                                          device=torch.device("meta"))),
+            name="sasrec",
+            path=tmp_path / "kept.pt",
+            module=LossTrainStep(
+                SASRec(SMALL, num_items=data.num_items, max_history=cfg.split.max_history, device=torch.device("meta"))
+            ),
             epoch_samples=lambda epoch: training_pairs(split.train).subset(np.arange(64)),
-            transform=SASRecTransform(data.num_items), batch_size=32,
-            train_config=section_train_config(cfg.train, epochs=7, learning_rate=1e-3, sparse_learning_rate=0.1,
-                                              weight_decay=0.0, device=CPU),
-            selection_metric="score", validate=lambda state: {"score": next(values)},
-            save=lambda state: saved.append(len(saved)), patience=2)
+            transform=SASRecTransform(data.num_items),
+            batch_size=32,
+            train_config=section_train_config(
+                cfg.train, epochs=7, learning_rate=1e-3, sparse_learning_rate=0.1, weight_decay=0.0, device=CPU
+            ),
+            selection_metric="score",
+            validate=lambda state: {"score": next(values)},
+            save=lambda state: saved.append(len(saved)),
+            patience=2,
+        )
         result = fit(spec, ctx, MetricsWriter(tmp_path, ctx), seed=0, num_workers=0, progress=False)
     finally:
         teardown_distributed(ctx)

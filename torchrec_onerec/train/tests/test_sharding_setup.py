@@ -49,9 +49,13 @@ def test_train_config_rejects_data_parallel_and_unknown_optimiser() -> None:
 
 
 def test_fused_tables_and_clipped_adamw_for_the_dense_part(ctx: DistContext) -> None:
-    training = build_sharded_training(CONFIG, SIZES, TrainConfig(sharding_type="table_wise", weight_decay=0.1,
-                                                                learning_rate=0.01, sparse_learning_rate=0.2),
-                                      ctx, seed=0)
+    training = build_sharded_training(
+        CONFIG,
+        SIZES,
+        TrainConfig(sharding_type="table_wise", weight_decay=0.1, learning_rate=0.01, sparse_learning_rate=0.2),
+        ctx,
+        seed=0,
+    )
     assert {p["sharding_type"] for p in training.plan.values()} == {"table_wise"}
     assert set(training.plan) == {"code_0", "code_1", "code_2", "user_id"}
     assert isinstance(training.optimizer, CombinedOptimizer)

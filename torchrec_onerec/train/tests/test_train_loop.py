@@ -44,8 +44,7 @@ def _rows(run_dir: Path) -> List[Dict[str, str]]:
 
 def _train(run_dir: Path, valid: SampleSet = VALID, **train: object) -> TrainResult:
     config = tiny_config(model={"dropout": 0.1}, **train)
-    return train_generative(config, TRAIN, valid, CODES, SIZES, run_dir, prefix_index=INDEX, device=CPU,
-                            progress=False)
+    return train_generative(config, TRAIN, valid, CODES, SIZES, run_dir, prefix_index=INDEX, device=CPU, progress=False)
 
 
 def test_loss_falls_and_the_final_model_is_exported(tmp_path: Path) -> None:
@@ -54,15 +53,16 @@ def test_loss_falls_and_the_final_model_is_exported(tmp_path: Path) -> None:
     assert result.steps == 18 and len(losses) == 3 and losses[-1] < losses[0] - 0.1
     assert result.stop_reason == "epochs" and result.best_value is None and result.tokens_per_s > 0
     model = load_exported(Path(result.best_model_path), MODEL, SIZES)
-    _assert_same(model, load_checkpoint_model(sorted((tmp_path / "train" / "checkpoints").iterdir())[-1],
-                                              MODEL, SIZES))
+    _assert_same(model, load_checkpoint_model(sorted((tmp_path / "train" / "checkpoints").iterdir())[-1], MODEL, SIZES))
     batch = to_semantic_batch(collate_samples(TRAIN), CODES)
     assert float(model(batch).loss.detach()) < losses[-1]
 
 
 def test_bf16_autocast_trains_through_the_pipeline(tmp_path: Path) -> None:
-    runs = {amp: _train(tmp_path / amp, valid=SampleSet.empty(2, ["click"]), epochs=3, log_every_steps=6, amp=amp)
-            for amp in ("none", "bf16")}
+    runs = {
+        amp: _train(tmp_path / amp, valid=SampleSet.empty(2, ["click"]), epochs=3, log_every_steps=6, amp=amp)
+        for amp in ("none", "bf16")
+    }
     losses = {amp: [float(row["loss"]) for row in _rows(tmp_path / amp)] for amp in runs}
     assert losses["bf16"][-1] < losses["bf16"][0] - 0.1 and losses["bf16"] != losses["none"]
     assert all(abs(a - b) < 0.05 * b for a, b in zip(losses["bf16"], losses["none"]))
@@ -79,12 +79,15 @@ def test_stopped_and_resumed_run_equals_the_uninterrupted_run(tmp_path: Path) ->
     assert (stopped.steps, stopped.stop_reason, len(stopped.validations)) == (8, "max_steps", 1)
     resumed = _train(tmp_path / "resumed", checkpoint_every_steps=4)
     assert resumed.steps == full.steps == 12 and resumed.validations == full.validations
-    final = [load_checkpoint_model(sorted((d / "train" / "checkpoints").iterdir())[-1], MODEL, SIZES)
-             for d in (tmp_path / "full", tmp_path / "resumed")]
+    final = [
+        load_checkpoint_model(sorted((d / "train" / "checkpoints").iterdir())[-1], MODEL, SIZES)
+        for d in (tmp_path / "full", tmp_path / "resumed")
+    ]
     _assert_same(*final)  # dropout is on: the RNG streams were restored too
     drop = ("tokens_per_s", "samples_per_s")
-    assert [{k: v for k, v in r.items() if k not in drop} for r in _rows(tmp_path / "resumed")] == \
-        [{k: v for k, v in r.items() if k not in drop} for r in _rows(tmp_path / "full")]
+    assert [{k: v for k, v in r.items() if k not in drop} for r in _rows(tmp_path / "resumed")] == [
+        {k: v for k, v in r.items() if k not in drop} for r in _rows(tmp_path / "full")
+    ]
 
 
 def test_early_stopping_keeps_the_best_validated_model(tmp_path: Path) -> None:
@@ -94,12 +97,24 @@ def test_early_stopping_keeps_the_best_validated_model(tmp_path: Path) -> None:
         return {"ndcg@10": next(scores)}
 
     config = tiny_config(epochs=5, patience=2)
-    result = train_generative(config, TRAIN, VALID, CODES, SIZES, tmp_path, prefix_index=INDEX, device=CPU,
-                              validator=validator, progress=False)
+    result = train_generative(
+        config,
+        TRAIN,
+        VALID,
+        CODES,
+        SIZES,
+        tmp_path,
+        prefix_index=INDEX,
+        device=CPU,
+        validator=validator,
+        progress=False,
+    )
     assert (result.stop_reason, result.epochs, result.best_epoch, result.best_value) == ("early_stopping", 4, 2, 0.5)
     assert result.best_checkpoint is not None and Path(result.best_checkpoint).is_dir()
-    _assert_same(load_exported(Path(result.best_model_path), config.model, SIZES),
-                 load_checkpoint_model(Path(result.best_checkpoint), config.model, SIZES))
+    _assert_same(
+        load_exported(Path(result.best_model_path), config.model, SIZES),
+        load_checkpoint_model(Path(result.best_checkpoint), config.model, SIZES),
+    )
     assert len(list((tmp_path / "train" / "checkpoints").iterdir())) == 2  # the best and the latest
 
 
@@ -111,8 +126,9 @@ def test_user_ids_beyond_the_user_table_are_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "train").exists()  # refused before anything was written
 
 
-def test_finished_run_is_not_retrained_and_a_foreign_run_is_refused(tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_finished_run_is_not_retrained_and_a_foreign_run_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     first = _train(tmp_path, valid=SampleSet.empty(2, ["click"]), epochs=1)
 
     def fail(*args: object, **kwargs: object) -> None:
@@ -122,5 +138,14 @@ def test_finished_run_is_not_retrained_and_a_foreign_run_is_refused(tmp_path: Pa
     assert _train(tmp_path, valid=SampleSet.empty(2, ["click"]), epochs=1) == first
     monkeypatch.undo()
     with pytest.raises(CheckpointMismatchError, match="resume=False"):
-        train_generative(tiny_config(epochs=2), TRAIN, VALID, CODES.flip(0), SIZES, tmp_path,
-                         prefix_index=PrefixIndex(CODES.flip(0), vocab_sizes=SIZES), device=CPU, progress=False)
+        train_generative(
+            tiny_config(epochs=2),
+            TRAIN,
+            VALID,
+            CODES.flip(0),
+            SIZES,
+            tmp_path,
+            prefix_index=PrefixIndex(CODES.flip(0), vocab_sizes=SIZES),
+            device=CPU,
+            progress=False,
+        )
