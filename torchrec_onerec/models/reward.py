@@ -134,6 +134,7 @@ class SessionRewardModel(nn.Module):
         >>> import numpy as np
         >>> from torchrec_onerec.data.batch import collate_samples
         >>> from torchrec_onerec.data.samples import Sample, SampleSet
+        >>> from torchrec_onerec.models.reward_batch import to_reward_batch
         >>> model = SessionRewardModel(RewardModelConfig(embedding_dim=8), num_users=2, num_items=5,
         ...                            signals=["swt", "vtr"], item_codes=torch.tensor([[0, 0], [0, 1], [1, 0],
         ...                                                                           [1, 1], [2, 0]]))
