@@ -67,14 +67,13 @@ def world() -> Dict[str, object]:
     }
 
 
-@pytest.fixture(scope="module")
-def trained(world: Dict[str, object], tmp_path_factory: pytest.TempPathFactory) -> Tuple[RewardTrainResult, Path]:
+def _train(config: RewardModelConfig, world: Dict[str, object], out: Path) -> RewardTrainResult:
+    """Train on the world's training days, validate on its validation days, write to ``out``."""
     if dist.is_initialized():
         pytest.skip("a default process group already exists in this process")
-    out = tmp_path_factory.mktemp("reward")
     data = world["data"]
-    result = train_reward_model(
-        CONFIG,
+    return train_reward_model(
+        config,
         world["train"],
         world["valid"],
         num_users=data.num_users,
@@ -86,7 +85,12 @@ def trained(world: Dict[str, object], tmp_path_factory: pytest.TempPathFactory) 
         item_codes=world["codes"],
         progress=False,
     )
-    return result, out
+
+
+@pytest.fixture(scope="module")
+def trained(world: Dict[str, object], tmp_path_factory: pytest.TempPathFactory) -> Tuple[RewardTrainResult, Path]:
+    out = tmp_path_factory.mktemp("reward")
+    return _train(CONFIG, world, out), out
 
 
 def test_training_beats_chance_on_the_test_days(world: Dict[str, object], trained) -> None:
@@ -250,23 +254,8 @@ def test_single_item_sessions_keep_every_impression(world: Dict[str, object]) ->
 def test_history_attention_trains_through_the_pipeline_and_round_trips(
     world: Dict[str, object], tmp_path: Path
 ) -> None:
-    if dist.is_initialized():
-        pytest.skip("a default process group already exists in this process")
     data = world["data"]
-    config = dataclasses.replace(CONFIG, history_attention=True)
-    train_reward_model(
-        config,
-        world["train"],
-        world["valid"],
-        num_users=data.num_users,
-        num_items=data.num_items,
-        out_dir=tmp_path,
-        seed=0,
-        device=CPU,
-        train_impressions=world["train_impressions"],
-        item_codes=world["codes"],
-        progress=False,
-    )
+    _train(dataclasses.replace(CONFIG, history_attention=True), world, tmp_path)
     model = load_reward_model(tmp_path / "reward_model.pt", num_items=data.num_items, signals=["swt", "vtr", "ltr"])
     assert model.history_attention is not None  # the file's config builds the attention back
     metrics = evaluate_reward_model(model, world["test"], world["test_impressions"], batch_size=256, device=CPU)
