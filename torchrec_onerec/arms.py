@@ -26,6 +26,7 @@ from torchrec_onerec.eval.protocols import EvalResult
 from torchrec_onerec.eval.reward_estimates import add_reward_estimates
 from torchrec_onerec.eval.sasrec import evaluate_sasrec
 from torchrec_onerec.models.cascade import CascadeRecommender, load_cascade
+from torchrec_onerec.models.onerec import OneRecModel
 from torchrec_onerec.models.reward import SessionRewardModel
 from torchrec_onerec.models.sasrec import load_sasrec
 from torchrec_onerec.run_dir import RunDir, read_json
@@ -80,14 +81,17 @@ def arm_file(arm: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", arm)
 
 
+def _load_generative(ctx: PipelineContext, path: Path) -> OneRecModel:
+    """The exported OneRec model at ``path``, on the run's device."""
+    return load_exported(path, ctx.config.model, ctx.codebook.vocab_sizes, device=resolve_device(ctx.config.device))
+
+
 def _score_generative(
-    ctx: PipelineContext, path: Path, diversity_penalty: float = 0.0, samples: Optional[SampleSet] = None
+    ctx: PipelineContext, model: OneRecModel, diversity_penalty: float = 0.0, samples: Optional[SampleSet] = None
 ) -> EvalResult:
-    """The exported OneRec model at ``path``, beam-searched on ``samples`` (default: the scored split)."""
+    """``model`` beam-searched on ``samples`` (default: the scored split)."""
     cfg = ctx.config
     book = ctx.codebook
-    device = resolve_device(cfg.device)
-    model = load_exported(path, cfg.model, book.vocab_sizes, device=device)
     return evaluate_generative(
         model,
         ctx.scored_samples if samples is None else samples,
@@ -96,7 +100,7 @@ def _score_generative(
         config=cfg.eval,
         protocol=cfg.split.protocol,
         max_history=cfg.model.max_history,
-        device=device,
+        device=resolve_device(cfg.device),
         diversity_penalty=diversity_penalty,
     )
 
@@ -193,15 +197,15 @@ def _diverse_arm(name: str, base: str) -> Arm:
     model_path = plain.model_path
 
     def score(ctx: PipelineContext, reward_model: Optional[SessionRewardModel]) -> EvalResult:
-        path = model_path(ctx.run)
+        model = _load_generative(ctx, model_path(ctx.run))  # once, for every penalty tried and the scored split
         penalty, table, criterion = choose_on_validation(
             ctx,
             reward_model,
             ctx.config.eval.diversity_penalties,
-            lambda p: _score_generative(ctx, path, p, ctx.split.valid),
+            lambda p: _score_generative(ctx, model, p, ctx.split.valid),
             f"{name} diversity penalty",
         )
-        result = _score_generative(ctx, path, penalty)
+        result = _score_generative(ctx, model, penalty)
         result.info.update(selection=table, selected_on=criterion)
         return result
 
@@ -277,7 +281,7 @@ def _generative_arm(
     return Arm(
         name,
         needs,
-        lambda ctx, reward_model: _score_generative(ctx, model_path(ctx.run)),
+        lambda ctx, reward_model: _score_generative(ctx, _load_generative(ctx, model_path(ctx.run))),
         chosen,
         serves_from=serves_from,
         model_path=model_path if serves_from else None,

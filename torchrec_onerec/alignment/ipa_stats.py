@@ -73,10 +73,10 @@ def generation_stats(
     ):
         real = cand.real
         users = real.any(axis=1)
-        filled = np.where(real, cand.rewards, 0.0)
+        reward_mean, reward_max = cand.reward_stats()
         sums[0] += users.sum()
-        sums[1] += (filled.sum(axis=1)[users] / real.sum(axis=1)[users]).sum()
-        sums[2] += np.where(real, cand.rewards, -np.inf).max(axis=1)[users].sum()
+        sums[1] += reward_mean[users].sum()
+        sums[2] += reward_max[users].sum()
         sums[3] += cand.rewards[users, 0].sum()  # beams come best first: slot 0 is real whenever any is
         sums[4] += (~real).sum()
         sums[5] += real.size
