@@ -7,7 +7,7 @@ validation value, seconds, ranker AUCs per task on validation and test), then on
 (every metric of ``eval.protocols`` and the settings), and ``wall`` (the whole script).
 
     nice .venv/bin/python benchmarks/cascade_quality.py [--config configs/synthetic.yaml] [--threads 1] \\
-        [--set key=value ...] [--cascade retrieval.epochs=5 ...]
+        [--set key=value ...] [--cascade retrieval.optim.epochs=5 ...]
 """
 
 from __future__ import annotations
@@ -42,7 +42,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/synthetic.yaml")
     parser.add_argument("--set", nargs="*", default=[], help="run-config overrides, e.g. split.max_history=20")
-    parser.add_argument("--cascade", nargs="*", default=[], help="cascade-section overrides, e.g. ranker.epochs=2")
+    parser.add_argument(
+        "--cascade", nargs="*", default=[], help="cascade-section overrides, e.g. ranker.optim.epochs=2"
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for these sizes)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

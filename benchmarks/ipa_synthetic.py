@@ -39,6 +39,7 @@ from torchrec_onerec.context import PipelineContext
 from torchrec_onerec.run_dir import RunDir
 from torchrec_onerec.train.distributed import DistContext
 from torchrec_onerec.train.export import load_exported
+from torchrec_onerec.optim_config import OptimConfig
 
 
 def main() -> None:
@@ -74,10 +75,13 @@ def main() -> None:
         num_candidates=args.candidates,
         beta=args.beta,
         dpo_weight=args.dpo_weight,
-        epochs=args.epochs,
         batch_size=config.loader.batch_size,
-        learning_rate=args.lr,
-        sparse_learning_rate=args.sparse_lr,
+        optim=OptimConfig(
+            epochs=args.epochs,
+            learning_rate=args.lr,
+            sparse_learning_rate=args.sparse_lr,
+            weight_decay=config.train.optim.weight_decay,
+        ),
         eval_users=args.eval_users,
     )
     split = ctx.split

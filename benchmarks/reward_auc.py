@@ -42,6 +42,7 @@ from torchrec_onerec.tokenizer.tokenize import fit_tokenizer
 from torchrec_onerec.eval.reward_auc import auc, auc_within_groups, evaluate_reward_model
 from torchrec_onerec.train.reward_io import load_reward_model
 from torchrec_onerec.train.reward_training import train_reward_model
+from torchrec_onerec.train.config import TrainConfig
 
 
 def _rounded(metrics: Dict[str, Dict[str, float]]) -> Dict[str, Dict[str, float]]:
@@ -79,7 +80,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/synthetic.yaml")
     parser.add_argument("--pooling", nargs="+", default=["attention", "sum", "mean"])
-    parser.add_argument("--set", nargs="*", default=[], help="reward config overrides, e.g. epochs=3")
+    parser.add_argument("--set", nargs="*", default=[], help="reward config overrides, e.g. optim.epochs=3")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 was fastest for this small model)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -123,7 +124,9 @@ def main() -> None:
         )
     overrides = OmegaConf.to_container(OmegaConf.from_dotlist(list(args.set)))
     for pooling in args.pooling:
-        config = RewardModelConfig(**{**overrides, "pooling": pooling})
+        merged = OmegaConf.merge(OmegaConf.structured(RewardModelConfig), overrides, {"pooling": pooling})
+        config = OmegaConf.to_object(merged)
+        assert isinstance(config, RewardModelConfig)
         start = time.perf_counter()
         with tempfile.TemporaryDirectory() as folder:
             result = train_reward_model(
@@ -133,6 +136,7 @@ def main() -> None:
                 num_users=data.num_users,
                 num_items=data.num_items,
                 out_dir=Path(folder),
+                train_config=TrainConfig(),
                 seed=args.seed,
                 device=torch.device("cpu"),
                 train_impressions=train_impressions,

@@ -36,7 +36,7 @@ drawn once from the seed, what the reward model believes with what the world (pr
 
 About 15 s on one CPU core for 300 users and 32 candidates. Measured on ``runs/synthetic`` (reward model of
 the id-only defaults) and on the same run with this package's reward defaults (semantic IDs, no user-id row,
-``reward.embedding_init=0.5``, learning rate 3e-3, ``reward.epochs=5``):
+``reward.embedding_init=0.5``, learning rate 3e-3, ``reward.optim.epochs=5``):
 
 - ``history_topic_gain`` 0.000 -> 0.388; ``item_mean_share`` 0.73 -> 0.65 (truth 0.21); catalogue Spearman with
   the user's interest -0.002 -> 0.065 (truth 0.39), with quality 0.79 -> 0.70 (truth 0.60);

@@ -61,6 +61,7 @@ from torchrec_onerec.train.loop import train_generative
 from torchrec_onerec.train.config import AMP_MODES
 from torchrec_onerec.train.testing import random_samples, tiny_config
 from torchrec_onerec.train.train_module import OneRecTrainStep
+from torchrec_onerec.train.validation import GenerativeValidator
 
 SIZES: Dict[str, Dict[str, Any]] = {
     "small": {
@@ -129,14 +130,26 @@ def _worker(rank: int, world_size: int, threads: int, port: int, args: argparse.
     )
     torch.set_num_threads(threads)
     setting = _setting(args)
+    config = setting["config"]
     result = train_generative(
-        setting["config"],
+        config.model,
+        config.train,
+        config.loader,
         setting["samples"],
         SampleSet.empty(args.session, ["click"]),
         setting["codes"],
         setting["vocab"],
         Path(folder) / "run",
-        prefix_index=PrefixIndex(setting["codes"]),
+        validator=GenerativeValidator(
+            config.eval,
+            setting["codes"],
+            PrefixIndex(setting["codes"]),
+            protocol=config.split.protocol,
+            max_history=config.model.max_history,
+            selection_metric=config.train.selection_metric,
+            progress=False,
+        ),
+        seed=config.seed,
         device=torch.device(args.device),
         resume=False,
         progress=False,

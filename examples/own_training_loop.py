@@ -54,6 +54,7 @@ from torchrec_onerec.train.config import TrainConfig
 from torchrec_onerec.train.distributed import init_distributed, teardown_distributed
 from torchrec_onerec.train.export import gather_model_state, plain_model
 from torchrec_onerec.train.sharding import shard_for_training
+from torchrec_onerec.optim_config import OptimConfig
 
 NUM_TOPICS, ITEMS_PER_TOPIC = 8, 8
 MAX_HISTORY, SESSION_ITEMS = 6, 2
@@ -188,9 +189,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Optional[Dict[str, object]]:
         # OneRec: the model, built on meta so that DMP allocates only this rank's shards.
         module = OneRecTrainModule(OneRecModel(config, codebook.vocab_sizes, device=torch.device("meta")))
         if args.package_sharding:  # or let the package do the same recipe in one call
-            training = shard_for_training(
-                module, TrainConfig(learning_rate=DENSE_LR, sparse_learning_rate=SPARSE_LR), ctx, seed=args.seed
-            )
+            optim = OptimConfig(learning_rate=DENSE_LR, sparse_learning_rate=SPARSE_LR)
+            training = shard_for_training(module, optim, TrainConfig(), ctx, seed=args.seed)
             dmp, optimizer = training.dmp, training.optimizer
         else:
             dmp, optimizer = shard_with_torchrec(module, ctx.device)

@@ -215,9 +215,9 @@ def test_bad_data_files_are_named_and_no_stage_is_marked_done(
 
 CONFIG_CASES: Dict[str, Tuple[List[str], List[str]]] = {
     "unknown-key-override": (["data", TINY, "train.epochz=3"], ["unknown config key 'train.epochz'", "epochs"]),
-    "wrong-type": (["data", TINY, "train.epochs=abc"], ["'train.epochs'", "'abc'", "Integer"]),
+    "wrong-type": (["data", TINY, "train.optim.epochs=abc"], ["'train.optim.epochs'", "'abc'", "Integer"]),
     "invalid-value": (["data", TINY, "split.session_items=0"], ["split.session_items=0 must be >= 1"]),
-    "negative-epochs": (["train", TINY, "train.epochs=-1"], ["train.epochs=-1"]),
+    "negative-epochs": (["train", TINY, "train.optim.epochs=-1"], ["train.optim.epochs=-1"]),
     "unknown-data-source": (["data", TINY, "data.source=csv"], ["data.source='csv'", "'table'"]),
     "codebook-too-small": (["tokenize", TINY, "tokenizer.codebook_sizes=[1]"], ["tokenizer.codebook_sizes=[1]"]),
     "model-history-differs-from-split": (

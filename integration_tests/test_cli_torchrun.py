@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "configs" / "tiny.yaml")
 WITH_SASREC = [
     "compare.arms=[cascade,cascade_rerank,onerec,onerec_dpo,onerec_ipa,popularity,sasrec]",
-    "sasrec.epochs=2",
+    "sasrec.optim.epochs=2",
     "sasrec.embedding_dim=16",
 ]
 

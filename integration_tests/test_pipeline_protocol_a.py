@@ -26,7 +26,7 @@ def test_protocol_a_run_skips_reward_and_alignment_with_a_reason(
                 "split.protocol=A",
                 "split.session_items=1",
                 f"compare.arms={arms}",
-                "sasrec.epochs=2",
+                "sasrec.optim.epochs=2",
                 "sasrec.embedding_dim=16",
             ]
         )
@@ -69,7 +69,7 @@ def test_the_sequence_recipe_runs_on_a_new_users_file_with_sizes_from_its_data(t
                 "model.d_model=16",
                 "model.ffn_hidden=32",
                 "model.expert_hidden=16",
-                "train.epochs=1",
+                "train.optim.epochs=1",
                 "eval.beam_size=10",
                 "eval.num_return=10",
             ]

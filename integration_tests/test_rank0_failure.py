@@ -24,6 +24,8 @@ from torchrec_onerec.data.samples import Sample, SampleSet
 from torchrec_onerec.models.reward_config import RewardModelConfig
 from torchrec_onerec.train import reward_training
 from torchrec_onerec.train.distributed import barrier, init_distributed, on_rank0, teardown_distributed
+from torchrec_onerec.train.config import TrainConfig
+from torchrec_onerec.optim_config import OptimConfig
 
 WORLD_SIZE = 2
 TIMEOUT_S = 120
@@ -80,7 +82,7 @@ def _worker(rank: int, port: int, folder: str) -> None:
         num_heads=1,
         semantic_ids=False,
         train_on_impressions=False,
-        epochs=2,
+        optim=OptimConfig(epochs=2),
         batch_size=16,
         baseline_pooling="",
     )
@@ -93,6 +95,7 @@ def _worker(rank: int, port: int, folder: str) -> None:
             num_users=10,
             num_items=20,
             out_dir=Path(folder) / "reward",
+            train_config=TrainConfig(),
             seed=0,
             device=torch.device("cpu"),
             progress=False,
@@ -120,7 +123,7 @@ def test_a_rank0_failure_ends_every_rank_with_its_error(tmp_path: Path) -> None:
             "the helper failed on rank 0: ValueError: boom: no validation session has both labels"
         )
         assert outcomes["reward"]["error"] == (
-            "reward model validation failed on rank 0: ValueError: boom: no validation session has both labels"
+            "reward_model validation failed on rank 0: ValueError: boom: no validation session has both labels"
         )
         for what in ("helper", "reward"):
             assert outcomes[what]["seconds"] < 30, (rank, what, outcomes[what])  # not the 120 s timeout

@@ -303,7 +303,7 @@ def test_a_worker_killed_under_torchrun_ends_the_job_with_an_error_in_bounded_ti
             "train",
             TINY,
             f"run_dir={run_dir}",
-            "train.epochs=20",
+            "train.optim.epochs=20",
             CHECKPOINT_EVERY,
             "train.collective_timeout_s=20",
         ],

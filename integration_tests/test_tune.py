@@ -19,8 +19,8 @@ SEARCH = [
     "tune.seeds=[0, 1]",
     "tune.arm=cascade",
     "compare.arms=[cascade, popularity]",
-    "cascade.retrieval.epochs=1",
-    "cascade.ranker.epochs=1",
+    "cascade.retrieval.optim.epochs=1",
+    "cascade.ranker.optim.epochs=1",
 ]
 
 
@@ -69,7 +69,7 @@ def test_tune_scores_trials_with_the_sizes_their_stages_were_run_with(tmp_path: 
         "tune.seeds=[0]",
         "tune.arm=onerec",
         "tune.score_test=false",
-        "train.epochs=1",
+        "train.optim.epochs=1",
         "compare.arms=[onerec, popularity]",
         "compare.baseline=popularity",
     ]

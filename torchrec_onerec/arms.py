@@ -252,10 +252,10 @@ def _score_sasrec(ctx: PipelineContext, reward_model: Optional[SessionRewardMode
 
 
 def _sasrec_chosen(config: OneRecConfig, info: Dict[str, object]) -> str:
-    sasrec = config.sasrec
-    stop = f", stopping after {sasrec.patience} epochs without a better one" if sasrec.patience else ""
+    optim = config.sasrec.optim
+    stop = f", stopping after {optim.patience} epochs without a better one" if optim.patience else ""
     return (
-        f"SASRec trained for at most {sasrec.epochs} epochs, the epoch with the best validation NDCG@10 kept"
+        f"SASRec trained for at most {optim.epochs} epochs, the epoch with the best validation NDCG@10 kept"
         f"{stop}; sizes and learning rates from the `sasrec` section"
     )
 
@@ -264,10 +264,10 @@ def _ntp_chosen(config: OneRecConfig, info: Dict[str, object]) -> str:
     train = config.train
     epochs = (
         "the final weights (validated once, after the last epoch)"
-        if train.eval_every_epochs >= train.epochs
+        if train.eval_every_epochs >= train.optim.epochs
         else f"the epoch with the best validation {train.selection_metric}"
     )
-    return f"NTP training, {train.epochs} epochs, {epochs}"
+    return f"NTP training, {train.optim.epochs} epochs, {epochs}"
 
 
 def _generative_arm(

@@ -98,6 +98,11 @@ def _check_keys(node: Any, schema: DictConfig, prefix: str) -> None:
     for key, value in node.items():
         path = f"{prefix}{key}"
         if key not in schema:
+            if "optim" in schema and key in schema.optim:
+                raise ConfigError(
+                    f"unknown config key {path!r}: the optimiser settings of a section live in its optim "
+                    f"section now; set {prefix}optim.{key}"
+                )
             allowed = ", ".join(sorted(str(k) for k in schema.keys()))
             raise ConfigError(f"unknown config key {path!r} (allowed here: {allowed})")
         child = schema._get_node(key)

@@ -6,7 +6,7 @@ module's output, and a test regenerates it and compares. ``onerec config-referen
 
 Example:
     >>> rows = config_rows()
-    >>> row = next(r for r in rows if r.key == "train.epochs")
+    >>> row = next(r for r in rows if r.key == "train.optim.epochs")
     >>> row.type_name, row.default
     ('int', '20')
     >>> "reward.pooling" in render_reference()
@@ -93,13 +93,7 @@ def _type_name(annotation: Any) -> str:
     return str(annotation).replace("typing.", "")
 
 
-def _default_text(field: dataclasses.Field) -> str:
-    if field.default is not dataclasses.MISSING:
-        value = field.default
-    elif field.default_factory is not dataclasses.MISSING:
-        value = field.default_factory()
-    else:
-        return "(required)"
+def _default_text(value: Any) -> str:
     if isinstance(value, str):
         return f'"{value}"'
     if isinstance(value, bool):
@@ -107,30 +101,35 @@ def _default_text(field: dataclasses.Field) -> str:
     return str(value)
 
 
-def config_rows(cls: type = OneRecConfig, prefix: str = "") -> List[ConfigRow]:
+def config_rows(cls: type = OneRecConfig, prefix: str = "", defaults: Any = None) -> List[ConfigRow]:
     """Every leaf key of a config schema, depth first in field order.
 
     Args:
         cls: the schema dataclass (``OneRecConfig`` for the whole run).
         prefix: the dotted path of ``cls`` inside the run config.
+        defaults: the instance whose values are the defaults (None: ``cls()``); a nested section's come from its
+            parent's, so that a section's own defaults show (``train.optim.epochs`` is 20, ``align.optim.epochs``
+            1, though both are an ``OptimConfig``).
 
     Returns:
         One ``ConfigRow`` per leaf field; nested dataclass fields are expanded, not listed.
     """
+    instance = cls() if defaults is None else defaults
     hints = typing.get_type_hints(cls)
     described = docstring_args(cls)
     rows: List[ConfigRow] = []
     for field in dataclasses.fields(cls):
         annotation = hints[field.name]
         key = f"{prefix}{field.name}"
+        value = getattr(instance, field.name)
         if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
-            rows.extend(config_rows(annotation, key + "."))
+            rows.extend(config_rows(annotation, key + ".", value))
             continue
         rows.append(
             ConfigRow(
                 key=key,
                 type_name=_type_name(annotation),
-                default=_default_text(field),
+                default=_default_text(value),
                 description=described.get(field.name, ""),
                 section=cls.__name__,
             )

@@ -18,7 +18,8 @@ from torchrec_onerec.run_dir import RunDir
 from torchrec_onerec.runtime import resolve_device
 from torchrec_onerec.tokenizer.codebook import Codebook, catalogue_fingerprint
 from torchrec_onerec.train.distributed import rank_device
-from torchrec_onerec.train.reward_io import load_reward_model
+from torchrec_onerec.train.reward_io import REWARD_MODEL_FILE, load_reward_model
+from torchrec_onerec.train.validation import GenerativeValidator
 
 
 def rank() -> int:
@@ -87,8 +88,22 @@ class PipelineContext:
         """The train-reward stage's model on this rank's device, refused if it was trained on another catalogue."""
         device = rank_device(resolve_device(self.config.device), int(os.environ.get("LOCAL_RANK", "0")))
         return load_reward_model(
-            self.run.path / "train-reward" / "reward_model.pt",
+            self.run.path / "train-reward" / REWARD_MODEL_FILE,
             num_items=self.data.num_items,
             signals=self.split.train.signals,
             device=device,
+        )
+
+    def generative_validator(self) -> GenerativeValidator:
+        """What validates the generative model during training: constrained beam search with the ``eval`` section
+        on the validation users, the bar on rank 0 only."""
+        cfg, book = self.config, self.codebook
+        return GenerativeValidator(
+            cfg.eval,
+            book.codes,
+            book.prefix_index(),
+            protocol=cfg.split.protocol,
+            max_history=cfg.model.max_history,
+            selection_metric=cfg.train.selection_metric,
+            progress=rank() == 0,
         )

@@ -105,13 +105,16 @@ def train_stage(ctx: PipelineContext) -> Dict[str, object]:
     cfg = ctx.config
     book = ctx.codebook
     result = train_generative(
-        cfg,
+        cfg.model,
+        cfg.train,
+        cfg.loader,
         ctx.split.train,
         ctx.split.valid,
         book.codes,
         book.vocab_sizes,
         ctx.run.path,
-        prefix_index=book.prefix_index(),
+        validator=ctx.generative_validator(),
+        seed=cfg.seed,
         device=resolve_device(cfg.device),
         resume=not ctx.fresh,
         progress=rank() == 0,
@@ -167,6 +170,7 @@ def train_reward_stage(ctx: PipelineContext) -> Dict[str, object]:
             num_users=ctx.data.num_users,
             num_items=ctx.data.num_items,
             out_dir=out_dir,
+            train_config=cfg.train,
             seed=cfg.seed,
             device=device,
             train_impressions=impressions,
@@ -444,7 +448,7 @@ STAGE_LIST: Tuple[Stage, ...] = (
     Stage(
         "train-reward",
         train_reward_stage,
-        ("reward",),
+        ("reward", "train"),
         ("tokenize",),
         True,
         "train the session reward model on the training days; per-tower test AUC",

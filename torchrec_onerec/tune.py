@@ -147,7 +147,7 @@ def tune(config_path: Optional[str], overrides: Sequence[str] = ()) -> TuneResul
     if not settings.space:
         raise ConfigError(
             "tune.space is empty: name the config keys to try, e.g. "
-            "tune.space='{train.learning_rate: {low: 1e-4, high: 1e-2, log: true}}'"
+            "tune.space='{train.optim.learning_rate: {low: 1e-4, high: 1e-2, log: true}}'"
         )
     if settings.arm not in base.compare.arms:
         raise ConfigError(

@@ -27,10 +27,10 @@ class TuneConfig:
             ``run_dir`` (its report is the result); false: only write the best config.
 
     Example:
-        >>> TuneConfig(space={"train.learning_rate": {"low": 1e-4}})
+        >>> TuneConfig(space={"train.optim.learning_rate": {"low": 1e-4}})
         Traceback (most recent call last):
         ...
-        torchrec_onerec.errors.ConfigError: tune.space['train.learning_rate'] = {'low': 0.0001} ...
+        torchrec_onerec.errors.ConfigError: tune.space['train.optim.learning_rate'] = {'low': 0.0001} ...
     """
 
     space: Dict[str, Any] = field(default_factory=dict)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torchrec_onerec.errors import ConfigError
+from torchrec_onerec.optim_config import OptimConfig
 
 REWARD_SOURCES = ("model", "ranker", "mix", "world")
 OBJECTIVES = ("dpo", "grpo")
@@ -37,12 +38,10 @@ class AlignConfig:
             sessions (iterative RPO, Pang et al. 2024). DPO alone can widen a pair's margin by lowering the
             rejected session while the chosen one's probability falls too; this term raises the chosen session
             itself. 0 (the paper): DPO alone.
-        epochs: passes over the training samples per iteration (every sample gives L_NTP; the sampled ones add
-            their pair's L_DPO in the same batch).
         batch_size: training samples per global batch (the pair rows of those samples come on top).
-        learning_rate: constant learning rate of the dense optimiser (AdamW; weight decay and clipping from
-            the ``train`` section).
-        sparse_learning_rate: constant learning rate of the fused optimiser of the TorchRec tables.
+        optim: each iteration's epochs (passes over the training samples: every sample gives L_NTP, the sampled
+            ones add their pair's L_DPO in the same batch), learning rates (constant by default) and weight
+            decay; the optimisers start afresh every iteration (clipping from the ``train`` section).
         generation_batch_size: users per beam-search batch when sampling candidates and scoring generation.
         eval_users: held-out users (drawn once) whose generated sessions are scored before and after every
             iteration; 0 skips that evaluation.
@@ -85,10 +84,10 @@ class AlignConfig:
     beta: float = 0.1
     dpo_weight: float = 1.0
     chosen_nll_weight: float = 0.0
-    epochs: int = 1
     batch_size: int = 128
-    learning_rate: float = 1e-4
-    sparse_learning_rate: float = 0.01
+    optim: OptimConfig = field(
+        default_factory=lambda: OptimConfig(epochs=1, learning_rate=1e-4, sparse_learning_rate=0.01, weight_decay=0.01)
+    )
     generation_batch_size: int = 32
     eval_users: int = 256
     exclude_history: bool = False
@@ -99,7 +98,8 @@ class AlignConfig:
     disable_dropout: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("iterations", "epochs", "batch_size", "generation_batch_size"):
+        self.optim.check("align.optim")
+        for name in ("iterations", "batch_size", "generation_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"align.{name}={getattr(self, name)} must be >= 1")
         if self.reward_source not in REWARD_SOURCES:
@@ -135,7 +135,7 @@ class AlignConfig:
                 f"align.sampled_candidates={self.sampled_candidates} must lie in [0, "
                 f"align.num_candidates={self.num_candidates}]"
             )
-        for name in ("beta", "learning_rate", "sparse_learning_rate", "sample_temperature"):
+        for name in ("beta", "sample_temperature"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"align.{name}={getattr(self, name)} must be > 0")
         for name in ("dpo_weight", "chosen_nll_weight", "eval_users"):

@@ -126,13 +126,11 @@ def alignment_fingerprint(
         False
     """
     section = {k: v for k, v in asdict(align).items() if k != "iterations"}
-    optimiser = {
-        k: getattr(train_config, k) for k in ("weight_decay", "grad_clip", "sparse_optimizer", "sharding_type")
-    }
+    stack = {k: getattr(train_config, k) for k in ("grad_clip", "sparse_optimizer", "sharding_type")}
     text = json.dumps(
         {
             "align": section,
-            "train": optimiser,
+            "train": stack,
             "seed": seed,
             "num_train": num_train,
             "num_held_out": num_held_out,

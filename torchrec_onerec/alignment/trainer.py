@@ -1,14 +1,15 @@
 """One iteration of preference-alignment training on TorchRec (docs/METHOD.md section 4, step 4).
 
-The policy starts from the plain state dict of the iteration's reference M_t and is trained with the project's
-TorchRec stack, as the generative model is (``train.loop``): ``PreferenceTrainStep`` built on the meta device,
-sharded by ``train.sharding.shard_for_training`` (planner, DMP, fused sparse optimiser, clipped AdamW), M_t's
-weights copied into the table shards and dense parameters (``load_plain_state``), and batches fed through
-``TrainPipelineSparseDist``. Each rank reads its slice of every global batch (``train.rank_data``) with the
-preference rows of the samples in that slice attached (``train_step.preference_batch``). Learning rates are
-constant (``align.learning_rate``, ``align.sparse_learning_rate``) and the optimisers start fresh every
-iteration, so an iteration depends only on M_t, its pairs, the seed and the iteration number (what makes
-resuming at an iteration boundary exact). At the end every rank receives the trained plain state dict.
+The policy starts from the plain state dict of the iteration's reference M_t and is trained by the project's one
+training recipe, ``train.trainer.fit``: ``PreferenceTrainStep`` built on the meta device, sharded (planner, DMP,
+fused sparse optimiser, clipped AdamW), M_t's weights copied into the table shards and dense parameters
+(``load_plain_state``), and batches fed through ``TrainPipelineSparseDist``; no validation (the alignment
+stage judges each iteration on held-out users, ``alignment.ipa``). Each rank reads its slice of every global
+batch (``train.rank_data``) with the preference rows of the samples in that slice attached
+(``train_step.preference_batch``). Learning rates follow ``align.optim`` (constant by
+default) and the optimisers start fresh every iteration, so an iteration depends only on
+M_t, its pairs, the seed and the iteration number (what makes resuming at an iteration boundary exact). At the
+end every rank receives the trained plain state dict.
 
 Under torchrun each rank's loss is L_NTP over its own NTP rows plus lambda times L_DPO over its own pairs (or
 L_GRPO over its own candidate groups; 0 on a rank whose slice holds none), and DDP averages the ranks'
@@ -17,18 +18,12 @@ gradients, as in ``train.loop``.
 
 from __future__ import annotations
 
-import time
-import warnings
 from dataclasses import dataclass, replace
-from typing import Dict, Iterator, List
+from typing import Dict, List
 
 import numpy as np
 import torch
-from torch.distributed._shard.sharded_tensor import ShardedTensor
 from torch.utils.data import DataLoader, Dataset
-from torchrec.distributed.model_parallel import DistributedModelParallel
-from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
-from tqdm.auto import tqdm
 
 from torchrec_onerec.alignment.config import AlignConfig
 from torchrec_onerec.alignment.train_step import (
@@ -42,42 +37,10 @@ from torchrec_onerec.data.samples import SampleSet
 from torchrec_onerec.data.semantic_batch import SemanticIdTransform
 from torchrec_onerec.models.config import OneRecModelConfig
 from torchrec_onerec.models.onerec import OneRecModel
-from torchrec_onerec.runtime import seed_everything
-from torchrec_onerec.train.checkpoint import rank_seed
 from torchrec_onerec.train.config import TrainConfig
 from torchrec_onerec.train.distributed import DistContext, all_reduce_sum, broadcast_object
-from torchrec_onerec.train.export import MODEL_PREFIX, gather_model_state
-from torchrec_onerec.train.rank_data import RankBatchSampler, steps_per_epoch
-from torchrec_onerec.train.sharding import shard_for_training
-
-
-def load_plain_state(dmp: DistributedModelParallel, state: Dict[str, torch.Tensor]) -> None:
-    """Copy a plain ``OneRecModel`` state dict into a sharded train module (each rank fills its own shards).
-
-    Args:
-        dmp (DistributedModelParallel): the sharded module whose model sits at ``.model`` (state-dict keys
-            ``model.<OneRecModel key>``).
-        state (Dict[str, torch.Tensor]): the full plain state dict (``export.gather_model_state`` /
-            ``load_exported(...).state_dict()``).
-    """
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.filterwarnings("ignore", message=".*ShardedTensor.*", category=FutureWarning)
-        sharded = dmp.state_dict()
-        expected = {key[len(MODEL_PREFIX) :] for key in sharded}
-        if expected != set(state):
-            raise KeyError(
-                f"the plain state dict does not fit the model: missing {sorted(expected - set(state))}, "
-                f"unexpected {sorted(set(state) - expected)}; load a model of the same config"
-            )
-        for key, value in sharded.items():
-            plain = state[key[len(MODEL_PREFIX) :]]
-            if isinstance(value, ShardedTensor):
-                for shard in value.local_shards():
-                    (row, col), (rows, cols) = shard.metadata.shard_offsets, shard.metadata.shard_sizes
-                    shard.tensor.copy_(plain[row : row + rows, col : col + cols].to(shard.tensor.device))
-            else:
-                value.copy_(plain.to(value.device))
-        dmp.load_state_dict(sharded)
+from torchrec_onerec.train.rank_data import RankBatchSampler
+from torchrec_onerec.train.trainer import FitSpec, State, fit
 
 
 class _PreferenceBatches(Dataset[PreferenceBatch]):
@@ -181,7 +144,7 @@ def train_iteration(
     iteration: int,
     progress: bool = False,
 ) -> IterationTraining:
-    """Train the policy from ``state`` for ``align.epochs`` epochs with L_NTP + lambda * L_DPO + mu * L_chosen.
+    """Train the policy from ``state`` for ``align.optim.epochs`` epochs with L_NTP + lambda * L_DPO + mu * L_chosen.
 
     Args:
         state (Dict[str, torch.Tensor]): the plain state dict of the reference M_t (the policy's start).
@@ -201,12 +164,6 @@ def train_iteration(
     Returns:
         IterationTraining: the trained state dict on every rank and the step metrics.
     """
-    steps = steps_per_epoch(len(samples), align.batch_size, ctx.world_size)
-    if steps == 0:
-        raise ValueError(
-            f"{len(samples)} training samples cannot feed {ctx.world_size} processes; use more samples "
-            "or fewer processes"
-        )
     if align.disable_dropout:
         # The reference log-probabilities come from the model in eval mode; a policy with dropout on would
         # start each pair from a log-ratio of noise rather than 0 (TRL's DPO turns dropout off for this reason).
@@ -218,42 +175,42 @@ def train_iteration(
         chosen_nll_weight=align.chosen_nll_weight,
         grpo_clip=align.grpo_clip,
     )
-    config = replace(train_config, learning_rate=align.learning_rate, sparse_learning_rate=align.sparse_learning_rate)
-    training = shard_for_training(module, config, ctx, seed=seed)
-    load_plain_state(training.dmp, state)
-    seed_everything(rank_seed(seed, ctx.rank, iteration))  # dropout streams: a function of (seed, rank, iteration)
     dataset = _PreferenceBatches(samples, prefs, SemanticIdTransform(codes, max_history=model_config.max_history))
-    pipeline = TrainPipelineSparseDist(training.dmp, training.optimizer, device=ctx.device, execute_all_batches=True)
-    sums, seconds = _StepSums(), 0.0
-    bar = tqdm(
-        total=steps * align.epochs,
-        desc=f"align iteration {iteration + 1}",
-        unit="step",
-        disable=not (progress and ctx.is_rank0),
-    )
-    training.dmp.train()
-    for epoch in range(align.epochs):
+
+    def batches(epoch: int, first: int) -> DataLoader:
         sampler = RankBatchSampler(
             len(samples),
             align.batch_size,
             shuffle=True,
             seed=seed,
-            epoch=iteration * align.epochs + epoch,
+            epoch=iteration * align.optim.epochs + epoch,
             rank=ctx.rank,
             world_size=ctx.world_size,
+            start=first,
         )
-        batches: Iterator[PreferenceBatch] = iter(
-            DataLoader(dataset, batch_size=None, sampler=sampler, collate_fn=_as_batch)  # type: ignore[arg-type]
-        )
-        while True:
-            start = time.perf_counter()
-            try:
-                metrics = pipeline.progress(batches)
-            except StopIteration:  # every rank runs out at the same step
-                break
-            seconds += time.perf_counter() - start
-            sums.add(metrics)
-            bar.update(1)
-    bar.close()
-    gathered = gather_model_state(training.dmp, ctx)
-    return IterationTraining(broadcast_object(gathered, ctx), sums.result(ctx, seconds))
+        return DataLoader(dataset, batch_size=None, sampler=sampler, collate_fn=_as_batch)  # type: ignore[arg-type]
+
+    sums = _StepSums()
+    kept: Dict[str, State] = {}  # the trained state, on rank 0
+
+    def step_loss(metrics: AlignStepMetrics) -> float:
+        sums.add(metrics)
+        return float(metrics.loss)
+
+    result = fit(
+        FitSpec(
+            name=f"align_iteration_{iteration + 1}",
+            module=module,
+            batches=batches,
+            optim=align.optim,  # the optimisers start fresh every iteration (module docstring)
+            stack=train_config,
+            save=lambda trained: kept.update(state=trained),
+            init_state=state,
+            dropout_stream=iteration,  # dropout draws: a function of (seed, rank, iteration)
+            step_loss=step_loss,
+        ),
+        ctx,
+        seed=seed,
+        progress=progress,
+    )
+    return IterationTraining(broadcast_object(kept.get("state"), ctx), sums.result(ctx, result.train_seconds))

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List
 
 from torchrec_onerec.errors import ConfigError
+from torchrec_onerec.optim_config import OptimConfig
 
 
 def _check_positive(section: str, obj: object, names: tuple[str, ...]) -> None:
@@ -43,11 +44,9 @@ class RetrievalConfig:
             popular items, which are sampled as negatives more often, are not over-penalised (Yi et al., RecSys 2019).
         use_item_content: feed the data set's item content embedding (``InteractionData.item_embeddings``) to the
             item tower when the data has one.
-        epochs: passes over the training pairs (the best epoch by validation recall@num_candidates is kept).
         batch_size: global batch of (history, positive item) pairs; the other pairs' items are the negatives.
-        learning_rate: AdamW learning rate of the towers' MLPs.
-        sparse_learning_rate: learning rate of the fused optimiser of the id tables.
-        weight_decay: AdamW weight decay.
+        optim: epochs (passes over the training pairs; the best epoch by validation recall@num_candidates is
+            kept), the learning rates of the towers' MLPs (AdamW) and of the id tables, weight decay.
         num_candidates: K_r, items retrieved per user by exact inner product over the whole catalogue.
 
     Example:
@@ -62,11 +61,8 @@ class RetrievalConfig:
     temperature: float = 0.05
     logq_correction: bool = True
     use_item_content: bool = True
-    epochs: int = 5
     batch_size: int = 512
-    learning_rate: float = 3e-3
-    sparse_learning_rate: float = 0.05
-    weight_decay: float = 0.0
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=5, learning_rate=3e-3))
     num_candidates: int = 100
 
     def __post_init__(self) -> None:
@@ -76,16 +72,12 @@ class RetrievalConfig:
             (
                 "embedding_dim",
                 "temperature",
-                "epochs",
                 "batch_size",
-                "learning_rate",
-                "sparse_learning_rate",
                 "num_candidates",
             ),
         )
         _check_layers("cascade.retrieval.tower_hidden", self.tower_hidden)
-        if self.weight_decay < 0:
-            raise ConfigError(f"cascade.retrieval.weight_decay={self.weight_decay} must be >= 0")
+        self.optim.check("cascade.retrieval.optim")
 
 
 @dataclass
@@ -97,11 +89,9 @@ class RankerConfig:
         bottom_mlp: hidden sizes of DLRM's dense arch before its last layer to D (empty: one layer).
         top_mlp: hidden sizes of DLRM's over arch before its last layer, which has one logit per task.
         use_item_content: add the data set's item content embedding to the dense features when it has one.
-        epochs: passes over the training impressions (the best epoch by mean validation AUC is kept).
         batch_size: global batch of impressions (or of positives and sampled negatives under protocol A).
-        learning_rate: AdamW learning rate of the MLPs.
-        sparse_learning_rate: learning rate of the fused optimiser of the tables.
-        weight_decay: AdamW weight decay.
+        optim: epochs (passes over the training impressions; the best epoch by mean validation AUC is kept), the
+            learning rates of the MLPs (AdamW) and of the tables, weight decay.
         negatives_per_positive: protocol A (positives only): uniformly drawn negative items per positive, one task
             ``positive``; redrawn every epoch from the seed.
         score_weights: task -> weight of its probability in the combined score that orders the retrieved
@@ -122,11 +112,8 @@ class RankerConfig:
     bottom_mlp: List[int] = field(default_factory=lambda: [32])
     top_mlp: List[int] = field(default_factory=lambda: [64, 32])
     use_item_content: bool = True
-    epochs: int = 3
     batch_size: int = 512
-    learning_rate: float = 3e-3
-    sparse_learning_rate: float = 0.05
-    weight_decay: float = 0.0
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=3, learning_rate=3e-3))
     negatives_per_positive: int = 4
     score_weights: Dict[str, float] = field(default_factory=dict)
     rerank_weights: List[float] = field(default_factory=lambda: [0.1, 0.2, 0.3, 0.5, 0.7])
@@ -142,10 +129,7 @@ class RankerConfig:
             self,
             (
                 "embedding_dim",
-                "epochs",
                 "batch_size",
-                "learning_rate",
-                "sparse_learning_rate",
                 "negatives_per_positive",
             ),
         )
@@ -156,8 +140,7 @@ class RankerConfig:
                 "cascade.ranker.top_mlp=[] needs at least one hidden layer (DLRM's over arch has two "
                 "or more layers); e.g. [64, 32]"
             )
-        if self.weight_decay < 0:
-            raise ConfigError(f"cascade.ranker.weight_decay={self.weight_decay} must be >= 0")
+        self.optim.check("cascade.ranker.optim")
         weights = dict(self.score_weights)
         if weights and (min(weights.values()) < 0 or sum(weights.values()) <= 0):
             raise ConfigError(f"cascade.ranker.score_weights={weights}: weights must be >= 0 with a positive sum")

@@ -38,6 +38,7 @@ from torchrec_onerec.data.samples import PAD_ITEM, SampleSet
 from torchrec_onerec.models.cascade_config import RankerConfig
 from torchrec_onerec.models.two_tower import ITEM_KEY
 from torchrec_onerec.run_dir import load_tagged, save_tagged
+from torchrec_onerec.optim_config import section_with_optim
 
 USER_TABLE, ITEM_TABLE = "rank_user", "rank_item"
 RANKER_FEATURE_KEYS = (USER_KEY, ITEM_KEY, HISTORY_KEY)
@@ -366,7 +367,7 @@ def load_ranker(path: Path, *, device: Optional[torch.device] = None) -> Tuple[M
     data = load_tagged(path, EXPORT_FORMAT, "save_ranker")
     features = data["item_features"]
     ranker = MultiTaskRanker(
-        RankerConfig(**data["config"]),
+        RankerConfig(**section_with_optim(data["config"])),
         num_users=data["num_users"],
         num_items=data["num_items"],
         tasks=data["tasks"],

@@ -35,6 +35,7 @@ from torchrec_onerec.models.catalogue import top_k_items
 from torchrec_onerec.models.sasrec_config import SASRecConfig
 from torchrec_onerec.modules.transformer import EncoderConfig, TransformerEncoder
 from torchrec_onerec.run_dir import load_tagged, save_tagged
+from torchrec_onerec.optim_config import section_with_optim
 
 CATALOGUE_KEY = "catalogue_item"
 ITEM_TABLE = "sasrec_item"
@@ -218,7 +219,7 @@ def load_sasrec(path: Path, *, device: Optional[torch.device] = None) -> SASRec:
     """Read a ``save_sasrec`` file: the model, in eval mode, on ``device`` (default CPU)."""
     data = load_tagged(path, EXPORT_FORMAT, "save_sasrec")
     model = SASRec(
-        SASRecConfig(**data["config"]),
+        SASRecConfig(**section_with_optim(data["config"])),
         num_items=data["num_items"],
         max_history=data["max_history"],
         device=torch.device("meta"),

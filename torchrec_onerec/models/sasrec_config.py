@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torchrec_onerec.errors import ConfigError
+from torchrec_onerec.optim_config import OptimConfig
 
 
 @dataclass
@@ -22,14 +23,12 @@ class SASRecConfig:
         num_heads: attention heads; must divide ``embedding_dim``.
         ffn_hidden: inner width of each block's feed-forward layer.
         dropout: dropout on the input embeddings and inside every block (training only).
-        epochs: at most this many passes over the training samples (every position of every training sequence
-            under protocol A, each target item of a training sample under B).
-        patience: stop after this many epochs without a better validation NDCG@10 (0: train every epoch); the best
-            epoch is kept either way.
         batch_size: global batch of (history, next item) samples.
-        learning_rate: AdamW learning rate of the transformer.
-        sparse_learning_rate: learning rate of the fused optimiser of the item table (``train.sparse_optimizer``).
-        weight_decay: AdamW weight decay.
+        optim: at most ``epochs`` passes over the training samples (every position of every training sequence
+            under protocol A, each target item of a training sample under B), stopping after ``patience`` epochs
+            without a better validation NDCG@10 (0: train every epoch; the best epoch is kept either way); the
+            learning rates of the transformer (AdamW) and of the item table (``train.sparse_optimizer``), weight
+            decay.
 
     Example:
         >>> SASRecConfig(embedding_dim=64, num_heads=3)
@@ -43,12 +42,8 @@ class SASRecConfig:
     num_heads: int = 2
     ffn_hidden: int = 256
     dropout: float = 0.2
-    epochs: int = 40
-    patience: int = 4
     batch_size: int = 256
-    learning_rate: float = 1e-3
-    sparse_learning_rate: float = 0.05
-    weight_decay: float = 0.0
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=40, learning_rate=1e-3, patience=4))
 
     def __post_init__(self) -> None:
         for name in (
@@ -56,10 +51,7 @@ class SASRecConfig:
             "num_layers",
             "num_heads",
             "ffn_hidden",
-            "epochs",
             "batch_size",
-            "learning_rate",
-            "sparse_learning_rate",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"sasrec.{name}={getattr(self, name)} must be > 0")
@@ -69,7 +61,4 @@ class SASRecConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"sasrec.dropout={self.dropout} must lie in [0, 1)")
-        if self.patience < 0 or self.weight_decay < 0:
-            raise ConfigError(
-                f"sasrec.patience={self.patience} and sasrec.weight_decay={self.weight_decay} must be >= 0"
-            )
+        self.optim.check("sasrec.optim")

@@ -36,6 +36,7 @@ from torchrec_onerec.data.samples import PAD_ITEM, SampleSet
 from torchrec_onerec.models.cascade_config import RetrievalConfig
 from torchrec_onerec.models.catalogue import top_k_items
 from torchrec_onerec.run_dir import load_tagged, save_tagged
+from torchrec_onerec.optim_config import section_with_optim
 
 ITEM_KEY = "item_id"
 USER_TABLE, HISTORY_TABLE, ITEM_TABLE = "tt_user", "tt_history", "tt_item"
@@ -334,7 +335,7 @@ def load_two_tower(path: Path, *, device: Optional[torch.device] = None) -> Tupl
     data = load_tagged(path, EXPORT_FORMAT, "save_two_tower")
     content = data["item_content"]
     model = TwoTowerRetrieval(
-        RetrievalConfig(**data["config"]),
+        RetrievalConfig(**section_with_optim(data["config"])),
         num_users=data["num_users"],
         num_items=data["num_items"],
         content_dim=int(content.shape[1]),

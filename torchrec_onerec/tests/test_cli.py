@@ -47,7 +47,7 @@ def test_item_id_leaf_trains_and_generates_real_items(tmp_path: Path) -> None:
         f"run_dir={tmp_path}",
         "tokenizer.codebook_sizes=[8]",
         "tokenizer.disambiguation=item",
-        "train.epochs=1",
+        "train.optim.epochs=1",
         "compare.arms=[onerec]",
         "compare.baseline=onerec",
     ]

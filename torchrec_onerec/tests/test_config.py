@@ -33,6 +33,11 @@ def test_overrides_apply_with_types() -> None:
         ("data.source=csv", "data.source='csv'"),
         ("loader.batch_size=0", "loader.batch_size=0"),
         ("seed", "key=value"),
+        # optimiser keys moved into each section's optim subsection: the error says where
+        ("train.learning_rate=0.01", "'train.learning_rate': the optimiser settings of a section live in its optim"),
+        ("cascade.ranker.epochs=2", "set cascade.ranker.optim.epochs"),
+        ("reward.optim.learning_rate=0", "reward.optim.learning_rate=0.0 must be > 0"),
+        ("align.optim.lr_decay=step", "align.optim.lr_decay='step'"),
     ],
 )
 def test_bad_overrides_name_the_key(override: str, message: str) -> None:
@@ -84,3 +89,14 @@ def test_readme_names_every_config_section() -> None:
     assert len(sections) >= 10
     missing = [name for name in sections if f"`{name}`" not in readme]
     assert not missing, f"README's Configs section does not name the config sections {missing}"
+
+
+def test_each_section_keeps_its_own_optimiser_defaults_under_a_partial_override() -> None:
+    cfg = load_config(None, ["align.optim.learning_rate=3e-4", "train.optim.epochs=7"])
+    assert (cfg.align.optim.learning_rate, cfg.align.optim.epochs, cfg.align.optim.sparse_learning_rate) == (
+        3e-4,
+        1,
+        0.01,
+    )
+    assert (cfg.train.optim.epochs, cfg.train.optim.warmup_steps, cfg.train.optim.lr_decay) == (7, 100, "cosine")
+    assert (cfg.reward.optim.epochs, cfg.sasrec.optim.epochs, cfg.cascade.ranker.optim.epochs) == (5, 40, 3)

@@ -71,7 +71,7 @@ def test_every_config_key_is_documented_in_its_schema() -> None:
 def test_defaults_match_the_schema() -> None:
     rows = {row.key: row for row in config_rows()}
     cfg = OneRecConfig()
-    assert rows["train.epochs"].default == str(cfg.train.epochs)
+    assert rows["train.optim.epochs"].default == str(cfg.train.optim.epochs)
     assert rows["tokenizer.codebook_sizes"].default == str(cfg.tokenizer.codebook_sizes)
     assert rows["name"].default == f'"{cfg.name}"'
 

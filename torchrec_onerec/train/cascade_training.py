@@ -63,17 +63,24 @@ from torchrec_onerec.models.two_tower import (
 )
 from torchrec_onerec.run_dir import atomic_write_text
 from torchrec_onerec.train.config import TrainConfig
-from torchrec_onerec.train.distributed import barrier, broadcast_object, init_distributed, teardown_distributed
+from torchrec_onerec.train.distributed import (
+    DistContext,
+    barrier,
+    broadcast_object,
+    init_distributed,
+    teardown_distributed,
+)
+from torchrec_onerec.train.metrics_log import MetricsWriter
 from torchrec_onerec.train.trainer import (
+    baseline_stack,
     FitSpec,
     LossTrainStep,
-    MetricsWriter,
     ModelTrainResult,
     State,
     fit,
     list_metrics,
     plain_module,
-    section_train_config,
+    sample_batches,
     validation_users,
 )
 
@@ -117,9 +124,11 @@ def _two_tower_stage(
     data: InteractionData,
     train: TrainConfig,
     folder: Path,
-    device: torch.device,
+    ctx: DistContext,
+    run: Dict[str, Any],
 ) -> FitSpec:
-    """The retrieval model, its training pairs and its validation (recall@K_r of the retrieved lists)."""
+    """The retrieval model, its training pairs and its validation (recall@K_r of the retrieved lists); ``run``
+    holds ``sample_batches``' seed and worker count."""
     rc = config.retrieval
     pairs = training_pairs(split.train)
     if len(pairs) == 0:
@@ -133,7 +142,7 @@ def _two_tower_stage(
     def validate(state: State) -> Dict[str, float]:
         if valid is None:
             return {}
-        model = plain_module(TwoTowerRetrieval(rc, **sizes, device=torch.device("meta")), state, device)
+        model = plain_module(TwoTowerRetrieval(rc, **sizes, device=torch.device("meta")), state, ctx.device)
         ranked, _ = retrieve(model, valid, k=k, item_content=content)
         return list_metrics(ranked, valid, k)
 
@@ -146,17 +155,9 @@ def _two_tower_stage(
         name="two_tower",
         path=folder / TWO_TOWER_FILE,
         module=LossTrainStep(TwoTowerRetrieval(rc, **sizes, device=torch.device("meta"))),
-        epoch_samples=lambda epoch: pairs,
-        transform=TwoTowerTransform(content, log_q),
-        batch_size=rc.batch_size,
-        train_config=section_train_config(
-            train,
-            epochs=rc.epochs,
-            learning_rate=rc.learning_rate,
-            sparse_learning_rate=rc.sparse_learning_rate,
-            weight_decay=rc.weight_decay,
-            device=device,
-        ),
+        batches=sample_batches(lambda epoch: pairs, TwoTowerTransform(content, log_q), rc.batch_size, ctx, **run),
+        optim=rc.optim,
+        stack=baseline_stack(train, ctx.device),
         selection_metric=f"recall@{k}",
         validate=validate,
         save=save,
@@ -217,9 +218,10 @@ def _ranker_stage(
     data: InteractionData,
     train: TrainConfig,
     folder: Path,
-    device: torch.device,
+    ctx: DistContext,
+    run: Dict[str, Any],
 ) -> FitSpec:
-    """The ranker and its validation (mean AUC over tasks)."""
+    """The ranker and its validation (mean AUC over tasks); ``run`` as ``_two_tower_stage``'s."""
     rk, features = config.ranker, ranker_data.item_features
     sizes: Dict[str, Any] = dict(
         num_users=data.num_users,
@@ -229,7 +231,7 @@ def _ranker_stage(
     )
 
     def validate(state: State) -> Dict[str, float]:
-        model = plain_module(MultiTaskRanker(rk, **sizes, device=torch.device("meta")), state, device)
+        model = plain_module(MultiTaskRanker(rk, **sizes, device=torch.device("meta")), state, ctx.device)
         return _ranker_aucs(model, ranker_data.valid, features)
 
     def save(state: State) -> None:
@@ -247,17 +249,9 @@ def _ranker_stage(
         name="ranker",
         path=folder / RANKER_FILE,
         module=RankerTrainStep(MultiTaskRanker(rk, **sizes, device=torch.device("meta"))),
-        epoch_samples=ranker_data.epoch_samples,
-        transform=RankerTransform(features),
-        batch_size=rk.batch_size,
-        train_config=section_train_config(
-            train,
-            epochs=rk.epochs,
-            learning_rate=rk.learning_rate,
-            sparse_learning_rate=rk.sparse_learning_rate,
-            weight_decay=rk.weight_decay,
-            device=device,
-        ),
+        batches=sample_batches(ranker_data.epoch_samples, RankerTransform(features), rk.batch_size, ctx, **run),
+        optim=rk.optim,
+        stack=baseline_stack(train, ctx.device),
         selection_metric="auc_mean",
         validate=validate,
         save=save,
@@ -298,10 +292,12 @@ def train_cascade(
     try:
         folder = Path(out_dir)
         writer = MetricsWriter(folder, ctx)
-        run: Dict[str, Any] = dict(seed=seed, num_workers=num_workers, progress=progress)
-        two_tower = fit(_two_tower_stage(config, split, data, train_config, folder, ctx.device), ctx, writer, **run)
+        run: Dict[str, Any] = dict(seed=seed, num_workers=num_workers)
+        two_tower_spec = _two_tower_stage(config, split, data, train_config, folder, ctx, run)
+        two_tower = fit(two_tower_spec, ctx, seed=seed, progress=progress, writer=writer)
         ranker_data = _ranker_data(config, split, data, max_history=max_history, seed=seed)
-        ranker = fit(_ranker_stage(config, ranker_data, data, train_config, folder, ctx.device), ctx, writer, **run)
+        ranker_spec = _ranker_stage(config, ranker_data, data, train_config, folder, ctx, run)
+        ranker = fit(ranker_spec, ctx, seed=seed, progress=progress, writer=writer)
         aucs: tuple[Dict[str, float], Dict[str, float]] = ({}, {})
         if ctx.is_rank0:
             best, features = load_ranker(folder / RANKER_FILE, device=ctx.device)

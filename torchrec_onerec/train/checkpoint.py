@@ -28,7 +28,7 @@ import random
 import re
 import shutil
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import KW_ONLY, asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -111,35 +111,49 @@ def rank_seed(seed: int, rank: int, step: int) -> int:
 
 
 @dataclass
-class CheckpointMeta:
-    """What a checkpoint records besides tensors (``meta.json``).
+class TrainPosition:
+    """Where a training run stands (``trainer.fit`` advances it; a checkpoint records it).
 
     Args:
-        fingerprint (str): ``training_fingerprint`` of the run that wrote it.
-        step (int): optimiser steps done.
+        step (int): optimiser steps done (0: a fresh start).
         epoch (int): the epoch in progress (or the next one, at an epoch boundary).
         batch_in_epoch (int): global batches of ``epoch`` already trained on.
-        world_size (int): processes that wrote it.
         stopped_early (bool): early stopping ended the run here.
-        selection (Dict[str, Any]): the model-selection state (``ModelSelection.to_json``).
+        selection (Dict[str, Any]): the model-selection state (``ModelSelection.to_json``; {} before any).
         train_seconds (float): wall seconds spent in training steps so far.
-        format (str): the checkpoint format.
+
+    Example:
+        >>> TrainPosition(step=12, epoch=1, batch_in_epoch=2).name
+        'step-000000012-epoch-00001-batch-0000002'
     """
 
-    fingerprint: str
     step: int = 0
     epoch: int = 0
     batch_in_epoch: int = 0
-    world_size: int = 1
     stopped_early: bool = False
     selection: Dict[str, Any] = field(default_factory=dict)
     train_seconds: float = 0.0
-    format: str = FORMAT
 
     @property
     def name(self) -> str:
         """The folder name of a checkpoint at this position (sortable: later positions sort later)."""
         return f"step-{self.step:09d}-epoch-{self.epoch:05d}-batch-{self.batch_in_epoch:07d}"
+
+
+@dataclass
+class CheckpointMeta(TrainPosition):
+    """What a checkpoint records besides tensors (``meta.json``): the ``TrainPosition`` fields, and:
+
+    Args:
+        fingerprint (str): ``training_fingerprint`` of the run that wrote it (keyword only).
+        world_size (int): processes that wrote it.
+        format (str): the checkpoint format.
+    """
+
+    _: KW_ONLY
+    fingerprint: str
+    world_size: int = 1
+    format: str = FORMAT
 
     @classmethod
     def from_json(cls, data: Dict[str, Any]) -> "CheckpointMeta":

@@ -1,5 +1,6 @@
 """Schema of generative-model training (docs/METHOD.md section 2 on TorchRec: DMP, fused sparse optimiser, schedule,
-checkpoints, model selection; facts on what works on CPU in ../shared/TORCHREC-CPU.md)."""
+checkpoints, model selection; facts on what works on CPU in ../shared/TORCHREC-CPU.md) and of the TorchRec stack
+settings every model's training shares (sparse optimiser, clipping, sharding type, collective timeout)."""
 
 from __future__ import annotations
 
@@ -7,44 +8,38 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Sequence
 
 from torchrec_onerec.errors import ConfigError
+from torchrec_onerec.optim_config import OptimConfig
 
 SPARSE_OPTIMIZERS = ("sgd", "adagrad", "rowwise_adagrad", "adam")
 CPU_FUSED_OPTIMIZERS = ("sgd", "adagrad", "rowwise_adagrad")
-LR_DECAYS = ("cosine", "linear", "constant")
 SHARDING_TYPES = ("", "table_wise", "row_wise", "column_wise")
 AMP_MODES = ("none", "bf16")
 
 
 @dataclass
 class TrainConfig:
-    """How the OneRec model is trained.
+    """How the OneRec model is trained, and the TorchRec stack settings of every model's training.
 
     Args:
-        epochs: passes over the training samples at most.
-        learning_rate: peak learning rate of the dense optimiser (AdamW).
-        sparse_learning_rate: peak learning rate of the fused optimiser of the TorchRec embedding tables.
-        weight_decay: AdamW weight decay of the dense parameters.
-        warmup_steps: linear warm-up steps before the decay.
+        optim: the OneRec model's epochs, learning rates, weight decay, schedule and early stopping (stop after
+            ``optim.patience`` validations without improvement).
         grad_clip: max global L2 norm of the dense gradients (0 disables clipping; the norm is still logged).
+            Every model's training.
         eval_every_epochs: validate every this many epochs, and after the last one (model selection on
-            ``selection_metric``). Set it to ``epochs`` to validate, and keep, the final model only: the choice
-            when the validation set is too small to tell epochs apart (configs/ml-100k.yaml).
-        patience: stop after this many validations without improvement (0 disables early stopping).
+            ``selection_metric``). Set it to ``optim.epochs`` to validate, and keep, the final model only: the
+            choice when the validation set is too small to tell epochs apart (configs/ml-100k.yaml).
         sparse_optimizer: fused optimiser of the tables: ``rowwise_adagrad`` (one accumulator per row),
-            ``adagrad``, ``sgd``, or ``adam`` (CUDA only: fbgemm fuses Adam on GPUs, not on CPUs).
-        lr_decay: shape after the warm-up, applied to both learning rates: ``cosine``, ``linear`` or
-            ``constant``; it spans ``epochs`` full epochs.
-        min_lr_ratio: the decay ends at this fraction of the peak learning rates.
+            ``adagrad``, ``sgd``, or ``adam`` (CUDA only: fbgemm fuses Adam on GPUs, not on CPUs). Every model's.
         selection_metric: validation metric that selects the best model and drives early stopping (higher is
             better): ``ndcg@10`` for protocol A; for protocol B set the key of the configured metric.
         max_steps: stop after this many optimiser steps in total (0 = no limit). The schedule still spans
-            ``epochs``, so a run stopped here and resumed with a larger value follows the same trajectory.
+            ``optim.epochs``, so a run stopped here and resumed with a larger value follows the same trajectory.
         checkpoint_every_steps: also checkpoint every this many steps inside an epoch (0 = only at epoch ends
             and at the end of training).
         log_every_steps: write a training-metrics record every this many steps.
-        sharding_type: force one TorchRec sharding type on every table (``table_wise``, ``row_wise``,
-            ``column_wise``); ``""`` lets the planner choose. ``data_parallel`` fails on CPU (fbgemm's dense
-            kernel pools sequence features), so it is not offered.
+        sharding_type: force one TorchRec sharding type on every table of every model (``table_wise``,
+            ``row_wise``, ``column_wise``); ``""`` lets the planner choose. ``data_parallel`` fails on CPU
+            (fbgemm's dense kernel pools sequence features), so it is not offered.
         collective_timeout_s: timeout of every collective: a rank that dies ends the job after at most this long.
             It must exceed one validation pass, which runs on rank 0 while the other ranks wait.
         amp: ``bf16`` runs the model's forward under ``torch.autocast`` in bfloat16 (matrix products and
@@ -57,17 +52,21 @@ class TrainConfig:
             keeps every session and weighs its items). ``{}``: every target code counts once.
     """
 
-    epochs: int = 20
-    learning_rate: float = 1e-3
-    sparse_learning_rate: float = 0.05
-    weight_decay: float = 0.01
-    warmup_steps: int = 100
+    optim: OptimConfig = field(
+        default_factory=lambda: OptimConfig(
+            epochs=20,
+            learning_rate=1e-3,
+            sparse_learning_rate=0.05,
+            weight_decay=0.01,
+            warmup_steps=100,
+            lr_decay="cosine",
+            min_lr_ratio=0.1,
+            patience=3,
+        )
+    )
     grad_clip: float = 1.0
     eval_every_epochs: int = 1
-    patience: int = 3
     sparse_optimizer: str = "rowwise_adagrad"
-    lr_decay: str = "cosine"
-    min_lr_ratio: float = 0.1
     selection_metric: str = "ndcg@10"
     max_steps: int = 0
     checkpoint_every_steps: int = 0
@@ -78,12 +77,10 @@ class TrainConfig:
     label_weights: Dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise ConfigError(f"train.epochs={self.epochs} must be >= 1")
-        for name in ("learning_rate", "sparse_learning_rate", "collective_timeout_s"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"train.{name}={getattr(self, name)} must be > 0")
-        for name in ("weight_decay", "warmup_steps", "grad_clip", "patience", "max_steps", "checkpoint_every_steps"):
+        self.optim.check("train.optim")
+        if self.collective_timeout_s <= 0:
+            raise ConfigError(f"train.collective_timeout_s={self.collective_timeout_s} must be > 0")
+        for name in ("grad_clip", "max_steps", "checkpoint_every_steps"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name}={getattr(self, name)} must be >= 0")
         for name in ("eval_every_epochs", "log_every_steps"):
@@ -93,10 +90,6 @@ class TrainConfig:
             raise ConfigError(
                 f"train.sparse_optimizer={self.sparse_optimizer!r} must be one of {list(SPARSE_OPTIMIZERS)}"
             )
-        if self.lr_decay not in LR_DECAYS:
-            raise ConfigError(f"train.lr_decay={self.lr_decay!r} must be one of {list(LR_DECAYS)}")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise ConfigError(f"train.min_lr_ratio={self.min_lr_ratio} must lie in [0, 1]")
         if not self.selection_metric:
             raise ConfigError("train.selection_metric is empty; name a validation metric such as 'ndcg@10'")
         if self.sharding_type not in SHARDING_TYPES:

@@ -61,6 +61,39 @@ def gather_model_state(dmp: DistributedModelParallel, ctx: DistContext) -> Optio
     return out if ctx.is_rank0 else None
 
 
+def load_plain_state(dmp: DistributedModelParallel, state: Dict[str, torch.Tensor]) -> None:
+    """Copy a plain model state dict into a sharded train step: the inverse of ``gather_model_state`` (each
+    rank fills its own shards). How a training run starts from trained weights (an alignment iteration from M_t).
+
+    Args:
+        dmp (DistributedModelParallel): the sharded train step whose model sits at ``.model`` (state-dict keys
+            ``model.<model key>``).
+        state (Dict[str, torch.Tensor]): the full plain state dict (``gather_model_state`` /
+            ``load_exported(...).state_dict()``).
+
+    Raises:
+        KeyError: the state dict's keys are not the model's (another config).
+    """
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.filterwarnings("ignore", message=".*ShardedTensor.*", category=FutureWarning)
+        sharded = dmp.state_dict()
+        expected = {key[len(MODEL_PREFIX) :] for key in sharded}
+        if expected != set(state):
+            raise KeyError(
+                f"the plain state dict does not fit the model: missing {sorted(expected - set(state))}, "
+                f"unexpected {sorted(set(state) - expected)}; load a model of the same config"
+            )
+        for key, value in sharded.items():
+            plain = state[key[len(MODEL_PREFIX) :]]
+            if isinstance(value, ShardedTensor):
+                for shard in value.local_shards():
+                    (row, col), (rows, cols) = shard.metadata.shard_offsets, shard.metadata.shard_sizes
+                    shard.tensor.copy_(plain[row : row + rows, col : col + cols].to(shard.tensor.device))
+            else:
+                value.copy_(plain.to(value.device))
+        dmp.load_state_dict(sharded)
+
+
 def plain_model(
     state: Dict[str, torch.Tensor],
     model_config: OneRecModelConfig,

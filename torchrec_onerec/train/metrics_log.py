@@ -1,4 +1,5 @@
-"""Training metrics: per-step numbers summed over a logging window and over ranks, written by rank 0.
+"""Training metrics, written by rank 0: the generative model's per-step windows (``TrainLogger``) and every
+``trainer.fit`` model's epoch records (``MetricsWriter``: ``metrics.jsonl`` and ``<model>.csv`` of its folder).
 
 Every ``train.log_every_steps`` steps each rank contributes its sums (losses, tokens, samples, expert load,
 seconds in steps); one all-reduce combines them and rank 0 appends a record to the run directory's
@@ -14,6 +15,8 @@ from __future__ import annotations
 
 import csv
 import io
+import json
+import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -158,10 +161,30 @@ class TrainLogger:
 
 
 def summary_rows(history: List[Dict[str, Any]]) -> str:
-    """Validation history as CSV text (``train/validation.csv``)."""
+    """Records as CSV text, one column per key any record has (``train/validation.csv``, ``<model>.csv``)."""
     columns = list(dict.fromkeys(key for row in history for key in row))
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=columns)
     writer.writeheader()
     writer.writerows(history)
     return out.getvalue()
+
+
+class MetricsWriter:
+    """Rank 0's epoch records: ``metrics.jsonl`` (emptied when the writer is made, then appended) and
+    ``<model>.csv`` (rewritten after every epoch)."""
+
+    def __init__(self, folder: Path, ctx: DistContext) -> None:
+        self.folder, self.ctx = folder, ctx
+        if ctx.is_rank0:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "metrics.jsonl").write_text("")
+
+    def record(self, record: Dict[str, Any]) -> None:
+        if self.ctx.is_rank0:
+            with open(self.folder / "metrics.jsonl", "a") as f:
+                f.write(json.dumps({"time": time.time(), **record}, sort_keys=True) + "\n")
+
+    def table(self, name: str, rows: List[Dict[str, Any]]) -> None:
+        if self.ctx.is_rank0:
+            atomic_write_text(self.folder / f"{name}.csv", summary_rows(rows))

@@ -16,8 +16,10 @@ import torch
 from torchrec_onerec.models.reward import SessionRewardModel
 from torchrec_onerec.models.reward_config import RewardModelConfig
 from torchrec_onerec.run_dir import load_tagged, save_tagged
+from torchrec_onerec.optim_config import section_with_optim
 
 REWARD_FORMAT = "torchrec_onerec.reward_model/1"
+REWARD_MODEL_FILE = "reward_model.pt"  # its name in a run's train-reward folder
 
 
 def plain_reward_model(
@@ -115,7 +117,9 @@ def load_reward_model(
                 f"{path} holds a reward model with {key}={data[key]}, not the {key}={wanted} in use; "
                 "train a reward model on this data set (stage train-reward) or load the matching one"
             )
-    config = RewardModelConfig(**{"semantic_ids": False, **data["config"]})  # files before the key were id-only
+    config = RewardModelConfig(
+        **section_with_optim({"semantic_ids": False, **data["config"]})
+    )  # files before the key were id-only
     return plain_reward_model(
         data["state_dict"],
         config,

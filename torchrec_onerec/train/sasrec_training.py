@@ -4,7 +4,7 @@ Training samples: one (history, next item) pair per real target item of the spli
 (``training_pairs``, as the two-tower model's): under protocol A every position of every training sequence, as
 RecBole's SASRec trains on every prefix. Each epoch is validated on rank 0 by NDCG@10 of the full-catalogue
 ranking on the validation users (``evaluation_users``; all their positives count under protocol B); the best
-epoch is kept, and training stops after ``sasrec.patience`` epochs without a better one. Stack-level settings
+epoch is kept, and training stops after ``sasrec.optim.patience`` epochs without a better one. Stack-level settings
 (sparse optimiser, sharding type, gradient clipping, collective timeout) come from the ``train`` section.
 
 Folder layout (``out_dir``, e.g. ``<run_dir>/sasrec``)::
@@ -12,7 +12,7 @@ Folder layout (``out_dir``, e.g. ``<run_dir>/sasrec``)::
     sasrec.pt       the selected model (``models.sasrec.load_sasrec`` reads it)
     metrics.jsonl   one record per epoch
     sasrec.csv      the same records as a table
-    result.json     ``ModelTrainResult`` plus the world size
+    result.json     ``ModelTrainResult``
 """
 
 from __future__ import annotations
@@ -31,16 +31,17 @@ from torchrec_onerec.models.two_tower import training_pairs
 from torchrec_onerec.run_dir import atomic_write_text
 from torchrec_onerec.train.config import TrainConfig
 from torchrec_onerec.train.distributed import barrier, init_distributed, teardown_distributed
+from torchrec_onerec.train.metrics_log import MetricsWriter
 from torchrec_onerec.train.trainer import (
+    baseline_stack,
     FitSpec,
     LossTrainStep,
-    MetricsWriter,
     ModelTrainResult,
     State,
     fit,
     list_metrics,
     plain_module,
-    section_train_config,
+    sample_batches,
     validation_users,
 )
 
@@ -107,28 +108,23 @@ def train_sasrec(
             name="sasrec",
             path=folder / SASREC_FILE,
             module=LossTrainStep(build(torch.device("meta"))),
-            epoch_samples=lambda epoch: pairs,
-            transform=SASRecTransform(num_items),
-            batch_size=config.batch_size,
-            train_config=section_train_config(
-                train_config,
-                epochs=config.epochs,
-                learning_rate=config.learning_rate,
-                sparse_learning_rate=config.sparse_learning_rate,
-                weight_decay=config.weight_decay,
-                device=ctx.device,
+            batches=sample_batches(
+                lambda epoch: pairs,
+                SASRecTransform(num_items),
+                config.batch_size,
+                ctx,
+                seed=seed,
+                num_workers=num_workers,
             ),
+            optim=config.optim,
+            stack=baseline_stack(train_config, ctx.device),
             selection_metric=f"ndcg@{k}",
             validate=validate,
             save=save,
-            patience=config.patience,
         )
-        result = fit(spec, ctx, MetricsWriter(folder, ctx), seed=seed, num_workers=num_workers, progress=progress)
+        result = fit(spec, ctx, seed=seed, progress=progress, writer=MetricsWriter(folder, ctx))
         if ctx.is_rank0:
-            atomic_write_text(
-                folder / "result.json",
-                json.dumps({**asdict(result), "world_size": ctx.world_size}, indent=2, default=str) + "\n",
-            )
+            atomic_write_text(folder / "result.json", json.dumps(asdict(result), indent=2, default=str) + "\n")
         barrier(ctx)
         return result
     finally:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from torchrec_onerec.train.config import LR_DECAYS
+from torchrec_onerec.optim_config import LR_DECAYS
 
 
 def lr_multiplier(step: int, *, total_steps: int, warmup_steps: int, decay: str, min_ratio: float) -> float:

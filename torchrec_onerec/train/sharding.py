@@ -44,6 +44,7 @@ from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from torchrec_onerec.models.config import OneRecModelConfig
 from torchrec_onerec.models.onerec import OneRecModel
+from torchrec_onerec.optim_config import OptimConfig
 from torchrec_onerec.train.config import CPU_FUSED_OPTIMIZERS, TrainConfig
 from torchrec_onerec.train.distributed import DistContext
 from torchrec_onerec.train.init_weights import initialise_weights
@@ -180,7 +181,9 @@ def _planner(
     )
 
 
-def shard_for_training(module: nn.Module, train_config: TrainConfig, ctx: DistContext, *, seed: int) -> ShardedTraining:
+def shard_for_training(
+    module: nn.Module, optim: OptimConfig, stack: TrainConfig, ctx: DistContext, *, seed: int
+) -> ShardedTraining:
     """Shard any meta-built module holding TorchRec embedding collections, and set up its optimisers.
 
     Steps 2-6 of the module docstring for every ``EmbeddingCollection`` and ``EmbeddingBagCollection`` in
@@ -190,7 +193,8 @@ def shard_for_training(module: nn.Module, train_config: TrainConfig, ctx: DistCo
     Args:
         module (nn.Module): the train module, built on the meta device; its ``forward(batch)`` returns
             ``(loss, detached outputs)``.
-        train_config (TrainConfig): learning rates, weight decay, clipping, sparse optimiser, sharding type.
+        optim (OptimConfig): the model's learning rates and weight decay.
+        stack (TrainConfig): the ``train`` section's stack settings: clipping, sparse optimiser, sharding type.
         ctx (DistContext): this rank (``init_distributed``).
         seed (int): the run's seed; the initial weights depend on it only.
 
@@ -214,26 +218,24 @@ def shard_for_training(module: nn.Module, train_config: TrainConfig, ctx: DistCo
     names = [config.name for _, config in tables]
     if len(set(names)) != len(names):
         raise ValueError(f"table names {names} repeat; give every table of {type(module).__name__} its own name")
-    cls, kwargs = sparse_optimizer_args(train_config.sparse_optimizer, train_config.sparse_learning_rate, ctx.device)
+    cls, kwargs = sparse_optimizer_args(stack.sparse_optimizer, optim.sparse_learning_rate, ctx.device)
     for collection in collections.values():
         apply_optimizer_in_backward(cls, collection.parameters(), dict(kwargs))
     sharders: List[Any] = [EmbeddingCollectionSharder(), EmbeddingBagCollectionSharder()]
-    planner = _planner(module, collections, names, train_config, ctx)
+    planner = _planner(module, collections, names, stack, ctx)
     plan = planner.collective_plan(module, sharders, dist.GroupMember.WORLD)
     dmp = DistributedModelParallel(module, device=ctx.device, plan=plan, sharders=sharders)
     initialise_weights(dmp, tables, seed=seed)
-    lr, weight_decay = train_config.learning_rate, train_config.weight_decay
+    lr, weight_decay = optim.learning_rate, optim.weight_decay
     dense = KeyedOptimizerWrapper(
         dict(in_backward_optimizer_filter(dmp.named_parameters())),
         lambda params: torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay),
     )
-    clipping = GradientClipping.NORM if train_config.grad_clip > 0 else GradientClipping.NONE
-    clipped = GradientClippingOptimizer(
-        dense, clipping=clipping, max_gradient=train_config.grad_clip, track_grad_norm=True
-    )
+    clipping = GradientClipping.NORM if stack.grad_clip > 0 else GradientClipping.NONE
+    clipped = GradientClippingOptimizer(dense, clipping=clipping, max_gradient=stack.grad_clip, track_grad_norm=True)
     optimizer = CombinedOptimizer([("sparse", dmp.fused_optimizer), ("dense", clipped)])
     return ShardedTraining(
-        dmp, optimizer, dmp.fused_optimizer, clipped, describe_plan(plan), (lr, train_config.sparse_learning_rate)
+        dmp, optimizer, dmp.fused_optimizer, clipped, describe_plan(plan), (lr, optim.sparse_learning_rate)
     )
 
 
@@ -251,7 +253,8 @@ def build_sharded_training(
     Args:
         model_config (OneRecModelConfig): model sizes.
         vocab_sizes (Sequence[int]): K_l of each code level.
-        train_config (TrainConfig): learning rates, weight decay, clipping, sparse optimiser, sharding type, amp.
+        train_config (TrainConfig): the ``train`` section: ``optim`` (learning rates, weight decay), clipping,
+            sparse optimiser, sharding type, amp.
         ctx (DistContext): this rank (``init_distributed``).
         seed (int): the run's seed; the initial weights depend on it only.
         signal_weights (Sequence[float]): ``OneRecTrainStep``'s per-signal loss weights (empty: the plain NTP loss).
@@ -261,10 +264,23 @@ def build_sharded_training(
     """
     if not dist.is_initialized():
         raise RuntimeError("build_sharded_training needs the default process group; call init_distributed first")
-    module = OneRecTrainStep(
+    module = onerec_train_step(model_config, vocab_sizes, train_config, ctx.device, signal_weights=signal_weights)
+    return shard_for_training(module, train_config.optim, train_config, ctx, seed=seed)
+
+
+def onerec_train_step(
+    model_config: OneRecModelConfig,
+    vocab_sizes: Sequence[int],
+    train_config: TrainConfig,
+    device: torch.device,
+    *,
+    signal_weights: Sequence[float] = (),
+) -> OneRecTrainStep:
+    """A new OneRec model in its ``OneRecTrainStep``, on the meta device (what ``shard_for_training`` takes), with
+    ``train_config.amp`` autocast on ``device``'s type and ``signal_weights`` (empty: the plain NTP loss)."""
+    return OneRecTrainStep(
         OneRecModel(model_config, vocab_sizes, device=torch.device("meta")),
         amp=train_config.amp,
-        device_type=ctx.device.type,
+        device_type=device.type,
         signal_weights=signal_weights,
     )
-    return shard_for_training(module, train_config, ctx, seed=seed)

@@ -6,6 +6,7 @@ real runs get their samples from ``data.splits`` and their codes from the tokeni
 
 from __future__ import annotations
 
+from dataclasses import fields, replace
 from typing import Any, Dict, Optional
 
 import numpy as np
@@ -15,6 +16,7 @@ from torchrec_onerec.data.config import LoaderConfig, SplitConfig
 from torchrec_onerec.data.samples import Sample, SampleSet
 from torchrec_onerec.eval.config import EvalConfig
 from torchrec_onerec.models.config import model_size
+from torchrec_onerec.optim_config import OptimConfig
 from torchrec_onerec.train.config import TrainConfig
 
 
@@ -68,11 +70,12 @@ def tiny_config(
         max_history (int): n (``split.max_history``, which the model follows).
         session_items (int): M (``split.session_items``).
         model (Dict[str, Any] | None): overrides of the ``tiny`` model config.
-        **train: overrides of ``TrainConfig`` (a few defaults suit tests: 2 epochs, short warm-up).
+        **train: overrides of ``TrainConfig``; optimiser keys (``epochs``, ``learning_rate``, ``patience``, ...)
+            override its ``optim`` (a few defaults suit tests: 2 epochs, short warm-up).
 
     Example:
         >>> cfg = tiny_config(epochs=2)
-        >>> cfg.train.epochs, cfg.model.max_history, cfg.loader.batch_size
+        >>> cfg.train.optim.epochs, cfg.model.max_history, cfg.loader.batch_size
         (2, 8, 8)
     """
     defaults: Dict[str, Any] = {
@@ -88,6 +91,13 @@ def tiny_config(
         model=model_size(
             "tiny", num_users=num_users, max_history=max_history, session_items=session_items, **(model or {})
         ),
-        train=TrainConfig(**{**defaults, **train}),
+        train=_train_config({**defaults, **train}),
         eval=EvalConfig(beam_size=10, num_return=10, batch_size=32),
     )
+
+
+def _train_config(values: Dict[str, Any]) -> TrainConfig:
+    """A ``TrainConfig`` from flat keys: the optimiser's go to ``optim`` (over the ``train`` section's defaults)."""
+    names = {f.name for f in fields(OptimConfig)}
+    optim = replace(TrainConfig().optim, **{key: value for key, value in values.items() if key in names})
+    return TrainConfig(optim=optim, **{key: value for key, value in values.items() if key not in names})

@@ -18,7 +18,7 @@ from torchrec_onerec.alignment.config import AlignConfig
 from torchrec_onerec.alignment.ipa import AlignResult, align_iteratively
 from torchrec_onerec.alignment.ipa_stats import generation_stats
 from torchrec_onerec.alignment.train_step import PreferenceTrainStep
-from torchrec_onerec.alignment.trainer import load_plain_state
+from torchrec_onerec.train.export import load_plain_state
 from torchrec_onerec.data.samples import SampleSet
 from torchrec_onerec.models.config import model_size
 from torchrec_onerec.models.onerec import OneRecModel
@@ -29,6 +29,7 @@ from torchrec_onerec.train.distributed import DistContext, init_distributed, tea
 from torchrec_onerec.train.export import gather_model_state, load_exported
 from torchrec_onerec.train.sharding import shard_for_training
 from torchrec_onerec.train.testing import random_samples
+from torchrec_onerec.optim_config import OptimConfig
 
 CPU = torch.device("cpu")
 CODES, SIZES = random_codes(20, [4, 4], seed=0)
@@ -44,8 +45,7 @@ ALIGN = AlignConfig(
     beta=0.5,
     dpo_weight=1.0,
     batch_size=16,
-    learning_rate=3e-3,
-    sparse_learning_rate=0.05,
+    optim=OptimConfig(learning_rate=3e-3, sparse_learning_rate=0.05, weight_decay=0.01),
     eval_users=16,
 )
 
@@ -134,7 +134,8 @@ def test_plain_weights_load_into_the_row_wise_sharded_module_exactly() -> None:
     ctx = init_distributed(CPU, timeout_s=60)
     try:
         module = PreferenceTrainStep(OneRecModel(CONFIG, SIZES, device=torch.device("meta")), beta=0.1, dpo_weight=1.0)
-        training = shard_for_training(module, TrainConfig(sharding_type="row_wise"), ctx, seed=5)
+        stack = TrainConfig(sharding_type="row_wise")
+        training = shard_for_training(module, stack.optim, stack, ctx, seed=5)
         state = _initial_model().state_dict()
         load_plain_state(training.dmp, state)
         gathered = gather_model_state(training.dmp, ctx)

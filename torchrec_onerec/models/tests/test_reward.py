@@ -34,6 +34,7 @@ from torchrec_onerec.models.reward_batch import (
 )
 from torchrec_onerec.models.reward_config import RewardModelConfig
 from torchrec_onerec.models.reward_scoring import score_sessions, session_rewards
+from torchrec_onerec.optim_config import OptimConfig
 
 SIGNALS = ["swt", "vtr", "ltr"]
 NUM_USERS, NUM_ITEMS = 6, 12
@@ -220,8 +221,8 @@ def test_config_errors_name_the_key() -> None:
         RewardModelConfig(pooling="max")
     with pytest.raises(ConfigError, match="reward.session_label"):
         RewardModelConfig(session_label="sum")
-    with pytest.raises(ConfigError, match="reward.learning_rate"):
-        RewardModelConfig(learning_rate=0.0)
+    with pytest.raises(ConfigError, match="reward.optim.learning_rate"):
+        RewardModelConfig(optim=OptimConfig(learning_rate=0.0))
     with pytest.raises(ConfigError, match="reward.weights"):
         RewardModelConfig(weights={"vtr": float("nan")})
 

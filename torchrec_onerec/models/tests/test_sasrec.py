@@ -10,6 +10,7 @@ from torchrec_onerec.data.batch import collate_samples
 from torchrec_onerec.data.samples import Sample, SampleSet
 from torchrec_onerec.models.sasrec import SASRec, SASRecTransform, load_sasrec, rank_items, save_sasrec
 from torchrec_onerec.models.sasrec_config import SASRecConfig
+from torchrec_onerec.optim_config import OptimConfig
 
 CONFIG = SASRecConfig(embedding_dim=8, num_layers=2, num_heads=2, ffn_hidden=16, dropout=0.0)
 NO_LABELS = np.zeros((1, 0), np.float32)
@@ -87,5 +88,5 @@ def test_save_and_load_give_the_same_ranking(tmp_path):
 def test_config_errors_name_the_key():
     with pytest.raises(ValueError, match="sasrec.dropout=1.0"):
         SASRecConfig(dropout=1.0)
-    with pytest.raises(ValueError, match="sasrec.patience=-1"):
-        SASRecConfig(patience=-1)
+    with pytest.raises(ValueError, match="sasrec.optim.patience=-1"):
+        SASRecConfig(optim=OptimConfig(patience=-1))

@@ -19,8 +19,9 @@ from torchrec_onerec.eval.protocols import evaluation_users
 from torchrec_onerec.models.cascade import load_cascade
 from torchrec_onerec.models.cascade_config import CascadeConfig, RankerConfig, RetrievalConfig
 from torchrec_onerec.train.cascade_training import train_cascade
-from torchrec_onerec.train.trainer import section_train_config
+from torchrec_onerec.train.trainer import baseline_stack
 from torchrec_onerec.train.config import TrainConfig
+from torchrec_onerec.optim_config import OptimConfig
 
 CANDIDATES = 30
 
@@ -47,7 +48,8 @@ def _train(tmp_path_factory, overrides, cascade: CascadeConfig):
 @pytest.fixture(scope="module")
 def protocol_b(tmp_path_factory):
     cascade = CascadeConfig(
-        RetrievalConfig(epochs=3, batch_size=128, num_candidates=CANDIDATES), RankerConfig(epochs=5, batch_size=256)
+        RetrievalConfig(optim=OptimConfig(epochs=3, learning_rate=3e-3), batch_size=128, num_candidates=CANDIDATES),
+        RankerConfig(optim=OptimConfig(epochs=5, learning_rate=3e-3), batch_size=256),
     )
     return _train(tmp_path_factory, ["split.protocol=B", "split.min_history=0"], cascade)
 
@@ -55,8 +57,8 @@ def protocol_b(tmp_path_factory):
 @pytest.fixture(scope="module")
 def protocol_a(tmp_path_factory):
     cascade = CascadeConfig(
-        RetrievalConfig(epochs=2, batch_size=256, num_candidates=CANDIDATES),
-        RankerConfig(epochs=2, batch_size=256, negatives_per_positive=2),
+        RetrievalConfig(optim=OptimConfig(epochs=2, learning_rate=3e-3), batch_size=256, num_candidates=CANDIDATES),
+        RankerConfig(optim=OptimConfig(epochs=2, learning_rate=3e-3), batch_size=256, negatives_per_positive=2),
     )
     return _train(tmp_path_factory, ["split.protocol=A", "split.session_items=1"], cascade)
 
@@ -118,19 +120,13 @@ def test_protocol_a_trains_positives_against_sampled_negatives(protocol_a):
 
 def test_row_wise_sharding_is_refused_on_cpu():
     with pytest.raises(ValueError, match="row-wise on CUDA only"):
-        section_train_config(
-            TrainConfig(sharding_type="row_wise"),
-            epochs=1,
-            learning_rate=1e-3,
-            sparse_learning_rate=0.1,
-            weight_decay=0.0,
-            device=torch.device("cpu"),
-        )
+        baseline_stack(TrainConfig(sharding_type="row_wise"), torch.device("cpu"))
 
 
 def test_training_is_deterministic_for_a_seed(tmp_path_factory):
     cascade = CascadeConfig(
-        RetrievalConfig(epochs=1, batch_size=256, num_candidates=CANDIDATES), RankerConfig(epochs=1, batch_size=512)
+        RetrievalConfig(optim=OptimConfig(epochs=1, learning_rate=3e-3), batch_size=256, num_candidates=CANDIDATES),
+        RankerConfig(optim=OptimConfig(epochs=1, learning_rate=3e-3), batch_size=512),
     )
     overrides = ["split.protocol=B", "split.min_history=0"]
     first, second = (_train(tmp_path_factory, overrides, cascade)[3] for _ in range(2))

@@ -25,10 +25,11 @@ from torchrec_onerec.train.config import TrainConfig
 from torchrec_onerec.train.distributed import DistContext, init_distributed, teardown_distributed
 from torchrec_onerec.train.export import gather_model_state, load_checkpoint_model, load_exported, save_exported
 from torchrec_onerec.train.sharding import ShardedTraining, build_sharded_training
+from torchrec_onerec.optim_config import OptimConfig
 
 CODES, SIZES = random_codes(40, [4, 4], seed=0)
 CONFIG = model_size("tiny", num_users=50)
-TRAIN = TrainConfig(learning_rate=0.01)
+TRAIN = TrainConfig(optim=OptimConfig(learning_rate=0.01))
 FINGERPRINT = training_fingerprint(CONFIG, SIZES, CODES, TRAIN.sparse_optimizer)
 BATCHES = [random_batch(CODES, 4, max_history=8, session_items=2, num_users=50, seed=s) for s in range(4)]
 
@@ -67,7 +68,7 @@ def test_round_trip_restores_weights_optimiser_state_and_rng(ctx: DistContext, t
     for index in range(2):
         _step(training, index)
     store = CheckpointStore(tmp_path, ctx, FINGERPRINT)
-    path = store.save(training, CheckpointMeta(FINGERPRINT, step=2, epoch=0, batch_in_epoch=2))
+    path = store.save(training, CheckpointMeta(fingerprint=FINGERPRINT, step=2, epoch=0, batch_in_epoch=2))
     after_save = torch.rand(3)
     restored = build_sharded_training(CONFIG, SIZES, TRAIN, ctx, seed=1)  # other initial weights
     meta = store.load(path, restored, seed=0)
@@ -82,18 +83,18 @@ def test_round_trip_restores_weights_optimiser_state_and_rng(ctx: DistContext, t
 def test_partial_saves_are_ignored_and_old_checkpoints_pruned(ctx: DistContext, tmp_path: Path) -> None:
     training = build_sharded_training(CONFIG, SIZES, TRAIN, ctx, seed=0)
     store = CheckpointStore(tmp_path, ctx, FINGERPRINT)
-    first = store.save(training, CheckpointMeta(FINGERPRINT, step=1, batch_in_epoch=1))
-    second = store.save(training, CheckpointMeta(FINGERPRINT, step=2, batch_in_epoch=2), keep=[first.name])
+    first = store.save(training, CheckpointMeta(fingerprint=FINGERPRINT, step=1, batch_in_epoch=1))
+    second = store.save(training, CheckpointMeta(fingerprint=FINGERPRINT, step=2, batch_in_epoch=2), keep=[first.name])
     (tmp_path / ".tmp-step-000000009-epoch-00000-batch-0000009").mkdir()  # a save interrupted before its rename
     (tmp_path / "step-000000008-epoch-00000-batch-0000008").mkdir()  # no meta.json: not complete
     assert store.latest() == second and store.complete() == [first, second]
-    third = store.save(training, CheckpointMeta(FINGERPRINT, step=3, batch_in_epoch=3), keep=[first.name])
+    third = store.save(training, CheckpointMeta(fingerprint=FINGERPRINT, step=3, batch_in_epoch=3), keep=[first.name])
     assert store.complete() == [first, third]
 
 
 def test_a_checkpoint_of_another_codebook_or_config_is_refused(ctx: DistContext, tmp_path: Path) -> None:
     training = build_sharded_training(CONFIG, SIZES, TRAIN, ctx, seed=0)
-    path = CheckpointStore(tmp_path, ctx, FINGERPRINT).save(training, CheckpointMeta(FINGERPRINT, step=1))
+    path = CheckpointStore(tmp_path, ctx, FINGERPRINT).save(training, CheckpointMeta(fingerprint=FINGERPRINT, step=1))
     other_codes = training_fingerprint(CONFIG, SIZES, CODES.flip(0), TRAIN.sparse_optimizer)
     other_model = training_fingerprint(model_size("tiny", num_users=50, d_model=32), SIZES, CODES, "rowwise_adagrad")
     for fingerprint in (other_codes, other_model):
@@ -105,7 +106,7 @@ def test_a_checkpoint_with_a_file_cut_short_or_missing_is_named(ctx: DistContext
     training = build_sharded_training(CONFIG, SIZES, TRAIN, ctx, seed=0)
     _step(training, 0)
     store = CheckpointStore(tmp_path, ctx, FINGERPRINT)
-    path = store.save(training, CheckpointMeta(FINGERPRINT, step=1))
+    path = store.save(training, CheckpointMeta(fingerprint=FINGERPRINT, step=1))
     (shard,) = path.glob("*.distcp")
     with open(shard, "r+b") as f:
         f.truncate(100)
@@ -119,7 +120,9 @@ def test_a_checkpoint_with_a_file_cut_short_or_missing_is_named(ctx: DistContext
 def test_plain_models_from_a_checkpoint_and_from_an_export(ctx: DistContext, tmp_path: Path) -> None:
     training = build_sharded_training(CONFIG, SIZES, TRAIN, ctx, seed=0)
     _step(training, 0)
-    path = CheckpointStore(tmp_path / "ckpt", ctx, FINGERPRINT).save(training, CheckpointMeta(FINGERPRINT, step=1))
+    path = CheckpointStore(tmp_path / "ckpt", ctx, FINGERPRINT).save(
+        training, CheckpointMeta(fingerprint=FINGERPRINT, step=1)
+    )
     state = _state(training, ctx)
     _assert_equal(load_checkpoint_model(path, CONFIG, SIZES).state_dict(), state)
     save_exported(tmp_path / "best.pt", state, CONFIG, SIZES, FINGERPRINT)

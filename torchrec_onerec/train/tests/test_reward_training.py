@@ -25,7 +25,9 @@ from torchrec_onerec.models.reward_scoring import score_sessions
 from torchrec_onerec.models.reward_config import RewardModelConfig
 from torchrec_onerec.run_dir import load_tagged, save_tagged
 from torchrec_onerec.train.reward_io import REWARD_FORMAT, load_reward_model, save_reward_model
-from torchrec_onerec.train.reward_training import RewardTrainResult, single_item_sessions, train_reward_model
+from torchrec_onerec.train.reward_training import single_item_sessions, train_reward_model
+from torchrec_onerec.train.trainer import ModelTrainResult
+from torchrec_onerec.train.config import TrainConfig
 
 CPU = torch.device("cpu")
 # The tiny world with a strong user-topic signal: on the plain tiny world even the users' true interest in an
@@ -36,7 +38,11 @@ WORLD = [
     "data.synthetic.num_topics=3",
     "data.synthetic.interest_concentration=0.1",
 ]
-CONFIG = RewardModelConfig(batch_size=32, epochs=6, learning_rate=0.003, user_id_embedding=False)
+CONFIG = RewardModelConfig(
+    batch_size=32,
+    optim=dataclasses.replace(RewardModelConfig().optim, epochs=6, learning_rate=0.003),
+    user_id_embedding=False,
+)
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +73,7 @@ def world() -> Dict[str, object]:
     }
 
 
-def _train(config: RewardModelConfig, world: Dict[str, object], out: Path) -> RewardTrainResult:
+def _train(config: RewardModelConfig, world: Dict[str, object], out: Path) -> ModelTrainResult:
     """Train on the world's training days, validate on its validation days, write to ``out``."""
     if dist.is_initialized():
         pytest.skip("a default process group already exists in this process")
@@ -79,6 +85,7 @@ def _train(config: RewardModelConfig, world: Dict[str, object], out: Path) -> Re
         num_users=data.num_users,
         num_items=data.num_items,
         out_dir=out,
+        train_config=TrainConfig(),
         seed=0,
         device=CPU,
         train_impressions=world["train_impressions"],
@@ -88,7 +95,7 @@ def _train(config: RewardModelConfig, world: Dict[str, object], out: Path) -> Re
 
 
 @pytest.fixture(scope="module")
-def trained(world: Dict[str, object], tmp_path_factory: pytest.TempPathFactory) -> Tuple[RewardTrainResult, Path]:
+def trained(world: Dict[str, object], tmp_path_factory: pytest.TempPathFactory) -> Tuple[ModelTrainResult, Path]:
     out = tmp_path_factory.mktemp("reward")
     return _train(CONFIG, world, out), out
 
@@ -111,7 +118,7 @@ def test_training_writes_metrics_and_the_best_model(world: Dict[str, object], tr
     result, out = trained
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == list(range(1, result.epochs + 1))
-    assert result.epochs == CONFIG.epochs or result.stop_reason == "early_stopping"
+    assert result.epochs == CONFIG.optim.epochs or result.stop_reason == "early_stopping"
     best = [r for r in records if r["best"]]
     assert best[-1]["epoch"] == result.best_epoch
     assert best[-1]["valid_session_auc_same_length"] == result.best_value
@@ -135,6 +142,7 @@ def test_training_needs_the_impressions_and_codes_it_is_configured_for(
             num_users=data.num_users,
             num_items=data.num_items,
             out_dir=tmp_path,
+            train_config=TrainConfig(),
             seed=0,
             device=CPU,
             item_codes=world["codes"],
@@ -147,6 +155,7 @@ def test_training_needs_the_impressions_and_codes_it_is_configured_for(
             num_users=data.num_users,
             num_items=data.num_items,
             out_dir=tmp_path,
+            train_config=TrainConfig(),
             seed=0,
             device=CPU,
             train_impressions=world["train_impressions"],
@@ -164,6 +173,7 @@ def test_training_needs_the_impressions_and_codes_it_is_configured_for(
                 num_users=users,
                 num_items=items,
                 out_dir=tmp_path,
+                train_config=TrainConfig(),
                 seed=0,
                 device=CPU,
             )

@@ -1,4 +1,4 @@
-"""SASRec training on TorchRec's stack (``train.trainer.fit``) on the tiny synthetic world, and fit's early stop."""
+"""SASRec training on TorchRec's stack (``train.trainer.fit``) on the tiny synthetic world."""
 
 from __future__ import annotations
 
@@ -15,12 +15,10 @@ from torchrec_onerec.data.splits import split_data
 from torchrec_onerec.datasets.load import load_dataset
 from torchrec_onerec.eval.baselines import evaluate_popularity
 from torchrec_onerec.eval.sasrec import evaluate_sasrec
-from torchrec_onerec.models.sasrec import SASRec, SASRecTransform, load_sasrec
+from torchrec_onerec.models.sasrec import load_sasrec
 from torchrec_onerec.models.sasrec_config import SASRecConfig
-from torchrec_onerec.models.two_tower import training_pairs
-from torchrec_onerec.train.distributed import init_distributed, teardown_distributed
 from torchrec_onerec.train.sasrec_training import SASREC_FILE, train_sasrec
-from torchrec_onerec.train.trainer import FitSpec, LossTrainStep, MetricsWriter, fit, section_train_config
+from torchrec_onerec.optim_config import OptimConfig
 
 CPU = torch.device("cpu")
 SMALL = SASRecConfig(
@@ -28,11 +26,8 @@ SMALL = SASRecConfig(
     num_heads=2,
     ffn_hidden=64,
     dropout=0.1,
-    epochs=6,
-    patience=0,
     batch_size=128,
-    learning_rate=3e-3,
-    sparse_learning_rate=0.1,
+    optim=OptimConfig(epochs=6, learning_rate=3e-3, sparse_learning_rate=0.1),
 )
 
 
@@ -68,7 +63,7 @@ def protocol_a(tmp_path_factory):
 def test_protocol_a_sasrec_keeps_its_best_epoch_and_beats_popularity(protocol_a):
     cfg, data, split, folder, result = protocol_a
     rows = list(csv.DictReader(open(folder / "sasrec.csv")))
-    assert len(rows) == result.epochs == SMALL.epochs and result.selection_metric == "ndcg@10"
+    assert len(rows) == result.epochs == SMALL.optim.epochs and result.selection_metric == "ndcg@10"
     values = [float(row["ndcg@10"]) for row in rows]
     assert result.best_value == max(values) and result.best_epoch == 1 + int(np.argmax(values))
     assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
@@ -81,7 +76,9 @@ def test_protocol_a_sasrec_keeps_its_best_epoch_and_beats_popularity(protocol_a)
 
 
 def test_protocol_b_sessions_are_the_ranking_in_order(tmp_path_factory):
-    cfg, data, split, folder, result = _train(tmp_path_factory, "B", replace(SMALL, epochs=1))
+    cfg, data, split, folder, result = _train(
+        tmp_path_factory, "B", replace(SMALL, optim=OptimConfig(epochs=1, learning_rate=3e-3, sparse_learning_rate=0.1))
+    )
     scored = evaluate_sasrec(
         load_sasrec(folder / SASREC_FILE), split.test, config=cfg.eval, protocol="B", num_items=data.num_items
     )
@@ -92,37 +89,7 @@ def test_protocol_b_sessions_are_the_ranking_in_order(tmp_path_factory):
 
 
 def test_training_is_deterministic_for_a_seed(tmp_path_factory):
-    one_epoch = replace(SMALL, epochs=1)
+    one_epoch = replace(SMALL, optim=OptimConfig(epochs=1, learning_rate=3e-3, sparse_learning_rate=0.1))
     first, second = (_train(tmp_path_factory, "A", one_epoch)[3] for _ in range(2))
     a, b = (torch.load(folder / SASREC_FILE, weights_only=True)["state_dict"] for folder in (first, second))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
-def test_fit_stops_after_patience_epochs_without_a_better_validation(tmp_path):
-    cfg, data, split = _split("A")
-    values = iter([0.5, 0.4, 0.6, 0.3, 0.2, 0.1, 0.0])
-    saved = []
-    ctx = init_distributed(CPU, timeout_s=60)
-    try:
-        spec = FitSpec(
-            name="sasrec",
-            path=tmp_path / "kept.pt",
-            module=LossTrainStep(
-                SASRec(SMALL, num_items=data.num_items, max_history=cfg.split.max_history, device=torch.device("meta"))
-            ),
-            epoch_samples=lambda epoch: training_pairs(split.train).subset(np.arange(64)),
-            transform=SASRecTransform(data.num_items),
-            batch_size=32,
-            train_config=section_train_config(
-                cfg.train, epochs=7, learning_rate=1e-3, sparse_learning_rate=0.1, weight_decay=0.0, device=CPU
-            ),
-            selection_metric="score",
-            validate=lambda state: {"score": next(values)},
-            save=lambda state: saved.append(len(saved)),
-            patience=2,
-        )
-        result = fit(spec, ctx, MetricsWriter(tmp_path, ctx), seed=0, num_workers=0, progress=False)
-    finally:
-        teardown_distributed(ctx)
-    assert (result.epochs, result.best_epoch, result.best_value, len(saved)) == (5, 3, 0.6, 2)
-    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 5

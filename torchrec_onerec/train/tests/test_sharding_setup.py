@@ -17,6 +17,7 @@ from torchrec_onerec.train.distributed import DistContext, init_distributed, tea
 from torchrec_onerec.train.export import gather_model_state
 from torchrec_onerec.train.init_weights import table_rows
 from torchrec_onerec.train.sharding import build_sharded_training, sparse_optimizer_args
+from torchrec_onerec.optim_config import OptimConfig
 
 CPU = torch.device("cpu")
 CODES, SIZES = random_codes(40, [4, 4], seed=0)
@@ -52,7 +53,10 @@ def test_fused_tables_and_clipped_adamw_for_the_dense_part(ctx: DistContext) -> 
     training = build_sharded_training(
         CONFIG,
         SIZES,
-        TrainConfig(sharding_type="table_wise", weight_decay=0.1, learning_rate=0.01, sparse_learning_rate=0.2),
+        TrainConfig(
+            sharding_type="table_wise",
+            optim=OptimConfig(weight_decay=0.1, learning_rate=0.01, sparse_learning_rate=0.2),
+        ),
         ctx,
         seed=0,
     )

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import pytest
 import torch
 import torch.distributed as dist
 
+from torchrec_onerec.config import OneRecConfig
 from torchrec_onerec.data.batch import collate_samples
 from torchrec_onerec.data.samples import SampleSet
 from torchrec_onerec.data.semantic_batch import to_semantic_batch
@@ -22,6 +23,7 @@ from torchrec_onerec.train.checkpoint import CheckpointMismatchError
 from torchrec_onerec.train.export import load_checkpoint_model, load_exported
 from torchrec_onerec.train.loop import TrainResult, train_generative
 from torchrec_onerec.train.testing import random_samples, tiny_config
+from torchrec_onerec.train.validation import GenerativeValidator, Validator
 
 CODES, SIZES = random_codes(30, [4, 4], seed=0)
 INDEX = PrefixIndex(CODES, vocab_sizes=SIZES)
@@ -44,7 +46,42 @@ def _rows(run_dir: Path) -> List[Dict[str, str]]:
 
 def _train(run_dir: Path, valid: SampleSet = VALID, **train: object) -> TrainResult:
     config = tiny_config(model={"dropout": 0.1}, **train)
-    return train_generative(config, TRAIN, valid, CODES, SIZES, run_dir, prefix_index=INDEX, device=CPU, progress=False)
+    return _generative(config, valid, run_dir)
+
+
+def _generative(
+    config: OneRecConfig,
+    valid: SampleSet,
+    run_dir: Path,
+    *,
+    codes: torch.Tensor = CODES,
+    index: PrefixIndex = INDEX,
+    validator: Optional[Validator] = None,
+) -> TrainResult:
+    """``train_generative`` on TRAIN, validated by ``validator`` (default: the config's beam search)."""
+    return train_generative(
+        config.model,
+        config.train,
+        config.loader,
+        TRAIN,
+        valid,
+        codes,
+        SIZES,
+        run_dir,
+        validator=validator
+        or GenerativeValidator(
+            config.eval,
+            codes,
+            index,
+            protocol=config.split.protocol,
+            max_history=config.model.max_history,
+            selection_metric=config.train.selection_metric,
+            progress=False,
+        ),
+        seed=config.seed,
+        device=CPU,
+        progress=False,
+    )
 
 
 def test_loss_falls_and_the_final_model_is_exported(tmp_path: Path) -> None:
@@ -97,18 +134,7 @@ def test_early_stopping_keeps_the_best_validated_model(tmp_path: Path) -> None:
         return {"ndcg@10": next(scores)}
 
     config = tiny_config(epochs=5, patience=2)
-    result = train_generative(
-        config,
-        TRAIN,
-        VALID,
-        CODES,
-        SIZES,
-        tmp_path,
-        prefix_index=INDEX,
-        device=CPU,
-        validator=validator,
-        progress=False,
-    )
+    result = _generative(config, VALID, tmp_path, validator=validator)
     assert (result.stop_reason, result.epochs, result.best_epoch, result.best_value) == ("early_stopping", 4, 2, 0.5)
     assert result.best_checkpoint is not None and Path(result.best_checkpoint).is_dir()
     _assert_same(
@@ -122,7 +148,7 @@ def test_user_ids_beyond_the_user_table_are_refused(tmp_path: Path) -> None:
     largest = int(max(TRAIN.user.max(), VALID.user.max()))
     config = tiny_config(num_users=largest)
     with pytest.raises(ValueError, match=rf"model.num_users={largest} is too small: .* user id {largest}"):
-        train_generative(config, TRAIN, VALID, CODES, SIZES, tmp_path, prefix_index=INDEX, device=CPU, progress=False)
+        _generative(config, VALID, tmp_path)
     assert not (tmp_path / "train").exists()  # refused before anything was written
 
 
@@ -134,18 +160,11 @@ def test_finished_run_is_not_retrained_and_a_foreign_run_is_refused(
     def fail(*args: object, **kwargs: object) -> None:
         raise AssertionError("a finished run was rebuilt")
 
-    monkeypatch.setattr(loop, "build_sharded_training", fail)
+    monkeypatch.setattr(loop, "fit", fail)
     assert _train(tmp_path, valid=SampleSet.empty(2, ["click"]), epochs=1) == first
     monkeypatch.undo()
     with pytest.raises(CheckpointMismatchError, match="resume=False"):
-        train_generative(
-            tiny_config(epochs=2),
-            TRAIN,
-            VALID,
-            CODES.flip(0),
-            SIZES,
-            tmp_path,
-            prefix_index=PrefixIndex(CODES.flip(0), vocab_sizes=SIZES),
-            device=CPU,
-            progress=False,
+        flipped = CODES.flip(0)
+        _generative(
+            tiny_config(epochs=2), VALID, tmp_path, codes=flipped, index=PrefixIndex(flipped, vocab_sizes=SIZES)
         )
