@@ -7,7 +7,11 @@ Each line: the device, torch threads, model size, beam width, users per search c
 - ``mode`` = constrained_dense: the constrained search ranking every code of every level (``compact=False``,
   the plain reference), where ``constrained`` ranks only each beam's valid next codes at an item-id level;
 - ``ratio`` lines: constrained / unconstrained time (target <= 1.1), no-cache / cache time (target >= 3 at
-  beam 32) and dense / compact time.
+  beam 32) and dense / compact time;
+- with ``--baseline-tree DIR`` (a checkout of an older commit, e.g. ``git worktree add /tmp/old dbb7d7e``), the
+  same measurement of ``--modes`` again with that tree's package, in a subprocess right after, and a
+  ``speedup`` line per mode: this tree's sessions per second over the baseline's (issue #18's target: >= 10 at
+  beam 20). Older trees know only the modes ``constrained``, ``unconstrained`` and ``constrained_no_cache``.
 
 The model is random (speed does not depend on the weights); the items are random unique code tuples, or with
 ``--item-leaf`` one balanced level of ``--codebook`` clusters then the item id (``tokenizer.disambiguation=item``,
@@ -22,12 +26,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
+import sys
 import time
 from typing import Dict, List
 
 import torch
 
+import torchrec_onerec
 from torchrec_onerec.generation.beam_search import constrained_beam_search
 from torchrec_onerec.models.config import model_size
 from torchrec_onerec.models.onerec import OneRecModel, count_parameters
@@ -44,6 +52,19 @@ def _time(fn, repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+MODES: Dict[str, Dict[str, bool]] = {
+    "constrained": {},
+    "unconstrained": {"constrained": False},
+    "constrained_no_cache": {"use_cache": False},
+    "constrained_dense": {"compact": False},
+}
+RATIOS = (
+    ("constrained/unconstrained", ("constrained", "unconstrained"), lambda beam: "<= 1.1"),
+    ("no_cache/cache", ("constrained_no_cache", "constrained"), lambda beam: ">= 3" if beam == 32 else None),
+    ("dense/compact", ("constrained_dense", "constrained"), lambda beam: None),
+)
 
 
 def run(args: argparse.Namespace) -> List[Dict[str, object]]:
@@ -66,6 +87,7 @@ def run(args: argparse.Namespace) -> List[Dict[str, object]]:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     common = {
         "bench": "beam_search",
+        "package": os.path.dirname(os.path.dirname(os.path.abspath(torchrec_onerec.__file__))),
         "device": name,
         "threads": torch.get_num_threads(),
         "model": args.size,
@@ -79,12 +101,9 @@ def run(args: argparse.Namespace) -> List[Dict[str, object]]:
     records: List[Dict[str, object]] = []
     for beam in [args.beam] + ([128] if args.beam_128 else []):
         seconds = {}
-        for mode, kwargs in (
-            ("constrained", {}),
-            ("unconstrained", {"constrained": False}),
-            ("constrained_no_cache", {"use_cache": False}),
-            ("constrained_dense", {"compact": False}),
-        ):
+        for mode, kwargs in MODES.items():
+            if mode not in args.modes:
+                continue
             seconds[mode] = _time(
                 lambda: constrained_beam_search(
                     model, batch, prefix_index=index, beam_size=beam, num_return=min(10, beam), amp_dtype=amp, **kwargs
@@ -100,32 +119,10 @@ def run(args: argparse.Namespace) -> List[Dict[str, object]]:
                     "sessions_per_s": round(args.users / seconds[mode], 2),
                 }
             )
-        records.append(
-            {
-                **common,
-                "beam": beam,
-                "ratio": "constrained/unconstrained",
-                "value": round(seconds["constrained"] / seconds["unconstrained"], 3),
-                "target": "<= 1.1",
-            }
-        )
-        records.append(
-            {
-                **common,
-                "beam": beam,
-                "ratio": "no_cache/cache",
-                "value": round(seconds["constrained_no_cache"] / seconds["constrained"], 3),
-                "target": ">= 3" if beam == 32 else None,
-            }
-        )
-        records.append(
-            {
-                **common,
-                "beam": beam,
-                "ratio": "dense/compact",
-                "value": round(seconds["constrained_dense"] / seconds["constrained"], 3),
-            }
-        )
+        for ratio, (top, bottom), target in RATIOS:
+            if top in seconds and bottom in seconds:
+                value = round(seconds[top] / seconds[bottom], 3)
+                records.append({**common, "beam": beam, "ratio": ratio, "value": value, "target": target(beam)})
     for record in records:
         print(json.dumps(record), flush=True)
     return records
@@ -146,7 +143,49 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per measurement")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none", help="autocast dtype")
-    run(parser.parse_args())
+    parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES), help="what to time")
+    parser.add_argument("--baseline-tree", default="", help="also time --modes with this source tree's package")
+    args = parser.parse_args()
+    records = run(args)
+    if args.baseline_tree:
+        print_speedups(records, baseline(args))
+
+
+def baseline(args: argparse.Namespace) -> List[Dict[str, object]]:
+    """The same measurement with the package of ``args.baseline_tree``, in a subprocess (its JSON lines)."""
+    argv = [a for a in sys.argv[1:] if not a.startswith("--baseline-tree")]
+    if args.baseline_tree in argv:
+        argv.remove(args.baseline_tree)
+    # the tree's package comes before this one's (installed in the environment) on the subprocess's path
+    env = {**os.environ, "PYTHONPATH": os.path.abspath(args.baseline_tree)}
+    out = subprocess.run([sys.executable, __file__, *argv], env=env, check=True, capture_output=True, text=True)
+    return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+
+
+def print_speedups(after: List[Dict[str, object]], before: List[Dict[str, object]]) -> None:
+    """One ``speedup`` line per (beam, mode) timed in both: sessions per second, this tree over the baseline's."""
+    rates = {(r["beam"], r["mode"]): r["sessions_per_s"] for r in before if "mode" in r}
+    for record in after:
+        key = (record.get("beam"), record.get("mode"))
+        if "mode" in record and key in rates:
+            speedup = round(float(record["sessions_per_s"]) / float(rates[key]), 2)  # type: ignore[arg-type]
+            print(
+                json.dumps(
+                    {
+                        "bench": "beam_search",
+                        "speedup": "sessions_per_s / baseline's",
+                        "beam": key[0],
+                        "mode": key[1],
+                        "value": speedup,
+                        "baseline_sessions_per_s": rates[key],
+                        "sessions_per_s": record["sessions_per_s"],
+                        "items": record["items"],
+                        "threads": record["threads"],
+                        "target": ">= 10" if key[0] == 20 else None,
+                    }
+                ),
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -202,10 +202,46 @@ class BeamSelect:
         B, N = scores.shape
         K = log_probs.shape[1]
         total = (scores.view(B * N, 1) + log_probs).view(B, N * K)
-        # best first; equal scores in (beam, code) order, so the compact and the dense search pick alike
-        ranked = total.sort(dim=1, descending=True, stable=True)
-        best = ranked.indices[:, :N]
-        return ranked.values[:, :N].contiguous(), best // K, (best % K).view(B * N)
+        values, best = stable_top(total, N)
+        return values, best // K, (best % K).view(B * N)
+
+
+def stable_top(values: torch.Tensor, n: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The ``n`` largest entries of each row, best first, equal values in column order: the first ``n`` of a stable
+    descending sort (so the compact and the dense search pick alike), in time linear in the row length.
+
+    ``topk`` gives the n-th largest value t of each row; every entry above t is kept, and of the entries equal to t
+    the first ones in column order fill the rest (rows with more ties than room are the only ones scanned again);
+    only those n are sorted.
+
+    Args:
+        values (torch.Tensor): [B, C] with C >= n (no NaN; -inf allowed).
+        n (int): entries to keep per row.
+
+    Returns:
+        (torch.Tensor, torch.Tensor): [B, n] the values and [B, n] their columns.
+
+    Example:
+        >>> v = torch.tensor([[1.0, 3.0, 3.0, float("-inf"), 3.0, 2.0]])
+        >>> top = stable_top(v, 3)
+        >>> top[0].tolist(), top[1].tolist()
+        ([[3.0, 3.0, 3.0]], [[1, 2, 4]])
+        >>> ranked = v.sort(dim=1, descending=True, stable=True)
+        >>> top[1].tolist() == ranked.indices[:, :3].tolist()
+        True
+    """
+    threshold = values.topk(n, dim=1).values[:, -1:]  # [B, 1]
+    keep = values >= threshold
+    extra = keep.sum(dim=1) - n  # tied entries beyond the n (0 in most rows)
+    rows = (extra > 0).nonzero()[:, 0]
+    if len(rows):  # drop the last tied entries of those rows
+        tied = values[rows] == threshold[rows]
+        kept_ties = tied.sum(dim=1, keepdim=True) - extra[rows, None]
+        keep[rows] &= ~(tied & (tied.cumsum(dim=1) > kept_ties))
+    columns = keep.nonzero()[:, 1].view(values.shape[0], n)  # column order within each row
+    kept = values.gather(1, columns)
+    order = kept.sort(dim=1, descending=True, stable=True).indices
+    return kept.gather(1, order).contiguous(), columns.gather(1, order)
 
 
 def decode_sessions(

@@ -13,7 +13,7 @@ import torch
 from torchrec_onerec.data.batch import collate_samples
 from torchrec_onerec.data.samples import Sample
 from torchrec_onerec.data.semantic_batch import SemanticIdBatch, to_semantic_batch
-from torchrec_onerec.generation.beam_search import constrained_beam_search, history_items
+from torchrec_onerec.generation.beam_search import constrained_beam_search, history_items, stable_top
 from torchrec_onerec.generation.processors import RepeatedPrefixPenalty
 from torchrec_onerec.models.config import model_size
 from torchrec_onerec.models.onerec import OneRecModel
@@ -229,3 +229,16 @@ def test_a_repeated_prefix_penalty_spreads_sessions_over_first_codes_and_is_scor
     assert not _first_code_repeats(strict.codes).any()  # 4 clusters, 3 items: every session can spread
     with pytest.raises(ValueError, match="penalty=-1.0 must be >= 0"):
         RepeatedPrefixPenalty(-1.0)
+
+
+@pytest.mark.parametrize("n", [1, 3, 20])
+def test_stable_top_is_the_head_of_a_stable_descending_sort(n: int) -> None:
+    generator = torch.Generator().manual_seed(n)
+    # few distinct values (many ties), blocked entries, and a row blocked but for fewer than n entries
+    values = torch.randint(0, 4, (6, 300), generator=generator).float()
+    values[values == 0] = float("-inf")
+    values[5, 2:] = float("-inf")
+    kept, columns = stable_top(values, n)
+    ranked = values.sort(dim=1, descending=True, stable=True)
+    assert torch.equal(columns, ranked.indices[:, :n])
+    assert torch.equal(kept, ranked.values[:, :n])
