@@ -61,7 +61,7 @@ from torchrec_onerec.train.loop import train_generative
 from torchrec_onerec.train.config import AMP_MODES
 from torchrec_onerec.train.testing import random_samples, tiny_config
 from torchrec_onerec.train.train_module import OneRecTrainStep
-from torchrec_onerec.train.validation import GenerativeValidator
+from torchrec_onerec.context import generative_validator
 
 SIZES: Dict[str, Dict[str, Any]] = {
     "small": {
@@ -140,15 +140,7 @@ def _worker(rank: int, world_size: int, threads: int, port: int, args: argparse.
         setting["codes"],
         setting["vocab"],
         Path(folder) / "run",
-        validator=GenerativeValidator(
-            config.eval,
-            setting["codes"],
-            PrefixIndex(setting["codes"]),
-            protocol=config.split.protocol,
-            max_history=config.model.max_history,
-            selection_metric=config.train.selection_metric,
-            progress=False,
-        ),
+        validator=generative_validator(config, setting["codes"], PrefixIndex(setting["codes"]), progress=False),
         seed=config.seed,
         device=torch.device(args.device),
         resume=False,

@@ -29,7 +29,7 @@ from torchrec_onerec.runtime import resolve_device, seed_everything
 from torchrec_onerec.tokenizer import fit_tokenizer, item_embeddings
 from torchrec_onerec.train.distributed import broadcast_object, init_distributed, teardown_distributed
 from torchrec_onerec.train.loop import TrainResult, train_generative
-from torchrec_onerec.train.validation import GenerativeValidator
+from torchrec_onerec.context import generative_validator
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 
@@ -69,15 +69,7 @@ def main(argv: Optional[Sequence[str]] = None) -> TrainResult:
             codebook.codes,
             codebook.vocab_sizes,
             Path(cfg.run_dir),
-            validator=GenerativeValidator(
-                cfg.eval,
-                codebook.codes,
-                codebook.prefix_index(),
-                protocol=cfg.split.protocol,
-                max_history=cfg.model.max_history,
-                selection_metric=cfg.train.selection_metric,
-                progress=False,
-            ),
+            validator=generative_validator(cfg, codebook.codes, codebook.prefix_index(), progress=False),
             seed=cfg.seed,
             device=ctx.device,
             resume=False,

@@ -35,7 +35,7 @@ from torchrec_onerec.train.distributed import barrier, init_distributed, teardow
 from torchrec_onerec.train.export import load_checkpoint_model
 from torchrec_onerec.train.loop import train_generative
 from torchrec_onerec.train.testing import random_samples, tiny_config
-from torchrec_onerec.train.validation import GenerativeValidator
+from torchrec_onerec.context import generative_validator
 
 WORLD_SIZE = 2
 STOP_AT = 8  # mid epoch 1: 48 samples / global batch 8 = 6 steps per epoch
@@ -63,15 +63,7 @@ def _train(run_dir: Path, **train: object) -> Dict[str, object]:
         CODES,
         SIZES,
         run_dir,
-        validator=GenerativeValidator(
-            config.eval,
-            CODES,
-            PrefixIndex(CODES, vocab_sizes=SIZES),
-            protocol=config.split.protocol,
-            max_history=config.model.max_history,
-            selection_metric=config.train.selection_metric,
-            progress=False,
-        ),
+        validator=generative_validator(config, CODES, PrefixIndex(CODES, vocab_sizes=SIZES), progress=False),
         seed=config.seed,
         device=torch.device("cpu"),
         progress=False,

@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 from typing import Optional, Union
 
+import torch
+
 from torchrec_onerec.config import OneRecConfig
 from torchrec_onerec.data.samples import SampleSet
 from torchrec_onerec.data.splits import SplitA, SplitB, split_data
@@ -17,6 +19,7 @@ from torchrec_onerec.models.reward import SessionRewardModel
 from torchrec_onerec.run_dir import RunDir
 from torchrec_onerec.runtime import resolve_device
 from torchrec_onerec.tokenizer.codebook import Codebook, catalogue_fingerprint
+from torchrec_onerec.tokenizer.prefix_index import PrefixIndex
 from torchrec_onerec.train.distributed import rank_device
 from torchrec_onerec.train.reward_io import REWARD_MODEL_FILE, load_reward_model
 from torchrec_onerec.train.validation import GenerativeValidator
@@ -95,15 +98,23 @@ class PipelineContext:
         )
 
     def generative_validator(self) -> GenerativeValidator:
-        """What validates the generative model during training: constrained beam search with the ``eval`` section
-        on the validation users, the bar on rank 0 only."""
-        cfg, book = self.config, self.codebook
-        return GenerativeValidator(
-            cfg.eval,
-            book.codes,
-            book.prefix_index(),
-            protocol=cfg.split.protocol,
-            max_history=cfg.model.max_history,
-            selection_metric=cfg.train.selection_metric,
-            progress=rank() == 0,
+        """What validates the generative model during training (``generative_validator``), the bar on rank 0."""
+        return generative_validator(
+            self.config, self.codebook.codes, self.codebook.prefix_index(), progress=rank() == 0
         )
+
+
+def generative_validator(
+    config: OneRecConfig, codes: torch.Tensor, prefix_index: PrefixIndex, *, progress: bool
+) -> GenerativeValidator:
+    """The run's validator of the generative model: constrained beam search on the validation users with the
+    ``eval`` section, ``split.protocol`` and ``model.max_history``, checked against ``train.selection_metric``."""
+    return GenerativeValidator(
+        config.eval,
+        codes,
+        prefix_index,
+        protocol=config.split.protocol,
+        max_history=config.model.max_history,
+        selection_metric=config.train.selection_metric,
+        progress=progress,
+    )

@@ -23,7 +23,8 @@ from torchrec_onerec.train.checkpoint import CheckpointMismatchError
 from torchrec_onerec.train.export import load_checkpoint_model, load_exported
 from torchrec_onerec.train.loop import TrainResult, train_generative
 from torchrec_onerec.train.testing import random_samples, tiny_config
-from torchrec_onerec.train.validation import GenerativeValidator, Validator
+from torchrec_onerec.train.validation import Validator
+from torchrec_onerec.context import generative_validator
 
 CODES, SIZES = random_codes(30, [4, 4], seed=0)
 INDEX = PrefixIndex(CODES, vocab_sizes=SIZES)
@@ -68,16 +69,7 @@ def _generative(
         codes,
         SIZES,
         run_dir,
-        validator=validator
-        or GenerativeValidator(
-            config.eval,
-            codes,
-            index,
-            protocol=config.split.protocol,
-            max_history=config.model.max_history,
-            selection_metric=config.train.selection_metric,
-            progress=False,
-        ),
+        validator=validator or generative_validator(config, codes, index, progress=False),
         seed=config.seed,
         device=CPU,
         progress=False,
