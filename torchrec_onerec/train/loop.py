@@ -147,12 +147,7 @@ class _Run:
         self.folder = run.path / "train"
         self.fingerprint = training_fingerprint(model_config, vocab_sizes, codes, self.tc.sparse_optimizer)
         self.store = CheckpointStore(self.folder / "checkpoints", ctx, self.fingerprint)
-        self.steps_per_epoch = steps_per_epoch(len(train), loader.batch_size, ctx.world_size)
-        if self.steps_per_epoch == 0:
-            raise ValueError(
-                f"{len(train)} training samples cannot feed {ctx.world_size} processes; use more "
-                "samples or fewer processes"
-            )
+        self.steps_per_epoch = steps_per_epoch(len(train), loader.batch_size, ctx.world_size)  # 0: fit refuses it
         skipped = tail_samples_skipped(len(train), loader.batch_size, ctx.world_size)
         if skipped and ctx.is_rank0:
             LOG.warning(
@@ -260,12 +255,12 @@ class _Run:
             assert self.logger is not None
             self.logger.log_step(record, step=position.step)
 
-    def _on_epoch(self, training: ShardedTraining, position: TrainPosition, selection: ModelSelection) -> None:
+    def _on_epoch(
+        self, training: ShardedTraining, position: TrainPosition, selection: ModelSelection, metrics: Dict[str, float]
+    ) -> None:
         assert self.logger is not None
         self.logger.log_epoch(self.epoch_window.flush(self.ctx), epoch=position.epoch - 1, step=position.step)
-        last = selection.history[-1] if selection.history else {}
-        if (last.get("epoch"), last.get("step")) == (position.epoch, position.step):  # validated at this epoch
-            metrics = {key: value for key, value in last.items() if key not in ("epoch", "step")}
+        if metrics:  # validated at this epoch
             self.logger.log_validation(
                 metrics, epoch=position.epoch, step=position.step, best=selection.best_step == position.step
             )
@@ -286,11 +281,7 @@ class _Run:
         self.store.save(training, position, keep=[best] if best else [])
 
     def _finish(self, fitted: ModelTrainResult) -> TrainResult:
-        selection = (
-            ModelSelection.from_json(self.meta.selection)
-            if self.meta.selection
-            else ModelSelection(self.tc.selection_metric, self.tc.optim.patience)
-        )
+        selection = ModelSelection.from_json(self.meta.selection)  # fit leaves its final state in the position
         samples, tokens = all_reduce_sum(self.totals[:2], self.ctx)
         seconds = max(self.totals[2], 1e-9)
         result = TrainResult(

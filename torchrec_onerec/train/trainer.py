@@ -139,7 +139,8 @@ class FitSpec:
         start: the sharded model -> the position to train from; a position past step 0 is a resume (its
             checkpoint loaded into the model, its selection state in ``position.selection``). None: step 0.
         on_step: after every optimiser step: (the model, the position, the pipeline's output, the step's seconds).
-        on_epoch: after every epoch, its validation and selection: (the model, the position, the selection).
+        on_epoch: after every epoch, its validation and selection: (the model, the position, the selection, the
+            epoch's validation metrics: {} when it was not validated).
         checkpoint: writes a checkpoint at the position (every rank; a collective): after every epoch, every
             ``checkpoint_every_steps`` steps within an epoch, and where ``max_steps`` stops training.
         checkpoint_every_steps: 0: checkpoints at epoch ends only.
@@ -161,7 +162,7 @@ class FitSpec:
     step_loss: Callable[[Any], float] = _first_output
     start: Optional[Callable[[ShardedTraining], TrainPosition]] = None
     on_step: Optional[Callable[[ShardedTraining, TrainPosition, Any, float], None]] = None
-    on_epoch: Optional[Callable[[ShardedTraining, TrainPosition, ModelSelection], None]] = None
+    on_epoch: Optional[Callable[[ShardedTraining, TrainPosition, ModelSelection, Dict[str, float]], None]] = None
     checkpoint: Optional[Hook] = None
     checkpoint_every_steps: int = 0
 
@@ -314,6 +315,7 @@ def fit(
     finally:
         if run.bar is not None:
             run.bar.close()
+    position.selection = selection.to_json()  # the final selection state, for a caller that keeps the position
     if selection.best_value is None:
         state = gather_model_state(training.dmp, ctx)
         if state is not None and spec.save is not None:
@@ -387,6 +389,7 @@ class _Fit:
             "seconds": position.train_seconds,
             "best": False,
         }
+        metrics: Dict[str, float] = {}
         if spec.validate is not None and (
             position.epoch % spec.validate_every == 0 or position.epoch == spec.optim.epochs
         ):
@@ -394,7 +397,7 @@ class _Fit:
             record.update(metrics, best=best)
             position.stopped_early = self.selection.should_stop
         if spec.on_epoch is not None:
-            spec.on_epoch(self.training, position, self.selection)
+            spec.on_epoch(self.training, position, self.selection, metrics)
         self._checkpoint()
         return record
 

@@ -199,3 +199,20 @@ def test_fit_resumes_from_the_position_start_gives(world):
     )
     assert seen == [4, 5, 6] and (result.steps, result.epochs) == (6, 3)
     assert [r["epoch"] for r in result.history] == [2, 3]
+
+
+def test_on_epoch_gets_the_epochs_validation_and_the_position_keeps_the_final_selection(world):
+    seen: List[Dict[str, float]] = []
+    position = TrainPosition()
+    values = iter([0.2, 0.1])
+    _fit(
+        world,
+        epochs=3,
+        selection_metric="score",
+        validate=lambda state: {"score": next(values)},
+        validate_every=2,
+        start=lambda training: position,
+        on_epoch=lambda training, where, selection, metrics: seen.append(metrics),
+    )
+    assert seen == [{}, {"score": 0.2}, {"score": 0.1}]  # every 2nd epoch and the last
+    assert position.selection["best_epoch"] == 2 and len(position.selection["history"]) == 2
