@@ -38,7 +38,6 @@ import csv
 import json
 import os
 import resource
-import socket
 import statistics
 import tempfile
 import time
@@ -62,6 +61,7 @@ from torchrec_onerec.train.config import AMP_MODES
 from torchrec_onerec.train.testing import random_samples, tiny_config
 from torchrec_onerec.train.train_module import OneRecTrainStep
 from torchrec_onerec.context import generative_validator
+from torchrec_onerec.train.testing import as_torchrun_rank, free_port
 
 SIZES: Dict[str, Dict[str, Any]] = {
     "small": {
@@ -120,15 +120,7 @@ def _setting(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def _worker(rank: int, world_size: int, threads: int, port: int, args: argparse.Namespace, folder: str) -> None:
-    os.environ.update(
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        WORLD_SIZE=str(world_size),
-        LOCAL_WORLD_SIZE=str(world_size),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-    )
-    torch.set_num_threads(threads)
+    as_torchrun_rank(rank, world_size, port, threads=threads)
     setting = _setting(args)
     config = setting["config"]
     result = train_generative(
@@ -160,18 +152,12 @@ def _worker(rank: int, world_size: int, threads: int, port: int, args: argparse.
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def measure(world_size: int, threads: int, args: argparse.Namespace) -> Dict[str, Any]:
     """Train ``args.steps`` steps with ``world_size`` processes of ``threads`` threads; returns the JSON record."""
     load_before = os.getloadavg()[0]  # the machine may be shared: a busy core slows multi-threaded settings most
     with tempfile.TemporaryDirectory() as folder:
         mp.start_processes(
-            _worker, args=(world_size, threads, _free_port(), args, folder), nprocs=world_size, start_method="spawn"
+            _worker, args=(world_size, threads, free_port(), args, folder), nprocs=world_size, start_method="spawn"
         )
         reports = [json.loads(Path(folder, f"rank{r}.json").read_text()) for r in range(world_size)]
         with open(Path(folder) / "run" / "train" / "metrics.csv") as f:

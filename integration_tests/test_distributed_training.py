@@ -17,7 +17,6 @@ import csv
 import json
 import os
 import shutil
-import socket
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -36,6 +35,7 @@ from torchrec_onerec.train.export import load_checkpoint_model
 from torchrec_onerec.train.loop import train_generative
 from torchrec_onerec.train.testing import random_samples, tiny_config
 from torchrec_onerec.context import generative_validator
+from torchrec_onerec.train.testing import as_torchrun_rank, free_port
 
 WORLD_SIZE = 2
 STOP_AT = 8  # mid epoch 1: 48 samples / global batch 8 = 6 steps per epoch
@@ -71,26 +71,8 @@ def _train(run_dir: Path, **train: object) -> Dict[str, object]:
     return asdict(result)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _torchrun_env(rank: int, port: int) -> None:
-    os.environ.update(
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        WORLD_SIZE=str(WORLD_SIZE),
-        LOCAL_WORLD_SIZE=str(WORLD_SIZE),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-    )
-    torch.set_num_threads(1)
-
-
 def _training_worker(rank: int, port: int, folder: str) -> None:
-    _torchrun_env(rank, port)
+    as_torchrun_rank(rank, WORLD_SIZE, port)
     root = Path(folder)
     ctx = init_distributed(torch.device("cpu"), timeout_s=60)  # the group every train_generative call reuses
     try:
@@ -105,7 +87,7 @@ def _training_worker(rank: int, port: int, folder: str) -> None:
 
 
 def _dead_rank_worker(rank: int, port: int, folder: str) -> None:
-    _torchrun_env(rank, port)
+    as_torchrun_rank(rank, WORLD_SIZE, port)
     init_distributed(torch.device("cpu"), timeout_s=3)
     if rank == 1:
         os._exit(0)  # dies without a word
@@ -124,7 +106,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if dist.is_initialized():
         pytest.skip("a default process group already exists in this process")
     root = tmp_path_factory.mktemp("distributed")
-    mp.start_processes(_training_worker, args=(_free_port(), str(root)), nprocs=WORLD_SIZE, start_method="spawn")
+    mp.start_processes(_training_worker, args=(free_port(), str(root)), nprocs=WORLD_SIZE, start_method="spawn")
     (root / "single.json").write_text(json.dumps(_train(root / "single")))
     (root / "resharded.json").write_text(json.dumps(_train(root / "resharded")))
     return root
@@ -181,6 +163,6 @@ def test_a_two_process_checkpoint_resumes_in_one_process(runs: Path) -> None:
 
 
 def test_a_dead_rank_ends_the_job_within_the_collective_timeout(tmp_path: Path) -> None:
-    mp.start_processes(_dead_rank_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD_SIZE, start_method="spawn")
+    mp.start_processes(_dead_rank_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD_SIZE, start_method="spawn")
     report = json.loads((tmp_path / "dead-rank.json").read_text())
     assert report["outcome"] != "no error" and report["seconds"] < 30

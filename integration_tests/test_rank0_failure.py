@@ -10,7 +10,6 @@ from __future__ import annotations
 import gc
 import json
 import os
-import socket
 import time
 from pathlib import Path
 
@@ -26,15 +25,10 @@ from torchrec_onerec.train import reward_training
 from torchrec_onerec.train.distributed import barrier, init_distributed, on_rank0, teardown_distributed
 from torchrec_onerec.train.config import TrainConfig
 from torchrec_onerec.optim_config import OptimConfig
+from torchrec_onerec.train.testing import as_torchrun_rank, free_port
 
 WORLD_SIZE = 2
 TIMEOUT_S = 120
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _samples(n: int, seed: int) -> SampleSet:
@@ -58,15 +52,7 @@ def _fail(*args: object, **kwargs: object) -> None:
 
 
 def _worker(rank: int, port: int, folder: str) -> None:
-    os.environ.update(
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        WORLD_SIZE=str(WORLD_SIZE),
-        LOCAL_WORLD_SIZE=str(WORLD_SIZE),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-    )
-    torch.set_num_threads(1)
+    as_torchrun_rank(rank, WORLD_SIZE, port)
     ctx = init_distributed(torch.device("cpu"), timeout_s=TIMEOUT_S)
     outcomes = {}
     start = time.perf_counter()
@@ -116,7 +102,7 @@ def _worker(rank: int, port: int, folder: str) -> None:
 def test_a_rank0_failure_ends_every_rank_with_its_error(tmp_path: Path) -> None:
     if dist.is_initialized():
         pytest.skip("a default process group already exists in this process")
-    mp.start_processes(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD_SIZE, start_method="spawn")
+    mp.start_processes(_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD_SIZE, start_method="spawn")
     for rank in range(WORLD_SIZE):
         outcomes = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert outcomes["helper"]["error"] == (

@@ -97,18 +97,23 @@ def init_distributed(device: torch.device, *, timeout_s: float) -> DistContext:
     if this_device.type == "cuda":
         torch.cuda.set_device(this_device)
     backend = "nccl" if this_device.type == "cuda" else "gloo"
-    if dist.is_initialized():
-        world_size = dist.get_world_size()
-        return DistContext(
-            dist.get_rank(),
-            world_size,
-            local_rank,
-            _env_int("LOCAL_WORLD_SIZE", world_size),
-            this_device,
-            dist.get_backend(),
-            owns_group=False,
-        )
-    timeout = datetime.timedelta(seconds=timeout_s)
+    owns_group = not dist.is_initialized()
+    if owns_group:
+        _init_group(backend, datetime.timedelta(seconds=timeout_s))
+    world_size = dist.get_world_size()
+    return DistContext(
+        dist.get_rank(),
+        world_size,
+        local_rank,
+        _env_int("LOCAL_WORLD_SIZE", world_size),
+        this_device,
+        dist.get_backend(),
+        owns_group=owns_group,
+    )
+
+
+def _init_group(backend: str, timeout: datetime.timedelta) -> None:
+    """The default process group: torchrun's (``env://``) when its variables are set, else one process."""
     present = [key for key in TORCHRUN_KEYS if key in os.environ]
     if present and len(present) < len(TORCHRUN_KEYS):
         missing = sorted(set(TORCHRUN_KEYS) - set(present))
@@ -126,16 +131,6 @@ def init_distributed(device: torch.device, *, timeout_s: float) -> DistContext:
         )
     else:
         dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
-    world_size = dist.get_world_size()
-    return DistContext(
-        dist.get_rank(),
-        world_size,
-        local_rank,
-        _env_int("LOCAL_WORLD_SIZE", world_size),
-        this_device,
-        backend,
-        owns_group=True,
-    )
 
 
 def teardown_distributed(ctx: DistContext) -> None:

@@ -6,10 +6,13 @@ real runs get their samples from ``data.splits`` and their codes from the tokeni
 
 from __future__ import annotations
 
+import os
+import socket
 from dataclasses import fields, replace
 from typing import Any, Dict, Optional
 
 import numpy as np
+import torch
 
 from torchrec_onerec.config import OneRecConfig
 from torchrec_onerec.data.config import LoaderConfig, SplitConfig
@@ -101,3 +104,24 @@ def _train_config(values: Dict[str, Any]) -> TrainConfig:
     names = {f.name for f in fields(OptimConfig)}
     optim = replace(TrainConfig().optim, **{key: value for key, value in values.items() if key in names})
     return TrainConfig(optim=optim, **{key: value for key, value in values.items() if key not in names})
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (the rendezvous of spawned test ranks)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def as_torchrun_rank(rank: int, world_size: int, port: int, *, threads: int = 1) -> None:
+    """Make a spawned process rank ``rank`` of ``world_size`` on this host, as ``torchrun`` would (the environment
+    ``init_distributed`` reads), with ``threads`` torch threads."""
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_WORLD_SIZE=str(world_size),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+    torch.set_num_threads(threads)
