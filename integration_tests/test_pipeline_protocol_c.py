@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from torchrec_onerec.cli import main
@@ -16,7 +17,7 @@ TINY = "configs/tiny.yaml"
 MIX = [
     "align.reward_source=mix",
     "align.iterations=1",
-    "compare.arms=[cascade,cascade_rerank,onerec,onerec_dpo,onerec_ipa,onerec_ipa_diverse,popularity]",
+    "compare.arms=[cascade,cascade_rerank,onerec,onerec_dpo,onerec_ipa,onerec_ipa_diverse,onerec_ipa_select,popularity]",
 ]
 
 
@@ -61,6 +62,21 @@ def test_the_diverse_arms_penalty_is_chosen_on_validation(run_dir: Path) -> None
     assert info["selected_on"].startswith("validation")
     report = (run_dir / "compare" / "report.md").read_text()
     assert "served with a diversity penalty of" in report
+
+
+def test_the_select_arm_picks_its_candidates_on_validation_and_serves_the_best_of_them(run_dir: Path) -> None:
+    arms = json.loads((run_dir / "evaluate" / "metrics.json").read_text())["arms"]
+    info = arms["onerec_ipa_select"]["info"]
+    table = info["selection"]
+    assert set(table) == {"0.0", "2.0", "5.0", "10.0"}
+    assert info["select_top_n"] == int(float(max(table, key=lambda n: (table[n], -float(n)))))
+    assert info["selected_on"].startswith("validation")
+    # the same beams as onerec_ipa's, re-ordered: each user's set of returned sessions is unchanged
+    plain = np.load(run_dir / "evaluate" / "arms" / "onerec_ipa.npz")["sessions"]
+    chosen = np.load(run_dir / "evaluate" / "arms" / "onerec_ipa_select.npz")["sessions"]
+    for user in range(len(plain)):
+        assert sorted(map(tuple, plain[user])) == sorted(map(tuple, chosen[user]))
+    assert "| onerec_ipa_select |" in (run_dir / "compare" / "report.md").read_text()
 
 
 def test_valid_split_scores_the_validation_users_without_the_truth(run_dir: Path) -> None:

@@ -25,6 +25,7 @@ from torchrec_onerec.eval.generative import evaluate_generative
 from torchrec_onerec.eval.protocols import EvalResult
 from torchrec_onerec.eval.reward_estimates import add_reward_estimates
 from torchrec_onerec.eval.sasrec import evaluate_sasrec
+from torchrec_onerec.eval.session_selection import select_by_reward
 from torchrec_onerec.models.cascade import CascadeRecommender, load_cascade
 from torchrec_onerec.models.onerec import OneRecModel
 from torchrec_onerec.models.reward import SessionRewardModel
@@ -236,6 +237,64 @@ def _diverse_arm(name: str, base: str) -> Arm:
     )
 
 
+def _select_arm(name: str, base: str) -> Arm:
+    """Arm ``base``'s model serving the best of its n most probable sessions by the alignment reward
+    (``eval.session_selection``), n chosen on validation among ``eval.select_candidates`` (and 0, the plain
+    search) as the ``cascade_rerank`` arm's weight is. Not an exported model alone, so not served by
+    ``onerec recommend``."""
+    plain = ARMS[base]
+    assert plain.model_path is not None
+    model_path = plain.model_path
+
+    def score(ctx: PipelineContext, reward_model: Optional[SessionRewardModel]) -> EvalResult:
+        cfg = ctx.config
+        if cfg.align.reward_source == "world":
+            raise ValueError(
+                f"arm {name!r} picks the served session by the alignment reward, and align.reward_source='world' "
+                "is the synthetic world's truth, which never serves (docs/EVAL.md); drop the arm from compare.arms "
+                "or align to model, ranker or mix"
+            )
+        too_many = [n for n in cfg.eval.select_candidates if n > cfg.eval.num_return]
+        if too_many:
+            raise ValueError(
+                f"eval.select_candidates={list(cfg.eval.select_candidates)} has {too_many}, above "
+                f"eval.num_return={cfg.eval.num_return}: the served session is picked among the returned ones; "
+                "lower those entries or raise eval.num_return"
+            )
+        model = _load_generative(ctx, model_path(ctx.run))
+        reward_fn = ctx.alignment_reward()
+        protocol, ks, num_items = cfg.split.protocol, cfg.eval.ks, ctx.data.num_items
+
+        def selected(result: EvalResult, samples: SampleSet, n: float) -> EvalResult:
+            if n == 0:
+                return result
+            return select_by_reward(result, samples, reward_fn, int(n), protocol=protocol, ks=ks, num_items=num_items)
+
+        valid = _score_generative(ctx, model, samples=ctx.split.valid)  # searched once for every n tried
+        n, table, criterion = choose_on_validation(
+            ctx,
+            reward_model,
+            [float(n) for n in cfg.eval.select_candidates],
+            lambda n: selected(valid, ctx.split.valid, n),
+            f"{name} candidates",
+        )
+        result = selected(_score_generative(ctx, model), ctx.scored_samples, n)
+        result.info.update(select_top_n=int(n), selection=table, selected_on=criterion)
+        return result
+
+    def chosen(config: OneRecConfig, info: Dict[str, object]) -> str:
+        n = info["select_top_n"]
+        serving = (
+            f"served the best of its {n} most probable sessions by `align.reward_source={config.align.reward_source}`"
+            if n
+            else "served as searched (no re-selection)"
+        )
+        return f"{plain.chosen(config, info)}; {serving}, {_selection_text(info)}"
+
+    # "align": the reward exists only where alignment applies (protocol B with feedback).
+    return Arm(name, tuple(dict.fromkeys(plain.needs + ("align",))), score, chosen)
+
+
 def _score_popularity(ctx: PipelineContext, reward_model: Optional[SessionRewardModel]) -> EvalResult:
     cfg = ctx.config
     return evaluate_popularity(
@@ -327,7 +386,12 @@ ARMS: Dict[str, Arm] = {
 }
 ARMS.update(
     (arm.name, arm)
-    for arm in (_diverse_arm("onerec_diverse", "onerec"), _diverse_arm("onerec_ipa_diverse", "onerec_ipa"))
+    for arm in (
+        _diverse_arm("onerec_diverse", "onerec"),
+        _diverse_arm("onerec_ipa_diverse", "onerec_ipa"),
+        _select_arm("onerec_select", "onerec"),
+        _select_arm("onerec_ipa_select", "onerec_ipa"),
+    )
 )
 SERVABLE_ARMS = tuple(name for name, arm in ARMS.items() if arm.serves_from)
 

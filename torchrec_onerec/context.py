@@ -4,18 +4,24 @@ torchrun rank."""
 
 from __future__ import annotations
 
+import functools
 import os
-from typing import Optional, Union
+from typing import List, Optional, Union
 
 import torch
 
+from torchrec_onerec.alignment.candidates import RewardFn
+from torchrec_onerec.alignment.rewards import mixed_reward_fn, ranker_reward_fn
 from torchrec_onerec.config import OneRecConfig
 from torchrec_onerec.data.samples import SampleSet
 from torchrec_onerec.data.splits import SplitA, SplitB, split_data
 from torchrec_onerec.datasets.interactions import InteractionData
 from torchrec_onerec.datasets.load import load_dataset
 from torchrec_onerec.datasets.synthetic import SyntheticWorld, load_synthetic
+from torchrec_onerec.eval.simulated import world_reward_fn
+from torchrec_onerec.models.cascade import load_cascade
 from torchrec_onerec.models.reward import SessionRewardModel
+from torchrec_onerec.models.reward_scoring import session_rewards
 from torchrec_onerec.run_dir import RunDir
 from torchrec_onerec.runtime import resolve_device
 from torchrec_onerec.tokenizer.codebook import Codebook, catalogue_fingerprint
@@ -96,6 +102,41 @@ class PipelineContext:
             signals=self.split.train.signals,
             device=device,
         )
+
+    def alignment_reward(self) -> RewardFn:
+        """The reward function ``align.reward_source`` names (``alignment.config.AlignConfig``): what alignment
+        maximises, and what the ``*_select`` arms pick the served session by."""
+        cfg = self.config
+        source = cfg.align.reward_source
+        if source == "world":
+            if self.world is None:
+                raise ValueError(
+                    f"align.reward_source='world' needs the synthetic world (data.source=synthetic), not "
+                    f"data.source={cfg.data.source!r}; use align.reward_source=model"
+                )
+            return world_reward_fn(self.world, self.data)
+        fns: List[RewardFn] = []
+        if source in ("model", "mix"):
+            reward_model = self.reward_model()
+            fns.append(
+                functools.partial(
+                    session_rewards,
+                    reward_model,
+                    batch_size=cfg.eval.batch_size,
+                    device=next(reward_model.parameters()).device,
+                )
+            )
+        if source in ("ranker", "mix"):
+            # Loaded on the CPU like the generative model: alignment scores candidates on the host.
+            fns.append(
+                ranker_reward_fn(
+                    load_cascade(self.run.path / "cascade", config=cfg.cascade),
+                    diversity_weight=cfg.align.ranker_diversity,
+                )
+            )
+        if source == "mix":
+            return mixed_reward_fn(fns, [1.0 - cfg.align.ranker_weight, cfg.align.ranker_weight])
+        return fns[0]
 
     def generative_validator(self) -> GenerativeValidator:
         """What validates the generative model during training (``generative_validator``), the bar on rank 0."""

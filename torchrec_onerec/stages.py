@@ -18,17 +18,14 @@ What the stages share (config, run directory, data) is ``context.PipelineContext
 
 from __future__ import annotations
 
-import functools
 import logging
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 
 from torchrec_onerec.alignment.ipa import align_iteratively
-from torchrec_onerec.alignment.candidates import RewardFn
-from torchrec_onerec.alignment.rewards import mixed_reward_fn, ranker_reward_fn
 from torchrec_onerec.arms import arm_file, arm_for, evaluate_arm
 from torchrec_onerec.config import OneRecConfig
 from torchrec_onerec.context import PipelineContext, rank, world_size
@@ -47,10 +44,8 @@ from torchrec_onerec.eval.report import (
 )
 from torchrec_onerec.eval.reward_auc import evaluate_reward_model
 from torchrec_onerec.eval.reward_estimates import add_reward_estimates
-from torchrec_onerec.eval.simulated import add_true_rewards, world_reward_fn
+from torchrec_onerec.eval.simulated import add_true_rewards
 from torchrec_onerec.eval.world_diagnostics import diagnostics_markdown, world_diagnostics
-from torchrec_onerec.models.cascade import load_cascade
-from torchrec_onerec.models.reward_scoring import session_rewards
 from torchrec_onerec.runtime import resolve_device
 from torchrec_onerec.tokenizer.embeddings import item_embeddings
 from torchrec_onerec.tokenizer.tokenize import fit_tokenizer
@@ -199,46 +194,12 @@ def train_reward_stage(ctx: PipelineContext) -> Dict[str, object]:
     return summary
 
 
-def _alignment_reward(ctx: PipelineContext) -> RewardFn:
-    """The reward function ``align.reward_source`` names (``alignment.config.AlignConfig``)."""
-    cfg = ctx.config
-    source = cfg.align.reward_source
-    if source == "world":
-        if ctx.world is None:
-            raise ValueError(
-                f"align.reward_source='world' needs the synthetic world (data.source=synthetic), not "
-                f"data.source={cfg.data.source!r}; use align.reward_source=model"
-            )
-        return world_reward_fn(ctx.world, ctx.data)
-    fns: List[RewardFn] = []
-    if source in ("model", "mix"):
-        reward_model = ctx.reward_model()
-        fns.append(
-            functools.partial(
-                session_rewards,
-                reward_model,
-                batch_size=cfg.eval.batch_size,
-                device=next(reward_model.parameters()).device,
-            )
-        )
-    if source in ("ranker", "mix"):
-        # Loaded on the CPU like the generative model: alignment scores candidates on the host.
-        fns.append(
-            ranker_reward_fn(
-                load_cascade(ctx.run.path / "cascade", config=cfg.cascade), diversity_weight=cfg.align.ranker_diversity
-            )
-        )
-    if source == "mix":
-        return mixed_reward_fn(fns, [1.0 - cfg.align.ranker_weight, cfg.align.ranker_weight])
-    return fns[0]
-
-
 def align_stage(ctx: PipelineContext) -> Dict[str, object]:
     """Iterative preference alignment (docs/METHOD.md section 4) of the trained model to ``align.reward_source``
     (the session reward model by default); every torchrun rank takes part; artefacts under ``align/``."""
     cfg = ctx.config
     book = ctx.codebook
-    reward_fn = _alignment_reward(ctx)
+    reward_fn = ctx.alignment_reward()
     trained = ctx.run.read_json("train/summary.json")
     # Loaded on the CPU: under torchrun each rank moves it to its own device.
     model = load_exported(ctx.run.recorded_file("train", trained["best_model_path"]), cfg.model, book.vocab_sizes)

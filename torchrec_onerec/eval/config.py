@@ -33,6 +33,10 @@ class EvalConfig:
             search) for serving: a session item's first code costs the penalty for each earlier item of the
             session under the same first code (``generation.processors.RepeatedPrefixPenalty``); the arm keeps
             the one its validation users are best served with, as ``cascade_rerank`` keeps its weight.
+        select_candidates: the n the ``*_select`` arms try on the validation users (with 0, the plain search):
+            of each user's n most probable returned sessions, the one the alignment reward
+            (``align.reward_source``) scores highest is served (``eval.session_selection``); each n must be
+            <= ``num_return`` when such an arm runs.
 
     Example:
         >>> EvalConfig(beam_size=10, num_return=10).ks
@@ -52,6 +56,7 @@ class EvalConfig:
     constrained: bool = True
     protocol_a_session_items: int = 1
     diversity_penalties: List[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
+    select_candidates: List[int] = field(default_factory=lambda: [2, 5, 10])
 
     def __post_init__(self) -> None:
         for name in ("beam_size", "num_return", "batch_size", "protocol_a_session_items"):
@@ -70,6 +75,8 @@ class EvalConfig:
             raise ConfigError(f"eval.ks={list(self.ks)} repeats a cut-off; list each K once")
         if any(not p >= 0.0 for p in self.diversity_penalties):
             raise ConfigError(f"eval.diversity_penalties={list(self.diversity_penalties)}: every penalty must be >= 0")
+        if any(n < 0 for n in self.select_candidates):
+            raise ConfigError(f"eval.select_candidates={list(self.select_candidates)}: every n must be >= 0")
 
 
 # The names of arms.ARMS, which this schema module does not import (tests/test_arms.py keeps them equal).
@@ -83,6 +90,8 @@ ARM_KINDS = (
     "sasrec",
     "onerec_diverse",
     "onerec_ipa_diverse",
+    "onerec_select",
+    "onerec_ipa_select",
 )
 
 
@@ -97,6 +106,8 @@ class CompareConfig:
             ``onerec_dpo`` (after one alignment iteration), ``onerec_ipa`` (after every alignment iteration),
             ``onerec_diverse`` / ``onerec_ipa_diverse`` (those models served with a diversity penalty chosen on
             validation: ``eval.diversity_penalties``),
+            ``onerec_select`` / ``onerec_ipa_select`` (those models serving the best of their n most probable
+            sessions by the alignment reward, n chosen on validation: ``eval.select_candidates``),
             ``popularity`` (the floor), ``sasrec`` (the sequential baseline; its stage trains only when it is
             listed here: ``sasrec`` section), or ``model:<path>`` (any
             exported OneRec model file, e.g. another run's ``train/best_model.pt`` with the same codebook). An

@@ -244,6 +244,36 @@ def stable_top(values: torch.Tensor, n: int) -> Tuple[torch.Tensor, torch.Tensor
     return kept.gather(1, order).contiguous(), columns.gather(1, order)
 
 
+def gathered_log_probs(
+    model: OneRecModel, hidden: torch.Tensor, level: int, columns: torch.Tensor, chunk_elements: int = 1 << 21
+) -> torch.Tensor:
+    """``model.level_logits(hidden, level).float().log_softmax(-1).gather(1, columns)``, a block of rows at a time.
+
+    A large level (an item id per code) would otherwise build its whole [BN, K_l] logits and log-softmax, two
+    tensors of hundreds of MB, for the F columns each row keeps; blocks of about ``chunk_elements`` logits stay in
+    cache and are freed at once. Each row is computed as in the whole tensor, so the values are the same.
+
+    Args:
+        model (OneRecModel): the generator.
+        hidden (torch.Tensor): [BN, D] decoder states.
+        level (int): the code level.
+        columns (torch.Tensor): [BN, F] int64 codes to keep per row, each in [0, K_l).
+
+    Returns:
+        torch.Tensor: [BN, F] float32 log-probabilities, normalised over all K_l codes.
+    """
+    rows = max(1, chunk_elements // model.vocab_sizes[level])
+    return torch.cat(
+        [
+            model.level_logits(hidden[start : start + rows], level)
+            .float()
+            .log_softmax(dim=-1)
+            .gather(1, columns[start : start + rows])
+            for start in range(0, hidden.shape[0], rows)
+        ]
+    )
+
+
 def decode_sessions(
     model: OneRecModel,
     batch: SemanticIdBatch,
@@ -280,11 +310,12 @@ def decode_sessions(
             else:
                 x = embedding.decoder_tokens(embedding.embed_codes(codes[:, : j + 1]))[:, : j * (L + 1) + level + 1]
                 hidden = decoder(x, memory_kv, tokens.mask).hidden[:, -1]
-            log_probs = model.level_logits(hidden, level).float().log_softmax(dim=-1)  # (BN, K_l)
             columns = nodes = None
             if level in compact_levels:  # the normaliser spans every code; only the valid ones compete
                 columns, nodes = prefix_index.children_of(level, prefix_index.prefix_ids(codes[:, j, :level]))
-                log_probs = log_probs.gather(1, columns.clamp(min=0))  # (BN, F)
+                log_probs = gathered_log_probs(model, hidden, level, columns.clamp(min=0))  # (BN, F)
+            else:
+                log_probs = model.level_logits(hidden, level).float().log_softmax(dim=-1)  # (BN, K_l)
             state = BeamState(codes, items, j, level, N, prefix_index, columns, nodes)
             for processor in processors:
                 log_probs = processor(state, log_probs)

@@ -70,6 +70,39 @@ def test_a_diverse_arm_reads_its_base_arm_and_says_how_its_penalty_was_chosen() 
     )
 
 
+def test_a_select_arm_needs_the_alignment_reward_and_says_how_many_sessions_competed() -> None:
+    config = OneRecConfig()
+    config.align.reward_source = "ranker"
+    assert ARMS["onerec_select"].needs == ("tokenize", "train", "align")
+    assert ARMS["onerec_ipa_select"].needs == ARMS["onerec_ipa"].needs
+    assert "onerec_select" not in SERVABLE_ARMS
+    info = {"select_top_n": 5, "selected_on": "validation NDCG@10", "selection": {"0.0": 0.1, "5.0": 0.3}}
+    assert ARMS["onerec_select"].chosen(config, info) == (
+        f"{ARMS['onerec'].chosen(config, info)}; served the best of its 5 most probable sessions by "
+        "`align.reward_source=ranker`, chosen on validation NDCG@10 (0.0: 0.1000, 5.0: 0.3000)"
+    )
+    info = {**info, "select_top_n": 0}
+    assert "; served as searched (no re-selection), chosen on" in ARMS["onerec_select"].chosen(config, info)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"reward_source": "world"}, "the synthetic world's truth, which never serves"),
+        ({}, r"eval.select_candidates=\[2, 30\] has \[30\], above eval.num_return=20"),
+    ],
+)
+def test_a_select_arm_refuses_the_worlds_truth_and_more_candidates_than_returned(
+    tmp_path: Path, override: dict, message: str
+) -> None:
+    config = OneRecConfig()
+    config.eval.select_candidates = [2, 30]
+    for key, value in override.items():
+        setattr(config.align, key, value)
+    with pytest.raises(ValueError, match=message):
+        ARMS["onerec_select"].score(PipelineContext(config, RunDir(tmp_path)), None)
+
+
 def test_an_arm_whose_stage_did_not_apply_is_left_out_with_the_reason(tmp_path: Path) -> None:
     run = RunDir(tmp_path)
     (tmp_path / "align").mkdir()

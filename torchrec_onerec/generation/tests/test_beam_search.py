@@ -13,7 +13,12 @@ import torch
 from torchrec_onerec.data.batch import collate_samples
 from torchrec_onerec.data.samples import Sample
 from torchrec_onerec.data.semantic_batch import SemanticIdBatch, to_semantic_batch
-from torchrec_onerec.generation.beam_search import constrained_beam_search, history_items, stable_top
+from torchrec_onerec.generation.beam_search import (
+    constrained_beam_search,
+    gathered_log_probs,
+    history_items,
+    stable_top,
+)
 from torchrec_onerec.generation.processors import RepeatedPrefixPenalty
 from torchrec_onerec.models.config import model_size
 from torchrec_onerec.models.onerec import OneRecModel
@@ -195,6 +200,18 @@ def test_ranking_only_a_clusters_items_at_the_item_id_level_gives_the_same_sessi
     if exclude_history:
         for served, seen in zip(compact.items.tolist(), history_items(batch).tolist()):
             assert not set(sum(served, [])) & (set(seen) - {-1})
+
+
+def test_gathered_log_probs_block_by_block_equal_the_whole_level_log_softmax() -> None:
+    torch.manual_seed(3)
+    model = OneRecModel(model_size("tiny"), [4, 50]).eval()
+    hidden = torch.randn(23, model.config.d_model)
+    columns = torch.randint(0, 50, (23, 7))
+    whole = model.level_logits(hidden, 1).float().log_softmax(dim=-1).gather(1, columns)
+    with torch.no_grad():
+        for chunk_elements in (1, 50 * 5, 50 * 23, 1 << 21):  # one row, ragged blocks of 5, one block, default
+            blocks = gathered_log_probs(model, hidden, 1, columns, chunk_elements)
+            torch.testing.assert_close(blocks, whole.detach(), rtol=0.0, atol=1e-6)
 
 
 def _first_code_repeats(codes: torch.Tensor) -> torch.Tensor:
