@@ -103,6 +103,7 @@ def _score_generative(
         max_history=cfg.model.max_history,
         device=resolve_device(cfg.device),
         diversity_penalty=diversity_penalty,
+        distributed=True,  # under torchrun every rank runs the evaluate stage and searches its share of the users
     )
 
 

@@ -15,7 +15,8 @@ cascade's config redoes the cascade and the comparison but not the generative mo
 A stage is skipped when its ``done.json`` fingerprint matches, unless forced; a stage that was interrupted
 resumes its own partial work (training checkpoints) only when ``started.json`` matches.
 
-Under ``torchrun`` (WORLD_SIZE > 1) every rank runs the training stages; the other stages run on rank 0 only,
+Under ``torchrun`` (WORLD_SIZE > 1) every rank runs the training stages and the evaluation (each rank searches
+a share of the users); the other stages run on rank 0 only,
 and ``data``/``tokenize`` must already be complete (run ``onerec tokenize CONFIG`` in one process first), so
 that no two processes write the same files.
 """

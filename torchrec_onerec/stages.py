@@ -272,7 +272,10 @@ def _unless_listed(arm: str) -> Callable[[OneRecConfig], str]:
 
 
 def evaluate_stage(ctx: PipelineContext) -> Dict[str, object]:
-    """Score every configured arm on the same test users; protocol C's true reward on the synthetic world."""
+    """Score every configured arm on the same test users; protocol C's true reward on the synthetic world.
+
+    Under torchrun every rank runs it: each generative arm's users are split across the ranks
+    (``eval.user_shards``) and merged, the other arms are scored on every rank alike, and rank 0 writes."""
     cfg = ctx.config
     results: Dict[str, EvalResult] = {}
     unavailable: Dict[str, str] = {}
@@ -291,16 +294,18 @@ def evaluate_stage(ctx: PipelineContext) -> Dict[str, object]:
         if reward_model is not None:
             add_reward_estimates(reward_model, ctx.scored_samples, result, batch_size=cfg.eval.batch_size)
         results[arm] = result
-        result.save(ctx.run.stage_dir("evaluate") / "arms" / f"{arm_file(arm)}.npz")
+        if rank() == 0:
+            result.save(ctx.run.stage_dir("evaluate") / "arms" / f"{arm_file(arm)}.npz")
     summary: Dict[str, object] = {
         "arms": {a: {"metrics": r.metrics, "info": r.info} for a, r in results.items()},
         "unavailable": unavailable,
     }
-    ctx.run.write_json("evaluate/metrics.json", summary)
-    ctx.run.write_text(
-        "evaluate/report.md",
-        evaluation_markdown(cfg.name, cfg.split, cfg.eval, {k: r.metrics for k, r in results.items()}),
-    )
+    if rank() == 0:
+        ctx.run.write_json("evaluate/metrics.json", summary)
+        ctx.run.write_text(
+            "evaluate/report.md",
+            evaluation_markdown(cfg.name, cfg.split, cfg.eval, {k: r.metrics for k, r in results.items()}),
+        )
     return summary
 
 
@@ -369,7 +374,7 @@ class Stage:
         run: what it does, a function of the shared ``PipelineContext`` returning its summary.
         sections: the config sections its fingerprint hashes (with those of every stage it reads).
         inputs: the stages whose artefacts it reads (``pipeline.stage_inputs`` may drop one for a config).
-        collective: every torchrun rank takes part (the training stages); else rank 0 alone runs it.
+        collective: every torchrun rank takes part (the training stages, evaluation); else rank 0 alone runs it.
         help: one line for ``onerec --help``.
         skip_when: config -> why the stage does not apply to it ("" when it does); the runner then records that
             reason as the stage's ``not_applicable`` summary instead of running it, and a reason is part of the
@@ -446,8 +451,8 @@ STAGE_LIST: Tuple[Stage, ...] = (
         evaluate_stage,
         ("eval", "compare"),
         ("train", "train-reward", "align", "cascade", "sasrec"),
-        False,
-        "score every arm of compare.arms on the test split (or eval.split)",
+        True,
+        "score every arm of compare.arms on the test split (or eval.split; torchrun splits the users)",
     ),
     Stage(
         "compare",

@@ -32,6 +32,7 @@ from torchrec_onerec.data.semantic_batch import SemanticIdTransform
 from torchrec_onerec.eval.config import EvalConfig
 from torchrec_onerec.eval.metrics import legality_rate
 from torchrec_onerec.eval.protocols import EvalResult, check_protocol, evaluation_users, score_sessions
+from torchrec_onerec.eval.user_shards import gather_rows, group_size, rank_rows
 from torchrec_onerec.generation.beam_search import constrained_beam_search
 from torchrec_onerec.generation.processors import RepeatedPrefixPenalty
 from torchrec_onerec.models.onerec import OneRecModel
@@ -73,6 +74,7 @@ def evaluate_generative(
     device: Optional[Union[str, torch.device]] = None,
     progress: bool = True,
     diversity_penalty: float = 0.0,
+    distributed: bool = False,
 ) -> EvalResult:
     """Generate sessions for every sample with a target and score them by ``protocol``.
 
@@ -91,6 +93,10 @@ def evaluate_generative(
         diversity_penalty (float): ``RepeatedPrefixPenalty`` in the search (0: none): a session item's first
             code costs this much per earlier item of the session under the same first code; the sessions are
             then ranked by the penalised score.
+        distributed (bool): under torchrun, every rank of the default process group calls this together: each
+            searches a block of whole batches (``eval.user_shards``) and every rank gets the merged result, the
+            same as one process's. False (the default): this process searches every user, group or not (what a
+            rank-0-only caller, such as validation during training, needs).
 
     Returns:
         EvalResult: metrics, per-user arrays [U], sessions [U, R, M], scores [U, R] and info.
@@ -123,12 +129,14 @@ def evaluate_generative(
         )
     rows, skipped = evaluation_users(samples)
     users = samples.subset(rows)
+    rank, world = group_size() if distributed else (0, 1)
+    local = users.subset(rank_rows(len(users), config.batch_size, rank, world)) if world > 1 else users
     target_device = torch.device(device) if device is not None else next(model.parameters()).device
     model.to(target_device)
     if prefix_index.device != target_device:
         prefix_index.to(target_device)
     loader = make_dataloader(
-        users,
+        local,
         LoaderConfig(batch_size=config.batch_size, shuffle=False),
         seed=0,
         shuffle=False,
@@ -140,7 +148,8 @@ def evaluate_generative(
     scores: List[torch.Tensor] = []
     start = time.perf_counter()
     with torch.no_grad():
-        for batch in tqdm(loader, desc=f"evaluate (protocol {protocol})", unit="batch", disable=not progress):
+        bar = tqdm(loader, desc=f"evaluate (protocol {protocol})", unit="batch", disable=not progress or rank != 0)
+        for batch in bar:
             out = constrained_beam_search(
                 model,
                 batch.to(target_device),
@@ -155,11 +164,19 @@ def evaluate_generative(
             items.append(out.items.cpu())
             generated.append(out.codes.cpu())
             scores.append(out.scores.float().cpu())
+    R, L = config.num_return, codes.shape[1]
+    found, session_codes_np, session_scores = gather_rows(
+        [
+            torch.cat(items).numpy() if items else np.empty((0, R, M), np.int64),
+            torch.cat(generated).numpy() if generated else np.empty((0, R, M, L), np.int64),
+            torch.cat(scores).numpy() if scores else np.empty((0, R), np.float32),
+        ],
+        world,
+    )  # [U, R, M], [U, R, M, L'], [U, R]: every rank's users, in order
     seconds = time.perf_counter() - start
-    session_codes = torch.cat(generated)  # [U, R, M, L']
-    session_scores = torch.cat(scores).numpy()  # [U, R]
+    session_codes = torch.from_numpy(session_codes_np)
     real = np.isfinite(session_scores)  # False: filler, the search found fewer than R sessions
-    sessions = np.where(real[:, :, None], torch.cat(items).numpy(), PAD_ITEM)  # [U, R, M]
+    sessions = np.where(real[:, :, None], found, PAD_ITEM)  # [U, R, M]
     legality = legality_rate(session_codes, prefix_index, real)
     metrics, per_user = score_sessions(
         protocol,
@@ -186,6 +203,7 @@ def evaluate_generative(
         "num_samples": len(samples),
         "users_without_target": skipped,
         "device": str(target_device),
+        "ranks": world,
         "filler_sessions": int((~real).sum()),
         "seconds": seconds,
         "users_per_second": len(rows) / max(seconds, 1e-9),

@@ -20,7 +20,7 @@ def test_every_stage_comes_after_the_stages_it_reads_and_names_real_config_secti
 
 
 def test_only_the_training_stages_run_on_every_rank() -> None:
-    assert set(COLLECTIVE_STAGES) == {"train", "train-reward", "cascade", "align", "sasrec"}
+    assert set(COLLECTIVE_STAGES) == {"train", "train-reward", "cascade", "align", "sasrec", "evaluate"}
 
 
 def test_the_command_line_has_one_subcommand_per_stage_with_its_help() -> None:

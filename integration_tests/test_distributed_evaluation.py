@@ -1,0 +1,71 @@
+"""Generative evaluation with its users split across two gloo processes, as the evaluate stage runs under torchrun.
+
+Each worker joins a two-rank group and calls ``evaluate_generative(..., distributed=True)`` on the same tiny model;
+the test process runs the same evaluation alone. Results travel through files. Checked: both ranks get the one
+process's sessions, scores and metrics exactly, also when there are fewer batches than ranks.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from torchrec_onerec.eval.config import EvalConfig
+from torchrec_onerec.eval.generative import evaluate_generative
+from torchrec_onerec.eval.protocols import EvalResult
+from torchrec_onerec.models.config import model_size
+from torchrec_onerec.models.onerec import OneRecModel
+from torchrec_onerec.models.testing import random_codes
+from torchrec_onerec.tokenizer.prefix_index import PrefixIndex
+from torchrec_onerec.train.distributed import init_distributed, teardown_distributed
+from torchrec_onerec.train.testing import as_torchrun_rank, free_port, random_samples
+
+WORLD_SIZE = 2
+CODES, SIZES = random_codes(40, [4, 4], seed=0)
+
+
+def _evaluate(num_users: int, distributed: bool) -> EvalResult:
+    torch.manual_seed(0)
+    model = OneRecModel(model_size("tiny", max_history=8, session_items=2), SIZES).eval()
+    samples = random_samples(num_users, 40, max_history=8, session_items=2, seed=1)
+    return evaluate_generative(
+        model,
+        samples,
+        codes=CODES,
+        prefix_index=PrefixIndex(CODES, vocab_sizes=SIZES),
+        config=EvalConfig(beam_size=6, num_return=4, ks=[2, 4], batch_size=4),
+        protocol="B",
+        max_history=8,
+        progress=False,
+        distributed=distributed,
+    )
+
+
+def _worker(rank: int, port: int, num_users: int, out: str) -> None:
+    as_torchrun_rank(rank, WORLD_SIZE, port)
+    group = init_distributed(torch.device("cpu"), timeout_s=60)
+    try:
+        result = _evaluate(num_users, distributed=True)
+        Path(out, f"rank{rank}.pkl").write_bytes(pickle.dumps(result))
+    finally:
+        teardown_distributed(group)
+
+
+@pytest.mark.parametrize("num_users", [13, 3])  # 4 batches of 4 (2 per rank); 1 batch (rank 1 idle)
+def test_two_ranks_give_the_one_process_sessions_and_metrics(tmp_path: Path, num_users: int) -> None:
+    mp.start_processes(_worker, args=(free_port(), num_users, str(tmp_path)), nprocs=WORLD_SIZE, start_method="spawn")
+    alone = _evaluate(num_users, distributed=False)
+    assert alone.info["ranks"] == 1 and len(alone.sessions) == num_users
+    for rank in range(WORLD_SIZE):
+        shared = pickle.loads((tmp_path / f"rank{rank}.pkl").read_bytes())
+        assert shared.info["ranks"] == WORLD_SIZE
+        assert np.array_equal(shared.sessions, alone.sessions)
+        assert np.array_equal(shared.scores, alone.scores)
+        assert shared.metrics == alone.metrics
+        for name, values in alone.per_user.items():
+            assert np.array_equal(shared.per_user[name], values), name
