@@ -157,7 +157,8 @@ def choose_on_validation(
 
 
 def _selection_text(info: Dict[str, object]) -> str:
-    table = ", ".join(f"{v}: {score:.4f}" for v, score in info["selection"].items())  # type: ignore[attr-defined]
+    tried = sorted(info["selection"].items(), key=lambda pair: float(pair[0]))  # type: ignore[attr-defined]
+    table = ", ".join(f"{v}: {score:.4f}" for v, score in tried)
     return f"chosen on {info['selected_on']} ({table})"
 
 

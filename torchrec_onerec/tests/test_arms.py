@@ -81,8 +81,14 @@ def test_a_select_arm_needs_the_alignment_reward_and_says_how_many_sessions_comp
         f"{ARMS['onerec'].chosen(config, info)}; served the best of its 5 most probable sessions by "
         "`align.reward_source=ranker`, chosen on validation NDCG@10 (0.0: 0.1000, 5.0: 0.3000)"
     )
-    info = {**info, "select_top_n": 0}
-    assert "; served as searched (no re-selection), chosen on" in ARMS["onerec_select"].chosen(config, info)
+    info = {**info, "select_top_n": 0, "selection": {"0.0": 0.1, "10.0": 0.2, "2.0": 0.3}}
+    assert (
+        ARMS["onerec_select"]
+        .chosen(config, info)
+        .endswith(
+            "; served as searched (no re-selection), chosen on validation NDCG@10 (0.0: 0.1000, 2.0: 0.3000, 10.0: 0.2000)"
+        )
+    )  # the values tried, in numeric order
 
 
 @pytest.mark.parametrize(
