@@ -81,6 +81,9 @@ def test_run_then_torchrun_run_gives_the_same_kind_of_result(tmp_path: Path) -> 
         assert json.loads((two / stage / "summary.json").read_text())["world_size"] == 2, stage
     assert json.loads((two / "align" / "summary.json").read_text())["iterations"] == 2
     assert (two / "compare" / "done.json").is_file()
+    records = [json.loads(line) for line in (two / "metrics.jsonl").read_text().splitlines()]
+    peaks = {r["stage"]: r["peak_memory"] for r in records if "peak_memory" in r}
+    assert len(peaks["train"]) == 2 and len(peaks["evaluate"]) == 2 and len(peaks["compare"]) == 1  # per rank
     evaluated = json.loads((two / "evaluate" / "metrics.json").read_text())["arms"]
     for arm in ("onerec", "onerec_dpo", "onerec_ipa"):  # each rank searched a share of the users
         assert evaluated[arm]["info"]["ranks"] == 2, arm

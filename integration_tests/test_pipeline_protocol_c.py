@@ -45,6 +45,25 @@ def test_report_places_every_arm_between_the_world_references(run_dir: Path) -> 
     assert "sasrec" in json.loads((run_dir / "sasrec" / "summary.json").read_text())["not_applicable"]
 
 
+def test_every_stage_records_its_wall_time_and_peak_memory(run_dir: Path) -> None:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    by_stage = {r["stage"]: r for r in records if "peak_memory" in r}
+    assert set(by_stage) == {
+        "data",
+        "tokenize",
+        "train",
+        "train-reward",
+        "cascade",
+        "align",
+        "sasrec",
+        "evaluate",
+        "compare",
+    }
+    for stage, record in by_stage.items():
+        assert record["seconds"] >= 0 and len(record["peak_memory"]) == 1, stage  # one process: one rank
+        assert record["peak_memory"][0]["host_peak_mib"] > 0, stage
+
+
 def test_rerank_weight_is_chosen_on_validation(run_dir: Path) -> None:
     info = json.loads((run_dir / "evaluate" / "metrics.json").read_text())["arms"]["cascade_rerank"]["info"]
     table = info["selection"]

@@ -34,7 +34,14 @@ from torchrec_onerec.run_dir import RunDir, fingerprint
 from torchrec_onerec.runtime import resolve_device, seed_everything
 from torchrec_onerec.sizing import with_sizes_from_data
 from torchrec_onerec.stages import STAGE_LIST
-from torchrec_onerec.train.distributed import barrier, broadcast_object, init_distributed, teardown_distributed
+from torchrec_onerec.peak_memory import peak_memory, reset_peak_memory
+from torchrec_onerec.train.distributed import (
+    all_gather_object,
+    barrier,
+    broadcast_object,
+    init_distributed,
+    teardown_distributed,
+)
 
 LOG = logging.getLogger("torchrec_onerec")
 # Views of the one stage list (stages.STAGE_LIST), by name.
@@ -160,16 +167,20 @@ def run_pipeline(
             skip_when = STAGE_BY_NAME[stage].skip_when
             why = skip_when(config) if skip_when is not None else ""
             LOG.info("stage %s: %s", stage, f"not applicable: {why}" if why else "running" if ctx.fresh else "resuming")
+            since_reset = reset_peak_memory()
             start = time.perf_counter()
             summaries[stage] = {"not_applicable": why} if why else STAGE_BY_NAME[stage].run(ctx)
             seconds[stage] = round(time.perf_counter() - start, 3)
+            peaks = peak_memory(since_reset)
+            # per rank, in rank order (a collective stage's ranks all get here; rank 0 alone runs the others)
+            memory = all_gather_object(peaks, group) if stage in COLLECTIVE_STAGES else [peaks]
             if lead:
                 run.write_json(f"{stage}/summary.json", summaries[stage])
                 # the run's config.yaml is the last command's; this copy is the one the stage's artefacts follow
                 run.write_text(f"{stage}/config.yaml", to_yaml(config))
-                run.log_metrics(stage, {"seconds": seconds[stage]})
+                run.log_metrics(stage, {"seconds": seconds[stage], "peak_memory": memory})
                 run.mark_done(stage, fp)
-            LOG.info("stage %s: done in %.1f s", stage, seconds[stage])
+            LOG.info("stage %s: done in %.1f s, peak %.0f MiB", stage, seconds[stage], peaks["host_peak_mib"])
         # The other ranks skip rank 0's last stages; tearing the group down while rank 0 still works on them
         # could abort a rank in gloo's teardown, so every rank leaves together.
         barrier(group)

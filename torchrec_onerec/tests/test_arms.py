@@ -86,7 +86,8 @@ def test_a_select_arm_needs_the_alignment_reward_and_says_how_many_sessions_comp
         ARMS["onerec_select"]
         .chosen(config, info)
         .endswith(
-            "; served as searched (no re-selection), chosen on validation NDCG@10 (0.0: 0.1000, 2.0: 0.3000, 10.0: 0.2000)"
+            "; served as searched (no re-selection), chosen on validation NDCG@10 "
+            "(0.0: 0.1000, 2.0: 0.3000, 10.0: 0.2000)"
         )
     )  # the values tried, in numeric order
 

@@ -162,6 +162,20 @@ def broadcast_object(obj: Any, ctx: DistContext) -> Any:
     return box[0]
 
 
+def all_gather_object(obj: Any, ctx: DistContext) -> List[Any]:
+    """Every rank's ``obj`` (picklable), in rank order, on every rank (a collective).
+
+    Example:
+        >>> all_gather_object({"peak": 1.0}, DistContext(0, 1, 0, 1, torch.device("cpu"), "gloo", False))
+        [{'peak': 1.0}]
+    """
+    if ctx.world_size == 1:
+        return [obj]
+    parts: List[Any] = [None] * ctx.world_size
+    dist.all_gather_object(parts, obj)
+    return parts
+
+
 T = TypeVar("T")
 
 
