@@ -280,7 +280,8 @@ def _select_arm(name: str, base: str) -> Arm:
             lambda n: selected(valid, ctx.split.valid, n),
             f"{name} candidates",
         )
-        result = selected(_score_generative(ctx, model), ctx.scored_samples, n)
+        scored = valid if cfg.eval.split == "valid" else _score_generative(ctx, model)
+        result = selected(scored, ctx.scored_samples, n)
         result.info.update(select_top_n=int(n), selection=table, selected_on=criterion)
         return result
 
