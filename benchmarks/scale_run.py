@@ -24,16 +24,15 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Dict, List, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _run(command: Sequence[str], log: Path, threads: int) -> float:
-    """Run ``command`` from the repository root, output to ``log``; its wall time in seconds (raises on failure)."""
-    start = time.perf_counter()
+def _run(command: Sequence[str], log: Path, threads: int) -> None:
+    """Run ``command`` from the repository root, output to ``log`` (raises on failure); the stages' own wall times
+    come from the run's ``metrics.jsonl``."""
     with open(log, "a") as out:
         proc = subprocess.run(
             list(command),
@@ -44,7 +43,6 @@ def _run(command: Sequence[str], log: Path, threads: int) -> float:
         )
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed with exit code {proc.returncode}; see {log}")
-    return time.perf_counter() - start
 
 
 def stage_records(run_dir: Path) -> Dict[str, Dict[str, object]]:

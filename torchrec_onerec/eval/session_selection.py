@@ -85,8 +85,8 @@ def select_by_reward(
         )
     real = np.isfinite(result.scores)  # [U, R]
     users = samples.subset(np.asarray(result.per_user["sample"]))
-    head = result.sessions[:, :top_n]
-    rewards = np.asarray(reward_fn(users, np.where(real[:, :top_n, None], head, -1)), np.float64)
+    # filler sessions are all -1 already (EvalResult), which every reward function scores as empty
+    rewards = np.asarray(reward_fn(users, result.sessions[:, :top_n]), np.float64)
     if rewards.shape != (U, top_n):
         raise ValueError(f"reward_fn returned shape {rewards.shape}, expected {(U, top_n)}")
     order = np.concatenate(
