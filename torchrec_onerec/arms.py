@@ -57,6 +57,8 @@ class Arm:
         model_path: (run directory) -> that model file; required with ``serves_from``.
         serving_penalty: (run directory) -> the ``RepeatedPrefixPenalty`` ``recommend`` serves with (the one the
             run's ``evaluate`` stage chose); None: the plain search.
+        slate: ``recommend`` serves by ``generation.slate.slate_search`` (with ``serving_penalty``) instead of the
+            beam search.
     """
 
     name: str
@@ -66,6 +68,7 @@ class Arm:
     serves_from: str = ""
     model_path: Optional[Callable[[RunDir], Path]] = None
     serving_penalty: Optional[Callable[[RunDir], float]] = None
+    slate: bool = False
 
     def __post_init__(self) -> None:
         if bool(self.serves_from) != (self.model_path is not None):
@@ -88,9 +91,13 @@ def _load_generative(ctx: PipelineContext, path: Path) -> OneRecModel:
 
 
 def _score_generative(
-    ctx: PipelineContext, model: OneRecModel, diversity_penalty: float = 0.0, samples: Optional[SampleSet] = None
+    ctx: PipelineContext,
+    model: OneRecModel,
+    diversity_penalty: float = 0.0,
+    samples: Optional[SampleSet] = None,
+    slate: bool = False,
 ) -> EvalResult:
-    """``model`` beam-searched on ``samples`` (default: the scored split)."""
+    """``model`` beam-searched (or slate-served) on ``samples`` (default: the scored split)."""
     cfg = ctx.config
     book = ctx.codebook
     return evaluate_generative(
@@ -103,6 +110,7 @@ def _score_generative(
         max_history=cfg.model.max_history,
         device=resolve_device(cfg.device),
         diversity_penalty=diversity_penalty,
+        slate=slate,
         distributed=True,  # under torchrun every rank runs the evaluate stage and searches its share of the users
     )
 
@@ -192,12 +200,14 @@ def _rerank_chosen(config: OneRecConfig, info: Dict[str, object]) -> str:
     return f"the cascade, then an MMR re-rank with diversity weight {info['diversity_weight']}, {_selection_text(info)}"
 
 
-def _diverse_arm(name: str, base: str) -> Arm:
-    """Arm ``base``'s model served with ``RepeatedPrefixPenalty``, its penalty chosen on validation among
-    ``eval.diversity_penalties`` (and 0) as the ``cascade_rerank`` arm's weight is."""
+def _diverse_arm(name: str, base: str, slate: bool = False) -> Arm:
+    """Arm ``base``'s model served with a penalty per earlier session item under the same first code, chosen on
+    validation among ``eval.diversity_penalties`` (and 0) as the ``cascade_rerank`` arm's weight is: in the beam
+    search (``RepeatedPrefixPenalty``) or, with ``slate``, in slate serving (``generation.slate``)."""
     plain = ARMS[base]
     assert plain.model_path is not None
     model_path = plain.model_path
+    how = "as a slate from its next-item distribution" if slate else "by beam search"
 
     def score(ctx: PipelineContext, reward_model: Optional[SessionRewardModel]) -> EvalResult:
         model = _load_generative(ctx, model_path(ctx.run))  # once, for every penalty tried and the scored split
@@ -205,17 +215,17 @@ def _diverse_arm(name: str, base: str) -> Arm:
             ctx,
             reward_model,
             ctx.config.eval.diversity_penalties,
-            lambda p: _score_generative(ctx, model, p, ctx.split.valid),
+            lambda p: _score_generative(ctx, model, p, ctx.split.valid, slate=slate),
             f"{name} diversity penalty",
         )
-        result = _score_generative(ctx, model, penalty)
+        result = _score_generative(ctx, model, penalty, slate=slate)
         result.info.update(selection=table, selected_on=criterion)
         return result
 
     def chosen(config: OneRecConfig, info: Dict[str, object]) -> str:
         return (
-            f"{plain.chosen(config, info)}; served with a diversity penalty of {info['diversity_penalty']} per "
-            f"earlier session item under the same first code, {_selection_text(info)}"
+            f"{plain.chosen(config, info)}; served {how} with a diversity penalty of {info['diversity_penalty']} "
+            f"per earlier session item under the same first code, {_selection_text(info)}"
         )
 
     def serving_penalty(run: RunDir) -> float:
@@ -236,6 +246,7 @@ def _diverse_arm(name: str, base: str) -> Arm:
         serves_from=plain.serves_from,
         model_path=model_path,
         serving_penalty=serving_penalty,
+        slate=slate,
     )
 
 
@@ -392,6 +403,8 @@ ARMS.update(
     for arm in (
         _diverse_arm("onerec_diverse", "onerec"),
         _diverse_arm("onerec_ipa_diverse", "onerec_ipa"),
+        _diverse_arm("onerec_slate", "onerec", slate=True),
+        _diverse_arm("onerec_ipa_slate", "onerec_ipa", slate=True),
         _select_arm("onerec_select", "onerec"),
         _select_arm("onerec_ipa_select", "onerec_ipa"),
     )

@@ -31,6 +31,7 @@ from torchrec_onerec.datasets.interactions import InteractionData
 from torchrec_onerec.datasets.load import load_dataset
 from torchrec_onerec.generation.beam_search import constrained_beam_search
 from torchrec_onerec.generation.processors import RepeatedPrefixPenalty
+from torchrec_onerec.generation.slate import slate_search
 from torchrec_onerec.models.onerec import OneRecModel
 from torchrec_onerec.pipeline import STAGE_SECTIONS, stage_closure, stage_fingerprint
 from torchrec_onerec.run_dir import RunDir, read_json
@@ -74,8 +75,9 @@ class Recommender:
         codebook (Codebook): the run's semantic IDs.
         model (OneRecModel): the served model, in eval mode.
         device (torch.device): where generation runs.
-        diversity_penalty (float): the ``RepeatedPrefixPenalty`` of the search (0: none; the ``*_diverse`` arms
-            serve with the penalty their evaluation chose on the validation users).
+        diversity_penalty (float): the penalty per earlier session item under the same first code (0: none; the
+            ``*_diverse`` and ``*_slate`` arms serve with the penalty their evaluation chose on the validation users).
+        slate (bool): serve by ``generation.slate.slate_search`` (the ``*_slate`` arms) instead of beam search.
     """
 
     config: OneRecConfig
@@ -84,6 +86,7 @@ class Recommender:
     model: OneRecModel
     device: torch.device
     diversity_penalty: float = 0.0
+    slate: bool = False
 
     @classmethod
     def from_run_dir(
@@ -95,8 +98,8 @@ class Recommender:
             run_dir (str | Path): a run directory whose ``train`` stage (and ``align`` for ``onerec_ipa``)
                 completed.
             arm (str): one of ``arms.SERVABLE_ARMS``: ``onerec`` (the NTP-trained model), ``onerec_ipa``
-                (the aligned one), or either's ``_diverse`` arm (the same model with the diversity penalty its
-                ``evaluate`` stage chose on the validation users).
+                (the aligned one), or either's ``_diverse`` or ``_slate`` arm (the same model, served with the
+                diversity penalty its ``evaluate`` stage chose on the validation users).
             device (str | None): ``cpu``, ``cuda`` ...; None = the run's ``device`` setting.
 
         Raises:
@@ -129,7 +132,7 @@ class Recommender:
         penalty = served.serving_penalty(RunDir(run)) if served.serving_penalty is not None else 0.0
         target = resolve_device(device or config.device)
         model = load_exported(path, config.model, codebook.vocab_sizes, device=target)
-        return cls(config, data, codebook, model, target, penalty)
+        return cls(config, data, codebook, model, target, penalty, served.slate)
 
     def user_samples(self, raw_user_ids: Sequence[Any]) -> SampleSet:
         """The users' current histories (most recent n positives) as a SampleSet, in the given order.
@@ -197,15 +200,26 @@ class Recommender:
         out: List[Dict[str, Any]] = []
         with torch.no_grad():
             for batch in loader:
-                found = constrained_beam_search(
-                    self.model,
-                    batch.to(self.device),
-                    prefix_index=index,
-                    beam_size=max(R, cfg.eval.beam_size),
-                    num_return=R,
-                    exclude_history=exclude,
-                    processors=processors,
-                )
+                if self.slate:
+                    found = slate_search(
+                        self.model,
+                        batch.to(self.device),
+                        codes=self.codebook.codes,
+                        num_return=R,
+                        session_items=cfg.model.session_items,
+                        penalty=self.diversity_penalty,
+                        exclude_history=exclude,
+                    )
+                else:
+                    found = constrained_beam_search(
+                        self.model,
+                        batch.to(self.device),
+                        prefix_index=index,
+                        beam_size=max(R, cfg.eval.beam_size),
+                        num_return=R,
+                        exclude_history=exclude,
+                        processors=processors,
+                    )
                 for items, scores in zip(found.items.cpu().numpy(), found.scores.float().cpu().numpy()):
                     sessions = [
                         {"items": [_plain(raw_items[i]) for i in row], "score": float(score)}

@@ -92,6 +92,8 @@ ARM_KINDS = (
     "onerec_ipa_diverse",
     "onerec_select",
     "onerec_ipa_select",
+    "onerec_slate",
+    "onerec_ipa_slate",
 )
 
 

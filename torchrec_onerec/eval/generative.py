@@ -35,6 +35,7 @@ from torchrec_onerec.eval.protocols import EvalResult, check_protocol, evaluatio
 from torchrec_onerec.eval.user_shards import gather_rows, group_size, rank_rows
 from torchrec_onerec.generation.beam_search import constrained_beam_search
 from torchrec_onerec.generation.processors import RepeatedPrefixPenalty
+from torchrec_onerec.generation.slate import slate_search
 from torchrec_onerec.models.onerec import OneRecModel
 from torchrec_onerec.tokenizer.prefix_index import PrefixIndex
 
@@ -75,6 +76,7 @@ def evaluate_generative(
     progress: bool = True,
     diversity_penalty: float = 0.0,
     distributed: bool = False,
+    slate: bool = False,
 ) -> EvalResult:
     """Generate sessions for every sample with a target and score them by ``protocol``.
 
@@ -150,17 +152,28 @@ def evaluate_generative(
     with torch.no_grad():
         bar = tqdm(loader, desc=f"evaluate (protocol {protocol})", unit="batch", disable=not progress or rank != 0)
         for batch in bar:
-            out = constrained_beam_search(
-                model,
-                batch.to(target_device),
-                prefix_index=prefix_index,
-                beam_size=config.beam_size,
-                num_return=config.num_return,
-                session_items=M,
-                exclude_history=config.exclude_history,
-                constrained=config.constrained,
-                processors=processors,
-            )
+            if slate:
+                out = slate_search(
+                    model,
+                    batch.to(target_device),
+                    codes=codes,
+                    num_return=config.num_return,
+                    session_items=M,
+                    penalty=diversity_penalty,
+                    exclude_history=config.exclude_history,
+                )
+            else:
+                out = constrained_beam_search(
+                    model,
+                    batch.to(target_device),
+                    prefix_index=prefix_index,
+                    beam_size=config.beam_size,
+                    num_return=config.num_return,
+                    session_items=M,
+                    exclude_history=config.exclude_history,
+                    constrained=config.constrained,
+                    processors=processors,
+                )
             items.append(out.items.cpu())
             generated.append(out.codes.cpu())
             scores.append(out.scores.float().cpu())
@@ -200,6 +213,7 @@ def evaluate_generative(
         "exclude_history": config.exclude_history,
         "constrained": config.constrained,
         "diversity_penalty": diversity_penalty,
+        "serving": "slate" if slate else "beam",
         "num_samples": len(samples),
         "users_without_target": skipped,
         "device": str(target_device),

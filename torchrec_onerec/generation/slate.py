@@ -1,0 +1,197 @@
+"""Slate serving: sessions filled from the model's next-item distribution, spread over first-code clusters.
+
+Beam search (``generation.beam_search``) serves the most probable whole sessions, and a model trained on logged
+sessions writes sessions as narrow as the logged ones (the logging policy shows one user's favourite topic
+again and again). Slate serving asks the model one question, the distribution of the next item given the history,
+exactly over the whole catalogue (every item's code path, not a beam), and fills each session greedily from it:
+each slot takes the unused item of highest log-probability minus ``penalty`` per earlier item of the same
+session under the same first code (the coarsest cluster), the rule ``RepeatedPrefixPenalty`` applies inside
+the beam search and the cascade's MMR re-rank applies to its ranked list. One encoder pass and one decoder pass
+of L' tokens per distinct code prefix serve a user, whatever the session length.
+
+Shape legend: B users, I items, L code levels (L' here), P distinct (L'-1)-code prefixes, R sessions, M items.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from torchrec_onerec.data.semantic_batch import SemanticIdBatch
+from torchrec_onerec.generation.beam_search import BeamSearchOutput, history_items
+from torchrec_onerec.models.onerec import OneRecModel
+
+_CHUNK_ELEMENTS = 1 << 22  # logits per block of users (about 16 MB of float32)
+
+
+@torch.no_grad()
+def next_item_log_probs(
+    model: OneRecModel, batch: SemanticIdBatch, codes: torch.Tensor, chunk_elements: int = _CHUNK_ELEMENTS
+) -> torch.Tensor:
+    """log p(first session item = i | history) for every item i of the codebook, exactly.
+
+    An item's log-probability is the sum of its codes' log-probabilities along its path (each a log-softmax over
+    all K_l codes of its level, as ``OneRecModel.log_prob`` scores a one-item session). The decoder is causal, so
+    one row [BOS, c_1 .. c_{L'-1}] per distinct prefix of L'-1 codes gives every level's distribution on that
+    path; rows of a user share its encoder memory.
+
+    Args:
+        model (OneRecModel): the generator (run in eval mode here; its mode is restored).
+        batch (SemanticIdBatch): B users (``features`` is read).
+        codes (torch.Tensor): [I, L'] int64 codes of every item (``Codebook.codes``).
+        chunk_elements (int): about how many logits one block of users may hold; results do not depend on it.
+
+    Returns:
+        torch.Tensor: [B, I] float32 log-probabilities; each row's exponentials sum to 1 over the items when every
+        code tuple of the vocabulary is an item (less when some tuples are not).
+
+    Example:
+        >>> from torchrec_onerec.models.config import model_size
+        >>> from torchrec_onerec.models.testing import random_batch, random_codes
+        >>> codes, sizes = random_codes(12, [3, 4])
+        >>> model = OneRecModel(model_size("tiny"), sizes)
+        >>> batch = random_batch(codes, 2, max_history=4, session_items=2)
+        >>> lp = next_item_log_probs(model, batch, codes)
+        >>> one_item_sessions = codes.view(1, 12, 1, -1).expand(2, -1, -1, -1)  # [B, I, 1, L']
+        >>> lp.shape, torch.allclose(lp, model.eval().log_prob(batch, one_item_sessions), atol=1e-5)
+        (torch.Size([2, 12]), True)
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        return _next_item_log_probs(model, batch, codes.to(torch.int64), chunk_elements)
+    finally:
+        model.train(was_training)
+
+
+def _next_item_log_probs(
+    model: OneRecModel, batch: SemanticIdBatch, codes: torch.Tensor, chunk_elements: int
+) -> torch.Tensor:
+    tokens, memory = model.encode(batch.features)
+    device = memory.device
+    codes = codes.to(device)
+    I, L = codes.shape
+    prefixes, prefix_of = torch.unique(codes[:, : L - 1], dim=0, return_inverse=True)  # [P, L'-1], [I]
+    P = prefixes.shape[0]
+    rows = torch.cat([prefixes, torch.zeros(P, 1, dtype=torch.long, device=device)], dim=1)  # the last code unused
+    x = model.embedding.decoder_tokens(model.embedding.embed_codes(rows.unsqueeze(1)))[:, :L]  # (P, L', D)
+    users_per_block = max(1, chunk_elements // (P * max(model.vocab_sizes)))
+    out = []
+    for start in range(0, memory.shape[0], users_per_block):
+        block = memory[start : start + users_per_block]
+        b = block.shape[0]
+        hidden = model.decoder(
+            x.repeat(b, 1, 1), model.decoder.project_memory(block), tokens.mask[start : start + b]
+        ).hidden  # (b P, L', D): position l holds level l's distribution on the row's path
+        total = torch.zeros(b, I, device=device)
+        for level in range(L):
+            log_probs = model.level_logits(hidden[:, level], level).float().log_softmax(dim=-1)  # (b P, K_l)
+            total += log_probs.view(b, P, -1)[:, prefix_of, codes[:, level]]
+        out.append(total)
+    return torch.cat(out)
+
+
+def slate_sessions(
+    log_probs: torch.Tensor, first_codes: torch.Tensor, *, penalty: float, num_sessions: int, session_items: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fill R sessions of M items from per-item scores, greedily, with a penalty for repeated first codes.
+
+    Session r is filled after sessions 0..r-1 from the items they left; each of its slots takes the item
+    maximising ``log_probs - penalty * (earlier items of this session under the same first code)``. The sessions
+    come back ordered by their score, the sum of the penalised values of their items (the first filled is
+    almost always first).
+
+    Args:
+        log_probs (torch.Tensor): [B, I] item scores; -inf for an item that may not be served.
+        first_codes (torch.Tensor): [I] int64 first code of every item.
+        penalty (float): >= 0, per earlier same-cluster item of the session (0: the top R M items in order).
+        num_sessions (int): R >= 1.
+        session_items (int): M >= 1.
+
+    Returns:
+        (items [B, R, M] int64, scores [B, R] float32): -1 / -inf for filler sessions (fewer than R M servable
+        items); a session is filler as a whole.
+
+    Example:
+        >>> scores = torch.tensor([[3.0, 2.9, 2.0, 1.0]])
+        >>> items, _ = slate_sessions(scores, torch.tensor([0, 0, 1, 1]), penalty=2.0, num_sessions=2, session_items=2)
+        >>> items.tolist()
+        [[[0, 2], [1, 3]]]
+        >>> slate_sessions(scores, torch.tensor([0, 0, 1, 1]), penalty=0.0, num_sessions=1, session_items=2)[0].tolist()
+        [[[0, 1]]]
+    """
+    if not penalty >= 0.0:
+        raise ValueError(f"penalty={penalty} must be >= 0 (0 serves the most probable items in order)")
+    if num_sessions < 1 or session_items < 1:
+        raise ValueError(f"num_sessions={num_sessions} and session_items={session_items} must be >= 1")
+    B, I = log_probs.shape
+    R, M = num_sessions, session_items
+    device = log_probs.device
+    first_codes = first_codes.to(device)
+    open_items = log_probs.float().clone()
+    rows = torch.arange(B, device=device)
+    items = torch.full((B, R, M), -1, dtype=torch.long, device=device)
+    values = torch.zeros(B, R, M, device=device)
+    for r in range(R):
+        shown = torch.zeros(B, int(first_codes.max()) + 1, device=device)  # this session's items per first code
+        for j in range(M):
+            value = open_items - penalty * shown[:, first_codes]
+            best, pick = value.max(dim=1)
+            items[:, r, j] = pick
+            values[:, r, j] = best
+            open_items[rows, pick] = float("-inf")
+            shown[rows, first_codes[pick]] += 1
+    real = torch.isfinite(values).all(dim=2)  # [B, R]: every slot found a servable item
+    scores = torch.where(real, values.sum(dim=2), torch.tensor(float("-inf"), device=device))
+    items = torch.where(real.unsqueeze(2), items, torch.full_like(items, -1))
+    order = scores.sort(dim=1, descending=True, stable=True).indices
+    return items.gather(1, order.unsqueeze(2).expand(B, R, M)), scores.gather(1, order)
+
+
+@torch.no_grad()
+def slate_search(
+    model: OneRecModel,
+    batch: SemanticIdBatch,
+    *,
+    codes: torch.Tensor,
+    num_return: int,
+    session_items: int,
+    penalty: float = 0.0,
+    exclude_history: bool = False,
+) -> BeamSearchOutput:
+    """The ``num_return`` sessions of each user that slate serving writes (module docstring).
+
+    Args:
+        model (OneRecModel): the generator.
+        batch (SemanticIdBatch): the users (``features``; ``item_features`` for ``exclude_history``).
+        codes (torch.Tensor): [I, L'] int64 codes of every item.
+        num_return (int): R sessions per user.
+        session_items (int): M items per session.
+        penalty (float): per earlier item of the session under the same first code, in log-probability units.
+        exclude_history (bool): never serve an item of the user's history.
+
+    Returns:
+        BeamSearchOutput: items [B, R, M] (every one a real item, no repeats across a user's sessions), codes
+        [B, R, M, L'] (-1 for filler), scores [B, R] (the penalised log-probabilities summed; -inf for filler).
+
+    Example:
+        >>> from torchrec_onerec.models.config import model_size
+        >>> from torchrec_onerec.models.testing import random_batch, random_codes
+        >>> codes, sizes = random_codes(12, [3, 4])
+        >>> model = OneRecModel(model_size("tiny"), sizes)
+        >>> out = slate_search(model, random_batch(codes, 2, max_history=4, session_items=2), codes=codes,
+        ...                    num_return=3, session_items=2, penalty=1.0)
+        >>> out.items.shape, out.codes.shape, len(set(out.items[0].flatten().tolist()))
+        (torch.Size([2, 3, 2]), torch.Size([2, 3, 2, 3]), 6)
+    """
+    log_probs = next_item_log_probs(model, batch, codes)
+    if exclude_history:
+        history = history_items(batch).to(log_probs.device)
+        blocked = torch.zeros_like(log_probs, dtype=torch.bool)
+        blocked.scatter_(1, history.clamp(min=0), history >= 0)
+        log_probs = log_probs.masked_fill(blocked, float("-inf"))
+    item_codes = codes.to(log_probs.device)
+    items, scores = slate_sessions(
+        log_probs, item_codes[:, 0], penalty=penalty, num_sessions=num_return, session_items=session_items
+    )
+    session_codes = torch.where(items.unsqueeze(-1) >= 0, item_codes[items.clamp(min=0)], -1)
+    return BeamSearchOutput(items, session_codes, scores)
