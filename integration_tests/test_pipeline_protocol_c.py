@@ -17,7 +17,8 @@ TINY = "configs/tiny.yaml"
 MIX = [
     "align.reward_source=mix",
     "align.iterations=1",
-    "compare.arms=[cascade,cascade_rerank,onerec,onerec_dpo,onerec_ipa,onerec_ipa_diverse,onerec_ipa_select,popularity]",
+    "compare.arms=[cascade,cascade_rerank,onerec,onerec_dpo,onerec_ipa,onerec_ipa_diverse,onerec_ipa_select,"
+    "onerec_ipa_slate,popularity]",
 ]
 
 
@@ -72,15 +73,17 @@ def test_rerank_weight_is_chosen_on_validation(run_dir: Path) -> None:
     assert info["selected_on"].startswith("validation")
 
 
-def test_the_diverse_arms_penalty_is_chosen_on_validation(run_dir: Path) -> None:
+@pytest.mark.parametrize("arm", ["onerec_ipa_diverse", "onerec_ipa_slate"])
+def test_the_diverse_and_slate_arms_penalty_is_chosen_on_validation(run_dir: Path, arm: str) -> None:
     arms = json.loads((run_dir / "evaluate" / "metrics.json").read_text())["arms"]
-    info = arms["onerec_ipa_diverse"]["info"]
+    info = arms[arm]["info"]
     table = info["selection"]
     assert set(table) == {"0.0", "0.5", "1.0", "2.0"}
     assert info["diversity_penalty"] == float(max(table, key=lambda p: (table[p], -float(p))))
     assert info["selected_on"].startswith("validation")
+    assert info["serving"] == ("slate" if arm.endswith("slate") else "beam")
     report = (run_dir / "compare" / "report.md").read_text()
-    assert "served with a diversity penalty of" in report
+    assert f"| {arm} |" in report and "with a diversity penalty of" in report
 
 
 def test_the_select_arm_picks_its_candidates_on_validation_and_serves_the_best_of_them(run_dir: Path) -> None:

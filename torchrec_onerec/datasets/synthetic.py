@@ -355,18 +355,32 @@ class SyntheticWorld:
 
         return _in_blocks(users, m, draw)
 
-    def greedy_sessions(self, users: np.ndarray, m: int, weights: Optional[Dict[str, float]] = None) -> np.ndarray:
+    def greedy_sessions(
+        self,
+        users: np.ndarray,
+        m: int,
+        weights: Optional[Dict[str, float]] = None,
+        *,
+        interest: Optional[np.ndarray] = None,
+        pair_noise: bool = True,
+    ) -> np.ndarray:
         """The ceiling: each user's session of m items filled slot by slot with the item of highest true marginal
         reward given the slots already filled.
 
         A slot's expected reward depends on the items before it (same-topic count, repeats) and never on the
         items after it, so slot p's marginal reward is the item's own reward at p; the greedy pick at p is the
         unused item maximising novelty(same-topic count so far) * item value (attention at p is common to all).
+        With ``interest`` or ``pair_noise=False`` the values are those of a world that knows less (the rule is
+        the same): what the best session is for someone who knows every item's topic and quality but not the
+        user's idiosyncratic taste z(u, i), or only the interests given.
 
         Args:
             users (np.ndarray): [B] int user ids.
             m (int): items per session, 1 <= m <= num_items.
             weights (Optional[Dict[str, float]]): as in ``session_reward``.
+            interest (Optional[np.ndarray]): [B, num_topics] interests to use in place of the users' own (None:
+                their true interests).
+            pair_noise (bool): include the pair term z(u, i) in the affinity.
 
         Returns:
             [B, m] int64 distinct item ids.
@@ -382,9 +396,16 @@ class SyntheticWorld:
         users = self._check_users(users)
         weights = self._check_weights(weights)
         self._check_item_count("m", m)
+        if interest is not None and np.shape(interest) != (len(users), self.config.num_topics):
+            raise ValueError(
+                f"interest has shape {np.shape(interest)}, expected ({len(users)}, {self.config.num_topics}): "
+                "one row of topic interests per user"
+            )
 
-        def greedy(block: np.ndarray) -> np.ndarray:
-            value = self._item_values(block, weights)  # [b, I]
+        def greedy(positions: np.ndarray) -> np.ndarray:
+            block = users[positions]
+            rows_interest = None if interest is None else np.asarray(interest, np.float64)[positions]
+            value = self._item_values(block, weights, interest=rows_interest, pair_noise=pair_noise)  # [b, I]
             rows = np.arange(len(block))
             shown = np.zeros((len(block), self.config.num_topics))  # same-topic items placed so far
             used = np.zeros(value.shape, dtype=bool)
@@ -397,11 +418,26 @@ class SyntheticWorld:
                 shown[rows, self.item_topic[pick]] += 1
             return picks
 
-        return _in_blocks(users, m, greedy)
+        return _in_blocks(np.arange(len(users)), m, greedy)
 
-    def _item_values(self, users: np.ndarray, weights: Dict[str, float]) -> np.ndarray:
-        """[b, I] expected weighted reward of every item shown alone in slot 0, for a block of valid users."""
-        a = self._affinity(users[:, None], np.arange(self.num_items)[None, :])
+    def _item_values(
+        self,
+        users: np.ndarray,
+        weights: Dict[str, float],
+        *,
+        interest: Optional[np.ndarray] = None,
+        pair_noise: bool = True,
+    ) -> np.ndarray:
+        """[b, I] expected weighted reward of every item shown alone in slot 0, for a block of valid users (with
+        ``interest`` [b, T] in place of theirs, and without the pair term unless ``pair_noise``)."""
+        items = np.arange(self.num_items)[None, :]
+        if interest is None and pair_noise:
+            a = self._affinity(users[:, None], items)
+        else:
+            topic_interest = self.user_interest[users] if interest is None else interest  # [b, T]
+            a = INTEREST_SCALE * topic_interest[:, self.item_topic] + self.item_quality[None, :]
+            if pair_noise:
+                a = a + self.config.noise * _pair_noise(self._noise_key, users[:, None], items, self.num_items)
         click = _sigmoid(a + CLICK_BIAS)
         long_view = click * _sigmoid(a + LONG_VIEW_BIAS)
         signals = {"click": click, "long_view": long_view, "like": long_view * _sigmoid(a + LIKE_BIAS)}

@@ -29,10 +29,11 @@ class EvalConfig:
             sequence by its first item alone, so the returned sequences' first items are distinct and the ranked
             list has ``num_return`` items; a larger value ranks first items by whole-session score and drops
             repeated first items (the list may then be shorter than K, see ``eval.protocols``).
-        diversity_penalties: the penalties the ``*_diverse`` arms try on the validation users (with 0, the plain
-            search) for serving: a session item's first code costs the penalty for each earlier item of the
-            session under the same first code (``generation.processors.RepeatedPrefixPenalty``); the arm keeps
-            the one its validation users are best served with, as ``cascade_rerank`` keeps its weight.
+        diversity_penalties: the penalties the ``*_diverse`` and ``*_slate`` arms try on the validation users
+            (with 0, the plain search or slate) for serving: a session item's first code costs the penalty for each
+            earlier item of the session under the same first code (``generation.processors.RepeatedPrefixPenalty``
+            in the beam search, ``generation.slate`` in the slate); the arm keeps the one its validation users are
+            best served with, as ``cascade_rerank`` keeps its weight.
         select_candidates: the n the ``*_select`` arms try on the validation users (with 0, the plain search):
             of each user's n most probable returned sessions, the one the alignment reward
             (``align.reward_source``) scores highest is served (``eval.session_selection``); each n must be
@@ -110,6 +111,8 @@ class CompareConfig:
             validation: ``eval.diversity_penalties``),
             ``onerec_select`` / ``onerec_ipa_select`` (those models serving the best of their n most probable
             sessions by the alignment reward, n chosen on validation: ``eval.select_candidates``),
+            ``onerec_slate`` / ``onerec_ipa_slate`` (those models served as slates from their next-item
+            distribution, the same penalty chosen on validation: ``generation.slate``),
             ``popularity`` (the floor), ``sasrec`` (the sequential baseline; its stage trains only when it is
             listed here: ``sasrec`` section), or ``model:<path>`` (any
             exported OneRec model file, e.g. another run's ``train/best_model.pt`` with the same codebook). An

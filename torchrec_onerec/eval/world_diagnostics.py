@@ -5,6 +5,12 @@ made of. For the compared users it builds reference sessions from the world's ow
 
 - ``ceiling``: each slot filled greedily with the item of highest true marginal reward given the slots already
   filled (``SyntheticWorld.greedy_sessions``): position, diversity and repeat effects included;
+- ``ceiling without z``: the same rule for a world that knows every item's topic and quality and the user's
+  interests, but not the user's idiosyncratic taste for each item (the pair term z(u, i) of the affinity), which
+  nothing logged reveals for an item the user was never shown: the most any model can be expected to reach;
+- ``ceiling from history``: the same again, the user's interests replaced by what their history shows (the
+  topics of their history items, with the world's Dirichlet prior: ``history_interest``): the most a model that
+  reads only the history can be expected to reach, if it knew every item's topic and quality exactly;
 - ``top items``: the m items of highest true reward each shown alone, put together (no session effects);
 - ``logging policy``: a fresh session of the policy that logged the data (``SyntheticWorld.logging_sessions``);
 - ``uniform random``: m distinct items drawn uniformly.
@@ -31,26 +37,62 @@ from torchrec_onerec.eval.protocols import EvalResult
 from torchrec_onerec.eval.simulated import served_sessions, world_item_ids
 
 CEILING = "ceiling"
-REFERENCES = (CEILING, "top items", "logging policy", "uniform random")
+REFERENCES = (
+    CEILING,
+    "ceiling without z",
+    "ceiling from history",
+    "top items",
+    "logging policy",
+    "uniform random",
+)
 
 
-def reference_sessions(world: SyntheticWorld, users: np.ndarray, m: int, *, seed: int) -> Dict[str, np.ndarray]:
-    """The world's reference sessions (module docstring) for raw world users [U]: ``{name: [U, m] world items}``.
+def history_interest(world: SyntheticWorld, histories: Sequence[np.ndarray]) -> np.ndarray:
+    """[U, num_topics] each user's interests as their history shows them: the posterior mean of a Dirichlet with
+    the world's own concentration after counting the topics of the history's items (uniform for no history).
+
+    Example:
+        >>> from torchrec_onerec.datasets.synthetic_config import SyntheticConfig
+        >>> world = SyntheticWorld(SyntheticConfig(num_users=4, num_items=20, num_topics=4), seed=0)
+        >>> items = np.flatnonzero(world.item_topic == 2)[:3]
+        >>> est = history_interest(world, [items, np.array([], np.int64)])
+        >>> int(est[0].argmax()), est[1].tolist(), bool(np.allclose(est.sum(axis=1), 1.0))
+        (2, [0.25, 0.25, 0.25, 0.25], True)
+    """
+    topics, alpha = world.config.num_topics, world.config.interest_concentration
+    counts = np.zeros((len(histories), topics))
+    for row, items in enumerate(histories):
+        items = np.asarray(items, np.int64)
+        np.add.at(counts[row], world.item_topic[items[items >= 0]], 1.0)
+    return (counts + alpha) / (counts.sum(axis=1, keepdims=True) + topics * alpha)
+
+
+def reference_sessions(
+    world: SyntheticWorld, users: np.ndarray, m: int, *, seed: int, histories: Sequence[np.ndarray]
+) -> Dict[str, np.ndarray]:
+    """The world's reference sessions (module docstring) for raw world users [U] with these histories (U arrays of
+    world item ids): ``{name: [U, m] world items}``.
 
     Example:
         >>> from torchrec_onerec.datasets.synthetic_config import SyntheticConfig
         >>> world = SyntheticWorld(SyntheticConfig(num_users=10, num_items=30, num_topics=4), seed=0)
-        >>> refs = reference_sessions(world, np.arange(10), 3, seed=0)
+        >>> refs = reference_sessions(world, np.arange(10), 3, seed=0, histories=[np.arange(3)] * 10)
         >>> list(refs) == list(REFERENCES), refs[CEILING].shape
         (True, (10, 3))
         >>> reward = {k: world.session_reward(np.arange(10), v).mean() for k, v in refs.items()}
         >>> bool(reward["ceiling"] >= reward["top items"] > reward["uniform random"])
         True
     """
+    if len(histories) != len(users):
+        raise ValueError(f"{len(histories)} histories for {len(users)} users: pass one (maybe empty) per user")
     rng = np.random.default_rng([int(seed), 0xD1A6])
     random = np.argsort(rng.random((len(users), world.num_items)), axis=1)[:, :m]
     return {
         CEILING: world.greedy_sessions(users, m),
+        "ceiling without z": world.greedy_sessions(users, m, pair_noise=False),
+        "ceiling from history": world.greedy_sessions(
+            users, m, interest=history_interest(world, histories), pair_noise=False
+        ),
         "top items": world.best_items(users, m),
         "logging policy": world.logging_sessions(users, m, seed=seed),
         "uniform random": random.astype(np.int64),
@@ -132,7 +174,7 @@ def world_diagnostics(
     raw_histories = [world_item_ids(data.raw_item_ids, evaluated[i].history) for i in range(len(evaluated))]
     m = next(iter(results.values())).sessions.shape[2]
     rows: Dict[str, Dict[str, float]] = {}
-    for name, sessions in reference_sessions(world, users, m, seed=seed).items():
+    for name, sessions in reference_sessions(world, users, m, seed=seed, histories=raw_histories).items():
         rows[name] = {**session_profile(world, users, sessions, raw_histories), "kind": 1.0}
     for arm, result in results.items():
         world_items = world_item_ids(data.raw_item_ids, served_sessions(result))
@@ -179,7 +221,10 @@ def diagnostics_markdown(rows: Mapping[str, Mapping[str, float]]) -> str:
     lines += [
         "",
         "Rows in italics are the world's own reference sessions for the same users, built from its true "
-        "response, not by a model. ceiling: greedy by true marginal reward; top items: the best single items "
+        "response, not by a model. ceiling: greedy by true marginal reward; ceiling without z: the same without "
+        "the user's idiosyncratic taste for each item, which nothing logged reveals for unseen items; ceiling "
+        "from history: the same again with the user's interests estimated from their history's topics (what a "
+        "model reading the history could reach, knowing every item exactly); top items: the best single items "
         "put together; logging policy: a fresh session of the policy that logged the data. Columns: distinct "
         "topics per session, mean item quality, the user's true interest in the items' topics, items the "
         "user engaged with before, distinct items served over all users as a share of the catalogue. Low "

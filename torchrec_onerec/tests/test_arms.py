@@ -27,10 +27,19 @@ def test_the_registry_holds_exactly_the_arms_the_config_accepts() -> None:
 
 
 def test_servable_arms_are_the_generative_ones_with_a_model_file() -> None:
-    assert SERVABLE_ARMS == ("onerec", "onerec_ipa", "onerec_diverse", "onerec_ipa_diverse")
+    assert SERVABLE_ARMS == (
+        "onerec",
+        "onerec_ipa",
+        "onerec_diverse",
+        "onerec_ipa_diverse",
+        "onerec_slate",
+        "onerec_ipa_slate",
+    )
     assert ARMS["onerec"].serves_from == "train" and ARMS["onerec_ipa"].serves_from == "align"
     assert ARMS["onerec_diverse"].serves_from == "train" and ARMS["onerec_ipa_diverse"].serves_from == "align"
     assert ARMS["onerec_diverse"].serving_penalty is not None and ARMS["onerec"].serving_penalty is None
+    assert ARMS["onerec_slate"].serves_from == "train" and ARMS["onerec_ipa_slate"].serves_from == "align"
+    assert [a for a in ARMS if ARMS[a].slate] == ["onerec_slate", "onerec_ipa_slate"]
     assert all(ARMS[a].model_path is None for a in ARMS if a not in SERVABLE_ARMS)
 
 
@@ -65,8 +74,12 @@ def test_a_diverse_arm_reads_its_base_arm_and_says_how_its_penalty_was_chosen() 
     assert ARMS["onerec_diverse"].needs == ARMS["onerec"].needs
     info = {"diversity_penalty": 1.0, "selected_on": "validation NDCG@10", "selection": {"0.0": 0.1, "1.0": 0.3}}
     assert ARMS["onerec_diverse"].chosen(config, info) == (
-        f"{ARMS['onerec'].chosen(config, info)}; served with a diversity penalty of 1.0 per earlier session item "
-        "under the same first code, chosen on validation NDCG@10 (0.0: 0.1000, 1.0: 0.3000)"
+        f"{ARMS['onerec'].chosen(config, info)}; served by beam search with a diversity penalty of 1.0 per earlier "
+        "session item under the same first code, chosen on validation NDCG@10 (0.0: 0.1000, 1.0: 0.3000)"
+    )
+    assert ARMS["onerec_ipa_slate"].needs == ARMS["onerec_ipa"].needs
+    assert "; served as a slate from its next-item distribution with a diversity penalty of 1.0" in (
+        ARMS["onerec_ipa_slate"].chosen(config, info)
     )
 
 

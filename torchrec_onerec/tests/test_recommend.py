@@ -8,6 +8,10 @@ import numpy as np
 import pytest
 
 from torchrec_onerec.cli import main
+from torchrec_onerec.data.batch import make_dataloader
+from torchrec_onerec.data.config import LoaderConfig
+from torchrec_onerec.data.semantic_batch import SemanticIdTransform
+from torchrec_onerec.generation.slate import next_item_log_probs
 from torchrec_onerec.recommend import Recommender, UnknownUserError
 
 TINY = str(Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml")
@@ -108,3 +112,35 @@ def test_a_diverse_arm_serves_with_the_penalty_its_evaluation_chose(
 
     users = [1, 2, 3, 4]
     assert repeats(diverse.recommend(users, num_sessions=3)) < repeats(plain.recommend(users, num_sessions=3))
+
+
+def test_a_slate_arm_serves_the_slate_its_evaluation_chose(run_dir: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    (run / "evaluate").mkdir()
+    (run / "evaluate" / "metrics.json").write_text(
+        json.dumps({"arms": {"onerec_slate": {"info": {"diversity_penalty": 0.0}}}})
+    )
+    slate = Recommender.from_run_dir(run, arm="onerec_slate")
+    assert slate.slate and not Recommender.from_run_dir(run).slate
+    users = [1, 2, 3]
+    rows = slate.recommend(users, num_sessions=2)
+    samples = slate.user_samples(users)
+    batch = next(
+        iter(
+            make_dataloader(
+                samples,
+                LoaderConfig(batch_size=8, shuffle=False),
+                seed=0,
+                shuffle=False,
+                transform=SemanticIdTransform(slate.codebook.codes, max_history=slate.config.model.max_history),
+            )
+        )
+    )
+    log_probs = next_item_log_probs(slate.model, batch, slate.codebook.codes)
+    assert not slate.config.eval.exclude_history  # else the top items below would need the history masked
+    raw = np.asarray(slate.data.raw_item_ids)
+    M = slate.config.model.session_items
+    for row, top in zip(rows, log_probs.topk(2 * M, dim=1).indices.numpy()):
+        served = [item for session in row["sessions"] for item in session["items"]]
+        assert sorted(served) == sorted(raw[top].tolist())  # penalty 0: the 2 M most probable items

@@ -11,6 +11,7 @@ from torchrec_onerec.eval.world_diagnostics import (
     CEILING,
     REFERENCES,
     diagnostics_markdown,
+    history_interest,
     reference_sessions,
     session_profile,
     world_diagnostics,
@@ -59,10 +60,40 @@ def test_logging_sessions_follow_the_logging_policy_and_the_seed():
 def test_reference_sessions_order_by_how_much_the_world_knows():
     world = _world()
     users = np.arange(40)
-    refs = reference_sessions(world, users, 4, seed=0)
+    histories = [world.logging_sessions(users[i : i + 1], 3, seed=i)[0] for i in range(len(users))]
+    refs = reference_sessions(world, users, 4, seed=0, histories=histories)
     assert list(refs) == list(REFERENCES)
     reward = {k: world.session_reward(users, v).mean() for k, v in refs.items()}
     assert reward[CEILING] >= reward["top items"] > reward["logging policy"] > reward["uniform random"]
+    assert reward[CEILING] >= reward["ceiling without z"] > reward["ceiling from history"] > reward["uniform random"]
+    with pytest.raises(ValueError, match="1 histories for 40 users"):
+        reference_sessions(world, users, 4, seed=0, histories=histories[:1])
+
+
+def test_a_ceiling_that_knows_less_uses_only_what_it_is_given():
+    world = _world()
+    users = np.arange(20)
+    # with every user's interests all on topic 0 and no pair term, the greedy session is the best of topic 0 first
+    only_topic_0 = np.zeros((20, world.config.num_topics))
+    only_topic_0[:, 0] = 1.0
+    sessions = world.greedy_sessions(users, 2, interest=only_topic_0, pair_noise=False)
+    topic_0 = np.flatnonzero(world.item_topic == 0)
+    best = topic_0[np.argmax(world.item_quality[topic_0])]
+    assert (sessions[:, 0] == best).all()
+    # dropping the pair term changes what the greedy rule picks
+    assert not np.array_equal(world.greedy_sessions(users, 2), world.greedy_sessions(users, 2, pair_noise=False))
+    with pytest.raises(ValueError, match=r"interest has shape \(20, 1\)"):
+        world.greedy_sessions(users, 2, interest=np.ones((20, 1)))
+
+
+def test_history_interest_is_the_dirichlet_posterior_mean_of_the_history_topics():
+    world = _world()
+    items = np.flatnonzero(world.item_topic == 1)[:2]
+    est = history_interest(world, [np.concatenate([items, [-1]])])
+    T, alpha = world.config.num_topics, world.config.interest_concentration
+    expected = np.full(T, alpha / (2 + T * alpha))
+    expected[1] = (2 + alpha) / (2 + T * alpha)
+    np.testing.assert_allclose(est[0], expected)
 
 
 def test_session_profile_counts_topics_history_and_empty_slots():
