@@ -69,7 +69,7 @@ def _next_item_log_probs(
     tokens, memory = model.encode(batch.features)
     device = memory.device
     codes = codes.to(device)
-    I, L = codes.shape
+    num_items, L = codes.shape
     prefixes, prefix_of = torch.unique(codes[:, : L - 1], dim=0, return_inverse=True)  # [P, L'-1], [I]
     P = prefixes.shape[0]
     rows = torch.cat([prefixes, torch.zeros(P, 1, dtype=torch.long, device=device)], dim=1)  # the last code unused
@@ -82,7 +82,7 @@ def _next_item_log_probs(
         hidden = model.decoder(
             x.repeat(b, 1, 1), model.decoder.project_memory(block), tokens.mask[start : start + b]
         ).hidden  # (b P, L', D): position l holds level l's distribution on the row's path
-        total = torch.zeros(b, I, device=device)
+        total = torch.zeros(b, num_items, device=device)
         for level in range(L):
             log_probs = model.level_logits(hidden[:, level], level).float().log_softmax(dim=-1)  # (b P, K_l)
             total += log_probs.view(b, P, -1)[:, prefix_of, codes[:, level]]
@@ -123,7 +123,7 @@ def slate_sessions(
         raise ValueError(f"penalty={penalty} must be >= 0 (0 serves the most probable items in order)")
     if num_sessions < 1 or session_items < 1:
         raise ValueError(f"num_sessions={num_sessions} and session_items={session_items} must be >= 1")
-    B, I = log_probs.shape
+    B = log_probs.shape[0]
     R, M = num_sessions, session_items
     device = log_probs.device
     first_codes = first_codes.to(device)
