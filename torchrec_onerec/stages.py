@@ -29,6 +29,7 @@ from torchrec_onerec.alignment.ipa import align_iteratively
 from torchrec_onerec.arms import arm_file, arm_for, evaluate_arm
 from torchrec_onerec.config import OneRecConfig
 from torchrec_onerec.context import PipelineContext, rank, world_size
+from torchrec_onerec.data.impression_targets import impression_training_samples
 from torchrec_onerec.data.impressions import impression_samples
 from torchrec_onerec.data.samples import SampleSet
 from torchrec_onerec.data.splits import SplitB
@@ -46,6 +47,7 @@ from torchrec_onerec.eval.reward_auc import evaluate_reward_model
 from torchrec_onerec.eval.reward_estimates import add_reward_estimates
 from torchrec_onerec.eval.simulated import add_true_rewards
 from torchrec_onerec.eval.world_diagnostics import diagnostics_markdown, world_diagnostics
+from torchrec_onerec.errors import ConfigError
 from torchrec_onerec.runtime import resolve_device
 from torchrec_onerec.tokenizer.embeddings import item_embeddings
 from torchrec_onerec.tokenizer.tokenize import fit_tokenizer
@@ -99,11 +101,23 @@ def train_stage(ctx: PipelineContext) -> Dict[str, object]:
     """Train the generative model (every torchrun rank takes part); artefacts under ``train/``."""
     cfg = ctx.config
     book = ctx.codebook
+    samples = ctx.split.train
+    if cfg.train.targets == "impressions":
+        split = ctx.split
+        if not isinstance(split, SplitB):
+            raise ConfigError(
+                "train.targets='impressions' needs protocol B data (impressions with feedback); "
+                f"split.protocol={cfg.split.protocol!r}: set train.targets=positives"
+            )
+        samples, short = impression_training_samples(split, cfg.split, ctx.data.num_users)
+        LOG.info(
+            "train: %d impression runs as targets (%d dropped: history below split.min_history)", len(samples), short
+        )
     result = train_generative(
         cfg.model,
         cfg.train,
         cfg.loader,
-        ctx.split.train,
+        samples,
         ctx.split.valid,
         book.codes,
         book.vocab_sizes,

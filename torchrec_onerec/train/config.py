@@ -14,6 +14,7 @@ SPARSE_OPTIMIZERS = ("sgd", "adagrad", "rowwise_adagrad", "adam")
 CPU_FUSED_OPTIMIZERS = ("sgd", "adagrad", "rowwise_adagrad")
 SHARDING_TYPES = ("", "table_wise", "row_wise", "column_wise")
 AMP_MODES = ("none", "bf16")
+TARGETS = ("positives", "impressions")
 
 
 @dataclass
@@ -50,6 +51,10 @@ class TrainConfig:
             codes count ``1 + sum_s weight_s * label_s`` times in the NTP loss, so the items users went on to
             watch long or like teach more than bare clicks (the paper trains on its high-quality sessions; this
             keeps every session and weighs its items). ``{}``: every target code counts once.
+        targets: what the generator learns to write (protocol B): ``positives`` (runs of m positives, the split's
+            own training samples) or ``impressions`` (runs of m consecutive training-day impressions, clicked or
+            not, after the same positive histories: the paper's exposed sessions,
+            ``data.impression_targets``); with ``impressions``, ``label_weights`` sets what a click adds.
     """
 
     optim: OptimConfig = field(
@@ -75,6 +80,7 @@ class TrainConfig:
     collective_timeout_s: float = 1800.0
     amp: str = "none"
     label_weights: Dict[str, float] = field(default_factory=dict)
+    targets: str = "positives"
 
     def __post_init__(self) -> None:
         self.optim.check("train.optim")
@@ -97,6 +103,8 @@ class TrainConfig:
             raise ConfigError(f"train.sharding_type={self.sharding_type!r} must be one of {list(SHARDING_TYPES)}{hint}")
         if self.amp not in AMP_MODES:
             raise ConfigError(f"train.amp={self.amp!r} must be one of {list(AMP_MODES)}")
+        if self.targets not in TARGETS:
+            raise ConfigError(f"train.targets={self.targets!r} must be one of {list(TARGETS)}")
         negative = {k: v for k, v in self.label_weights.items() if v < 0}
         if negative:
             raise ConfigError(f"train.label_weights={dict(self.label_weights)}: weights must be >= 0 ({negative})")
