@@ -30,12 +30,13 @@ one CPU core (0.8 s measured).
 from __future__ import annotations
 
 import datetime
-from typing import Callable, Dict, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import pandas as pd
 
 from torchrec_onerec.datasets.interactions import InteractionData
+from torchrec_onerec.datasets.synthetic_arrays import USER_BLOCK, in_blocks, pair_noise, sigmoid, top_k
 from torchrec_onerec.datasets.synthetic_config import SyntheticConfig
 
 INTEREST_SCALE = 6.0  # affinity gained from a topic holding all of a user's interest
@@ -49,41 +50,7 @@ SESSION_GAP_MS = 3_600_000  # at least an hour from one session's last impressio
 IMPRESSION_GAP_MS = (5_000, 120_000)  # range of the gap between consecutive impressions of a session
 DEFAULT_WEIGHTS: Dict[str, float] = {"click": 1.0, "long_view": 1.0, "like": 2.0}
 _DAY_MS = 86_400_000
-_USER_BLOCK = 256  # users per block when a block of users x the whole catalogue is materialised
 _QUALITY_TAGS = np.array([" quality_low", " quality_mid", " quality_high"])
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * x))
-
-
-def _pair_noise(key: np.uint64, users: np.ndarray, items: np.ndarray, num_items: int) -> np.ndarray:
-    """Standard normal z(u, i) fixed per (key, u, i); users and items broadcast against each other."""
-    x = users.astype(np.uint64) * np.uint64(num_items) + items.astype(np.uint64) + key
-    x = x + np.uint64(0x9E3779B97F4A7C15)  # splitmix64: a bijection of the pair index
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    x = x ^ (x >> np.uint64(31))
-    u1 = ((x >> np.uint64(32)).astype(np.float64) + 1.0) / 2.0**32  # (0, 1]
-    u2 = (x & np.uint64(0xFFFFFFFF)).astype(np.float64) / 2.0**32  # [0, 1)
-    return np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
-
-
-def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
-    """Column indices of the k largest scores of each row, largest first: [B, N] -> [B, k] int64."""
-    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
-    return np.take_along_axis(top, order, axis=1).astype(np.int64)
-
-
-def _in_blocks(users: np.ndarray, width: int, rows_of: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-    """``rows_of(block)`` -> [b, width] for consecutive blocks of ``_USER_BLOCK`` users, stacked: [B, width] int64.
-    Bounds the [b, I] arrays a block materialises; blocks are visited in order (a shared RNG draws as in one loop)."""
-    out = np.empty((len(users), width), dtype=np.int64)
-    for lo in range(0, len(users), _USER_BLOCK):
-        block = users[lo : lo + _USER_BLOCK]
-        out[lo : lo + len(block)] = rows_of(block)
-    return out
 
 
 def _parse_date_ms(text: str) -> int:
@@ -156,7 +123,7 @@ class SyntheticWorld:
     def _affinity(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         """True affinity a(u, i) for broadcastable arrays of valid user and item ids (not checked)."""
         interest = INTEREST_SCALE * self.user_interest[users, self.item_topic[items]]
-        noise = self.config.noise * _pair_noise(self._noise_key, users, items, self.num_items)
+        noise = self.config.noise * pair_noise(self._noise_key, users, items, self.num_items)
         return interest + self.item_quality[items] + noise
 
     def item_probabilities(self, users: np.ndarray, sessions: np.ndarray) -> Dict[str, np.ndarray]:
@@ -230,7 +197,7 @@ class SyntheticWorld:
         users = self._check_users(users)
         weights = self._check_weights(weights)
         self._check_item_count("k", k)
-        return _in_blocks(users, k, lambda block: _top_k(self._item_values(block, weights), k))
+        return in_blocks(users, k, lambda block: top_k(self._item_values(block, weights), k))
 
     def log(self) -> InteractionData:
         """Logged traffic of the logging policy (see the module docstring), as canonical ``InteractionData``.
@@ -275,13 +242,13 @@ class SyntheticWorld:
         timestamp = start[:, None] + np.concatenate([np.zeros((num_sessions, 1), np.int64), gaps.cumsum(1)], 1)
 
         sessions = np.empty((num_sessions, m), dtype=np.int64)
-        for lo in range(0, num_users, _USER_BLOCK):
-            hi = min(lo + _USER_BLOCK, num_users)
+        for lo in range(0, num_users, USER_BLOCK):
+            hi = min(lo + USER_BLOCK, num_users)
             policy = self._logging_policy(np.arange(lo, hi))  # [b, I]
             rows = session_user[first[lo] : first[hi]] - lo
             # Exponential race: items ordered by arrival E_i / p_i (E_i ~ Exp(1)) are a Plackett-Luce draw from p.
             arrival = rng.standard_exponential((len(rows), num_items), dtype=np.float32) / policy[rows]
-            sessions[first[lo] : first[hi]] = _top_k(-arrival, m)
+            sessions[first[lo] : first[hi]] = top_k(-arrival, m)
         is_rand = self._randomise(sessions)
 
         click_p, long_view_p, like_p = self._responses(session_user, sessions)
@@ -351,9 +318,9 @@ class SyntheticWorld:
 
         def draw(block: np.ndarray) -> np.ndarray:
             arrival = rng.standard_exponential((len(block), self.num_items), dtype=np.float32)
-            return _top_k(-arrival / self._logging_policy(block), m)
+            return top_k(-arrival / self._logging_policy(block), m)
 
-        return _in_blocks(users, m, draw)
+        return in_blocks(users, m, draw)
 
     def greedy_sessions(
         self,
@@ -370,9 +337,8 @@ class SyntheticWorld:
         A slot's expected reward depends on the items before it (same-topic count, repeats) and never on the
         items after it, so slot p's marginal reward is the item's own reward at p; the greedy pick at p is the
         unused item maximising novelty(same-topic count so far) * item value (attention at p is common to all).
-        With ``interest`` or ``pair_noise=False`` the values are those of a world that knows less (the rule is
-        the same): what the best session is for someone who knows every item's topic and quality but not the
-        user's idiosyncratic taste z(u, i), or only the interests given.
+        With ``interest`` or ``pair_noise=False`` the rule is the same over a world that knows less: every item's
+        topic and quality, but not z(u, i), or only the interests given.
 
         Args:
             users (np.ndarray): [B] int user ids.
@@ -418,7 +384,7 @@ class SyntheticWorld:
                 shown[rows, self.item_topic[pick]] += 1
             return picks
 
-        return _in_blocks(np.arange(len(users)), m, greedy)
+        return in_blocks(np.arange(len(users)), m, greedy)
 
     def _item_values(
         self,
@@ -437,10 +403,10 @@ class SyntheticWorld:
             topic_interest = self.user_interest[users] if interest is None else interest  # [b, T]
             a = INTEREST_SCALE * topic_interest[:, self.item_topic] + self.item_quality[None, :]
             if pair_noise:
-                a = a + self.config.noise * _pair_noise(self._noise_key, users[:, None], items, self.num_items)
-        click = _sigmoid(a + CLICK_BIAS)
-        long_view = click * _sigmoid(a + LONG_VIEW_BIAS)
-        signals = {"click": click, "long_view": long_view, "like": long_view * _sigmoid(a + LIKE_BIAS)}
+                a = a + self.config.noise * pair_noise(self._noise_key, users[:, None], items, self.num_items)
+        click = sigmoid(a + CLICK_BIAS)
+        long_view = click * sigmoid(a + LONG_VIEW_BIAS)
+        signals = {"click": click, "long_view": long_view, "like": long_view * sigmoid(a + LIKE_BIAS)}
         return sum(weight * signals[signal] for signal, weight in weights.items())
 
     def _check_item_count(self, name: str, value: int) -> None:
@@ -454,9 +420,9 @@ class SyntheticWorld:
         rng = np.random.default_rng(self._random_seq)
         chosen = rng.random(len(sessions)) < self.config.random_session_rate
         rows = np.flatnonzero(chosen)
-        for lo in range(0, len(rows), _USER_BLOCK):
-            block = rows[lo : lo + _USER_BLOCK]
-            sessions[block] = _top_k(rng.random((len(block), self.num_items)), sessions.shape[1])
+        for lo in range(0, len(rows), USER_BLOCK):
+            block = rows[lo : lo + USER_BLOCK]
+            sessions[block] = top_k(rng.random((len(block), self.num_items)), sessions.shape[1])
         return chosen
 
     def _responses(self, users: np.ndarray, sessions: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -471,8 +437,8 @@ class SyntheticWorld:
         repeated = ((items[:, :, None] == items[:, None, :]) & earlier).any(axis=2)
         attention = np.exp(-self.config.position_decay * np.arange(m))  # [M]
         novelty = np.exp(-self.config.diversity_weight * same_topic_before)
-        click = np.where(valid & ~repeated, attention * novelty * _sigmoid(a + CLICK_BIAS), 0.0)
-        return click, _sigmoid(a + LONG_VIEW_BIAS), _sigmoid(a + LIKE_BIAS)
+        click = np.where(valid & ~repeated, attention * novelty * sigmoid(a + CLICK_BIAS), 0.0)
+        return click, sigmoid(a + LONG_VIEW_BIAS), sigmoid(a + LIKE_BIAS)
 
     def _check_users(self, users: np.ndarray) -> np.ndarray:
         users = np.asarray(users)

@@ -13,9 +13,9 @@ from torchrec_onerec.datasets.synthetic import (
     IMPRESSION_GAP_MS,
     SESSION_GAP_MS,
     SyntheticWorld,
-    _pair_noise,
     load_synthetic,
 )
+from torchrec_onerec.datasets.synthetic_arrays import pair_noise
 from torchrec_onerec.datasets.synthetic_config import SyntheticConfig
 
 SMALL = dict(num_users=300, num_items=200, num_topics=10)
@@ -192,11 +192,11 @@ def test_logged_rates_match_true_probabilities(world_and_data: Tuple[SyntheticWo
 
 def test_pair_noise_is_standard_normal_and_fixed() -> None:
     users, items = np.arange(400)[:, None], np.arange(500)[None, :]
-    z = _pair_noise(np.uint64(12345), users, items, 500)
+    z = pair_noise(np.uint64(12345), users, items, 500)
     assert z.shape == (400, 500)
     assert abs(z.mean()) < 0.01 and abs(z.std() - 1) < 0.01
-    np.testing.assert_array_equal(z[3, 4], _pair_noise(np.uint64(12345), np.array([3]), np.array([4]), 500)[0])
-    assert not np.allclose(z, _pair_noise(np.uint64(54321), users, items, 500))
+    np.testing.assert_array_equal(z[3, 4], pair_noise(np.uint64(12345), np.array([3]), np.array([4]), 500)[0])
+    assert not np.allclose(z, pair_noise(np.uint64(54321), users, items, 500))
 
 
 @pytest.mark.parametrize(
