@@ -329,7 +329,7 @@ class SyntheticWorld:
         weights: Optional[Dict[str, float]] = None,
         *,
         interest: Optional[np.ndarray] = None,
-        pair_noise: bool = True,
+        pair_term: bool = True,
     ) -> np.ndarray:
         """The ceiling: each user's session of m items filled slot by slot with the item of highest true marginal
         reward given the slots already filled.
@@ -337,7 +337,7 @@ class SyntheticWorld:
         A slot's expected reward depends on the items before it (same-topic count, repeats) and never on the
         items after it, so slot p's marginal reward is the item's own reward at p; the greedy pick at p is the
         unused item maximising novelty(same-topic count so far) * item value (attention at p is common to all).
-        With ``interest`` or ``pair_noise=False`` the rule is the same over a world that knows less: every item's
+        With ``interest`` or ``pair_term=False`` the rule is the same over a world that knows less: every item's
         topic and quality, but not z(u, i), or only the interests given.
 
         Args:
@@ -346,7 +346,7 @@ class SyntheticWorld:
             weights (Optional[Dict[str, float]]): as in ``session_reward``.
             interest (Optional[np.ndarray]): [B, num_topics] interests to use in place of the users' own (None:
                 their true interests).
-            pair_noise (bool): include the pair term z(u, i) in the affinity.
+            pair_term (bool): include the pair term z(u, i) in the affinity.
 
         Returns:
             [B, m] int64 distinct item ids.
@@ -371,7 +371,7 @@ class SyntheticWorld:
         def greedy(positions: np.ndarray) -> np.ndarray:
             block = users[positions]
             rows_interest = None if interest is None else np.asarray(interest, np.float64)[positions]
-            value = self._item_values(block, weights, interest=rows_interest, pair_noise=pair_noise)  # [b, I]
+            value = self._item_values(block, weights, interest=rows_interest, pair_term=pair_term)  # [b, I]
             rows = np.arange(len(block))
             shown = np.zeros((len(block), self.config.num_topics))  # same-topic items placed so far
             used = np.zeros(value.shape, dtype=bool)
@@ -392,17 +392,17 @@ class SyntheticWorld:
         weights: Dict[str, float],
         *,
         interest: Optional[np.ndarray] = None,
-        pair_noise: bool = True,
+        pair_term: bool = True,
     ) -> np.ndarray:
         """[b, I] expected weighted reward of every item shown alone in slot 0, for a block of valid users (with
-        ``interest`` [b, T] in place of theirs, and without the pair term unless ``pair_noise``)."""
+        ``interest`` [b, T] in place of theirs, and without the pair term unless ``pair_term``)."""
         items = np.arange(self.num_items)[None, :]
-        if interest is None and pair_noise:
+        if interest is None and pair_term:
             a = self._affinity(users[:, None], items)
         else:
             topic_interest = self.user_interest[users] if interest is None else interest  # [b, T]
             a = INTEREST_SCALE * topic_interest[:, self.item_topic] + self.item_quality[None, :]
-            if pair_noise:
+            if pair_term:
                 a = a + self.config.noise * pair_noise(self._noise_key, users[:, None], items, self.num_items)
         click = sigmoid(a + CLICK_BIAS)
         long_view = click * sigmoid(a + LONG_VIEW_BIAS)

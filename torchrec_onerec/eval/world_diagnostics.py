@@ -89,9 +89,9 @@ def reference_sessions(
     random = np.argsort(rng.random((len(users), world.num_items)), axis=1)[:, :m]
     return {
         CEILING: world.greedy_sessions(users, m),
-        "ceiling without z": world.greedy_sessions(users, m, pair_noise=False),
+        "ceiling without z": world.greedy_sessions(users, m, pair_term=False),
         "ceiling from history": world.greedy_sessions(
-            users, m, interest=history_interest(world, histories), pair_noise=False
+            users, m, interest=history_interest(world, histories), pair_term=False
         ),
         "top items": world.best_items(users, m),
         "logging policy": world.logging_sessions(users, m, seed=seed),

@@ -76,12 +76,15 @@ def test_a_ceiling_that_knows_less_uses_only_what_it_is_given():
     # with every user's interests all on topic 0 and no pair term, the greedy session is the best of topic 0 first
     only_topic_0 = np.zeros((20, world.config.num_topics))
     only_topic_0[:, 0] = 1.0
-    sessions = world.greedy_sessions(users, 2, interest=only_topic_0, pair_noise=False)
+    sessions = world.greedy_sessions(users, 2, interest=only_topic_0, pair_term=False)
     topic_0 = np.flatnonzero(world.item_topic == 0)
     best = topic_0[np.argmax(world.item_quality[topic_0])]
     assert (sessions[:, 0] == best).all()
     # dropping the pair term changes what the greedy rule picks
-    assert not np.array_equal(world.greedy_sessions(users, 2), world.greedy_sessions(users, 2, pair_noise=False))
+    assert not np.array_equal(world.greedy_sessions(users, 2), world.greedy_sessions(users, 2, pair_term=False))
+    # the users' own interests given explicitly, with the pair term: the ceiling itself
+    own = world.greedy_sessions(users, 2, interest=world.user_interest[users])
+    np.testing.assert_array_equal(own, world.greedy_sessions(users, 2))
     with pytest.raises(ValueError, match=r"interest has shape \(20, 1\)"):
         world.greedy_sessions(users, 2, interest=np.ones((20, 1)))
 
