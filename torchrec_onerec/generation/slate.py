@@ -20,7 +20,7 @@ from torchrec_onerec.data.semantic_batch import SemanticIdBatch
 from torchrec_onerec.generation.beam_search import BeamSearchOutput, history_items
 from torchrec_onerec.models.onerec import OneRecModel
 
-_CHUNK_ELEMENTS = 1 << 22  # logits per block of users (about 16 MB of float32)
+_CHUNK_ELEMENTS = 1 << 22  # logits or decoder states per block of users (about 16 MB of float32)
 
 
 @torch.no_grad()
@@ -38,7 +38,8 @@ def next_item_log_probs(
         model (OneRecModel): the generator (run in eval mode here; its mode is restored).
         batch (SemanticIdBatch): B users (``features`` is read).
         codes (torch.Tensor): [I, L'] int64 codes of every item (``Codebook.codes``).
-        chunk_elements (int): about how many logits one block of users may hold; results do not depend on it.
+        chunk_elements (int): about how many logits (or decoder state values) one block of users may hold; the
+            results do not depend on it.
 
     Returns:
         torch.Tensor: [B, I] float32 log-probabilities; each row's exponentials sum to 1 over the items when every
@@ -74,7 +75,8 @@ def _next_item_log_probs(
     P = prefixes.shape[0]
     rows = torch.cat([prefixes, torch.zeros(P, 1, dtype=torch.long, device=device)], dim=1)  # the last code unused
     x = model.embedding.decoder_tokens(model.embedding.embed_codes(rows.unsqueeze(1)))[:, :L]  # (P, L', D)
-    users_per_block = max(1, chunk_elements // (P * max(model.vocab_sizes)))
+    # a block holds b P rows of logits (the widest level) and of L' decoder states
+    users_per_block = max(1, chunk_elements // (P * max(max(model.vocab_sizes), L * model.config.d_model)))
     out = []
     for start in range(0, memory.shape[0], users_per_block):
         block = memory[start : start + users_per_block]
