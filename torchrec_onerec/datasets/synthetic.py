@@ -120,11 +120,19 @@ class SyntheticWorld:
         self.item_content = content.astype(np.float32)
         self._noise_key = rng.integers(2**64, dtype=np.uint64)
 
-    def _affinity(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
-        """True affinity a(u, i) for broadcastable arrays of valid user and item ids (not checked)."""
-        interest = INTEREST_SCALE * self.user_interest[users, self.item_topic[items]]
-        noise = self.config.noise * pair_noise(self._noise_key, users, items, self.num_items)
-        return interest + self.item_quality[items] + noise
+    def _affinity(
+        self, users: np.ndarray, items: np.ndarray, interest: Optional[np.ndarray] = None, pair_term: bool = True
+    ) -> np.ndarray:
+        """True affinity a(u, i) for broadcastable arrays of valid user and item ids (not checked); ``interest``
+        [b, T] (users [b, 1]) in place of the users' own, and no z(u, i) unless ``pair_term``."""
+        if interest is None:
+            topic_interest = self.user_interest[users, self.item_topic[items]]
+        else:
+            topic_interest = interest[np.arange(len(interest))[:, None], self.item_topic[items]]
+        affinity = INTEREST_SCALE * topic_interest + self.item_quality[items]
+        if pair_term:
+            affinity = affinity + self.config.noise * pair_noise(self._noise_key, users, items, self.num_items)
+        return affinity
 
     def item_probabilities(self, users: np.ndarray, sessions: np.ndarray) -> Dict[str, np.ndarray]:
         """True probability of each signal for every slot of each session, given the whole session.
@@ -394,16 +402,8 @@ class SyntheticWorld:
         interest: Optional[np.ndarray] = None,
         pair_term: bool = True,
     ) -> np.ndarray:
-        """[b, I] expected weighted reward of every item shown alone in slot 0, for a block of valid users (with
-        ``interest`` [b, T] in place of theirs, and without the pair term unless ``pair_term``)."""
-        items = np.arange(self.num_items)[None, :]
-        if interest is None and pair_term:
-            a = self._affinity(users[:, None], items)
-        else:
-            topic_interest = self.user_interest[users] if interest is None else interest  # [b, T]
-            a = INTEREST_SCALE * topic_interest[:, self.item_topic] + self.item_quality[None, :]
-            if pair_term:
-                a = a + self.config.noise * pair_noise(self._noise_key, users[:, None], items, self.num_items)
+        """[b, I] expected weighted reward of every item alone in slot 0 for valid users (``_affinity``'s options)."""
+        a = self._affinity(users[:, None], np.arange(self.num_items)[None, :], interest, pair_term)
         click = sigmoid(a + CLICK_BIAS)
         long_view = click * sigmoid(a + LONG_VIEW_BIAS)
         signals = {"click": click, "long_view": long_view, "like": long_view * sigmoid(a + LIKE_BIAS)}
