@@ -29,9 +29,7 @@ from torchrec_onerec.data.samples import PAD_ITEM, SampleSet, take_slices
 from torchrec_onerec.data.semantic_batch import SemanticIdTransform
 from torchrec_onerec.datasets.interactions import InteractionData
 from torchrec_onerec.datasets.load import load_dataset
-from torchrec_onerec.generation.beam_search import constrained_beam_search
-from torchrec_onerec.generation.processors import RepeatedPrefixPenalty
-from torchrec_onerec.generation.slate import slate_search
+from torchrec_onerec.generation.serving import serve_sessions
 from torchrec_onerec.models.onerec import OneRecModel
 from torchrec_onerec.pipeline import STAGE_SECTIONS, stage_closure, stage_fingerprint
 from torchrec_onerec.run_dir import RunDir, read_json
@@ -196,30 +194,20 @@ class Recommender:
             transform=SemanticIdTransform(self.codebook.codes, max_history=cfg.model.max_history),
         )
         raw_items = np.asarray(self.data.raw_item_ids)
-        processors = [RepeatedPrefixPenalty(self.diversity_penalty)] if self.diversity_penalty > 0 else []
         out: List[Dict[str, Any]] = []
         with torch.no_grad():
             for batch in loader:
-                if self.slate:
-                    found = slate_search(
-                        self.model,
-                        batch.to(self.device),
-                        codes=self.codebook.codes,
-                        num_return=R,
-                        session_items=cfg.model.session_items,
-                        penalty=self.diversity_penalty,
-                        exclude_history=exclude,
-                    )
-                else:
-                    found = constrained_beam_search(
-                        self.model,
-                        batch.to(self.device),
-                        prefix_index=index,
-                        beam_size=max(R, cfg.eval.beam_size),
-                        num_return=R,
-                        exclude_history=exclude,
-                        processors=processors,
-                    )
+                found = serve_sessions(
+                    self.model,
+                    batch.to(self.device),
+                    codes=self.codebook.codes,
+                    prefix_index=index,
+                    beam_size=max(R, cfg.eval.beam_size),
+                    num_return=R,
+                    penalty=self.diversity_penalty,
+                    slate=self.slate,
+                    exclude_history=exclude,
+                )
                 for items, scores in zip(found.items.cpu().numpy(), found.scores.float().cpu().numpy()):
                     sessions = [
                         {"items": [_plain(raw_items[i]) for i in row], "score": float(score)}

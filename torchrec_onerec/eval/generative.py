@@ -33,9 +33,7 @@ from torchrec_onerec.eval.config import EvalConfig
 from torchrec_onerec.eval.metrics import legality_rate
 from torchrec_onerec.eval.protocols import EvalResult, check_protocol, evaluation_users, score_sessions
 from torchrec_onerec.eval.user_shards import gather_rows, group_size, rank_rows
-from torchrec_onerec.generation.beam_search import constrained_beam_search
-from torchrec_onerec.generation.processors import RepeatedPrefixPenalty
-from torchrec_onerec.generation.slate import slate_search
+from torchrec_onerec.generation.serving import serve_sessions
 from torchrec_onerec.models.onerec import OneRecModel
 from torchrec_onerec.tokenizer.prefix_index import PrefixIndex
 
@@ -144,7 +142,6 @@ def evaluate_generative(
         shuffle=False,
         transform=SemanticIdTransform(codes, max_history=max_history),
     )
-    processors = [RepeatedPrefixPenalty(diversity_penalty)] if diversity_penalty > 0 else []
     items: List[torch.Tensor] = []
     generated: List[torch.Tensor] = []
     scores: List[torch.Tensor] = []
@@ -152,28 +149,19 @@ def evaluate_generative(
     with torch.no_grad():
         bar = tqdm(loader, desc=f"evaluate (protocol {protocol})", unit="batch", disable=not progress or rank != 0)
         for batch in bar:
-            if slate:
-                out = slate_search(
-                    model,
-                    batch.to(target_device),
-                    codes=codes,
-                    num_return=config.num_return,
-                    session_items=M,
-                    penalty=diversity_penalty,
-                    exclude_history=config.exclude_history,
-                )
-            else:
-                out = constrained_beam_search(
-                    model,
-                    batch.to(target_device),
-                    prefix_index=prefix_index,
-                    beam_size=config.beam_size,
-                    num_return=config.num_return,
-                    session_items=M,
-                    exclude_history=config.exclude_history,
-                    constrained=config.constrained,
-                    processors=processors,
-                )
+            out = serve_sessions(
+                model,
+                batch.to(target_device),
+                codes=codes,
+                prefix_index=prefix_index,
+                beam_size=config.beam_size,
+                num_return=config.num_return,
+                session_items=M,
+                penalty=diversity_penalty,
+                slate=slate,
+                exclude_history=config.exclude_history,
+                constrained=config.constrained,
+            )
             items.append(out.items.cpu())
             generated.append(out.codes.cpu())
             scores.append(out.scores.float().cpu())
