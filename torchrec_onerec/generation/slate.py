@@ -133,8 +133,9 @@ def slate_sessions(
     rows = torch.arange(B, device=device)
     items = torch.full((B, R, M), -1, dtype=torch.long, device=device)
     values = torch.zeros(B, R, M, device=device)
+    clusters = int(first_codes.max()) + 1
     for r in range(R):
-        shown = torch.zeros(B, int(first_codes.max()) + 1, device=device)  # this session's items per first code
+        shown = torch.zeros(B, clusters, device=device)  # this session's items per first code
         for j in range(M):
             value = open_items - penalty * shown[:, first_codes]
             best, pick = value.max(dim=1)
