@@ -40,6 +40,7 @@ from torchrec_onerec.generation.beam_search import constrained_beam_search
 from torchrec_onerec.models.config import model_size
 from torchrec_onerec.models.onerec import OneRecModel, count_parameters
 from torchrec_onerec.models.testing import random_batch, random_codes
+from torchrec_onerec.modules.moe import forced_dispatch
 from torchrec_onerec.tokenizer.prefix_index import PrefixIndex
 
 
@@ -97,6 +98,7 @@ def run(args: argparse.Namespace) -> List[Dict[str, object]]:
         "session_items": config.session_items,
         "users": args.users,
         "amp": args.amp,
+        "moe_dispatch": args.moe_dispatch,
     }
     records: List[Dict[str, object]] = []
     for beam in [args.beam] + ([128] if args.beam_128 else []):
@@ -104,12 +106,19 @@ def run(args: argparse.Namespace) -> List[Dict[str, object]]:
         for mode, kwargs in MODES.items():
             if mode not in args.modes:
                 continue
-            seconds[mode] = _time(
-                lambda: constrained_beam_search(
-                    model, batch, prefix_index=index, beam_size=beam, num_return=min(10, beam), amp_dtype=amp, **kwargs
-                ),
-                args.repeats,
-            )
+            with forced_dispatch({"auto": None, "loop": False}[args.moe_dispatch]):
+                seconds[mode] = _time(
+                    lambda: constrained_beam_search(
+                        model,
+                        batch,
+                        prefix_index=index,
+                        beam_size=beam,
+                        num_return=min(10, beam),
+                        amp_dtype=amp,
+                        **kwargs,
+                    ),
+                    args.repeats,
+                )
             records.append(
                 {
                     **common,
@@ -143,6 +152,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per measurement")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none", help="autocast dtype")
+    parser.add_argument(
+        "--moe-dispatch",
+        choices=["auto", "loop"],
+        default="auto",
+        help="auto: the MoE grouped GEMM on CUDA in bf16, else the per-expert loop; loop: the loop everywhere",
+    )
     parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES), help="what to time")
     parser.add_argument("--baseline-tree", default="", help="also time --modes with this source tree's package")
     args = parser.parse_args()

@@ -50,6 +50,7 @@ import torchrec
 from torch.utils.flop_counter import FlopCounterMode
 
 from torchrec_onerec.data.batch import collate_samples
+from torchrec_onerec.modules.moe import forced_dispatch
 from torchrec_onerec.data.samples import SampleSet
 from torchrec_onerec.data.semantic_batch import SemanticIdBatch, to_semantic_batch
 from torchrec_onerec.models.config import MODEL_SIZES
@@ -119,7 +120,15 @@ def _setting(args: argparse.Namespace) -> Dict[str, Any]:
     return {"codes": codes, "vocab": vocab, "config": config, "samples": samples}
 
 
+MOE_DISPATCH = {"auto": None, "loop": False}
+
+
 def _worker(rank: int, world_size: int, threads: int, port: int, args: argparse.Namespace, folder: str) -> None:
+    with forced_dispatch(MOE_DISPATCH[args.moe_dispatch]):
+        _train(rank, world_size, threads, port, args, folder)
+
+
+def _train(rank: int, world_size: int, threads: int, port: int, args: argparse.Namespace, folder: str) -> None:
     as_torchrun_rank(rank, world_size, port, threads=threads)
     setting = _setting(args)
     config = setting["config"]
@@ -168,6 +177,7 @@ def measure(world_size: int, threads: int, args: argparse.Namespace) -> Dict[str
         "bench": "train",
         "device": _device_name(args.device),
         "amp": args.amp,
+        "moe_dispatch": args.moe_dispatch,
         "world_size": world_size,
         "threads_per_process": reports[0]["threads"],
         "model": args.size,
@@ -217,7 +227,7 @@ def step_flops(args: argparse.Namespace) -> int:
     setting, device, step = _unsharded_step(args)
     batch = _batch(setting, 0, args.batch, device)
     counter = FlopCounterMode(display=False)
-    with counter:
+    with counter, forced_dispatch(False):  # the counter has a formula for every product of the loop
         loss, _ = step(batch)
         loss.backward()
     del step, batch, loss
@@ -291,7 +301,8 @@ def main_mfu(args: argparse.Namespace) -> None:
     """1 process on 1 GPU, then one per GPU (or the unsharded step, on any device); each with its MFU line."""
     flops = step_flops(args)
     if args.unsharded:
-        records = [measure_unsharded(args)]
+        with forced_dispatch(MOE_DISPATCH[args.moe_dispatch]):
+            records = [measure_unsharded(args)]
     else:
         records = [measure(world_size, 1, args) for world_size in sorted({1, torch.cuda.device_count()})]
     for record in records:
@@ -318,6 +329,12 @@ def main() -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--amp", choices=AMP_MODES, default="none", help="train.amp")
     parser.add_argument("--history-tokens", choices=["codes", "items"], default="codes", help="model.history_tokens")
+    parser.add_argument(
+        "--moe-dispatch",
+        choices=["auto", "loop"],
+        default="auto",
+        help="auto: the grouped GEMM on CUDA in bf16, else the per-expert loop; loop: the loop everywhere",
+    )
     parser.add_argument(
         "--unsharded",
         action="store_true",

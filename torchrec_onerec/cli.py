@@ -37,7 +37,6 @@ from torchrec_onerec.config_reference import render_reference
 from torchrec_onerec.pipeline import STAGES, run_pipeline, stage_closure
 from torchrec_onerec.recommend import SERVABLE_ARMS, Recommender
 from torchrec_onerec.stages import STAGE_LIST
-from torchrec_onerec.tune import tune
 
 EXIT_BAD_INPUT = 2
 
@@ -111,6 +110,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(render_reference(), end="")
             return 0
         if args.command == "tune":
+            from torchrec_onerec.tune import tune  # optuna is imported only by the command that uses it
+
             found = tune(args.config, list(args.overrides))
             print(f"best config: {found.best_config} (validation score {found.best_score:.4f})")
             if found.test_run is not None:

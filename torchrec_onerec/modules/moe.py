@@ -5,7 +5,8 @@ Routing: a linear router gives each token a softmax distribution p over the E ex
 ``top_k`` most probable experts, weighted by their probabilities renormalised over the chosen ones (Mixtral)
 when top_k > 1, or by the raw probability when top_k = 1 (Switch), so the router always gets a gradient from
 the main loss. Dispatch is dropless: every assignment is computed (no capacity factor), by sorting the
-assignments by expert and running each expert once on its contiguous block (``grouped_expert_forward``).
+assignments by expert and running each expert once on its contiguous block (``grouped_expert_forward``; on a
+GPU in bfloat16, one ``torch._grouped_mm`` per layer of the expert MLP, which needs no host synchronisation).
 
 Load balancing: the auxiliary loss of Switch Transformer / GShard, chosen over DeepSeek's bias-based balancing
 because it needs no state updated outside the optimiser step (it works unchanged under DMP, gradient
@@ -30,8 +31,9 @@ Shape legend: B batch, T tokens, D width, E experts, N = B * T routed tokens.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -70,11 +72,71 @@ class MoEConfig:
             raise ValueError(f"dropout={self.dropout} must lie in [0, 1)")
 
 
+def fused_dispatch_default(x: torch.Tensor) -> bool:
+    """Whether ``grouped_expert_forward`` uses the grouped GEMM when not told: CUDA with bfloat16 compute.
+
+    That is where ``torch._grouped_mm`` has its fast kernel; elsewhere the per-expert loop is as fast, and on
+    CPU it keeps the figures that float32 runs have always given.
+
+    Example:
+        >>> fused_dispatch_default(torch.zeros(2, 4))
+        False
+    """
+    return x.is_cuda and hasattr(torch, "_grouped_mm") and _compute_dtype(x) == torch.bfloat16
+
+
+_forced_dispatch: Optional[bool] = None
+
+
+@contextmanager
+def forced_dispatch(fused: Optional[bool]) -> Iterator[None]:
+    """Within the block, every MoE layer dispatches fused (True), by the loop (False) or by the default rule (None).
+
+    For benchmarks and tests that compare the two ways on one model (``benchmarks/train.py --moe-dispatch``).
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> moe, x = MoEFeedForward(MoEConfig(d_model=8, num_experts=3, expert_hidden=16)), torch.randn(2, 5, 8)
+        >>> with forced_dispatch(False):
+        ...     loop = moe(x).out
+        >>> with forced_dispatch(True):
+        ...     fused = moe(x).out
+        >>> torch.allclose(loop, fused)
+        True
+    """
+    global _forced_dispatch
+    previous, _forced_dispatch = _forced_dispatch, fused
+    try:
+        yield
+    finally:
+        _forced_dispatch = previous
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype matrix products of ``x`` run in: autocast's when it is on for x's device, else x's own."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
+
+
 @torch.fx.wrap
 def grouped_expert_forward(
-    x: torch.Tensor, expert_index: torch.Tensor, gates: torch.Tensor, weights: List[torch.Tensor]
+    x: torch.Tensor,
+    expert_index: torch.Tensor,
+    gates: torch.Tensor,
+    weights: List[torch.Tensor],
+    fused: Optional[bool] = None,
 ) -> torch.Tensor:
     """Run every token through its chosen experts and sum the gated outputs (vectorised dispatch).
+
+    The assignments are sorted by expert, so that each expert's tokens form one contiguous block. Two ways to
+    run the blocks give the same result (``modules/tests/test_moe.py``):
+
+    - the per-expert loop, the plain reference: one pair of matrix products per expert. The block sizes must
+      reach the host (``.tolist()``), a device synchronisation per call on a GPU;
+    - ``fused``: ``torch._grouped_mm``, one grouped product per layer of the expert MLP, with the block
+      boundaries as a device tensor: no host synchronisation, so the host keeps queueing kernels ahead of the GPU
+      during training and beam search.
 
     The split sizes depend on the routing (data-dependent), so fx treats this function as one leaf call.
 
@@ -83,6 +145,8 @@ def grouped_expert_forward(
         expert_index (torch.Tensor): [N, k] int64 chosen experts.
         gates (torch.Tensor): [N, k] weight of each chosen expert.
         weights (List[torch.Tensor]): ``[w_in [E, D, H], b_in [E, H], w_out [E, H, D], b_out [E, D]]``.
+        fused (bool | None): use the grouped GEMM; None: as ``forced_dispatch`` says, else
+            ``fused_dispatch_default(x)``.
 
     Returns:
         torch.Tensor: [N, D] sum over the k choices of gate * GELU-MLP_e(x).
@@ -93,10 +157,19 @@ def grouped_expert_forward(
     flat = expert_index.reshape(-1)  # (N*k,) assignment a belongs to token a // k
     order = flat.argsort(stable=True)  # assignments grouped by expert
     token = order // k
-    counts = torch.bincount(flat, minlength=w_in.shape[0]).tolist()
-    blocks = x[token].split(counts)  # E blocks of (count_e, D)
-    outs = [F.gelu(block @ w_in[e] + b_in[e]) @ w_out[e] + b_out[e] for e, block in enumerate(blocks)]
-    y = torch.cat(outs) * gates.reshape(-1)[order].unsqueeze(1)  # (N*k, D)
+    if fused is None:
+        fused = fused_dispatch_default(x) if _forced_dispatch is None else _forced_dispatch
+    if fused:
+        dtype = _compute_dtype(x)
+        ends = torch.bincount(flat, minlength=w_in.shape[0]).cumsum(0).to(torch.int32)  # (E,) block ends
+        expert = flat[order]  # (N*k,) the expert of each sorted assignment, for its biases
+        hidden = torch._grouped_mm(x[token].to(dtype), w_in.to(dtype), offs=ends) + b_in[expert].to(dtype)
+        y = torch._grouped_mm(F.gelu(hidden), w_out.to(dtype), offs=ends) + b_out[expert].to(dtype)
+    else:
+        counts = torch.bincount(flat, minlength=w_in.shape[0]).tolist()
+        blocks = x[token].split(counts)  # E blocks of (count_e, D)
+        y = torch.cat([F.gelu(block @ w_in[e] + b_in[e]) @ w_out[e] + b_out[e] for e, block in enumerate(blocks)])
+    y = y * gates.reshape(-1)[order].unsqueeze(1)  # (N*k, D)
     return torch.zeros(N, D, dtype=y.dtype, device=y.device).index_add_(0, token, y)
 
 

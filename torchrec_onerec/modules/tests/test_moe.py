@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from torchrec_onerec.modules.moe import MoEConfig, MoEFeedForward
+from torchrec_onerec.modules.moe import MoEConfig, MoEFeedForward, fused_dispatch_default, grouped_expert_forward
 
 
 def _reference(moe: MoEFeedForward, x: torch.Tensor) -> torch.Tensor:
@@ -81,6 +81,61 @@ def test_fx_traces_through_the_wrapped_dispatch() -> None:
     torch.testing.assert_close(traced(x, mask).out, moe(x, mask).out)
     torch.testing.assert_close(traced(x, mask).aux_loss, moe(x, mask).aux_loss)
     assert any(n.target.__name__ == "grouped_expert_forward" for n in traced.graph.nodes if n.op == "call_function")
+
+
+def _dispatch_inputs(seed: int) -> tuple:
+    """Tokens, choices (expert 3 of 4 never chosen: an empty block), gates and expert weights."""
+    torch.manual_seed(seed)
+    E, D, H, N, k = 4, 8, 16, 13, 2
+    weights = [torch.randn(E, D, H), torch.randn(E, H), torch.randn(E, H, D), torch.randn(E, D)]
+    return torch.randn(N, D), torch.randint(0, E - 1, (N, k)), torch.rand(N, k), weights
+
+
+@pytest.mark.skipif(not hasattr(torch, "_grouped_mm"), reason="this torch has no torch._grouped_mm")
+def test_fused_dispatch_equals_the_per_expert_loop() -> None:
+    x, index, gates, weights = _dispatch_inputs(0)
+    leaves = [x, *weights]
+    for tensor in leaves:
+        tensor.requires_grad_(True)
+    upstream = torch.randn(x.shape)
+    results = []
+    for fused in (False, True):
+        out = grouped_expert_forward(x, index, gates, weights, fused=fused)
+        grads = torch.autograd.grad(out, leaves, upstream)
+        results.append((out, grads))
+    torch.testing.assert_close(results[1][0], results[0][0])
+    for fused_grad, loop_grad in zip(results[1][1], results[0][1]):
+        torch.testing.assert_close(fused_grad, loop_grad)
+
+
+@pytest.mark.skipif(not hasattr(torch, "_grouped_mm"), reason="this torch has no torch._grouped_mm")
+def test_fused_dispatch_under_bf16_autocast_stays_close() -> None:
+    x, index, gates, weights = _dispatch_inputs(1)
+    exact = grouped_expert_forward(x, index, gates, weights, fused=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fused = grouped_expert_forward(x, index, gates, weights, fused=True)
+    assert fused.dtype == torch.float32  # the gates (float32) weight the bf16 expert outputs
+    assert ((fused - exact).abs().max() / exact.abs().max()).item() < 0.02
+
+
+def test_fused_dispatch_is_the_default_only_on_cuda_in_bf16() -> None:
+    assert not fused_dispatch_default(torch.zeros(2, 3))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not fused_dispatch_default(torch.zeros(2, 3))  # CPU keeps the loop and its float32 figures
+    if torch.cuda.is_available() and hasattr(torch, "_grouped_mm"):
+        assert not fused_dispatch_default(torch.zeros(2, 3, device="cuda"))
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            assert fused_dispatch_default(torch.zeros(2, 3, device="cuda"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_fused_dispatch_matches_the_loop_in_bf16() -> None:
+    x, index, gates, weights = _dispatch_inputs(2)
+    x, index, gates, weights = x.cuda(), index.cuda(), gates.cuda(), [w.cuda() for w in weights]
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loop = grouped_expert_forward(x, index, gates, weights, fused=False)
+        fused = grouped_expert_forward(x, index, gates, weights)
+    assert ((fused - loop).abs().max() / loop.abs().max()).item() < 0.02
 
 
 def test_config_checks() -> None:
