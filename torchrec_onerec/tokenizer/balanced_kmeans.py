@@ -24,6 +24,9 @@ points masked (counted as ``rescans``). The per-cluster step is a few NumPy oper
 candidate list; the products, masks and selections run in torch on the points' device (CPU or CUDA). The
 unassigned points are re-packed when a quarter of the packed ones are taken, so the products shrink as the
 round proceeds: about 0.57 of a Lloyd round's product per round.
+
+``swap_refine=True`` then lowers the squared error of the converged partition by point swaps between clusters
+and Lloyd updates, keeping the sizes (``swap_refine.py``): not the paper's algorithm, an optional step after it.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import numpy as np
 import torch
 
 from torchrec_onerec.tokenizer.kmeans import KMeansResult, check_points, cluster_means, random_init, squared_error
+from torchrec_onerec.tokenizer.swap_refine import refine_by_swaps
 
 ALGORITHMS = ("fast", "reference")
 _SLACK = 2.5  # candidates per cluster ~ _SLACK * w + _PAD (fewer make more clusters run short)
@@ -74,6 +78,8 @@ class BalancedKMeans:
         chunk_size (int): a distance block holds at most chunk_size * max(K, 1024) elements.
         seed (int): seed of the initial centroids.
         algorithm (str): ``fast`` (default) or ``reference`` (the paper's loop as written).
+        swap_refine (bool): after the paper's rounds, lower the error by size-keeping point swaps and Lloyd
+            updates (``tokenizer/swap_refine.py``).
 
     Example:
         >>> x = torch.tensor([[0.0], [0.1], [0.2], [5.0], [5.1], [9.0], [9.1]])
@@ -83,7 +89,14 @@ class BalancedKMeans:
     """
 
     def __init__(
-        self, num_clusters: int, *, max_iter: int = 30, chunk_size: int = 8192, seed: int = 0, algorithm: str = "fast"
+        self,
+        num_clusters: int,
+        *,
+        max_iter: int = 30,
+        chunk_size: int = 8192,
+        seed: int = 0,
+        algorithm: str = "fast",
+        swap_refine: bool = False,
     ) -> None:
         if algorithm not in ALGORITHMS:
             raise ValueError(f"algorithm={algorithm!r} is not one of {ALGORITHMS}")
@@ -94,6 +107,7 @@ class BalancedKMeans:
         self.chunk_size = chunk_size
         self.seed = seed
         self.algorithm = algorithm
+        self.swap_refine = swap_refine
 
     def fit(self, x: torch.Tensor) -> KMeansResult:
         """Cluster the points.
@@ -126,8 +140,11 @@ class BalancedKMeans:
                 converged = True
                 break
             previous = labels
+        swaps = 0
+        if self.swap_refine:
+            centroids, labels, _, swaps = refine_by_swaps(x, labels, k)
         inertia = squared_error(x, centroids, labels, self.chunk_size)
-        return KMeansResult(centroids, labels, iterations, inertia, converged, rescans)
+        return KMeansResult(centroids, labels, iterations, inertia, converged, rescans, swaps)
 
 
 def assign_reference(x: torch.Tensor, centroids: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:

@@ -36,6 +36,9 @@ class TokenizerConfig:
         chunk_size: rows per block of the distance computation (bounds memory at large N and K): plain
             K-means holds [chunk_size, K] distances, balanced K-means at most chunk_size * max(K, 1024).
         balanced_algorithm: ``fast`` (exact, blocked) or ``reference`` (the paper's loop as written, slow).
+        balanced_swap_refine: after balanced K-means converges, lower its squared error by point swaps between
+            clusters and Lloyd updates, keeping the sizes (``tokenizer/swap_refine.py``; about 3x the fit's time,
+            and [N, K] costs in memory: for up to N * K = 2^27).
         disambiguation: ``auto`` appends an extra code level only when two items share all L codes;
             ``always`` appends it even when every L-tuple is unique (then it is all zeros); ``item`` appends the
             item id itself, so the last level scores the whole catalogue under the L-code prefix (a two-stage
@@ -61,6 +64,7 @@ class TokenizerConfig:
     max_iter: int = 30
     chunk_size: int = 8192
     balanced_algorithm: str = "fast"
+    balanced_swap_refine: bool = False
     disambiguation: str = "auto"
     feature_columns: List[str] = field(default_factory=list)
     max_feature_categories: int = 1000

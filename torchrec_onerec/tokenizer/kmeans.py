@@ -26,6 +26,7 @@ class KMeansResult:
         inertia (float): sum over points of the squared distance to their centroid.
         converged (bool): True when it stopped because no assignment changed, False when it hit max_iter.
         rescans (int): balanced fast path only: candidate lists that ran short and were recomputed.
+        swaps (int): balanced with ``swap_refine`` only: point swaps the refinement made.
     """
 
     centroids: torch.Tensor
@@ -34,6 +35,7 @@ class KMeansResult:
     inertia: float
     converged: bool
     rescans: int = 0
+    swaps: int = 0
 
     def cluster_sizes(self) -> torch.Tensor:
         """Returns [K] int64 number of points per cluster."""

@@ -132,6 +132,7 @@ class ResidualQuantizer:
                 chunk_size=cfg.chunk_size,
                 seed=self.seed + level,
                 algorithm=cfg.balanced_algorithm,
+                swap_refine=cfg.balanced_swap_refine,
             )
         return KMeans(k, max_iter=cfg.max_iter, chunk_size=cfg.chunk_size, seed=self.seed + level)
 
