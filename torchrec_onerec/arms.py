@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
+from torchrec_onerec.generation.slate import reused_next_item_log_probs
 from torchrec_onerec.alignment.ipa import model_file
 from torchrec_onerec.config import OneRecConfig
 from torchrec_onerec.context import PipelineContext
@@ -211,13 +212,14 @@ def _diverse_arm(name: str, base: str, slate: bool = False) -> Arm:
 
     def score(ctx: PipelineContext, reward_model: Optional[SessionRewardModel]) -> EvalResult:
         model = _load_generative(ctx, model_path(ctx.run))  # once, for every penalty tried and the scored split
-        penalty, table, criterion = choose_on_validation(
-            ctx,
-            reward_model,
-            ctx.config.eval.diversity_penalties,
-            lambda p: _score_generative(ctx, model, p, ctx.split.valid, slate=slate),
-            f"{name} diversity penalty",
-        )
+        with reused_next_item_log_probs():  # a slate's penalty only changes the fill, not the distribution
+            penalty, table, criterion = choose_on_validation(
+                ctx,
+                reward_model,
+                ctx.config.eval.diversity_penalties,
+                lambda p: _score_generative(ctx, model, p, ctx.split.valid, slate=slate),
+                f"{name} diversity penalty",
+            )
         result = _score_generative(ctx, model, penalty, slate=slate)
         result.info.update(selection=table, selected_on=criterion)
         return result

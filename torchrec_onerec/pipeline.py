@@ -28,6 +28,7 @@ import time
 from dataclasses import asdict
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from torchrec_onerec.tokenizer.config import fingerprint_settings
 from torchrec_onerec.config import OneRecConfig, to_yaml
 from torchrec_onerec.context import PipelineContext, rank, world_size
 from torchrec_onerec.run_dir import RunDir, fingerprint
@@ -93,6 +94,8 @@ def stage_fingerprint(config: OneRecConfig, stage: str) -> str:
         for name in STAGE_SECTIONS[earlier]:
             value = getattr(config, name)
             sections[name] = value if isinstance(value, int) else asdict(value)
+        if "tokenizer" in sections:  # keys added later count only away from their old-behaviour value
+            sections["tokenizer"] = fingerprint_settings(sections["tokenizer"])
         skip_when = STAGE_BY_NAME[earlier].skip_when
         why = skip_when(config) if skip_when is not None else ""
         if why:  # a stage that applies keeps the fingerprint it had before skip_when existed

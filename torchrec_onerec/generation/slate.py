@@ -14,6 +14,10 @@ Shape legend: B users, I items, L code levels (L' here), P distinct (L'-1)-code 
 
 from __future__ import annotations
 
+import hashlib
+from contextlib import contextmanager
+from typing import Dict, Iterator, Optional, Tuple
+
 import torch
 
 from torchrec_onerec.data.semantic_batch import SemanticIdBatch
@@ -21,6 +25,47 @@ from torchrec_onerec.generation.beam_search import BeamSearchOutput, history_ite
 from torchrec_onerec.models.onerec import OneRecModel
 
 _CHUNK_ELEMENTS = 1 << 22  # logits or decoder states per block of users (about 16 MB of float32)
+_reused: Optional[Dict[Tuple[int, int, str], torch.Tensor]] = None  # set inside ``reused_next_item_log_probs``
+
+
+@contextmanager
+def reused_next_item_log_probs() -> Iterator[None]:
+    """Within the block, ``slate_search`` computes the next-item distribution of a batch of users once per model.
+
+    Choosing a slate arm's penalty on validation serves the same users with the same model once per penalty, and
+    only the greedy fill (``slate_sessions``) depends on the penalty. A batch is recognised by the model, the
+    codes and a digest of its history features, so another batch never reads a stored one. The stored
+    distributions ([users, I] float32) are freed when the block ends; the model must not change inside it.
+
+    Example:
+        >>> from torchrec_onerec.models.config import model_size
+        >>> from torchrec_onerec.models.testing import random_batch, random_codes
+        >>> codes, sizes = random_codes(12, [3, 4])
+        >>> model = OneRecModel(model_size("tiny"), sizes)
+        >>> batch = random_batch(codes, 2, max_history=4, session_items=2)
+        >>> with reused_next_item_log_probs():  # the distribution is computed by the first call, read by the rest
+        ...     served = [slate_search(model, batch, codes=codes, num_return=2, session_items=2, penalty=p).items
+        ...               for p in (0.0, 1.0, 2.0)]
+        >>> torch.equal(served[1], slate_search(model, batch, codes=codes, num_return=2, session_items=2,
+        ...                                     penalty=1.0).items)
+        True
+    """
+    global _reused
+    previous, _reused = _reused, {}
+    try:
+        yield
+    finally:
+        _reused = previous
+
+
+def _batch_digest(batch: SemanticIdBatch) -> str:
+    """A digest of the history features of ``batch`` (what the next-item distribution reads)."""
+    digest = hashlib.sha1()
+    features = batch.features
+    for tensor in (features.values(), features.lengths()):
+        digest.update(tensor.detach().cpu().numpy().tobytes())
+    digest.update(",".join(features.keys()).encode())
+    return digest.hexdigest()
 
 
 @torch.no_grad()
@@ -186,7 +231,13 @@ def slate_search(
         >>> out.items.shape, out.codes.shape, len(set(out.items[0].flatten().tolist()))
         (torch.Size([2, 3, 2]), torch.Size([2, 3, 2, 3]), 6)
     """
-    log_probs = next_item_log_probs(model, batch, codes)
+    if _reused is None:
+        log_probs = next_item_log_probs(model, batch, codes)
+    else:
+        key = (id(model), id(codes), _batch_digest(batch))
+        if key not in _reused:
+            _reused[key] = next_item_log_probs(model, batch, codes)
+        log_probs = _reused[key]
     if exclude_history:
         history = history_items(batch).to(log_probs.device)
         blocked = torch.zeros_like(log_probs, dtype=torch.bool)

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
+from torchrec_onerec.tokenizer.config import fingerprint_settings
 from torchrec_onerec.run_dir import load_torch_file, save_tagged
 from torchrec_onerec.tokenizer.prefix_index import PrefixIndex
 from torchrec_onerec.tokenizer.residual import decode
@@ -63,7 +64,7 @@ def catalogue_fingerprint(item_ids: Union[np.ndarray, Sequence[Any]], config: An
     digest = hashlib.sha256()
     digest.update(f"{len(ids)}|{ids.dtype.kind}|".encode())
     digest.update(ids.astype(np.int64).tobytes() if ids.dtype.kind in "iub" else "\x1f".join(map(str, ids)).encode())
-    digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    digest.update(json.dumps(fingerprint_settings(settings), sort_keys=True, default=str).encode())
     digest.update(f"|seed={seed}".encode())
     return digest.hexdigest()
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 EMBEDDING_SOURCES = ("content", "file", "features", "collaborative", "text")
 QUANTIZERS = ("balanced_kmeans", "residual_kmeans")
@@ -102,3 +102,24 @@ class TokenizerConfig:
             )
         if self.collaborative_window < 1:
             raise ValueError(f"tokenizer.collaborative_window={self.collaborative_window} must be >= 1")
+
+
+# Keys added after run directories existed, with the value that keeps the old behaviour: at that value a key is
+# left out of the fingerprints (``catalogue_fingerprint``, the stages' in ``pipeline.py``), so upgrading the
+# package does not redo the stages of an earlier run whose settings did not change.
+LATER_KEYS: Dict[str, object] = {"balanced_swap_refine": False}
+
+
+def fingerprint_settings(settings: Any) -> Any:
+    """``settings`` (a tokenizer section as a dict) without the ``LATER_KEYS`` that hold their old-behaviour value
+    (anything but a dict comes back as it is).
+
+    Example:
+        >>> fingerprint_settings({"max_iter": 30, "balanced_swap_refine": False})
+        {'max_iter': 30}
+        >>> fingerprint_settings({"max_iter": 30, "balanced_swap_refine": True})
+        {'max_iter': 30, 'balanced_swap_refine': True}
+    """
+    if not isinstance(settings, dict):
+        return settings
+    return {key: value for key, value in settings.items() if key not in LATER_KEYS or value != LATER_KEYS[key]}

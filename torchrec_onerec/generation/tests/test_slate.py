@@ -9,6 +9,7 @@ import itertools
 import pytest
 import torch
 
+from torchrec_onerec.generation import slate
 from torchrec_onerec.generation.beam_search import history_items
 from torchrec_onerec.generation.slate import next_item_log_probs, slate_search, slate_sessions
 from torchrec_onerec.models.config import model_size
@@ -85,3 +86,26 @@ def test_slate_search_serves_real_items_without_repeats_and_can_exclude_history(
     plain = slate_search(model, batch, codes=codes, num_return=1, session_items=3)
     top = next_item_log_probs(model, batch, codes).topk(3, dim=1).indices
     assert torch.equal(plain.items[:, 0], top)
+
+
+def test_reused_distribution_is_computed_once_per_batch_and_serves_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    codes, _, model, batch = _setup(20, [3, 3])
+    _, _, _, other = _setup(20, [3, 3], seed=1)  # other users' histories
+    expected = [
+        slate_search(model, b, codes=codes, num_return=2, session_items=3, penalty=p).items
+        for b in (batch, other)
+        for p in (0.0, 2.0)
+    ]
+    calls = []
+    original = slate.next_item_log_probs
+    monkeypatch.setattr(slate, "next_item_log_probs", lambda *a: calls.append(1) or original(*a))
+    with slate.reused_next_item_log_probs():
+        served = [
+            slate_search(model, b, codes=codes, num_return=2, session_items=3, penalty=p).items
+            for b in (batch, other)
+            for p in (0.0, 2.0)
+        ]
+    assert len(calls) == 2  # one per batch, not one per penalty
+    assert all(torch.equal(a, b) for a, b in zip(served, expected))
+    slate_search(model, batch, codes=codes, num_return=2, session_items=3, penalty=1.0)
+    assert len(calls) == 3  # outside the block nothing is kept

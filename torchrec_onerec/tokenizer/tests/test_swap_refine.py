@@ -51,3 +51,23 @@ def test_refinement_too_large_names_the_setting(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(swap_refine, "MAX_ELEMENTS", 100)
     with pytest.raises(ValueError, match="balanced_swap_refine=false"):
         refine_by_swaps(torch.randn(40, 2), torch.arange(40) % 4, 4)
+
+
+def test_the_setting_off_keeps_earlier_runs_fingerprints() -> None:
+    import dataclasses
+
+    import numpy as np
+
+    from torchrec_onerec.config import OneRecConfig
+    from torchrec_onerec.pipeline import stage_fingerprint
+    from torchrec_onerec.tokenizer.codebook import catalogue_fingerprint
+    from torchrec_onerec.tokenizer.config import TokenizerConfig
+
+    before = {k: v for k, v in dataclasses.asdict(TokenizerConfig()).items() if k != "balanced_swap_refine"}
+    ids = np.arange(5)
+    assert catalogue_fingerprint(ids, TokenizerConfig(), seed=0) == catalogue_fingerprint(ids, before, seed=0)
+    on = TokenizerConfig(balanced_swap_refine=True)
+    assert catalogue_fingerprint(ids, on, seed=0) != catalogue_fingerprint(ids, before, seed=0)
+    config = OneRecConfig()
+    refined = dataclasses.replace(config, tokenizer=on)
+    assert stage_fingerprint(config, "tokenize") != stage_fingerprint(refined, "tokenize")
