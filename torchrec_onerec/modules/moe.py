@@ -161,8 +161,10 @@ def grouped_expert_forward(
         fused = fused_dispatch_default(x) if _forced_dispatch is None else _forced_dispatch
     if fused:
         dtype = _compute_dtype(x)
-        ends = torch.bincount(flat, minlength=w_in.shape[0]).cumsum(0).to(torch.int32)  # (E,) block ends
-        expert = flat[order]  # (N*k,) the expert of each sorted assignment, for its biases
+        expert = flat[order]  # (N*k,) the expert of each sorted assignment, ascending
+        # (E,) block ends; searchsorted, unlike bincount (which reads the largest value on the host), stays on the GPU
+        experts = torch.arange(w_in.shape[0], device=expert.device)
+        ends = torch.searchsorted(expert, experts, right=True).to(torch.int32)
         hidden = torch._grouped_mm(x[token].to(dtype), w_in.to(dtype), offs=ends) + b_in[expert].to(dtype)
         y = torch._grouped_mm(F.gelu(hidden), w_out.to(dtype), offs=ends) + b_out[expert].to(dtype)
     else:
