@@ -107,3 +107,24 @@ class KVCache:
         torch.index_select(self.values[:n], 2, index, out=values[:n])
         self._spare = (self.keys, self.values)
         self.keys, self.values = keys, values
+
+    def select_rows(self, index: torch.Tensor) -> "KVCache":
+        """A new cache whose row r holds this cache's row ``index[r]``; ``index`` is [B'] int64, B' any size.
+
+        ``reorder`` keeps the batch size; this grows or shrinks it, for decoding a tree of prefixes: the children of
+        a node read the node's keys and values (``generation.slate``).
+
+        Example:
+            >>> cache = KVCache(1, batch_size=2, num_heads=1, max_length=3, head_dim=1)
+            >>> _ = cache.update(0, torch.tensor([[[[1.0]]], [[[2.0]]]]), torch.zeros(2, 1, 1, 1)); cache.advance(1)
+            >>> wide = cache.select_rows(torch.tensor([0, 1, 1]))
+            >>> wide.length, wide.update(0, torch.zeros(3, 1, 1, 1), torch.zeros(3, 1, 1, 1))[0][:, 0, :, 0].tolist()
+            (1, [[1.0, 0.0], [2.0, 0.0], [2.0, 0.0]])
+        """
+        T, layers, _, H, d = self.keys.shape
+        out = KVCache(layers, index.numel(), H, T, d, dtype=self.keys.dtype, device=self.keys.device)
+        n = self.length
+        torch.index_select(self.keys[:n], 2, index, out=out.keys[:n])
+        torch.index_select(self.values[:n], 2, index, out=out.values[:n])
+        out.length = n
+        return out

@@ -109,3 +109,12 @@ def test_reused_distribution_is_computed_once_per_batch_and_serves_the_same(monk
     assert all(torch.equal(a, b) for a, b in zip(served, expected))
     slate_search(model, batch, codes=codes, num_return=2, session_items=3, penalty=1.0)
     assert len(calls) == 3  # outside the block nothing is kept
+
+
+@pytest.mark.parametrize("codebook", [[3, 3], [2, 3, 2], [4, 4, 4]])
+def test_prefix_tree_pass_equals_the_plain_rows_pass(codebook: list[int]) -> None:
+    codes, _, model, batch = _setup(30, codebook, users=4)
+    with torch.no_grad():
+        plain = slate._next_item_log_probs(model, batch, codes, 1 << 22)
+        for chunk in (1 << 22, 50):  # one block of users, and one user per block
+            torch.testing.assert_close(slate._next_item_log_probs_tree(model, batch, codes, chunk), plain)
