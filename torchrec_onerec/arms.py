@@ -212,7 +212,8 @@ def _diverse_arm(name: str, base: str, slate: bool = False) -> Arm:
 
     def score(ctx: PipelineContext, reward_model: Optional[SessionRewardModel]) -> EvalResult:
         model = _load_generative(ctx, model_path(ctx.run))  # once, for every penalty tried and the scored split
-        with reused_next_item_log_probs():  # a slate's penalty only changes the fill, not the distribution
+        # a slate's penalty changes only the fill, not the distribution (read again when the scored split is valid)
+        with reused_next_item_log_probs():
             penalty, table, criterion = choose_on_validation(
                 ctx,
                 reward_model,
@@ -220,7 +221,7 @@ def _diverse_arm(name: str, base: str, slate: bool = False) -> Arm:
                 lambda p: _score_generative(ctx, model, p, ctx.split.valid, slate=slate),
                 f"{name} diversity penalty",
             )
-        result = _score_generative(ctx, model, penalty, slate=slate)
+            result = _score_generative(ctx, model, penalty, slate=slate)
         result.info.update(selection=table, selected_on=criterion)
         return result
 
