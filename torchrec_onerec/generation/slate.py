@@ -28,7 +28,7 @@ from torchrec_onerec.generation.beam_search import BeamSearchOutput, history_ite
 from torchrec_onerec.models.onerec import OneRecModel
 
 _CHUNK_ELEMENTS = 1 << 22  # logits or decoder states per block of users (about 16 MB of float32)
-_reused: Optional[Dict[Tuple[int, int, str], torch.Tensor]] = None  # set inside ``reused_next_item_log_probs``
+_reused: Optional[Dict[Tuple[int, str, str], torch.Tensor]] = None  # set inside ``reused_next_item_log_probs``
 
 
 @contextmanager
@@ -37,7 +37,7 @@ def reused_next_item_log_probs() -> Iterator[None]:
 
     Choosing a slate arm's penalty on validation serves the same users with the same model once per penalty, and
     only the greedy fill (``slate_sessions``) depends on the penalty. A batch is recognised by the model, the
-    codes and a digest of its history features, so another batch never reads a stored one. The stored
+    codes' and its history features' contents, so another batch never reads a stored one. The stored
     distributions ([users, I] float32) are freed when the block ends; the model must not change inside it.
 
     Example:
@@ -61,13 +61,12 @@ def reused_next_item_log_probs() -> Iterator[None]:
         _reused = previous
 
 
-def _batch_digest(batch: SemanticIdBatch) -> str:
-    """A digest of the history features of ``batch`` (what the next-item distribution reads)."""
+def _digest(*tensors: torch.Tensor) -> str:
+    """A digest of the tensors' contents (the codes may be loaded again between calls: their identity differs)."""
     digest = hashlib.sha1()
-    features = batch.features
-    for tensor in (features.values(), features.lengths()):
+    for tensor in tensors:
+        digest.update(str(tuple(tensor.shape)).encode())
         digest.update(tensor.detach().cpu().numpy().tobytes())
-    digest.update(",".join(features.keys()).encode())
     return digest.hexdigest()
 
 
@@ -287,7 +286,7 @@ def slate_search(
     if _reused is None:
         log_probs = next_item_log_probs(model, batch, codes)
     else:
-        key = (id(model), id(codes), _batch_digest(batch))
+        key = (id(model), _digest(codes), _digest(batch.features.values(), batch.features.lengths()))
         if key not in _reused:
             _reused[key] = next_item_log_probs(model, batch, codes)
         log_probs = _reused[key]

@@ -99,9 +99,10 @@ def test_reused_distribution_is_computed_once_per_batch_and_serves_the_same(monk
     calls = []
     original = slate.next_item_log_probs
     monkeypatch.setattr(slate, "next_item_log_probs", lambda *a: calls.append(1) or original(*a))
+    # each call gets its own copy of the codes, as the arms do (they load the codebook again for every pass)
     with slate.reused_next_item_log_probs():
         served = [
-            slate_search(model, b, codes=codes, num_return=2, session_items=3, penalty=p).items
+            slate_search(model, b, codes=codes.clone(), num_return=2, session_items=3, penalty=p).items
             for b in (batch, other)
             for p in (0.0, 2.0)
         ]
