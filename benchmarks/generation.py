@@ -40,7 +40,7 @@ from torchrec_onerec.generation.beam_search import constrained_beam_search
 from torchrec_onerec.models.config import model_size
 from torchrec_onerec.models.onerec import OneRecModel, count_parameters
 from torchrec_onerec.models.testing import random_batch, random_codes
-from torchrec_onerec.modules.moe import forced_dispatch
+from torchrec_onerec.modules.moe import DISPATCH_MODES, forced_dispatch
 from torchrec_onerec.tokenizer.prefix_index import PrefixIndex
 
 
@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> List[Dict[str, object]]:
         for mode, kwargs in MODES.items():
             if mode not in args.modes:
                 continue
-            with forced_dispatch({"auto": None, "loop": False}[args.moe_dispatch]):
+            with forced_dispatch(DISPATCH_MODES[args.moe_dispatch]):
                 seconds[mode] = _time(
                     lambda: constrained_beam_search(
                         model,
@@ -154,7 +154,7 @@ def main() -> None:
     parser.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none", help="autocast dtype")
     parser.add_argument(
         "--moe-dispatch",
-        choices=["auto", "loop"],
+        choices=list(DISPATCH_MODES),
         default="auto",
         help="auto: the MoE grouped GEMM on CUDA in bf16, else the per-expert loop; loop: the loop everywhere",
     )

@@ -50,7 +50,7 @@ import torchrec
 from torch.utils.flop_counter import FlopCounterMode
 
 from torchrec_onerec.data.batch import collate_samples
-from torchrec_onerec.modules.moe import forced_dispatch
+from torchrec_onerec.modules.moe import DISPATCH_MODES, forced_dispatch
 from torchrec_onerec.data.samples import SampleSet
 from torchrec_onerec.data.semantic_batch import SemanticIdBatch, to_semantic_batch
 from torchrec_onerec.models.config import MODEL_SIZES
@@ -120,11 +120,8 @@ def _setting(args: argparse.Namespace) -> Dict[str, Any]:
     return {"codes": codes, "vocab": vocab, "config": config, "samples": samples}
 
 
-MOE_DISPATCH = {"auto": None, "loop": False}
-
-
 def _worker(rank: int, world_size: int, threads: int, port: int, args: argparse.Namespace, folder: str) -> None:
-    with forced_dispatch(MOE_DISPATCH[args.moe_dispatch]):
+    with forced_dispatch(DISPATCH_MODES[args.moe_dispatch]):
         _train(rank, world_size, threads, port, args, folder)
 
 
@@ -301,7 +298,7 @@ def main_mfu(args: argparse.Namespace) -> None:
     """1 process on 1 GPU, then one per GPU (or the unsharded step, on any device); each with its MFU line."""
     flops = step_flops(args)
     if args.unsharded:
-        with forced_dispatch(MOE_DISPATCH[args.moe_dispatch]):
+        with forced_dispatch(DISPATCH_MODES[args.moe_dispatch]):
             records = [measure_unsharded(args)]
     else:
         records = [measure(world_size, 1, args) for world_size in sorted({1, torch.cuda.device_count()})]
@@ -331,7 +328,7 @@ def main() -> None:
     parser.add_argument("--history-tokens", choices=["codes", "items"], default="codes", help="model.history_tokens")
     parser.add_argument(
         "--moe-dispatch",
-        choices=["auto", "loop"],
+        choices=list(DISPATCH_MODES),
         default="auto",
         help="auto: the grouped GEMM on CUDA in bf16, else the per-expert loop; loop: the loop everywhere",
     )

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
-from torchrec_onerec.generation.slate import reused_next_item_log_probs
 from torchrec_onerec.alignment.ipa import model_file
 from torchrec_onerec.config import OneRecConfig
 from torchrec_onerec.context import PipelineContext
@@ -27,6 +26,7 @@ from torchrec_onerec.eval.protocols import EvalResult
 from torchrec_onerec.eval.reward_estimates import add_reward_estimates
 from torchrec_onerec.eval.sasrec import evaluate_sasrec
 from torchrec_onerec.eval.session_selection import select_by_reward
+from torchrec_onerec.generation.slate import reused_next_item_log_probs
 from torchrec_onerec.models.cascade import CascadeRecommender, load_cascade
 from torchrec_onerec.models.onerec import OneRecModel
 from torchrec_onerec.models.reward import SessionRewardModel

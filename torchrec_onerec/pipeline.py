@@ -28,7 +28,6 @@ import time
 from dataclasses import asdict
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from torchrec_onerec.tokenizer.config import fingerprint_settings
 from torchrec_onerec.config import OneRecConfig, to_yaml
 from torchrec_onerec.context import PipelineContext, rank, world_size
 from torchrec_onerec.run_dir import RunDir, fingerprint
@@ -36,6 +35,7 @@ from torchrec_onerec.runtime import resolve_device, seed_everything
 from torchrec_onerec.sizing import with_sizes_from_data
 from torchrec_onerec.stages import STAGE_LIST
 from torchrec_onerec.peak_memory import peak_memory, reset_peak_memory
+from torchrec_onerec.tokenizer.config import fingerprint_settings
 from torchrec_onerec.train.distributed import (
     all_gather_object,
     barrier,
@@ -93,9 +93,9 @@ def stage_fingerprint(config: OneRecConfig, stage: str) -> str:
     for earlier in stage_closure(stage, config):
         for name in STAGE_SECTIONS[earlier]:
             value = getattr(config, name)
-            sections[name] = value if isinstance(value, int) else asdict(value)
-        if "tokenizer" in sections:  # keys added later count only away from their old-behaviour value
-            sections["tokenizer"] = fingerprint_settings(sections["tokenizer"])
+            settings = value if isinstance(value, int) else asdict(value)
+            # the tokenizer's keys added later count only away from their old-behaviour value
+            sections[name] = fingerprint_settings(settings) if name == "tokenizer" else settings
         skip_when = STAGE_BY_NAME[earlier].skip_when
         why = skip_when(config) if skip_when is not None else ""
         if why:  # a stage that applies keeps the fingerprint it had before skip_when existed

@@ -86,6 +86,7 @@ def fused_dispatch_default(x: torch.Tensor) -> bool:
 
 
 _forced_dispatch: Optional[bool] = None
+DISPATCH_MODES = {"auto": None, "loop": False}  # command-line names of ``forced_dispatch`` values (benchmarks)
 
 
 @contextmanager

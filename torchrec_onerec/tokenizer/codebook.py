@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from torchrec_onerec.tokenizer.config import fingerprint_settings
 from torchrec_onerec.run_dir import load_torch_file, save_tagged
+from torchrec_onerec.tokenizer.config import fingerprint_settings
 from torchrec_onerec.tokenizer.prefix_index import PrefixIndex
 from torchrec_onerec.tokenizer.residual import decode
 from torchrec_onerec.tokenizer.uniqueness import Collisions, disambiguate
