@@ -1,19 +1,23 @@
 """Generative evaluation with its users split across two gloo processes, as the evaluate stage runs under torchrun.
 
-Each worker joins a two-rank group and calls ``evaluate_generative(..., distributed=True)`` on the same tiny model;
-the test process runs the same evaluation alone. Results travel through files. Checked: both ranks get the one
-process's sessions, scores and metrics exactly, also when there are fewer batches than ranks.
+Each worker joins a two-rank group and calls ``evaluate_generative(..., distributed=True)`` on the same tiny model,
+unsharded or with its tables sharded row-wise over the two ranks (``train.export.sharded_model``: the lookups
+are collectives, so the ranks search in lockstep); the test process runs the same evaluation alone. Results
+travel through files. Checked: both ranks get the one process's sessions, scores and metrics exactly, also when
+there are fewer batches than ranks, and a sharded rank holds half of each table's rows.
 """
 
 from __future__ import annotations
 
 import pickle
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+from torch.distributed._shard.sharded_tensor import ShardedTensor
 
 from torchrec_onerec.eval.config import EvalConfig
 from torchrec_onerec.eval.generative import evaluate_generative
@@ -22,16 +26,25 @@ from torchrec_onerec.models.config import model_size
 from torchrec_onerec.models.onerec import OneRecModel
 from torchrec_onerec.models.testing import random_codes
 from torchrec_onerec.tokenizer.prefix_index import PrefixIndex
+from torchrec_onerec.train.config import TrainConfig
 from torchrec_onerec.train.distributed import init_distributed, teardown_distributed
+from torchrec_onerec.train.export import sharded_model
 from torchrec_onerec.train.testing import as_torchrun_rank, free_port, random_samples
 
 WORLD_SIZE = 2
 CODES, SIZES = random_codes(40, [4, 4], seed=0)
 
 
-def _evaluate(num_users: int, distributed: bool) -> EvalResult:
+CONFIG = model_size("tiny", max_history=8, session_items=2)
+
+
+def _plain_model() -> OneRecModel:
     torch.manual_seed(0)
-    model = OneRecModel(model_size("tiny", max_history=8, session_items=2), SIZES).eval()
+    return OneRecModel(CONFIG, SIZES).eval()
+
+
+def _evaluate(num_users: int, distributed: bool, model: Optional[OneRecModel] = None) -> EvalResult:
+    model = _plain_model() if model is None else model
     samples = random_samples(num_users, 40, max_history=8, session_items=2, seed=1)
     return evaluate_generative(
         model,
@@ -46,19 +59,32 @@ def _evaluate(num_users: int, distributed: bool) -> EvalResult:
     )
 
 
-def _worker(rank: int, port: int, num_users: int, out: str) -> None:
+def _worker(rank: int, port: int, num_users: int, sharded: bool, out: str) -> None:
     as_torchrun_rank(rank, WORLD_SIZE, port)
     group = init_distributed(torch.device("cpu"), timeout_s=60)
     try:
-        result = _evaluate(num_users, distributed=True)
+        model = None
+        if sharded:
+            state = _plain_model().state_dict()
+            model = sharded_model(state, CONFIG, SIZES, TrainConfig(sharding_type="row_wise"), group)
+            rows = {
+                name: sum(shard.tensor.shape[0] for shard in tensor.local_shards())
+                for name, tensor in model.embedding.ec.state_dict().items()
+                if isinstance(tensor, ShardedTensor)
+            }
+            Path(out, f"rows{rank}.pkl").write_bytes(pickle.dumps(rows))
+        result = _evaluate(num_users, distributed=True, model=model)
         Path(out, f"rank{rank}.pkl").write_bytes(pickle.dumps(result))
     finally:
         teardown_distributed(group)
 
 
+@pytest.mark.parametrize("sharded", [False, True], ids=["plain", "sharded"])
 @pytest.mark.parametrize("num_users", [13, 3])  # 4 batches of 4 (2 per rank); 1 batch (rank 1 idle)
-def test_two_ranks_give_the_one_process_sessions_and_metrics(tmp_path: Path, num_users: int) -> None:
-    mp.start_processes(_worker, args=(free_port(), num_users, str(tmp_path)), nprocs=WORLD_SIZE, start_method="spawn")
+def test_two_ranks_give_the_one_process_sessions_and_metrics(tmp_path: Path, num_users: int, sharded: bool) -> None:
+    mp.start_processes(
+        _worker, args=(free_port(), num_users, sharded, str(tmp_path)), nprocs=WORLD_SIZE, start_method="spawn"
+    )
     alone = _evaluate(num_users, distributed=False)
     assert alone.info["ranks"] == 1 and len(alone.sessions) == num_users
     for rank in range(WORLD_SIZE):
@@ -69,3 +95,11 @@ def test_two_ranks_give_the_one_process_sessions_and_metrics(tmp_path: Path, num
         assert shared.metrics == alone.metrics
         for name, values in alone.per_user.items():
             assert np.array_equal(shared.per_user[name], values), name
+        assert shared.info["sharded_tables"] is sharded
+    if sharded:  # row-wise: each rank keeps about half of every table (the user table too)
+        whole = {f"embeddings.code_{level}.weight": size for level, size in enumerate(SIZES)}
+        for rank in range(WORLD_SIZE):
+            rows = pickle.loads((tmp_path / f"rows{rank}.pkl").read_bytes())
+            for name, size in whole.items():
+                first = -(-size // WORLD_SIZE)
+                assert rows[name] == (first if rank == 0 else size - first), name

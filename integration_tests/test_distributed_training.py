@@ -20,7 +20,7 @@ import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Dict, List
+from typing import Any, Dict, List
 
 import pytest
 import torch
@@ -31,7 +31,7 @@ from torchrec_onerec.config import OneRecConfig
 from torchrec_onerec.models.testing import random_codes
 from torchrec_onerec.tokenizer.prefix_index import PrefixIndex
 from torchrec_onerec.train.distributed import barrier, init_distributed, teardown_distributed
-from torchrec_onerec.train.export import load_checkpoint_model
+from torchrec_onerec.train.export import load_checkpoint_model, load_exported
 from torchrec_onerec.train.loop import train_generative
 from torchrec_onerec.train.testing import random_samples, tiny_config
 from torchrec_onerec.context import generative_validator
@@ -166,3 +166,16 @@ def test_a_dead_rank_ends_the_job_within_the_collective_timeout(tmp_path: Path) 
     mp.start_processes(_dead_rank_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD_SIZE, start_method="spawn")
     report = json.loads((tmp_path / "dead-rank.json").read_text())
     assert report["outcome"] != "no error" and report["seconds"] < 30
+
+
+def test_validation_on_the_sharded_model_equals_a_plain_copy_of_it(runs: Path) -> None:
+    # two processes validate on the sharded tables themselves; one process re-validating the saved best model
+    # (a plain copy) gets the same metrics to the last digit
+    full = _results(runs)[0]["full"]
+    history: List[Dict[str, Any]] = full["validations"]  # type: ignore[assignment]
+    best = next(record for record in history if record["epoch"] == full["best_epoch"])
+    config = _config()
+    model = load_exported(runs / "full" / "train" / "best_model.pt", config.model, SIZES)
+    validate = generative_validator(config, CODES, PrefixIndex(CODES, vocab_sizes=SIZES), progress=False)
+    metrics = validate(model, VALID)
+    assert metrics and {key: best[key] for key in metrics} == metrics

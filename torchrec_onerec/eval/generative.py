@@ -23,16 +23,18 @@ from typing import List, Optional, Union
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from torchrec_onerec.data.batch import make_dataloader
 from torchrec_onerec.data.config import LoaderConfig
 from torchrec_onerec.data.samples import PAD_ITEM, SampleSet
-from torchrec_onerec.data.semantic_batch import SemanticIdTransform
+from torchrec_onerec.data.semantic_batch import SemanticIdBatch, SemanticIdTransform
 from torchrec_onerec.eval.config import EvalConfig
 from torchrec_onerec.eval.metrics import legality_rate
 from torchrec_onerec.eval.protocols import EvalResult, check_protocol, evaluation_users, score_sessions
-from torchrec_onerec.eval.user_shards import gather_rows, group_size, rank_rows
+from torchrec_onerec.eval.user_shards import gather_rows, group_size, has_sharded_tables, lockstep_batches, rank_rows
+from torchrec_onerec.generation.beam_search import BeamSearchOutput
 from torchrec_onerec.generation.serving import serve_sessions
 from torchrec_onerec.models.onerec import OneRecModel
 from torchrec_onerec.tokenizer.prefix_index import PrefixIndex
@@ -79,7 +81,8 @@ def evaluate_generative(
     """Generate sessions for every sample with a target and score them by ``protocol``.
 
     Args:
-        model (OneRecModel): the (unsharded) model; it is moved to ``device`` in place and left in its mode.
+        model (OneRecModel): the model, unsharded (moved to ``device`` in place) or with DMP-sharded tables (left
+            on its rank's device; see ``distributed``); left in its mode.
         samples (SampleSet): N validation or test samples (histories at most ``max_history`` items).
         codes (torch.Tensor): [I, L'] int64 item codes (``Codebook.codes``) the model was trained on.
         prefix_index (PrefixIndex): the same codebook's index (``Codebook.prefix_index()``); moved to
@@ -96,7 +99,9 @@ def evaluate_generative(
         distributed (bool): under torchrun, every rank of the default process group calls this together: each
             searches a block of whole batches (``eval.user_shards``) and every rank gets the merged result, the
             same as one process's. False (the default): this process searches every user, group or not (what a
-            rank-0-only caller, such as validation during training, needs).
+            rank-0-only caller needs). A model with sharded tables (the DMP-wrapped model itself, as validation
+            during training passes) needs True: its lookups are collectives, so the ranks run the same number
+            of batches (``lockstep_batches``; padding batches are searched and dropped).
 
     Returns:
         EvalResult: metrics, per-user arrays [U], sessions [U, R, M], scores [U, R] and info.
@@ -130,18 +135,44 @@ def evaluate_generative(
     rows, skipped = evaluation_users(samples)
     users = samples.subset(rows)
     rank, world = group_size() if distributed else (0, 1)
+    sharded = has_sharded_tables(model)
+    if sharded and group_size()[1] > 1 and not distributed:
+        raise ValueError(
+            "the model's tables are sharded over the process group, so every rank must evaluate together; "
+            "pass distributed=True on every rank (or evaluate an unsharded copy)"
+        )
     local = users.subset(rank_rows(len(users), config.batch_size, rank, world)) if world > 1 else users
     target_device = torch.device(device) if device is not None else next(model.parameters()).device
-    model.to(target_device)
+    if not sharded:  # a sharded model stays where DMP placed its shards
+        model.to(target_device)
     if prefix_index.device != target_device:
         prefix_index.to(target_device)
-    loader = make_dataloader(
-        local,
-        LoaderConfig(batch_size=config.batch_size, shuffle=False),
-        seed=0,
-        shuffle=False,
-        transform=SemanticIdTransform(codes, max_history=max_history),
-    )
+
+    def batches(subset: SampleSet) -> DataLoader:
+        return make_dataloader(
+            subset,
+            LoaderConfig(batch_size=config.batch_size, shuffle=False),
+            seed=0,
+            shuffle=False,
+            transform=SemanticIdTransform(codes, max_history=max_history),
+        )
+
+    def serve(batch: SemanticIdBatch) -> BeamSearchOutput:
+        return serve_sessions(
+            model,
+            batch.to(target_device),
+            codes=codes,
+            prefix_index=prefix_index,
+            beam_size=config.beam_size,
+            num_return=config.num_return,
+            session_items=M,
+            penalty=diversity_penalty,
+            slate=slate,
+            exclude_history=config.exclude_history,
+            constrained=config.constrained,
+        )
+
+    loader = batches(local)
     items: List[torch.Tensor] = []
     generated: List[torch.Tensor] = []
     scores: List[torch.Tensor] = []
@@ -149,22 +180,13 @@ def evaluate_generative(
     with torch.no_grad():
         bar = tqdm(loader, desc=f"evaluate (protocol {protocol})", unit="batch", disable=not progress or rank != 0)
         for batch in bar:
-            out = serve_sessions(
-                model,
-                batch.to(target_device),
-                codes=codes,
-                prefix_index=prefix_index,
-                beam_size=config.beam_size,
-                num_return=config.num_return,
-                session_items=M,
-                penalty=diversity_penalty,
-                slate=slate,
-                exclude_history=config.exclude_history,
-                constrained=config.constrained,
-            )
+            out = serve(batch)
             items.append(out.items.cpu())
             generated.append(out.codes.cpu())
             scores.append(out.scores.float().cpu())
+        padding = lockstep_batches(len(users), config.batch_size, world) - len(loader) if sharded else 0
+        for _ in range(padding):  # the sharded lookups are collectives: match the ranks with more batches
+            serve(next(iter(batches(users.subset(np.arange(min(config.batch_size, len(users))))))))
     R, L = config.num_return, codes.shape[1]
     found, session_codes_np, session_scores = gather_rows(
         [
@@ -206,6 +228,7 @@ def evaluate_generative(
         "users_without_target": skipped,
         "device": str(target_device),
         "ranks": world,
+        "sharded_tables": sharded,
         "filler_sessions": int((~real).sum()),
         "seconds": seconds,
         "users_per_second": len(rows) / max(seconds, 1e-9),

@@ -5,6 +5,10 @@ one process would make (``eval.batch_size``, in order); rank r searches a contig
 every batch is exactly the one a single process would search, and the ranks' results, gathered in rank order,
 are the single process's, row for row. With one process (or no process group) everything stays local.
 
+A model whose tables are sharded (DistributedModelParallel) looks up every rank's ids in one collective per
+EmbeddingCollection call, so every rank must make the same calls: ``lockstep_batches`` is how many batches each
+rank runs, and a rank with fewer real ones runs padding batches whose results it drops.
+
 Shape legend: U users, W ranks.
 """
 
@@ -14,6 +18,8 @@ from typing import List, Sequence, Tuple
 
 import numpy as np
 import torch.distributed as dist
+from torch import nn
+from torchrec.distributed.types import ShardedModule
 
 
 def group_size() -> Tuple[int, int]:
@@ -40,6 +46,21 @@ def rank_rows(num_users: int, batch_size: int, rank: int, world_size: int) -> np
     first = rank * base + min(rank, extra)
     count = base + (1 if rank < extra else 0)
     return np.arange(first * batch_size, min((first + count) * batch_size, num_users))
+
+
+def lockstep_batches(num_users: int, batch_size: int, world_size: int) -> int:
+    """How many batches every rank runs when they must run together: the most ``rank_rows`` gives any rank.
+
+    Example:
+        >>> lockstep_batches(10, 3, 2), lockstep_batches(2, 3, 2), lockstep_batches(0, 3, 2)
+        (2, 1, 0)
+    """
+    return -(-(-(-num_users // batch_size)) // world_size)
+
+
+def has_sharded_tables(model: nn.Module) -> bool:
+    """Whether ``model`` holds a sharded TorchRec module (its lookups are collectives over the ranks)."""
+    return any(isinstance(module, ShardedModule) for module in model.modules())
 
 
 def gather_rows(arrays: Sequence[np.ndarray], world_size: int) -> List[np.ndarray]:

@@ -165,6 +165,9 @@ def _next_item_log_probs_tree(
         first_of.scatter_reduce_(0, inverse, torch.arange(num_items, device=device), "amin")  # an item under it
         parents.append(node_of[-1][first_of])
         node_of.append(inverse)
+    # each node's last code, embedded once for every block of users (a fixed number of table lookups per batch,
+    # which a model with sharded tables needs: its lookups are collectives)
+    last_code = [embedding.embed_codes(nodes[level].unsqueeze(1))[:, 0, level - 1 : level] for level in range(1, L)]
     widest = max(node.shape[0] for node in nodes)
     users_per_block = max(1, chunk_elements // (widest * max(max(model.vocab_sizes), model.config.d_model)))
     out = []
@@ -180,7 +183,7 @@ def _next_item_log_probs_tree(
             if level > 0:  # each depth-l node continues its parent's cached row with its own last code
                 rows = torch.arange(b, device=device).unsqueeze(1) * nodes[level - 1].shape[0] + parents[level]
                 cache = cache.select_rows(rows.view(-1))
-                step = embedding.embed_codes(nodes[level].unsqueeze(1))[:, 0, level - 1 : level].repeat(b, 1, 1)
+                step = last_code[level - 1].repeat(b, 1, 1)  # (b P_l, 1, D)
             x = embedding.add_decoder_positions(step, cache.length)
             hidden = decoder(x, memory_kv, mask, cache=cache).hidden[:, -1]  # (b P_l, D)
             log_probs = model.level_logits(hidden, level).float().log_softmax(dim=-1)  # (b P_l, K_l)

@@ -1,7 +1,9 @@
-"""The trained model as a plain, unsharded ``OneRecModel``: what generation and evaluation run on.
+"""The trained model as a plain, unsharded ``OneRecModel``, or with its tables sharded for generation.
 
-Generation builds a fresh KeyedJaggedTensor at every decoding step, which a sharded EmbeddingCollection would
-have to redistribute step by step; it runs on an unsharded copy instead. Three ways to get one:
+Generation builds a fresh KeyedJaggedTensor at every decoding step. On one process it runs on an unsharded copy;
+under torchrun it can also run on the sharded model, every rank searching its share of the users in lockstep
+(``eval.generative``, ``distributed=True``), so no rank holds a whole table (``sharded_model`` below, and
+validation during training, ``train.trainer``). Three ways to get an unsharded copy:
 
 - ``gather_model_state``: during training, every rank sends its table shards to rank 0 (a collective), which
   gets the whole ``OneRecModel`` state dict; ``plain_model`` turns it into a model without touching the
@@ -27,7 +29,9 @@ from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec_onerec.models.config import OneRecModelConfig
 from torchrec_onerec.models.onerec import OneRecModel
 from torchrec_onerec.train.checkpoint import READ_FAILURES, corrupt_checkpoint_error
+from torchrec_onerec.train.config import TrainConfig
 from torchrec_onerec.train.distributed import DistContext
+from torchrec_onerec.train.sharding import build_sharded_training
 from torchrec_onerec.train.train_module import OneRecTrainStep
 from torchrec_onerec.run_dir import load_tagged, save_tagged
 
@@ -92,6 +96,34 @@ def load_plain_state(dmp: DistributedModelParallel, state: Dict[str, torch.Tenso
             else:
                 value.copy_(plain.to(value.device))
         dmp.load_state_dict(sharded)
+
+
+def sharded_model(
+    state: Dict[str, torch.Tensor],
+    model_config: OneRecModelConfig,
+    vocab_sizes: Sequence[int],
+    train_config: TrainConfig,
+    ctx: DistContext,
+) -> OneRecModel:
+    """A plain state dict in a model whose tables are sharded over the process group as training shards them
+    (the planner, ``train.sharding_type``): each rank fills and keeps only its own shards. A collective: every
+    rank calls it, and every rank generates with the result together (``evaluate_generative(distributed=True)``).
+
+    Args:
+        state (Dict[str, torch.Tensor]): a full ``OneRecModel`` state dict (``load_exported(...).state_dict()``).
+        model_config (OneRecModelConfig): the config it was trained with.
+        vocab_sizes (Sequence[int]): K_l of each code level.
+        train_config (TrainConfig): the ``train`` section (sharding type; its optimiser settings go unused).
+        ctx (DistContext): this rank (``init_distributed``).
+
+    Returns:
+        OneRecModel: in eval mode, its EmbeddingCollection sharded (the DMP wrapper stays alive through it).
+    """
+    training = build_sharded_training(model_config, vocab_sizes, train_config, ctx, seed=0)
+    load_plain_state(training.dmp, state)
+    module = training.dmp.module
+    assert isinstance(module, OneRecTrainStep)
+    return module.model.eval()
 
 
 def plain_model(

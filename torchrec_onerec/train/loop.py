@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Deque, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
 
 from torchrec_onerec.data.config import LoaderConfig
@@ -54,10 +55,10 @@ from torchrec_onerec.train.metrics_log import StepAccumulator, TrainLogger, batc
 from torchrec_onerec.train.rank_data import rank_dataloader, steps_per_epoch, tail_samples_skipped
 from torchrec_onerec.train.selection import ModelSelection
 from torchrec_onerec.train.sharding import ShardedTraining, onerec_train_step
-from torchrec_onerec.train.train_module import StepMetrics
+from torchrec_onerec.train.train_module import OneRecTrainStep, StepMetrics
 from torchrec_onerec.train.trainer import FitSpec, ModelTrainResult, State, fit
 from torchrec_onerec.train.config import TrainConfig
-from torchrec_onerec.train.validation import Validator
+from torchrec_onerec.train.validation import GenerativeValidator, Validator
 
 LOG = logging.getLogger("torchrec_onerec")
 
@@ -191,6 +192,9 @@ class _Run:
             stack=self.tc,
             selection_metric=self.tc.selection_metric,
             validate=self._validate if len(self.valid) else None,
+            validate_sharded=(
+                self._validate_sharded if len(self.valid) and isinstance(self.validator, GenerativeValidator) else None
+            ),
             save=self._save_best,
             path=self.folder / "best_model.pt",
             validate_every=self.tc.eval_every_epochs,
@@ -271,6 +275,10 @@ class _Run:
         return self.validator(
             plain_model(state, self.model_config, self.vocab_sizes, device=self.ctx.device), self.valid
         )
+
+    def _validate_sharded(self, module: nn.Module) -> Dict[str, float]:
+        assert isinstance(module, OneRecTrainStep) and isinstance(self.validator, GenerativeValidator)
+        return self.validator(module.model, self.valid, distributed=True)
 
     def _save_best(self, state: State) -> None:
         save_exported(self.folder / "best_model.pt", state, self.model_config, self.vocab_sizes, self.fingerprint)

@@ -8,11 +8,12 @@ state dict (``load_plain_state``), fed each rank's slice of every global batch (
 ``rank_dataloader``) through TorchRec's ``TrainPipelineSparseDist``, with the learning rates set from the
 schedule (``schedule.lr_multiplier``: warm-up, then constant, linear or cosine decay) before every step. After
 every epoch the tables are gathered on rank 0 (``gather_model_state``), which validates a plain copy
-(``on_rank0``: every rank gets the metrics, or rank 0's error); ``ModelSelection`` keeps the epoch with the
-best validation ``selection_metric`` (saved by the spec's ``save``) and stops training after ``optim.patience``
-epochs without a better one. ``metrics_log.MetricsWriter`` writes the epoch records (``metrics.jsonl`` and
-``<model>.csv``). Hooks add what the generative model's loop needs (``train.loop``): step logging, DCP
-checkpoints and resuming at any step.
+(``on_rank0``: every rank gets the metrics, or rank 0's error), or, for a spec with ``validate_sharded`` under
+torchrun, every rank validates its share of the users on the sharded model itself (no gather);
+``ModelSelection`` keeps the epoch with the best validation ``selection_metric`` (saved by the spec's ``save``)
+and stops training after ``optim.patience`` epochs without a better one. ``metrics_log.MetricsWriter`` writes the
+epoch records (``metrics.jsonl`` and ``<model>.csv``). Hooks add what the generative model's loop needs
+(``train.loop``): step logging, DCP checkpoints and resuming at any step.
 
 A spec's module is a train step, the contract of TorchRec's train pipelines: ``forward(batch) -> (loss,
 output)``, whose ``output`` the pipeline returns and ``spec.step_loss`` reads; the model is ``self.model``, so
@@ -125,6 +126,10 @@ class FitSpec:
         selection_metric: the key of ``validate``'s result that picks the kept epoch (higher is better).
         validate: the gathered plain state -> validation metrics (runs on rank 0 only; {} when nothing to
             validate). None: no validation, the last epoch is kept.
+        validate_sharded: with more than one process, used instead of ``validate``: the sharded train step
+            (``dmp.module``, detached from the train pipeline) -> validation metrics, called on every rank
+            together, each returning the same metrics; no table is gathered for it. The state is gathered
+            only when the epoch is the best so far, for ``save``.
         save: the gathered plain state -> keeps it (writes the model file; rank 0 only). Called for every better
             epoch, and once at the end when no epoch was validated.
         path: the file ``save`` writes (reported in the result), if any.
@@ -153,6 +158,7 @@ class FitSpec:
     stack: TrainConfig
     selection_metric: str = ""
     validate: Optional[Callable[[State], Dict[str, float]]] = None
+    validate_sharded: Optional[Callable[[nn.Module], Dict[str, float]]] = None
     save: Optional[Callable[[State], None]] = None
     path: Optional[Path] = None
     validate_every: int = 1
@@ -449,19 +455,36 @@ class _Fit:
                 self._checkpoint()  # an epoch's last step is saved at the epoch end
 
     def _validate(self) -> Tuple[Dict[str, float], bool]:
-        """Validate on rank 0, record it in the selection, save the model when it is the best so far; (the
-        metrics, whether they are the best so far)."""
+        """Validate (on the sharded model, or on rank 0's gathered copy), record it in the selection, save the
+        model when it is the best so far; (the metrics, whether they are the best so far)."""
         spec, position = self.spec, self.position
-        state = gather_model_state(self.training.dmp, self.ctx)
-        metrics = on_rank0(partial(_validate_state, spec, state), self.ctx, what=f"{spec.name} validation")
+        sharded = spec.validate_sharded is not None and self.ctx.world_size > 1
+        if sharded:
+            state = None
+            metrics = self._validate_sharded()
+        else:
+            state = gather_model_state(self.training.dmp, self.ctx)
+            metrics = on_rank0(partial(_validate_state, spec, state), self.ctx, what=f"{spec.name} validation")
         if not metrics:  # nothing to validate
             return metrics, False
         if math.isnan(metrics.get(spec.selection_metric, 0.0)):
             LOG.warning("%s: validation %s is undefined at epoch %d", spec.name, spec.selection_metric, position.epoch)
         best = self.selection.update(metrics, epoch=position.epoch, step=position.step, checkpoint=position.name)
+        if best and sharded and spec.save is not None:  # every rank has the same metrics, so every rank gathers
+            state = gather_model_state(self.training.dmp, self.ctx)
         if best and state is not None and spec.save is not None:
             spec.save(state)
         return metrics, best
+
+    def _validate_sharded(self) -> Dict[str, float]:
+        """``spec.validate_sharded`` on every rank, with the pipeline's rewritten table forwards put back for it."""
+        assert self.spec.validate_sharded is not None
+        model = self.pipeline.detach()
+        try:
+            return self.spec.validate_sharded(self.training.dmp.module)
+        finally:
+            self.pipeline.attach(model)
+            self.training.dmp.train()
 
     def _checkpoint(self) -> None:
         if self.spec.checkpoint is not None:

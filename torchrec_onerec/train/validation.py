@@ -1,12 +1,13 @@
 """Validation of the generative model during training (docs/EVAL.md: selection on validation NDCG@10; the
 selection itself is ``selection.ModelSelection``).
 
-Where validation runs (``trainer.fit``, as for every model): generation needs an unsharded model (see ``export``),
-so at each validation every rank sends its table shards to rank 0 (``gather_model_state``), rank 0 builds a plain
-``OneRecModel`` from them and runs the validator over the whole validation set on its device, and broadcasts the
-metrics, so every rank takes the same early-stopping decision. The other ranks wait meanwhile, so a validation pass
-must finish within ``train.collective_timeout_s``. Evaluating the full set on one rank keeps every metric exact,
-including those that are not means over users (catalogue coverage).
+Where validation runs (``trainer.fit``): with one process, on a plain copy of the model built from its state
+(``gather_model_state``). Under torchrun, ``GenerativeValidator`` runs on the sharded model itself: every rank
+searches its share of the validation users in lockstep (its table lookups are collectives) and gets the merged
+result, so every metric stays exact (catalogue coverage included) and every rank takes the same early-stopping
+decision, with no table gathered; the state is gathered only to save a better epoch's model. Any other
+``Validator`` runs on rank 0 over a gathered copy while the other ranks wait (within
+``train.collective_timeout_s``).
 
 The default validator is ``evaluate_generative`` (constrained beam search, the run's ``eval`` section and
 ``split.protocol``; the ``train`` stage builds it); a test or a user loop may pass any ``Validator``.
@@ -64,8 +65,9 @@ class GenerativeValidator:
         self.eval_config, self.codes, self.prefix_index = eval_config, codes, prefix_index
         self.protocol, self.max_history, self.progress = protocol, max_history, progress
 
-    def __call__(self, model: OneRecModel, samples: SampleSet) -> Dict[str, float]:
-        """Metrics of ``model`` on ``samples``, generated on the model's device."""
+    def __call__(self, model: OneRecModel, samples: SampleSet, *, distributed: bool = False) -> Dict[str, float]:
+        """Metrics of ``model`` on ``samples``, generated on the model's device (``distributed``: on every rank
+        together, each its share of the users; what a model with sharded tables needs)."""
         result = evaluate_generative(
             model,
             samples,
@@ -76,5 +78,6 @@ class GenerativeValidator:
             max_history=self.max_history,
             device=next(model.parameters()).device,
             progress=self.progress,
+            distributed=distributed,
         )
         return {key: float(value) for key, value in result.metrics.items()}
