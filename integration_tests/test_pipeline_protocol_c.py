@@ -9,8 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from torchrec_onerec.cli import main
+from torchrec_onerec.alignment.ipa import model_file
+from torchrec_onerec.interpolation import interpolate_states
+from torchrec_onerec.recommend import Recommender
+from torchrec_onerec.train.export import load_exported
 from torchrec_onerec.eval.world_diagnostics import REFERENCES
 
 TINY = "configs/tiny.yaml"
@@ -18,7 +23,7 @@ MIX = [
     "align.reward_source=mix",
     "align.iterations=1",
     "compare.arms=[cascade,cascade_rerank,onerec,onerec_dpo,onerec_ipa,onerec_ipa_diverse,onerec_ipa_select,"
-    "onerec_ipa_slate,popularity]",
+    "onerec_ipa_slate,onerec_interp_slate,popularity]",
 ]
 
 
@@ -84,6 +89,26 @@ def test_the_diverse_and_slate_arms_penalty_is_chosen_on_validation(run_dir: Pat
     assert info["serving"] == ("slate" if arm.endswith("slate") else "beam")
     report = (run_dir / "compare" / "report.md").read_text()
     assert f"| {arm} |" in report and "with a diversity penalty of" in report
+
+
+def test_the_interpolated_arm_chooses_weight_and_penalty_on_validation_and_serves_that_model(run_dir: Path) -> None:
+    arms = json.loads((run_dir / "evaluate" / "metrics.json").read_text())["arms"]
+    info = arms["onerec_interp_slate"]["info"]
+    table = info["selection"]
+    assert set(table) == {"0.0", "0.25", "0.5", "0.75", "1.0"}
+    assert info["interpolation_weight"] == float(max(table, key=lambda w: (table[w], -float(w))))
+    assert info["selected_on"].startswith("validation") and info["serving"] == "slate"
+    # at w = 1 it is the aligned model's slate: the same best validation score as onerec_ipa_slate's choice
+    assert table["1.0"] == max(arms["onerec_ipa_slate"]["info"]["selection"].values())
+    recommender = Recommender.from_run_dir(run_dir, arm="onerec_interp_slate")
+    assert recommender.slate and recommender.diversity_penalty == info["diversity_penalty"]
+    model_config, sizes = recommender.config.model, recommender.codebook.vocab_sizes
+    ntp = load_exported(run_dir / "train" / "best_model.pt", model_config, sizes).state_dict()
+    ipa = load_exported(run_dir / "align" / model_file(1), model_config, sizes).state_dict()
+    expected = interpolate_states(ntp, ipa, info["interpolation_weight"])
+    served = recommender.model.state_dict()
+    assert all(torch.equal(served[key].cpu(), expected[key]) for key in expected)
+    assert "| onerec_interp_slate |" in (run_dir / "compare" / "report.md").read_text()
 
 
 def test_the_select_arm_picks_its_candidates_on_validation_and_serves_the_best_of_them(run_dir: Path) -> None:

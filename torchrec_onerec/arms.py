@@ -4,76 +4,46 @@
 arm's ``chosen`` text into the report; ``onerec recommend --arm`` serves the arms that have a ``serves_from``
 stage. Adding an arm is one ``Arm`` entry in ``ARMS`` plus the function that scores it (and its name in
 ``eval.config.ARM_KINDS``, which the config schema checks without importing this module). ``model:<path>``
-arms (any exported OneRec model file) are built on demand by ``arm_for``.
+arms (any exported OneRec model file) are built on demand by ``arm_for``. What arms are made of, and the steps
+the generative ones share, are in ``arm_scoring``; an arm with more to it than a few lines has its own module
+(``interpolation``).
 """
 
 from __future__ import annotations
 
-import logging
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 from torchrec_onerec.alignment.ipa import model_file
+from torchrec_onerec.arm_scoring import (
+    Arm,
+    aligned_model_path,
+    chosen_penalty,
+    choose_on_validation,
+    load_generative,
+    score_generative,
+    selection_text,
+    trained_model_path,
+)
 from torchrec_onerec.config import OneRecConfig
 from torchrec_onerec.context import PipelineContext
 from torchrec_onerec.data.samples import SampleSet
 from torchrec_onerec.eval.baselines import evaluate_popularity
 from torchrec_onerec.eval.cascade import evaluate_cascade
-from torchrec_onerec.eval.generative import evaluate_generative
 from torchrec_onerec.eval.protocols import EvalResult
-from torchrec_onerec.eval.reward_estimates import add_reward_estimates
 from torchrec_onerec.eval.sasrec import evaluate_sasrec
 from torchrec_onerec.eval.session_selection import select_by_reward
 from torchrec_onerec.generation.slate import reused_next_item_log_probs
+from torchrec_onerec.interpolation import interpolated_slate_arm
 from torchrec_onerec.models.cascade import CascadeRecommender, load_cascade
-from torchrec_onerec.models.onerec import OneRecModel
 from torchrec_onerec.models.reward import SessionRewardModel
 from torchrec_onerec.models.sasrec import load_sasrec
-from torchrec_onerec.run_dir import RunDir, read_json
+from torchrec_onerec.run_dir import RunDir
 from torchrec_onerec.runtime import resolve_device
-from torchrec_onerec.train.export import load_exported
 from torchrec_onerec.train.sasrec_training import SASREC_FILE
 
-LOG = logging.getLogger("torchrec_onerec")
 MODEL_PREFIX = "model:"
-
-ScoreFn = Callable[[PipelineContext, Optional[SessionRewardModel]], EvalResult]
-
-
-@dataclass(frozen=True)
-class Arm:
-    """One arm of the A/B comparison.
-
-    Args:
-        name: its name in ``compare.arms``.
-        needs: the stages whose artefacts it reads; the arm is left out (and the report says why) when one of them
-            did not apply to the data (alignment under protocol A).
-        score: (context, the session reward model or None) -> its ``EvalResult`` on the scored split
-            (``eval.split``); the reward model is there for arms that choose something by it.
-        chosen: (config, the ``info`` its result carries) -> how the arm was chosen, for the report.
-        serves_from: the stage whose exported model ``onerec recommend --arm NAME`` serves; "" for an arm that is
-            not one exported OneRec model (the cascade, popularity).
-        model_path: (run directory) -> that model file; required with ``serves_from``.
-        serving_penalty: (run directory) -> the ``RepeatedPrefixPenalty`` ``recommend`` serves with (the one the
-            run's ``evaluate`` stage chose); None: the plain search.
-        slate: ``recommend`` serves by ``generation.slate.slate_search`` (with ``serving_penalty``) instead of the
-            beam search.
-    """
-
-    name: str
-    needs: Tuple[str, ...]
-    score: ScoreFn
-    chosen: Callable[[OneRecConfig, Dict[str, object]], str]
-    serves_from: str = ""
-    model_path: Optional[Callable[[RunDir], Path]] = None
-    serving_penalty: Optional[Callable[[RunDir], float]] = None
-    slate: bool = False
-
-    def __post_init__(self) -> None:
-        if bool(self.serves_from) != (self.model_path is not None):
-            raise ValueError(f"arm {self.name!r}: serves_from={self.serves_from!r} and model_path go together")
 
 
 def arm_file(arm: str) -> str:
@@ -86,44 +56,6 @@ def arm_file(arm: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", arm)
 
 
-def _load_generative(ctx: PipelineContext, path: Path) -> OneRecModel:
-    """The exported OneRec model at ``path``, on the run's device."""
-    return load_exported(path, ctx.config.model, ctx.codebook.vocab_sizes, device=resolve_device(ctx.config.device))
-
-
-def _score_generative(
-    ctx: PipelineContext,
-    model: OneRecModel,
-    diversity_penalty: float = 0.0,
-    samples: Optional[SampleSet] = None,
-    slate: bool = False,
-) -> EvalResult:
-    """``model`` beam-searched (or slate-served) on ``samples`` (default: the scored split)."""
-    cfg = ctx.config
-    book = ctx.codebook
-    return evaluate_generative(
-        model,
-        ctx.scored_samples if samples is None else samples,
-        codes=book.codes,
-        prefix_index=book.prefix_index(),
-        config=cfg.eval,
-        protocol=cfg.split.protocol,
-        max_history=cfg.model.max_history,
-        device=resolve_device(cfg.device),
-        diversity_penalty=diversity_penalty,
-        slate=slate,
-        distributed=True,  # under torchrun every rank runs the evaluate stage and searches its share of the users
-    )
-
-
-def _trained_model(run: RunDir) -> Path:
-    return run.recorded_file("train", run.read_json("train/summary.json")["best_model_path"])
-
-
-def _aligned_model(run: RunDir) -> Path:
-    return run.recorded_file("align", run.read_json("align/summary.json")["model_path"])
-
-
 def _cascade(ctx: PipelineContext) -> CascadeRecommender:
     return load_cascade(ctx.run.path / "cascade", config=ctx.config.cascade, device=resolve_device(ctx.config.device))
 
@@ -133,42 +65,6 @@ def _score_cascade(ctx: PipelineContext, reward_model: Optional[SessionRewardMod
     return evaluate_cascade(
         _cascade(ctx), ctx.scored_samples, config=cfg.eval, protocol=cfg.split.protocol, num_items=ctx.data.num_items
     )
-
-
-def choose_on_validation(
-    ctx: PipelineContext,
-    reward_model: Optional[SessionRewardModel],
-    values: Sequence[float],
-    score_valid: Callable[[float], EvalResult],
-    what: str,
-) -> Tuple[float, Dict[str, float], str]:
-    """A serving setting chosen on the validation users only, 0 (the setting off) among the tries: the value whose
-    validation result is best by the session reward model's estimate of the served session (its validation
-    NDCG@10 without a reward model), the smaller on a tie. Returns (the value, every value's validation score,
-    what the score is)."""
-    cfg = ctx.config
-    ndcg = f"ndcg@{10 if 10 in cfg.eval.ks else max(cfg.eval.ks)}"
-    if reward_model is not None:
-        criterion = "validation: the session reward model's estimated reward of the served session"
-    else:
-        criterion = f"validation {ndcg.upper()}"
-    table: Dict[str, float] = {}
-    for value in [0.0] + [v for v in values if v > 0]:
-        result = score_valid(value)
-        if reward_model is not None:
-            add_reward_estimates(reward_model, ctx.split.valid, result, batch_size=cfg.eval.batch_size)
-            table[str(value)] = result.metrics["reward_served"]
-        else:
-            table[str(value)] = result.metrics[ndcg]
-    best = max(table, key=lambda v: (table[v], -float(v)))
-    LOG.info("evaluate: %s %s chosen on %s (%s)", what, best, criterion, table)
-    return float(best), table, criterion
-
-
-def _selection_text(info: Dict[str, object]) -> str:
-    tried = sorted(info["selection"].items(), key=lambda pair: float(pair[0]))  # type: ignore[attr-defined]
-    table = ", ".join(f"{v}: {score:.4f}" for v, score in tried)
-    return f"chosen on {info['selected_on']} ({table})"
 
 
 def _score_cascade_rerank(ctx: PipelineContext, reward_model: Optional[SessionRewardModel]) -> EvalResult:
@@ -198,7 +94,7 @@ def _score_cascade_rerank(ctx: PipelineContext, reward_model: Optional[SessionRe
 
 
 def _rerank_chosen(config: OneRecConfig, info: Dict[str, object]) -> str:
-    return f"the cascade, then an MMR re-rank with diversity weight {info['diversity_weight']}, {_selection_text(info)}"
+    return f"the cascade, then an MMR re-rank with diversity weight {info['diversity_weight']}, {selection_text(info)}"
 
 
 def _diverse_arm(name: str, base: str, slate: bool = False) -> Arm:
@@ -211,35 +107,25 @@ def _diverse_arm(name: str, base: str, slate: bool = False) -> Arm:
     how = "as a slate from its next-item distribution" if slate else "by beam search"
 
     def score(ctx: PipelineContext, reward_model: Optional[SessionRewardModel]) -> EvalResult:
-        model = _load_generative(ctx, model_path(ctx.run))  # once, for every penalty tried and the scored split
+        model = load_generative(ctx, model_path(ctx.run))  # once, for every penalty tried and the scored split
         # a slate's penalty changes only the fill, not the distribution (read again when the scored split is valid)
         with reused_next_item_log_probs():
             penalty, table, criterion = choose_on_validation(
                 ctx,
                 reward_model,
                 ctx.config.eval.diversity_penalties,
-                lambda p: _score_generative(ctx, model, p, ctx.split.valid, slate=slate),
+                lambda p: score_generative(ctx, model, p, ctx.split.valid, slate=slate),
                 f"{name} diversity penalty",
             )
-            result = _score_generative(ctx, model, penalty, slate=slate)
+            result = score_generative(ctx, model, penalty, slate=slate)
         result.info.update(selection=table, selected_on=criterion)
         return result
 
     def chosen(config: OneRecConfig, info: Dict[str, object]) -> str:
         return (
             f"{plain.chosen(config, info)}; served {how} with a diversity penalty of {info['diversity_penalty']} "
-            f"per earlier session item under the same first code, {_selection_text(info)}"
+            f"per earlier session item under the same first code, {selection_text(info)}"
         )
-
-    def serving_penalty(run: RunDir) -> float:
-        path = run.path / "evaluate" / "metrics.json"
-        arms = read_json(path)["arms"] if path.is_file() else {}
-        if name not in arms:
-            raise FileNotFoundError(
-                f"{path} holds no {name!r} arm: its penalty is chosen on the validation users "
-                f"by the evaluate stage; run `onerec evaluate` with compare.arms listing {name}"
-            )
-        return float(arms[name]["info"]["diversity_penalty"])
 
     return Arm(
         name,
@@ -248,7 +134,7 @@ def _diverse_arm(name: str, base: str, slate: bool = False) -> Arm:
         chosen,
         serves_from=plain.serves_from,
         model_path=model_path,
-        serving_penalty=serving_penalty,
+        serving_penalty=lambda run: chosen_penalty(run, name),
         slate=slate,
     )
 
@@ -277,7 +163,7 @@ def _select_arm(name: str, base: str) -> Arm:
                 f"eval.num_return={cfg.eval.num_return}: the served session is picked among the returned ones; "
                 "lower those entries or raise eval.num_return"
             )
-        model = _load_generative(ctx, model_path(ctx.run))
+        model = load_generative(ctx, model_path(ctx.run))
         reward_fn = ctx.alignment_reward()
         protocol, ks, num_items = cfg.split.protocol, cfg.eval.ks, ctx.data.num_items
 
@@ -286,7 +172,7 @@ def _select_arm(name: str, base: str) -> Arm:
                 return result
             return select_by_reward(result, samples, reward_fn, int(n), protocol=protocol, ks=ks, num_items=num_items)
 
-        valid = _score_generative(ctx, model, samples=ctx.split.valid)  # searched once for every n tried
+        valid = score_generative(ctx, model, samples=ctx.split.valid)  # searched once for every n tried
         n, table, criterion = choose_on_validation(
             ctx,
             reward_model,
@@ -294,7 +180,7 @@ def _select_arm(name: str, base: str) -> Arm:
             lambda n: selected(valid, ctx.split.valid, n),
             f"{name} candidates",
         )
-        scored = valid if cfg.eval.split == "valid" else _score_generative(ctx, model)
+        scored = valid if cfg.eval.split == "valid" else score_generative(ctx, model)
         result = selected(scored, ctx.scored_samples, n)
         result.info.update(select_top_n=int(n), selection=table, selected_on=criterion)
         return result
@@ -306,7 +192,7 @@ def _select_arm(name: str, base: str) -> Arm:
             if n
             else "served as searched (no re-selection)"
         )
-        return f"{plain.chosen(config, info)}; {serving}, {_selection_text(info)}"
+        return f"{plain.chosen(config, info)}; {serving}, {selection_text(info)}"
 
     # "align": the reward exists only where alignment applies (protocol B with feedback).
     return Arm(name, tuple(dict.fromkeys(plain.needs + ("align",))), score, chosen)
@@ -357,7 +243,7 @@ def _generative_arm(
     return Arm(
         name,
         needs,
-        lambda ctx, reward_model: _score_generative(ctx, _load_generative(ctx, model_path(ctx.run))),
+        lambda ctx, reward_model: score_generative(ctx, load_generative(ctx, model_path(ctx.run))),
         chosen,
         serves_from=serves_from,
         model_path=model_path if serves_from else None,
@@ -377,7 +263,7 @@ ARMS: Dict[str, Arm] = {
             ),
         ),
         Arm("cascade_rerank", ("cascade",), _score_cascade_rerank, _rerank_chosen),
-        _generative_arm("onerec", ("tokenize", "train"), _trained_model, _ntp_chosen, serves_from="train"),
+        _generative_arm("onerec", ("tokenize", "train"), trained_model_path, _ntp_chosen, serves_from="train"),
         _generative_arm(
             "onerec_dpo",
             ("tokenize", "train", "align"),
@@ -389,7 +275,7 @@ ARMS: Dict[str, Arm] = {
         _generative_arm(
             "onerec_ipa",
             ("tokenize", "train", "align"),
-            _aligned_model,
+            aligned_model_path,
             lambda config, info: (
                 f"the NTP model after {config.align.iterations} alignment iterations to "
                 f"`align.reward_source={config.align.reward_source}` (the last iteration "
@@ -410,6 +296,7 @@ ARMS.update(
         _diverse_arm("onerec_ipa_slate", "onerec_ipa", slate=True),
         _select_arm("onerec_select", "onerec"),
         _select_arm("onerec_ipa_select", "onerec_ipa"),
+        interpolated_slate_arm("onerec_interp_slate", ARMS["onerec"], ARMS["onerec_ipa"]),
     )
 )
 SERVABLE_ARMS = tuple(name for name, arm in ARMS.items() if arm.serves_from)

@@ -34,6 +34,9 @@ class EvalConfig:
             earlier item of the session under the same first code (``generation.processors.RepeatedPrefixPenalty``
             in the beam search, ``generation.slate`` in the slate); the arm keeps the one its validation users are
             best served with, as ``cascade_rerank`` keeps its weight.
+        interpolation_weights: the w in (0, 1) the ``onerec_interp_slate`` arm tries on the validation users (with
+            0 and 1, the NTP and the aligned model): the weights (1 - w) theta_NTP + w theta_aligned, served as a
+            slate (``torchrec_onerec.interpolation``).
         select_candidates: the n the ``*_select`` arms try on the validation users (with 0, the plain search):
             of each user's n most probable returned sessions, the one the alignment reward
             (``align.reward_source``) scores highest is served (``eval.session_selection``); each n must be
@@ -57,6 +60,7 @@ class EvalConfig:
     constrained: bool = True
     protocol_a_session_items: int = 1
     diversity_penalties: List[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
+    interpolation_weights: List[float] = field(default_factory=lambda: [0.25, 0.5, 0.75])
     select_candidates: List[int] = field(default_factory=lambda: [2, 5, 10])
 
     def __post_init__(self) -> None:
@@ -76,6 +80,11 @@ class EvalConfig:
             raise ConfigError(f"eval.ks={list(self.ks)} repeats a cut-off; list each K once")
         if any(not p >= 0.0 for p in self.diversity_penalties):
             raise ConfigError(f"eval.diversity_penalties={list(self.diversity_penalties)}: every penalty must be >= 0")
+        if any(not 0.0 < w < 1.0 for w in self.interpolation_weights):
+            raise ConfigError(
+                f"eval.interpolation_weights={list(self.interpolation_weights)}: every weight must lie strictly "
+                "between 0 and 1 (both ends are always tried)"
+            )
         if any(n < 0 for n in self.select_candidates):
             raise ConfigError(f"eval.select_candidates={list(self.select_candidates)}: every n must be >= 0")
 
@@ -95,6 +104,7 @@ ARM_KINDS = (
     "onerec_ipa_select",
     "onerec_slate",
     "onerec_ipa_slate",
+    "onerec_interp_slate",
 )
 
 
@@ -113,6 +123,8 @@ class CompareConfig:
             sessions by the alignment reward, n chosen on validation: ``eval.select_candidates``),
             ``onerec_slate`` / ``onerec_ipa_slate`` (those models served as slates from their next-item
             distribution, the same penalty chosen on validation: ``generation.slate``),
+            ``onerec_interp_slate`` (the NTP and aligned models' weights interpolated, served as a slate, the weight
+            and penalty chosen on validation: ``eval.interpolation_weights``),
             ``popularity`` (the floor), ``sasrec`` (the sequential baseline; its stage trains only when it is
             listed here: ``sasrec`` section), or ``model:<path>`` (any
             exported OneRec model file, e.g. another run's ``train/best_model.pt`` with the same codebook). An

@@ -34,12 +34,15 @@ def test_servable_arms_are_the_generative_ones_with_a_model_file() -> None:
         "onerec_ipa_diverse",
         "onerec_slate",
         "onerec_ipa_slate",
+        "onerec_interp_slate",
     )
     assert ARMS["onerec"].serves_from == "train" and ARMS["onerec_ipa"].serves_from == "align"
     assert ARMS["onerec_diverse"].serves_from == "train" and ARMS["onerec_ipa_diverse"].serves_from == "align"
     assert ARMS["onerec_diverse"].serving_penalty is not None and ARMS["onerec"].serving_penalty is None
     assert ARMS["onerec_slate"].serves_from == "train" and ARMS["onerec_ipa_slate"].serves_from == "align"
-    assert [a for a in ARMS if ARMS[a].slate] == ["onerec_slate", "onerec_ipa_slate"]
+    assert [a for a in ARMS if ARMS[a].slate] == ["onerec_slate", "onerec_ipa_slate", "onerec_interp_slate"]
+    assert ARMS["onerec_interp_slate"].serves_from == "evaluate"
+    assert ARMS["onerec_interp_slate"].needs == ("tokenize", "train", "align")
     assert all(ARMS[a].model_path is None for a in ARMS if a not in SERVABLE_ARMS)
 
 

@@ -1,0 +1,153 @@
+"""Serving a model between the NTP model and its aligned successor: their weights interpolated, served as a slate.
+
+Alignment moves the NTP model towards what the reward prefers, and away from what the users were seen to choose.
+A model on the straight line between the two sets of weights, theta(w) = (1 - w) theta_NTP + w theta_aligned,
+trades one for the other (w = 0: the NTP model, w = 1: the aligned one). The aligned model is fine-tuned from the
+NTP model's weights, so the line stays close to both; interpolating a fine-tuned model's weights with those it
+started from is WiSE-FT (Wortsman et al., "Robust fine-tuning of zero-shot models", CVPR 2022), and doing it
+between a supervised and an aligned policy is how "rewarded soups" (Ramé et al., NeurIPS 2023) trade rewards.
+
+The ``onerec_interp_slate`` arm tries w in ``eval.interpolation_weights`` and both ends (0 and 1: what
+``onerec_slate`` and ``onerec_ipa_slate`` serve), each with the slate penalties of ``eval.diversity_penalties``,
+and keeps the pair its validation users are best served with by ``choose_on_validation``'s criterion; that model
+is written to ``evaluate/onerec_interp_slate.pt`` (what ``onerec recommend --arm onerec_interp_slate`` serves)
+and scored on the scored split.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, Mapping, Optional, Tuple
+
+import torch
+
+from torchrec_onerec.arm_scoring import (
+    Arm,
+    chosen_penalty,
+    choose_on_validation,
+    load_generative,
+    score_generative,
+    selection_text,
+)
+from torchrec_onerec.config import OneRecConfig
+from torchrec_onerec.context import PipelineContext, rank
+from torchrec_onerec.eval.protocols import EvalResult
+from torchrec_onerec.generation.slate import reused_next_item_log_probs
+from torchrec_onerec.models.reward import SessionRewardModel
+from torchrec_onerec.run_dir import RunDir
+from torchrec_onerec.train.export import save_exported
+
+INTERPOLATED_FILE = "evaluate/{arm}.pt"
+
+
+def interpolate_states(
+    start: Mapping[str, torch.Tensor], end: Mapping[str, torch.Tensor], weight: float
+) -> Dict[str, torch.Tensor]:
+    """The state dict ``(1 - weight) start + weight end``, entry by entry (integer entries are taken from ``end``).
+
+    Args:
+        start (Mapping[str, torch.Tensor]): a model's state dict (weight 0).
+        end (Mapping[str, torch.Tensor]): the same model's state dict after fine-tuning (weight 1).
+        weight (float): where on the line, in [0, 1].
+
+    Raises:
+        ValueError: a weight outside [0, 1], or state dicts of different models (the keys or shapes named).
+
+    Example:
+        >>> a = {"w": torch.tensor([0.0, 2.0]), "n": torch.tensor(1)}
+        >>> out = interpolate_states(a, {"w": torch.tensor([1.0, 4.0]), "n": torch.tensor(3)}, 0.25)
+        >>> out["w"].tolist(), out["n"].item()
+        ([0.25, 2.5], 3)
+    """
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"interpolation weight={weight} must lie in [0, 1] (0: the first model, 1: the second)")
+    if set(start) != set(end):
+        raise ValueError(
+            f"the state dicts are of different models: only in the first {sorted(set(start) - set(end))}, "
+            f"only in the second {sorted(set(end) - set(start))}"
+        )
+    out: Dict[str, torch.Tensor] = {}
+    for key, first in start.items():
+        last = end[key]
+        if first.shape != last.shape:
+            raise ValueError(
+                f"{key} has shape {tuple(first.shape)} in the first state dict, {tuple(last.shape)} in the second"
+            )
+        out[key] = torch.lerp(first, last.to(first.dtype), weight) if first.is_floating_point() else last.clone()
+    return out
+
+
+def interpolated_slate_arm(name: str, start: Arm, end: Arm) -> Arm:
+    """The arm serving, as a slate, ``start``'s model interpolated towards ``end``'s (module docstring).
+
+    Args:
+        name (str): the arm's name in ``compare.arms``.
+        start (Arm): the arm of the model at weight 0 (the NTP model's, ``onerec``).
+        end (Arm): the arm of the model at weight 1 (the aligned model's, ``onerec_ipa``).
+    """
+    assert start.model_path is not None and end.model_path is not None
+    start_path, end_path = start.model_path, end.model_path
+
+    def score(ctx: PipelineContext, reward_model: Optional[SessionRewardModel]) -> EvalResult:
+        cfg = ctx.config
+        first = load_generative(ctx, start_path(ctx.run))
+        last_state = load_generative(ctx, end_path(ctx.run)).state_dict()
+        first_state = {key: value.clone() for key, value in first.state_dict().items()}
+        weights = sorted({0.0, 1.0, *[float(w) for w in cfg.eval.interpolation_weights]})
+        table: Dict[str, float] = {}
+        penalties: Dict[str, Tuple[float, Dict[str, float]]] = {}
+        criterion = ""
+        for weight in weights:
+            first.load_state_dict(interpolate_states(first_state, last_state, weight))
+            with reused_next_item_log_probs():  # one distribution per batch for every penalty at this weight
+                penalty, tried, criterion = choose_on_validation(
+                    ctx,
+                    reward_model,
+                    cfg.eval.diversity_penalties,
+                    lambda p: score_generative(ctx, first, p, ctx.split.valid, slate=True),
+                    f"{name} diversity penalty at interpolation weight {weight}",
+                )
+            table[str(weight)] = tried[str(penalty)]
+            penalties[str(weight)] = (penalty, tried)
+        chosen = max(table, key=lambda w: (table[w], -float(w)))  # the smaller weight on a tie
+        penalty, tried = penalties[chosen]
+        state = interpolate_states(first_state, last_state, float(chosen))
+        first.load_state_dict(state)
+        if rank() == 0:
+            save_exported(
+                ctx.run.path / INTERPOLATED_FILE.format(arm=name),
+                {key: value.detach().cpu() for key, value in state.items()},
+                cfg.model,
+                ctx.codebook.vocab_sizes,
+                f"interpolated at {chosen} between {start_path(ctx.run)} and {end_path(ctx.run)}",
+            )
+        result = score_generative(ctx, first, penalty, slate=True)
+        result.info.update(
+            interpolation_weight=float(chosen),
+            selection=table,
+            selected_on=criterion,
+            penalty_selection=tried,
+        )
+        return result
+
+    def chosen(config: OneRecConfig, info: Dict[str, object]) -> str:
+        return (
+            f"the weights (1 - w) x ({start.chosen(config, info)}) + w x ({end.chosen(config, info)}) at "
+            f"w = {info['interpolation_weight']}, served as a slate with a diversity penalty of "
+            f"{info['diversity_penalty']} per earlier session item under the same first code (the best penalty "
+            f"at each w), w {selection_text(info)}"
+        )
+
+    def model_path(run: RunDir) -> Path:
+        return run.path / INTERPOLATED_FILE.format(arm=name)
+
+    return Arm(
+        name,
+        tuple(dict.fromkeys(start.needs + end.needs)),
+        score,
+        chosen,
+        serves_from="evaluate",
+        model_path=model_path,
+        serving_penalty=lambda run: chosen_penalty(run, name),
+        slate=True,
+    )
