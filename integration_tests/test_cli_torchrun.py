@@ -15,7 +15,7 @@ from torchrec_onerec.pipeline import STAGES
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "configs" / "tiny.yaml")
 WITH_SASREC = [
-    "compare.arms=[cascade,cascade_rerank,onerec,onerec_dpo,onerec_ipa,popularity,sasrec]",
+    "compare.arms=[cascade,cascade_rerank,onerec,onerec_dpo,onerec_ipa,onerec_interp_slate,popularity,sasrec]",
     "sasrec.optim.epochs=2",
     "sasrec.embedding_dim=16",
 ]
@@ -35,8 +35,9 @@ def test_run_then_torchrun_run_gives_the_same_kind_of_result(tmp_path: Path) -> 
     for stage in STAGES:
         assert (one / stage / "done.json").is_file(), stage
     metrics = json.loads((one / "evaluate" / "metrics.json").read_text())["arms"]
-    assert set(metrics) == {"cascade", "cascade_rerank", "onerec", "onerec_dpo", "onerec_ipa", "popularity", "sasrec"}
-    for arm in ("onerec", "onerec_dpo", "onerec_ipa"):
+    generative = ("onerec", "onerec_dpo", "onerec_ipa", "onerec_interp_slate")
+    assert set(metrics) == {"cascade", "cascade_rerank", *generative, "popularity", "sasrec"}
+    for arm in generative:
         assert metrics[arm]["metrics"]["legality"] == 1.0 and metrics[arm]["metrics"]["repeat_rate"] == 0.0
     for arm in metrics.values():  # protocol C and the reward model's estimates on every arm
         assert {"true_reward", "reward_swt_max", "reward_ltr_mean"} <= set(arm["metrics"])
@@ -85,8 +86,8 @@ def test_run_then_torchrun_run_gives_the_same_kind_of_result(tmp_path: Path) -> 
     peaks = {r["stage"]: r["peak_memory"] for r in records if "peak_memory" in r}
     assert len(peaks["train"]) == 2 and len(peaks["evaluate"]) == 2 and len(peaks["compare"]) == 1  # per rank
     evaluated = json.loads((two / "evaluate" / "metrics.json").read_text())["arms"]
-    for arm in ("onerec", "onerec_dpo", "onerec_ipa"):  # each rank searched a share of the users
-        assert evaluated[arm]["info"]["ranks"] == 2, arm
+    for arm in generative:  # each rank searched a share of the users, on its shards (the slate too)
+        assert evaluated[arm]["info"]["ranks"] == 2 and evaluated[arm]["info"]["sharded_tables"], arm
 
 
 def test_torchrun_refuses_to_tokenize_in_every_rank(tmp_path: Path) -> None:

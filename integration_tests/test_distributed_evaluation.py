@@ -2,7 +2,8 @@
 
 Each worker joins a two-rank group and calls ``evaluate_generative(..., distributed=True)`` on the same tiny model,
 unsharded or with its tables sharded row-wise over the two ranks (``train.export.sharded_model``: the lookups
-are collectives, so the ranks search in lockstep); the test process runs the same evaluation alone. Results
+are collectives, so the ranks search in lockstep), by beam search or, sharded, as slates (three code levels: the
+prefix-tree pass); the test process runs the same evaluation alone. Results
 travel through files. Checked: both ranks get the one process's sessions, scores and metrics exactly, also when
 there are fewer batches than ranks, and a sharded rank holds half of each table's rows.
 """
@@ -43,7 +44,9 @@ def _plain_model() -> OneRecModel:
     return OneRecModel(CONFIG, SIZES).eval()
 
 
-def _evaluate(num_users: int, distributed: bool, model: Optional[OneRecModel] = None) -> EvalResult:
+def _evaluate(
+    num_users: int, distributed: bool, model: Optional[OneRecModel] = None, slate: bool = False
+) -> EvalResult:
     model = _plain_model() if model is None else model
     samples = random_samples(num_users, 40, max_history=8, session_items=2, seed=1)
     return evaluate_generative(
@@ -56,10 +59,11 @@ def _evaluate(num_users: int, distributed: bool, model: Optional[OneRecModel] = 
         max_history=8,
         progress=False,
         distributed=distributed,
+        slate=slate,
     )
 
 
-def _worker(rank: int, port: int, num_users: int, sharded: bool, out: str) -> None:
+def _worker(rank: int, port: int, num_users: int, sharded: bool, slate: bool, out: str) -> None:
     as_torchrun_rank(rank, WORLD_SIZE, port)
     group = init_distributed(torch.device("cpu"), timeout_s=60)
     try:
@@ -73,19 +77,23 @@ def _worker(rank: int, port: int, num_users: int, sharded: bool, out: str) -> No
                 if isinstance(tensor, ShardedTensor)
             }
             Path(out, f"rows{rank}.pkl").write_bytes(pickle.dumps(rows))
-        result = _evaluate(num_users, distributed=True, model=model)
+        result = _evaluate(num_users, distributed=True, model=model, slate=slate)
         Path(out, f"rank{rank}.pkl").write_bytes(pickle.dumps(result))
     finally:
         teardown_distributed(group)
 
 
-@pytest.mark.parametrize("sharded", [False, True], ids=["plain", "sharded"])
+@pytest.mark.parametrize(
+    "sharded,slate", [(False, False), (True, False), (True, True)], ids=["plain", "sharded", "sharded-slate"]
+)
 @pytest.mark.parametrize("num_users", [13, 3])  # 4 batches of 4 (2 per rank); 1 batch (rank 1 idle)
-def test_two_ranks_give_the_one_process_sessions_and_metrics(tmp_path: Path, num_users: int, sharded: bool) -> None:
+def test_two_ranks_give_the_one_process_sessions_and_metrics(
+    tmp_path: Path, num_users: int, sharded: bool, slate: bool
+) -> None:
     mp.start_processes(
-        _worker, args=(free_port(), num_users, sharded, str(tmp_path)), nprocs=WORLD_SIZE, start_method="spawn"
+        _worker, args=(free_port(), num_users, sharded, slate, str(tmp_path)), nprocs=WORLD_SIZE, start_method="spawn"
     )
-    alone = _evaluate(num_users, distributed=False)
+    alone = _evaluate(num_users, distributed=False, slate=slate)
     assert alone.info["ranks"] == 1 and len(alone.sessions) == num_users
     for rank in range(WORLD_SIZE):
         shared = pickle.loads((tmp_path / f"rank{rank}.pkl").read_bytes())

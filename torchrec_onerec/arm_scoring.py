@@ -10,8 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
+import torch
+
 from torchrec_onerec.config import OneRecConfig
-from torchrec_onerec.context import PipelineContext
+from torchrec_onerec.context import PipelineContext, world_size
 from torchrec_onerec.data.samples import SampleSet
 from torchrec_onerec.eval.generative import evaluate_generative
 from torchrec_onerec.eval.protocols import EvalResult
@@ -20,7 +22,8 @@ from torchrec_onerec.models.onerec import OneRecModel
 from torchrec_onerec.models.reward import SessionRewardModel
 from torchrec_onerec.run_dir import RunDir, read_json
 from torchrec_onerec.runtime import resolve_device
-from torchrec_onerec.train.export import load_exported
+from torchrec_onerec.train.distributed import init_distributed
+from torchrec_onerec.train.export import load_exported, plain_model, sharded_model
 
 LOG = logging.getLogger("torchrec_onerec")
 
@@ -61,9 +64,29 @@ class Arm:
             raise ValueError(f"arm {self.name!r}: serves_from={self.serves_from!r} and model_path go together")
 
 
+def generative_model(ctx: PipelineContext, state: Dict[str, torch.Tensor]) -> OneRecModel:
+    """A OneRec model holding the plain state dict ``state``: unsharded on the run's device in one process; under
+    torchrun with its tables sharded over the ranks as training shards them (``train.export.sharded_model``), so no
+    rank holds a whole table. That is a collective, and every rank then generates with the model together, as
+    ``score_generative`` does (its users split across the ranks, in lockstep)."""
+    cfg = ctx.config
+    sizes = ctx.codebook.vocab_sizes
+    if world_size() > 1:
+        group = init_distributed(resolve_device(cfg.device), timeout_s=cfg.train.collective_timeout_s)  # the run's
+        return sharded_model(state, cfg.model, sizes, cfg.train, group)
+    return plain_model(state, cfg.model, sizes, device=resolve_device(cfg.device))
+
+
 def load_generative(ctx: PipelineContext, path: Path) -> OneRecModel:
-    """The exported OneRec model at ``path``, on the run's device."""
+    """The exported OneRec model at ``path``, on the run's device; under torchrun sharded (``generative_model``)."""
+    if world_size() > 1:
+        return generative_model(ctx, read_generative_state(ctx, path))
     return load_exported(path, ctx.config.model, ctx.codebook.vocab_sizes, device=resolve_device(ctx.config.device))
+
+
+def read_generative_state(ctx: PipelineContext, path: Path) -> Dict[str, torch.Tensor]:
+    """The plain state dict (CPU) of the exported OneRec model at ``path``, checked against the run's config."""
+    return load_exported(path, ctx.config.model, ctx.codebook.vocab_sizes).state_dict()
 
 
 def score_generative(

@@ -25,7 +25,8 @@ from torchrec_onerec.arm_scoring import (
     Arm,
     chosen_penalty,
     choose_on_validation,
-    load_generative,
+    generative_model,
+    read_generative_state,
     score_generative,
     selection_text,
 )
@@ -90,21 +91,20 @@ def interpolated_slate_arm(name: str, start: Arm, end: Arm) -> Arm:
 
     def score(ctx: PipelineContext, reward_model: Optional[SessionRewardModel]) -> EvalResult:
         cfg = ctx.config
-        first = load_generative(ctx, start_path(ctx.run))
-        last_state = load_generative(ctx, end_path(ctx.run)).state_dict()
-        first_state = {key: value.clone() for key, value in first.state_dict().items()}
+        first_state = read_generative_state(ctx, start_path(ctx.run))
+        last_state = read_generative_state(ctx, end_path(ctx.run))
         weights = sorted({0.0, 1.0, *[float(w) for w in cfg.eval.interpolation_weights]})
         table: Dict[str, float] = {}
         penalties: Dict[str, Tuple[float, Dict[str, float]]] = {}
         criterion = ""
         for weight in weights:
-            first.load_state_dict(interpolate_states(first_state, last_state, weight))
+            model = generative_model(ctx, interpolate_states(first_state, last_state, weight))
             with reused_next_item_log_probs():  # one distribution per batch for every penalty at this weight
                 penalty, tried, criterion = choose_on_validation(
                     ctx,
                     reward_model,
                     cfg.eval.diversity_penalties,
-                    lambda p: score_generative(ctx, first, p, ctx.split.valid, slate=True),
+                    lambda p: score_generative(ctx, model, p, ctx.split.valid, slate=True),
                     f"{name} diversity penalty at interpolation weight {weight}",
                 )
             table[str(weight)] = tried[str(penalty)]
@@ -112,16 +112,15 @@ def interpolated_slate_arm(name: str, start: Arm, end: Arm) -> Arm:
         chosen = max(table, key=lambda w: (table[w], -float(w)))  # the smaller weight on a tie
         penalty, tried = penalties[chosen]
         state = interpolate_states(first_state, last_state, float(chosen))
-        first.load_state_dict(state)
         if rank() == 0:
             save_exported(
                 ctx.run.path / INTERPOLATED_FILE.format(arm=name),
-                {key: value.detach().cpu() for key, value in state.items()},
+                state,
                 cfg.model,
                 ctx.codebook.vocab_sizes,
                 f"interpolated at {chosen} between {start_path(ctx.run)} and {end_path(ctx.run)}",
             )
-        result = score_generative(ctx, first, penalty, slate=True)
+        result = score_generative(ctx, generative_model(ctx, state), penalty, slate=True)
         result.info.update(
             interpolation_weight=float(chosen),
             selection=table,
