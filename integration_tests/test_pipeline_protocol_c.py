@@ -15,7 +15,8 @@ from torchrec_onerec.cli import main
 from torchrec_onerec.alignment.ipa import model_file
 from torchrec_onerec.interpolation import interpolate_states
 from torchrec_onerec.recommend import Recommender
-from torchrec_onerec.train.export import load_exported
+from torchrec_onerec.run_dir import load_tagged
+from torchrec_onerec.train.export import EXPORT_FORMAT, load_exported
 from torchrec_onerec.eval.world_diagnostics import REFERENCES
 
 TINY = "configs/tiny.yaml"
@@ -100,6 +101,7 @@ def test_the_interpolated_arm_chooses_weight_and_penalty_on_validation_and_serve
     assert info["selected_on"].startswith("validation") and info["serving"] == "slate"
     # at w = 1 it is the aligned model's slate: the same best validation score as onerec_ipa_slate's choice
     assert table["1.0"] == max(arms["onerec_ipa_slate"]["info"]["selection"].values())
+    served_file = run_dir / "evaluate" / "onerec_interp_slate.pt"
     recommender = Recommender.from_run_dir(run_dir, arm="onerec_interp_slate")
     assert recommender.slate and recommender.diversity_penalty == info["diversity_penalty"]
     model_config, sizes = recommender.config.model, recommender.codebook.vocab_sizes
@@ -108,6 +110,10 @@ def test_the_interpolated_arm_chooses_weight_and_penalty_on_validation_and_serve
     expected = interpolate_states(ntp, ipa, info["interpolation_weight"])
     served = recommender.model.state_dict()
     assert all(torch.equal(served[key].cpu(), expected[key]) for key in expected)
+    tagged = [
+        load_tagged(path, EXPORT_FORMAT, "save_exported") for path in (served_file, run_dir / "train" / "best_model.pt")
+    ]
+    assert tagged[0]["fingerprint"] == tagged[1]["fingerprint"]  # the ends' training fingerprint
     assert "| onerec_interp_slate |" in (run_dir / "compare" / "report.md").read_text()
 
 

@@ -35,8 +35,9 @@ from torchrec_onerec.context import PipelineContext, rank
 from torchrec_onerec.eval.protocols import EvalResult
 from torchrec_onerec.generation.slate import reused_next_item_log_probs
 from torchrec_onerec.models.reward import SessionRewardModel
-from torchrec_onerec.run_dir import RunDir, load_tagged
-from torchrec_onerec.train.export import EXPORT_FORMAT, save_exported
+from torchrec_onerec.run_dir import RunDir
+from torchrec_onerec.train.checkpoint import training_fingerprint
+from torchrec_onerec.train.export import save_exported
 
 INTERPOLATED_FILE = "evaluate/{arm}.pt"
 
@@ -118,10 +119,10 @@ def interpolated_slate_arm(name: str, start: Arm, end: Arm) -> Arm:
                 state,
                 cfg.model,
                 ctx.codebook.vocab_sizes,
-                # both ends share the training fingerprint (model config, codebook, optimiser): keep it
-                load_tagged(end_path(ctx.run), EXPORT_FORMAT, "torchrec_onerec.train.export.save_exported")[
-                    "fingerprint"
-                ],
+                # the training fingerprint both ends were written with (model config, codebook, optimiser)
+                training_fingerprint(
+                    cfg.model, ctx.codebook.vocab_sizes, ctx.codebook.codes, cfg.train.sparse_optimizer
+                ),
             )
         result = score_generative(ctx, generative_model(ctx, state), penalty, slate=True)
         result.info.update(
