@@ -4,6 +4,11 @@
 by constrained sampling) and scores them with a ``RewardFn``; ``reduce_candidates`` turns each scored batch into
 DPO pairs (``alignment.pairs``) or GRPO groups (``alignment.groups``).
 
+On a model whose tables are sharded over the torchrun ranks (``train.export.sharded_model``) every lookup is a
+collective, so the ranks generate in lockstep: ``reduce_candidates`` has a rank with fewer batches than another
+search padding batches (marked ``padding``; their sessions count as fillers and nothing of them is kept), and every
+model call a reducer makes per batch it makes on every rank (``sharded_lockstep``).
+
 Reward functions: ``RewardFn(samples, sessions) -> rewards`` takes the U samples (users and histories) and their
 candidate sessions [U, N, M] of item ids (-1 = empty slot; a filler session is all -1) and returns [U, N] floats,
 higher is better (the session reward model, the cascade's ranker, or a simulator's true reward).
@@ -23,6 +28,7 @@ from torchrec_onerec.data.batch import make_dataloader
 from torchrec_onerec.data.config import LoaderConfig
 from torchrec_onerec.data.samples import PAD_ITEM, SampleSet
 from torchrec_onerec.data.semantic_batch import SemanticIdBatch, SemanticIdTransform
+from torchrec_onerec.eval.user_shards import group_size, has_sharded_tables, most_over_ranks
 from torchrec_onerec.generation.beam_search import BeamSearchOutput, constrained_beam_search
 from torchrec_onerec.generation.sampling import constrained_sample
 from torchrec_onerec.models.onerec import OneRecModel
@@ -42,6 +48,8 @@ class CandidateBatch(NamedTuple):
         codes (torch.Tensor): [U, N, M, L'] int64 code tuples (arbitrary in filler sessions), on the device.
         log_probs (torch.Tensor): [U, N] float32 log M(S | H) (the beam scores), -inf for filler sessions.
         rewards (np.ndarray): [U, N] float64 rewards, NaN for filler sessions.
+        padding (bool): a batch searched only to keep a sharded model's ranks in lockstep (``rows`` empty,
+            every session a filler, rewards NaN).
     """
 
     rows: np.ndarray
@@ -50,11 +58,12 @@ class CandidateBatch(NamedTuple):
     codes: torch.Tensor
     log_probs: torch.Tensor
     rewards: np.ndarray
+    padding: bool = False
 
     @property
     def real(self) -> np.ndarray:
-        """[U, N] bool, True at real (non-filler) sessions."""
-        return np.isfinite(self.log_probs.cpu().numpy())
+        """[U, N] bool, True at real (non-filler) sessions (none in a padding batch)."""
+        return np.isfinite(self.log_probs.cpu().numpy()) & (not self.padding)
 
     def reward_stats(self) -> Tuple[np.ndarray, np.ndarray]:
         """[U] mean and [U] best reward of each user's real candidates (NaN for a user with none)."""
@@ -141,6 +150,7 @@ def scored_candidates(
     sampled: int = 0,
     temperature: float = 1.0,
     seed: int = 0,
+    padding: Optional[SampleSet] = None,
 ) -> Iterator[CandidateBatch]:
     """Write ``num_candidates`` sessions of M = ``samples.session_items`` items per sample and score them.
 
@@ -148,7 +158,7 @@ def scored_candidates(
     from the model (``generation.sampling``; S = ``sampled``, 0 by default).
 
     Args:
-        model (OneRecModel): the plain (unsharded) model; generation runs in eval mode.
+        model (OneRecModel): the model (plain, or with sharded tables and ``padding``); it should be in eval mode.
         samples (SampleSet): the users (their targets are not read).
         reward_fn (RewardFn): rewards of candidate sessions (module docstring).
         codes (torch.Tensor): [I, L'] int64 item codes of the model's codebook.
@@ -161,9 +171,12 @@ def scored_candidates(
         sampled (int): S in [0, N], the candidates drawn by constrained sampling instead of beam search.
         temperature (float): the sampling temperature.
         seed (int): with ``seed`` and its first row's position, a batch's draws are reproducible.
+        padding (SampleSet | None): for a model with sharded tables, a non-empty sample set whose first batch
+            this rank searches (yielded with ``padding=True``, after its own) until it has searched as many
+            batches as the rank with the most (a collective: every rank must call this together).
 
     Yields:
-        CandidateBatch: per batch, in sample order.
+        CandidateBatch: per batch, in sample order, then any padding batches.
     """
     if not 0 <= sampled <= num_candidates:
         raise ValueError(
@@ -175,21 +188,26 @@ def scored_candidates(
     loader = make_dataloader(
         samples, LoaderConfig(batch_size=batch_size, shuffle=False), seed=0, shuffle=False, transform=transform
     )
-    start = 0
-    for batch in tqdm(loader, desc="candidates", unit="batch", disable=not progress):
-        batch = batch.to(device)
-        batch_seed = int(np.random.SeedSequence([seed, start]).generate_state(1)[0])
-        out = _candidates(
+
+    def search(batch: SemanticIdBatch, start: int) -> BeamSearchOutput:
+        return _candidates(
             model,
             batch,
             prefix_index=prefix_index,
             num_candidates=num_candidates,
             sampled=sampled,
             temperature=temperature,
-            seed=batch_seed,
+            seed=int(np.random.SeedSequence([seed, start]).generate_state(1)[0]),
             session_items=M,
             exclude_history=exclude_history,
         )
+
+    # before any search: the count is a collective, and so is every sharded lookup
+    extra = 0 if padding is None else most_over_ranks(len(loader)) - len(loader)
+    start = 0
+    for batch in tqdm(loader, desc="candidates", unit="batch", disable=not progress):
+        batch = batch.to(device)
+        out = search(batch, start)
         U = batch.batch_size
         rows = np.arange(start, start + U)
         start += U
@@ -197,6 +215,23 @@ def scored_candidates(
         items = np.where(real[:, :, None], out.items.cpu().numpy(), PAD_ITEM)
         rewards = _check_rewards(reward_fn(samples.subset(rows), items), (U, num_candidates), real)
         yield CandidateBatch(rows, batch, items, out.codes, out.scores.float(), rewards)
+    if extra > 0:
+        assert padding is not None
+        first = padding.subset(np.arange(min(batch_size, len(padding))))
+        config = LoaderConfig(batch_size=batch_size, shuffle=False)
+        batch = next(iter(make_dataloader(first, config, seed=0, shuffle=False, transform=transform)))
+        batch = batch.to(device)
+    for _ in range(extra):
+        out = search(batch, len(samples))  # its draws are never kept
+        nothing = np.full(tuple(out.scores.shape), np.nan)
+        yield CandidateBatch(
+            np.zeros(0, np.int64), batch, out.items.cpu().numpy(), out.codes, out.scores, nothing, True
+        )
+
+
+def sharded_lockstep(model: OneRecModel) -> bool:
+    """Whether ``model``'s tables are sharded over several ranks: then every rank must make the same model calls."""
+    return group_size()[1] > 1 and has_sharded_tables(model)
 
 
 def reduce_candidates(
@@ -208,15 +243,21 @@ def reduce_candidates(
     **candidates: Any,
 ) -> List[ReducedT]:
     """``reduce(batch, its training rows)`` over the scored candidates of ``samples[rows]`` (the model in eval mode,
-    without gradients, restored after); ``candidates`` are ``scored_candidates``'s keyword arguments."""
+    without gradients, restored after); ``candidates`` are ``scored_candidates``'s keyword arguments.
+
+    With sharded tables (a collective) the ranks search in lockstep: ``reduce`` also sees the padding batches,
+    and must make the same model calls on them as on the others; what it returns for them is dropped."""
     rows = np.asarray(rows, dtype=np.int64)
     parts: List[ReducedT] = []
     was_training = model.training
+    padding = samples if sharded_lockstep(model) else None
     model.eval()
     try:
         with torch.no_grad():
-            for cand in scored_candidates(model, samples.subset(rows), reward_fn, **candidates):
-                parts.append(reduce(cand, rows[cand.rows]))
+            for cand in scored_candidates(model, samples.subset(rows), reward_fn, padding=padding, **candidates):
+                part = reduce(cand, rows[cand.rows])
+                if not cand.padding:
+                    parts.append(part)
     finally:
         model.train(was_training)
     return parts

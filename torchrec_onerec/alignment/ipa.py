@@ -16,6 +16,11 @@ Iteration t (t = 0 .. ``align.iterations`` - 1), with M_t the current plain mode
    generated sessions, mean of log M_{t+1}(S) - log M_t(S) (beam search, not sampling: a biased estimate);
 4. M_{t+1} becomes the reference of the next iteration.
 
+Under torchrun steps 1 and 3 run on M_t and M_{t+1} with their tables sharded over the ranks as training shards
+them (``export.sharded_model``): no rank generates with a whole table, and the ranks generate in lockstep
+(``candidates.sharded_lockstep``). Each rank still receives the trained state dict whole (step 2's result) and
+shards it from there.
+
 Run-directory layout (``out_dir``, the pipeline's ``align/``)::
 
     iterations.jsonl            one JSON object per completed iteration (the columns above; rewritten whole)
@@ -65,7 +70,7 @@ from torchrec_onerec.tokenizer.prefix_index import PrefixIndex
 from torchrec_onerec.train.checkpoint import training_fingerprint
 from torchrec_onerec.train.config import TrainConfig
 from torchrec_onerec.train.distributed import DistContext, barrier, init_distributed, teardown_distributed
-from torchrec_onerec.train.export import load_exported, plain_model, save_exported
+from torchrec_onerec.train.export import load_exported, plain_model, save_exported, sharded_model
 
 LOG = logging.getLogger("torchrec_onerec")
 STATE_FORMAT = "torchrec_onerec.align_state/1"
@@ -303,7 +308,10 @@ class _Alignment:
             self.model_config, self.vocab_sizes, codes, train_config.sparse_optimizer
         )
 
-    def _plain(self, state: Dict[str, torch.Tensor]) -> OneRecModel:
+    def _generator(self, state: Dict[str, torch.Tensor]) -> OneRecModel:
+        """The model that generates and scores with ``state``: sharded under torchrun (a collective), else plain."""
+        if self.ctx.world_size > 1:
+            return sharded_model(state, self.model_config, self.vocab_sizes, self.train_config, self.ctx)
         return plain_model(state, self.model_config, self.vocab_sizes, device=self.ctx.device)
 
     def _generation(self, model: OneRecModel, reference: Optional[OneRecModel] = None) -> Dict[str, float]:
@@ -332,7 +340,7 @@ class _Alignment:
                 "completed": 0,
                 "records": [],
                 "model": "",
-                "generation": [self._generation(self._plain(current))],
+                "generation": [self._generation(self._generator(current))],
             }
         else:
             current = load_exported(self.store.root / stored["model"], self.model_config, self.vocab_sizes).state_dict()
@@ -380,7 +388,7 @@ class _Alignment:
     ) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any], Dict[str, float]]:
         """One iteration from the plain state ``current`` (M_t): (M_{t+1} state, record, its generation stats)."""
         align, ctx = self.align, self.ctx
-        reference = self._plain(current)
+        reference = self._generator(current)
         rows = sample_preference_rows(len(self.train), align.sample_fraction, seed=self.seed, iteration=iteration)
         candidates: Dict[str, Any] = dict(
             codes=self.codes,
@@ -421,7 +429,7 @@ class _Alignment:
             iteration=iteration,
             progress=self.progress,
         )
-        policy = self._plain(trained.state)
+        policy = self._generator(trained.state)
         after = self._generation(policy, reference)
         record: Dict[str, Any] = {"iteration": iteration + 1, **prefs.summary(), **_prefixed("train_", trained.metrics)}
         if isinstance(prefs, PreferencePairs):

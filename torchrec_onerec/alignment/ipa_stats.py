@@ -2,7 +2,9 @@
 
 ``generation_stats``: the rewards of the sessions a model writes for held-out users (mean, best and most probable
 session) and its KL to the previous model on them; ``pair_stats``: the DPO loss, accuracy and margins of a trained
-policy on an iteration's pairs. Both split the users or pairs across ranks and sum over them (collectives).
+policy on an iteration's pairs. Both split the users or pairs across ranks and sum over them (collectives); on
+models with sharded tables the ranks run the same number of batches (``candidates.sharded_lockstep``), padding
+batches counted nowhere.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import torch
 
 from torchrec_onerec.alignment.config import AlignConfig
 from torchrec_onerec.alignment.dpo import dpo_loss
-from torchrec_onerec.alignment.candidates import RewardFn, scored_candidates
+from torchrec_onerec.alignment.candidates import RewardFn, scored_candidates, sharded_lockstep
 from torchrec_onerec.alignment.pairs import PreferencePairs
 from torchrec_onerec.data.batch import collate_samples
 from torchrec_onerec.data.samples import SampleSet
@@ -44,7 +46,7 @@ def generation_stats(
     """Rewards of the N sessions ``model`` writes for ``samples`` (each rank its share; a collective).
 
     Args:
-        model (OneRecModel): the plain model to generate with.
+        model (OneRecModel): the model to generate with, plain or with sharded tables.
         samples (SampleSet): the held-out users.
         reward_fn (RewardFn): rewards of candidate sessions.
         codes (torch.Tensor): [I, L'] int64 item codes.
@@ -60,6 +62,7 @@ def generation_stats(
         real sessions of log M(S) - log M_ref(S)).
     """
     sums = [0.0] * 7  # users with a real session, mean, max, top, filler sessions, sessions, log-ratio
+    lockstep = sharded_lockstep(model)
     for cand in scored_candidates(
         model,
         samples.subset(rank_share(len(samples), ctx)),
@@ -70,7 +73,12 @@ def generation_stats(
         batch_size=align.generation_batch_size,
         exclude_history=align.exclude_history,
         device=ctx.device,
+        padding=samples if lockstep else None,
     ):
+        if cand.padding:
+            if reference is not None:
+                reference.log_prob(cand.batch, cand.codes)  # the lookups the other ranks make on this batch
+            continue
         real = cand.real
         users = real.any(axis=1)
         reward_mean, reward_max = cand.reward_stats()
@@ -111,7 +119,7 @@ def pair_stats(
     """DPO numbers of ``policy`` (eval mode) on ``pairs`` against their stored reference log-probs (a collective).
 
     Args:
-        policy (OneRecModel): the trained plain model.
+        policy (OneRecModel): the trained model, plain or with sharded tables.
         pairs (PreferencePairs): the iteration's pairs (every rank holds all; each scores its share).
         samples (SampleSet): the training samples the pairs' ``sample_rows`` index.
         codes (torch.Tensor): [I, L'] int64 item codes.
@@ -123,16 +131,24 @@ def pair_stats(
         ``chosen_log_ratio`` / ``rejected_log_ratio`` (mean log M_{t+1}(S) - log M_t(S)); NaN without pairs.
     """
     sums = [0.0] * 6  # pairs, loss, correct, margin, chosen log-ratio, rejected log-ratio
-    share = rank_share(len(pairs), ctx)
+    share, size = rank_share(len(pairs), ctx), align.generation_batch_size
+    largest = -(-len(pairs) // ctx.world_size)  # rank 0's share, never smaller than another's
+    # sharded: every rank runs as many batches as the largest share needs
+    batches = -(-largest // size) if sharded_lockstep(policy) else None
     was_training = policy.training
     policy.eval()
-    for start in range(0, len(share), align.generation_batch_size):
-        index = share[start : start + align.generation_batch_size]
+    for start in range(0, size * batches if batches is not None else len(share), size):
+        index = share[start : start + size]
+        padding = len(index) == 0
+        if padding:
+            index = np.zeros(1, np.int64)  # the first pair, scored for the lookups alone
         batch = to_semantic_batch(
             collate_samples(samples, pairs.sample_rows[index]), codes, max_history=policy.config.max_history
         ).to(ctx.device)
         sessions = torch.from_numpy(np.stack([pairs.chosen_codes[index], pairs.rejected_codes[index]], axis=1))
         log_probs = policy.log_prob(batch, sessions.to(ctx.device)).float().cpu()  # (P_b, 2)
+        if padding:
+            continue
         ref_chosen = torch.from_numpy(pairs.reference_chosen[index]).float()
         ref_rejected = torch.from_numpy(pairs.reference_rejected[index]).float()
         out = dpo_loss(log_probs[:, 0], log_probs[:, 1], ref_chosen, ref_rejected, beta=align.beta)

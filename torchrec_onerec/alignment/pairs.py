@@ -29,7 +29,7 @@ import torch.distributed as dist
 from torchrec_onerec.data.samples import SampleSet
 from torchrec_onerec.models.onerec import OneRecModel
 from torchrec_onerec.tokenizer.prefix_index import PrefixIndex
-from torchrec_onerec.alignment.candidates import CandidateBatch, RewardFn, reduce_candidates
+from torchrec_onerec.alignment.candidates import CandidateBatch, RewardFn, reduce_candidates, sharded_lockstep
 from torchrec_onerec.train.distributed import DistContext
 
 if TYPE_CHECKING:
@@ -248,7 +248,7 @@ def _batch_pairs(model: OneRecModel, cand: CandidateBatch, sample_rows: np.ndarr
         dim=1,
     )  # (P, 2, M, L')
     reference = torch.zeros(len(pick.users), 2)
-    if len(pick.users):
+    if len(pick.users) or sharded_lockstep(model):  # sharded: every rank scores every batch, pairs or not
         sessions = torch.zeros((len(real),) + tuple(both.shape[1:]), dtype=torch.long, device=users.device)
         sessions[users] = both  # users without a pair score a dummy session, dropped below
         reference = model.log_prob(cand.batch, sessions)[users].float().cpu()

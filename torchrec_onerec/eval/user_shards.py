@@ -58,6 +58,23 @@ def lockstep_batches(num_users: int, batch_size: int, world_size: int) -> int:
     return -(-(-(-num_users // batch_size)) // world_size)
 
 
+def most_over_ranks(count: int) -> int:
+    """The largest ``count`` any rank of the default process group passes (a collective); ``count`` without one.
+
+    How many batches every rank must run when each has its own number of real ones and the ranks must run
+    together (the padding ``lockstep_batches`` computes when the split is known in advance).
+
+    Example:
+        >>> most_over_ranks(3)
+        3
+    """
+    if group_size()[1] == 1:
+        return count
+    counts: List[object] = [None] * dist.get_world_size()
+    dist.all_gather_object(counts, int(count))
+    return max(int(c) for c in counts)  # type: ignore[call-overload]
+
+
 def has_sharded_tables(model: nn.Module) -> bool:
     """Whether ``model`` holds a sharded TorchRec module (its lookups are collectives over the ranks)."""
     return any(isinstance(module, ShardedModule) for module in model.modules())
