@@ -36,6 +36,7 @@ from torchrec_onerec.sizing import with_sizes_from_data
 from torchrec_onerec.stages import STAGE_LIST
 from torchrec_onerec.peak_memory import peak_memory, reset_peak_memory
 from torchrec_onerec.tokenizer.config import fingerprint_settings
+from torchrec_onerec.train.config import STACK_KEYS
 from torchrec_onerec.train.distributed import (
     all_gather_object,
     barrier,
@@ -92,6 +93,9 @@ def stage_fingerprint(config: OneRecConfig, stage: str) -> str:
     sections: Dict[str, object] = {}
     for earlier in stage_closure(stage, config):
         for name in STAGE_SECTIONS[earlier]:
+            if name == "train.stack":
+                sections[name] = {key: getattr(config.train, key) for key in STACK_KEYS}
+                continue
             value = getattr(config, name)
             settings = value if isinstance(value, int) else asdict(value)
             # the tokenizer's keys added later count only away from their old-behaviour value

@@ -386,7 +386,8 @@ class Stage:
     Args:
         name: the stage's name (its folder in the run directory and its ``onerec`` subcommand).
         run: what it does, a function of the shared ``PipelineContext`` returning its summary.
-        sections: the config sections its fingerprint hashes (with those of every stage it reads).
+        sections: the config sections its fingerprint hashes (with those of every stage it reads); ``train.stack``
+            is the part of the ``train`` section every model's training reads (``train.config.STACK_KEYS``).
         inputs: the stages whose artefacts it reads (``pipeline.stage_inputs`` may drop one for a config).
         collective: every torchrun rank takes part (the training stages, evaluation); else rank 0 alone runs it.
         help: one line for ``onerec --help``.
@@ -428,7 +429,7 @@ STAGE_LIST: Tuple[Stage, ...] = (
     Stage(
         "train-reward",
         train_reward_stage,
-        ("reward", "train"),
+        ("reward", "train.stack"),
         ("tokenize",),
         True,
         "train the session reward model on the training days; per-tower test AUC",
@@ -437,7 +438,7 @@ STAGE_LIST: Tuple[Stage, ...] = (
     Stage(
         "cascade",
         cascade_stage,
-        ("cascade", "train", "loader"),
+        ("cascade", "train.stack", "loader"),
         ("data",),
         True,
         "train the cascade baseline: two-tower retrieval -> DLRM ranker (also torchrun)",
@@ -454,7 +455,7 @@ STAGE_LIST: Tuple[Stage, ...] = (
     Stage(
         "sasrec",
         sasrec_stage,
-        ("sasrec", "train", "loader"),
+        ("sasrec", "train.stack", "loader"),
         ("data",),
         True,
         "train the SASRec baseline arm when compare.arms lists it (also under torchrun)",

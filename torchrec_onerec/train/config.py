@@ -15,6 +15,10 @@ CPU_FUSED_OPTIMIZERS = ("sgd", "adagrad", "rowwise_adagrad")
 SHARDING_TYPES = ("", "table_wise", "row_wise", "column_wise")
 AMP_MODES = ("none", "bf16")
 TARGETS = ("positives", "impressions")
+# The keys of the ``train`` section that every model's training reads (the rest is the generative model's own):
+# what the fingerprints of the stages that train other models hash, so that retraining the generative model
+# (``train.optim``, ``train.targets`` ...) does not redo them.
+STACK_KEYS = ("grad_clip", "sparse_optimizer", "sharding_type", "collective_timeout_s")
 
 
 @dataclass
