@@ -78,7 +78,7 @@ def _generate(model: OneRecModel, rows: np.ndarray, ctx: DistContext, pairs: Pre
 
 
 def _all_pairs() -> PreferencePairs:
-    """Five pairs every rank holds (as ``gather_preferences`` leaves them): 3 + 2 per rank, 2 + 1 batches of 2."""
+    """Five pairs every rank holds (as ``gather_preferences`` leaves them): 3 batches of 2, 2 + 1 per rank."""
     model = _plain_model()
     index = PrefixIndex(CODES, vocab_sizes=SIZES)
     return build_preference_pairs(

@@ -21,6 +21,7 @@ from torchrec_onerec.alignment.pairs import PreferencePairs
 from torchrec_onerec.data.batch import collate_samples
 from torchrec_onerec.data.samples import SampleSet
 from torchrec_onerec.data.semantic_batch import to_semantic_batch
+from torchrec_onerec.eval.user_shards import lockstep_batches, rank_rows
 from torchrec_onerec.models.onerec import OneRecModel
 from torchrec_onerec.tokenizer.prefix_index import PrefixIndex
 from torchrec_onerec.train.distributed import DistContext, all_reduce_sum
@@ -131,10 +132,10 @@ def pair_stats(
         ``chosen_log_ratio`` / ``rejected_log_ratio`` (mean log M_{t+1}(S) - log M_t(S)); NaN without pairs.
     """
     sums = [0.0] * 6  # pairs, loss, correct, margin, chosen log-ratio, rejected log-ratio
-    share, size = rank_share(len(pairs), ctx), align.generation_batch_size
-    largest = -(-len(pairs) // ctx.world_size)  # rank 0's share, never smaller than another's
-    # sharded: every rank runs as many batches as the largest share needs
-    batches = -(-largest // size) if sharded_lockstep(policy) else None
+    size = align.generation_batch_size
+    share = rank_rows(len(pairs), size, ctx.rank, ctx.world_size)  # whole batches, as evaluation splits users
+    # sharded: every rank runs as many batches as the rank with the most
+    batches = lockstep_batches(len(pairs), size, ctx.world_size) if sharded_lockstep(policy) else None
     was_training = policy.training
     policy.eval()
     for start in range(0, size * batches if batches is not None else len(share), size):
