@@ -73,7 +73,7 @@ def _generate(model: OneRecModel, rows: np.ndarray, ctx: DistContext, pairs: Pre
             ctx=ctx,
             reference=model,
         ),
-        "pair_stats": pair_stats(model, pairs, SAMPLES, codes=CODES, align=ALIGN, ctx=ctx),
+        "pair_stats": pair_stats(model, pairs, SAMPLES, codes=CODES, prefix_index=index, align=ALIGN, ctx=ctx),
     }
 
 

@@ -89,6 +89,11 @@ class OneRecConfig:
             if given not in (wanted, getattr(defaults, name)):
                 raise ConfigError(f"model.{name}={given} differs from split.{name}={wanted}; set split.{name} only")
             setattr(self.model, name, wanted)
+        if self.model.item_head == "prefix" and self.tokenizer.disambiguation != "item":
+            raise ConfigError(
+                f"model.item_head=prefix scores the item-id level per cluster, but tokenizer.disambiguation="
+                f"{self.tokenizer.disambiguation!r} writes no item-id level; set tokenizer.disambiguation=item"
+            )
 
 
 def _check_keys(node: Any, schema: DictConfig, prefix: str) -> None:

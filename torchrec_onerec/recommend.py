@@ -191,7 +191,9 @@ class Recommender:
             LoaderConfig(batch_size=cfg.eval.batch_size, shuffle=False),
             seed=0,
             shuffle=False,
-            transform=SemanticIdTransform(self.codebook.codes, max_history=cfg.model.max_history),
+            transform=SemanticIdTransform(
+                self.codebook.codes, max_history=cfg.model.max_history, siblings=cfg.model.reads_siblings
+            ),
         )
         raw_items = np.asarray(self.data.raw_item_ids)
         out: List[Dict[str, Any]] = []

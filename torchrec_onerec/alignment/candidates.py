@@ -184,7 +184,7 @@ def scored_candidates(
         )
     device = device or next(model.parameters()).device
     M = samples.session_items
-    transform = SemanticIdTransform(codes, max_history=model.config.max_history)
+    transform = SemanticIdTransform(codes, max_history=model.config.max_history, siblings=model.config.reads_siblings)
     loader = make_dataloader(
         samples, LoaderConfig(batch_size=batch_size, shuffle=False), seed=0, shuffle=False, transform=transform
     )

@@ -433,6 +433,10 @@ class _Alignment:
         after = self._generation(policy, reference)
         record: Dict[str, Any] = {"iteration": iteration + 1, **prefs.summary(), **_prefixed("train_", trained.metrics)}
         if isinstance(prefs, PreferencePairs):
-            record.update(pair_stats(policy, prefs, self.train, codes=self.codes, align=align, ctx=ctx))
+            record.update(
+                pair_stats(
+                    policy, prefs, self.train, codes=self.codes, prefix_index=self.prefix_index, align=align, ctx=ctx
+                )
+            )
         record.update(**_prefixed("heldout_", before, "_before"), **_prefixed("heldout_", after, "_after"))
         return trained.state, record, after

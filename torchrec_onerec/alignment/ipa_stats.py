@@ -20,7 +20,7 @@ from torchrec_onerec.alignment.candidates import RewardFn, scored_candidates, sh
 from torchrec_onerec.alignment.pairs import PreferencePairs
 from torchrec_onerec.data.batch import collate_samples
 from torchrec_onerec.data.samples import SampleSet
-from torchrec_onerec.data.semantic_batch import to_semantic_batch
+from torchrec_onerec.data.semantic_batch import sibling_groups, to_semantic_batch
 from torchrec_onerec.eval.user_shards import lockstep_batches, rank_rows
 from torchrec_onerec.models.onerec import OneRecModel
 from torchrec_onerec.tokenizer.prefix_index import PrefixIndex
@@ -78,7 +78,9 @@ def generation_stats(
     ):
         if cand.padding:
             if reference is not None:
-                reference.log_prob(cand.batch, cand.codes)  # the lookups the other ranks make on this batch
+                reference.log_prob(
+                    cand.batch, cand.codes, prefix_index=prefix_index
+                )  # the lookups the other ranks make on this batch
             continue
         real = cand.real
         users = real.any(axis=1)
@@ -90,7 +92,7 @@ def generation_stats(
         sums[4] += (~real).sum()
         sums[5] += real.size
         if reference is not None:
-            ratio = cand.log_probs - reference.log_prob(cand.batch, cand.codes).float()
+            ratio = cand.log_probs - reference.log_prob(cand.batch, cand.codes, prefix_index=prefix_index).float()
             sums[6] += float(ratio[torch.from_numpy(real).to(ratio.device)].sum())
     num_users, mean, best, top, fillers, sessions, log_ratio = all_reduce_sum(sums, ctx)
     per_user = num_users if num_users else float("nan")
@@ -114,6 +116,7 @@ def pair_stats(
     samples: SampleSet,
     *,
     codes: torch.Tensor,
+    prefix_index: PrefixIndex,
     align: AlignConfig,
     ctx: DistContext,
 ) -> Dict[str, float]:
@@ -124,6 +127,8 @@ def pair_stats(
         pairs (PreferencePairs): the iteration's pairs (every rank holds all; each scores its share).
         samples (SampleSet): the training samples the pairs' ``sample_rows`` index.
         codes (torch.Tensor): [I, L'] int64 item codes.
+        prefix_index (PrefixIndex): the codebook's index, on ``ctx.device`` (the siblings ``item_head=prefix``
+            scores).
         align (AlignConfig): ``beta``, ``generation_batch_size``.
         ctx (DistContext): this rank.
 
@@ -144,10 +149,13 @@ def pair_stats(
         if padding:
             index = np.zeros(1, np.int64)  # the first pair, scored for the lookups alone
         batch = to_semantic_batch(
-            collate_samples(samples, pairs.sample_rows[index]), codes, max_history=policy.config.max_history
+            collate_samples(samples, pairs.sample_rows[index]),
+            codes,
+            max_history=policy.config.max_history,
+            siblings=sibling_groups(codes) if policy.config.reads_siblings else None,
         ).to(ctx.device)
         sessions = torch.from_numpy(np.stack([pairs.chosen_codes[index], pairs.rejected_codes[index]], axis=1))
-        log_probs = policy.log_prob(batch, sessions.to(ctx.device)).float().cpu()  # (P_b, 2)
+        log_probs = policy.log_prob(batch, sessions.to(ctx.device), prefix_index=prefix_index).float().cpu()  # (P_b, 2)
         if padding:
             continue
         ref_chosen = torch.from_numpy(pairs.reference_chosen[index]).float()

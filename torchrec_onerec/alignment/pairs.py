@@ -235,7 +235,9 @@ class PreferencePairs(ScoredUsers):
         }
 
 
-def _batch_pairs(model: OneRecModel, cand: CandidateBatch, sample_rows: np.ndarray) -> PreferencePairs:
+def _batch_pairs(
+    model: OneRecModel, cand: CandidateBatch, sample_rows: np.ndarray, prefix_index: PrefixIndex
+) -> PreferencePairs:
     """The pairs of one candidate batch whose U users are the training rows ``sample_rows`` [U]."""
     real = cand.real
     pick = select_pairs(cand.rewards, real)
@@ -251,7 +253,7 @@ def _batch_pairs(model: OneRecModel, cand: CandidateBatch, sample_rows: np.ndarr
     if len(pick.users) or sharded_lockstep(model):  # sharded: every rank scores every batch, pairs or not
         sessions = torch.zeros((len(real),) + tuple(both.shape[1:]), dtype=torch.long, device=users.device)
         sessions[users] = both  # users without a pair score a dummy session, dropped below
-        reference = model.log_prob(cand.batch, sessions)[users].float().cpu()
+        reference = model.log_prob(cand.batch, sessions, prefix_index=prefix_index)[users].float().cpu()
     reward_mean, reward_max = cand.reward_stats()
     return PreferencePairs(
         sample_rows=sample_rows[pick.users],
@@ -334,7 +336,7 @@ def build_preference_pairs(
         samples,
         rows,
         reward_fn,
-        lambda cand, users: _batch_pairs(model, cand, users),
+        lambda cand, users: _batch_pairs(model, cand, users, prefix_index),
         codes=codes,
         prefix_index=prefix_index,
         num_candidates=num_candidates,

@@ -175,7 +175,11 @@ def train_iteration(
         chosen_nll_weight=align.chosen_nll_weight,
         grpo_clip=align.grpo_clip,
     )
-    dataset = _PreferenceBatches(samples, prefs, SemanticIdTransform(codes, max_history=model_config.max_history))
+    dataset = _PreferenceBatches(
+        samples,
+        prefs,
+        SemanticIdTransform(codes, max_history=model_config.max_history, siblings=model_config.reads_siblings),
+    )
 
     def batches(epoch: int, first: int) -> DataLoader:
         sampler = RankBatchSampler(

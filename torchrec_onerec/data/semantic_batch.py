@@ -12,7 +12,10 @@ always in the order of ``semantic_feature_keys(L')``:
 - ``history_code_l`` (l = 0 .. L'-1): lengths = the history lengths; values = the level-l code of every
   history item, in history order (oldest to newest), so position k of every history key is the same item;
 - ``target_code_l``: lengths = the number of real target items; values = the level-l codes of those items;
-- ``user_id``: one id per sample.
+- ``user_id``: one id per sample;
+- ``target_siblings`` (only for a model whose item level is scored per prefix, ``model.item_head=prefix``):
+  for each real target item, the F last-level codes that share its first L'-1 codes (``sibling_groups``),
+  its own among them, -1 padding written as code 0; lengths = F times the number of real target items.
 
 Shape legend: B batch, M session items, L code levels (L' in the code tensors), S reward signals, I items.
 """
@@ -20,7 +23,7 @@ Shape legend: B batch, M session items, L code levels (L' in the code tensors), 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, NamedTuple, Optional
 
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
@@ -28,6 +31,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from torchrec_onerec.data.batch import HISTORY_KEY, USER_KEY, OneRecBatch, TensorFieldsBatch
 
 PAD_CODE = -1
+SIBLINGS_KEY = "target_siblings"
 
 
 def history_code_key(level: int) -> str:
@@ -40,8 +44,9 @@ def target_code_key(level: int) -> str:
     return f"target_code_{level}"
 
 
-def semantic_feature_keys(num_levels: int) -> List[str]:
-    """The keys of a semantic feature KJT, in order: history codes, target codes, user id.
+def semantic_feature_keys(num_levels: int, *, siblings: bool = False) -> List[str]:
+    """The keys of a semantic feature KJT, in order: history codes, target codes, user id (then the targets'
+    siblings, with ``siblings``).
 
     Example:
         >>> semantic_feature_keys(2)
@@ -51,7 +56,50 @@ def semantic_feature_keys(num_levels: int) -> List[str]:
         [history_code_key(level) for level in range(num_levels)]
         + [target_code_key(level) for level in range(num_levels)]
         + [USER_KEY]
+        + ([SIBLINGS_KEY] if siblings else [])
     )
+
+
+class SiblingGroups(NamedTuple):
+    """The last-level codes of a codebook grouped by the first L'-1 codes (for an item-id level: each cluster's
+    items), as ``sibling_groups`` returns them.
+
+    Args:
+        group (torch.Tensor): [I] int64 each item's group (its (L'-1)-code prefix in sorted order).
+        members (torch.Tensor): [P, F] int64 each group's last-level codes, ascending, -1 padded; F is the
+            largest group.
+        position (torch.Tensor): [I] int64 where each item's last code sits in its group's row.
+    """
+
+    group: torch.Tensor
+    members: torch.Tensor
+    position: torch.Tensor
+
+
+def sibling_groups(codes: torch.Tensor) -> SiblingGroups:
+    """Group the items of ``codes`` [I, L'] (L' >= 2, unique rows) by their first L'-1 codes.
+
+    Example:
+        >>> g = sibling_groups(torch.tensor([[1, 5], [0, 3], [1, 2], [0, 4], [1, 7]]))
+        >>> g.group.tolist(), g.members.tolist(), g.position.tolist()
+        ([1, 0, 1, 0, 1], [[3, 4, -1], [2, 5, 7]], [1, 0, 0, 1, 2])
+    """
+    if codes.dim() != 2 or codes.shape[1] < 2:
+        raise ValueError(
+            f"codes of shape {tuple(codes.shape)} have no prefix to group by; an item level scored per prefix "
+            "needs at least one code level before it"
+        )
+    last = codes[:, -1]
+    _, group = torch.unique(codes[:, :-1], dim=0, return_inverse=True)
+    num_groups = int(group.max()) + 1
+    order = torch.argsort(group * (int(last.max()) + 1) + last)  # by group, then code
+    sizes = torch.bincount(group, minlength=num_groups)
+    starts = torch.cumsum(sizes, 0) - sizes
+    position = torch.empty_like(group)
+    position[order] = torch.arange(len(order), device=codes.device) - starts[group[order]]
+    members = torch.full((num_groups, int(sizes.max())), PAD_CODE, dtype=torch.int64, device=codes.device)
+    members[group, position] = last
+    return SiblingGroups(group, members, position)
 
 
 @dataclass
@@ -67,6 +115,9 @@ class SemanticIdBatch(TensorFieldsBatch):
         target_mask (torch.Tensor): [B, M] bool, True at real target items.
         target_codes (torch.Tensor): [B, M, L'] int64 codes of the target items, -1 at padding.
         labels (torch.Tensor): [B, M, S] float32 feedback per target item.
+        target_siblings (torch.Tensor): [B, M, F] int64 the last-level codes sharing each target item's first
+            L'-1 codes (its own among them; -1 padded, all -1 at padding items); [B, M, 0] when the batch was
+            built without ``siblings``.
 
     Example:
         >>> from torchrec_onerec.data.batch import collate_samples
@@ -88,6 +139,7 @@ class SemanticIdBatch(TensorFieldsBatch):
     target_mask: torch.Tensor
     target_codes: torch.Tensor
     labels: torch.Tensor
+    target_siblings: torch.Tensor
 
     @property
     def batch_size(self) -> int:
@@ -115,7 +167,13 @@ def _check_ids(name: str, ids: torch.Tensor, num_items: int) -> None:
         )
 
 
-def to_semantic_batch(batch: OneRecBatch, codes: torch.Tensor, *, max_history: Optional[int] = None) -> SemanticIdBatch:
+def to_semantic_batch(
+    batch: OneRecBatch,
+    codes: torch.Tensor,
+    *,
+    max_history: Optional[int] = None,
+    siblings: Optional[SiblingGroups] = None,
+) -> SemanticIdBatch:
     """Replace every item of ``batch`` by its code tuple (vectorised; meant for the DataLoader's collate step).
 
     Args:
@@ -123,6 +181,8 @@ def to_semantic_batch(batch: OneRecBatch, codes: torch.Tensor, *, max_history: O
         codes (torch.Tensor): [I, L'] int64 code tuple of every item (``Codebook.codes``).
         max_history (int | None): n of the model that will read the batch; a longer history is an error
             (None: no check).
+        siblings (SiblingGroups | None): ``sibling_groups(codes)``, for a model that scores its item level per
+            prefix: adds ``target_siblings`` and its KJT key. None: neither.
 
     Returns:
         SemanticIdBatch: on ``batch``'s device, sharing its id tensors.
@@ -144,26 +204,35 @@ def to_semantic_batch(batch: OneRecBatch, codes: torch.Tensor, *, max_history: O
         raise ValueError("batch.target_mask has padding before a real item; real target items must come first")
     target_lengths = batch.target_mask.sum(dim=1)
     users = batch.features[USER_KEY]
-    values = torch.cat(
-        [
-            codes[history_items].t().reshape(-1),  # [L' * sum H], level-major: key l holds every item's level-l code
-            codes[target_items].t().reshape(-1),  # [L' * sum M_b]
-            users.values(),
-        ]
-    )
-    lengths = torch.cat([history.lengths()] * num_levels + [target_lengths] * num_levels + [users.lengths()])
+    values = [
+        codes[history_items].t().reshape(-1),  # [L' * sum H], level-major: key l holds every item's level-l code
+        codes[target_items].t().reshape(-1),  # [L' * sum M_b]
+        users.values(),
+    ]
+    lengths = [history.lengths()] * num_levels + [target_lengths] * num_levels + [users.lengths()]
+    B, M = batch.target.shape
+    target_siblings = torch.full((B, M, 0), PAD_CODE, dtype=torch.int64, device=batch.target.device)
+    if siblings is not None:
+        members = siblings.members.to(batch.target.device)
+        target_siblings = members[siblings.group.to(batch.target.device)[batch.target.clamp(min=0)]]  # [B, M, F]
+        target_siblings = target_siblings.masked_fill(~batch.target_mask.unsqueeze(-1), PAD_CODE)
+        values.append(members[siblings.group.to(members.device)[target_items]].clamp(min=0).reshape(-1))
+        lengths.append(target_lengths * members.shape[1])
     target_codes = codes[batch.target.clamp(min=0)]  # [B, M, L']
     target_codes = target_codes.masked_fill(~batch.target_mask.unsqueeze(-1), PAD_CODE)
     return SemanticIdBatch(
         users=batch.users,
         features=KeyedJaggedTensor.from_lengths_sync(
-            keys=semantic_feature_keys(num_levels), values=values, lengths=lengths
+            keys=semantic_feature_keys(num_levels, siblings=siblings is not None),
+            values=torch.cat(values),
+            lengths=torch.cat(lengths),
         ),
         item_features=batch.features,
         target=batch.target,
         target_mask=batch.target_mask,
         target_codes=target_codes,
         labels=batch.labels,
+        target_siblings=target_siblings,
     )
 
 
@@ -173,6 +242,8 @@ class SemanticIdTransform:
     Args:
         codes (torch.Tensor): [I, L'] int64 code tuple of every item.
         max_history (int | None): n of the model; longer histories are an error (None: no check).
+        siblings (bool): add each target item's siblings (``to_semantic_batch``), for a model whose item level
+            is scored per prefix (``model.item_head=prefix``).
 
     Example:
         >>> from torchrec_onerec.data.batch import collate_samples
@@ -183,10 +254,11 @@ class SemanticIdTransform:
         tensor([[[0, 1]]])
     """
 
-    def __init__(self, codes: torch.Tensor, *, max_history: Optional[int] = None) -> None:
+    def __init__(self, codes: torch.Tensor, *, max_history: Optional[int] = None, siblings: bool = False) -> None:
         _check_codes(codes)
         self.codes = codes
         self.max_history = max_history
+        self.siblings = sibling_groups(codes) if siblings else None
 
     def __call__(self, batch: OneRecBatch) -> SemanticIdBatch:
-        return to_semantic_batch(batch, self.codes, max_history=self.max_history)
+        return to_semantic_batch(batch, self.codes, max_history=self.max_history, siblings=self.siblings)

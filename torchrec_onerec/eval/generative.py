@@ -154,7 +154,7 @@ def evaluate_generative(
             LoaderConfig(batch_size=config.batch_size, shuffle=False),
             seed=0,
             shuffle=False,
-            transform=SemanticIdTransform(codes, max_history=max_history),
+            transform=SemanticIdTransform(codes, max_history=max_history, siblings=model.config.reads_siblings),
         )
 
     def serve(batch: SemanticIdBatch) -> BeamSearchOutput:

@@ -9,8 +9,10 @@ re-runs the decoder over the whole prefix each step, as the reference). Constrai
 session; ``exclude_history`` also blocks the user's history items. The item constraints look ahead at every
 code level (a prefix is taken only if it still leads to an allowed item), so a beam never dies half-way.
 
-Scores are sums of the model's code log-probabilities (log-softmax over all K_l codes, before constraints),
-so they equal ``OneRecModel.log_prob`` of the returned sessions. A returned session with score -inf is filler,
+Scores are sums of the model's code log-probabilities (log-softmax over all K_l codes, before constraints;
+over the codes under the prefix at a level scored per prefix, ``model.item_head=prefix``), so they equal
+``OneRecModel.log_prob`` of the returned sessions. Unconstrained search cannot leave the catalogue at such a
+level: a prefix of no item has nothing to score there, and its beam dies. A returned session with score -inf is filler,
 with arbitrary items and codes: with the default constraints it comes back only when the user has fewer than
 ``num_return`` valid sessions in all (fewer than M items outside the history give none; a tiny catalogue may
 give a few). Extra ``processors`` that block codes without look-ahead can make beams die, and filler, again.
@@ -244,34 +246,15 @@ def stable_top(values: torch.Tensor, n: int) -> Tuple[torch.Tensor, torch.Tensor
     return kept.gather(1, order).contiguous(), columns.gather(1, order)
 
 
-def gathered_log_probs(
-    model: OneRecModel, hidden: torch.Tensor, level: int, columns: torch.Tensor, chunk_elements: int = 1 << 21
-) -> torch.Tensor:
-    """``model.level_logits(hidden, level).float().log_softmax(-1).gather(1, columns)``, a block of rows at a time.
+def spread_columns(log_probs: torch.Tensor, columns: torch.Tensor, size: int) -> torch.Tensor:
+    """[R, F] log-probabilities of codes ``columns`` (-1 padded) -> [R, size], -inf at every other code.
 
-    A large level (an item id per code) would otherwise build its whole [BN, K_l] logits and log-softmax, two
-    tensors of hundreds of MB, for the F columns each row keeps; blocks of about ``chunk_elements`` logits stay in
-    cache and are freed at once. Each row is computed as in the whole tensor, so the values are the same.
-
-    Args:
-        model (OneRecModel): the generator.
-        hidden (torch.Tensor): [BN, D] decoder states.
-        level (int): the code level.
-        columns (torch.Tensor): [BN, F] int64 codes to keep per row, each in [0, K_l).
-
-    Returns:
-        torch.Tensor: [BN, F] float32 log-probabilities, normalised over all K_l codes.
+    Example:
+        >>> spread_columns(torch.tensor([[-0.5, -1.0]]), torch.tensor([[2, -1]]), 3).tolist()
+        [[-inf, -inf, -0.5]]
     """
-    rows = max(1, chunk_elements // model.vocab_sizes[level])
-    return torch.cat(
-        [
-            model.level_logits(hidden[start : start + rows], level)
-            .float()
-            .log_softmax(dim=-1)
-            .gather(1, columns[start : start + rows])
-            for start in range(0, hidden.shape[0], rows)
-        ]
-    )
+    out = log_probs.new_full((log_probs.shape[0], size + 1), float("-inf"))  # column ``size`` takes the padding
+    return out.scatter_(1, torch.where(columns >= 0, columns, size), log_probs)[:, :size]
 
 
 def decode_sessions(
@@ -292,6 +275,9 @@ def decode_sessions(
     compact_levels = {
         level for level in range(L) if compact and 2 * prefix_index.fanout(level) <= prefix_index.vocab_sizes[level]
     }
+    # a level scored per prefix (model.item_head=prefix) is normalised over the prefix's codes: it is always
+    # computed on them, and spread over all K_l codes only for processors that read every column
+    column_levels = compact_levels | {level for level in range(L) if model.scores_per_prefix(level)}
     tokens, memory = model.encode(batch.features)
     memory_kv = decoder.project_memory(memory)  # once per user, shared by its beams
     B, _, D = memory.shape
@@ -311,11 +297,13 @@ def decode_sessions(
                 x = embedding.decoder_tokens(embedding.embed_codes(codes[:, : j + 1]))[:, : j * (L + 1) + level + 1]
                 hidden = decoder(x, memory_kv, tokens.mask).hidden[:, -1]
             columns = nodes = None
-            if level in compact_levels:  # the normaliser spans every code; only the valid ones compete
+            if level in column_levels:  # only the valid codes compete (a linear level's normaliser spans all K_l)
                 columns, nodes = prefix_index.children_of(level, prefix_index.prefix_ids(codes[:, j, :level]))
-                log_probs = gathered_log_probs(model, hidden, level, columns.clamp(min=0))  # (BN, F)
+                log_probs = model.level_log_probs(hidden, level, columns)  # (BN, F)
+                if level not in compact_levels:
+                    log_probs, columns, nodes = spread_columns(log_probs, columns, model.vocab_sizes[level]), None, None
             else:
-                log_probs = model.level_logits(hidden, level).float().log_softmax(dim=-1)  # (BN, K_l)
+                log_probs = model.level_log_probs(hidden, level)  # (BN, K_l)
             state = BeamState(codes, items, j, level, N, prefix_index, columns, nodes)
             for processor in processors:
                 log_probs = processor(state, log_probs)

@@ -23,7 +23,7 @@ from typing import Dict, Iterator, Optional, Tuple
 
 import torch
 
-from torchrec_onerec.data.semantic_batch import SemanticIdBatch
+from torchrec_onerec.data.semantic_batch import SemanticIdBatch, sibling_groups
 from torchrec_onerec.generation.beam_search import BeamSearchOutput, history_items
 from torchrec_onerec.models.onerec import OneRecModel
 
@@ -126,8 +126,9 @@ def _next_item_log_probs(
     P = prefixes.shape[0]
     rows = torch.cat([prefixes, torch.zeros(P, 1, dtype=torch.long, device=device)], dim=1)  # the last code unused
     x = model.embedding.decoder_tokens(model.embedding.embed_codes(rows.unsqueeze(1)))[:, :L]  # (P, L', D)
+    last = _LastLevel(model, codes, prefix_of, P)
     # a block holds b P rows of logits (the widest level) and of L' decoder states
-    users_per_block = max(1, chunk_elements // (P * max(max(model.vocab_sizes), L * model.config.d_model)))
+    users_per_block = max(1, chunk_elements // (P * max(last.widest(), L * model.config.d_model)))
     out = []
     for start in range(0, memory.shape[0], users_per_block):
         block = memory[start : start + users_per_block]
@@ -136,11 +137,45 @@ def _next_item_log_probs(
             x.repeat(b, 1, 1), model.decoder.project_memory(block), tokens.mask[start : start + b]
         ).hidden  # (b P, L', D): position l holds level l's distribution on the row's path
         total = torch.zeros(b, num_items, device=device)
-        for level in range(L):
-            log_probs = model.level_logits(hidden[:, level], level).float().log_softmax(dim=-1)  # (b P, K_l)
+        for level in range(L - 1):
+            log_probs = model.level_log_probs(hidden[:, level], level)  # (b P, K_l)
             total += log_probs.view(b, P, -1)[:, prefix_of, codes[:, level]]
+        total += last.log_probs(hidden[:, L - 1], b)
         out.append(total)
     return torch.cat(out)
+
+
+class _LastLevel:
+    """The last level of ``next_item_log_probs``: every item's log-probability given its own (L'-1)-code prefix,
+    from the decoder states of the P distinct prefixes (``prefix_of`` [I] numbers each item's).
+
+    A level scored per prefix (``model.item_head=prefix``) is scored over each prefix's codes, whose output rows
+    are looked up here once for every block of users (a fixed number of table lookups per batch, which a model
+    with sharded tables needs: its lookups are collectives)."""
+
+    def __init__(self, model: OneRecModel, codes: torch.Tensor, prefix_of: torch.Tensor, P: int) -> None:
+        self.model, self.level, self.P = model, codes.shape[1] - 1, P
+        self.prefix_of, self.column = prefix_of, codes[:, -1]
+        self.members: Optional[torch.Tensor] = None
+        self.width = model.vocab_sizes[-1]  # the level's logits per prefix row
+        if model.scores_per_prefix(self.level):
+            groups = sibling_groups(torch.stack([prefix_of, codes[:, -1]], dim=1))  # groups numbered as prefix_of
+            self.members, self.column = groups.members, groups.position
+            self.rows = model.embedding.embed_siblings(self.members)  # (P, F, D)
+            self.width = self.members.shape[1]
+
+    def log_probs(self, hidden: torch.Tensor, b: int) -> torch.Tensor:
+        """(b P, D) states of b users' prefix rows -> (b, I) log p(last code | the item's prefix)."""
+        if self.members is None:
+            log_probs = self.model.level_log_probs(hidden, self.level).view(b, self.P, -1)
+        else:  # the P prefixes' rows broadcast over the b users
+            states = hidden.view(b, self.P, -1)
+            log_probs = self.model.level_log_probs(states, self.level, self.members, sibling_rows=self.rows)
+        return log_probs[:, self.prefix_of, self.column]
+
+    def widest(self) -> int:
+        """The most logits a prefix row holds at any level."""
+        return max(self.model.vocab_sizes[:-1] + [self.width])
 
 
 def _next_item_log_probs_tree(
@@ -168,8 +203,9 @@ def _next_item_log_probs_tree(
     # each node's last code, embedded once for every block of users (a fixed number of table lookups per batch,
     # which a model with sharded tables needs: its lookups are collectives)
     last_code = [embedding.embed_codes(nodes[level].unsqueeze(1))[:, 0, level - 1 : level] for level in range(1, L)]
+    last = _LastLevel(model, codes, node_of[L - 1], nodes[L - 1].shape[0])
     widest = max(node.shape[0] for node in nodes)
-    users_per_block = max(1, chunk_elements // (widest * max(max(model.vocab_sizes), model.config.d_model)))
+    users_per_block = max(1, chunk_elements // (widest * max(last.widest(), model.config.d_model)))
     out = []
     for start in range(0, memory.shape[0], users_per_block):
         block = memory[start : start + users_per_block]
@@ -186,8 +222,11 @@ def _next_item_log_probs_tree(
                 step = last_code[level - 1].repeat(b, 1, 1)  # (b P_l, 1, D)
             x = embedding.add_decoder_positions(step, cache.length)
             hidden = decoder(x, memory_kv, mask, cache=cache).hidden[:, -1]  # (b P_l, D)
-            log_probs = model.level_logits(hidden, level).float().log_softmax(dim=-1)  # (b P_l, K_l)
-            total += log_probs.view(b, P, -1)[:, node_of[level], codes[:, level]]
+            if level == L - 1:
+                total += last.log_probs(hidden, b)
+            else:
+                log_probs = model.level_log_probs(hidden, level)  # (b P_l, K_l)
+                total += log_probs.view(b, P, -1)[:, node_of[level], codes[:, level]]
         out.append(total)
     return torch.cat(out)
 

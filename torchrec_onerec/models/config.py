@@ -15,6 +15,9 @@ from torchrec_onerec.modules.embedding import HISTORY_TOKENS, SemanticEmbeddingC
 from torchrec_onerec.modules.transformer import DecoderConfig, EncoderConfig
 
 
+ITEM_HEADS = ("dense", "prefix")
+
+
 @dataclass
 class OneRecModelConfig:
     """Sizes and loss weights of ``OneRecModel``.
@@ -36,6 +39,10 @@ class OneRecModelConfig:
         num_users: rows of the user-id table (a sparse TorchRec feature); 0 = none.
         history_tokens: how the encoder reads a history item: ``codes`` (one token per code level, n L' tokens)
             or ``items`` (the sum of its code tokens, n tokens: L' times shorter attention).
+        item_head: how the last code level (the item id, with ``tokenizer.disambiguation=item``) is scored:
+            ``dense``, a linear layer over all of its codes (a softmax over the catalogue, copied on every rank);
+            ``prefix``, output rows in a sharded TorchRec table, scored and normalised only over the codes under
+            the item's first L'-1 codes (a cluster's items), so nothing grows with the catalogue per step.
     """
 
     d_model: int = 128
@@ -53,20 +60,34 @@ class OneRecModelConfig:
     session_items: int = 5
     num_users: int = 0
     history_tokens: str = "codes"
+    item_head: str = "dense"
 
     def __post_init__(self) -> None:
         if self.moe_aux_weight < 0:
             raise ValueError(f"moe_aux_weight={self.moe_aux_weight} must be >= 0")
         if self.history_tokens not in HISTORY_TOKENS:
             raise ValueError(f"model.history_tokens={self.history_tokens!r} must be one of {list(HISTORY_TOKENS)}")
+        if self.item_head not in ITEM_HEADS:
+            raise ValueError(f"model.item_head={self.item_head!r} must be one of {list(ITEM_HEADS)}")
         self.encoder()  # the sub-configs validate their own fields
         self.decoder()
-        self.embedding([1])
+        self.embedding([1, 1])
+
+    @property
+    def reads_siblings(self) -> bool:
+        """Whether the model's batches carry each target item's siblings (``SemanticIdTransform(siblings=...)``)."""
+        return self.item_head == "prefix"
 
     def embedding(self, vocab_sizes: Sequence[int]) -> SemanticEmbeddingConfig:
         """The token-embedding sub-config for the codebook's per-level sizes K_l."""
         return SemanticEmbeddingConfig(
-            self.d_model, list(vocab_sizes), self.max_history, self.session_items, self.num_users, self.history_tokens
+            self.d_model,
+            list(vocab_sizes),
+            self.max_history,
+            self.session_items,
+            self.num_users,
+            self.history_tokens,
+            item_output=self.item_head == "prefix",
         )
 
     def encoder(self) -> EncoderConfig:

@@ -5,6 +5,14 @@ forcing, causal); the output at [BOS] predicts an item's first code, the output 
 level l + 1, and one linear head per level scores the K_l codes of that level. The loss is the mean
 cross-entropy over every code of every real target item, plus ``moe_aux_weight`` times the MoE balance loss.
 
+With ``item_head="prefix"`` the last level (the item id) has no linear head: its output rows are the
+``item_output`` table of the EmbeddingCollection (sharded like the others), and it is scored only over the
+last-level codes that share the first L'-1 codes (the item's siblings: a cluster's items), its softmax
+normalised over them. p(item) = p(c_1 .. c_{L'-1}) p(item | c_1 .. c_{L'-1}) is then a proper distribution over
+the catalogue, and neither training nor a generation step builds anything of the catalogue's size. Training
+reads each target's siblings from the batch (``SemanticIdBatch.target_siblings``), so the collection is still
+called once per forward.
+
 The forward is fx-traceable (no data-dependent Python; the MoE dispatch is an ``fx.wrap`` leaf) and calls the
 TorchRec ``EmbeddingCollection`` once, on ``batch.features``, so ``TrainPipelineSparseDist`` can pipeline it.
 ``OneRecTrainModule`` gives the ``(loss, (loss, logits, labels))`` contract of TorchRec's train pipelines.
@@ -15,7 +23,7 @@ E experts, N sessions per user, M session items.
 
 from __future__ import annotations
 
-from typing import Dict, NamedTuple, Optional, Sequence, Tuple, cast
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +35,7 @@ from torchrec_onerec.models.config import OneRecModelConfig
 from torchrec_onerec.modules.embedding import EncoderTokens, SemanticTokenEmbedding
 from torchrec_onerec.modules.moe import MoEFeedForward
 from torchrec_onerec.modules.transformer import DecoderBlock, TransformerDecoder, TransformerEncoder
+from torchrec_onerec.tokenizer.prefix_index import PrefixIndex
 
 
 class OneRecOutput(NamedTuple):
@@ -34,8 +43,11 @@ class OneRecOutput(NamedTuple):
 
     Args:
         loss (torch.Tensor): [] ntp_loss + moe_aux_weight * aux_loss.
-        logits (torch.Tensor): [B, M, L', K_max] code logits, -inf beyond each level's K_l.
-        labels (torch.Tensor): [B, M, L'] target codes, -1 at padding.
+        logits (torch.Tensor): [B, M, L', K_max] code logits, -inf beyond each level's K_l. With
+            ``item_head="prefix"`` the last level's slot f scores the target's f-th sibling
+            (``batch.target_siblings``), and K_max covers the F siblings.
+        labels (torch.Tensor): [B, M, L'] target codes, -1 at padding (with ``item_head="prefix"`` the last
+            level's label is the target's position among its siblings).
         ntp_loss (torch.Tensor): [] mean cross-entropy over the real target codes.
         aux_loss (torch.Tensor): [] MoE balance loss, mean over decoder layers.
         expert_load (torch.Tensor): [decoder layers, E] share of token assignments per expert.
@@ -73,12 +85,66 @@ class OneRecModel(nn.Module):
         self.embedding = SemanticTokenEmbedding(config.embedding(self.vocab_sizes), device=device)
         self.encoder = TransformerEncoder(config.encoder(), device=device)
         self.decoder = TransformerDecoder(config.decoder(), device=device)
-        self.heads = nn.ModuleList(nn.Linear(config.d_model, size, device=device) for size in self.vocab_sizes)
+        dense_levels = self.vocab_sizes[:-1] if config.item_head == "prefix" else self.vocab_sizes
+        self.heads = nn.ModuleList(nn.Linear(config.d_model, size, device=device) for size in dense_levels)
 
     @property
     def num_levels(self) -> int:
         """L'."""
         return len(self.vocab_sizes)
+
+    def scores_per_prefix(self, level: int) -> bool:
+        """Whether ``level`` is scored only over the codes under its prefix (the last level, ``item_head=prefix``)."""
+        return self.config.item_head == "prefix" and level == self.num_levels - 1
+
+    def level_log_probs(
+        self,
+        hidden: torch.Tensor,
+        level: int,
+        columns: Optional[torch.Tensor] = None,
+        *,
+        sibling_rows: Optional[torch.Tensor] = None,
+        chunk_elements: int = 1 << 21,
+    ) -> torch.Tensor:
+        """Log-probabilities of level ``level``'s codes from decoder states.
+
+        Args:
+            hidden (torch.Tensor): [R, D] decoder states (for the prefix-scored level, leading dimensions that
+                broadcast against ``columns`` and ``sibling_rows``: [b, R, D] states over [R, F] columns).
+            level (int): the code level.
+            columns (torch.Tensor | None): [R, F] int64 codes to score per row, -1 at padding (-inf there). A
+                linear level normalises over all its K_l codes and returns these columns, a block of rows at a
+                time (no [R, K_l] tensor held); the prefix-scored level normalises over them (a row's columns must
+                then be every code under its prefix, ``PrefixIndex.children_of``) and needs them. None: all
+                K_l codes of a linear level.
+            sibling_rows (torch.Tensor | None): [R, F, D] the columns' ``item_output`` rows, when already looked up.
+            chunk_elements (int): about how many logits one block of a linear level holds.
+
+        Returns:
+            torch.Tensor: [R, F] (or [R, K_l]) float32.
+        """
+        if self.scores_per_prefix(level):
+            if columns is None:
+                raise ValueError(
+                    f"level {level} is scored per prefix (model.item_head=prefix): pass columns, the codes under "
+                    "each row's prefix"
+                )
+            rows = self.embedding.embed_siblings(columns) if sibling_rows is None else sibling_rows
+            log_probs = _sibling_logits(hidden, columns, rows).log_softmax(dim=-1)
+            return log_probs.masked_fill(columns < 0, float("-inf"))
+        if columns is None:
+            return self.heads[level](hidden).float().log_softmax(dim=-1)
+        step = max(1, chunk_elements // self.vocab_sizes[level])
+        picked = torch.cat(
+            [
+                self.heads[level](hidden[start : start + step])
+                .float()
+                .log_softmax(dim=-1)
+                .gather(1, columns[start : start + step].clamp(min=0))
+                for start in range(0, hidden.shape[0], step)
+            ]
+        )
+        return picked.masked_fill(columns < 0, float("-inf"))
 
     def encode(self, features: KeyedJaggedTensor) -> Tuple[EncoderTokens, torch.Tensor]:
         """Embed the feature KJT (one EmbeddingCollection call) and encode the history.
@@ -94,26 +160,32 @@ class OneRecModel(nn.Module):
         return tokens, self.encoder(tokens.tokens, tokens.mask)
 
     def level_logits(self, hidden: torch.Tensor, level: int) -> torch.Tensor:
-        """Scores of the K_level codes of ``level`` from decoder states [..., D] -> [..., K_level]."""
+        """Scores of the K_level codes of a linear ``level`` from decoder states [..., D] -> [..., K_level]."""
         return self.heads[level](hidden)
 
-    def code_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+    def code_logits(
+        self, hidden: torch.Tensor, siblings: Optional[torch.Tensor] = None, sibling_rows: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         """Per-level logits of a whole teacher-forced session.
 
         Args:
             hidden (torch.Tensor): [B, M (L' + 1), D] decoder output over [BOS] c_1 .. c_L' per item.
+            siblings (torch.Tensor | None): [B, M, F] each item's siblings (``item_head=prefix`` only).
+            sibling_rows (torch.Tensor | None): [B, M, F, D] their ``item_output`` rows.
 
         Returns:
-            torch.Tensor: [B, M, L', K_max]; level l's slot k >= K_l is -inf.
+            torch.Tensor: [B, M, L', K_max]; level l's slot k >= K_l is -inf (for the prefix-scored level:
+            slot f scores sibling f, -inf past the siblings).
         """
         B, T, D = hidden.shape
-        L, K = self.num_levels, max(self.vocab_sizes)
+        L = self.num_levels
         per_item = hidden.view(B, T // (L + 1), L + 1, D)  # (B, M, L'+1, D): slot l predicts level l
-        logits = [
-            F.pad(self.heads[level](per_item[:, :, level]), (0, K - size), value=float("-inf"))
-            for level, size in enumerate(self.vocab_sizes)
-        ]  # each (B, M, K_max)
-        return torch.stack(logits, dim=2)
+        logits = [self.heads[level](per_item[:, :, level]) for level in range(len(self.heads))]
+        if self.config.item_head == "prefix":
+            if siblings is None or sibling_rows is None:
+                raise ValueError("model.item_head=prefix scores the item level over siblings: pass both")
+            logits.append(_sibling_logits(per_item[:, :, L - 1], siblings, sibling_rows).to(logits[0].dtype))
+        return stack_levels(logits)
 
     def forward(self, batch: SemanticIdBatch, item_weights: Optional[torch.Tensor] = None) -> OneRecOutput:
         """Teacher-forced session NTP loss.
@@ -133,8 +205,13 @@ class OneRecModel(nn.Module):
         x = self.embedding.decoder_tokens(tokens.targets)  # (B, M (L'+1), D)
         token_mask = batch.target_mask.unsqueeze(2).expand(B, M, L + 1).reshape(B, M * (L + 1))
         decoded = self.decoder(x, self.decoder.project_memory(memory), tokens.mask, token_mask)
-        logits = self.code_logits(decoded.hidden)
         labels = batch.target_codes
+        if self.config.item_head == "prefix":
+            siblings = batch.target_siblings
+            logits = self.code_logits(decoded.hidden, siblings, place_siblings(tokens.siblings, siblings))
+            labels = torch.cat([labels[..., :-1], sibling_positions(siblings, labels[..., -1])], dim=-1)
+        else:
+            logits = self.code_logits(decoded.hidden)
         if item_weights is None:
             ntp_loss = F.cross_entropy(logits.reshape(B * M * L, -1).float(), labels.reshape(-1), ignore_index=-1)
         else:
@@ -146,13 +223,17 @@ class OneRecModel(nn.Module):
         loss = ntp_loss + self.config.moe_aux_weight * decoded.aux_loss
         return OneRecOutput(loss, logits, labels, ntp_loss, decoded.aux_loss, decoded.expert_load)
 
-    def log_prob(self, batch: SemanticIdBatch, sessions: torch.Tensor) -> torch.Tensor:
+    def log_prob(
+        self, batch: SemanticIdBatch, sessions: torch.Tensor, *, prefix_index: Optional[PrefixIndex] = None
+    ) -> torch.Tensor:
         """Log-probability of given sessions: the sum of their code log-probabilities (for DPO).
 
         Args:
             batch (SemanticIdBatch): the users (only ``features`` is read).
             sessions (torch.Tensor): [B, N, M', L'] int64 code tuples (M' <= M items, -1 at trailing padding
                 items, which add nothing).
+            prefix_index (PrefixIndex | None): the codebook's index, which gives each item's siblings; needed
+                with ``item_head="prefix"`` only.
 
         Returns:
             torch.Tensor: [B, N] sum over the real items' codes of log p(code | history, earlier codes).
@@ -162,9 +243,61 @@ class OneRecModel(nn.Module):
         flat = sessions.reshape(B * N, M, L)  # a user's N sessions are adjacent rows (they share its memory K/V)
         x = self.embedding.decoder_tokens(self.embedding.embed_codes(flat))  # (B N, M (L'+1), D)
         decoded = self.decoder(x, self.decoder.project_memory(memory), tokens.mask)
-        log_probs = self.code_logits(decoded.hidden).float().log_softmax(dim=-1)  # (B N, M, L', K_max)
-        picked = log_probs.gather(-1, flat.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (B N, M, L')
+        labels = flat
+        if self.config.item_head == "prefix":
+            if prefix_index is None:
+                raise ValueError("log_prob of a model with item_head=prefix needs prefix_index (its siblings)")
+            parents = prefix_index.prefix_ids(flat[..., : L - 1].reshape(B * N * M, L - 1).to(prefix_index.device))
+            siblings = prefix_index.children_of(L - 1, parents)[0].to(flat.device).view(B * N, M, -1)
+            rows = self.embedding.embed_siblings(siblings.view(B * N * M, -1)).view(*siblings.shape, -1)
+            logits = self.code_logits(decoded.hidden, siblings, rows)
+            labels = torch.cat([flat[..., :-1], sibling_positions(siblings, flat[..., -1])], dim=-1)
+        else:
+            logits = self.code_logits(decoded.hidden)
+        log_probs = logits.float().log_softmax(dim=-1)  # (B N, M, L', K_max)
+        picked = log_probs.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (B N, M, L')
         return picked.masked_fill(flat < 0, 0.0).sum(dim=(1, 2)).view(B, N)
+
+
+@torch.fx.wrap
+def stack_levels(logits: List[torch.Tensor]) -> torch.Tensor:
+    """Per-level logits [B, M, K_l] -> [B, M, L', K_max], -inf past each level's K_l (an fx leaf: the widths may
+    be the batch's)."""
+    K = max(level.shape[-1] for level in logits)
+    return torch.stack([F.pad(level, (0, K - level.shape[-1]), value=float("-inf")) for level in logits], dim=2)
+
+
+@torch.fx.wrap
+def place_siblings(rows: Optional[torch.Tensor], siblings: torch.Tensor) -> torch.Tensor:
+    """The batch's sibling rows [S, D] (F per real target item, in target order) -> [B, M, F, D], zeros at
+    padding items (an fx leaf: the shapes are the batch's)."""
+    if rows is None:
+        raise ValueError("the batch carries no sibling rows; build it with SemanticIdTransform(siblings=True)")
+    B, M, F = siblings.shape
+    out = rows.new_zeros(B, M, F, rows.shape[-1])
+    out[(siblings >= 0).any(dim=-1)] = rows.view(-1, F, rows.shape[-1])  # a real item is its own sibling
+    return out
+
+
+def _sibling_logits(hidden: torch.Tensor, siblings: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Scores of each row's siblings: hidden [..., D] . rows [..., F, D] -> [..., F] float32; -inf at padding
+    siblings, except in rows with no sibling at all (padding items), which stay finite so that no NaN reaches a
+    log-softmax or its gradient."""
+    logits = (rows @ hidden.unsqueeze(-1)).squeeze(-1).float()
+    pad = siblings < 0
+    return logits.masked_fill(pad & ~pad.all(dim=-1, keepdim=True), float("-inf"))
+
+
+def sibling_positions(siblings: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """Where each code sits among its siblings: siblings [..., F], codes [...] -> [..., 1] int64 (-1 for a code
+    absent from its row, such as padding).
+
+    Example:
+        >>> sibling_positions(torch.tensor([[3, 4, -1], [2, 5, 7]]), torch.tensor([4, -1])).tolist()
+        [[1], [-1]]
+    """
+    hit = (siblings == codes.unsqueeze(-1)) & (codes.unsqueeze(-1) >= 0)
+    return torch.where(hit.any(dim=-1), hit.int().argmax(dim=-1), -1).unsqueeze(-1)
 
 
 class OneRecTrainModule(nn.Module):

@@ -18,7 +18,7 @@ import torch
 
 from torchrec_onerec.data.batch import collate_samples
 from torchrec_onerec.data.samples import Sample
-from torchrec_onerec.data.semantic_batch import SemanticIdBatch, to_semantic_batch
+from torchrec_onerec.data.semantic_batch import SemanticIdBatch, sibling_groups, to_semantic_batch
 from torchrec_onerec.models.cascade import CascadeRecommender
 from torchrec_onerec.models.cascade_config import CascadeConfig, RankerConfig, RetrievalConfig
 from torchrec_onerec.models.ranker import MultiTaskRanker
@@ -56,7 +56,14 @@ def random_codes(num_items: int, codebook_sizes: Sequence[int], *, seed: int = 0
 
 
 def random_batch(
-    codes: torch.Tensor, batch_size: int, *, max_history: int, session_items: int, num_users: int = 1000, seed: int = 0
+    codes: torch.Tensor,
+    batch_size: int,
+    *,
+    max_history: int,
+    session_items: int,
+    num_users: int = 1000,
+    seed: int = 0,
+    siblings: bool = False,
 ) -> SemanticIdBatch:
     """A semantic batch of random users with random histories (0 .. n items) and sessions (1 .. M items).
 
@@ -67,6 +74,7 @@ def random_batch(
         session_items (int): M; each target session has 1 .. M distinct items, padded with -1.
         num_users (int): user ids are drawn from [0, num_users).
         seed (int): the random seed.
+        siblings (bool): carry each target item's siblings (for a model with ``item_head="prefix"``).
 
     Returns:
         SemanticIdBatch: B samples with one label signal.
@@ -87,7 +95,7 @@ def random_batch(
         target[:size] = rng.choice(num_items, size=size, replace=False)
         labels = (target[:, None] >= 0).astype(np.float32)
         samples.append(Sample(int(rng.integers(num_users)), history.astype(np.int64), target, labels))
-    return to_semantic_batch(collate_samples(samples), codes)
+    return to_semantic_batch(collate_samples(samples), codes, siblings=sibling_groups(codes) if siblings else None)
 
 
 def tiny_cascade(

@@ -4,9 +4,11 @@ position, level and special-token embeddings.
 Tables: one ``torchrec.EmbeddingCollection`` with a table ``code_l`` per code level (K_l rows, D columns),
 shared by the history feature ``history_code_l`` and the target feature ``target_code_l``; with
 ``num_users > 0`` a ``user_id`` table joins the same collection (all tables of one collection share D), so
-DistributedModelParallel shards them all. The collection is called exactly once per training forward, on the
-batch's feature KJT (the keys of ``torchrec_onerec.data.semantic_batch``), which is what
-``TrainPipelineSparseDist`` needs to pipeline its input_dist.
+DistributedModelParallel shards them all. A model whose item level is scored per prefix (``item_output``) adds
+a table ``item_output`` (K_L' rows: an output row per last-level code, read by the feature ``target_siblings``),
+so the item level's output weights are sharded like the rest. The collection is called exactly once per
+training forward, on the batch's feature KJT (the keys of ``torchrec_onerec.data.semantic_batch``), which is
+what ``TrainPipelineSparseDist`` needs to pipeline its input_dist.
 
 Encoder tokens: [context] then the n history items oldest to newest, each as its L' code tokens
 (item-major: item 0 level 0, item 0 level 1, ...). A history token is
@@ -33,7 +35,12 @@ from torchrec.modules.embedding_modules import EmbeddingCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec_onerec.data.batch import USER_KEY
-from torchrec_onerec.data.semantic_batch import history_code_key, semantic_feature_keys, target_code_key
+from torchrec_onerec.data.semantic_batch import (
+    SIBLINGS_KEY,
+    history_code_key,
+    semantic_feature_keys,
+    target_code_key,
+)
 
 INIT_STD = 0.02
 HISTORY_TOKENS = ("codes", "items")
@@ -52,6 +59,7 @@ class SemanticEmbeddingConfig:
         num_users: rows of the user-id table; 0 = no user feature.
         history_tokens: ``codes`` (one encoder token per code of each history item, n L' in all) or ``items``
             (one token per history item: the sum of its code tokens, n in all).
+        item_output: add the ``item_output`` table, the last level's output rows (``model.item_head=prefix``).
     """
 
     d_model: int
@@ -60,6 +68,7 @@ class SemanticEmbeddingConfig:
     session_items: int = 5
     num_users: int = 0
     history_tokens: str = "codes"
+    item_output: bool = False
 
     def __post_init__(self) -> None:
         if self.d_model < 1:
@@ -75,6 +84,11 @@ class SemanticEmbeddingConfig:
             raise ValueError(f"num_users={self.num_users} must be >= 0 (0 = no user feature)")
         if self.history_tokens not in HISTORY_TOKENS:
             raise ValueError(f"history_tokens={self.history_tokens!r} must be one of {list(HISTORY_TOKENS)}")
+        if self.item_output and len(self.vocab_sizes) < 2:
+            raise ValueError(
+                f"item_output needs at least two code levels (the prefix, then the item level), got vocab_sizes="
+                f"{list(self.vocab_sizes)}"
+            )
 
     @property
     def num_levels(self) -> int:
@@ -90,11 +104,14 @@ class EncoderTokens(NamedTuple):
             ``codes``) or 1 + n (``items``).
         mask (torch.Tensor): [B, T] bool, False at padding.
         targets (torch.Tensor): [B, M, L', D] code embeddings of the target items (zeros at padding).
+        siblings (torch.Tensor | None): [S, D] output rows of the target items' siblings, F per real target item
+            in target order (``item_output`` only, else None).
     """
 
     tokens: torch.Tensor
     mask: torch.Tensor
     targets: torch.Tensor
+    siblings: Optional[torch.Tensor]
 
 
 class SemanticTokenEmbedding(nn.Module):
@@ -134,6 +151,15 @@ class SemanticTokenEmbedding(nn.Module):
                     name=USER_KEY, embedding_dim=D, num_embeddings=config.num_users, feature_names=[USER_KEY]
                 )
             )
+        if config.item_output:
+            tables.append(
+                EmbeddingConfig(
+                    name="item_output",
+                    embedding_dim=D,
+                    num_embeddings=config.vocab_sizes[-1],
+                    feature_names=[SIBLINGS_KEY],
+                )
+            )
         self.ec = EmbeddingCollection(tables=tables, device=device)
         self.recency = nn.Embedding(config.max_history, D, device=device)
         self.level = nn.Embedding(L, D, device=device)
@@ -151,11 +177,12 @@ class SemanticTokenEmbedding(nn.Module):
         """Embed a semantic batch's feature KJT (one EmbeddingCollection call).
 
         Args:
-            features (KeyedJaggedTensor): keys ``semantic_feature_keys(L')``, at most n history items per user.
+            features (KeyedJaggedTensor): keys ``semantic_feature_keys(L', siblings=item_output)``, at most n
+                history items per user.
 
         Returns:
             EncoderTokens: tokens [B, T, D], mask [B, T] (T = 1 + n L', or 1 + n for ``items``), targets
-            [B, M, L', D].
+            [B, M, L', D], siblings [S, D] (``item_output`` only).
         """
         n, M, L = self.config.max_history, self.config.session_items, self.config.num_levels
         embedded = self.ec(features)
@@ -179,7 +206,8 @@ class SemanticTokenEmbedding(nn.Module):
         targets = torch.stack(
             [embedded[target_code_key(level)].to_padded_dense(M) for level in range(L)], dim=2
         )  # (B, M, L', D)
-        return EncoderTokens(tokens, mask, targets)
+        siblings = embedded[SIBLINGS_KEY].values() if self.config.item_output else None
+        return EncoderTokens(tokens, mask, targets, siblings)
 
     def embed_codes(self, codes: torch.Tensor) -> torch.Tensor:
         """Embed dense code tuples through the same tables (sessions for ``log_prob`` and generation).
@@ -193,10 +221,39 @@ class SemanticTokenEmbedding(nn.Module):
         B, M, L = codes.shape
         values = codes.clamp(min=0).permute(2, 0, 1).reshape(-1)  # (L' B M',) level-major, as the KJT keys
         zeros = codes.new_zeros(L * B)
-        lengths = torch.cat([zeros, codes.new_full((L * B,), M), codes.new_zeros(B)])  # history, target, user
-        embedded = self.ec(KeyedJaggedTensor(keys=semantic_feature_keys(L), values=values, lengths=lengths))
+        lengths = [zeros, codes.new_full((L * B,), M), codes.new_zeros(B)]  # history, target, user
+        embedded = self.ec(self._features(values, lengths, codes.new_zeros(B)))
         D = self.config.d_model
         return torch.stack([embedded[target_code_key(level)].values().view(B, M, D) for level in range(L)], dim=2)
+
+    def embed_siblings(self, codes: torch.Tensor) -> torch.Tensor:
+        """Output rows of last-level codes through the ``item_output`` table (generation and ``log_prob``).
+
+        Args:
+            codes (torch.Tensor): [R, F] int64 last-level codes, -1 at padding (read as code 0; mask downstream).
+
+        Returns:
+            torch.Tensor: [R, F, D].
+        """
+        if not self.config.item_output:
+            raise ValueError("embed_siblings needs the item_output table (a model built with model.item_head=prefix)")
+        R, F = codes.shape
+        L = self.config.num_levels
+        none = codes.new_zeros(L * R)
+        embedded = self.ec(
+            self._features(codes.clamp(min=0).reshape(-1), [none, none, codes.new_zeros(R)], codes.new_full((R,), F))
+        )
+        return embedded[SIBLINGS_KEY].values().view(R, F, self.config.d_model)
+
+    def _features(
+        self, values: torch.Tensor, lengths: List[torch.Tensor], sibling_lengths: torch.Tensor
+    ) -> KeyedJaggedTensor:
+        """A feature KJT with every key the collection reads: ``lengths`` for history, target and user, then
+        ``sibling_lengths`` for the siblings key (only with ``item_output``); ``values`` in that key order."""
+        keys = semantic_feature_keys(self.config.num_levels, siblings=self.config.item_output)
+        if self.config.item_output:
+            lengths = lengths + [sibling_lengths]
+        return KeyedJaggedTensor(keys=keys, values=values, lengths=torch.cat(lengths))
 
     def decoder_tokens(self, codes: torch.Tensor, start: int = 0) -> torch.Tensor:
         """The decoder input for code embeddings: [BOS] c_1 .. c_L' per item, plus positions.

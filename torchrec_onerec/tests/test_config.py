@@ -38,6 +38,8 @@ def test_overrides_apply_with_types() -> None:
         ("cascade.ranker.epochs=2", "set cascade.ranker.optim.epochs"),
         ("reward.optim.learning_rate=0", "reward.optim.learning_rate=0.0 must be > 0"),
         ("align.optim.lr_decay=step", "align.optim.lr_decay='step'"),
+        ("model.item_head=prefix", "set tokenizer.disambiguation=item"),
+        ("model.item_head=tree", "model.item_head='tree'"),
     ],
 )
 def test_bad_overrides_name_the_key(override: str, message: str) -> None:

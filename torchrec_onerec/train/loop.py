@@ -157,7 +157,9 @@ class _Run:
                 skipped,
                 ctx.world_size,
             )
-        self.transform = SemanticIdTransform(codes, max_history=model_config.max_history)
+        self.transform = SemanticIdTransform(
+            codes, max_history=model_config.max_history, siblings=model_config.reads_siblings
+        )
         self.signal_weights = self.tc.signal_weights(train.signals)
         self.sizes: Deque[Tuple[int, int]] = collections.deque()  # (samples, tokens) of the batches in flight
         self.totals = [0.0, 0.0, 0.0]  # samples, tokens, seconds of this invocation

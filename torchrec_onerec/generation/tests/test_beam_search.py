@@ -15,7 +15,6 @@ from torchrec_onerec.data.samples import Sample
 from torchrec_onerec.data.semantic_batch import SemanticIdBatch, to_semantic_batch
 from torchrec_onerec.generation.beam_search import (
     constrained_beam_search,
-    gathered_log_probs,
     history_items,
     stable_top,
 )
@@ -202,7 +201,7 @@ def test_ranking_only_a_clusters_items_at_the_item_id_level_gives_the_same_sessi
             assert not set(sum(served, [])) & (set(seen) - {-1})
 
 
-def test_gathered_log_probs_block_by_block_equal_the_whole_level_log_softmax() -> None:
+def test_level_log_probs_of_columns_block_by_block_equal_the_whole_level_log_softmax() -> None:
     torch.manual_seed(3)
     model = OneRecModel(model_size("tiny"), [4, 50]).eval()
     hidden = torch.randn(23, model.config.d_model)
@@ -210,7 +209,7 @@ def test_gathered_log_probs_block_by_block_equal_the_whole_level_log_softmax() -
     whole = model.level_logits(hidden, 1).float().log_softmax(dim=-1).gather(1, columns)
     with torch.no_grad():
         for chunk_elements in (1, 50 * 5, 50 * 23, 1 << 21):  # one row, ragged blocks of 5, one block, default
-            blocks = gathered_log_probs(model, hidden, 1, columns, chunk_elements)
+            blocks = model.level_log_probs(hidden, 1, columns, chunk_elements=chunk_elements)
             torch.testing.assert_close(blocks, whole.detach(), rtol=0.0, atol=1e-6)
 
 
