@@ -15,7 +15,8 @@ Each line: the device, torch threads, model size, beam width, users per search c
 
 The model is random (speed does not depend on the weights); the items are random unique code tuples, or with
 ``--item-leaf`` one balanced level of ``--codebook`` clusters then the item id (``tokenizer.disambiguation=item``,
-the configs' recipe), whose last level has a row per item.
+the configs' recipe), whose last level has a row per item; ``--item-head prefix`` scores that level only over each
+beam's cluster, from a table (``model.item_head=prefix``; the baseline tree always runs the dense head).
 
     nice .venv/bin/python benchmarks/generation.py [--beam-128] [--threads 1] [--users 16]
     nice .venv/bin/python benchmarks/generation.py --item-leaf --items 10000 --codebook 64 --session-items 1 \
@@ -78,10 +79,18 @@ def run(args: argparse.Namespace) -> List[Dict[str, object]]:
     else:
         codes, sizes = random_codes(args.items, [args.codebook] * args.levels, seed=0)
     torch.manual_seed(0)
-    config = model_size(args.size, dropout=0.0, **({"session_items": args.session_items} if args.session_items else {}))
+    extra = {"item_head": args.item_head} if args.item_head != "dense" else {}
+    if args.session_items:
+        extra["session_items"] = args.session_items
+    config = model_size(args.size, dropout=0.0, **extra)
     model = OneRecModel(config, sizes).to(device).eval()
     batch = random_batch(
-        codes, args.users, max_history=config.max_history, session_items=config.session_items, seed=0
+        codes,
+        args.users,
+        max_history=config.max_history,
+        session_items=config.session_items,
+        seed=0,
+        siblings=config.reads_siblings,
     ).to(device)
     index = PrefixIndex(codes, vocab_sizes=sizes, device=device)
     amp = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
@@ -99,6 +108,7 @@ def run(args: argparse.Namespace) -> List[Dict[str, object]]:
         "users": args.users,
         "amp": args.amp,
         "moe_dispatch": args.moe_dispatch,
+        "item_head": args.item_head,
     }
     records: List[Dict[str, object]] = []
     for beam in [args.beam] + ([128] if args.beam_128 else []):
@@ -142,6 +152,9 @@ def main() -> None:
     parser.add_argument("--beam", type=int, default=32, help="beam width")
     parser.add_argument("--beam-128", action="store_true", help="also measure beam 128")
     parser.add_argument("--item-leaf", action="store_true", help="one level of --codebook clusters, then the item id")
+    parser.add_argument(
+        "--item-head", choices=["dense", "prefix"], default="dense", help="how the item level is scored (--item-leaf)"
+    )
     parser.add_argument("--session-items", type=int, default=0, help="M (0: the model size's default)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--users", type=int, default=16, help="users per beam-search call")
@@ -161,6 +174,8 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES), help="what to time")
     parser.add_argument("--baseline-tree", default="", help="also time --modes with this source tree's package")
     args = parser.parse_args()
+    if args.item_head != "dense" and not args.item_leaf:
+        parser.error(f"--item-head {args.item_head} scores an item-id level: add --item-leaf")
     records = run(args)
     if args.baseline_tree:
         print_speedups(records, baseline(args))
@@ -169,8 +184,9 @@ def main() -> None:
 def baseline(args: argparse.Namespace) -> List[Dict[str, object]]:
     """The same measurement with the package of ``args.baseline_tree``, in a subprocess (its JSON lines)."""
     argv = [a for a in sys.argv[1:] if not a.startswith("--baseline-tree")]
-    if args.baseline_tree in argv:
-        argv.remove(args.baseline_tree)
+    for value in (args.baseline_tree, "--item-head", args.item_head):  # older trees know only the dense head
+        if value in argv:
+            argv.remove(value)
     # the tree's package comes before this one's (installed in the environment) on the subprocess's path
     env = {**os.environ, "PYTHONPATH": os.path.abspath(args.baseline_tree)}
     out = subprocess.run([sys.executable, __file__, *argv], env=env, check=True, capture_output=True, text=True)

@@ -129,9 +129,12 @@ class OneRecModel(nn.Module):
                     f"level {level} is scored per prefix (model.item_head=prefix): pass columns, the codes under "
                     "each row's prefix"
                 )
-            rows = self.embedding.embed_siblings(columns) if sibling_rows is None else sibling_rows
-            log_probs = _sibling_logits(hidden, columns, rows).log_softmax(dim=-1)
-            return log_probs.masked_fill(columns < 0, float("-inf"))
+            logits = (
+                _sibling_logits(hidden, columns, sibling_rows)
+                if sibling_rows is not None
+                else self._grouped_sibling_logits(hidden, columns)
+            )
+            return logits.log_softmax(dim=-1).masked_fill(columns < 0, float("-inf"))
         if columns is None:
             return self.heads[level](hidden).float().log_softmax(dim=-1)
         step = max(1, chunk_elements // self.vocab_sizes[level])
@@ -145,6 +148,19 @@ class OneRecModel(nn.Module):
             ]
         )
         return picked.masked_fill(columns < 0, float("-inf"))
+
+    def _grouped_sibling_logits(self, hidden: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+        """``_sibling_logits`` for rows [R, D] over columns [R, F], with each distinct list of columns (a prefix:
+        beams share a few clusters) looked up once and scored as one matrix product, so no [R, F, D] copy of the
+        rows is made. ``_sibling_logits`` over every row's own lookup is the plain reference (tested equal)."""
+        distinct, which = torch.unique(columns, dim=0, return_inverse=True)  # (U, F), (R,)
+        rows = self.embedding.embed_siblings(distinct)  # (U, F, D): one lookup, a collective when sharded
+        logits = hidden.new_empty(columns.shape, dtype=torch.float32)
+        order = torch.argsort(which, stable=True)
+        for group, members in enumerate(order.split(torch.bincount(which, minlength=len(distinct)).tolist())):
+            logits[members] = (hidden[members] @ rows[group].t()).float()
+        pad = columns < 0
+        return logits.masked_fill(pad & ~pad.all(dim=-1, keepdim=True), float("-inf"))
 
     def encode(self, features: KeyedJaggedTensor) -> Tuple[EncoderTokens, torch.Tensor]:
         """Embed the feature KJT (one EmbeddingCollection call) and encode the history.

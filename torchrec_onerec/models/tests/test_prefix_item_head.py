@@ -125,3 +125,15 @@ def test_errors_name_the_setting() -> None:
         model_size("tiny", item_head="items")
     with pytest.raises(ValueError, match="two code levels"):
         OneRecModel(model_size("tiny", item_head="prefix"), [50])
+
+
+def test_grouped_scoring_equals_scoring_each_row_over_its_own_lookup() -> None:
+    codes, index, model, _ = _setup(num_items=40, clusters=4)
+    parents = torch.tensor([0, 2, 2, 3, 0, -1, 1, 2])  # repeated clusters, and a row of no prefix
+    columns = index.children_of(1, parents)[0]
+    hidden = torch.randn(len(parents), model.config.d_model)
+    with torch.no_grad():
+        grouped = model.level_log_probs(hidden, 1, columns)
+        plain = model.level_log_probs(hidden, 1, columns, sibling_rows=model.embedding.embed_siblings(columns))
+    torch.testing.assert_close(grouped, plain)
+    assert torch.isneginf(grouped[5]).all() and torch.isfinite(grouped[0, :10]).all()
