@@ -153,6 +153,7 @@ class OneRecModel(nn.Module):
         """``_sibling_logits`` for rows [R, D] over columns [R, F], with each distinct list of columns (a prefix:
         beams share a few clusters) looked up once and scored as one matrix product, so no [R, F, D] copy of the
         rows is made. ``_sibling_logits`` over every row's own lookup is the plain reference (tested equal)."""
+        hidden = bias_input(hidden)
         distinct, which = torch.unique(columns, dim=0, return_inverse=True)  # (U, F), (R,)
         rows = self.embedding.embed_siblings(distinct)  # (U, F, D): one lookup, a collective when sharded
         logits = hidden.new_empty(columns.shape, dtype=torch.float32)
@@ -295,11 +296,23 @@ def place_siblings(rows: Optional[torch.Tensor], siblings: torch.Tensor) -> torc
     return out
 
 
+def bias_input(hidden: torch.Tensor) -> torch.Tensor:
+    """Decoder states [..., D] as the prefix-scored level reads them: the last coordinate set to 1, so that the last
+    coordinate of each ``item_output`` row is the item's own bias (a popularity prior, as the dense head's bias;
+    the tables of one collection share D, so the bias cannot be a table of its own).
+
+    Example:
+        >>> bias_input(torch.tensor([[0.5, -2.0, 3.0]])).tolist()
+        [[0.5, -2.0, 1.0]]
+    """
+    return F.pad(hidden[..., :-1], (0, 1), value=1.0)
+
+
 def _sibling_logits(hidden: torch.Tensor, siblings: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """Scores of each row's siblings: hidden [..., D] . rows [..., F, D] -> [..., F] float32; -inf at padding
     siblings, except in rows with no sibling at all (padding items), which stay finite so that no NaN reaches a
     log-softmax or its gradient."""
-    logits = (rows @ hidden.unsqueeze(-1)).squeeze(-1).float()
+    logits = (rows @ bias_input(hidden).unsqueeze(-1)).squeeze(-1).float()
     pad = siblings < 0
     return logits.masked_fill(pad & ~pad.all(dim=-1, keepdim=True), float("-inf"))
 

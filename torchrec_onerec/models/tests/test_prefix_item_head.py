@@ -137,3 +137,14 @@ def test_grouped_scoring_equals_scoring_each_row_over_its_own_lookup() -> None:
         plain = model.level_log_probs(hidden, 1, columns, sibling_rows=model.embedding.embed_siblings(columns))
     torch.testing.assert_close(grouped, plain)
     assert torch.isneginf(grouped[5]).all() and torch.isfinite(grouped[0, :10]).all()
+
+
+def test_the_last_coordinate_of_an_output_row_is_the_items_bias() -> None:
+    _, index, model, _ = _setup(num_items=40, clusters=4)
+    columns = index.children_of(1, torch.tensor([2, 2]))[0]  # the 10 items of cluster 2, twice
+    weight = model.embedding.ec.embeddings["item_output"].weight
+    with torch.no_grad():
+        weight[columns[0, 3], -1] = 30.0  # whatever the state, this item takes the cluster's mass
+        hidden = torch.randn(2, model.config.d_model) * torch.tensor([[1.0], [5.0]])
+        log_probs = model.level_log_probs(hidden, 1, columns)
+    assert (log_probs[:, 3] > -1e-6).all()
