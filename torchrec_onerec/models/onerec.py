@@ -176,10 +176,6 @@ class OneRecModel(nn.Module):
         tokens = self.embedding(features)
         return tokens, self.encoder(tokens.tokens, tokens.mask)
 
-    def level_logits(self, hidden: torch.Tensor, level: int) -> torch.Tensor:
-        """Scores of the K_level codes of a linear ``level`` from decoder states [..., D] -> [..., K_level]."""
-        return self.heads[level](hidden)
-
     def code_logits(
         self, hidden: torch.Tensor, siblings: Optional[torch.Tensor] = None, sibling_rows: Optional[torch.Tensor] = None
     ) -> torch.Tensor:

@@ -206,7 +206,7 @@ def test_level_log_probs_of_columns_block_by_block_equal_the_whole_level_log_sof
     model = OneRecModel(model_size("tiny"), [4, 50]).eval()
     hidden = torch.randn(23, model.config.d_model)
     columns = torch.randint(0, 50, (23, 7))
-    whole = model.level_logits(hidden, 1).float().log_softmax(dim=-1).gather(1, columns)
+    whole = model.heads[1](hidden).float().log_softmax(dim=-1).gather(1, columns)
     with torch.no_grad():
         for chunk_elements in (1, 50 * 5, 50 * 23, 1 << 21):  # one row, ragged blocks of 5, one block, default
             blocks = model.level_log_probs(hidden, 1, columns, chunk_elements=chunk_elements)
