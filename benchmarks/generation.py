@@ -26,6 +26,7 @@ beam's cluster, from a table (``model.item_head=prefix``; the baseline tree alwa
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -41,7 +42,16 @@ from torchrec_onerec.generation.beam_search import constrained_beam_search
 from torchrec_onerec.models.config import model_size
 from torchrec_onerec.models.onerec import OneRecModel, count_parameters
 from torchrec_onerec.models.testing import random_batch, random_codes
-from torchrec_onerec.modules.moe import DISPATCH_MODES, forced_dispatch
+
+try:
+    from torchrec_onerec.modules.moe import DISPATCH_MODES, forced_dispatch
+except ImportError:  # a --baseline-tree from before the MoE dispatch choice: its only path is the loop
+    DISPATCH_MODES = {"auto": None, "loop": None}
+
+    def forced_dispatch(mode: object) -> contextlib.AbstractContextManager:  # type: ignore[misc]
+        return contextlib.nullcontext()
+
+
 from torchrec_onerec.tokenizer.prefix_index import PrefixIndex
 
 
@@ -90,7 +100,7 @@ def run(args: argparse.Namespace) -> List[Dict[str, object]]:
         max_history=config.max_history,
         session_items=config.session_items,
         seed=0,
-        siblings=config.reads_siblings,
+        **({"siblings": True} if args.item_head == "prefix" else {}),  # older trees (--baseline-tree) lack it
     ).to(device)
     index = PrefixIndex(codes, vocab_sizes=sizes, device=device)
     amp = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
