@@ -22,12 +22,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from typing import Callable, Dict, List
 
 import torch
 
+from generation import _time as median_seconds  # this folder's generation benchmark, beside this script
 from torchrec_onerec.generation.beam_search import constrained_beam_search
 from torchrec_onerec.models.config import model_size
 from torchrec_onerec.models.onerec import OneRecModel, count_parameters
@@ -38,21 +37,10 @@ from torchrec_onerec.tokenizer.prefix_index import PrefixIndex
 HEADS = ("dense", "prefix")
 
 
-def _median_seconds(fn: Callable[[], object], repeats: int) -> float:
-    """Median wall seconds of ``fn()`` over ``repeats`` calls after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def _measure(fn: Callable[[], object], repeats: int) -> Dict[str, float]:
     """Seconds and the host peak (MiB) of the calls."""
     since_reset = reset_peak_memory()
-    seconds = _median_seconds(fn, repeats)
+    seconds = median_seconds(fn, repeats)
     return {"seconds": round(seconds, 4), "peak_host_mib": float(peak_memory(since_reset)["host_peak_mib"])}
 
 
@@ -71,21 +59,16 @@ def run(args: argparse.Namespace) -> List[Dict[str, object]]:
             config = model_size(args.size, dropout=0.0, session_items=args.session_items, item_head=head)
             torch.manual_seed(0)
             model = OneRecModel(config, sizes)
-            batch = random_batch(
-                codes,
-                args.batch,
-                max_history=config.max_history,
-                session_items=config.session_items,
-                seed=0,
-                siblings=config.reads_siblings,
-            )
-            users = random_batch(
-                codes,
-                args.users,
-                max_history=config.max_history,
-                session_items=config.session_items,
-                seed=1,
-                siblings=config.reads_siblings,
+            batch, users = (
+                random_batch(
+                    codes,
+                    size,
+                    max_history=config.max_history,
+                    session_items=config.session_items,
+                    seed=seed,
+                    siblings=config.reads_siblings,
+                )
+                for seed, size in enumerate((args.batch, args.users))
             )
 
             def train_step() -> None:
