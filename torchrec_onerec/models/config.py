@@ -42,7 +42,7 @@ class OneRecModelConfig:
         item_head: how the last code level (the item id, with ``tokenizer.disambiguation=item``) is scored:
             ``dense``, a linear layer over all of its codes (a softmax over the catalogue, copied on every rank);
             ``prefix``, output rows in a sharded TorchRec table, scored and normalised only over the codes under
-            the item's first L'-1 codes (a cluster's items), so nothing grows with the catalogue per step.
+            the item's first L'-1 codes (a cluster's items), so the item level builds nothing of the catalogue's size.
     """
 
     d_model: int = 128
