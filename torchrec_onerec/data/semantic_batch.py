@@ -14,8 +14,9 @@ always in the order of ``semantic_feature_keys(L')``:
 - ``target_code_l``: lengths = the number of real target items; values = the level-l codes of those items;
 - ``user_id``: one id per sample;
 - ``target_siblings`` (only for a model whose item level is scored per prefix, ``model.item_head=prefix``):
-  for each real target item, the F last-level codes that share its first L'-1 codes (``sibling_groups``),
-  its own among them, -1 padding written as code 0; lengths = F times the number of real target items.
+  the distinct last-level codes that share a real target item's first L'-1 codes (``sibling_groups``), ascending
+  (``batch_siblings``), all on the first sample: each output row is looked up once per batch, however many
+  targets share its cluster.
 
 Shape legend: B batch, M session items, L code levels (L' in the code tensors), S reward signals, I items.
 """
@@ -58,6 +59,17 @@ def semantic_feature_keys(num_levels: int, *, siblings: bool = False) -> List[st
         + [USER_KEY]
         + ([SIBLINGS_KEY] if siblings else [])
     )
+
+
+def batch_siblings(target_siblings: torch.Tensor) -> torch.Tensor:
+    """The distinct codes of a batch's ``target_siblings`` [B, M, F] (-1 padded), ascending: the values of its
+    ``target_siblings`` key, whose rows the model finds again by ``searchsorted``.
+
+    Example:
+        >>> batch_siblings(torch.tensor([[[3, 4, -1], [2, 5, 7]], [[3, 4, -1], [-1, -1, -1]]])).tolist()
+        [2, 3, 4, 5, 7]
+    """
+    return torch.unique(target_siblings[target_siblings >= 0])
 
 
 class SiblingGroups(NamedTuple):
@@ -216,8 +228,9 @@ def to_semantic_batch(
         members = siblings.members.to(batch.target.device)
         target_siblings = members[siblings.group.to(batch.target.device)[batch.target.clamp(min=0)]]  # [B, M, F]
         target_siblings = target_siblings.masked_fill(~batch.target_mask.unsqueeze(-1), PAD_CODE)
-        values.append(members[siblings.group.to(members.device)[target_items]].clamp(min=0).reshape(-1))
-        lengths.append(target_lengths * members.shape[1])
+        distinct = batch_siblings(target_siblings)  # each row once: clusters repeat across a batch's targets
+        values.append(distinct)
+        lengths.append(torch.cat([distinct.new_full((1,), len(distinct)), distinct.new_zeros(B - 1)]))
     target_codes = codes[batch.target.clamp(min=0)]  # [B, M, L']
     target_codes = target_codes.masked_fill(~batch.target_mask.unsqueeze(-1), PAD_CODE)
     return SemanticIdBatch(

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from torchrec_onerec.data.semantic_batch import SemanticIdBatch
+from torchrec_onerec.data.semantic_batch import SemanticIdBatch, batch_siblings
 from torchrec_onerec.models.config import OneRecModelConfig
 from torchrec_onerec.modules.embedding import EncoderTokens, SemanticTokenEmbedding
 from torchrec_onerec.modules.moe import MoEFeedForward
@@ -282,14 +282,16 @@ def stack_levels(logits: List[torch.Tensor]) -> torch.Tensor:
 
 @torch.fx.wrap
 def place_siblings(rows: Optional[torch.Tensor], siblings: torch.Tensor) -> torch.Tensor:
-    """The batch's sibling rows [S, D] (F per real target item, in target order) -> [B, M, F, D], zeros at
-    padding items (an fx leaf: the shapes are the batch's)."""
+    """The batch's distinct sibling rows [U, D] (of ``batch_siblings(siblings)``, ascending codes) -> [B, M, F, D]
+    for siblings [B, M, F]; padding reads an arbitrary row, masked downstream (an fx leaf: the shapes are the
+    batch's)."""
     if rows is None:
         raise ValueError("the batch carries no sibling rows; build it with SemanticIdTransform(siblings=True)")
-    B, M, F = siblings.shape
-    out = rows.new_zeros(B, M, F, rows.shape[-1])
-    out[(siblings >= 0).any(dim=-1)] = rows.view(-1, F, rows.shape[-1])  # a real item is its own sibling
-    return out
+    distinct = batch_siblings(siblings)
+    if len(distinct) == 0:
+        return rows.new_zeros(siblings.shape + (rows.shape[-1],))
+    slots = torch.searchsorted(distinct, siblings.clamp(min=0)).clamp(max=len(distinct) - 1)
+    return rows[slots]
 
 
 def bias_input(hidden: torch.Tensor) -> torch.Tensor:

@@ -104,8 +104,8 @@ class EncoderTokens(NamedTuple):
             ``codes``) or 1 + n (``items``).
         mask (torch.Tensor): [B, T] bool, False at padding.
         targets (torch.Tensor): [B, M, L', D] code embeddings of the target items (zeros at padding).
-        siblings (torch.Tensor | None): [S, D] output rows of the target items' siblings, F per real target item
-            in target order (``item_output`` only, else None).
+        siblings (torch.Tensor | None): [U, D] output rows of the batch's distinct target siblings, in ascending
+            code order (``item_output`` only, else None).
     """
 
     tokens: torch.Tensor
@@ -182,7 +182,7 @@ class SemanticTokenEmbedding(nn.Module):
 
         Returns:
             EncoderTokens: tokens [B, T, D], mask [B, T] (T = 1 + n L', or 1 + n for ``items``), targets
-            [B, M, L', D], siblings [S, D] (``item_output`` only).
+            [B, M, L', D], siblings [U, D] (``item_output`` only).
         """
         n, M, L = self.config.max_history, self.config.session_items, self.config.num_levels
         embedded = self.ec(features)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from torchrec_onerec.alignment.train_step import code_log_probs
-from torchrec_onerec.data.semantic_batch import sibling_groups
+from torchrec_onerec.data.semantic_batch import batch_siblings, sibling_groups
 from torchrec_onerec.generation.beam_search import constrained_beam_search
 from torchrec_onerec.generation.slate import next_item_log_probs
 from torchrec_onerec.models.config import model_size
@@ -60,6 +60,9 @@ def test_the_item_level_has_a_table_and_no_dense_head_of_the_catalogues_size() -
 
 def test_forward_loss_and_log_prob_read_the_same_per_cluster_softmax() -> None:
     codes, index, model, batch = _setup()
+    looked_up = batch.features["target_siblings"].values()  # each cluster's rows once, not once per target
+    assert torch.equal(looked_up, batch_siblings(batch.target_siblings))
+    assert len(looked_up) < int(batch.target_mask.sum()) * batch.target_siblings.shape[-1]
     out = model(batch)
     per_code = code_log_probs(out.logits, out.labels)  # (B, M, L'), 0 at padding
     assert torch.isfinite(out.loss) and torch.isfinite(per_code).all()
