@@ -78,9 +78,8 @@ def generation_stats(
     ):
         if cand.padding:
             if reference is not None:
-                reference.log_prob(
-                    cand.batch, cand.codes, prefix_index=prefix_index
-                )  # the lookups the other ranks make on this batch
+                # the lookups the other ranks make on this batch
+                reference.log_prob(cand.batch, cand.codes, prefix_index=prefix_index)
             continue
         real = cand.real
         users = real.any(axis=1)
@@ -141,6 +140,7 @@ def pair_stats(
     share = rank_rows(len(pairs), size, ctx.rank, ctx.world_size)  # whole batches, as evaluation splits users
     # sharded: every rank runs as many batches as the rank with the most
     batches = lockstep_batches(len(pairs), size, ctx.world_size) if sharded_lockstep(policy) else None
+    siblings = sibling_groups(codes) if policy.config.reads_siblings else None  # once, not per batch
     was_training = policy.training
     policy.eval()
     for start in range(0, size * batches if batches is not None else len(share), size):
@@ -152,7 +152,7 @@ def pair_stats(
             collate_samples(samples, pairs.sample_rows[index]),
             codes,
             max_history=policy.config.max_history,
-            siblings=sibling_groups(codes) if policy.config.reads_siblings else None,
+            siblings=siblings,
         ).to(ctx.device)
         sessions = torch.from_numpy(np.stack([pairs.chosen_codes[index], pairs.rejected_codes[index]], axis=1))
         log_probs = policy.log_prob(batch, sessions.to(ctx.device), prefix_index=prefix_index).float().cpu()  # (P_b, 2)
