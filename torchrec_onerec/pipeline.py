@@ -53,6 +53,9 @@ STAGE_SECTIONS: Dict[str, Tuple[str, ...]] = {stage.name: stage.sections for sta
 STAGE_INPUTS: Dict[str, Tuple[str, ...]] = {stage.name: stage.inputs for stage in STAGE_LIST}
 COLLECTIVE_STAGES = tuple(stage.name for stage in STAGE_LIST if stage.collective)
 RANKER_REWARDS = ("ranker", "mix")  # the align.reward_source values that read the cascade's ranker
+# train keys added after runs existed: they count in a fingerprint only away from their old-behaviour value, so
+# adding one does not redo the stages of an existing run directory
+LATER_KEYS: Dict[str, Dict[str, object]] = {"train": {"random_exposures": "all"}}
 
 
 def stage_inputs(stage: str, config: Optional[OneRecConfig] = None) -> Tuple[str, ...]:
@@ -98,8 +101,12 @@ def stage_fingerprint(config: OneRecConfig, stage: str) -> str:
                 continue
             value = getattr(config, name)
             settings = value if isinstance(value, int) else asdict(value)
-            # the tokenizer's keys added later count only away from their old-behaviour value
-            sections[name] = fingerprint_settings(settings) if name == "tokenizer" else settings
+            # keys added later count only away from their old-behaviour value
+            if name == "tokenizer":
+                settings = fingerprint_settings(settings)
+            elif name in LATER_KEYS:
+                settings = fingerprint_settings(settings, LATER_KEYS[name])
+            sections[name] = settings
         skip_when = STAGE_BY_NAME[earlier].skip_when
         why = skip_when(config) if skip_when is not None else ""
         if why:  # a stage that applies keeps the fingerprint it had before skip_when existed

@@ -19,8 +19,7 @@ What the stages share (config, run directory, data) is ``context.PipelineContext
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, replace
-from pathlib import Path
+from dataclasses import asdict, dataclass
 from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
@@ -29,9 +28,8 @@ from torchrec_onerec.alignment.ipa import align_iteratively
 from torchrec_onerec.arms import arm_file, arm_for, evaluate_arm
 from torchrec_onerec.config import OneRecConfig
 from torchrec_onerec.context import PipelineContext, rank, world_size
+from torchrec_onerec.reward_stage import train_reward_stage
 from torchrec_onerec.data.impression_targets import impression_training_samples
-from torchrec_onerec.data.impressions import impression_samples
-from torchrec_onerec.data.samples import SampleSet
 from torchrec_onerec.data.splits import SplitB
 from torchrec_onerec.datasets.interactions import DataError
 from torchrec_onerec.eval.compare import compare_arms
@@ -43,7 +41,6 @@ from torchrec_onerec.eval.report import (
     training_curves,
     write_comparison_report,
 )
-from torchrec_onerec.eval.reward_auc import evaluate_reward_model
 from torchrec_onerec.eval.reward_estimates import add_reward_estimates
 from torchrec_onerec.eval.simulated import add_true_rewards
 from torchrec_onerec.eval.world_diagnostics import diagnostics_markdown, world_diagnostics
@@ -54,8 +51,6 @@ from torchrec_onerec.tokenizer.tokenize import fit_tokenizer
 from torchrec_onerec.train.cascade_training import train_cascade
 from torchrec_onerec.train.export import load_exported
 from torchrec_onerec.train.loop import train_generative
-from torchrec_onerec.train.reward_io import load_reward_model
-from torchrec_onerec.train.reward_training import train_reward_model
 from torchrec_onerec.train.sasrec_training import train_sasrec
 
 LOG = logging.getLogger("torchrec_onerec")
@@ -109,9 +104,16 @@ def train_stage(ctx: PipelineContext) -> Dict[str, object]:
                 "train.targets='impressions' needs protocol B data (impressions with feedback); "
                 f"split.protocol={cfg.split.protocol!r}: set train.targets=positives"
             )
-        samples, short = impression_training_samples(split, cfg.split, ctx.data.num_users)
+        samples, short, skipped = impression_training_samples(
+            split, cfg.split, ctx.data.num_users, random_exposures=cfg.train.random_exposures
+        )
         LOG.info(
-            "train: %d impression runs as targets (%d dropped: history below split.min_history)", len(samples), short
+            "train: %d impression runs as targets (%d dropped: history below split.min_history; %d unengaged "
+            "random exposures left out, train.random_exposures=%s)",
+            len(samples),
+            short,
+            skipped,
+            cfg.train.random_exposures,
         )
     result = train_generative(
         cfg.model,
@@ -139,73 +141,6 @@ def _unless_feedback(config: OneRecConfig) -> str:
         "protocol A data has no per-impression feedback, so there is no session reward to learn or align to; "
         "use split.protocol=B data (KuaiRand, the synthetic world, a table with feedback columns)"
     )
-
-
-def _window_samples(ctx: PipelineContext, window: str, items_per_sample: int) -> SampleSet:
-    assert isinstance(ctx.split, SplitB)
-    return impression_samples(
-        ctx.split,
-        window,
-        num_users=ctx.data.num_users,
-        items_per_sample=items_per_sample,
-        max_history=ctx.config.split.max_history,
-    )
-
-
-def train_reward_stage(ctx: PipelineContext) -> Dict[str, object]:
-    """Train the session reward model on the training days (every torchrun rank takes part), select it on the
-    validation days and measure its per-tower test AUC (docs/EVAL.md protocol B); artefacts under ``train-reward/``."""
-    cfg = ctx.config
-    m, device = cfg.split.session_items, resolve_device(cfg.device)
-    train, valid, impressions = (
-        _window_samples(ctx, "train", m),
-        _window_samples(ctx, "valid", m),
-        _window_samples(ctx, "train", 1),
-    )
-    folder = ctx.run.path / "train-reward"
-    variants = {cfg.reward.pooling: (cfg.reward, folder)}
-    if cfg.reward.baseline_pooling and cfg.reward.baseline_pooling != cfg.reward.pooling:
-        variants[cfg.reward.baseline_pooling] = (
-            replace(cfg.reward, pooling=cfg.reward.baseline_pooling),
-            folder / "baseline",
-        )
-    summary: Dict[str, object] = {}
-    test: Dict[str, object] = {}
-    for pooling, (reward_config, out_dir) in variants.items():
-        result = train_reward_model(
-            reward_config,
-            train,
-            valid,
-            num_users=ctx.data.num_users,
-            num_items=ctx.data.num_items,
-            out_dir=out_dir,
-            train_config=cfg.train,
-            seed=cfg.seed,
-            device=device,
-            train_impressions=impressions,
-            item_codes=ctx.codebook.codes,
-            progress=rank() == 0,
-        )
-        summary[pooling] = asdict(result)
-        if rank() == 0:
-            model = load_reward_model(
-                Path(result.model_path), num_items=ctx.data.num_items, signals=ctx.split.train.signals, device=device
-            )
-            test[pooling] = evaluate_reward_model(
-                model,
-                _window_samples(ctx, "test", m),
-                _window_samples(ctx, "test", 1),
-                batch_size=cfg.eval.batch_size,
-                device=device,
-            )
-    summary.update(
-        model_path=summary[cfg.reward.pooling]["model_path"],  # type: ignore[index]
-        world_size=summary[cfg.reward.pooling]["world_size"],  # type: ignore[index]
-        test_auc=test,
-    )
-    if rank() == 0:
-        ctx.run.write_json("train-reward/test_auc.json", test)
-    return summary
 
 
 def align_stage(ctx: PipelineContext) -> Dict[str, object]:

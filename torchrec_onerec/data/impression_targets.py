@@ -8,7 +8,9 @@ of a user in time order (stride ``split.train_stride``, m when 0), each with its
 ``train.label_weights`` decides how much a shown-and-clicked item counts against a shown-only one (weight
 ``1 + labels @ weights``). The history of a run is what evaluation reads for a session: the user's positives
 (pre-period, then training-day positives) before the run's first impression, at most n. Runs whose history is
-shorter than ``split.min_history`` are dropped and counted.
+shorter than ``split.min_history`` are dropped and counted. With ``train.random_exposures=engaged`` the
+impressions of a randomly exposing policy (``is_rand``) that got no feedback are left out before the runs are
+formed (counted): what a random policy showed is no example of what to show.
 
 Shape legend: K runs, m target items, S signals, n history items.
 """
@@ -23,18 +25,24 @@ from torchrec_onerec.data.config import SplitConfig
 from torchrec_onerec.data.samples import SampleSet
 from torchrec_onerec.data.sequences import assemble_samples, target_runs, user_offsets
 from torchrec_onerec.data.splits import SplitB
+from torchrec_onerec.train.config import RANDOM_EXPOSURES
 
 
-def impression_training_samples(split: SplitB, config: SplitConfig, num_users: int) -> Tuple[SampleSet, int]:
+def impression_training_samples(
+    split: SplitB, config: SplitConfig, num_users: int, *, random_exposures: str = "all"
+) -> Tuple[SampleSet, int, int]:
     """Training samples over runs of m consecutive training-day impressions (module docstring).
 
     Args:
         split (SplitB): the protocol B split (its ``train`` impression table and ``train_sequences``).
         config (SplitConfig): the split's config (n, m, ``train_stride``, ``min_history``).
         num_users (int): U, the data's user count.
+        random_exposures (str): ``all``, or ``engaged``: leave out the ``is_rand`` impressions without a positive
+            or any feedback signal (``train.random_exposures``).
 
     Returns:
-        (SampleSet of K runs with the training samples' signals, runs dropped for a short history).
+        (SampleSet of K runs with the training samples' signals, runs dropped for a short history, impressions
+        left out as unengaged random exposures).
 
     Example:
         >>> import pandas as pd
@@ -45,12 +53,20 @@ def impression_training_samples(split: SplitB, config: SplitConfig, num_users: i
         ...                       "click": [1, 0, 1, 0, 1], "long_view": [0] * 5, "like": [0] * 5}).astype("int64")
         >>> data = InteractionData("toy", inter, pd.DataFrame({"item_id": np.arange(6)}), np.arange(1), np.arange(6))
         >>> config = SplitConfig(protocol="B", session_items=2, valid_start="1970-01-02", test_start="1970-01-03")
-        >>> samples, short = impression_training_samples(protocol_b_split(data, config), config, 1)
+        >>> samples, short, skipped = impression_training_samples(protocol_b_split(data, config), config, 1)
         >>> [s.history.tolist() for s in samples], samples.target.tolist(), samples.labels[:, :, 1].tolist(), short
         ([[1]], [[3, 4]], [[1.0, 0.0]], 1)
     """
+    if random_exposures not in RANDOM_EXPOSURES:
+        raise ValueError(f"random_exposures={random_exposures!r} must be one of {list(RANDOM_EXPOSURES)}")
     shown = split.impressions["train"]  # (user, time) order
     signals = list(split.train.signals)
+    skipped = 0
+    if random_exposures == "engaged":
+        engaged = shown["positive"].to_numpy(bool) | (shown[signals].to_numpy() > 0).any(axis=1)
+        unengaged_random = shown["is_rand"].to_numpy(bool) & ~engaged
+        skipped = int(unengaged_random.sum())
+        shown = shown[~unengaged_random]
     m, n = config.session_items, config.max_history
     users = shown["user_id"].to_numpy(np.int64)
     items = shown["item_id"].to_numpy(np.int64)
@@ -71,6 +87,7 @@ def impression_training_samples(split: SplitB, config: SplitConfig, num_users: i
     end = seq_off[who] + num_pre[who] + positives_before[at]
     hist_start = np.maximum(seq_off[who], end - n)
     target, run_labels = target_runs(items, labels, at, np.minimum(m, off[who + 1] - at), m)
-    return assemble_samples(
+    samples, short = assemble_samples(
         who, seq_items, hist_start, end - hist_start, target, run_labels, signals, config.min_history
     )
+    return samples, short, skipped

@@ -8,12 +8,17 @@ skipped too. ``impression_samples`` cuts one window's impression table (``SplitB
   chunk of a session may be shorter (padded with -1);
 * target = the chunk's items, labels = their signals (the split's ``labels``), 0 at padding;
 * history = the user's n most recent positives before the chunk's first impression: pre-period items, then
-  positives of earlier windows and of earlier rows of this window, as ``SplitB`` builds evaluation histories.
+  positives of earlier windows and of earlier rows of this window, as ``SplitB`` builds evaluation histories;
+* ``randomised`` keeps only the chunks a randomly exposing policy showed (every impression ``is_rand``: KuaiRand's
+  random log, the synthetic world's randomised sessions), or only the others. A reward model scores sessions no
+  logging policy chose; the randomised ones are the logged sessions most like them.
 
 Shape legend: N samples, M = ``items_per_sample``, S signals.
 """
 
 from __future__ import annotations
+
+from typing import Optional, Tuple
 
 import numpy as np
 import pandas as pd
@@ -46,8 +51,49 @@ def _positive_sequences(split: SplitB, num_users: int) -> tuple[np.ndarray, np.n
     return np.concatenate(items)[order], offsets, num_pre
 
 
+def _chunks(frame: pd.DataFrame, items_per_sample: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each session of an impression table cut into chunks of ``items_per_sample`` rows: (first row [N], rows
+    [N, M] (0 at padding), real [N, M] bool)."""
+    session = frame["session_id"].to_numpy(np.int64)
+    new_session = np.ones(len(frame), bool)
+    new_session[1:] = session[1:] != session[:-1]
+    session_start = np.maximum.accumulate(np.where(new_session, np.arange(len(frame)), 0))
+    rank = np.arange(len(frame)) - session_start
+    starts = np.flatnonzero(rank % items_per_sample == 0)
+    session_end = np.concatenate([np.flatnonzero(new_session)[1:], [len(frame)]])
+    end_of = session_end[np.cumsum(new_session) - 1]  # one past the last row of each row's session
+    lengths = np.minimum(items_per_sample, end_of[starts] - starts)
+    cols = np.arange(items_per_sample)
+    real = cols < lengths[:, None]
+    idx = np.where(real, starts[:, None] + cols, 0)
+    return starts, idx, real
+
+
+def randomised_chunks(split: SplitB, window: str, *, items_per_sample: int) -> np.ndarray:
+    """[N] bool, in ``impression_samples``' order: True for a chunk whose impressions a randomly exposing policy
+    showed (all ``is_rand``); all False when the window has no ``is_rand`` column.
+
+    Example:
+        >>> frame = pd.DataFrame({"session_id": [0, 0, 0, 1], "is_rand": [1, 1, 0, 1]})
+        >>> split = SplitB(None, None, None, {"valid": frame}, {}, {}, None)
+        >>> randomised_chunks(split, "valid", items_per_sample=2).tolist()
+        [True, False, True]
+    """
+    frame = split.impressions[window]
+    if "is_rand" not in frame.columns:
+        return np.zeros(len(_chunks(frame, items_per_sample)[0]), bool)
+    _, idx, real = _chunks(frame, items_per_sample)
+    return np.asarray(np.where(real, frame["is_rand"].to_numpy(bool)[idx], True).all(axis=1))
+
+
 def impression_samples(
-    split: SplitB, window: str, *, num_users: int, items_per_sample: int, max_history: int
+    split: SplitB,
+    window: str,
+    *,
+    num_users: int,
+    items_per_sample: int,
+    max_history: int,
+    randomised: Optional[bool] = None,
 ) -> SampleSet:
     """Chunks of ``items_per_sample`` impressions of one window, each with the user's positive history.
 
@@ -57,6 +103,8 @@ def impression_samples(
         num_users (int): the data set's number of users (ids lie in [0, num_users)).
         items_per_sample (int): M, impressions per sample (1: one sample per impression).
         max_history (int): n, the most recent positives kept as history.
+        randomised (bool | None): None keeps every chunk; True only those whose impressions are all ``is_rand``
+            (none when the window has no ``is_rand`` column); False the rest.
 
     Returns:
         SampleSet: N samples, target [N, M] (-1 padded), labels [N, M, S] with the split's signals, users in
@@ -97,18 +145,7 @@ def impression_samples(
     cum = np.concatenate([[0], np.cumsum(positive)])
     first_row = np.searchsorted(users, users, side="left")
     in_window_before = cum[np.arange(len(frame))] - cum[first_row]
-    session = frame["session_id"].to_numpy(np.int64)
-    new_session = np.ones(len(frame), bool)
-    new_session[1:] = session[1:] != session[:-1]
-    session_start = np.maximum.accumulate(np.where(new_session, np.arange(len(frame)), 0))
-    rank = np.arange(len(frame)) - session_start
-    starts = np.flatnonzero(rank % items_per_sample == 0)
-    session_end = np.concatenate([np.flatnonzero(new_session)[1:], [len(frame)]])
-    end_of = session_end[np.cumsum(new_session) - 1]  # one past the last row of each row's session
-    lengths = np.minimum(items_per_sample, end_of[starts] - starts)
-    cols = np.arange(items_per_sample)
-    real = cols < lengths[:, None]
-    idx = np.where(real, starts[:, None] + cols, 0)
+    starts, idx, real = _chunks(frame, items_per_sample)
     item_ids = frame["item_id"].to_numpy(np.int64)
     label_values = frame[signals].to_numpy(np.float32) if signals else np.zeros((len(frame), 0), np.float32)
     target = np.where(real, item_ids[idx], PAD_ITEM)
@@ -117,4 +154,8 @@ def impression_samples(
     end = seq_offsets[who] + num_pre[who] + earlier_windows[who] + in_window_before[starts]
     hist_start = np.maximum(seq_offsets[who], end - max_history)
     values, offsets = take_slices(seq_items, hist_start, end - hist_start)
-    return SampleSet(who, values, offsets, target, labels, signals)
+    samples = SampleSet(who, values, offsets, target, labels, signals)
+    if randomised is None:
+        return samples
+    flags = randomised_chunks(split, window, items_per_sample=items_per_sample)
+    return samples.subset(np.flatnonzero(flags == randomised))

@@ -335,6 +335,10 @@ def protocol_b_split(data: InteractionData, config: SplitConfig) -> SplitB:
         "window": window[order],
         "positive": positive[order],
         "labels": row_labels[order],
+        # a randomly exposing policy's impression (KuaiRand's random log, the synthetic world's is_rand sessions)
+        "is_rand": (inter["is_rand"].to_numpy() == 1)[order]
+        if "is_rand" in inter.columns
+        else np.zeros(len(order), bool),
     }
     for name, count in (("train", rows["window"] == 0), ("test", rows["window"] == 2)):
         if not count.any():
@@ -415,6 +419,7 @@ def protocol_b_split(data: InteractionData, config: SplitConfig) -> SplitB:
                 "day": part["day"],
                 "session_id": np.cumsum(new) - 1,
                 "positive": part["positive"],
+                "is_rand": part["is_rand"],
                 **{s: part["labels"][:, j] for j, s in enumerate(signals)},
             }
         )

@@ -225,7 +225,7 @@ def stage_sections(run: Path) -> Dict[str, str]:
     reward = run / "train-reward/test_auc.json"
     if reward.is_file():
         test = json.loads(reward.read_text())
-        signals = [k for k in next(iter(test.values())) if k != "all"]
+        signals = [k for k in next(iter(test.values())) if k not in ("all", "randomised")]
         rows = [
             [
                 f"{pooling} / {signal}",
@@ -236,11 +236,24 @@ def stage_sections(run: Path) -> Dict[str, str]:
             for pooling, v in test.items()
             for signal in [*signals, "all"]
         ]
+        rows += [  # the sessions a randomly exposing policy showed: the logged ones most like another policy's
+            [
+                f"{pooling} / all, randomised sessions",
+                v["randomised"]["all"]["session_auc_same_length"],
+                v["randomised"]["all"]["session_auc"],
+                v["randomised"]["all"]["impression_auc"],
+            ]
+            for pooling, v in test.items()
+            if "randomised" in v
+        ]
         sections["Session reward model (test days)"] = (
             "AUC per tower on the test days. Session level: a session's label is 1 when any of its items has the "
             "signal; the same-length column compares only sessions with the same number of items (the plain "
             "session AUC mostly measures session length). Impression level: every impression scored as a one-item "
-            "session. The first pooling is the configured model, the second its baseline (`reward.baseline_pooling`)."
+            "session. The first pooling is the configured model, the second its baseline (`reward.baseline_pooling`). "
+            "Where the data marks randomly exposed impressions (`is_rand`), the `all, randomised sessions` rows give "
+            "the means over those sessions alone: the logged sessions most like the ones the model scores when it "
+            "chooses and aligns (sessions no logging policy chose)."
             "\n\n" + _table(rows, ["pooling / tower", "session AUC (same length)", "session AUC", "impression AUC"])
         )
     cascade = run / "cascade/summary.json"

@@ -110,9 +110,9 @@ class TokenizerConfig:
 LATER_KEYS: Dict[str, object] = {"balanced_swap_refine": False}
 
 
-def fingerprint_settings(settings: Any) -> Any:
-    """``settings`` (a tokenizer section as a dict) without the ``LATER_KEYS`` that hold their old-behaviour value
-    (anything but a dict comes back as it is).
+def fingerprint_settings(settings: Any, later_keys: Optional[Dict[str, object]] = None) -> Any:
+    """``settings`` (a config section as a dict) without the keys of ``later_keys`` (the tokenizer's
+    ``LATER_KEYS`` when None) that hold their old-behaviour value (anything but a dict comes back as it is).
 
     Example:
         >>> fingerprint_settings({"max_iter": 30, "balanced_swap_refine": False})
@@ -122,4 +122,5 @@ def fingerprint_settings(settings: Any) -> Any:
     """
     if not isinstance(settings, dict):
         return settings
-    return {key: value for key, value in settings.items() if key not in LATER_KEYS or value != LATER_KEYS[key]}
+    later = LATER_KEYS if later_keys is None else later_keys
+    return {key: value for key, value in settings.items() if key not in later or value != later[key]}

@@ -15,6 +15,7 @@ CPU_FUSED_OPTIMIZERS = ("sgd", "adagrad", "rowwise_adagrad")
 SHARDING_TYPES = ("", "table_wise", "row_wise", "column_wise")
 AMP_MODES = ("none", "bf16")
 TARGETS = ("positives", "impressions")
+RANDOM_EXPOSURES = ("all", "engaged")
 # The keys of the ``train`` section that every model's training reads (the rest is the generative model's own):
 # what the fingerprints of the stages that train other models hash, so that retraining the generative model
 # (``train.optim``, ``train.targets`` ...) does not redo them.
@@ -59,6 +60,11 @@ class TrainConfig:
             own training samples) or ``impressions`` (runs of m consecutive training-day impressions, clicked or
             not, after the same positive histories: the paper's exposed sessions,
             ``data.impression_targets``); with ``impressions``, ``label_weights`` sets what a click adds.
+        random_exposures: with ``targets=impressions``, which impressions of a randomly exposing policy (rows with
+            ``is_rand = 1``: KuaiRand's random log, the synthetic world's randomised sessions) are targets: ``all``
+            or ``engaged`` (only those with a positive or some feedback signal). A random exposure says nothing
+            about what a policy should show, only the user's response to it does; shown-only random rows teach the
+            generator a uniform floor under every item. Data without ``is_rand`` is unaffected.
     """
 
     optim: OptimConfig = field(
@@ -85,6 +91,7 @@ class TrainConfig:
     amp: str = "none"
     label_weights: Dict[str, float] = field(default_factory=dict)
     targets: str = "positives"
+    random_exposures: str = "all"
 
     def __post_init__(self) -> None:
         self.optim.check("train.optim")
@@ -109,6 +116,10 @@ class TrainConfig:
             raise ConfigError(f"train.amp={self.amp!r} must be one of {list(AMP_MODES)}")
         if self.targets not in TARGETS:
             raise ConfigError(f"train.targets={self.targets!r} must be one of {list(TARGETS)}")
+        if self.random_exposures not in RANDOM_EXPOSURES:
+            raise ConfigError(
+                f"train.random_exposures={self.random_exposures!r} must be one of {list(RANDOM_EXPOSURES)}"
+            )
         negative = {k: v for k, v in self.label_weights.items() if v < 0}
         if negative:
             raise ConfigError(f"train.label_weights={dict(self.label_weights)}: weights must be >= 0 ({negative})")

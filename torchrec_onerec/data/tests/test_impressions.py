@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from torchrec_onerec.config import load_config
-from torchrec_onerec.data.impressions import impression_samples
+from torchrec_onerec.data.impressions import impression_samples, randomised_chunks
 from torchrec_onerec.data.splits import SplitB, split_data
 from torchrec_onerec.datasets.load import load_dataset
 
@@ -61,3 +61,27 @@ def test_rejects_an_unknown_window(synthetic_split):
     data, split, _ = synthetic_split
     with pytest.raises(ValueError, match="window='later'"):
         impression_samples(split, "later", num_users=data.num_users, items_per_sample=1, max_history=5)
+
+
+def test_randomised_chunks_split_the_samples_by_the_policy_that_showed_them():
+    cfg = load_config("configs/tiny.yaml", ["split.protocol=B", "data.synthetic.random_session_rate=0.4"])
+    data = load_dataset(cfg.data, seed=0)
+    split = split_data(data, cfg.split)
+    assert isinstance(split, SplitB) and "is_rand" in split.impressions["test"].columns
+    frame = split.impressions["test"]
+    random_rows = set(zip(frame["user_id"][frame["is_rand"] == 1], frame["item_id"][frame["is_rand"] == 1]))
+    kwargs = dict(num_users=data.num_users, items_per_sample=3, max_history=cfg.split.max_history)
+    every = impression_samples(split, "test", **kwargs)
+    randomised = impression_samples(split, "test", randomised=True, **kwargs)
+    logged = impression_samples(split, "test", randomised=False, **kwargs)
+    assert len(randomised) + len(logged) == len(every) and len(randomised) > 0 and len(logged) > 0
+
+    def shown(samples):
+        return [{(u, i) for i in row if i >= 0} for u, row in zip(samples.user, samples.target)]
+
+    assert all(chunk <= random_rows for chunk in shown(randomised))  # every item randomly exposed
+    # the logged chunks hold every policy-chosen impression (a pair can be shown both ways, hence the count)
+    policy_rows = int((frame["is_rand"] == 0).sum())
+    assert sum(len(chunk - random_rows) for chunk in shown(logged)) <= policy_rows <= int((logged.target >= 0).sum())
+    without = SplitB(split.train, split.valid, split.test, {"test": frame.drop(columns="is_rand")}, {}, {}, None)
+    assert not randomised_chunks(without, "test", items_per_sample=3).any()

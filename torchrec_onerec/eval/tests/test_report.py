@@ -52,3 +52,22 @@ def test_report_has_tables_figures_deviations_and_credits(tmp_path):
         assert needed in text, needed
     for name in ("metrics.png", "distribution.png", "training_curves.png", "comparison.json"):
         assert (tmp_path / "compare" / name).stat().st_size > 1000, name
+
+
+def test_the_reward_model_section_adds_the_randomised_sessions_when_the_data_has_them(tmp_path) -> None:
+    import json
+
+    from torchrec_onerec.eval.report import stage_sections
+
+    def aucs(value: float) -> dict:
+        return {"session_auc_same_length": value, "session_auc": value, "impression_auc": value}
+
+    (tmp_path / "train-reward").mkdir()
+    test = {"attention": {"vtr": aucs(0.61), "all": aucs(0.62), "randomised": {"vtr": aucs(0.55), "all": aucs(0.57)}}}
+    (tmp_path / "train-reward/test_auc.json").write_text(json.dumps(test))
+    section = stage_sections(tmp_path)["Session reward model (test days)"]
+    assert "| attention / vtr | 0.61" in section and "| attention / all, randomised sessions | 0.57" in section
+    assert "randomised / " not in section  # not read as a tower
+    del test["attention"]["randomised"]
+    (tmp_path / "train-reward/test_auc.json").write_text(json.dumps(test))
+    assert "randomised" not in stage_sections(tmp_path)["Session reward model (test days)"]
