@@ -70,4 +70,4 @@ def test_the_reward_model_section_adds_the_randomised_sessions_when_the_data_has
     assert "randomised / " not in section  # not read as a tower
     del test["attention"]["randomised"]
     (tmp_path / "train-reward/test_auc.json").write_text(json.dumps(test))
-    assert "randomised" not in stage_sections(tmp_path)["Session reward model (test days)"]
+    assert "randomised sessions |" not in stage_sections(tmp_path)["Session reward model (test days)"]
