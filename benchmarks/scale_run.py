@@ -1,6 +1,8 @@
 """Scale run: the whole `onerec run` pipeline on the synthetic world at growing catalogue sizes, under torchrun.
 
 For each ``--items`` size N the world gets N items and ``--users-per-item`` x N users (the default world has 2.5),
+or the ``--users`` given (one count for every size, or one per size: the simulator's logging policy costs
+users x items, so the largest catalogues need fewer users to fit a session),
 ``onerec tokenize`` runs in one process (torchrun refuses it: every rank would write the same files), then
 ``torchrun --standalone --nproc_per_node=--procs -m torchrec_onerec run`` runs every other stage, each training
 stage on every rank with its tables sharded, evaluation with the users split across the ranks. ``--set`` adds
@@ -24,6 +26,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Dict, List, Sequence
 
@@ -77,6 +80,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, nargs="+", default=[2000, 5000, 10000], help="catalogue sizes N")
     parser.add_argument("--users-per-item", type=float, default=2.5, help="users = this x N")
+    parser.add_argument("--users", type=int, nargs="*", default=[], help="users per size (one for all, or one each)")
     parser.add_argument("--procs", type=int, default=2, help="torchrun processes (one thread each)")
     parser.add_argument("--config", default="configs/synthetic.yaml")
     parser.add_argument("--set", nargs="*", default=[], help="config overrides for every size")
@@ -88,10 +92,13 @@ def main() -> None:
     if torchrun is None:
         raise SystemExit("torchrun is not installed beside this Python")
     sizes = sorted(args.items)
+    if args.users and len(args.users) not in (1, len(sizes)):
+        raise SystemExit(f"--users takes one count or one per size ({len(sizes)}); got {args.users}")
+    fixed = dict(zip(sizes, args.users * len(sizes) if len(args.users) == 1 else args.users))
     lines: List[Dict[str, object]] = []
     per_stage: Dict[str, Dict[int, Dict[str, object]]] = {}
     for items in sizes:
-        users = int(round(args.users_per_item * items))
+        users = fixed.get(items, int(round(args.users_per_item * items)))
         run_dir = REPO / args.root / f"items-{items}"
         run_dir.mkdir(parents=True, exist_ok=True)
         overrides = [
@@ -101,14 +108,24 @@ def main() -> None:
             *args.set,
         ]
         log = run_dir / "scale_run.log"
+        start = time.perf_counter()
         _run([sys.executable, "-m", "torchrec_onerec", "tokenize", args.config, *overrides], log, args.procs)
+        middle = time.perf_counter()
         _run(
             [torchrun, "--standalone", f"--nproc_per_node={args.procs}", "-m", "torchrec_onerec", "run", args.config]
             + overrides,
             log,
             1,
         )
-        for stage, record in stage_records(run_dir).items():
+        # whole commands: with sizes_from_data the world is built and split before the first stage's clock starts
+        commands = {
+            "tokenize command (world, split, codes)": {"seconds": middle - start, "peak_memory": []},
+            "torchrun command (every rank loads the world)": {
+                "seconds": time.perf_counter() - middle,
+                "peak_memory": [],
+            },
+        }
+        for stage, record in {**stage_records(run_dir), **commands}.items():
             memory = record["peak_memory"]
             line = {
                 "bench": "scale_run",
@@ -150,12 +167,13 @@ def main() -> None:
         for stage, by_size in per_stage.items():
             measured = [n for n in sizes if n in by_size]
             left.plot(measured, [by_size[n]["seconds"] for n in measured], marker="o", label=stage)
-            right.plot(
-                measured,
-                [max(by_size[n]["peak_host_mib_per_rank"]) for n in measured],  # type: ignore[call-overload]
-                marker="o",
-                label=stage,
-            )
+            if all(by_size[n]["peak_host_mib_per_rank"] for n in measured):  # the commands have no per-rank peak
+                right.plot(
+                    measured,
+                    [max(by_size[n]["peak_host_mib_per_rank"]) for n in measured],  # type: ignore[call-overload]
+                    marker="o",
+                    label=stage,
+                )
         for axis, what in ((left, "wall time (s)"), (right, "peak host memory, largest rank (MiB)")):
             axis.set_xscale("log")
             axis.set_yscale("log")
@@ -163,7 +181,8 @@ def main() -> None:
             axis.set_ylabel(what)
             axis.grid(True, which="both", alpha=0.3)
         left.legend(fontsize=8)
-        fig.suptitle(f"onerec run on the synthetic world, {args.procs} processes, users = {args.users_per_item} N")
+        who = f"users {args.users}" if args.users else f"users = {args.users_per_item} N"
+        fig.suptitle(f"onerec run on the synthetic world, {args.procs} processes, {who}")
         fig.tight_layout()
         Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(args.plot, dpi=120)

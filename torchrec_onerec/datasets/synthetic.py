@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from torchrec_onerec.datasets.interactions import InteractionData
-from torchrec_onerec.datasets.synthetic_arrays import USER_BLOCK, in_blocks, pair_noise, sigmoid, top_k
+from torchrec_onerec.datasets.synthetic_arrays import in_blocks, pair_noise, sigmoid, top_k, user_block
 from torchrec_onerec.datasets.synthetic_config import SyntheticConfig
 
 INTEREST_SCALE = 6.0  # affinity gained from a topic holding all of a user's interest
@@ -205,7 +205,7 @@ class SyntheticWorld:
         users = self._check_users(users)
         weights = self._check_weights(weights)
         self._check_item_count("k", k)
-        return in_blocks(users, k, lambda block: top_k(self._item_values(block, weights), k))
+        return in_blocks(users, k, lambda block: top_k(self._item_values(block, weights), k), self.num_items)
 
     def log(self) -> InteractionData:
         """Logged traffic of the logging policy (see the module docstring), as canonical ``InteractionData``.
@@ -250,8 +250,9 @@ class SyntheticWorld:
         timestamp = start[:, None] + np.concatenate([np.zeros((num_sessions, 1), np.int64), gaps.cumsum(1)], 1)
 
         sessions = np.empty((num_sessions, m), dtype=np.int64)
-        for lo in range(0, num_users, USER_BLOCK):
-            hi = min(lo + USER_BLOCK, num_users)
+        step = user_block(num_items)
+        for lo in range(0, num_users, step):
+            hi = min(lo + step, num_users)
             policy = self._logging_policy(np.arange(lo, hi))  # [b, I]
             rows = session_user[first[lo] : first[hi]] - lo
             # Exponential race: items ordered by arrival E_i / p_i (E_i ~ Exp(1)) are a Plackett-Luce draw from p.
@@ -328,7 +329,7 @@ class SyntheticWorld:
             arrival = rng.standard_exponential((len(block), self.num_items), dtype=np.float32)
             return top_k(-arrival / self._logging_policy(block), m)
 
-        return in_blocks(users, m, draw)
+        return in_blocks(users, m, draw, self.num_items)
 
     def greedy_sessions(
         self,
@@ -392,7 +393,7 @@ class SyntheticWorld:
                 shown[rows, self.item_topic[pick]] += 1
             return picks
 
-        return in_blocks(np.arange(len(users)), m, greedy)
+        return in_blocks(np.arange(len(users)), m, greedy, self.num_items)
 
     def _item_values(
         self,
@@ -420,8 +421,9 @@ class SyntheticWorld:
         rng = np.random.default_rng(self._random_seq)
         chosen = rng.random(len(sessions)) < self.config.random_session_rate
         rows = np.flatnonzero(chosen)
-        for lo in range(0, len(rows), USER_BLOCK):
-            block = rows[lo : lo + USER_BLOCK]
+        step = user_block(self.num_items)
+        for lo in range(0, len(rows), step):
+            block = rows[lo : lo + step]
             sessions[block] = top_k(rng.random((len(block), self.num_items)), sessions.shape[1])
         return chosen
 

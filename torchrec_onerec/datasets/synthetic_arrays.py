@@ -6,7 +6,19 @@ from typing import Callable
 
 import numpy as np
 
-USER_BLOCK = 256  # users per block when a block of users x the whole catalogue is materialised
+USER_BLOCK = 256  # users per block when a block of users x the whole catalogue is materialised ...
+BLOCK_ELEMENTS = 1 << 24  # ... fewer where the catalogue is so large that a block would pass this many pairs
+
+
+def user_block(num_items: int) -> int:
+    """Users per block for a catalogue of ``num_items``: ``USER_BLOCK`` up to 65,536 items (so every smaller
+    world draws exactly as before), then fewer, so that a block's [b, I] float64 arrays stay near 128 MB.
+
+    Example:
+        >>> user_block(2000), user_block(1_000_000)
+        (256, 16)
+    """
+    return min(USER_BLOCK, max(1, BLOCK_ELEMENTS // num_items))
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -33,11 +45,15 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(top, order, axis=1).astype(np.int64)
 
 
-def in_blocks(users: np.ndarray, width: int, rows_of: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-    """``rows_of(block)`` -> [b, width] for consecutive blocks of ``USER_BLOCK`` users, stacked: [B, width] int64.
-    Bounds the [b, I] arrays a block materialises; blocks are visited in order (a shared RNG draws as in one loop)."""
+def in_blocks(
+    users: np.ndarray, width: int, rows_of: Callable[[np.ndarray], np.ndarray], num_items: int
+) -> np.ndarray:
+    """``rows_of(block)`` -> [b, width] for consecutive blocks of ``user_block(num_items)`` users, stacked: [B, width]
+    int64. Bounds the [b, I] arrays a block materialises; blocks are visited in order (a shared RNG draws as in one
+    loop)."""
     out = np.empty((len(users), width), dtype=np.int64)
-    for lo in range(0, len(users), USER_BLOCK):
-        block = users[lo : lo + USER_BLOCK]
+    step = user_block(num_items)
+    for lo in range(0, len(users), step):
+        block = users[lo : lo + step]
         out[lo : lo + len(block)] = rows_of(block)
     return out
