@@ -45,9 +45,7 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(top, order, axis=1).astype(np.int64)
 
 
-def in_blocks(
-    users: np.ndarray, width: int, rows_of: Callable[[np.ndarray], np.ndarray], num_items: int
-) -> np.ndarray:
+def in_blocks(users: np.ndarray, width: int, rows_of: Callable[[np.ndarray], np.ndarray], num_items: int) -> np.ndarray:
     """``rows_of(block)`` -> [b, width] for consecutive blocks of ``user_block(num_items)`` users, stacked: [B, width]
     int64. Bounds the [b, I] arrays a block materialises; blocks are visited in order (a shared RNG draws as in one
     loop)."""
