@@ -420,11 +420,8 @@ class SyntheticWorld:
         distinct items; returns [S] bool, True for a replaced session."""
         rng = np.random.default_rng(self._random_seq)
         chosen = rng.random(len(sessions)) < self.config.random_session_rate
-        rows = np.flatnonzero(chosen)
-        step = user_block(self.num_items)
-        for lo in range(0, len(rows), step):
-            block = rows[lo : lo + step]
-            sessions[block] = top_k(rng.random((len(block), self.num_items)), sessions.shape[1])
+        rows, m, num_items = np.flatnonzero(chosen), sessions.shape[1], self.num_items
+        sessions[rows] = in_blocks(rows, m, lambda block: top_k(rng.random((len(block), num_items)), m), num_items)
         return chosen
 
     def _responses(self, users: np.ndarray, sessions: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
