@@ -10,6 +10,8 @@ are timed side by side in this process on the same random model shape and data:
   samples with M = 5 target items (``samples_per_s``), and the host's peak resident memory over those steps;
 - ``beam_search``: median seconds of a constrained beam search (beam ``--beam``, ``--users`` users, sessions of
   ``--session-items`` items; ``users_per_s``), and its peak memory;
+- ``candidate_log_prob``: median seconds of ``OneRecModel.log_prob`` over ``--candidates`` sessions of each of
+  ``--users`` users (what alignment's reference model scores per batch of candidates; no gradient), and its peak;
 - ``dense_parameters``: the parameters outside the tables (what every rank holds whole), per head.
 
 Then one ``ratio`` line per size and measurement: dense seconds over prefix seconds. The model is random (speed
@@ -55,7 +57,8 @@ def run(args: argparse.Namespace) -> List[Dict[str, object]]:
         index = PrefixIndex(codes, vocab_sizes=sizes)
         common = {"items": items, "clusters": clusters, "threads": torch.get_num_threads(), "device": "cpu"}
         seconds: Dict[str, Dict[str, float]] = {}
-        for head in HEADS:
+        for head in args.heads:
+            generator = torch.Generator().manual_seed(1)
             config = model_size(args.size, dropout=0.0, session_items=args.session_items, item_head=head)
             torch.manual_seed(0)
             model = OneRecModel(config, sizes)
@@ -79,15 +82,27 @@ def run(args: argparse.Namespace) -> List[Dict[str, object]]:
                 constrained_beam_search(model.eval(), users, prefix_index=index, beam_size=args.beam, num_return=10)
                 model.train()
 
+            picks = torch.randint(items, (args.users, args.candidates, args.session_items), generator=generator)
+
+            @torch.no_grad()
+            def score_candidates() -> None:
+                model.eval().log_prob(users, codes[picks], prefix_index=index)
+                model.train()
+
             counts = count_parameters(config, sizes)
             base = {**common, "item_head": head, "params": counts["total"], "dense_parameters": counts["dense"]}
             for what, fn, rate, per in (
                 ("train_step", train_step, "samples_per_s", args.batch),
                 ("beam_search", search, "users_per_s", args.users),
+                ("candidate_log_prob", score_candidates, "users_per_s", args.users),
             ):
                 measured = _measure(fn, args.repeats)
                 seconds.setdefault(what, {})[head] = measured["seconds"]
-                sizes_of = {"batch": args.batch} if what == "train_step" else {"users": args.users, "beam": args.beam}
+                sizes_of = {
+                    "train_step": {"batch": args.batch},
+                    "beam_search": {"users": args.users, "beam": args.beam},
+                    "candidate_log_prob": {"users": args.users, "candidates": args.candidates},
+                }[what]
                 records.append(
                     {
                         "bench": "item_head",
@@ -100,6 +115,8 @@ def run(args: argparse.Namespace) -> List[Dict[str, object]]:
                 )
                 print(json.dumps(records[-1]), flush=True)
         for what, by_head in seconds.items():
+            if len(by_head) < 2:
+                continue
             records.append(
                 {
                     "bench": "item_head",
@@ -121,6 +138,8 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=64, help="users per beam search")
     parser.add_argument("--beam", type=int, default=20, help="beam width")
     parser.add_argument("--session-items", type=int, default=5, help="M")
+    parser.add_argument("--candidates", type=int, default=32, help="sessions per user scored by log_prob")
+    parser.add_argument("--heads", nargs="+", default=list(HEADS), choices=HEADS, help="the item heads to measure")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per measurement")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     run(parser.parse_args())

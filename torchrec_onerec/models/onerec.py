@@ -184,7 +184,9 @@ class OneRecModel(nn.Module):
         Args:
             hidden (torch.Tensor): [B, M (L' + 1), D] decoder output over [BOS] c_1 .. c_L' per item.
             siblings (torch.Tensor | None): [B, M, F] each item's siblings (``item_head=prefix`` only).
-            sibling_rows (torch.Tensor | None): [B, M, F, D] their ``item_output`` rows.
+            sibling_rows (torch.Tensor | None): [B, M, F, D] their ``item_output`` rows; None: each distinct
+                list of siblings (a cluster) is looked up once here (``_grouped_sibling_logits``), which is what
+                scoring many sessions of few clusters wants (training passes the batch's rows: one table call).
 
         Returns:
             torch.Tensor: [B, M, L', K_max]; level l's slot k >= K_l is -inf (for the prefix-scored level:
@@ -195,9 +197,14 @@ class OneRecModel(nn.Module):
         per_item = hidden.view(B, T // (L + 1), L + 1, D)  # (B, M, L'+1, D): slot l predicts level l
         logits = [self.heads[level](per_item[:, :, level]) for level in range(len(self.heads))]
         if self.config.item_head == "prefix":
-            if siblings is None or sibling_rows is None:
-                raise ValueError("model.item_head=prefix scores the item level over siblings: pass both")
-            logits.append(_sibling_logits(per_item[:, :, L - 1], siblings, sibling_rows).to(logits[0].dtype))
+            if siblings is None:
+                raise ValueError("model.item_head=prefix scores the item level over siblings: pass them")
+            last = per_item[:, :, L - 1]
+            if sibling_rows is None:
+                flat = self._grouped_sibling_logits(last.reshape(-1, D), siblings.reshape(-1, siblings.shape[-1]))
+                logits.append(flat.view(siblings.shape).to(logits[0].dtype))
+            else:
+                logits.append(_sibling_logits(last, siblings, sibling_rows).to(logits[0].dtype))
         return stack_levels(logits)
 
     def forward(self, batch: SemanticIdBatch, item_weights: Optional[torch.Tensor] = None) -> OneRecOutput:
@@ -262,8 +269,7 @@ class OneRecModel(nn.Module):
                 raise ValueError("log_prob of a model with item_head=prefix needs prefix_index (its siblings)")
             parents = prefix_index.prefix_ids(flat[..., : L - 1].reshape(B * N * M, L - 1).to(prefix_index.device))
             siblings = prefix_index.children_of(L - 1, parents)[0].to(flat.device).view(B * N, M, -1)
-            rows = self.embedding.embed_siblings(siblings.view(B * N * M, -1)).view(*siblings.shape, -1)
-            logits = self.code_logits(decoded.hidden, siblings, rows)
+            logits = self.code_logits(decoded.hidden, siblings)  # each cluster's rows looked up once
             labels = torch.cat([flat[..., :-1], sibling_positions(siblings, flat[..., -1])], dim=-1)
         else:
             logits = self.code_logits(decoded.hidden)

@@ -68,7 +68,14 @@ def test_forward_loss_and_log_prob_read_the_same_per_cluster_softmax() -> None:
     assert torch.isfinite(out.loss) and torch.isfinite(per_code).all()
     torch.testing.assert_close(out.ntp_loss, -per_code.sum() / (out.labels >= 0).sum())
     sessions = batch.target_codes.unsqueeze(1)  # (B, 1, M, L')
-    torch.testing.assert_close(model.log_prob(batch, sessions, prefix_index=index)[:, 0], per_code.sum(dim=(1, 2)))
+    # log_prob looks each cluster's rows up once (grouped), forward reads the batch's: the same values and gradients
+    scored = model.log_prob(batch, sessions, prefix_index=index)[:, 0]
+    torch.testing.assert_close(scored, per_code.sum(dim=(1, 2)))
+    table = model.embedding.ec.embeddings["item_output"].weight
+    grouped = torch.autograd.grad(scored.sum(), table)[0]
+    by_batch = torch.autograd.grad(code_log_probs(model(batch).logits, out.labels).sum(), table)[0]
+    assert grouped.abs().sum() > 0
+    torch.testing.assert_close(grouped, by_batch)
     with pytest.raises(ValueError, match="prefix_index"):
         model.log_prob(batch, sessions)
 
