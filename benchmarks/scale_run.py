@@ -87,7 +87,11 @@ def main() -> None:
     parser.add_argument("--root", default="runs/scale", help="one run directory per size under it")
     parser.add_argument("--out", default="", help="also append the JSON lines here")
     parser.add_argument("--plot", default="", help="write the log-log figure here")
+    parser.add_argument("--replot", default="", help="only draw --plot from this file of JSON lines (an --out)")
     args = parser.parse_args()
+    if args.replot:
+        replot(args.replot, args.plot or "scale.png")
+        return
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
     if torchrun is None:
         raise SystemExit("torchrun is not installed beside this Python")
@@ -158,34 +162,51 @@ def main() -> None:
         with open(args.out, "a") as f:
             f.writelines(json.dumps(line) + "\n" for line in lines)
     if args.plot:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
-        for stage, by_size in per_stage.items():
-            measured = [n for n in sizes if n in by_size]
-            left.plot(measured, [by_size[n]["seconds"] for n in measured], marker="o", label=stage)
-            if all(by_size[n]["peak_host_mib_per_rank"] for n in measured):  # the commands have no per-rank peak
-                right.plot(
-                    measured,
-                    [max(by_size[n]["peak_host_mib_per_rank"]) for n in measured],  # type: ignore[call-overload]
-                    marker="o",
-                    label=stage,
-                )
-        for axis, what in ((left, "wall time (s)"), (right, "peak host memory, largest rank (MiB)")):
-            axis.set_xscale("log")
-            axis.set_yscale("log")
-            axis.set_xlabel("catalogue size N (items)")
-            axis.set_ylabel(what)
-            axis.grid(True, which="both", alpha=0.3)
-        left.legend(fontsize=8)
         who = f"users {args.users}" if args.users else f"users = {args.users_per_item} N"
-        fig.suptitle(f"onerec run on the synthetic world, {args.procs} processes, {who}")
-        fig.tight_layout()
-        Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(args.plot, dpi=120)
+        plot(per_stage, args.plot, f"onerec run on the synthetic world, {args.procs} processes, {who}")
+
+
+def plot(per_stage: Dict[str, Dict[int, Dict[str, object]]], path: str, title: str) -> None:
+    """Wall time and peak memory per stage against N, log-log; a stage under 0.1 s at every size (one that only
+    read what an earlier command built) is left out of the time panel."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+    for color, (stage, by_size) in enumerate(per_stage.items()):
+        measured = sorted(by_size)
+        seconds = [float(by_size[n]["seconds"]) for n in measured]  # type: ignore[arg-type]
+        if max(seconds) >= 0.1:
+            left.plot(measured, seconds, marker="o", label=stage, color=f"C{color % 10}")
+        if all(by_size[n]["peak_host_mib_per_rank"] for n in measured):  # the commands have no per-rank peak
+            peaks = [max(by_size[n]["peak_host_mib_per_rank"]) for n in measured]  # type: ignore[call-overload]
+            right.plot(measured, peaks, marker="o", label=stage, color=f"C{color % 10}")
+    for axis, what in ((left, "wall time (s)"), (right, "peak host memory, largest rank (MiB)")):
+        axis.set_xscale("log")
+        axis.set_yscale("log")
+        axis.set_xlabel("catalogue size N (items)")
+        axis.set_ylabel(what)
+        axis.grid(True, which="both", alpha=0.3)
+    left.legend(fontsize=8)
+    right.legend(fontsize=8)  # the same colours; data appears here only (its time is ~0, the world built before)
+    fig.suptitle(title)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+
+
+def replot(jsonl: str, path: str) -> None:
+    """The figure again from the JSON lines a run appended to ``--out`` (nothing is run)."""
+    per_stage: Dict[str, Dict[int, Dict[str, object]]] = {}
+    records = [json.loads(line) for line in Path(jsonl).read_text().splitlines() if line.strip()]
+    for record in records:
+        if "seconds" in record:
+            per_stage.setdefault(record["stage"], {})[record["items"]] = record
+    first = next(r for r in records if "seconds" in r)
+    users = sorted({r["users"] for r in records if "seconds" in r})
+    plot(per_stage, path, f"onerec run on the synthetic world, {first['procs']} processes, users {users}")
 
 
 if __name__ == "__main__":
