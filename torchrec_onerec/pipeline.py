@@ -35,6 +35,7 @@ from torchrec_onerec.runtime import resolve_device, seed_everything
 from torchrec_onerec.sizing import with_sizes_from_data
 from torchrec_onerec.stages import STAGE_LIST
 from torchrec_onerec.peak_memory import peak_memory, reset_peak_memory
+from torchrec_onerec.tokenizer.config import LATER_KEYS as TOKENIZER_LATER_KEYS
 from torchrec_onerec.tokenizer.config import fingerprint_settings
 from torchrec_onerec.train.config import STACK_KEYS
 from torchrec_onerec.train.distributed import (
@@ -53,9 +54,9 @@ STAGE_SECTIONS: Dict[str, Tuple[str, ...]] = {stage.name: stage.sections for sta
 STAGE_INPUTS: Dict[str, Tuple[str, ...]] = {stage.name: stage.inputs for stage in STAGE_LIST}
 COLLECTIVE_STAGES = tuple(stage.name for stage in STAGE_LIST if stage.collective)
 RANKER_REWARDS = ("ranker", "mix")  # the align.reward_source values that read the cascade's ranker
-# train keys added after runs existed: they count in a fingerprint only away from their old-behaviour value, so
-# adding one does not redo the stages of an existing run directory
-LATER_KEYS: Dict[str, Dict[str, object]] = {"train": {"random_exposures": "all"}}
+# keys added to a section after runs existed: they count in a fingerprint only away from their old-behaviour
+# value, so adding one does not redo the stages of an existing run directory
+LATER_KEYS: Dict[str, Dict[str, object]] = {"tokenizer": TOKENIZER_LATER_KEYS, "train": {"random_exposures": "all"}}
 
 
 def stage_inputs(stage: str, config: Optional[OneRecConfig] = None) -> Tuple[str, ...]:
@@ -101,12 +102,7 @@ def stage_fingerprint(config: OneRecConfig, stage: str) -> str:
                 continue
             value = getattr(config, name)
             settings = value if isinstance(value, int) else asdict(value)
-            # keys added later count only away from their old-behaviour value
-            if name == "tokenizer":
-                settings = fingerprint_settings(settings)
-            elif name in LATER_KEYS:
-                settings = fingerprint_settings(settings, LATER_KEYS[name])
-            sections[name] = settings
+            sections[name] = fingerprint_settings(settings, LATER_KEYS.get(name, {}))
         skip_when = STAGE_BY_NAME[earlier].skip_when
         why = skip_when(config) if skip_when is not None else ""
         if why:  # a stage that applies keeps the fingerprint it had before skip_when existed

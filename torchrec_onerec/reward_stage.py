@@ -12,10 +12,12 @@ from __future__ import annotations
 
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, NamedTuple
+
+import numpy as np
 
 from torchrec_onerec.context import PipelineContext, rank
-from torchrec_onerec.data.impressions import impression_samples
+from torchrec_onerec.data.impressions import impression_samples, randomised_chunks
 from torchrec_onerec.data.samples import SampleSet
 from torchrec_onerec.data.splits import SplitB
 from torchrec_onerec.eval.reward_auc import evaluate_reward_model
@@ -25,9 +27,7 @@ from torchrec_onerec.train.reward_io import load_reward_model
 from torchrec_onerec.train.reward_training import train_reward_model
 
 
-def _window_samples(
-    ctx: PipelineContext, window: str, items_per_sample: int, randomised: Optional[bool] = None
-) -> SampleSet:
+def _window_samples(ctx: PipelineContext, window: str, items_per_sample: int) -> SampleSet:
     assert isinstance(ctx.split, SplitB)
     return impression_samples(
         ctx.split,
@@ -35,26 +35,43 @@ def _window_samples(
         num_users=ctx.data.num_users,
         items_per_sample=items_per_sample,
         max_history=ctx.config.split.max_history,
-        randomised=randomised,
     )
 
 
-def _reward_aucs(ctx: PipelineContext, model: SessionRewardModel, window: str, m: int) -> Dict[str, object]:
+class _AucWindow(NamedTuple):
+    """A window's sessions of m and its impressions, with which of them a random policy showed."""
+
+    sessions: SampleSet
+    impressions: SampleSet
+    randomised_sessions: np.ndarray  # [sessions] bool (``randomised_chunks``)
+    randomised_impressions: np.ndarray  # [impressions] bool
+
+
+def _auc_window(ctx: PipelineContext, window: str, m: int) -> _AucWindow:
+    assert isinstance(ctx.split, SplitB)
+    return _AucWindow(
+        _window_samples(ctx, window, m),
+        _window_samples(ctx, window, 1),
+        randomised_chunks(ctx.split, window, items_per_sample=m),
+        randomised_chunks(ctx.split, window, items_per_sample=1),
+    )
+
+
+def _reward_aucs(ctx: PipelineContext, model: SessionRewardModel, data: _AucWindow) -> Dict[str, object]:
     """The reward model's AUCs on a window: over all its sessions, and under ``randomised`` over the randomly
     exposed ones (when there are any)."""
     cfg, device = ctx.config, resolve_device(ctx.config.device)
-    aucs: Dict[str, object] = {}
-    for name, randomised in (("", None), ("randomised", True)):
-        sessions = _window_samples(ctx, window, m, randomised)
-        if not len(sessions):
-            continue
-        scores = evaluate_reward_model(
-            model, sessions, _window_samples(ctx, window, 1, randomised), batch_size=cfg.eval.batch_size, device=device
+    aucs: Dict[str, object] = dict(
+        evaluate_reward_model(model, data.sessions, data.impressions, batch_size=cfg.eval.batch_size, device=device)
+    )
+    if data.randomised_sessions.any():
+        aucs["randomised"] = evaluate_reward_model(
+            model,
+            data.sessions.subset(np.flatnonzero(data.randomised_sessions)),
+            data.impressions.subset(np.flatnonzero(data.randomised_impressions)),
+            batch_size=cfg.eval.batch_size,
+            device=device,
         )
-        if name:
-            aucs[name] = scores
-        else:
-            aucs.update(scores)
     return aucs
 
 
@@ -79,6 +96,7 @@ def train_reward_stage(ctx: PipelineContext) -> Dict[str, object]:
         )
     summary: Dict[str, object] = {}
     test: Dict[str, object] = {}
+    test_window = _auc_window(ctx, "test", m) if rank() == 0 else None  # one build for every variant
     for pooling, (reward_config, out_dir) in variants.items():
         result = train_reward_model(
             reward_config,
@@ -99,7 +117,8 @@ def train_reward_stage(ctx: PipelineContext) -> Dict[str, object]:
             model = load_reward_model(
                 Path(result.model_path), num_items=ctx.data.num_items, signals=ctx.split.train.signals, device=device
             )
-            test[pooling] = _reward_aucs(ctx, model, "test", m)
+            assert test_window is not None
+            test[pooling] = _reward_aucs(ctx, model, test_window)
     summary.update(
         model_path=summary[cfg.reward.pooling]["model_path"],  # type: ignore[index]
         world_size=summary[cfg.reward.pooling]["world_size"],  # type: ignore[index]

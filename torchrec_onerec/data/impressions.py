@@ -8,17 +8,18 @@ skipped too. ``impression_samples`` cuts one window's impression table (``SplitB
   chunk of a session may be shorter (padded with -1);
 * target = the chunk's items, labels = their signals (the split's ``labels``), 0 at padding;
 * history = the user's n most recent positives before the chunk's first impression: pre-period items, then
-  positives of earlier windows and of earlier rows of this window, as ``SplitB`` builds evaluation histories;
-* ``randomised`` keeps only the chunks a randomly exposing policy showed (every impression ``is_rand``: KuaiRand's
-  random log, the synthetic world's randomised sessions), or only the others. A reward model scores sessions no
-  logging policy chose; the randomised ones are the logged sessions most like them.
+  positives of earlier windows and of earlier rows of this window, as ``SplitB`` builds evaluation histories.
+
+``randomised_chunks`` marks, in the same order, the chunks a randomly exposing policy showed (every impression
+``is_rand``: KuaiRand's random log, the synthetic world's randomised sessions). A reward model scores sessions no
+logging policy chose; the randomised ones are the logged sessions most like them.
 
 Shape legend: N samples, M = ``items_per_sample``, S signals.
 """
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Tuple
 
 import numpy as np
 import pandas as pd
@@ -80,9 +81,9 @@ def randomised_chunks(split: SplitB, window: str, *, items_per_sample: int) -> n
         [True, False, True]
     """
     frame = split.impressions[window]
-    if "is_rand" not in frame.columns:
-        return np.zeros(len(_chunks(frame, items_per_sample)[0]), bool)
     _, idx, real = _chunks(frame, items_per_sample)
+    if "is_rand" not in frame.columns:
+        return np.zeros(len(real), bool)
     return np.asarray(np.where(real, frame["is_rand"].to_numpy(bool)[idx], True).all(axis=1))
 
 
@@ -93,7 +94,6 @@ def impression_samples(
     num_users: int,
     items_per_sample: int,
     max_history: int,
-    randomised: Optional[bool] = None,
 ) -> SampleSet:
     """Chunks of ``items_per_sample`` impressions of one window, each with the user's positive history.
 
@@ -103,8 +103,6 @@ def impression_samples(
         num_users (int): the data set's number of users (ids lie in [0, num_users)).
         items_per_sample (int): M, impressions per sample (1: one sample per impression).
         max_history (int): n, the most recent positives kept as history.
-        randomised (bool | None): None keeps every chunk; True only those whose impressions are all ``is_rand``
-            (none when the window has no ``is_rand`` column); False the rest.
 
     Returns:
         SampleSet: N samples, target [N, M] (-1 padded), labels [N, M, S] with the split's signals, users in
@@ -154,8 +152,4 @@ def impression_samples(
     end = seq_offsets[who] + num_pre[who] + earlier_windows[who] + in_window_before[starts]
     hist_start = np.maximum(seq_offsets[who], end - max_history)
     values, offsets = take_slices(seq_items, hist_start, end - hist_start)
-    samples = SampleSet(who, values, offsets, target, labels, signals)
-    if randomised is None:
-        return samples
-    flags = randomised_chunks(split, window, items_per_sample=items_per_sample)
-    return samples.subset(np.flatnonzero(flags == randomised))
+    return SampleSet(who, values, offsets, target, labels, signals)

@@ -72,8 +72,8 @@ def test_randomised_chunks_split_the_samples_by_the_policy_that_showed_them():
     random_rows = set(zip(frame["user_id"][frame["is_rand"] == 1], frame["item_id"][frame["is_rand"] == 1]))
     kwargs = dict(num_users=data.num_users, items_per_sample=3, max_history=cfg.split.max_history)
     every = impression_samples(split, "test", **kwargs)
-    randomised = impression_samples(split, "test", randomised=True, **kwargs)
-    logged = impression_samples(split, "test", randomised=False, **kwargs)
+    flags = randomised_chunks(split, "test", items_per_sample=3)
+    randomised, logged = every.subset(np.flatnonzero(flags)), every.subset(np.flatnonzero(~flags))
     assert len(randomised) + len(logged) == len(every) and len(randomised) > 0 and len(logged) > 0
 
     def shown(samples):
