@@ -14,10 +14,14 @@ are timed side by side in this process on the same random model shape and data:
   ``--users`` users (what alignment's reference model scores per batch of candidates; no gradient), and its peak;
 - ``dense_parameters``: the parameters outside the tables (what every rank holds whole), per head.
 
-Then one ``ratio`` line per size and measurement: dense seconds over prefix seconds. The model is random (speed
+``prefix_sampled`` is the prefix head trained with a sampled softmax within the cluster (``train.sampled_siblings``
+= ``--sampled-siblings``): its ``train_step`` only (generation and log-probabilities are the prefix head's).
+Then one ``ratio`` line per size and measurement: dense seconds over prefix seconds, and prefix train-step
+seconds over prefix_sampled's. The model is random (speed
 does not depend on the weights), the cluster of each item drawn at random, balanced.
 
     nice .venv/bin/python benchmarks/item_head.py --items 10000 100000 1000000 --threads 1
+    nice .venv/bin/python benchmarks/item_head.py --items 1000000 --per-cluster 2000 --heads prefix prefix_sampled
 """
 
 from __future__ import annotations
@@ -36,7 +40,8 @@ from torchrec_onerec.models.testing import random_batch
 from torchrec_onerec.peak_memory import peak_memory, reset_peak_memory
 from torchrec_onerec.tokenizer.prefix_index import PrefixIndex
 
-HEADS = ("dense", "prefix")
+HEADS = ("dense", "prefix", "prefix_sampled")
+RATIOS = (("dense", "prefix"), ("prefix", "prefix_sampled"))
 
 
 def _measure(fn: Callable[[], object], repeats: int) -> Dict[str, float]:
@@ -59,7 +64,9 @@ def run(args: argparse.Namespace) -> List[Dict[str, object]]:
         seconds: Dict[str, Dict[str, float]] = {}
         for head in args.heads:
             generator = torch.Generator().manual_seed(1)
-            config = model_size(args.size, dropout=0.0, session_items=args.session_items, item_head=head)
+            sampled = args.sampled_siblings if head == "prefix_sampled" else 0
+            item_head = "prefix" if sampled else head
+            config = model_size(args.size, dropout=0.0, session_items=args.session_items, item_head=item_head)
             torch.manual_seed(0)
             model = OneRecModel(config, sizes)
             batch, users = (
@@ -70,6 +77,7 @@ def run(args: argparse.Namespace) -> List[Dict[str, object]]:
                     session_items=config.session_items,
                     seed=seed,
                     siblings=config.reads_siblings,
+                    sampled_siblings=sampled if size == args.batch else 0,
                 )
                 for seed, size in enumerate((args.batch, args.users))
             )
@@ -91,11 +99,14 @@ def run(args: argparse.Namespace) -> List[Dict[str, object]]:
 
             counts = count_parameters(config, sizes)
             base = {**common, "item_head": head, "params": counts["total"], "dense_parameters": counts["dense"]}
-            for what, fn, rate, per in (
+            if sampled:
+                base["sampled_siblings"] = sampled
+            measurements = [
                 ("train_step", train_step, "samples_per_s", args.batch),
                 ("beam_search", search, "users_per_s", args.users),
                 ("candidate_log_prob", score_candidates, "users_per_s", args.users),
-            ):
+            ]
+            for what, fn, rate, per in measurements[:1] if sampled else measurements:
                 measured = _measure(fn, args.repeats)
                 seconds.setdefault(what, {})[head] = measured["seconds"]
                 sizes_of = {
@@ -115,17 +126,18 @@ def run(args: argparse.Namespace) -> List[Dict[str, object]]:
                 )
                 print(json.dumps(records[-1]), flush=True)
         for what, by_head in seconds.items():
-            if len(by_head) < 2:
-                continue
-            records.append(
-                {
-                    "bench": "item_head",
-                    "ratio": f"{what} seconds, dense / prefix",
-                    **common,
-                    "value": round(by_head["dense"] / by_head["prefix"], 2),
-                }
-            )
-            print(json.dumps(records[-1]), flush=True)
+            for slower, faster in RATIOS:
+                if slower not in by_head or faster not in by_head:
+                    continue
+                records.append(
+                    {
+                        "bench": "item_head",
+                        "ratio": f"{what} seconds, {slower} / {faster}",
+                        **common,
+                        "value": round(by_head[slower] / by_head[faster], 2),
+                    }
+                )
+                print(json.dumps(records[-1]), flush=True)
     return records
 
 
@@ -139,7 +151,8 @@ def main() -> None:
     parser.add_argument("--beam", type=int, default=20, help="beam width")
     parser.add_argument("--session-items", type=int, default=5, help="M")
     parser.add_argument("--candidates", type=int, default=32, help="sessions per user scored by log_prob")
-    parser.add_argument("--heads", nargs="+", default=list(HEADS), choices=HEADS, help="the item heads to measure")
+    parser.add_argument("--heads", nargs="+", default=list(HEADS[:2]), choices=HEADS, help="the item heads to measure")
+    parser.add_argument("--sampled-siblings", type=int, default=64, help="rows drawn per cluster (prefix_sampled)")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per measurement")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     run(parser.parse_args())

@@ -26,7 +26,12 @@ build must match the torch release exactly).
 The items are random unique code tuples and the samples random sessions, one user each (the user-id table has
 a row per sample); speed does not depend on them.
 
+``--prefix-clusters C`` trains the item level scored per cluster instead (``model.item_head=prefix``: C random
+balanced clusters, then the item id), once per ``--sampled-siblings`` value (``train.sampled_siblings``; 0 scores
+every sibling), 1 process with 1 thread each, then the speed-up of each sampled setting over the full one.
+
     nice .venv/bin/python benchmarks/train.py [--size small] [--steps 20] [--cores 2]
+    nice .venv/bin/python benchmarks/train.py --items 1000000 --prefix-clusters 500 --sampled-siblings 0 64
     python benchmarks/train.py --device cuda --amp bf16 --size 1b --batch 96 --history 256 --steps 15 \
         --items 100000 --codebook 1024
 """
@@ -102,17 +107,25 @@ PEAK_TFLOPS: Dict[str, Dict[str, float]] = {
 
 def _setting(args: argparse.Namespace) -> Dict[str, Any]:
     """Everything both world sizes share (built identically in every worker from the seed)."""
-    codes, vocab = random_codes(args.items, [args.codebook] * 2, seed=0)
+    model = {**SIZES[args.size], "history_tokens": args.history_tokens}
+    if args.prefix_clusters:
+        items = torch.arange(args.items)
+        cluster = torch.randperm(args.items, generator=torch.Generator().manual_seed(0)) % args.prefix_clusters
+        codes, vocab = torch.stack([cluster, items], dim=1), [args.prefix_clusters, args.items]
+        model["item_head"] = "prefix"
+    else:
+        codes, vocab = random_codes(args.items, [args.codebook] * 2, seed=0)
     config = tiny_config(
         batch_size=args.batch,
         num_users=args.batch * args.steps,
         max_history=args.history,
         session_items=args.session,
-        model={**SIZES[args.size], "history_tokens": args.history_tokens},
+        model=model,
         epochs=1,
         log_every_steps=args.log_every,
         warmup_steps=5,
         amp=args.amp,
+        sampled_siblings=args.sampled,
     )
     samples = random_samples(
         args.batch * args.steps, args.items, max_history=args.history, session_items=args.session, seed=0
@@ -179,6 +192,8 @@ def measure(world_size: int, threads: int, args: argparse.Namespace) -> Dict[str
         "threads_per_process": reports[0]["threads"],
         "model": args.size,
         "history_tokens": args.history_tokens,
+        "item_head": setting["config"].model.item_head,
+        "sampled_siblings": args.sampled,
         "params": count_parameters(setting["config"].model, setting["vocab"])["total"],
         "vocab_sizes": setting["vocab"],
         "max_history": args.history,
@@ -307,6 +322,25 @@ def main_mfu(args: argparse.Namespace) -> None:
         print(json.dumps(utilisation(record, flops, args)), flush=True)
 
 
+def main_sampled(args: argparse.Namespace) -> None:
+    """The prefix-scored item level, once per ``--sampled-siblings`` value, 1 process x 1 thread each."""
+    records = []
+    for sampled in args.sampled_siblings:
+        records.append(measure(1, 1, argparse.Namespace(**{**vars(args), "sampled": sampled})))
+        print(json.dumps(records[-1]), flush=True)
+    full = next((r for r in records if r["sampled_siblings"] == 0), None)
+    for record in records:
+        if full is not None and record is not full:
+            ratio = {
+                "bench": "train_sampled_siblings",
+                "ratio": f"samples/s, sampled_siblings {record['sampled_siblings']} / every sibling",
+                "items": args.items,
+                "clusters": args.prefix_clusters,
+                "samples_per_s": round(record["samples_per_s"] / full["samples_per_s"], 2),
+            }
+            print(json.dumps(ratio), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="small")
@@ -323,6 +357,10 @@ def main() -> None:
         help="threads of the wide 1-process setting = processes of the multi-process setting",
     )
     parser.add_argument("--log-every", type=int, default=5, help="steps per throughput window")
+    parser.add_argument("--prefix-clusters", type=int, default=0, help="C: train model.item_head=prefix (0: dense)")
+    parser.add_argument(
+        "--sampled-siblings", type=int, nargs="+", default=[0, 64], help="train.sampled_siblings, one run each"
+    )
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--amp", choices=AMP_MODES, default="none", help="train.amp")
     parser.add_argument("--history-tokens", choices=["codes", "items"], default="codes", help="model.history_tokens")
@@ -346,10 +384,14 @@ def main() -> None:
         f"(default: the datasheet figure of a GPU named {sorted(PEAK_TFLOPS)})",
     )
     args = parser.parse_args()
+    args.sampled = 0  # the setting measured; main_sampled varies it
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: torch sees no CUDA device")
     if args.device == "cuda" or args.unsharded:
         main_mfu(args)
+        return
+    if args.prefix_clusters:
+        main_sampled(args)
         return
     if args.history_tokens != "codes":
         parser.error("--history-tokens: the CPU run measures both settings itself; leave it at codes")

@@ -94,6 +94,12 @@ class OneRecConfig:
                 f"model.item_head=prefix scores the item-id level per cluster, but tokenizer.disambiguation="
                 f"{self.tokenizer.disambiguation!r} writes no item-id level; set tokenizer.disambiguation=item"
             )
+        if self.train.sampled_siblings and self.model.item_head != "prefix":
+            raise ConfigError(
+                f"train.sampled_siblings={self.train.sampled_siblings} samples the item level within a cluster, "
+                f"which model.item_head={self.model.item_head!r} does not have; set model.item_head=prefix or "
+                "train.sampled_siblings=0"
+            )
 
 
 def _check_keys(node: Any, schema: DictConfig, prefix: str) -> None:

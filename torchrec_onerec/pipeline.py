@@ -56,7 +56,10 @@ COLLECTIVE_STAGES = tuple(stage.name for stage in STAGE_LIST if stage.collective
 RANKER_REWARDS = ("ranker", "mix")  # the align.reward_source values that read the cascade's ranker
 # keys added to a section after runs existed: they count in a fingerprint only away from their old-behaviour
 # value, so adding one does not redo the stages of an existing run directory
-LATER_KEYS: Dict[str, Dict[str, object]] = {"tokenizer": TOKENIZER_LATER_KEYS, "train": {"random_exposures": "all"}}
+LATER_KEYS: Dict[str, Dict[str, object]] = {
+    "tokenizer": TOKENIZER_LATER_KEYS,
+    "train": {"random_exposures": "all", "sampled_siblings": 0},
+}
 
 
 def stage_inputs(stage: str, config: Optional[OneRecConfig] = None) -> Tuple[str, ...]:

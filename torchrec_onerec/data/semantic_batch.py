@@ -16,7 +16,9 @@ always in the order of ``semantic_feature_keys(L')``:
 - ``target_siblings`` (only for a model whose item level is scored per prefix, ``model.item_head=prefix``):
   the distinct last-level codes that share a real target item's first L'-1 codes (``sibling_groups``), ascending
   (``batch_siblings``), all on the first sample: each output row is looked up once per batch, however many
-  targets share its cluster.
+  targets share its cluster. With ``sampled_siblings=S`` (training on a large catalogue, ``train.sampled_siblings``)
+  a target is scored against its own code and S codes drawn from its cluster instead (``sample_siblings``), so a
+  step reads about (clusters in the batch) x S rows however large the clusters are.
 
 Shape legend: B batch, M session items, L code levels (L' in the code tensors), S reward signals, I items.
 """
@@ -24,7 +26,7 @@ Shape legend: B batch, M session items, L code levels (L' in the code tensors), 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, NamedTuple, Optional
+from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
@@ -129,7 +131,9 @@ class SemanticIdBatch(TensorFieldsBatch):
         labels (torch.Tensor): [B, M, S] float32 feedback per target item.
         target_siblings (torch.Tensor): [B, M, F] int64 the last-level codes sharing each target item's first
             L'-1 codes (its own among them; -1 padded, all -1 at padding items); [B, M, 0] when the batch was
-            built without ``siblings``.
+            built without ``siblings``. Sampled (``sample_siblings``): the target's own code first, then a sample.
+        sibling_log_ratio (torch.Tensor): [B, M] float32 what the sampled-softmax correction adds to each other
+            sibling's logit, log(cluster size / S) (0 where every sibling is present, and without sampling).
 
     Example:
         >>> from torchrec_onerec.data.batch import collate_samples
@@ -152,6 +156,7 @@ class SemanticIdBatch(TensorFieldsBatch):
     target_codes: torch.Tensor
     labels: torch.Tensor
     target_siblings: torch.Tensor
+    sibling_log_ratio: torch.Tensor
 
     @property
     def batch_size(self) -> int:
@@ -179,12 +184,61 @@ def _check_ids(name: str, ids: torch.Tensor, num_items: int) -> None:
         )
 
 
+def sample_siblings(
+    siblings: SiblingGroups, target: torch.Tensor, target_mask: torch.Tensor, count: int, generator: torch.Generator
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Each target item's own last-level code and ``count`` codes of its cluster drawn uniformly without replacement,
+    one draw per cluster shared by the batch's targets in it (the rows a step reads stay about clusters x
+    ``count``): a sampled softmax within the cluster.
+
+    A sibling j != target is drawn with probability count / F_c (F_c the cluster's size), so adding
+    log(F_c / count) to its logit makes the sampled normaliser an unbiased estimate of the full one (the logQ
+    correction of sampled softmax); a cluster of at most ``count`` items is taken whole, uncorrected.
+
+    Args:
+        siblings (SiblingGroups): ``sibling_groups(codes)``.
+        target (torch.Tensor): [B, M] int64 target item ids, -1 at padding.
+        target_mask (torch.Tensor): [B, M] bool, True at real items.
+        count (int): S >= 1, codes drawn per cluster.
+        generator (torch.Generator): the draw's random stream (on the CPU).
+
+    Returns:
+        (target_siblings [B, M, S + 1] int64: the target's code, then the drawn codes other than it, -1 padded
+        and all -1 at padding items; sibling_log_ratio [B, M] float32: log(F_c / S), 0 where F_c <= S).
+
+    Example:
+        >>> g = sibling_groups(torch.tensor([[0, 0], [0, 1], [0, 2], [0, 3], [1, 4]]))
+        >>> rows, ratio = sample_siblings(g, torch.tensor([[1, 4]]), torch.tensor([[True, True]]), 2,
+        ...                               torch.Generator().manual_seed(0))
+        >>> rows[0, 0, 0].item(), (rows[0, 0, 1:] != 1).all().item(), rows[0, 1].tolist()
+        (1, True, [4, -1, -1])
+        >>> [round(x, 3) for x in ratio[0].tolist()]
+        [0.693, 0.0]
+    """
+    groups = siblings.group[target.clamp(min=0)]  # (B, M)
+    own = siblings.members[groups, siblings.position[target.clamp(min=0)]]  # (B, M)
+    present = torch.unique(groups[target_mask])  # (G,) the batch's clusters
+    members = siblings.members[present]  # (G, F)
+    keys = torch.rand(members.shape, generator=generator).to(members.device).masked_fill(members < 0, 2.0)
+    width = min(count, members.shape[1])
+    drawn = members.gather(1, keys.topk(width, dim=1, largest=False).indices)  # (G, S): real members first
+    slot = torch.searchsorted(present, groups).clamp(max=max(len(present) - 1, 0))
+    sizes = (members >= 0).sum(dim=1).float()
+    per_target = drawn[slot] if len(present) else drawn.new_full(groups.shape + (width,), PAD_CODE)
+    per_target = per_target.masked_fill(per_target == own.unsqueeze(-1), PAD_CODE)
+    rows = torch.cat([own.unsqueeze(-1), per_target], dim=-1).masked_fill(~target_mask.unsqueeze(-1), PAD_CODE)
+    ratio = (sizes / count).log().clamp(min=0.0)[slot] if len(present) else groups.new_zeros(groups.shape).float()
+    return rows, ratio.masked_fill(~target_mask, 0.0)
+
+
 def to_semantic_batch(
     batch: OneRecBatch,
     codes: torch.Tensor,
     *,
     max_history: Optional[int] = None,
     siblings: Optional[SiblingGroups] = None,
+    sampled_siblings: int = 0,
+    generator: Optional[torch.Generator] = None,
 ) -> SemanticIdBatch:
     """Replace every item of ``batch`` by its code tuple (vectorised; meant for the DataLoader's collate step).
 
@@ -195,6 +249,9 @@ def to_semantic_batch(
             (None: no check).
         siblings (SiblingGroups | None): ``sibling_groups(codes)``, for a model that scores its item level per
             prefix: adds ``target_siblings`` and its KJT key. None: neither.
+        sampled_siblings (int): with ``siblings``, score each target against ``sample_siblings`` of this many
+            codes of its cluster (training); 0: every sibling.
+        generator (torch.Generator | None): the stream of that draw (None: the global one).
 
     Returns:
         SemanticIdBatch: on ``batch``'s device, sharing its id tensors.
@@ -224,10 +281,20 @@ def to_semantic_batch(
     lengths = [history.lengths()] * num_levels + [target_lengths] * num_levels + [users.lengths()]
     B, M = batch.target.shape
     target_siblings = torch.full((B, M, 0), PAD_CODE, dtype=torch.int64, device=batch.target.device)
+    log_ratio = torch.zeros((B, M), dtype=torch.float32, device=batch.target.device)
     if siblings is not None:
-        members = siblings.members.to(batch.target.device)
-        target_siblings = members[siblings.group.to(batch.target.device)[batch.target.clamp(min=0)]]  # [B, M, F]
-        target_siblings = target_siblings.masked_fill(~batch.target_mask.unsqueeze(-1), PAD_CODE)
+        siblings = SiblingGroups(*(part.to(batch.target.device) for part in siblings))
+        if sampled_siblings > 0:
+            target_siblings, log_ratio = sample_siblings(
+                siblings,
+                batch.target,
+                batch.target_mask,
+                sampled_siblings,
+                generator if generator is not None else torch.default_generator,
+            )
+        else:
+            target_siblings = siblings.members[siblings.group[batch.target.clamp(min=0)]]  # [B, M, F]
+            target_siblings = target_siblings.masked_fill(~batch.target_mask.unsqueeze(-1), PAD_CODE)
         distinct = batch_siblings(target_siblings)  # each row once: clusters repeat across a batch's targets
         values.append(distinct)
         lengths.append(torch.cat([distinct.new_full((1,), len(distinct)), distinct.new_zeros(B - 1)]))
@@ -246,6 +313,7 @@ def to_semantic_batch(
         target_codes=target_codes,
         labels=batch.labels,
         target_siblings=target_siblings,
+        sibling_log_ratio=log_ratio,
     )
 
 
@@ -257,6 +325,11 @@ class SemanticIdTransform:
         max_history (int | None): n of the model; longer histories are an error (None: no check).
         siblings (bool): add each target item's siblings (``to_semantic_batch``), for a model whose item level
             is scored per prefix (``model.item_head=prefix``).
+        sampled_siblings (int): with ``siblings``, this many drawn per cluster instead (``sample_siblings``);
+            0: every sibling.
+        seed (int): with ``sampled_siblings``, the draw of a batch is seeded by this and the batch's users and
+            targets, so that it does not depend on the worker or process that builds the batch, and a resumed
+            run draws what the uninterrupted one did.
 
     Example:
         >>> from torchrec_onerec.data.batch import collate_samples
@@ -267,11 +340,34 @@ class SemanticIdTransform:
         tensor([[[0, 1]]])
     """
 
-    def __init__(self, codes: torch.Tensor, *, max_history: Optional[int] = None, siblings: bool = False) -> None:
+    def __init__(
+        self,
+        codes: torch.Tensor,
+        *,
+        max_history: Optional[int] = None,
+        siblings: bool = False,
+        sampled_siblings: int = 0,
+        seed: int = 0,
+    ) -> None:
         _check_codes(codes)
+        if sampled_siblings < 0:
+            raise ValueError(f"sampled_siblings={sampled_siblings} must be >= 0 (0: every sibling)")
         self.codes = codes
         self.max_history = max_history
         self.siblings = sibling_groups(codes) if siblings else None
+        self.sampled_siblings, self.seed = sampled_siblings, seed
 
     def __call__(self, batch: OneRecBatch) -> SemanticIdBatch:
-        return to_semantic_batch(batch, self.codes, max_history=self.max_history, siblings=self.siblings)
+        generator = None
+        if self.sampled_siblings and self.siblings is not None:
+            # hashing a tuple of ints is the same in every process (unlike str hashing)
+            content = hash((self.seed, tuple(batch.users.tolist()), tuple(batch.target[:, 0].tolist())))
+            generator = torch.Generator().manual_seed(content & ((1 << 63) - 1))
+        return to_semantic_batch(
+            batch,
+            self.codes,
+            max_history=self.max_history,
+            siblings=self.siblings,
+            sampled_siblings=self.sampled_siblings,
+            generator=generator,
+        )

@@ -177,7 +177,11 @@ class OneRecModel(nn.Module):
         return tokens, self.encoder(tokens.tokens, tokens.mask)
 
     def code_logits(
-        self, hidden: torch.Tensor, siblings: Optional[torch.Tensor] = None, sibling_rows: Optional[torch.Tensor] = None
+        self,
+        hidden: torch.Tensor,
+        siblings: Optional[torch.Tensor] = None,
+        sibling_rows: Optional[torch.Tensor] = None,
+        sibling_log_ratio: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """Per-level logits of a whole teacher-forced session.
 
@@ -187,6 +191,8 @@ class OneRecModel(nn.Module):
             sibling_rows (torch.Tensor | None): [B, M, F, D] their ``item_output`` rows; None: each distinct
                 list of siblings (a cluster) is looked up once here (``_grouped_sibling_logits``), which is what
                 scoring many sessions of few clusters wants (training passes the batch's rows: one table call).
+            sibling_log_ratio (torch.Tensor | None): [B, M] for sampled siblings (``sample_siblings``: the target
+                first), added to every sibling's logit but the first (the sampled-softmax correction).
 
         Returns:
             torch.Tensor: [B, M, L', K_max]; level l's slot k >= K_l is -inf (for the prefix-scored level:
@@ -204,7 +210,10 @@ class OneRecModel(nn.Module):
                 flat = self._grouped_sibling_logits(last.reshape(-1, D), siblings.reshape(-1, siblings.shape[-1]))
                 logits.append(flat.view(siblings.shape).to(logits[0].dtype))
             else:
-                logits.append(_sibling_logits(last, siblings, sibling_rows).to(logits[0].dtype))
+                item_logits = _sibling_logits(last, siblings, sibling_rows)
+                if sibling_log_ratio is not None:
+                    item_logits = correct_sampled(item_logits, sibling_log_ratio)
+                logits.append(item_logits.to(logits[0].dtype))
         return stack_levels(logits)
 
     def forward(self, batch: SemanticIdBatch, item_weights: Optional[torch.Tensor] = None) -> OneRecOutput:
@@ -228,7 +237,9 @@ class OneRecModel(nn.Module):
         labels = batch.target_codes
         if self.config.item_head == "prefix":
             siblings = batch.target_siblings
-            logits = self.code_logits(decoded.hidden, siblings, place_siblings(tokens.siblings, siblings))
+            logits = self.code_logits(
+                decoded.hidden, siblings, place_siblings(tokens.siblings, siblings), batch.sibling_log_ratio
+            )
             labels = torch.cat([labels[..., :-1], sibling_positions(siblings, labels[..., -1])], dim=-1)
         else:
             logits = self.code_logits(decoded.hidden)
@@ -284,6 +295,18 @@ def stack_levels(logits: List[torch.Tensor]) -> torch.Tensor:
     be the batch's)."""
     K = max(level.shape[-1] for level in logits)
     return torch.stack([F.pad(level, (0, K - level.shape[-1]), value=float("-inf")) for level in logits], dim=2)
+
+
+@torch.fx.wrap
+def correct_sampled(logits: torch.Tensor, log_ratio: torch.Tensor) -> torch.Tensor:
+    """Sampled siblings' logits [B, M, F] (the target's own first) with ``log_ratio`` [B, M] added to every slot
+    but the first: log(F_c / S), the inverse of the chance that a sibling was drawn (an fx leaf: F is the batch's).
+
+    Example:
+        >>> correct_sampled(torch.zeros(1, 1, 3), torch.tensor([[0.5]])).tolist()
+        [[[0.0, 0.5, 0.5]]]
+    """
+    return logits + F.pad(log_ratio.unsqueeze(-1).expand(*log_ratio.shape, logits.shape[-1] - 1), (1, 0))
 
 
 @torch.fx.wrap

@@ -64,6 +64,7 @@ def random_batch(
     num_users: int = 1000,
     seed: int = 0,
     siblings: bool = False,
+    sampled_siblings: int = 0,
 ) -> SemanticIdBatch:
     """A semantic batch of random users with random histories (0 .. n items) and sessions (1 .. M items).
 
@@ -75,6 +76,7 @@ def random_batch(
         num_users (int): user ids are drawn from [0, num_users).
         seed (int): the random seed.
         siblings (bool): carry each target item's siblings (for a model with ``item_head="prefix"``).
+        sampled_siblings (int): with ``siblings``, that many drawn per cluster (``sample_siblings``); 0: all.
 
     Returns:
         SemanticIdBatch: B samples with one label signal.
@@ -95,7 +97,13 @@ def random_batch(
         target[:size] = rng.choice(num_items, size=size, replace=False)
         labels = (target[:, None] >= 0).astype(np.float32)
         samples.append(Sample(int(rng.integers(num_users)), history.astype(np.int64), target, labels))
-    return to_semantic_batch(collate_samples(samples), codes, siblings=sibling_groups(codes) if siblings else None)
+    return to_semantic_batch(
+        collate_samples(samples),
+        codes,
+        siblings=sibling_groups(codes) if siblings else None,
+        sampled_siblings=sampled_siblings,
+        generator=torch.Generator().manual_seed(seed),
+    )
 
 
 def tiny_cascade(

@@ -65,6 +65,13 @@ class TrainConfig:
             or ``engaged`` (only those with a positive or some feedback signal). A random exposure says nothing
             about what a policy should show, only the user's response to it does; shown-only random rows teach the
             generator a uniform floor under every item. Data without ``is_rand`` is unaffected.
+        sampled_siblings: with ``model.item_head=prefix``, train the item level with a sampled softmax within
+            the cluster: each target is scored against its own output row and this many rows drawn uniformly from
+            its cluster (one draw per cluster per batch, shared by its targets), each drawn logit corrected by
+            log(cluster size / this), so that a step reads about (clusters in the batch) x this rows rather than
+            every row of every cluster its targets fall in, which on a large catalogue is nearly the whole table.
+            0 (default): every sibling. Generation, alignment and log-probabilities always normalise over the whole
+            cluster.
     """
 
     optim: OptimConfig = field(
@@ -92,12 +99,13 @@ class TrainConfig:
     label_weights: Dict[str, float] = field(default_factory=dict)
     targets: str = "positives"
     random_exposures: str = "all"
+    sampled_siblings: int = 0
 
     def __post_init__(self) -> None:
         self.optim.check("train.optim")
         if self.collective_timeout_s <= 0:
             raise ConfigError(f"train.collective_timeout_s={self.collective_timeout_s} must be > 0")
-        for name in ("grad_clip", "max_steps", "checkpoint_every_steps"):
+        for name in ("grad_clip", "max_steps", "checkpoint_every_steps", "sampled_siblings"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name}={getattr(self, name)} must be >= 0")
         for name in ("eval_every_epochs", "log_every_steps"):

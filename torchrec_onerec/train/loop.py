@@ -158,7 +158,11 @@ class _Run:
                 ctx.world_size,
             )
         self.transform = SemanticIdTransform(
-            codes, max_history=model_config.max_history, siblings=model_config.reads_siblings
+            codes,
+            max_history=model_config.max_history,
+            siblings=model_config.reads_siblings,
+            sampled_siblings=self.tc.sampled_siblings,
+            seed=seed,
         )
         self.signal_weights = self.tc.signal_weights(train.signals)
         self.sizes: Deque[Tuple[int, int]] = collections.deque()  # (samples, tokens) of the batches in flight

@@ -22,7 +22,8 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from torchrec_onerec.data.semantic_batch import SemanticIdBatch
+from torchrec_onerec.data.batch import USER_KEY
+from torchrec_onerec.data.semantic_batch import SIBLINGS_KEY, SemanticIdBatch
 from torchrec_onerec.run_dir import RunDir, atomic_write_text
 from torchrec_onerec.train.distributed import DistContext, all_reduce_sum
 from torchrec_onerec.train.train_module import StepMetrics
@@ -43,9 +44,10 @@ STEP_COLUMNS = (
 
 
 def batch_sizes(batch: SemanticIdBatch) -> tuple[int, int]:
-    """(samples, history + target code tokens) of a semantic batch (the user-id feature left out)."""
-    samples = batch.batch_size
-    return samples, int(batch.features.lengths().sum()) - samples
+    """(samples, history + target code tokens) of a semantic batch (the user ids and the output rows of the
+    item level's siblings left out: neither is a token the model reads)."""
+    lengths = dict(zip(batch.features.keys(), batch.features.length_per_key()))
+    return batch.batch_size, int(sum(n for key, n in lengths.items() if key not in (USER_KEY, SIBLINGS_KEY)))
 
 
 class StepAccumulator:

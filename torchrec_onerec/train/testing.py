@@ -20,6 +20,7 @@ from torchrec_onerec.data.samples import Sample, SampleSet
 from torchrec_onerec.eval.config import EvalConfig
 from torchrec_onerec.models.config import model_size
 from torchrec_onerec.optim_config import OptimConfig
+from torchrec_onerec.tokenizer.config import TokenizerConfig
 from torchrec_onerec.train.config import TrainConfig
 
 
@@ -88,7 +89,9 @@ def tiny_config(
         "learning_rate": 1e-2,
         "sparse_learning_rate": 0.05,
     }
+    prefix = (model or {}).get("item_head") == "prefix"  # scores the item-id level, which needs the item leaf
     return OneRecConfig(
+        tokenizer=TokenizerConfig(disambiguation="item") if prefix else TokenizerConfig(),
         split=SplitConfig(max_history=max_history, session_items=session_items),
         loader=LoaderConfig(batch_size=batch_size),
         model=model_size(
