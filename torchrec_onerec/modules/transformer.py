@@ -130,9 +130,32 @@ class EncoderBlock(nn.Module):
         self.ffn = FeedForward(config.feed_forward(), device=device)
 
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
-        """[B, T, D] tokens, [B, T] bool real-token mask (None: every key visible) -> [B, T, D]."""
+        """[B, T, D] tokens, [B, T] bool real-token mask (None: every key visible) -> [B, T, D].
+
+        In eval mode with a mask the FFN runs on the real tokens only (``packed_feed_forward``): histories of
+        uneven length are mostly padding, whose rows nothing reads. Training keeps the padded FFN, so that
+        dropout draws as it always has.
+        """
         x = x + self.attn(self.ln_1(x), key_mask=mask)
+        if mask is not None and not self.training:
+            return packed_feed_forward(self.ffn, self.ln_2, x, mask)
         return x + self.ffn(self.ln_2(x)).out
+
+
+def packed_feed_forward(ffn: FeedForward, norm: nn.LayerNorm, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """x + FFN(LN(x)) at the real tokens of ``x`` [B, T, D] (``mask`` [B, T] True), computed on those rows alone;
+    padding rows keep x. Row-wise ops, so the real rows equal the padded computation's (tested).
+
+    Example:
+        >>> ffn, norm = FeedForward(FeedForwardConfig(d_model=4, hidden=8)), nn.LayerNorm(4)
+        >>> x, mask = torch.randn(2, 3, 4), torch.tensor([[True, True, False], [True, False, False]])
+        >>> torch.allclose(packed_feed_forward(ffn, norm, x, mask)[mask], (x + ffn(norm(x)).out)[mask])
+        True
+    """
+    real = x[mask]  # (N, D)
+    out = x.clone()
+    out[mask] = real + ffn(norm(real)).out
+    return out
 
 
 class TransformerEncoder(nn.Module):

@@ -34,6 +34,20 @@ def test_encoder_ignores_padding_tokens() -> None:
     torch.testing.assert_close(encoder(x, mask)[mask], encoder(noisy, mask)[mask])
 
 
+def test_eval_runs_the_ffn_on_real_tokens_only_and_gives_the_padded_result() -> None:
+    torch.manual_seed(0)
+    encoder = TransformerEncoder(EncoderConfig(d_model=D, num_heads=2, num_layers=2, ffn_hidden=16))
+    x = torch.randn(3, 6, D)
+    mask = torch.arange(6) < torch.tensor([[6], [2], [1]])
+    padded = encoder.train()(x, mask)  # dropout 0: training mode is the padded reference
+    rows = []
+    handle = encoder.blocks[0].ffn.fc.register_forward_hook(lambda m, args, out: rows.append(args[0].shape[0]))
+    packed = encoder.eval()(x, mask)
+    handle.remove()
+    assert rows == [int(mask.sum())]  # the first block's FFN saw the 9 real tokens, not 18
+    torch.testing.assert_close(packed[mask], padded[mask], rtol=0, atol=1e-6)
+
+
 def test_decoder_is_causal_and_ignores_memory_padding() -> None:
     decoder = _decoder()
     memory = torch.randn(2, 4, D)
