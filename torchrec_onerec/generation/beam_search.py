@@ -298,7 +298,9 @@ def decode_sessions(
                 hidden = decoder(x, memory_kv, tokens.mask).hidden[:, -1]
             columns = nodes = None
             if level in column_levels:  # only the valid codes compete (a linear level's normaliser spans all K_l)
-                columns, nodes = prefix_index.children_of(level, prefix_index.prefix_ids(codes[:, j, :level]))
+                # beams share a few prefixes: list each one's children once, then give every beam its row
+                parents, which = prefix_index.prefix_ids(codes[:, j, :level]).unique(return_inverse=True)
+                columns, nodes = (part[which] for part in prefix_index.children_of(level, parents))
                 log_probs = model.level_log_probs(hidden, level, columns)  # (BN, F)
                 if level not in compact_levels:
                     log_probs, columns, nodes = spread_columns(log_probs, columns, model.vocab_sizes[level]), None, None

@@ -152,10 +152,8 @@ def packed_feed_forward(ffn: FeedForward, norm: nn.LayerNorm, x: torch.Tensor, m
         >>> torch.allclose(packed_feed_forward(ffn, norm, x, mask)[mask], (x + ffn(norm(x)).out)[mask])
         True
     """
-    real = x[mask]  # (N, D)
-    out = x.clone()
-    out[mask] = real + ffn(norm(real)).out
-    return out
+    real = x[mask]  # (N, D), row-major: the order masked_scatter fills
+    return x.masked_scatter(mask.unsqueeze(-1).expand_as(x), real + ffn(norm(real)).out)
 
 
 class TransformerEncoder(nn.Module):
