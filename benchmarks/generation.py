@@ -11,7 +11,8 @@ Each line: the device, torch threads, model size, beam width, users per search c
 - with ``--baseline-tree DIR`` (a checkout of an older commit, e.g. ``git worktree add /tmp/old dbb7d7e``), the
   same measurement of ``--modes`` again with that tree's package, in a subprocess right after, and a
   ``speedup`` line per mode: this tree's sessions per second over the baseline's (issue #18's target: >= 10 at
-  beam 20). Older trees know only the modes ``constrained``, ``unconstrained`` and ``constrained_no_cache``.
+  beam 20). Older trees know only the modes ``constrained``, ``unconstrained`` and ``constrained_no_cache``, and
+  only the dense item head (``--baseline-item-head prefix`` for a tree that has the prefix head).
 
 The model is random (speed does not depend on the weights); the items are random unique code tuples, or with
 ``--item-leaf`` one balanced level of ``--codebook`` clusters then the item id (``tokenizer.disambiguation=item``,
@@ -183,6 +184,12 @@ def main() -> None:
     )
     parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES), help="what to time")
     parser.add_argument("--baseline-tree", default="", help="also time --modes with this source tree's package")
+    parser.add_argument(
+        "--baseline-item-head",
+        choices=["dense", "prefix"],
+        default="dense",
+        help="the baseline tree's --item-head (dense: trees from before the prefix head have no other)",
+    )
     args = parser.parse_args()
     if args.item_head != "dense" and not args.item_leaf:
         parser.error(f"--item-head {args.item_head} scores an item-id level: add --item-leaf")
@@ -194,9 +201,11 @@ def main() -> None:
 def baseline(args: argparse.Namespace) -> List[Dict[str, object]]:
     """The same measurement with the package of ``args.baseline_tree``, in a subprocess (its JSON lines)."""
     argv = [a for a in sys.argv[1:] if not a.startswith("--baseline-tree")]
-    for value in (args.baseline_tree, "--item-head", args.item_head):  # older trees know only the dense head
+    for value in (args.baseline_tree, "--item-head", args.item_head, "--baseline-item-head", args.baseline_item_head):
         if value in argv:
             argv.remove(value)
+    if args.baseline_item_head != "dense":  # trees from before the prefix head know only the dense one
+        argv += ["--item-head", args.baseline_item_head]
     # the tree's package comes before this one's (installed in the environment) on the subprocess's path
     env = {**os.environ, "PYTHONPATH": os.path.abspath(args.baseline_tree)}
     out = subprocess.run([sys.executable, __file__, *argv], env=env, check=True, capture_output=True, text=True)
