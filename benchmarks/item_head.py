@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> List[Dict[str, object]]:
         for head in args.heads:
             generator = torch.Generator().manual_seed(1)
             sampled = args.sampled_siblings if head == "prefix_sampled" else 0
-            item_head = "prefix" if sampled else head
+            item_head = "prefix" if head == "prefix_sampled" else head
             config = model_size(args.size, dropout=0.0, session_items=args.session_items, item_head=item_head)
             torch.manual_seed(0)
             model = OneRecModel(config, sizes)
@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> List[Dict[str, object]]:
                     session_items=config.session_items,
                     seed=seed,
                     siblings=config.reads_siblings,
-                    sampled_siblings=sampled if size == args.batch else 0,
+                    sampled_siblings=sampled if seed == 0 else 0,  # the training batch only
                 )
                 for seed, size in enumerate((args.batch, args.users))
             )
