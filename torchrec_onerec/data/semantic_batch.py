@@ -215,19 +215,19 @@ def sample_siblings(
         >>> [round(x, 3) for x in ratio[0].tolist()]
         [0.693, 0.0]
     """
+    width = min(count, siblings.members.shape[1])
+    if not target_mask.any():  # nothing to draw for
+        return target.new_full(target.shape + (width + 1,), PAD_CODE), torch.zeros(target.shape, device=target.device)
     groups = siblings.group[target.clamp(min=0)]  # (B, M)
     own = siblings.members[groups, siblings.position[target.clamp(min=0)]]  # (B, M)
     present = torch.unique(groups[target_mask])  # (G,) the batch's clusters
     members = siblings.members[present]  # (G, F)
     keys = torch.rand(members.shape, generator=generator).to(members.device).masked_fill(members < 0, 2.0)
-    width = min(count, members.shape[1])
     drawn = members.gather(1, keys.topk(width, dim=1, largest=False).indices)  # (G, S): real members first
-    slot = torch.searchsorted(present, groups).clamp(max=max(len(present) - 1, 0))
-    sizes = (members >= 0).sum(dim=1).float()
-    per_target = drawn[slot] if len(present) else drawn.new_full(groups.shape + (width,), PAD_CODE)
-    per_target = per_target.masked_fill(per_target == own.unsqueeze(-1), PAD_CODE)
+    slot = torch.searchsorted(present, groups).clamp(max=len(present) - 1)  # padding targets: any slot, masked
+    per_target = drawn[slot].masked_fill(drawn[slot] == own.unsqueeze(-1), PAD_CODE)
     rows = torch.cat([own.unsqueeze(-1), per_target], dim=-1).masked_fill(~target_mask.unsqueeze(-1), PAD_CODE)
-    ratio = (sizes / count).log().clamp(min=0.0)[slot] if len(present) else groups.new_zeros(groups.shape).float()
+    ratio = ((members >= 0).sum(dim=1).float() / count).log().clamp(min=0.0)[slot]
     return rows, ratio.masked_fill(~target_mask, 0.0)
 
 
