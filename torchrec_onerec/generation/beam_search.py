@@ -279,29 +279,35 @@ def decode_sessions(
     # computed on them, and spread over all K_l codes only for processors that read every column
     column_levels = compact_levels | {level for level in range(L) if model.scores_per_prefix(level)}
     tokens, memory = model.encode(batch.features)
-    memory_kv = decoder.project_memory(memory)  # once per user, shared by its beams
+    memory_kv = decoder.project_memory(memory, tokens.mask)  # once per user, shared by its beams
     B, _, D = memory.shape
     device = memory.device
     codes = torch.full((B * N, M, L), -1, dtype=torch.long, device=device)
     items = torch.full((B * N, M), -1, dtype=torch.long, device=device)
     scores = select.initial_scores(B, N, device)
     user_rows = torch.arange(B, device=device).unsqueeze(1) * N  # (B, 1) first row of each user
-    cache = decoder.new_cache(B * N, M * (L + 1), dtype=memory_kv[0][0].dtype, device=device) if use_cache else None
-    step_tokens = embedding.bos.expand(B * N, 1, D)  # (BN, 1, D): tokens not yet fed to the cached decoder
+    # a user's N rows start as the same [BOS]: the first step decodes one row per user (and its cache holds B
+    # rows, widened to B N when the first beams are picked), which at one item per session is half the decoding
+    cache = decoder.new_cache(B, M * (L + 1), dtype=memory_kv[0][0].dtype, device=device) if use_cache else None
+    step_tokens = embedding.bos.expand(B, 1, D)  # (B or BN, 1, D): tokens not yet fed to the cached decoder
     for j in range(M):
         for level in range(L):
+            first = j == 0 and level == 0
             if cache is not None:
                 x = embedding.add_decoder_positions(step_tokens, cache.length)
-                hidden = decoder(x, memory_kv, tokens.mask, cache=cache).hidden[:, -1]  # (BN, D)
+                hidden = decoder(x, memory_kv, tokens.mask, cache=cache).hidden[:, -1]  # (B or BN, D)
             else:
                 x = embedding.decoder_tokens(embedding.embed_codes(codes[:, : j + 1]))[:, : j * (L + 1) + level + 1]
-                hidden = decoder(x, memory_kv, tokens.mask).hidden[:, -1]
+                hidden = decoder(x[user_rows.view(B)] if first else x, memory_kv, tokens.mask).hidden[:, -1]
+            if first:
+                hidden = hidden.repeat_interleave(N, dim=0)  # (BN, D)
             columns = nodes = None
             if level in column_levels:  # only the valid codes compete (a linear level's normaliser spans all K_l)
                 # beams share a few prefixes: list each one's children once, then give every beam its row
                 parents, which = prefix_index.prefix_ids(codes[:, j, :level]).unique(return_inverse=True)
-                columns, nodes = (part[which] for part in prefix_index.children_of(level, parents))
-                log_probs = model.level_log_probs(hidden, level, columns)  # (BN, F)
+                children, child_nodes = prefix_index.children_of(level, parents)  # (P, F) each
+                columns, nodes = children[which], child_nodes[which]
+                log_probs = model.level_log_probs(hidden, level, columns, groups=(children, which))  # (BN, F)
                 if level not in compact_levels:
                     log_probs, columns, nodes = spread_columns(log_probs, columns, model.vocab_sizes[level]), None, None
             else:
@@ -318,7 +324,10 @@ def decode_sessions(
             if level == L - 1:
                 items[:, j] = prefix_index.item_of(codes[:, j])
             if cache is not None:
-                cache.reorder(rows)
+                if first:
+                    cache = cache.select_rows(rows // N)  # every row of user u reads its one decoded row u
+                else:
+                    cache.reorder(rows)
                 step_tokens = embedding.embed_codes(codes[:, j : j + 1])[:, 0, level : level + 1]  # (BN, 1, D)
                 if level == L - 1:  # the item is complete: the next one starts with [BOS]
                     step_tokens = torch.cat([step_tokens, embedding.bos.expand(B * N, 1, D)], dim=1)

@@ -133,8 +133,9 @@ def _next_item_log_probs(
     for start in range(0, memory.shape[0], users_per_block):
         block = memory[start : start + users_per_block]
         b = block.shape[0]
+        mask = tokens.mask[start : start + b]
         hidden = model.decoder(
-            x.repeat(b, 1, 1), model.decoder.project_memory(block), tokens.mask[start : start + b]
+            x.repeat(b, 1, 1), model.decoder.project_memory(block, mask), mask
         ).hidden  # (b P, L', D): position l holds level l's distribution on the row's path
         total = torch.zeros(b, num_items, device=device)
         for level in range(L - 1):
@@ -210,7 +211,8 @@ def _next_item_log_probs_tree(
     for start in range(0, memory.shape[0], users_per_block):
         block = memory[start : start + users_per_block]
         b = block.shape[0]
-        memory_kv, mask = decoder.project_memory(block), tokens.mask[start : start + b]
+        mask = tokens.mask[start : start + b]
+        memory_kv = decoder.project_memory(block, mask)
         cache = decoder.new_cache(b, L, dtype=memory_kv[0][0].dtype, device=device)
         step = embedding.bos.expand(b, 1, -1)
         total = torch.zeros(b, num_items, device=device)

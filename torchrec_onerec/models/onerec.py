@@ -104,6 +104,7 @@ class OneRecModel(nn.Module):
         columns: Optional[torch.Tensor] = None,
         *,
         sibling_rows: Optional[torch.Tensor] = None,
+        groups: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
         chunk_elements: int = 1 << 21,
     ) -> torch.Tensor:
         """Log-probabilities of level ``level``'s codes from decoder states.
@@ -118,6 +119,9 @@ class OneRecModel(nn.Module):
                 then be every code under its prefix, ``PrefixIndex.children_of``) and needs them. None: all
                 K_l codes of a linear level.
             sibling_rows (torch.Tensor | None): [R, F, D] the columns' ``item_output`` rows, when already looked up.
+            groups (Tuple[torch.Tensor, torch.Tensor] | None): (distinct [U, F], which [R]) with ``columns`` equal
+                to ``distinct[which]``, when the caller already knows them (beam search: the beams' prefixes), so
+                the prefix-scored level need not find its distinct column lists again.
             chunk_elements (int): about how many logits one block of a linear level holds.
 
         Returns:
@@ -132,7 +136,7 @@ class OneRecModel(nn.Module):
             logits = (
                 _sibling_logits(hidden, columns, sibling_rows)
                 if sibling_rows is not None
-                else self._grouped_sibling_logits(hidden, columns)
+                else self._grouped_sibling_logits(hidden, columns, groups)
             )
             return logits.log_softmax(dim=-1).masked_fill(columns < 0, float("-inf"))
         if columns is None:
@@ -149,12 +153,15 @@ class OneRecModel(nn.Module):
         )
         return picked.masked_fill(columns < 0, float("-inf"))
 
-    def _grouped_sibling_logits(self, hidden: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    def _grouped_sibling_logits(
+        self, hidden: torch.Tensor, columns: torch.Tensor, groups: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
+    ) -> torch.Tensor:
         """``_sibling_logits`` for rows [R, D] over columns [R, F], with each distinct list of columns (a prefix:
         beams share a few clusters) looked up once and scored as one matrix product, so no [R, F, D] copy of the
-        rows is made. ``_sibling_logits`` over every row's own lookup is the plain reference (tested equal)."""
+        rows is made. ``_sibling_logits`` over every row's own lookup is the plain reference (tested equal).
+        ``groups``: (distinct [U, F], which [R]) when known, else found here with ``torch.unique``."""
         hidden = bias_input(hidden)
-        distinct, which = torch.unique(columns, dim=0, return_inverse=True)  # (U, F), (R,)
+        distinct, which = groups if groups is not None else torch.unique(columns, dim=0, return_inverse=True)
         rows = self.embedding.embed_siblings(distinct)  # (U, F, D): one lookup, a collective when sharded
         logits = hidden.new_empty(columns.shape, dtype=torch.float32)
         order = torch.argsort(which, stable=True)

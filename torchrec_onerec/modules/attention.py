@@ -183,18 +183,28 @@ class CrossAttention(nn.Module):
         self.proj = nn.Linear(config.d_model, config.d_model, device=device)
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def project_memory(self, memory: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def project_memory(
+        self, memory: torch.Tensor, mask: Optional[torch.Tensor] = None
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Keys and values of the memory, computed once per encoder output.
 
         Args:
             memory (torch.Tensor): [B, S, D] encoder output.
+            mask (torch.Tensor | None): [B, S] bool, False at padding: only the real tokens are projected (padding
+                gets zeros, which attention masks out anyway); None: every token.
 
         Returns:
             (keys, values): each [B, H, S, D / H].
         """
         B, S, D = memory.shape
         H = self.config.num_heads
-        k, v = self.kv(memory).view(B, S, 2, H, D // H).permute(2, 0, 3, 1, 4)  # each (B, H, S, D/H)
+        if mask is None:
+            projected = self.kv(memory)
+        else:
+            real = self.kv(memory[mask])  # (N, 2D); autocast may change the dtype
+            projected = real.new_zeros(B, S, 2 * D)
+            projected[mask] = real
+        k, v = projected.view(B, S, 2, H, D // H).permute(2, 0, 3, 1, 4)  # each (B, H, S, D/H)
         return k, v
 
     def forward(

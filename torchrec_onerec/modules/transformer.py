@@ -156,6 +156,24 @@ def packed_feed_forward(ffn: FeedForward, norm: nn.LayerNorm, x: torch.Tensor, m
     return x.masked_scatter(mask.unsqueeze(-1).expand_as(x), real + ffn(norm(real)).out)
 
 
+# rows encoded together by ``TransformerEncoder.forward_by_length``: enough for the matrix products to stay
+# efficient, few enough that a sorted batch's groups are close to their own lengths (B = 256: 8 groups)
+ROWS_PER_LENGTH_GROUP = 32
+
+
+def is_prefix_mask(mask: torch.Tensor) -> bool:
+    """Whether every row of a [B, T] bool mask is True on a prefix and False after it.
+
+    Example:
+        >>> is_prefix_mask(torch.tensor([[True, True, False], [True, False, False]]))
+        True
+        >>> is_prefix_mask(torch.tensor([[True, False, True]]))
+        False
+    """
+    positions = torch.arange(mask.shape[1], device=mask.device)
+    return bool(torch.equal(mask, positions < mask.sum(dim=1, keepdim=True)))
+
+
 class TransformerEncoder(nn.Module):
     """A stack of ``EncoderBlock`` and a final LayerNorm.
 
@@ -177,6 +195,11 @@ class TransformerEncoder(nn.Module):
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
         """Encode.
 
+        In eval mode, when each row's real tokens come first (the mask ``OneRecEmbedding`` builds), rows are
+        encoded in groups of similar length, each cut to its longest row (``forward_by_length``): histories of
+        uneven length are mostly padding, and attention's cost grows with the square of the padded length.
+        Under torch.fx tracing (which cannot branch on data) it keeps the padded path.
+
         Args:
             x (torch.Tensor): [B, T, D] tokens.
             mask (torch.Tensor | None): [B, T] bool, False at padding (no token attends to it); None: no padding
@@ -185,9 +208,39 @@ class TransformerEncoder(nn.Module):
         Returns:
             torch.Tensor: [B, T, D] (rows at padding positions are meaningless).
         """
+        traced = isinstance(mask, torch.fx.Proxy)  # torch.fx (a train pipeline) cannot branch on the lengths
+        if mask is not None and not self.training and not traced and is_prefix_mask(mask):
+            return self.forward_by_length(x, mask)
+        return self.padded_forward(x, mask)
+
+    def padded_forward(self, x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """Every row at the full length T: the plain reference of ``forward_by_length`` (and training's path)."""
         for block in self.blocks:
             x = block(x, mask)
         return self.ln_f(x)
+
+    def forward_by_length(
+        self, x: torch.Tensor, mask: torch.Tensor, *, rows_per_group: int = ROWS_PER_LENGTH_GROUP
+    ) -> torch.Tensor:
+        """``padded_forward`` with the rows sorted by length and encoded ``rows_per_group`` at a time, each group
+        cut to its longest row (padding rows are as meaningless as ``padded_forward``'s). ``mask`` must be a prefix mask
+        (``is_prefix_mask``). Attention never mixes rows and masks padded keys, so the real positions equal the
+        padded computation's up to float rounding (tested).
+
+        Example:
+            >>> enc = TransformerEncoder(EncoderConfig(d_model=8, num_heads=2, num_layers=1, ffn_hidden=16)).eval()
+            >>> x, mask = torch.randn(3, 4, 8), torch.arange(4) < torch.tensor([[4], [1], [2]])
+            >>> grouped = enc.forward_by_length(x, mask, rows_per_group=1)  # three groups of one row
+            >>> torch.allclose(grouped[mask], enc.padded_forward(x, mask)[mask], atol=1e-6)
+            True
+        """
+        lengths = mask.sum(dim=1)
+        order = torch.argsort(lengths, stable=True)
+        out = torch.zeros_like(x)
+        for rows in order.split(rows_per_group):
+            longest = int(lengths[rows[-1]])  # sorted ascending: the group's last row is its longest
+            out[rows, :longest] = self.padded_forward(x[rows, :longest], mask[rows, :longest])
+        return out
 
 
 class DecoderBlock(nn.Module):
@@ -270,9 +323,10 @@ class TransformerDecoder(nn.Module):
         self.blocks = nn.ModuleList(DecoderBlock(config, device=device) for _ in range(config.num_layers))
         self.ln_f = nn.LayerNorm(config.d_model, device=device)
 
-    def project_memory(self, memory: torch.Tensor) -> MemoryKV:
-        """Every layer's cross-attention keys/values of the [B, S, D] encoder output, each [B, H, S, D / H]."""
-        return [cast(DecoderBlock, block).cross_attn.project_memory(memory) for block in self.blocks]
+    def project_memory(self, memory: torch.Tensor, mask: Optional[torch.Tensor] = None) -> MemoryKV:
+        """Every layer's cross-attention keys/values of the [B, S, D] encoder output, each [B, H, S, D / H]; with
+        the [B, S] ``mask``, of its real tokens only (zeros at padding: searches, which project a memory once)."""
+        return [cast(DecoderBlock, block).cross_attn.project_memory(memory, mask) for block in self.blocks]
 
     def new_cache(self, batch_size: int, max_length: int, *, dtype: torch.dtype, device: torch.device) -> KVCache:
         """An empty self-attention cache for ``batch_size`` rows of up to ``max_length`` tokens."""

@@ -145,7 +145,10 @@ def test_grouped_scoring_equals_scoring_each_row_over_its_own_lookup() -> None:
     with torch.no_grad():
         grouped = model.level_log_probs(hidden, 1, columns)
         plain = model.level_log_probs(hidden, 1, columns, sibling_rows=model.embedding.embed_siblings(columns))
+        distinct, which = parents.unique(return_inverse=True)  # the grouping beam search passes along
+        given = model.level_log_probs(hidden, 1, columns, groups=(index.children_of(1, distinct)[0], which))
     torch.testing.assert_close(grouped, plain)
+    torch.testing.assert_close(given, grouped, rtol=0, atol=0)
     assert torch.isneginf(grouped[5]).all() and torch.isfinite(grouped[0, :10]).all()
 
 

@@ -76,3 +76,22 @@ def test_config_errors_name_the_fix() -> None:
         AttentionConfig(d_model=10, num_heads=3)
     with pytest.raises(ValueError, match="causal=False"):
         CrossAttention(AttentionConfig(D, H, causal=True))
+
+
+def test_projecting_the_real_memory_tokens_only_gives_the_full_projection_there_and_zeros_at_padding() -> None:
+    torch.manual_seed(0)
+    attn = CrossAttention(AttentionConfig(d_model=D, num_heads=H))
+    memory = torch.randn(3, 5, D)
+    mask = torch.arange(5) < torch.tensor([[5], [2], [1]])
+    rows = []
+    handle = attn.kv.register_forward_hook(lambda m, args, out: rows.append(args[0].shape[0]))
+    packed = attn.project_memory(memory, mask)
+    handle.remove()
+    full = attn.project_memory(memory)
+    assert rows == [8]  # the real tokens, not all 15
+    for got, want in zip(packed, full):
+        assert got.shape == want.shape == (3, H, 5, D // H)
+        torch.testing.assert_close(got.transpose(1, 2)[mask], want.transpose(1, 2)[mask], rtol=0, atol=1e-6)
+        assert (got.transpose(1, 2)[~mask] == 0).all()
+    queries = torch.randn(6, 1, D)  # two beams per user: attention reads the same values either way
+    torch.testing.assert_close(attn(queries, packed, mask), attn(queries, full, mask), rtol=0, atol=1e-6)

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from torchrec_onerec.modules.transformer import DecoderConfig, EncoderConfig, TransformerDecoder, TransformerEncoder
+from torchrec_onerec.modules.transformer import (
+    DecoderConfig,
+    EncoderConfig,
+    TransformerDecoder,
+    TransformerEncoder,
+    is_prefix_mask,
+)
 
 D = 8
 
@@ -88,3 +94,32 @@ def test_decoder_reports_balance_loss_and_load_per_layer() -> None:
     dense = _decoder(use_moe=False)
     out = dense(torch.randn(2, 4, D), dense.project_memory(torch.randn(2, 3, D)), torch.ones(2, 3, dtype=torch.bool))
     assert out.aux_loss.item() == 0.0 and out.expert_load.shape == (2, 1)
+
+
+def test_eval_encodes_rows_in_groups_of_similar_length_and_matches_the_padded_stack() -> None:
+    torch.manual_seed(0)
+    encoder = TransformerEncoder(EncoderConfig(d_model=D, num_heads=2, num_layers=2, ffn_hidden=16)).eval()
+    lengths = torch.tensor([[7], [1], [3], [7], [2], [5]])
+    x, mask = torch.randn(6, 9, D), torch.arange(9) < lengths  # nobody is 9 long: the last columns are padding
+    seen = []
+    handle = encoder.blocks[0].attn.qkv.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[:2]))
+    grouped = encoder.forward_by_length(x, mask, rows_per_group=2)
+    handle.remove()
+    # rows sorted by length (1, 2 | 3, 5 | 7, 7), each pair cut to its longer row
+    assert seen == [torch.Size([2, 2]), torch.Size([2, 5]), torch.Size([2, 7])]
+    padded = encoder.padded_forward(x, mask)
+    torch.testing.assert_close(grouped[mask], padded[mask], rtol=0, atol=1e-5)
+    torch.testing.assert_close(encoder(x, mask)[mask], padded[mask], rtol=0, atol=1e-5)  # eval's default path
+
+
+def test_the_encoder_keeps_the_padded_path_for_masks_that_are_not_prefixes_and_in_training() -> None:
+    torch.manual_seed(0)
+    encoder = TransformerEncoder(EncoderConfig(d_model=D, num_heads=2, num_layers=1, ffn_hidden=16))
+    x = torch.randn(2, 4, D)
+    holes = torch.tensor([[True, False, True, False], [True, True, True, True]])
+    assert not is_prefix_mask(holes) and is_prefix_mask(torch.tensor([[True, False], [False, False]]))
+    seen = []
+    encoder.blocks[0].attn.qkv.register_forward_hook(lambda m, args, out: seen.append(tuple(args[0].shape[:2])))
+    torch.testing.assert_close(encoder.eval()(x, holes), encoder.padded_forward(x, holes))
+    encoder.train()(x, torch.tensor([[True, False, False, False]] * 2))
+    assert seen == [(2, 4), (2, 4), (2, 4)]  # never cut
