@@ -22,6 +22,8 @@ beam's cluster, from a table (``model.item_head=prefix``; the baseline tree alwa
     nice .venv/bin/python benchmarks/generation.py [--beam-128] [--threads 1] [--users 16]
     nice .venv/bin/python benchmarks/generation.py --item-leaf --items 10000 --codebook 64 --session-items 1 \
         --beam 20 --users 256
+    nice .venv/bin/python benchmarks/generation.py --item-leaf --items 1682 --codebook 32 --session-items 1 \
+        --beam 20 --users 256 --model-config configs/ml-100k.yaml   # the ML-100K config's model
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import time
 from typing import Dict, List
 
 import torch
+from omegaconf import OmegaConf
 
 import torchrec_onerec
 from torchrec_onerec.generation.beam_search import constrained_beam_search
@@ -80,6 +83,17 @@ RATIOS = (
 )
 
 
+def model_overrides(path: str) -> Dict[str, object]:
+    """The ``model`` section of the onerec config at ``path`` (and its ``split.max_history``); {} for no path."""
+    if not path:
+        return {}
+    config = OmegaConf.load(path)
+    overrides = dict(OmegaConf.to_container(config.get("model", {}), resolve=True))  # type: ignore[arg-type]
+    if "max_history" in config.get("split", {}):
+        overrides["max_history"] = config.split.max_history
+    return overrides
+
+
 def run(args: argparse.Namespace) -> List[Dict[str, object]]:
     """Measure every mode at every beam width; returns the JSON records (also printed)."""
     torch.set_num_threads(args.threads)
@@ -93,7 +107,7 @@ def run(args: argparse.Namespace) -> List[Dict[str, object]]:
     extra = {"item_head": args.item_head} if args.item_head != "dense" else {}
     if args.session_items:
         extra["session_items"] = args.session_items
-    config = model_size(args.size, dropout=0.0, **extra)
+    config = model_size(args.size, **{**model_overrides(args.model_config), **extra, "dropout": 0.0})
     model = OneRecModel(config, sizes).to(device).eval()
     batch = random_batch(
         codes,
@@ -111,7 +125,7 @@ def run(args: argparse.Namespace) -> List[Dict[str, object]]:
         "package": os.path.dirname(os.path.dirname(os.path.abspath(torchrec_onerec.__file__))),
         "device": name,
         "threads": torch.get_num_threads(),
-        "model": args.size,
+        "model": args.model_config or args.size,
         "params": count_parameters(config, sizes)["total"],
         "items": args.items,
         "vocab_sizes": sizes,
@@ -173,6 +187,11 @@ def main() -> None:
     parser.add_argument("--codebook", type=int, default=64, help="K of each quantiser level")
     parser.add_argument("--levels", type=int, default=2, help="quantiser levels L (plus a disambiguation level)")
     parser.add_argument("--size", default="default", help="a name in torchrec_onerec.models.config.MODEL_SIZES")
+    parser.add_argument(
+        "--model-config",
+        default="",
+        help="an onerec config (configs/ml-100k.yaml) whose model section and split.max_history override --size's",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per measurement")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none", help="autocast dtype")

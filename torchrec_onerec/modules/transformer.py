@@ -195,7 +195,7 @@ class TransformerEncoder(nn.Module):
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
         """Encode.
 
-        In eval mode, when each row's real tokens come first (the mask ``OneRecEmbedding`` builds), rows are
+        In eval mode, when each row's real tokens come first (the mask ``SemanticTokenEmbedding`` builds), rows are
         encoded in groups of similar length, each cut to its longest row (``forward_by_length``): histories of
         uneven length are mostly padding, and attention's cost grows with the square of the padded length.
         Under torch.fx tracing (which cannot branch on data) it keeps the padded path.
@@ -223,9 +223,9 @@ class TransformerEncoder(nn.Module):
         self, x: torch.Tensor, mask: torch.Tensor, *, rows_per_group: int = ROWS_PER_LENGTH_GROUP
     ) -> torch.Tensor:
         """``padded_forward`` with the rows sorted by length and encoded ``rows_per_group`` at a time, each group
-        cut to its longest row (padding rows are as meaningless as ``padded_forward``'s). ``mask`` must be a prefix mask
-        (``is_prefix_mask``). Attention never mixes rows and masks padded keys, so the real positions equal the
-        padded computation's up to float rounding (tested).
+        cut to its longest row (padding positions are as meaningless as in ``padded_forward``). ``mask`` must be a
+        prefix mask (``is_prefix_mask``). Attention never mixes rows and masks padded keys, so the real positions
+        equal the padded computation's up to float rounding (tested).
 
         Example:
             >>> enc = TransformerEncoder(EncoderConfig(d_model=8, num_heads=2, num_layers=1, ffn_hidden=16)).eval()

@@ -149,6 +149,17 @@ def test_kv_cache_equals_no_cache_and_scores_equal_log_prob(exclude_history: boo
     torch.testing.assert_close(model.log_prob(batch, cached.codes), cached.scores)
 
 
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_the_first_step_decodes_one_row_per_user_and_every_later_step_one_per_beam(use_cache: bool) -> None:
+    _, index, model, batch = _setup(40, [4, 4], session_items=2)
+    B, steps = batch.target_codes.shape[0], 2 * model.num_levels
+    rows: List[int] = []
+    handle = model.decoder.register_forward_hook(lambda m, args, out: rows.append(args[0].shape[0]))
+    constrained_beam_search(model, batch, prefix_index=index, beam_size=6, num_return=6, use_cache=use_cache)
+    handle.remove()
+    assert rows == [B] + [B * 6] * (steps - 1)
+
+
 def test_unconstrained_search_and_shorter_sessions() -> None:
     _, index, model, batch = _setup(40, [4, 4], session_items=3)
     free = constrained_beam_search(
