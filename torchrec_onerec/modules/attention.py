@@ -149,7 +149,9 @@ class SelfAttention(nn.Module):
             k, v = cache.update(layer, k, v)  # (B, H, S, D/H), S = cached + T
         mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, S)
         causal = self.config.causal and cache is None and mask is None
-        if self.config.causal and not causal:  # cached tokens or padding: spell the causal mask out
+        # cached tokens or padding: spell the causal mask out, unless one new token is all there is (it sees every
+        # key, and SDPA runs faster without a mask)
+        if self.config.causal and not causal and T > 1:
             steps = causal_mask(T, k.shape[2], device=x.device)
             mask = steps if mask is None else mask & steps
         y = attend(q, k, v, mask, causal=causal)  # (B, H, T, D/H)
