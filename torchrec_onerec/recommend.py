@@ -209,7 +209,6 @@ class Recommender:
                     penalty=self.diversity_penalty,
                     slate=self.slate,
                     exclude_history=exclude,
-                    amp_dtype=cfg.eval.amp_dtype,
                 )
                 for items, scores in zip(found.items.cpu().numpy(), found.scores.float().cpu().numpy()):
                     sessions = [

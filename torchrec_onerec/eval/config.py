@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional
-
-import torch
+from typing import List
 
 from torchrec_onerec.errors import ConfigError
-from torchrec_onerec.train.config import AMP_MODES
 
 
 @dataclass
@@ -44,10 +41,6 @@ class EvalConfig:
             of each user's n most probable returned sessions, the one the alignment reward
             (``align.reward_source``) scores highest is served (``eval.session_selection``); each n must be
             <= ``num_return`` when such an arm runs.
-        amp: ``bf16`` generates (beam search and slates, in evaluation, validation and ``onerec recommend``) under
-            ``torch.autocast`` in bfloat16: the matrix products and attention in bf16, the scores and the search in
-            float32. Faster where bf16 products are (GPUs, CPUs with AMX), and the sessions can differ from full
-            precision's where two are close. ``none`` (default): float32, the precision every README figure uses.
 
     Example:
         >>> EvalConfig(beam_size=10, num_return=10).ks
@@ -69,12 +62,6 @@ class EvalConfig:
     diversity_penalties: List[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
     interpolation_weights: List[float] = field(default_factory=lambda: [0.25, 0.5, 0.75])
     select_candidates: List[int] = field(default_factory=lambda: [2, 5, 10])
-    amp: str = "none"
-
-    @property
-    def amp_dtype(self) -> Optional[torch.dtype]:
-        """The autocast dtype of ``amp`` (None: full precision)."""
-        return torch.bfloat16 if self.amp == "bf16" else None
 
     def __post_init__(self) -> None:
         for name in ("beam_size", "num_return", "batch_size", "protocol_a_session_items"):
@@ -85,8 +72,6 @@ class EvalConfig:
                 f"eval.num_return={self.num_return} exceeds eval.beam_size={self.beam_size}; "
                 "lower num_return or raise beam_size"
             )
-        if self.amp not in AMP_MODES:
-            raise ConfigError(f"eval.amp={self.amp!r} must be one of {list(AMP_MODES)}")
         if self.split not in ("test", "valid"):
             raise ConfigError(f"eval.split={self.split!r} must be 'test' (the A/B) or 'valid' (choosing a config)")
         if not self.ks or min(self.ks) < 1:

@@ -170,7 +170,6 @@ def evaluate_generative(
             slate=slate,
             exclude_history=config.exclude_history,
             constrained=config.constrained,
-            amp_dtype=config.amp_dtype,
         )
 
     loader = batches(local)

@@ -32,7 +32,6 @@ def serve_sessions(
     slate: bool = False,
     exclude_history: bool = False,
     constrained: bool = True,
-    amp_dtype: Optional[torch.dtype] = None,
 ) -> BeamSearchOutput:
     """The ``num_return`` sessions each user of ``batch`` is served, best first.
 
@@ -49,23 +48,20 @@ def serve_sessions(
         slate (bool): serve by ``generation.slate.slate_search`` instead of ``constrained_beam_search``.
         exclude_history (bool): never serve an item of the user's history.
         constrained (bool): the beam search's default constraints (a slate always serves real items).
-        amp_dtype (torch.dtype | None): autocast dtype of the model's forward passes (``eval.amp``); None: float32.
 
     Returns:
         BeamSearchOutput: items [B, R, M], codes [B, R, M, L'], scores [B, R].
     """
     if slate:
-        device_type = next(model.parameters()).device.type
-        with torch.autocast(device_type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            return slate_search(
-                model,
-                batch,
-                codes=codes,
-                num_return=num_return,
-                session_items=session_items or model.config.session_items,
-                penalty=penalty,
-                exclude_history=exclude_history,
-            )
+        return slate_search(
+            model,
+            batch,
+            codes=codes,
+            num_return=num_return,
+            session_items=session_items or model.config.session_items,
+            penalty=penalty,
+            exclude_history=exclude_history,
+        )
     return constrained_beam_search(
         model,
         batch,
@@ -76,5 +72,4 @@ def serve_sessions(
         exclude_history=exclude_history,
         constrained=constrained,
         processors=[RepeatedPrefixPenalty(penalty)] if penalty > 0 else [],
-        amp_dtype=amp_dtype,
     )

@@ -12,7 +12,6 @@ import torch
 from torchrec_onerec.data.batch import collate_samples
 from torchrec_onerec.data.samples import Sample, SampleSet
 from torchrec_onerec.data.semantic_batch import to_semantic_batch
-from torchrec_onerec.errors import ConfigError
 from torchrec_onerec.eval.config import EvalConfig
 from torchrec_onerec.eval.generative import evaluate_generative
 from torchrec_onerec.models.config import model_size
@@ -187,9 +186,3 @@ def test_cuda_matches_cpu() -> None:
     )
     assert cuda.info["device"].startswith("cuda") and cuda.metrics["legality"] == 1.0
     assert np.allclose(cuda.scores, cpu.scores, atol=1e-4)
-
-
-def test_eval_amp_names_the_setting_and_maps_to_its_dtype() -> None:
-    assert EvalConfig().amp_dtype is None and EvalConfig(amp="bf16").amp_dtype == torch.bfloat16
-    with pytest.raises(ConfigError, match="eval.amp='fp16' must be one of"):
-        EvalConfig(amp="fp16")
