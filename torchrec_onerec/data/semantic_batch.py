@@ -225,7 +225,8 @@ def sample_siblings(
     keys = torch.rand(members.shape, generator=generator).to(members.device).masked_fill(members < 0, 2.0)
     drawn = members.gather(1, keys.topk(width, dim=1, largest=False).indices)  # (G, S): real members first
     slot = torch.searchsorted(present, groups).clamp(max=len(present) - 1)  # padding targets: any slot, masked
-    per_target = drawn[slot].masked_fill(drawn[slot] == own.unsqueeze(-1), PAD_CODE)
+    per_target = drawn[slot]  # (B, M, S)
+    per_target = per_target.masked_fill(per_target == own.unsqueeze(-1), PAD_CODE)
     rows = torch.cat([own.unsqueeze(-1), per_target], dim=-1).masked_fill(~target_mask.unsqueeze(-1), PAD_CODE)
     ratio = ((members >= 0).sum(dim=1).float() / count).log().clamp(min=0.0)[slot]
     return rows, ratio.masked_fill(~target_mask, 0.0)

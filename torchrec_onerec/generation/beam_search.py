@@ -286,32 +286,35 @@ def decode_sessions(
     items = torch.full((B * N, M), -1, dtype=torch.long, device=device)
     scores = select.initial_scores(B, N, device)
     user_rows = torch.arange(B, device=device).unsqueeze(1) * N  # (B, 1) first row of each user
-    # a user's N rows start as the same [BOS]: the first step decodes one row per user (and its cache holds B
-    # rows, widened to B N when the first beams are picked), which at one item per session is half the decoding
+    # a user's N rows start as the same [BOS]: the first step decodes and scores one row per user (its cache holds
+    # B rows, widened to B N when the first beams are picked), which at one item per session is half the decoding
     cache = decoder.new_cache(B, M * (L + 1), dtype=memory_kv[0][0].dtype, device=device) if use_cache else None
     step_tokens = embedding.bos.expand(B, 1, D)  # (B or BN, 1, D): tokens not yet fed to the cached decoder
     for j in range(M):
         for level in range(L):
             first = j == 0 and level == 0
+            step_codes = codes[user_rows.view(B)] if first else codes  # (B or BN, M, L): the rows decoded
             if cache is not None:
                 x = embedding.add_decoder_positions(step_tokens, cache.length)
                 hidden = decoder(x, memory_kv, tokens.mask, cache=cache).hidden[:, -1]  # (B or BN, D)
             else:
-                x = embedding.decoder_tokens(embedding.embed_codes(codes[:, : j + 1]))[:, : j * (L + 1) + level + 1]
-                hidden = decoder(x[user_rows.view(B)] if first else x, memory_kv, tokens.mask).hidden[:, -1]
-            if first:
-                hidden = hidden.repeat_interleave(N, dim=0)  # (BN, D)
+                x = embedding.decoder_tokens(embedding.embed_codes(step_codes[:, : j + 1]))
+                hidden = decoder(x[:, : j * (L + 1) + level + 1], memory_kv, tokens.mask).hidden[:, -1]
             columns = nodes = None
             if level in column_levels:  # only the valid codes compete (a linear level's normaliser spans all K_l)
                 # beams share a few prefixes: list each one's children once, then give every beam its row
-                parents, which = prefix_index.prefix_ids(codes[:, j, :level]).unique(return_inverse=True)
+                parents, which = prefix_index.prefix_ids(step_codes[:, j, :level]).unique(return_inverse=True)
                 children, child_nodes = prefix_index.children_of(level, parents)  # (P, F) each
                 columns, nodes = children[which], child_nodes[which]
-                log_probs = model.level_log_probs(hidden, level, columns, groups=(children, which))  # (BN, F)
+                log_probs = model.level_log_probs(hidden, level, columns, groups=(children, which))  # (B or BN, F)
                 if level not in compact_levels:
                     log_probs, columns, nodes = spread_columns(log_probs, columns, model.vocab_sizes[level]), None, None
             else:
-                log_probs = model.level_log_probs(hidden, level)  # (BN, K_l)
+                log_probs = model.level_log_probs(hidden, level)  # (B or BN, K_l)
+            if first:  # each of a user's N rows takes its one scored row's distribution
+                log_probs = log_probs.repeat_interleave(N, dim=0)
+                columns = None if columns is None else columns.repeat_interleave(N, dim=0)
+                nodes = None if nodes is None else nodes.repeat_interleave(N, dim=0)
             state = BeamState(codes, items, j, level, N, prefix_index, columns, nodes)
             for processor in processors:
                 log_probs = processor(state, log_probs)

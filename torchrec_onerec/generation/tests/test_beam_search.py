@@ -154,10 +154,16 @@ def test_the_first_step_decodes_one_row_per_user_and_every_later_step_one_per_be
     _, index, model, batch = _setup(40, [4, 4], session_items=2)
     B, steps = batch.target_codes.shape[0], 2 * model.num_levels
     rows: List[int] = []
-    handle = model.decoder.register_forward_hook(lambda m, args, out: rows.append(args[0].shape[0]))
+    scored: List[int] = []  # rows the first level's head scores (it runs at each item's first step)
+    handles = [
+        model.decoder.register_forward_hook(lambda m, args, out: rows.append(args[0].shape[0])),
+        model.heads[0].register_forward_hook(lambda m, args, out: scored.append(args[0].shape[0])),
+    ]
     constrained_beam_search(model, batch, prefix_index=index, beam_size=6, num_return=6, use_cache=use_cache)
-    handle.remove()
+    for handle in handles:
+        handle.remove()
     assert rows == [B] + [B * 6] * (steps - 1)
+    assert scored[0] == B and all(n == B * 6 for n in scored[1:])
 
 
 def test_unconstrained_search_and_shorter_sessions() -> None:
