@@ -99,6 +99,7 @@ def run(args: argparse.Namespace) -> List[Dict[str, object]]:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if args.item_leaf:
+        # models.testing.cluster_leaf_codes, spelled out: a --baseline-tree package may predate it
         cluster = torch.randperm(args.items, generator=torch.Generator().manual_seed(0)) % args.codebook
         codes, sizes = torch.stack([cluster, torch.arange(args.items)], dim=1), [args.codebook, args.items]
     else:

@@ -36,7 +36,7 @@ from generation import _time as median_seconds  # this folder's generation bench
 from torchrec_onerec.generation.beam_search import constrained_beam_search
 from torchrec_onerec.models.config import model_size
 from torchrec_onerec.models.onerec import OneRecModel, count_parameters
-from torchrec_onerec.models.testing import random_batch
+from torchrec_onerec.models.testing import cluster_leaf_codes, random_batch
 from torchrec_onerec.peak_memory import peak_memory, reset_peak_memory
 from torchrec_onerec.tokenizer.prefix_index import PrefixIndex
 
@@ -57,8 +57,7 @@ def run(args: argparse.Namespace) -> List[Dict[str, object]]:
     records: List[Dict[str, object]] = []
     for items in args.items:
         clusters = max(2, items // args.per_cluster)
-        cluster = torch.randperm(items, generator=torch.Generator().manual_seed(0)) % clusters
-        codes, sizes = torch.stack([cluster, torch.arange(items)], dim=1), [clusters, items]
+        codes, sizes = cluster_leaf_codes(items, clusters)
         index = PrefixIndex(codes, vocab_sizes=sizes)
         common = {"items": items, "clusters": clusters, "threads": torch.get_num_threads(), "device": "cpu"}
         seconds: Dict[str, Dict[str, float]] = {}

@@ -60,7 +60,7 @@ from torchrec_onerec.data.samples import SampleSet
 from torchrec_onerec.data.semantic_batch import SemanticIdBatch, to_semantic_batch
 from torchrec_onerec.models.config import MODEL_SIZES
 from torchrec_onerec.models.onerec import OneRecModel, count_parameters
-from torchrec_onerec.models.testing import random_codes
+from torchrec_onerec.models.testing import cluster_leaf_codes, random_codes
 from torchrec_onerec.tokenizer.prefix_index import PrefixIndex
 from torchrec_onerec.train.loop import train_generative
 from torchrec_onerec.train.config import AMP_MODES
@@ -109,9 +109,7 @@ def _setting(args: argparse.Namespace) -> Dict[str, Any]:
     """Everything both world sizes share (built identically in every worker from the seed)."""
     model = {**SIZES[args.size], "history_tokens": args.history_tokens}
     if args.prefix_clusters:
-        items = torch.arange(args.items)
-        cluster = torch.randperm(args.items, generator=torch.Generator().manual_seed(0)) % args.prefix_clusters
-        codes, vocab = torch.stack([cluster, items], dim=1), [args.prefix_clusters, args.items]
+        codes, vocab = cluster_leaf_codes(args.items, args.prefix_clusters)
         model["item_head"] = "prefix"
     else:
         codes, vocab = random_codes(args.items, [args.codebook] * 2, seed=0)

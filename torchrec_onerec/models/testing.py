@@ -25,6 +25,26 @@ from torchrec_onerec.models.ranker import MultiTaskRanker
 from torchrec_onerec.models.two_tower import TwoTowerRetrieval
 
 
+def cluster_leaf_codes(num_items: int, num_clusters: int, *, seed: int = 0) -> Tuple[torch.Tensor, List[int]]:
+    """Codes of the item-id leaf recipe (``tokenizer.disambiguation=item``): a random balanced cluster, then the id.
+
+    Args:
+        num_items (int): I.
+        num_clusters (int): C; the clusters' sizes differ by at most one.
+        seed (int): the seed of the items' order.
+
+    Returns:
+        (codes [I, 2] int64: cluster, item id; vocab_sizes [C, I]).
+
+    Example:
+        >>> codes, sizes = cluster_leaf_codes(6, 3)
+        >>> sorted(torch.bincount(codes[:, 0]).tolist()), codes[:, 1].tolist(), sizes
+        ([2, 2, 2], [0, 1, 2, 3, 4, 5], [3, 6])
+    """
+    cluster = torch.randperm(num_items, generator=torch.Generator().manual_seed(seed)) % num_clusters
+    return torch.stack([cluster, torch.arange(num_items)], dim=1), [num_clusters, num_items]
+
+
 def random_codes(num_items: int, codebook_sizes: Sequence[int], *, seed: int = 0) -> Tuple[torch.Tensor, List[int]]:
     """Random semantic IDs made unique by a disambiguation level, as a tokenizer would.
 
