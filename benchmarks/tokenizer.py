@@ -14,12 +14,15 @@ only when no assignment changes (scikit-learn and k-means-constrained with tol=0
                       --constrained-n, d, K (targets: ours >= 10x faster; inertia within 2% of its)
     what=scale        fit_tokenizer at --scale-n, -d, -k, -levels (paper: 1M, 128, 8192, 3) with
                       --scale-max-iter rounds per level, once per --scale-scopes value (one codebook per level,
-                      or per parent prefix); the per-round time extrapolates to --max-iter rounds
+                      or per parent prefix) and --scale-tolerances value (tokenizer.tolerance: stop a level once
+                      a round moves at most that share of the items); the per-round time extrapolates to
+                      --max-iter rounds
 
 Install the extras first: pip install scikit-learn k-means-constrained (setup.cfg extra ``bench``).
 
     nice python benchmarks/tokenizer.py --points sklearn,constrained --repeats 3
     nice python benchmarks/tokenizer.py --points scale --scale-max-iter 2          # ~5 min on 2 cores
+    nice python benchmarks/tokenizer.py --points scale --scale-tolerances 0.01     # the whole fit, ~15 min
     python benchmarks/tokenizer.py --points scale --device cuda --scale-max-iter 30
 """
 
@@ -110,6 +113,7 @@ def child(spec: Dict[str, Any]) -> Dict[str, Any]:
         book, report = result
         sizes = np.bincount(book.codes[:, 0].numpy(), minlength=k)
         record["sizes"]["L"] = spec["levels"]
+        record["tolerance"] = spec.get("tolerance", 0.0)
         levels = [
             {
                 "seconds": round(lv.seconds, 2),
@@ -180,7 +184,12 @@ def _fit(spec: Dict[str, Any], x: Any, device: Any, *, warmup: bool) -> Any:
     from torchrec_onerec.tokenizer.tokenize import fit_tokenizer
 
     levels = 1 if warmup else spec["levels"]
-    config = TokenizerConfig(codebook_sizes=[k] * levels, max_iter=max_iter, codebook_scope=spec.get("scope", "level"))
+    config = TokenizerConfig(
+        codebook_sizes=[k] * levels,
+        max_iter=max_iter,
+        codebook_scope=spec.get("scope", "level"),
+        tolerance=spec.get("tolerance", 0.0),
+    )
     return fit_tokenizer(points, config, seed=seed)
 
 
@@ -229,6 +238,11 @@ def main(argv: List[str]) -> None:
     parser.add_argument("--scale-k", type=int, default=8192)
     parser.add_argument("--scale-levels", type=int, default=3)
     parser.add_argument("--scale-max-iter", type=int, default=30, help="rounds per level actually run at scale")
+    parser.add_argument(
+        "--scale-tolerances",
+        default="0",
+        help="comma list of tokenizer.tolerance values fitted at scale (0: stop only when no item moves)",
+    )
     parser.add_argument(
         "--scale-scopes",
         default="level",
@@ -312,8 +326,10 @@ def main(argv: List[str]) -> None:
                 "max_iter": args.scale_max_iter,
                 "target_iter": args.max_iter,
                 "scope": scope,
+                "tolerance": float(tolerance),
             }
             for scope in args.scale_scopes.split(",")
+            for tolerance in args.scale_tolerances.split(",")
         ]
         run(specs, 1, records, args.out)
 

@@ -7,6 +7,11 @@ K does not divide N; the first N mod K clusters take one more):
     repeat: U = all points; for k = 1..K in turn: give cluster k the w points of U nearest to c_k, set c_k to
     their mean, remove them from U; until no assignment changes (or max_iter rounds).
 
+``tolerance`` > 0 also stops once three rounds together lower the squared error by at most that share of it
+(one round may raise it: the loop is not a descent method). At hundreds of thousands of points some always
+move, and on the residual levels a few percent still do after 30 rounds while each late round buys less than a
+tenth of a percent (README, tokenizer).
+
 The loop over clusters is sequential by definition: cluster k may only take what clusters 1..k-1 left. Two
 implementations give the same assignment (up to ties in distance):
 
@@ -20,10 +25,12 @@ N and K). Per cluster it keeps as candidates the points below a threshold placed
 points, to hold ~2.5 w of them; the w nearest *free* candidates are exactly the w nearest points of U whenever
 at least w candidates are free, since every point left out is farther. When a cluster's candidates run short
 (earlier clusters of the block took them) the rest of the block's candidates are recomputed with the taken
-points masked (counted as ``rescans``). The per-cluster step is a few NumPy operations on the host on its
-candidate list; the products, masks and selections run in torch on the points' device (CPU or CUDA). The
-unassigned points are re-packed when a quarter of the packed ones are taken, so the products shrink as the
-round proceeds: about 0.57 of a Lloyd round's product per round.
+points masked (counted as ``rescans``). On CPU a block's product is taken a few megabytes of rows at a time and
+only its candidates are kept: the thresholds come from the sample first, so the comparison runs while the rows
+are in cache, and the [|U|, b] block is formed only when a sample placed a threshold too low. The per-cluster
+step is a few NumPy operations on the host on its candidate list; the products, masks and selections run in
+torch on the points' device (CPU or CUDA). The unassigned points are re-packed when a quarter of the packed ones
+are taken, so the products shrink as the round proceeds: about 0.57 of a Lloyd round's product per round.
 
 ``swap_refine=True`` then lowers the squared error of the converged partition by point swaps between clusters
 and Lloyd updates, keeping the sizes (``swap_refine.py``): not the paper's algorithm, an optional step after it.
@@ -32,12 +39,21 @@ and Lloyd updates, keeping the sizes (``swap_refine.py``): not the paper's algor
 from __future__ import annotations
 
 import math
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
-from torchrec_onerec.tokenizer.kmeans import KMeansResult, check_points, cluster_means, random_init, squared_error
+from torchrec_onerec.tokenizer.kmeans import (
+    KMeansResult,
+    check_points,
+    check_tolerance,
+    cluster_error,
+    cluster_means,
+    random_init,
+    settled,
+    squared_error,
+)
 from torchrec_onerec.tokenizer.swap_refine import refine_by_swaps
 
 ALGORITHMS = ("fast", "reference")
@@ -47,6 +63,8 @@ _MIN_SAMPLE = 2048  # columns sampled, at least, to place a candidate threshold
 _SAMPLE_RANK = 16  # expected rank of the threshold inside the sample (sets the sample size)
 _REPACK = 0.75  # re-pack the unassigned points when fewer than this fraction of the packed ones are free
 _MAX_BLOCK = 64  # most centroids per block (more: more of them run short; fewer: smaller products)
+_CACHE_ELEMENTS = 1 << 20  # distances per row slice of a block on CPU (4 MB of float32: stays in cache)
+_Hits = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # rows, columns and distances of a block's candidates
 
 
 def balanced_sizes(num_points: int, num_clusters: int) -> List[int]:
@@ -75,6 +93,7 @@ class BalancedKMeans:
     Args:
         num_clusters (int): K.
         max_iter (int): most assignment rounds (stops earlier when no assignment changes).
+        tolerance (float): also stop once three rounds lower the squared error by at most this share of it.
         chunk_size (int): a distance block holds at most chunk_size * max(K, 1024) elements.
         seed (int): seed of the initial centroids.
         algorithm (str): ``fast`` (default) or ``reference`` (the paper's loop as written).
@@ -97,7 +116,9 @@ class BalancedKMeans:
         seed: int = 0,
         algorithm: str = "fast",
         swap_refine: bool = False,
+        tolerance: float = 0.0,
     ) -> None:
+        self.tolerance = check_tolerance(tolerance)
         if algorithm not in ALGORITHMS:
             raise ValueError(f"algorithm={algorithm!r} is not one of {ALGORITHMS}")
         if max_iter < 1 or chunk_size < 1:
@@ -125,7 +146,9 @@ class BalancedKMeans:
         centroids = random_init(x, k, self.seed)
         x_sq = (x * x).sum(1)
         budget = self.chunk_size * max(k, 1024)
-        previous = None
+        total_sq = float(x_sq.double().sum())
+        previous: Optional[torch.Tensor] = None
+        errors: List[float] = []
         converged = False
         rescans = 0
         iterations = 0
@@ -135,8 +158,9 @@ class BalancedKMeans:
             else:
                 labels, block_rescans = assign_fast(x, x_sq, centroids, sizes, budget)
                 rescans += block_rescans
-            centroids, _ = cluster_means(x, labels, k)
-            if previous is not None and torch.equal(previous, labels):
+            centroids, counts = cluster_means(x, labels, k)
+            errors.append(cluster_error(total_sq, centroids, counts))
+            if settled(previous, labels, errors, self.tolerance):
                 converged = True
                 break
             previous = labels
@@ -174,7 +198,11 @@ def assign_reference(x: torch.Tensor, centroids: torch.Tensor, sizes: Sequence[i
 
 
 def assign_fast(
-    x: torch.Tensor, x_sq: torch.Tensor, centroids: torch.Tensor, sizes: Sequence[int], budget: int
+    x: torch.Tensor,
+    x_sq: torch.Tensor,
+    centroids: torch.Tensor,
+    sizes: Sequence[int],
+    budget: int,
 ) -> Tuple[torch.Tensor, int]:
     """One round of the paper's loop, blocked (see the module docstring); the same assignment as the reference.
 
@@ -212,28 +240,69 @@ def assign_fast(
             packed_sq.masked_fill_(labels[packed] >= 0, math.inf)
         b = max(1, min(len(sizes) - k, budget // packed.numel(), _MAX_BLOCK))
         centres = centroids[k : k + b] * -2  # [b, d]
-        dist = torch.mm(packed_x, centres.T).add_(packed_sq.unsqueeze(1))  # [n, b]: |x|^2 - 2 x.c
         block = sizes[k : k + b]
         want = min(num_free, math.ceil(_SLACK * max(block)) + _PAD)
+        tau = _thresholds(packed_x, packed_sq, centres, want)
+        hits = _block_hits(packed_x, packed_sq, centres, tau)
         taken: List[np.ndarray] = []
         while True:
-            tau = _thresholds(packed_x, packed_sq, centres, want)
-            offsets, items, values = _candidates(dist, tau, packed, want, max(block))
+            found = _candidates(hits, tau, packed, max(block))
+            if found is None:  # a threshold placed too low: the whole block, and that column's exact threshold
+                hits = _exact_thresholds(_exact_block(packed_x, packed_sq, centres), tau, want, max(block))
+                found = _candidates(hits, tau, packed, max(block))
+                assert found is not None, "an exact threshold holds want >= need points"
+            offsets, items, values = found
             done = _walk(host, offsets, items, values, block, k, taken)
             assert done > 0, "a fresh candidate list always serves its first cluster"
             num_free -= sum(block[:done])
             k += done
             if done == len(block):
                 break
-            # cluster k ran short: mask what the block took so far and recompute the rest's candidates
+            # cluster k ran short: mask what the block took so far and find the rest's candidates again
             rescans += 1
             rows = position[torch.from_numpy(np.concatenate(taken)).to(device)]
             packed_sq.index_fill_(0, rows, math.inf)
-            dist = dist[:, done:].index_fill_(0, rows, math.inf)
             centres, block = centres[done:], block[done:]
+            tau = _thresholds(packed_x, packed_sq, centres, want)
+            hits = _block_hits(packed_x, packed_sq, centres, tau)
         unsynced.extend(taken)
     sync()
     return labels, rescans
+
+
+def _block_hits(packed_x: torch.Tensor, packed_sq: torch.Tensor, centres: torch.Tensor, tau: torch.Tensor) -> _Hits:
+    """Per column of a block, the rows whose distance is at or below its threshold, with those distances.
+
+    On CPU the product, the norms' addition, the comparison and the gather run on a few megabytes of rows at a
+    time, while they are in cache, and the [n, b] block is never kept (memory traffic, not arithmetic, was much of
+    a block's time at a million points): the same values as one product over all the rows. The rare steps that
+    need every distance of a column (``_exact_thresholds``, a rescan) form the block again.
+
+    Args:
+        packed_x (torch.Tensor): [n, d] packed points.
+        packed_sq (torch.Tensor): [n] their squared norms, inf for taken points.
+        centres (torch.Tensor): [b, d] centroids times -2.
+        tau (torch.Tensor): [b] thresholds.
+
+    Returns:
+        (rows, columns, distances |x|^2 - 2 x.c) of the entries <= tau, in row-major order.
+    """
+    n, b = packed_x.shape[0], centres.shape[0]
+    step = max(1, _CACHE_ELEMENTS // b) if packed_x.device.type == "cpu" else n
+    centres_t = centres.T.contiguous()
+    rows, cols, values = [], [], []
+    for lo in range(0, n, step):
+        part = torch.mm(packed_x[lo : lo + step], centres_t).add_(packed_sq[lo : lo + step].unsqueeze(1))
+        r, c = (part <= tau).nonzero(as_tuple=True)
+        values.append(part[r, c])
+        rows.append(r.add_(lo))
+        cols.append(c)
+    return torch.cat(rows), torch.cat(cols), torch.cat(values)
+
+
+def _exact_block(packed_x: torch.Tensor, packed_sq: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    """[n, b] float32 distances |x|^2 - 2 x.c of the packed points to a block's centres (times -2)."""
+    return torch.mm(packed_x, centres.T).add_(packed_sq.unsqueeze(1))
 
 
 def _thresholds(packed_x: torch.Tensor, packed_sq: torch.Tensor, centres: torch.Tensor, want: int) -> torch.Tensor:
@@ -262,33 +331,40 @@ def _thresholds(packed_x: torch.Tensor, packed_sq: torch.Tensor, centres: torch.
 
 
 def _candidates(
-    dist: torch.Tensor, tau: torch.Tensor, packed: torch.Tensor, want: int, need: int
-) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per column of a distance block, the points at or below its threshold.
+    hits: _Hits, tau: torch.Tensor, packed: torch.Tensor, need: int
+) -> Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per column of a distance block, the points at or below its threshold, grouped by column for the walk.
 
     Args:
-        dist (torch.Tensor): [n, b] distances of the packed points to b centroids (inf for taken points).
-        tau (torch.Tensor): [b] thresholds (modified where too low).
+        hits (_Hits): (rows, columns, distances) of the block's entries <= tau, in row-major order.
+        tau (torch.Tensor): [b] thresholds.
         packed (torch.Tensor): [n] point index of each row.
-        want (int): target candidates per centroid.
-        need (int): fewest candidates a centroid may have (else its threshold is made exact).
+        need (int): fewest candidates a centroid may have.
 
     Returns:
-        Host arrays: [b + 1] offsets, then the candidates' point indices and distances, grouped by centroid.
+        Host arrays: [b + 1] offsets, then the candidates' point indices and distances, grouped by centroid; None
+        when a column has fewer than ``need`` (the sample placed its threshold too low).
     """
-    b = dist.shape[1]
-    rows, cols = (dist <= tau).nonzero(as_tuple=True)
+    b = tau.shape[0]
+    rows, cols, found = hits
     counts = torch.bincount(cols, minlength=b)
-    short = (counts < need).nonzero().squeeze(1)
-    if short.numel() > 0:  # the sample placed these thresholds too low: the exact want-th value instead
-        tau[short] = dist[:, short].t().topk(min(want, dist.shape[0]), dim=1, largest=False).values[:, -1]
-        rows, cols = (dist <= tau).nonzero(as_tuple=True)
-        counts = torch.bincount(cols, minlength=b)
-    values = dist[rows, cols].cpu().numpy()
+    if bool((counts < need).any()):
+        return None
     order = np.argsort(cols.to(torch.int16 if b < 2**15 else torch.int32).cpu().numpy(), kind="stable")
     offsets = np.zeros(b + 1, dtype=np.int64)
     np.cumsum(counts.cpu().numpy(), out=offsets[1:])
-    return offsets, packed[rows].cpu().numpy()[order], values[order]
+    return offsets, packed[rows].cpu().numpy()[order], found.cpu().numpy()[order]
+
+
+def _exact_thresholds(dist: torch.Tensor, tau: torch.Tensor, want: int, need: int) -> _Hits:
+    """Hits of a whole [n, b] block, with the threshold of each column holding fewer than ``need`` raised to its
+    ``want``-th smallest distance (``tau`` is modified there)."""
+    rows, cols = (dist <= tau).nonzero(as_tuple=True)
+    short = (torch.bincount(cols, minlength=tau.shape[0]) < need).nonzero().squeeze(1)
+    if short.numel() > 0:
+        tau[short] = dist[:, short].t().topk(min(want, dist.shape[0]), dim=1, largest=False).values[:, -1]
+        rows, cols = (dist <= tau).nonzero(as_tuple=True)
+    return rows, cols, dist[rows, cols]
 
 
 def _walk(

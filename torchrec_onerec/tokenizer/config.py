@@ -33,6 +33,10 @@ class TokenizerConfig:
             give every item its own tuple once the product of the K's exceeds the catalogue (a prefix holding
             at most K items gives each its own code), and each level fits what is left under its own parent.
         max_iter: K-means iterations per level at most (stops earlier when no assignment changes).
+        tolerance: also stop a level's K-means once three rounds (from the seventh on) lower its squared error by
+            at most this share of it (0: only when a round moves no item). At large N the residual levels still move
+            a few percent of the items after max_iter rounds while each late round buys little; 0.003 fits the
+            paper's size in 58 rounds instead of 90, for about 1% more error (README, tokenizer).
         chunk_size: rows per block of the distance computation (bounds memory at large N and K): plain
             K-means holds [chunk_size, K] distances, balanced K-means at most chunk_size * max(K, 1024).
         balanced_algorithm: ``fast`` (exact, blocked) or ``reference`` (the paper's loop as written, slow).
@@ -62,6 +66,7 @@ class TokenizerConfig:
     codebook_sizes: List[int] = field(default_factory=lambda: [32, 32, 32])
     codebook_scope: str = "level"
     max_iter: int = 30
+    tolerance: float = 0.0
     chunk_size: int = 8192
     balanced_algorithm: str = "fast"
     balanced_swap_refine: bool = False
@@ -89,6 +94,11 @@ class TokenizerConfig:
             raise ValueError(
                 f"tokenizer.max_iter={self.max_iter} and tokenizer.chunk_size={self.chunk_size} must be >= 1"
             )
+        if not 0.0 <= self.tolerance < 1.0:
+            raise ValueError(
+                f"tokenizer.tolerance={self.tolerance} must be in [0, 1): a relative drop of the squared error "
+                "(0: stop only when a round moves no item)"
+            )
         if self.balanced_algorithm not in BALANCED_ALGORITHMS:
             raise ValueError(
                 f"tokenizer.balanced_algorithm={self.balanced_algorithm!r} is not one of {BALANCED_ALGORITHMS}"
@@ -107,7 +117,7 @@ class TokenizerConfig:
 # Keys added after run directories existed, with the value that keeps the old behaviour: at that value a key is
 # left out of the fingerprints (``catalogue_fingerprint``, the stages' in ``pipeline.py``), so upgrading the
 # package does not redo the stages of an earlier run whose settings did not change.
-LATER_KEYS: Dict[str, object] = {"balanced_swap_refine": False}
+LATER_KEYS: Dict[str, object] = {"balanced_swap_refine": False, "tolerance": 0.0}
 
 
 def fingerprint_settings(settings: Any, later_keys: Optional[Dict[str, object]] = None) -> Any:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Tuple
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -24,7 +24,8 @@ class KMeansResult:
         labels (torch.Tensor): [N] int64 cluster of each point.
         iterations (int): assignment rounds run.
         inertia (float): sum over points of the squared distance to their centroid.
-        converged (bool): True when it stopped because no assignment changed, False when it hit max_iter.
+        converged (bool): True when it stopped because a round moved no point (or, with a ``tolerance``, three
+            rounds lowered the squared error by at most that share), False when it hit max_iter.
         rescans (int): balanced fast path only: candidate lists that ran short and were recomputed.
         swaps (int): balanced with ``swap_refine`` only: point swaps the refinement made.
     """
@@ -40,6 +41,61 @@ class KMeansResult:
     def cluster_sizes(self) -> torch.Tensor:
         """Returns [K] int64 number of points per cluster."""
         return torch.bincount(self.labels, minlength=self.centroids.shape[0])
+
+
+def check_tolerance(tolerance: float, name: str = "tolerance") -> float:
+    """Validate a stopping tolerance: a relative drop of the squared error, in [0, 1)."""
+    if not 0.0 <= tolerance < 1.0:
+        raise ValueError(
+            f"{name}={tolerance} must be in [0, 1): once three rounds lower the squared error by at most that share "
+            "of it the fit ends (0: only a round that moves no point ends it)"
+        )
+    return float(tolerance)
+
+
+def cluster_error(total_sq: float, centroids: torch.Tensor, counts: torch.Tensor) -> float:
+    """Sum over points of the squared distance to their cluster's mean, from the means alone (no pass over x).
+
+    With c_k the mean of cluster k's n_k points, sum_i |x_i - c_k(i)|^2 = sum_i |x_i|^2 - sum_k n_k |c_k|^2.
+
+    Example:
+        >>> x = torch.tensor([[1.0], [3.0], [5.0]])
+        >>> cluster_error(float((x * x).sum()), torch.tensor([[2.0], [5.0]]), torch.tensor([2, 1]))
+        2.0
+    """
+    return total_sq - float((counts.double() * (centroids.double() ** 2).sum(1)).sum())
+
+
+TOLERANCE_ROUNDS = 3  # the balanced loop's error is not monotone: its second round's is often above its first's
+
+
+def settled(previous: Optional[torch.Tensor], labels: torch.Tensor, errors: List[float], tolerance: float) -> bool:
+    """Whether a fit stops after this round: no point moved, or (tolerance > 0, from round 2 * TOLERANCE_ROUNDS + 1
+    on) the last TOLERANCE_ROUNDS rounds together lowered the squared error by at most ``tolerance`` of what it was
+    before them.
+
+    Args:
+        previous (Optional[torch.Tensor]): [N] labels of the previous round (None on the first).
+        labels (torch.Tensor): [N] labels of this round.
+        errors (List[float]): the squared error after each round so far, this one last.
+        tolerance (float): the relative drop below which the fit stops.
+
+    Example:
+        >>> same, moved = torch.tensor([0, 1, 1]), torch.tensor([0, 1, 0])
+        >>> settled(same, same, [9.0, 5.0], 0.0), settled(same, moved, [9.0, 8.0, 6.0, 5.99], 0.0)
+        (True, False)
+        >>> falling, flat = [9, 8, 7, 6, 5, 4.5, 4], [9, 8, 7, 6, 6, 6, 5.99]
+        >>> settled(same, moved, falling, 0.01), settled(same, moved, flat, 0.01)
+        (False, True)
+    """
+    if previous is None:
+        return False
+    if torch.equal(previous, labels):
+        return True
+    if tolerance == 0.0 or len(errors) <= 2 * TOLERANCE_ROUNDS:  # the first rounds' errors may rise: never compared
+        return False
+    before = errors[-1 - TOLERANCE_ROUNDS]
+    return before - errors[-1] <= tolerance * before
 
 
 def check_points(x: torch.Tensor, num_clusters: int, name: str = "x") -> torch.Tensor:
@@ -186,13 +242,14 @@ class KMeans:
 
     Initialised from K random points (deterministic per seed); each round assigns every point to its nearest
     centroid and moves each centroid to its cluster's mean; a cluster left empty is re-seeded with the point
-    farthest from its centroid. Stops when no assignment changes or after ``max_iter`` rounds. Runs on x's
-    device.
+    farthest from its centroid. Stops when a round moves no point (or, with a ``tolerance``, once three rounds
+    lower the squared error by at most that share of it) or after ``max_iter`` rounds. Runs on x's device.
 
     Args:
         num_clusters (int): K.
         max_iter (int): most assignment rounds.
         chunk_size (int): rows per [chunk_size, K] distance block.
+        tolerance (float): also stop once three rounds lower the squared error by at most this share of it.
         seed (int): seed of the initialisation.
 
     Example:
@@ -202,9 +259,12 @@ class KMeans:
         ([2, 2], True)
     """
 
-    def __init__(self, num_clusters: int, *, max_iter: int = 30, chunk_size: int = 8192, seed: int = 0) -> None:
+    def __init__(
+        self, num_clusters: int, *, max_iter: int = 30, chunk_size: int = 8192, seed: int = 0, tolerance: float = 0.0
+    ) -> None:
         if max_iter < 1 or chunk_size < 1:
             raise ValueError(f"max_iter={max_iter} and chunk_size={chunk_size} must both be >= 1")
+        self.tolerance = check_tolerance(tolerance)
         self.num_clusters = num_clusters
         self.max_iter = max_iter
         self.chunk_size = chunk_size
@@ -222,7 +282,9 @@ class KMeans:
         x = check_points(x, self.num_clusters)
         k = self.num_clusters
         centroids = random_init(x, k, self.seed)
-        previous = None
+        total_sq = float((x.double() ** 2).sum())
+        previous: Optional[torch.Tensor] = None
+        errors: List[float] = []
         converged = False
         iterations = 0
         for iterations in range(1, self.max_iter + 1):
@@ -230,8 +292,9 @@ class KMeans:
             counts = torch.bincount(labels, minlength=k)
             if bool((counts == 0).any()):
                 labels = _fill_empty(labels, sq, counts)
-            centroids, _ = cluster_means(x, labels, k)
-            if previous is not None and torch.equal(previous, labels):
+            centroids, counts = cluster_means(x, labels, k)
+            errors.append(cluster_error(total_sq, centroids, counts))
+            if settled(previous, labels, errors, self.tolerance):
                 converged = True
                 break
             previous = labels

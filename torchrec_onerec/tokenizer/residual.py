@@ -104,7 +104,7 @@ class ResidualQuantizer:
     """L-level residual K-means quantiser; K per level from ``config.codebook_sizes``.
 
     Args:
-        config (TokenizerConfig): quantizer, codebook_sizes, max_iter, chunk_size, balanced_algorithm.
+        config (TokenizerConfig): quantizer, codebook_sizes, max_iter, tolerance, chunk_size, balanced_algorithm.
         seed (int): level l uses seed + l.
 
     Example:
@@ -133,8 +133,11 @@ class ResidualQuantizer:
                 seed=self.seed + level,
                 algorithm=cfg.balanced_algorithm,
                 swap_refine=cfg.balanced_swap_refine,
+                tolerance=cfg.tolerance,
             )
-        return KMeans(k, max_iter=cfg.max_iter, chunk_size=cfg.chunk_size, seed=self.seed + level)
+        return KMeans(
+            k, max_iter=cfg.max_iter, chunk_size=cfg.chunk_size, seed=self.seed + level, tolerance=cfg.tolerance
+        )
 
     def fit(self, x: torch.Tensor) -> ResidualFit:
         """Fit the L codebooks level by level on the residuals; runs on x's device.

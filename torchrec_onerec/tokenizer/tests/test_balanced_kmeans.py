@@ -32,6 +32,23 @@ def test_fast_equals_reference(n: int, k: int, chunk: int) -> None:
     assert fast.inertia == pytest.approx(ref.inertia)
 
 
+def test_fast_equals_reference_when_the_sample_places_a_threshold_too_low(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torchrec_onerec.tokenizer.balanced_kmeans as module
+
+    n = 20000
+    x = 5 + 5 * _points(n, 2, seed=5, dtype=torch.float64).abs()
+    rows = torch.arange(0, n, 9)  # the rows the strided sample reads: near the first centroid, the rest far
+    x[rows] = 0.1 * _points(rows.numel(), 2, seed=6, dtype=torch.float64)
+    centroids = torch.cat([torch.zeros(1, 2, dtype=torch.float64), x[1:1800:200]])  # K = 10, w = 2000
+    exact_calls = []
+    real = module._exact_thresholds
+    monkeypatch.setattr(module, "_exact_thresholds", lambda *a: exact_calls.append(1) or real(*a))
+    sizes = balanced_sizes(n, 10)
+    fast, _ = module.assign_fast(x, (x * x).sum(1), centroids, sizes, budget=1 << 26)
+    assert exact_calls, "the sample saw only near points, so its threshold held too few of them"
+    assert torch.equal(fast, module.assign_reference(x, centroids.clone(), sizes))
+
+
 def test_fast_rescans_keep_balance_on_duplicates() -> None:
     x = _points(40, 3).repeat(25, 1)  # 1000 points, 40 distinct: heavy ties and short candidate lists
     result = BalancedKMeans(64, max_iter=6, seed=0, chunk_size=1).fit(x)
@@ -54,6 +71,24 @@ def test_converges_on_separated_blobs_and_reports() -> None:
     assert result.converged and 1 <= result.iterations < 30
     assert torch.unique(result.labels.view(4, 50), dim=1).shape[1] == 1  # each blob is one cluster
     assert result.inertia == pytest.approx(float(((x - result.centroids[result.labels]) ** 2).sum()), rel=1e-4)
+
+
+@pytest.mark.parametrize("model", [BalancedKMeans, KMeans])
+def test_tolerance_stops_once_a_round_gains_little(model: type) -> None:
+    centres = 3 * _points(30, 8, seed=1)
+    x = centres.repeat_interleave(100, 0) + _points(3000, 8)  # clustered, like item embeddings
+    strict = model(60, max_iter=40, seed=0).fit(x)
+    loose = model(60, max_iter=40, seed=0, tolerance=0.005).fit(x)
+    assert loose.converged and 7 <= loose.iterations < strict.iterations
+    # the loose fit is the strict one stopped early: the same rounds up to its last
+    early = model(60, max_iter=loose.iterations, seed=0).fit(x)
+    assert torch.equal(early.labels, loose.labels) and not early.converged
+    # its last three rounds lowered the squared error by at most 0.5%; the three before its previous round by more
+    errors = [model(60, max_iter=loose.iterations - j, seed=0).fit(x).inertia for j in (4, 3, 1)] + [loose.inertia]
+    assert errors[1] - errors[3] <= 0.005 * errors[1] * (1 + 1e-5)
+    assert errors[0] - errors[2] > 0.005 * errors[0]
+    with pytest.raises(ValueError, match=r"tolerance=1.0 must be in \[0, 1\)"):
+        model(60, tolerance=1.0)
 
 
 @pytest.mark.parametrize("model", [BalancedKMeans, KMeans])
