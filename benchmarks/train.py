@@ -388,6 +388,11 @@ def main() -> None:
     if args.device == "cuda" or args.unsharded:
         main_mfu(args)
         return
+    if args.steps < 2 * args.log_every:
+        parser.error(
+            f"--steps {args.steps} with --log-every {args.log_every} gives {args.steps // args.log_every} throughput "
+            f"window(s), and the first is warm-up: use --steps >= {2 * args.log_every} or a smaller --log-every"
+        )
     if args.prefix_clusters:
         main_sampled(args)
         return
