@@ -198,11 +198,7 @@ def assign_reference(x: torch.Tensor, centroids: torch.Tensor, sizes: Sequence[i
 
 
 def assign_fast(
-    x: torch.Tensor,
-    x_sq: torch.Tensor,
-    centroids: torch.Tensor,
-    sizes: Sequence[int],
-    budget: int,
+    x: torch.Tensor, x_sq: torch.Tensor, centroids: torch.Tensor, sizes: Sequence[int], budget: int
 ) -> Tuple[torch.Tensor, int]:
     """One round of the paper's loop, blocked (see the module docstring); the same assignment as the reference.
 

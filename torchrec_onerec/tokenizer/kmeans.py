@@ -282,7 +282,7 @@ class KMeans:
         x = check_points(x, self.num_clusters)
         k = self.num_clusters
         centroids = random_init(x, k, self.seed)
-        total_sq = float((x.double() ** 2).sum())
+        total_sq = float((x * x).sum(1).double().sum())
         previous: Optional[torch.Tensor] = None
         errors: List[float] = []
         converged = False
