@@ -59,7 +59,6 @@ RANKER_REWARDS = ("ranker", "mix")  # the align.reward_source values that read t
 LATER_KEYS: Dict[str, Dict[str, object]] = {
     "tokenizer": TOKENIZER_LATER_KEYS,
     "train": {"random_exposures": "all", "sampled_siblings": 0},
-    "eval": {"slate_penalty_counts": "count"},
 }
 
 

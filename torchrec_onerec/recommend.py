@@ -209,7 +209,6 @@ class Recommender:
                     penalty=self.diversity_penalty,
                     slate=self.slate,
                     exclude_history=exclude,
-                    slate_counting=cfg.eval.slate_penalty_counts,
                 )
                 for items, scores in zip(found.items.cpu().numpy(), found.scores.float().cpu().numpy()):
                     sessions = [

@@ -34,9 +34,6 @@ class EvalConfig:
             earlier item of the session under the same first code (``generation.processors.RepeatedPrefixPenalty``
             in the beam search, ``generation.slate`` in the slate); the arm keeps the one its validation users are
             best served with, as ``cascade_rerank`` keeps its weight.
-        slate_penalty_counts: which earlier session items a slate arm's penalty counts: ``count`` every one under
-            the same first code; ``excess`` only those beyond the code's share of the session, M times the model's
-            probability mass under it (``generation.slate.slate_sessions``; proportional diversification).
         interpolation_weights: the w in (0, 1) the ``onerec_interp_slate`` arm tries on the validation users (with
             0 and 1, the NTP and the aligned model): the weights (1 - w) theta_NTP + w theta_aligned, served as a
             slate (``torchrec_onerec.interpolation``).
@@ -63,7 +60,6 @@ class EvalConfig:
     constrained: bool = True
     protocol_a_session_items: int = 1
     diversity_penalties: List[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
-    slate_penalty_counts: str = "count"
     interpolation_weights: List[float] = field(default_factory=lambda: [0.25, 0.5, 0.75])
     select_candidates: List[int] = field(default_factory=lambda: [2, 5, 10])
 
@@ -82,10 +78,6 @@ class EvalConfig:
             raise ConfigError(f"eval.ks={list(self.ks)} needs at least one cut-off, each >= 1")
         if len(set(self.ks)) != len(self.ks):
             raise ConfigError(f"eval.ks={list(self.ks)} repeats a cut-off; list each K once")
-        if self.slate_penalty_counts not in ("count", "excess"):
-            raise ConfigError(
-                f"eval.slate_penalty_counts={self.slate_penalty_counts!r} is not one of ('count', 'excess')"
-            )
         if any(not p >= 0.0 for p in self.diversity_penalties):
             raise ConfigError(f"eval.diversity_penalties={list(self.diversity_penalties)}: every penalty must be >= 0")
         if any(not 0.0 < w < 1.0 for w in self.interpolation_weights):

@@ -170,7 +170,6 @@ def evaluate_generative(
             slate=slate,
             exclude_history=config.exclude_history,
             constrained=config.constrained,
-            slate_counting=config.slate_penalty_counts,
         )
 
     loader = batches(local)

@@ -32,7 +32,6 @@ def serve_sessions(
     slate: bool = False,
     exclude_history: bool = False,
     constrained: bool = True,
-    slate_counting: str = "count",
 ) -> BeamSearchOutput:
     """The ``num_return`` sessions each user of ``batch`` is served, best first.
 
@@ -49,7 +48,6 @@ def serve_sessions(
         slate (bool): serve by ``generation.slate.slate_search`` instead of ``constrained_beam_search``.
         exclude_history (bool): never serve an item of the user's history.
         constrained (bool): the beam search's default constraints (a slate always serves real items).
-        slate_counting (str): which earlier items the slate's penalty counts (``generation.slate.slate_sessions``).
 
     Returns:
         BeamSearchOutput: items [B, R, M], codes [B, R, M, L'], scores [B, R].
@@ -63,7 +61,6 @@ def serve_sessions(
             session_items=session_items or model.config.session_items,
             penalty=penalty,
             exclude_history=exclude_history,
-            counting=slate_counting,
         )
     return constrained_beam_search(
         model,

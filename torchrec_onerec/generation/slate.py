@@ -233,28 +233,15 @@ def _next_item_log_probs_tree(
     return torch.cat(out)
 
 
-PENALTY_COUNTS = ("count", "excess")
-
-
 def slate_sessions(
-    log_probs: torch.Tensor,
-    first_codes: torch.Tensor,
-    *,
-    penalty: float,
-    num_sessions: int,
-    session_items: int,
-    counting: str = "count",
+    log_probs: torch.Tensor, first_codes: torch.Tensor, *, penalty: float, num_sessions: int, session_items: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Fill R sessions of M items from per-item scores, greedily, with a penalty for repeated first codes.
 
     Session r is filled after sessions 0..r-1 from the items they left; each of its slots takes the item
-    maximising ``log_probs - penalty * (earlier items of this session under the same first code)``. With
-    ``counting="excess"`` only the earlier items beyond the code's share of the session count:
-    ``max(0, earlier - M * p(code))``, p(code) the scores' probability mass under the code (the user's estimated
-    interest in it, when ``log_probs`` are the model's normalised next-item log-probabilities), so a code the user
-    is likely to want keeps about its share of the M slots before it pays (proportional diversification, as PM-2
-    seats a result list). The sessions come back ordered by their score, the sum of the penalised values of their
-    items (the first filled is almost always first).
+    maximising ``log_probs - penalty * (earlier items of this session under the same first code)``. The sessions
+    come back ordered by their score, the sum of the penalised values of their items (the first filled is
+    almost always first).
 
     Args:
         log_probs (torch.Tensor): [B, I] item scores; -inf for an item that may not be served.
@@ -262,7 +249,6 @@ def slate_sessions(
         penalty (float): >= 0, per earlier same-cluster item of the session (0: the top R M items in order).
         num_sessions (int): R >= 1.
         session_items (int): M >= 1.
-        counting (str): ``count`` (every earlier same-code item) or ``excess`` (those beyond the code's share).
 
     Returns:
         (items [B, R, M] int64, scores [B, R] float32): -1 / -inf for filler sessions (fewer than R M servable
@@ -275,13 +261,7 @@ def slate_sessions(
         [[[0, 2], [1, 3]]]
         >>> slate_sessions(scores, torch.tensor([0, 0, 1, 1]), penalty=0.0, num_sessions=1, session_items=2)[0].tolist()
         [[[0, 1]]]
-        >>> log_p = torch.tensor([[0.5, 0.4, 0.06, 0.04]]).log()  # code 0 holds 90% of the mass: 1.8 of 2 slots
-        >>> slate_sessions(log_p, torch.tensor([0, 0, 1, 1]), penalty=2.0, num_sessions=1, session_items=2,
-        ...                counting="excess")[0].tolist()
-        [[[0, 1]]]
     """
-    if counting not in PENALTY_COUNTS:
-        raise ValueError(f"counting={counting!r} is not one of {PENALTY_COUNTS}")
     if not penalty >= 0.0:
         raise ValueError(f"penalty={penalty} must be >= 0 (0 serves the most probable items in order)")
     if num_sessions < 1 or session_items < 1:
@@ -295,14 +275,10 @@ def slate_sessions(
     items = torch.full((B, R, M), -1, dtype=torch.long, device=device)
     values = torch.zeros(B, R, M, device=device)
     clusters = int(first_codes.max()) + 1
-    share = torch.zeros(B, clusters, device=device)  # slots each code may fill before it pays
-    if counting == "excess":
-        mass = torch.exp(log_probs.float()).nan_to_num_(0.0)
-        share.index_add_(1, first_codes, mass).mul_(M / mass.sum(1, keepdim=True).clamp_min(1e-30))
     for r in range(R):
         shown = torch.zeros(B, clusters, device=device)  # this session's items per first code
         for j in range(M):
-            value = open_items - penalty * (shown - share).clamp_min_(0.0)[:, first_codes]
+            value = open_items - penalty * shown[:, first_codes]
             best, pick = value.max(dim=1)
             items[:, r, j] = pick
             values[:, r, j] = best
@@ -325,7 +301,6 @@ def slate_search(
     session_items: int,
     penalty: float = 0.0,
     exclude_history: bool = False,
-    counting: str = "count",
 ) -> BeamSearchOutput:
     """The ``num_return`` sessions of each user that slate serving writes (module docstring).
 
@@ -337,7 +312,6 @@ def slate_search(
         session_items (int): M items per session.
         penalty (float): per earlier item of the session under the same first code, in log-probability units.
         exclude_history (bool): never serve an item of the user's history.
-        counting (str): which earlier items the penalty counts (``slate_sessions``).
 
     Returns:
         BeamSearchOutput: items [B, R, M] (every one a real item, no repeats across a user's sessions), codes
@@ -367,12 +341,7 @@ def slate_search(
         log_probs = log_probs.masked_fill(blocked, float("-inf"))
     item_codes = codes.to(log_probs.device)
     items, scores = slate_sessions(
-        log_probs,
-        item_codes[:, 0],
-        penalty=penalty,
-        num_sessions=num_return,
-        session_items=session_items,
-        counting=counting,
+        log_probs, item_codes[:, 0], penalty=penalty, num_sessions=num_return, session_items=session_items
     )
     session_codes = torch.where(items.unsqueeze(-1) >= 0, item_codes[items.clamp(min=0)], -1)
     return BeamSearchOutput(items, session_codes, scores)

@@ -57,23 +57,6 @@ def test_slate_sessions_fill_greedily_and_the_penalty_spreads_them() -> None:
     torch.testing.assert_close(spread_scores, torch.tensor([[6.0]]))
 
 
-def test_excess_counting_lets_a_likely_code_keep_its_share_of_the_session() -> None:
-    # code 0 holds 0.75 of the mass: 3 of 4 slots before it pays; code 1 0.2 (0.8 slots); code 2 0.05
-    probs = torch.tensor([[0.4, 0.2, 0.1, 0.05, 0.15, 0.05, 0.05]])
-    first = torch.tensor([0, 0, 0, 0, 1, 1, 2])
-    count, _ = slate_sessions(probs.log(), first, penalty=1.0, num_sessions=1, session_items=4)
-    assert count.tolist() == [[[0, 4, 1, 6]]]  # every repeat pays 1: code 1's second item would pay too
-    excess, scores = slate_sessions(probs.log(), first, penalty=1.0, num_sessions=1, session_items=4, counting="excess")
-    assert excess.tolist() == [[[0, 1, 4, 2]]]  # code 0 fills 3 of 4 slots at no cost
-    torch.testing.assert_close(scores, probs[0, [0, 1, 4, 2]].log().sum().view(1, 1))
-    # a code holding nearly all of the mass fills a two-item session by itself
-    heavy = torch.tensor([[0.02, 0.01, 0.01, 0.01, 0.5, 0.44, 0.01]])
-    pick, _ = slate_sessions(heavy.log(), first, penalty=1.0, num_sessions=1, session_items=2, counting="excess")
-    assert pick.tolist() == [[[4, 5]]]  # 0.94 of the mass: share 1.88, so the second item pays nothing
-    with pytest.raises(ValueError, match="counting='share' is not one of"):
-        slate_sessions(probs.log(), first, penalty=1.0, num_sessions=1, session_items=4, counting="share")
-
-
 def test_sessions_come_back_by_score_and_too_few_items_give_filler() -> None:
     scores = torch.tensor([[2.0, 1.0, float("-inf"), 0.0, float("-inf")]])
     items, session_scores = slate_sessions(
