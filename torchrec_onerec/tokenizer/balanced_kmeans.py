@@ -285,10 +285,9 @@ def _block_hits(packed_x: torch.Tensor, packed_sq: torch.Tensor, centres: torch.
     """
     n, b = packed_x.shape[0], centres.shape[0]
     step = max(1, _CACHE_ELEMENTS // b) if packed_x.device.type == "cpu" else n
-    centres_t = centres.T.contiguous()
     rows, cols, values = [], [], []
     for lo in range(0, n, step):
-        part = torch.mm(packed_x[lo : lo + step], centres_t).add_(packed_sq[lo : lo + step].unsqueeze(1))
+        part = _exact_block(packed_x[lo : lo + step], packed_sq[lo : lo + step], centres)
         r, c = (part <= tau).nonzero(as_tuple=True)
         values.append(part[r, c])
         rows.append(r.add_(lo))

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
+from torchrec_onerec.tokenizer.kmeans import check_tolerance
+
 EMBEDDING_SOURCES = ("content", "file", "features", "collaborative", "text")
 QUANTIZERS = ("balanced_kmeans", "residual_kmeans")
 NORMALIZATIONS = ("l2", "standardize", "none")
@@ -94,11 +96,7 @@ class TokenizerConfig:
             raise ValueError(
                 f"tokenizer.max_iter={self.max_iter} and tokenizer.chunk_size={self.chunk_size} must be >= 1"
             )
-        if not 0.0 <= self.tolerance < 1.0:
-            raise ValueError(
-                f"tokenizer.tolerance={self.tolerance} must be in [0, 1): a relative drop of the squared error "
-                "(0: stop only when a round moves no item)"
-            )
+        check_tolerance(self.tolerance, "tokenizer.tolerance")
         if self.balanced_algorithm not in BALANCED_ALGORITHMS:
             raise ValueError(
                 f"tokenizer.balanced_algorithm={self.balanced_algorithm!r} is not one of {BALANCED_ALGORITHMS}"
