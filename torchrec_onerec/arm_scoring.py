@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -18,6 +18,7 @@ from torchrec_onerec.data.samples import SampleSet
 from torchrec_onerec.eval.generative import evaluate_generative
 from torchrec_onerec.eval.protocols import EvalResult
 from torchrec_onerec.eval.reward_estimates import add_reward_estimates
+from torchrec_onerec.generation.slate import LevelMixture
 from torchrec_onerec.models.onerec import OneRecModel
 from torchrec_onerec.models.reward import SessionRewardModel
 from torchrec_onerec.run_dir import RunDir, read_json
@@ -91,7 +92,7 @@ def read_generative_state(ctx: PipelineContext, path: Path) -> Dict[str, torch.T
 
 def score_generative(
     ctx: PipelineContext,
-    model: OneRecModel,
+    model: Union[OneRecModel, LevelMixture],
     diversity_penalty: float = 0.0,
     samples: Optional[SampleSet] = None,
     slate: bool = False,

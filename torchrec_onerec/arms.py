@@ -35,7 +35,7 @@ from torchrec_onerec.eval.protocols import EvalResult
 from torchrec_onerec.eval.sasrec import evaluate_sasrec
 from torchrec_onerec.eval.session_selection import select_by_reward
 from torchrec_onerec.generation.slate import reused_next_item_log_probs
-from torchrec_onerec.interpolation import interpolated_slate_arm
+from torchrec_onerec.interpolation import interpolated_slate_arm, level_mixed_slate_arm
 from torchrec_onerec.models.cascade import CascadeRecommender, load_cascade
 from torchrec_onerec.models.reward import SessionRewardModel
 from torchrec_onerec.models.sasrec import load_sasrec
@@ -297,6 +297,7 @@ ARMS.update(
         _select_arm("onerec_select", "onerec"),
         _select_arm("onerec_ipa_select", "onerec_ipa"),
         interpolated_slate_arm("onerec_interp_slate", ARMS["onerec"], ARMS["onerec_ipa"]),
+        level_mixed_slate_arm("onerec_mix_slate", ARMS["onerec"], ARMS["onerec_ipa"]),
     )
 )
 SERVABLE_ARMS = tuple(name for name, arm in ARMS.items() if arm.serves_from)

@@ -1,4 +1,5 @@
-"""Serving a model between the NTP model and its aligned successor: their weights interpolated, served as a slate.
+"""Serving between the NTP model and its aligned successor, as a slate: their weights interpolated, or their
+next-item distributions mixed level by level.
 
 Alignment moves the NTP model towards what the reward prefers, and away from what the users were seen to choose.
 A model on the straight line between the two sets of weights, theta(w) = (1 - w) theta_NTP + w theta_aligned,
@@ -12,12 +13,22 @@ The ``onerec_interp_slate`` arm tries w in ``eval.interpolation_weights`` and bo
 and keeps the pair its validation users are best served with by ``choose_on_validation``'s criterion; that model
 is written to ``evaluate/onerec_interp_slate.pt`` (what ``onerec recommend --arm onerec_interp_slate`` serves)
 and scored on the scored split.
+
+The trade need not be the same at every code level. The first code is the coarsest cluster (a topic, roughly):
+choosing among clusters is where the NTP model's knowledge of the user lies, and choosing the item inside a
+cluster is where alignment's preference for better items shows. The ``onerec_mix_slate`` arm serves
+``generation.slate.LevelMixture(NTP, aligned, [w, 1, .., 1])``: an item's first-code log-probability is
+(1 - w) times the NTP model's plus w times the aligned model's, its later levels' are the aligned model's; w and
+the penalty are chosen on the validation users exactly as ``onerec_interp_slate``'s (w = 1 serves what
+``onerec_ipa_slate`` does). It is two models and a weight, not one exported model, so ``onerec recommend`` does
+not serve it.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Tuple
+from contextlib import nullcontext
+from typing import Callable, Dict, Mapping, Optional, Tuple, Union
 
 import torch
 
@@ -26,6 +37,7 @@ from torchrec_onerec.arm_scoring import (
     chosen_penalty,
     choose_on_validation,
     generative_model,
+    load_generative,
     read_generative_state,
     score_generative,
     selection_text,
@@ -33,7 +45,8 @@ from torchrec_onerec.arm_scoring import (
 from torchrec_onerec.config import OneRecConfig
 from torchrec_onerec.context import PipelineContext, rank
 from torchrec_onerec.eval.protocols import EvalResult
-from torchrec_onerec.generation.slate import reused_next_item_log_probs
+from torchrec_onerec.generation.slate import LevelMixture, reused_next_item_log_probs
+from torchrec_onerec.models.onerec import OneRecModel
 from torchrec_onerec.models.reward import SessionRewardModel
 from torchrec_onerec.run_dir import RunDir
 from torchrec_onerec.train.checkpoint import training_fingerprint
@@ -94,25 +107,14 @@ def interpolated_slate_arm(name: str, start: Arm, end: Arm) -> Arm:
         cfg = ctx.config
         first_state = read_generative_state(ctx, start_path(ctx.run))
         last_state = read_generative_state(ctx, end_path(ctx.run))
-        weights = sorted({0.0, 1.0, *[float(w) for w in cfg.eval.interpolation_weights]})
-        table: Dict[str, float] = {}
-        penalties: Dict[str, Tuple[float, Dict[str, float]]] = {}
-        criterion = ""
-        for weight in weights:
-            model = generative_model(ctx, interpolate_states(first_state, last_state, weight))
-            with reused_next_item_log_probs():  # one distribution per batch for every penalty at this weight
-                penalty, tried, criterion = choose_on_validation(
-                    ctx,
-                    reward_model,
-                    cfg.eval.diversity_penalties,
-                    lambda p: score_generative(ctx, model, p, ctx.split.valid, slate=True),
-                    f"{name} diversity penalty at interpolation weight {weight}",
-                )
-            table[str(weight)] = tried[str(penalty)]
-            penalties[str(weight)] = (penalty, tried)
-        chosen = max(table, key=lambda w: (table[w], -float(w)))  # the smaller weight on a tie
-        penalty, tried = penalties[chosen]
-        state = interpolate_states(first_state, last_state, float(chosen))
+        chosen, penalty, table, tried, criterion = _chosen_on_validation(
+            ctx,
+            reward_model,
+            name,
+            lambda weight: generative_model(ctx, interpolate_states(first_state, last_state, weight)),
+            shared_store=False,  # a new model per weight: a store must not outlive its model
+        )
+        state = interpolate_states(first_state, last_state, chosen)
         if rank() == 0:
             save_exported(
                 ctx.run.path / INTERPOLATED_FILE.format(arm=name),
@@ -126,7 +128,7 @@ def interpolated_slate_arm(name: str, start: Arm, end: Arm) -> Arm:
             )
         result = score_generative(ctx, generative_model(ctx, state), penalty, slate=True)
         result.info.update(
-            interpolation_weight=float(chosen),
+            interpolation_weight=chosen,
             selection=table,
             selected_on=criterion,
             penalty_selection=tried,
@@ -154,3 +156,76 @@ def interpolated_slate_arm(name: str, start: Arm, end: Arm) -> Arm:
         serving_penalty=lambda run: chosen_penalty(run, name),
         slate=True,
     )
+
+
+def _chosen_on_validation(
+    ctx: PipelineContext,
+    reward_model: Optional[SessionRewardModel],
+    name: str,
+    model_at: Callable[[float], Union[OneRecModel, LevelMixture]],
+    *,
+    shared_store: bool,
+) -> Tuple[float, float, Dict[str, float], Dict[str, float], str]:
+    """The weight w (0, 1 and ``eval.interpolation_weights``) and slate penalty whose validation users are best
+    served by ``choose_on_validation``'s criterion, the smaller w on a tie. ``model_at(w)`` serves at w; with
+    ``shared_store`` one store of next-item distributions serves every w (the models behind ``model_at`` are the
+    same objects for every w), otherwise one store per w.
+
+    Returns:
+        (w, its penalty, the best estimate at each w, every penalty's estimate at the chosen w, the criterion).
+    """
+    weights = sorted({0.0, 1.0, *[float(w) for w in ctx.config.eval.interpolation_weights]})
+    table: Dict[str, float] = {}
+    penalties: Dict[str, Tuple[float, Dict[str, float]]] = {}
+    criterion = ""
+    with reused_next_item_log_probs() if shared_store else nullcontext():
+        for weight in weights:
+            model = model_at(weight)
+            # a slate's penalty changes only the fill: one distribution per batch for every penalty at this weight
+            with nullcontext() if shared_store else reused_next_item_log_probs():
+                penalty, tried, criterion = choose_on_validation(
+                    ctx,
+                    reward_model,
+                    ctx.config.eval.diversity_penalties,
+                    lambda p: score_generative(ctx, model, p, ctx.split.valid, slate=True),
+                    f"{name} diversity penalty at weight {weight}",
+                )
+            table[str(weight)] = tried[str(penalty)]
+            penalties[str(weight)] = (penalty, tried)
+    chosen = max(table, key=lambda w: (table[w], -float(w)))
+    penalty, tried = penalties[chosen]
+    return float(chosen), penalty, table, tried, criterion
+
+
+def level_mixed_slate_arm(name: str, start: Arm, end: Arm) -> Arm:
+    """The arm serving, as a slate, ``LevelMixture(start's model, end's model, [w, 1, .., 1])``: the first code
+    from between the two models' distributions, every later level from ``end``'s (module docstring).
+
+    Args:
+        name (str): the arm's name in ``compare.arms``.
+        start (Arm): the arm of the model at weight 0 (the NTP model's, ``onerec``).
+        end (Arm): the arm of the model at weight 1 (the aligned model's, ``onerec_ipa``).
+    """
+    assert start.model_path is not None and end.model_path is not None
+    start_path, end_path = start.model_path, end.model_path
+
+    def score(ctx: PipelineContext, reward_model: Optional[SessionRewardModel]) -> EvalResult:
+        first = load_generative(ctx, start_path(ctx.run))
+        last = load_generative(ctx, end_path(ctx.run))
+        later = [1.0] * (len(ctx.codebook.vocab_sizes) - 1)
+        chosen, penalty, table, tried, criterion = _chosen_on_validation(
+            ctx, reward_model, name, lambda weight: LevelMixture(first, last, [weight, *later]), shared_store=True
+        )
+        result = score_generative(ctx, LevelMixture(first, last, [chosen, *later]), penalty, slate=True)
+        result.info.update(first_code_weight=chosen, selection=table, selected_on=criterion, penalty_selection=tried)
+        return result
+
+    def chosen(config: OneRecConfig, info: Dict[str, object]) -> str:
+        return (
+            f"each item's first-code term (1 - w) x ({start.chosen(config, info)}) + w x ({end.chosen(config, info)}) "
+            f"in log-probability at w = {info['first_code_weight']}, its later levels' terms from the second model, "
+            f"served as a slate with a diversity penalty of {info['diversity_penalty']} per earlier session item "
+            f"under the same first code (the best penalty at each w), w {selection_text(info)}"
+        )
+
+    return Arm(name, tuple(dict.fromkeys(start.needs + end.needs)), score, chosen, slate=True)

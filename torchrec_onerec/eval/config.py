@@ -36,7 +36,8 @@ class EvalConfig:
             best served with, as ``cascade_rerank`` keeps its weight.
         interpolation_weights: the w in (0, 1) the ``onerec_interp_slate`` arm tries on the validation users (with
             0 and 1, the NTP and the aligned model): the weights (1 - w) theta_NTP + w theta_aligned, served as a
-            slate (``torchrec_onerec.interpolation``).
+            slate (``torchrec_onerec.interpolation``); ``onerec_mix_slate`` tries the same w as the aligned model's
+            share of the first code's log-probability.
         select_candidates: the n the ``*_select`` arms try on the validation users (with 0, the plain search):
             of each user's n most probable returned sessions, the one the alignment reward
             (``align.reward_source``) scores highest is served (``eval.session_selection``); each n must be
@@ -105,6 +106,7 @@ ARM_KINDS = (
     "onerec_slate",
     "onerec_ipa_slate",
     "onerec_interp_slate",
+    "onerec_mix_slate",
 )
 
 
@@ -124,7 +126,9 @@ class CompareConfig:
             ``onerec_slate`` / ``onerec_ipa_slate`` (those models served as slates from their next-item
             distribution, the same penalty chosen on validation: ``generation.slate``),
             ``onerec_interp_slate`` (the NTP and aligned models' weights interpolated, served as a slate, the weight
-            and penalty chosen on validation: ``eval.interpolation_weights``),
+            and penalty chosen on validation: ``eval.interpolation_weights``), ``onerec_mix_slate`` (a slate whose
+            first code is scored between the NTP and the aligned model's distributions and whose later codes by the
+            aligned model's, ``generation.slate.LevelMixture``, the weight and penalty chosen likewise),
             ``popularity`` (the floor), ``sasrec`` (the sequential baseline; its stage trains only when it is
             listed here: ``sasrec`` section), or ``model:<path>`` (any
             exported OneRec model file, e.g. another run's ``train/best_model.pt`` with the same codebook). An

@@ -36,11 +36,14 @@ from torchrec_onerec.eval.protocols import EvalResult, check_protocol, evaluatio
 from torchrec_onerec.eval.user_shards import gather_rows, group_size, has_sharded_tables, lockstep_batches, rank_rows
 from torchrec_onerec.generation.beam_search import BeamSearchOutput
 from torchrec_onerec.generation.serving import serve_sessions
+from torchrec_onerec.generation.slate import LevelMixture
 from torchrec_onerec.models.onerec import OneRecModel
 from torchrec_onerec.tokenizer.prefix_index import PrefixIndex
 
 
-def generated_session_items(model: OneRecModel, samples: SampleSet, config: EvalConfig, protocol: str) -> int:
+def generated_session_items(
+    model: Union[OneRecModel, LevelMixture], samples: SampleSet, config: EvalConfig, protocol: str
+) -> int:
     """M, the items per generated sequence: ``config.protocol_a_session_items`` (A) or the target width m (B).
 
     Raises ValueError when the model cannot write that many items, or when protocol A's ranked list could not
@@ -64,7 +67,7 @@ def generated_session_items(model: OneRecModel, samples: SampleSet, config: Eval
 
 
 def evaluate_generative(
-    model: OneRecModel,
+    model: Union[OneRecModel, LevelMixture],
     samples: SampleSet,
     *,
     codes: torch.Tensor,
@@ -81,8 +84,9 @@ def evaluate_generative(
     """Generate sessions for every sample with a target and score them by ``protocol``.
 
     Args:
-        model (OneRecModel): the model, unsharded (moved to ``device`` in place) or with DMP-sharded tables (left
-            on its rank's device; see ``distributed``); left in its mode.
+        model (OneRecModel | LevelMixture): the model (a ``LevelMixture`` with ``slate`` only), unsharded (moved
+            to ``device`` in place) or with DMP-sharded tables (left on its rank's device; see ``distributed``);
+            left in its mode.
         samples (SampleSet): N validation or test samples (histories at most ``max_history`` items).
         codes (torch.Tensor): [I, L'] int64 item codes (``Codebook.codes``) the model was trained on.
         prefix_index (PrefixIndex): the same codebook's index (``Codebook.prefix_index()``); moved to

@@ -6,21 +6,21 @@ through ``serve_sessions``, so an arm is scored exactly as it is served.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 
 from torchrec_onerec.data.semantic_batch import SemanticIdBatch
 from torchrec_onerec.generation.beam_search import BeamSearchOutput, constrained_beam_search
 from torchrec_onerec.generation.processors import RepeatedPrefixPenalty
-from torchrec_onerec.generation.slate import slate_search
+from torchrec_onerec.generation.slate import LevelMixture, slate_search
 from torchrec_onerec.models.onerec import OneRecModel
 from torchrec_onerec.tokenizer.prefix_index import PrefixIndex
 
 
 @torch.no_grad()
 def serve_sessions(
-    model: OneRecModel,
+    model: Union[OneRecModel, LevelMixture],
     batch: SemanticIdBatch,
     *,
     codes: torch.Tensor,
@@ -36,7 +36,7 @@ def serve_sessions(
     """The ``num_return`` sessions each user of ``batch`` is served, best first.
 
     Args:
-        model (OneRecModel): the generator.
+        model (OneRecModel | LevelMixture): the generator (a ``LevelMixture`` serves only as a slate).
         batch (SemanticIdBatch): the users.
         codes (torch.Tensor): [I, L'] int64 item codes (``Codebook.codes``); the slate reads them.
         prefix_index (PrefixIndex): the same codebook's index on the batch's device; the beam search reads it.
@@ -51,6 +51,9 @@ def serve_sessions(
 
     Returns:
         BeamSearchOutput: items [B, R, M], codes [B, R, M, L'], scores [B, R].
+
+    Raises:
+        ValueError: a ``LevelMixture`` without ``slate``.
     """
     if slate:
         return slate_search(
@@ -61,6 +64,11 @@ def serve_sessions(
             session_items=session_items or model.config.session_items,
             penalty=penalty,
             exclude_history=exclude_history,
+        )
+    if isinstance(model, LevelMixture):
+        raise ValueError(
+            "a LevelMixture mixes two models' next-item distributions and serves only as a slate; pass slate=True "
+            "(or serve one of its models by beam search)"
         )
     return constrained_beam_search(
         model,

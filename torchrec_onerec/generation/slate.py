@@ -19,16 +19,17 @@ from __future__ import annotations
 
 import hashlib
 from contextlib import contextmanager
-from typing import Dict, Iterator, Optional, Tuple
+from typing import Dict, Iterator, Optional, Sequence, Tuple, Union
 
 import torch
 
 from torchrec_onerec.data.semantic_batch import SemanticIdBatch, sibling_groups
 from torchrec_onerec.generation.beam_search import BeamSearchOutput, history_items
+from torchrec_onerec.models.config import OneRecModelConfig
 from torchrec_onerec.models.onerec import OneRecModel
 
 _CHUNK_ELEMENTS = 1 << 22  # logits or decoder states per block of users (about 16 MB of float32)
-_reused: Optional[Dict[Tuple[int, str, str], torch.Tensor]] = None  # set inside ``reused_next_item_log_probs``
+_reused: Optional[Dict[Tuple[int, bool, str, str], torch.Tensor]] = None  # set inside ``reused_next_item_log_probs``
 
 
 @contextmanager
@@ -61,6 +62,18 @@ def reused_next_item_log_probs() -> Iterator[None]:
         _reused = previous
 
 
+def _stored_or_computed(
+    model: OneRecModel, batch: SemanticIdBatch, codes: torch.Tensor, *, per_level: bool
+) -> torch.Tensor:
+    """``next_item_log_probs``, read from the store inside ``reused_next_item_log_probs`` when computed there."""
+    if _reused is None:
+        return next_item_log_probs(model, batch, codes, per_level=per_level)
+    key = (id(model), per_level, _digest(codes), _digest(batch.features.values(), batch.features.lengths()))
+    if key not in _reused:
+        _reused[key] = next_item_log_probs(model, batch, codes, per_level=per_level)
+    return _reused[key]
+
+
 def _digest(*tensors: torch.Tensor) -> str:
     """A digest of the tensors' contents (the codes may be loaded again between calls: their identity differs)."""
     digest = hashlib.sha1()
@@ -72,7 +85,12 @@ def _digest(*tensors: torch.Tensor) -> str:
 
 @torch.no_grad()
 def next_item_log_probs(
-    model: OneRecModel, batch: SemanticIdBatch, codes: torch.Tensor, chunk_elements: int = _CHUNK_ELEMENTS
+    model: OneRecModel,
+    batch: SemanticIdBatch,
+    codes: torch.Tensor,
+    chunk_elements: int = _CHUNK_ELEMENTS,
+    *,
+    per_level: bool = False,
 ) -> torch.Tensor:
     """log p(first session item = i | history) for every item i of the codebook, exactly.
 
@@ -87,10 +105,12 @@ def next_item_log_probs(
         codes (torch.Tensor): [I, L'] int64 codes of every item (``Codebook.codes``).
         chunk_elements (int): about how many logits (or decoder state values) one block of users may hold; the
             results do not depend on it.
+        per_level (bool): return each level's term apart, log p(c_l | c_<l, history) of every item's code at
+            level l, [L', B, I] (their sum over levels is the default's result).
 
     Returns:
         torch.Tensor: [B, I] float32 log-probabilities; each row's exponentials sum to 1 over the items when every
-        code tuple of the vocabulary is an item (less when some tuples are not).
+        code tuple of the vocabulary is an item (less when some tuples are not). [L', B, I] with ``per_level``.
 
     Example:
         >>> from torchrec_onerec.models.config import model_size
@@ -102,6 +122,9 @@ def next_item_log_probs(
         >>> one_item_sessions = codes.view(1, 12, 1, -1).expand(2, -1, -1, -1)  # [B, I, 1, L']
         >>> lp.shape, torch.allclose(lp, model.eval().log_prob(batch, one_item_sessions), atol=1e-5)
         (torch.Size([2, 12]), True)
+        >>> levels = next_item_log_probs(model, batch, codes, per_level=True)
+        >>> levels.shape, torch.allclose(levels.sum(0), lp)
+        (torch.Size([2, 2, 12]), True)
     """
     was_training = model.training
     model.eval()
@@ -109,19 +132,29 @@ def next_item_log_probs(
         # the tree pays where prefixes are many and long (measured 2.9x at three levels of 32 plus a disambiguation
         # level, 1.2x at one level then the item id, whose figures the rows pass has always given)
         compute = _next_item_log_probs_tree if codes.shape[1] >= 3 else _next_item_log_probs
-        return compute(model, batch, codes.to(torch.int64), chunk_elements)
+        levels = compute(model, batch, codes.to(torch.int64), chunk_elements)  # [L', B, I]
+        return levels if per_level else _sum_levels(levels)
     finally:
         model.train(was_training)
+
+
+def _sum_levels(levels: torch.Tensor) -> torch.Tensor:
+    """[L', B, I] -> [B, I], added level after level (the order the search adds a path's terms in)."""
+    total = levels[0].clone()
+    for term in levels[1:]:
+        total += term
+    return total
 
 
 def _next_item_log_probs(
     model: OneRecModel, batch: SemanticIdBatch, codes: torch.Tensor, chunk_elements: int
 ) -> torch.Tensor:
-    """One decoder row [BOS, c_1 .. c_{L'-1}] per distinct prefix, every level read from it: the plain pass."""
+    """One decoder row [BOS, c_1 .. c_{L'-1}] per distinct prefix, every level read from it: the plain pass.
+    Returns [L', B, I], each level's term apart."""
     tokens, memory = model.encode(batch.features)
     device = memory.device
     codes = codes.to(device)
-    num_items, L = codes.shape
+    L = codes.shape[1]
     prefixes, prefix_of = torch.unique(codes[:, : L - 1], dim=0, return_inverse=True)  # [P, L'-1], [I]
     P = prefixes.shape[0]
     rows = torch.cat([prefixes, torch.zeros(P, 1, dtype=torch.long, device=device)], dim=1)  # the last code unused
@@ -137,13 +170,12 @@ def _next_item_log_probs(
         hidden = model.decoder(
             x.repeat(b, 1, 1), model.decoder.project_memory(block, mask), mask
         ).hidden  # (b P, L', D): position l holds level l's distribution on the row's path
-        total = torch.zeros(b, num_items, device=device)
-        for level in range(L - 1):
-            log_probs = model.level_log_probs(hidden[:, level], level)  # (b P, K_l)
-            total += log_probs.view(b, P, -1)[:, prefix_of, codes[:, level]]
-        total += last.log_probs(hidden[:, L - 1], b)
-        out.append(total)
-    return torch.cat(out)
+        terms = [
+            model.level_log_probs(hidden[:, level], level).view(b, P, -1)[:, prefix_of, codes[:, level]]
+            for level in range(L - 1)
+        ]
+        out.append(torch.stack([*terms, last.log_probs(hidden[:, L - 1], b)]))
+    return torch.cat(out, dim=1)
 
 
 class _LastLevel:
@@ -184,7 +216,7 @@ def _next_item_log_probs_tree(
 ) -> torch.Tensor:
     """``_next_item_log_probs`` decoded as a tree of prefixes with the KV cache: each distinct prefix of l codes
     is one decoder step whose keys and values its children read, so a user costs 1 + P_1 + .. + P_{L'-1} token
-    steps instead of L' for each of the P_{L'-1} rows (about 3x fewer at three levels of 32)."""
+    steps instead of L' for each of the P_{L'-1} rows (about 3x fewer at three levels of 32). Returns [L', B, I]."""
     embedding, decoder = model.embedding, model.decoder
     tokens, memory = model.encode(batch.features)
     device = memory.device
@@ -215,7 +247,7 @@ def _next_item_log_probs_tree(
         memory_kv = decoder.project_memory(block, mask)
         cache = decoder.new_cache(b, L, dtype=memory_kv[0][0].dtype, device=device)
         step = embedding.bos.expand(b, 1, -1)
-        total = torch.zeros(b, num_items, device=device)
+        terms = []
         for level in range(L):
             P = nodes[level].shape[0]
             if level > 0:  # each depth-l node continues its parent's cached row with its own last code
@@ -225,12 +257,12 @@ def _next_item_log_probs_tree(
             x = embedding.add_decoder_positions(step, cache.length)
             hidden = decoder(x, memory_kv, mask, cache=cache).hidden[:, -1]  # (b P_l, D)
             if level == L - 1:
-                total += last.log_probs(hidden, b)
+                terms.append(last.log_probs(hidden, b))
             else:
                 log_probs = model.level_log_probs(hidden, level)  # (b P_l, K_l)
-                total += log_probs.view(b, P, -1)[:, node_of[level], codes[:, level]]
-        out.append(total)
-    return torch.cat(out)
+                terms.append(log_probs.view(b, P, -1)[:, node_of[level], codes[:, level]])
+        out.append(torch.stack(terms))
+    return torch.cat(out, dim=1)
 
 
 def slate_sessions(
@@ -291,9 +323,73 @@ def slate_sessions(
     return items.gather(1, order.unsqueeze(2).expand(B, R, M)), scores.gather(1, order)
 
 
+class LevelMixture(torch.nn.Module):
+    """Two generators over one codebook served as one slate, level by level: item i's score is
+    sum_l (1 - w_l) log p_first(c_l(i) | c_<l(i), h) + w_l log p_second(c_l(i) | c_<l(i), h).
+
+    Each level's term is a log-linear mixture (a product of experts) of the two models' distributions at that
+    level, so one model can choose among the coarse clusters and the other among the items inside them: the
+    ``onerec_mix_slate`` arm (``interpolation``) takes the first code from between the NTP model and the aligned
+    one, and the rest from the aligned model. Weights of 0 (1) at every level serve exactly the first (second)
+    model's slate. It serves only as a slate (``slate_search``); its ``config`` is the first model's.
+
+    Args:
+        first (OneRecModel): the model at weight 0.
+        second (OneRecModel): the model at weight 1, trained on the same codebook.
+        level_weights (Sequence[float]): w_l in [0, 1], one per code level.
+
+    Raises:
+        ValueError: models of different codebooks, or weights of the wrong number or outside [0, 1].
+
+    Example:
+        >>> from torchrec_onerec.models.config import model_size
+        >>> from torchrec_onerec.models.testing import random_batch, random_codes
+        >>> codes, sizes = random_codes(12, [3, 4])
+        >>> ntp, aligned = OneRecModel(model_size("tiny"), sizes), OneRecModel(model_size("tiny"), sizes)
+        >>> batch = random_batch(codes, 2, max_history=4, session_items=2)
+        >>> mixed = LevelMixture(ntp, aligned, [0.0, 1.0]).next_item_log_probs(batch, codes)
+        >>> ntp_levels = next_item_log_probs(ntp, batch, codes, per_level=True)
+        >>> aligned_levels = next_item_log_probs(aligned, batch, codes, per_level=True)
+        >>> torch.allclose(mixed, ntp_levels[0] + aligned_levels[1])
+        True
+    """
+
+    def __init__(self, first: OneRecModel, second: OneRecModel, level_weights: Sequence[float]) -> None:
+        super().__init__()
+        if list(first.vocab_sizes) != list(second.vocab_sizes):
+            raise ValueError(
+                f"the models were trained on different codebooks (vocabulary sizes {list(first.vocab_sizes)} and "
+                f"{list(second.vocab_sizes)}); a level mixture needs two models of one codebook"
+            )
+        weights = [float(w) for w in level_weights]
+        if len(weights) != len(first.vocab_sizes) or not all(0.0 <= w <= 1.0 for w in weights):
+            raise ValueError(
+                f"level_weights={weights} must hold one weight in [0, 1] per code level "
+                f"({len(first.vocab_sizes)} levels)"
+            )
+        self.first, self.second, self.level_weights = first, second, tuple(weights)
+
+    @property
+    def config(self) -> OneRecModelConfig:
+        return self.first.config
+
+    @torch.no_grad()
+    def next_item_log_probs(self, batch: SemanticIdBatch, codes: torch.Tensor) -> torch.Tensor:
+        """[B, I] the mixed score of every item (each model's levels read from the store of
+        ``reused_next_item_log_probs`` when computed inside it, so trying several weights costs one pass each)."""
+        first = _stored_or_computed(self.first, batch, codes, per_level=True)
+        second = _stored_or_computed(self.second, batch, codes, per_level=True)
+        # the ends taken as they are, so that a weight of 0 or 1 serves that model's own slate to the bit
+        terms = [
+            a if w == 0.0 else b if w == 1.0 else torch.lerp(a, b, w)
+            for w, a, b in zip(self.level_weights, first, second)
+        ]
+        return _sum_levels(torch.stack(terms))
+
+
 @torch.no_grad()
 def slate_search(
-    model: OneRecModel,
+    model: Union[OneRecModel, LevelMixture],
     batch: SemanticIdBatch,
     *,
     codes: torch.Tensor,
@@ -305,7 +401,7 @@ def slate_search(
     """The ``num_return`` sessions of each user that slate serving writes (module docstring).
 
     Args:
-        model (OneRecModel): the generator.
+        model (OneRecModel | LevelMixture): the generator, or two mixed level by level.
         batch (SemanticIdBatch): the users (``features``; ``item_features`` for ``exclude_history``).
         codes (torch.Tensor): [I, L'] int64 codes of every item.
         num_return (int): R sessions per user.
@@ -327,13 +423,10 @@ def slate_search(
         >>> out.items.shape, out.codes.shape, len(set(out.items[0].flatten().tolist()))
         (torch.Size([2, 3, 2]), torch.Size([2, 3, 2, 3]), 6)
     """
-    if _reused is None:
-        log_probs = next_item_log_probs(model, batch, codes)
+    if isinstance(model, LevelMixture):
+        log_probs = model.next_item_log_probs(batch, codes)
     else:
-        key = (id(model), _digest(codes), _digest(batch.features.values(), batch.features.lengths()))
-        if key not in _reused:
-            _reused[key] = next_item_log_probs(model, batch, codes)
-        log_probs = _reused[key]
+        log_probs = _stored_or_computed(model, batch, codes, per_level=False)
     if exclude_history:
         history = history_items(batch).to(log_probs.device)
         blocked = torch.zeros_like(log_probs, dtype=torch.bool)

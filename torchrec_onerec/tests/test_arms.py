@@ -40,7 +40,9 @@ def test_servable_arms_are_the_generative_ones_with_a_model_file() -> None:
     assert ARMS["onerec_diverse"].serves_from == "train" and ARMS["onerec_ipa_diverse"].serves_from == "align"
     assert ARMS["onerec_diverse"].serving_penalty is not None and ARMS["onerec"].serving_penalty is None
     assert ARMS["onerec_slate"].serves_from == "train" and ARMS["onerec_ipa_slate"].serves_from == "align"
-    assert [a for a in ARMS if ARMS[a].slate] == ["onerec_slate", "onerec_ipa_slate", "onerec_interp_slate"]
+    slates = ["onerec_slate", "onerec_ipa_slate", "onerec_interp_slate", "onerec_mix_slate"]
+    assert [a for a in ARMS if ARMS[a].slate] == slates
+    assert ARMS["onerec_mix_slate"].needs == ("tokenize", "train", "align")  # two models, no file of its own
     assert ARMS["onerec_interp_slate"].serves_from == "evaluate"
     assert ARMS["onerec_interp_slate"].needs == ("tokenize", "train", "align")
     assert all(ARMS[a].model_path is None for a in ARMS if a not in SERVABLE_ARMS)

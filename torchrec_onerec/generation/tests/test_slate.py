@@ -11,10 +11,12 @@ import torch
 
 from torchrec_onerec.generation import slate
 from torchrec_onerec.generation.beam_search import history_items
-from torchrec_onerec.generation.slate import next_item_log_probs, slate_search, slate_sessions
+from torchrec_onerec.generation.serving import serve_sessions
+from torchrec_onerec.generation.slate import LevelMixture, next_item_log_probs, slate_search, slate_sessions
 from torchrec_onerec.models.config import model_size
 from torchrec_onerec.models.onerec import OneRecModel
 from torchrec_onerec.models.testing import random_batch, random_codes
+from torchrec_onerec.tokenizer.prefix_index import PrefixIndex
 
 
 def _setup(num_items: int, codebook: list[int], users: int = 3, seed: int = 0):
@@ -98,7 +100,7 @@ def test_reused_distribution_is_computed_once_per_batch_and_serves_the_same(monk
     ]
     calls = []
     original = slate.next_item_log_probs
-    monkeypatch.setattr(slate, "next_item_log_probs", lambda *a: calls.append(1) or original(*a))
+    monkeypatch.setattr(slate, "next_item_log_probs", lambda *a, **k: calls.append(1) or original(*a, **k))
     # each call gets its own copy of the codes, as the arms do (they load the codebook again for every pass)
     with slate.reused_next_item_log_probs():
         served = [
@@ -119,3 +121,77 @@ def test_prefix_tree_pass_equals_the_plain_rows_pass(codebook: list[int]) -> Non
         plain = slate._next_item_log_probs(model, batch, codes, 1 << 22)
         for chunk in (1 << 22, 50):  # one block of users, and one user per block
             torch.testing.assert_close(slate._next_item_log_probs_tree(model, batch, codes, chunk), plain)
+
+
+@pytest.mark.parametrize("codebook", [[4], [3, 3], [2, 3, 2]])
+def test_per_level_terms_add_up_to_the_distribution_level_after_level(codebook: list[int]) -> None:
+    codes, _, model, batch = _setup(15, codebook)
+    levels = next_item_log_probs(model, batch, codes, per_level=True)
+    assert levels.shape == (codes.shape[1], 3, 15)
+    total = levels[0].clone()
+    for term in levels[1:]:
+        total += term
+    assert torch.equal(total, next_item_log_probs(model, batch, codes))  # the same sum, bit for bit
+    # the first level's term is the distribution over first codes: one value per code, summing to 1 over them
+    first, where = torch.unique(codes[:, 0], return_inverse=True)
+    per_code = torch.full((3, len(first)), float("nan")).index_copy(1, where, levels[0])
+    torch.testing.assert_close(levels[0], per_code[:, where])
+    torch.testing.assert_close(per_code.exp().sum(1), torch.ones(3))
+
+
+def _two_models(codebook: list[int]):
+    codes, sizes, first, batch = _setup(20, codebook)
+    torch.manual_seed(7)
+    second = OneRecModel(model_size("tiny", session_items=3), sizes).eval()
+    return codes, sizes, first, second, batch
+
+
+@pytest.mark.parametrize("codebook", [[3, 3], [2, 3, 2]])
+def test_level_mixture_serves_each_model_at_its_end_and_mixes_level_by_level(codebook: list[int]) -> None:
+    codes, _, first, second, batch = _two_models(codebook)
+    L = codes.shape[1]
+    common = dict(codes=codes, num_return=2, session_items=3, penalty=1.0)
+    for weight, model in ((0.0, first), (1.0, second)):
+        mixed = slate_search(LevelMixture(first, second, [weight] * L), batch, **common)
+        alone = slate_search(model, batch, **common)
+        assert torch.equal(mixed.items, alone.items) and torch.equal(mixed.scores, alone.scores)
+    a = next_item_log_probs(first, batch, codes, per_level=True)
+    b = next_item_log_probs(second, batch, codes, per_level=True)
+    weights = [0.25] + [1.0] * (L - 1)  # the first code mostly the first model's, the rest the second's
+    expected = 0.75 * a[0] + 0.25 * b[0] + b[1:].sum(0)
+    torch.testing.assert_close(LevelMixture(first, second, weights).next_item_log_probs(batch, codes), expected)
+    served = slate_search(LevelMixture(first, second, weights), batch, **common)
+    assert torch.equal(
+        served.items, slate_sessions(expected, codes[:, 0], penalty=1.0, num_sessions=2, session_items=3)[0]
+    )
+
+
+def test_level_mixture_reads_each_model_once_per_batch_inside_the_store(monkeypatch: pytest.MonkeyPatch) -> None:
+    codes, _, first, second, batch = _two_models([3, 3])
+    L = codes.shape[1]
+    calls = []
+    original = slate.next_item_log_probs
+    monkeypatch.setattr(slate, "next_item_log_probs", lambda *a, **k: calls.append(k) or original(*a, **k))
+    with slate.reused_next_item_log_probs():
+        for weight in (0.0, 0.5, 1.0):
+            for penalty in (0.0, 2.0):
+                mixture = LevelMixture(first, second, [weight] + [1.0] * (L - 1))
+                slate_search(mixture, batch, codes=codes, num_return=2, session_items=3, penalty=penalty)
+    assert calls == [{"per_level": True}, {"per_level": True}]  # one pass per model, not per weight or penalty
+
+
+def test_level_mixture_refuses_other_codebooks_bad_weights_and_beam_search() -> None:
+    codes, sizes, first, second, batch = _two_models([3, 3])
+    other = OneRecModel(model_size("tiny", session_items=3), [4, *sizes[1:]])
+    ok = [0.5] + [1.0] * (len(sizes) - 1)
+    with pytest.raises(ValueError, match="different codebooks"):
+        LevelMixture(first, other, ok)
+    with pytest.raises(ValueError, match=rf"one weight in \[0, 1\] per code level \({len(sizes)} levels\)"):
+        LevelMixture(first, second, [0.5])
+    with pytest.raises(ValueError, match=r"level_weights=\[1.5, 1.0"):
+        LevelMixture(first, second, [1.5] + ok[1:])
+    index = PrefixIndex(codes, vocab_sizes=sizes)
+    with pytest.raises(ValueError, match="serves only as a slate"):
+        serve_sessions(
+            LevelMixture(first, second, ok), batch, codes=codes, prefix_index=index, beam_size=4, num_return=2
+        )
