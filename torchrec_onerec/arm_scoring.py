@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -49,6 +49,8 @@ class Arm:
             run's ``evaluate`` stage chose); None: the plain search.
         slate: ``recommend`` serves by ``generation.slate.slate_search`` (with ``serving_penalty``) instead of the
             beam search.
+        serving_mixture: (run directory) -> (a second model file, the level weights the run's ``evaluate`` stage
+            chose): ``recommend`` serves ``LevelMixture(that model, model_path's model, weights)`` as a slate.
     """
 
     name: str
@@ -59,10 +61,13 @@ class Arm:
     model_path: Optional[Callable[[RunDir], Path]] = None
     serving_penalty: Optional[Callable[[RunDir], float]] = None
     slate: bool = False
+    serving_mixture: Optional[Callable[[RunDir], Tuple[Path, List[float]]]] = None
 
     def __post_init__(self) -> None:
         if bool(self.serves_from) != (self.model_path is not None):
             raise ValueError(f"arm {self.name!r}: serves_from={self.serves_from!r} and model_path go together")
+        if self.serving_mixture is not None and not (self.slate and self.serves_from):
+            raise ValueError(f"arm {self.name!r}: a level mixture is served as a slate, from a model file")
 
 
 def generative_model(ctx: PipelineContext, state: Dict[str, torch.Tensor]) -> OneRecModel:
@@ -161,14 +166,30 @@ def chosen_penalty(run: RunDir, arm: str) -> float:
     Raises:
         FileNotFoundError: the stage has not scored the arm (the message says how to).
     """
+    return float(chosen_setting(run, arm, "diversity_penalty"))
+
+
+def chosen_setting(run: RunDir, arm: str, key: str) -> Any:
+    """The serving setting ``key`` (an entry of the arm's result ``info``) the run's ``evaluate`` stage chose for
+    ``arm`` on the validation users.
+
+    Raises:
+        FileNotFoundError: the stage has not scored the arm (the message says how to).
+    """
     path = run.path / "evaluate" / "metrics.json"
     arms = read_json(path)["arms"] if path.is_file() else {}
     if arm not in arms:
         raise FileNotFoundError(
-            f"{path} holds no {arm!r} arm: its penalty is chosen on the validation users "
+            f"{path} holds no {arm!r} arm: its serving settings are chosen on the validation users "
             f"by the evaluate stage; run `onerec evaluate` with compare.arms listing {arm}"
         )
-    return float(arms[arm]["info"]["diversity_penalty"])
+    info = arms[arm]["info"]
+    if key not in info:
+        raise FileNotFoundError(
+            f"{path} records no {key!r} for the {arm!r} arm (an earlier version of the evaluate stage wrote it); "
+            f"run `onerec evaluate` again with compare.arms listing {arm}"
+        )
+    return info[key]
 
 
 def selection_text(info: Dict[str, object]) -> str:

@@ -20,21 +20,22 @@ cluster is where alignment's preference for better items shows. The ``onerec_mix
 ``generation.slate.LevelMixture(NTP, aligned, [w, 1, .., 1])``: an item's first-code log-probability is
 (1 - w) times the NTP model's plus w times the aligned model's, its later levels' are the aligned model's; w and
 the penalty are chosen on the validation users exactly as ``onerec_interp_slate``'s (w = 1 serves what
-``onerec_ipa_slate`` does). It is two models and a weight, not one exported model, so ``onerec recommend`` does
-not serve it.
+``onerec_ipa_slate`` does). ``onerec recommend --arm onerec_mix_slate`` serves the same mixture of the two models'
+files, with the weights and the penalty the run's evaluation chose.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 from contextlib import nullcontext
-from typing import Callable, Dict, Mapping, Optional, Tuple, Union
+from typing import Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 
 from torchrec_onerec.arm_scoring import (
     Arm,
     chosen_penalty,
+    chosen_setting,
     choose_on_validation,
     generative_model,
     load_generative,
@@ -228,4 +229,18 @@ def level_mixed_slate_arm(name: str, start: Arm, end: Arm) -> Arm:
             f"under the same first code (the best penalty at each w), w {selection_text(info)}"
         )
 
-    return Arm(name, tuple(dict.fromkeys(start.needs + end.needs)), score, chosen, slate=True)
+    def serving_mixture(run: RunDir) -> Tuple[Path, List[float]]:
+        weights = chosen_setting(run, name, "level_weights")
+        return start_path(run), [float(w) for w in weights]
+
+    return Arm(
+        name,
+        tuple(dict.fromkeys(start.needs + end.needs)),
+        score,
+        chosen,
+        serves_from=end.serves_from,
+        model_path=end_path,
+        serving_penalty=lambda run: chosen_penalty(run, name),
+        slate=True,
+        serving_mixture=serving_mixture,
+    )

@@ -30,6 +30,7 @@ from torchrec_onerec.data.semantic_batch import SemanticIdTransform
 from torchrec_onerec.datasets.interactions import InteractionData
 from torchrec_onerec.datasets.load import load_dataset
 from torchrec_onerec.generation.serving import serve_sessions
+from torchrec_onerec.generation.slate import LevelMixture
 from torchrec_onerec.models.onerec import OneRecModel
 from torchrec_onerec.pipeline import STAGE_SECTIONS, stage_closure, stage_fingerprint
 from torchrec_onerec.run_dir import RunDir, read_json
@@ -71,7 +72,8 @@ class Recommender:
         config (OneRecConfig): the run's resolved config.
         data (InteractionData): the run's data (raw-id maps, histories).
         codebook (Codebook): the run's semantic IDs.
-        model (OneRecModel): the served model, in eval mode.
+        model (OneRecModel | LevelMixture): the served model, in eval mode (two mixed level by level for an arm
+            that serves them so, ``onerec_mix_slate``).
         device (torch.device): where generation runs.
         diversity_penalty (float): the penalty per earlier session item under the same first code (0: none; the
             ``*_diverse`` and ``*_slate`` arms serve with the penalty their evaluation chose on the validation users).
@@ -81,7 +83,7 @@ class Recommender:
     config: OneRecConfig
     data: InteractionData
     codebook: Codebook
-    model: OneRecModel
+    model: Union[OneRecModel, LevelMixture]
     device: torch.device
     diversity_penalty: float = 0.0
     slate: bool = False
@@ -129,7 +131,12 @@ class Recommender:
         path = served.model_path(RunDir(run))
         penalty = served.serving_penalty(RunDir(run)) if served.serving_penalty is not None else 0.0
         target = resolve_device(device or config.device)
-        model = load_exported(path, config.model, codebook.vocab_sizes, device=target)
+        exported = load_exported(path, config.model, codebook.vocab_sizes, device=target)
+        model: Union[OneRecModel, LevelMixture] = exported
+        if served.serving_mixture is not None:
+            start, weights = served.serving_mixture(RunDir(run))
+            first = load_exported(start, config.model, codebook.vocab_sizes, device=target)
+            model = LevelMixture(first, exported, weights).eval()
         return cls(config, data, codebook, model, target, penalty, served.slate)
 
     def user_samples(self, raw_user_ids: Sequence[Any]) -> SampleSet:

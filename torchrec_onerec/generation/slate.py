@@ -124,7 +124,7 @@ def next_item_log_probs(
         (torch.Size([2, 12]), True)
         >>> levels = next_item_log_probs(model, batch, codes, per_level=True)
         >>> levels.shape, torch.allclose(levels.sum(0), lp)
-        (torch.Size([2, 2, 12]), True)
+        (torch.Size([3, 2, 12]), True)
     """
     was_training = model.training
     model.eval()
@@ -344,13 +344,13 @@ class LevelMixture(torch.nn.Module):
     Example:
         >>> from torchrec_onerec.models.config import model_size
         >>> from torchrec_onerec.models.testing import random_batch, random_codes
-        >>> codes, sizes = random_codes(12, [3, 4])
+        >>> codes, sizes = random_codes(12, [3, 4])  # two levels and a disambiguation level
         >>> ntp, aligned = OneRecModel(model_size("tiny"), sizes), OneRecModel(model_size("tiny"), sizes)
         >>> batch = random_batch(codes, 2, max_history=4, session_items=2)
-        >>> mixed = LevelMixture(ntp, aligned, [0.0, 1.0]).next_item_log_probs(batch, codes)
+        >>> mixed = LevelMixture(ntp, aligned, [0.0, 1.0, 1.0]).next_item_log_probs(batch, codes)
         >>> ntp_levels = next_item_log_probs(ntp, batch, codes, per_level=True)
         >>> aligned_levels = next_item_log_probs(aligned, batch, codes, per_level=True)
-        >>> torch.allclose(mixed, ntp_levels[0] + aligned_levels[1])
+        >>> torch.allclose(mixed, ntp_levels[0] + aligned_levels[1] + aligned_levels[2])
         True
     """
 

@@ -35,6 +35,7 @@ def test_servable_arms_are_the_generative_ones_with_a_model_file() -> None:
         "onerec_slate",
         "onerec_ipa_slate",
         "onerec_interp_slate",
+        "onerec_mix_slate",
     )
     assert ARMS["onerec"].serves_from == "train" and ARMS["onerec_ipa"].serves_from == "align"
     assert ARMS["onerec_diverse"].serves_from == "train" and ARMS["onerec_ipa_diverse"].serves_from == "align"
@@ -42,7 +43,8 @@ def test_servable_arms_are_the_generative_ones_with_a_model_file() -> None:
     assert ARMS["onerec_slate"].serves_from == "train" and ARMS["onerec_ipa_slate"].serves_from == "align"
     slates = ["onerec_slate", "onerec_ipa_slate", "onerec_interp_slate", "onerec_mix_slate"]
     assert [a for a in ARMS if ARMS[a].slate] == slates
-    assert ARMS["onerec_mix_slate"].needs == ("tokenize", "train", "align")  # two models, no file of its own
+    assert ARMS["onerec_mix_slate"].needs == ("tokenize", "train", "align")
+    assert ARMS["onerec_mix_slate"].serving_mixture is not None and ARMS["onerec_mix_slate"].serves_from == "align"
     assert ARMS["onerec_interp_slate"].serves_from == "evaluate"
     assert ARMS["onerec_interp_slate"].needs == ("tokenize", "train", "align")
     assert all(ARMS[a].model_path is None for a in ARMS if a not in SERVABLE_ARMS)
@@ -51,6 +53,8 @@ def test_servable_arms_are_the_generative_ones_with_a_model_file() -> None:
 def test_an_arm_that_serves_must_say_from_which_file() -> None:
     with pytest.raises(ValueError, match="serves_from='train' and model_path go together"):
         Arm("x", ("train",), lambda ctx, rm: None, lambda config, info: "", serves_from="train")  # type: ignore
+    with pytest.raises(ValueError, match="a level mixture is served as a slate, from a model file"):
+        Arm("x", ("train",), lambda ctx, rm: None, lambda config, info: "", serving_mixture=lambda run: ("", []))  # type: ignore
 
 
 def test_model_arms_and_unknown_names() -> None:

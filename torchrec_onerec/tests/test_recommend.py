@@ -11,7 +11,7 @@ from torchrec_onerec.cli import main
 from torchrec_onerec.data.batch import make_dataloader
 from torchrec_onerec.data.config import LoaderConfig
 from torchrec_onerec.data.semantic_batch import SemanticIdTransform
-from torchrec_onerec.generation.slate import next_item_log_probs
+from torchrec_onerec.generation.slate import LevelMixture, next_item_log_probs
 from torchrec_onerec.recommend import Recommender, UnknownUserError
 
 TINY = str(Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml")
@@ -144,3 +144,36 @@ def test_a_slate_arm_serves_the_slate_its_evaluation_chose(run_dir: Path, tmp_pa
     for row, top in zip(rows, log_probs.topk(2 * M, dim=1).indices.numpy()):
         served = [item for session in row["sessions"] for item in session["items"]]
         assert sorted(served) == sorted(raw[top].tolist())  # penalty 0: the 2 M most probable items
+
+
+def test_the_level_mixed_arm_serves_both_models_with_the_weights_its_evaluation_chose(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    assert main(["recommend", str(run), "--users", "1", "--arm", "onerec_mix_slate"]) == 2
+    assert "align" in capsys.readouterr().err  # no aligned model yet
+    # the NTP model stands in for the aligned one: a copy of the train stage as the align stage
+    shutil.copytree(run / "train", run / "align")
+    (run / "align" / "summary.json").write_text(json.dumps({"model_path": str(run / "align" / "best_model.pt")}))
+    assert main(["recommend", str(run), "--users", "1", "--arm", "onerec_mix_slate"]) == 2
+    assert "run `onerec evaluate` with compare.arms listing onerec_mix_slate" in capsys.readouterr().err
+    levels = len(Recommender.from_run_dir(run).codebook.vocab_sizes)
+    (run / "evaluate").mkdir()
+    earlier = {"arms": {"onerec_mix_slate": {"info": {"diversity_penalty": 1.0}}}}  # before level_weights existed
+    (run / "evaluate" / "metrics.json").write_text(json.dumps(earlier))
+    assert main(["recommend", str(run), "--users", "1", "--arm", "onerec_mix_slate"]) == 2
+    assert "records no 'level_weights' for the 'onerec_mix_slate' arm" in capsys.readouterr().err
+    arms = {
+        "onerec_slate": {"info": {"diversity_penalty": 1.0}},
+        "onerec_mix_slate": {"info": {"diversity_penalty": 1.0, "level_weights": [0.25] + [1.0] * (levels - 1)}},
+    }
+    (run / "evaluate" / "metrics.json").write_text(json.dumps({"arms": arms}))
+    mixed = Recommender.from_run_dir(run, arm="onerec_mix_slate")
+    assert isinstance(mixed.model, LevelMixture) and mixed.slate and mixed.diversity_penalty == 1.0
+    assert mixed.model.level_weights == (0.25,) + (1.0,) * (levels - 1)
+    # both ends are the same weights here, so the mixture serves the NTP model's own slate
+    users = [1, 2, 3]
+    assert mixed.recommend(users, num_sessions=2) == Recommender.from_run_dir(run, arm="onerec_slate").recommend(
+        users, num_sessions=2
+    )
