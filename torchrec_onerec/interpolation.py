@@ -26,8 +26,8 @@ files, with the weights and the penalty the run's evaluation chose.
 
 from __future__ import annotations
 
-from pathlib import Path
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
