@@ -218,7 +218,13 @@ def level_mixed_slate_arm(name: str, start: Arm, end: Arm) -> Arm:
             ctx, reward_model, name, lambda weight: LevelMixture(first, last, [weight, *later]), shared_store=True
         )
         result = score_generative(ctx, LevelMixture(first, last, [chosen, *later]), penalty, slate=True)
-        result.info.update(first_code_weight=chosen, selection=table, selected_on=criterion, penalty_selection=tried)
+        result.info.update(
+            first_code_weight=chosen,
+            level_weights=[chosen, *later],  # what ``onerec recommend`` serves with (``serving_mixture``)
+            selection=table,
+            selected_on=criterion,
+            penalty_selection=tried,
+        )
         return result
 
     def chosen(config: OneRecConfig, info: Dict[str, object]) -> str:

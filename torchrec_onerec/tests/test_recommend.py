@@ -177,3 +177,19 @@ def test_the_level_mixed_arm_serves_both_models_with_the_weights_its_evaluation_
     assert mixed.recommend(users, num_sessions=2) == Recommender.from_run_dir(run, arm="onerec_slate").recommend(
         users, num_sessions=2
     )
+
+
+def test_a_run_evaluates_and_serves_the_level_mixed_arm(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    arms = "compare.arms=[onerec,onerec_ipa,onerec_mix_slate]"
+    assert main(["run", TINY, f"run_dir={run}", arms, "compare.baseline=onerec"]) == 0
+    info = json.loads((run / "evaluate" / "metrics.json").read_text())["arms"]["onerec_mix_slate"]["info"]
+    levels = len(info["level_weights"])
+    assert info["level_weights"] == [info["first_code_weight"]] + [1.0] * (levels - 1)
+    assert set(info["selection"]) == {"0.0", "0.25", "0.5", "0.75", "1.0"}  # w chosen among these on validation
+    mixed = Recommender.from_run_dir(run, arm="onerec_mix_slate")
+    assert isinstance(mixed.model, LevelMixture) and mixed.model.level_weights == tuple(info["level_weights"])
+    assert mixed.diversity_penalty == info["diversity_penalty"]
+    for row in mixed.recommend([1, 2], num_sessions=2):
+        served = [item for session in row["sessions"] for item in session["items"]]
+        assert len(row["sessions"]) == 2 and len(set(served)) == len(served)
