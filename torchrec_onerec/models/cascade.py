@@ -15,9 +15,10 @@ Shape legend: U users, K candidates, T tasks, R sessions, M session items.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import replace
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -30,6 +31,16 @@ from torchrec_onerec.models.two_tower import TwoTowerRetrieval, item_kjt, load_t
 TWO_TOWER_FILE = "two_tower.pt"
 RANKER_FILE = "ranker.pt"
 RANKED_PAIRS_PER_CHUNK = 32768  # (user, candidate) rows scored at a time: bounds the repeated histories' memory
+KEPT_RANKINGS = 2  # the validation and the scored users
+
+
+def _contents_digest(samples: SampleSet) -> str:
+    """A digest of every array of ``samples`` (two sets with equal contents are the same users)."""
+    digest = hashlib.sha1()
+    for array in (samples.user, samples.history_values, samples.history_offsets, samples.target, samples.labels):
+        digest.update(str((array.dtype, array.shape)).encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
 
 
 def combined_weights(config: CascadeConfig, tasks: list[str]) -> np.ndarray:
@@ -183,6 +194,7 @@ class CascadeRecommender:
         self.item_content, self.ranker_item_features = item_content, ranker_item_features
         self.weights = combined_weights(config, ranker.tasks)
         self._item_vectors: Optional[np.ndarray] = None
+        self._rankings: List[Tuple[Tuple[str, bool], Tuple[np.ndarray, np.ndarray]]] = []  # newest first
 
     @property
     def num_items(self) -> int:
@@ -219,6 +231,25 @@ class CascadeRecommender:
         combined = np.where(candidates != PAD_ITEM, probabilities @ self.weights, -np.inf)
         return probabilities, combined
 
+    def ranking(self, samples: SampleSet, *, exclude_history: bool = False) -> Tuple[np.ndarray, np.ndarray]:
+        """(items [U, K_r] int64, combined scores [U, K_r] float64) of the first two stages, best first (padding
+        last). The rankings of the last ``KEPT_RANKINGS`` sample sets are kept (recognised by their contents), so
+        the re-rank weights tried on one set of validation users retrieve and rank them once; the arrays
+        returned are shared, not to be written to.
+        """
+        key = (_contents_digest(samples), exclude_history)
+        for kept, ranking in self._rankings:
+            if kept == key:
+                return ranking
+        candidates, _ = self.retrieve(samples, exclude_history=exclude_history)
+        _, combined = self.rank(samples, candidates)
+        order = np.argsort(-combined, axis=1, kind="stable")  # padding (-inf) sorts last
+        ranking = (np.take_along_axis(candidates, order, axis=1), np.take_along_axis(combined, order, axis=1))
+        for array in ranking:
+            array.flags.writeable = False
+        self._rankings = [(key, ranking), *self._rankings][:KEPT_RANKINGS]
+        return ranking
+
     def item_vectors(self) -> np.ndarray:
         """[I, D] the two-tower model's L2-normalised item vectors (the re-rank's similarity)."""
         if self._item_vectors is None:
@@ -254,11 +285,7 @@ class CascadeRecommender:
         """
         if num_sessions < 1 or session_items < 1:
             raise ValueError(f"num_sessions={num_sessions} and session_items={session_items} must be >= 1")
-        candidates, _ = self.retrieve(samples, exclude_history=exclude_history)
-        _, combined = self.rank(samples, candidates)
-        order = np.argsort(-combined, axis=1, kind="stable")  # padding (-inf) sorts last
-        items = np.take_along_axis(candidates, order, axis=1)
-        scores = np.take_along_axis(combined, order, axis=1)
+        items, scores = self.ranking(samples, exclude_history=exclude_history)
         if diversity_weight > 0:
             items, scores = mmr_rerank(
                 items, scores, self.item_vectors(), weight=diversity_weight, take=num_sessions * session_items

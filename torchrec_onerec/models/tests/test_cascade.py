@@ -141,3 +141,26 @@ def test_rerank_keeps_the_retrieved_candidates_and_scores_non_increasing():
         rec, users, config=EvalConfig(ks=[3, 6]), protocol="B", num_items=NUM_ITEMS, diversity_weight=0.5
     )
     assert result.info["arm"] == "cascade_rerank" and result.info["diversity_weight"] == 0.5
+
+
+def test_the_ranking_of_a_user_set_is_kept_for_the_next_calls(monkeypatch: pytest.MonkeyPatch):
+    rec, users = _recommender(), _users()
+    expected = {
+        w: _recommender().recommend(users, num_sessions=2, session_items=3, diversity_weight=w) for w in (0, 0.5)
+    }
+    others = users.subset(np.arange(3))
+    calls = []
+    original = rec.rank
+    monkeypatch.setattr(rec, "rank", lambda *a, **k: calls.append(1) or original(*a, **k))
+    for weight in (0.0, 0.5, 0.0, 0.5):  # the same users, as the re-rank weights tried on validation are
+        sessions, scores = rec.recommend(users, num_sessions=2, session_items=3, diversity_weight=weight)
+        assert np.array_equal(sessions, expected[weight][0]) and np.array_equal(scores, expected[weight][1])
+    assert len(calls) == 1
+    rec.recommend(others, num_sessions=2, session_items=3)
+    rec.recommend(users, num_sessions=2, session_items=3, exclude_history=True)  # another ranking
+    assert len(calls) == 3
+    rec.recommend(users, num_sessions=2, session_items=3)  # two newer rankings pushed it out
+    assert len(calls) == 4
+    items, _ = rec.ranking(users)
+    with pytest.raises(ValueError, match="read-only"):
+        items[0, 0] = -1
