@@ -10,7 +10,9 @@ the beam search and the cascade's MMR re-rank applies to its ranked list. One en
 of L' tokens per distinct code prefix serve a user, whatever the session length. With three or more code
 levels the same values come from decoding the prefix tree with the KV cache, one step per distinct prefix of each
 length, the plain pass kept as the reference (``_next_item_log_probs_tree``; 2.9x fewer seconds at three levels
-of 32 and 7,500 items).
+of 32 and 7,500 items). The distribution can be read level by level (``per_level``), so that two models can
+serve one slate, each level's term mixed between them (``LevelMixture``: one model's choice of cluster, the
+other's of the item inside it).
 
 Shape legend: B users, I items, L code levels (L' here), P distinct (L'-1)-code prefixes, R sessions, M items.
 """
