@@ -14,15 +14,15 @@ only when no assignment changes (scikit-learn and k-means-constrained with tol=0
                       --constrained-n, d, K (targets: ours >= 10x faster; inertia within 2% of its)
     what=scale        fit_tokenizer at --scale-n, -d, -k, -levels (paper: 1M, 128, 8192, 3) with
                       --scale-max-iter rounds per level, once per --scale-scopes value (one codebook per level,
-                      or per parent prefix) and --scale-tolerances value (tokenizer.tolerance: stop a level once
-                      a round moves at most that share of the items); the per-round time extrapolates to
-                      --max-iter rounds
+                      or per parent prefix) and --scale-tolerances value (tokenizer.tolerance: also stop a level
+                      once three rounds lower its squared error by at most that share of it); the per-round time
+                      extrapolates to --max-iter rounds
 
 Install the extras first: pip install scikit-learn k-means-constrained (setup.cfg extra ``bench``).
 
     nice python benchmarks/tokenizer.py --points sklearn,constrained --repeats 3
     nice python benchmarks/tokenizer.py --points scale --scale-max-iter 2          # ~5 min on 2 cores
-    nice python benchmarks/tokenizer.py --points scale --scale-tolerances 0.01     # the whole fit, ~15 min
+    nice python benchmarks/tokenizer.py --points scale --scale-tolerances 0.003    # the whole fit, ~12 min
     python benchmarks/tokenizer.py --points scale --device cuda --scale-max-iter 30
 """
 

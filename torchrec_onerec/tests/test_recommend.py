@@ -24,6 +24,12 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def _write_evaluation(run: Path, arms: dict) -> None:
+    """The ``evaluate/metrics.json`` an evaluation writes, reduced to the arms' chosen serving settings."""
+    (run / "evaluate").mkdir(exist_ok=True)
+    (run / "evaluate" / "metrics.json").write_text(json.dumps({"arms": arms}))
+
+
 def test_sessions_are_real_distinct_items_best_first(run_dir: Path) -> None:
     rec = Recommender.from_run_dir(run_dir)
     out = rec.recommend([3, 11], num_sessions=4)
@@ -95,10 +101,7 @@ def test_a_diverse_arm_serves_with_the_penalty_its_evaluation_chose(
     shutil.copytree(run_dir, run)
     assert main(["recommend", str(run), "--users", "1", "--arm", "onerec_diverse"]) == 2
     assert "run `onerec evaluate` with compare.arms listing onerec_diverse" in capsys.readouterr().err
-    (run / "evaluate").mkdir()
-    (run / "evaluate" / "metrics.json").write_text(
-        json.dumps({"arms": {"onerec_diverse": {"info": {"diversity_penalty": 1e4}}}})
-    )
+    _write_evaluation(run, {"onerec_diverse": {"info": {"diversity_penalty": 1e4}}})
     diverse = Recommender.from_run_dir(run, arm="onerec_diverse")
     plain = Recommender.from_run_dir(run)
     assert diverse.diversity_penalty == 1e4 and plain.diversity_penalty == 0.0
@@ -117,10 +120,7 @@ def test_a_diverse_arm_serves_with_the_penalty_its_evaluation_chose(
 def test_a_slate_arm_serves_the_slate_its_evaluation_chose(run_dir: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
-    (run / "evaluate").mkdir()
-    (run / "evaluate" / "metrics.json").write_text(
-        json.dumps({"arms": {"onerec_slate": {"info": {"diversity_penalty": 0.0}}}})
-    )
+    _write_evaluation(run, {"onerec_slate": {"info": {"diversity_penalty": 0.0}}})
     slate = Recommender.from_run_dir(run, arm="onerec_slate")
     assert slate.slate and not Recommender.from_run_dir(run).slate
     users = [1, 2, 3]
@@ -159,16 +159,14 @@ def test_the_level_mixed_arm_serves_both_models_with_the_weights_its_evaluation_
     assert main(["recommend", str(run), "--users", "1", "--arm", "onerec_mix_slate"]) == 2
     assert "run `onerec evaluate` with compare.arms listing onerec_mix_slate" in capsys.readouterr().err
     levels = len(Recommender.from_run_dir(run).codebook.vocab_sizes)
-    (run / "evaluate").mkdir()
-    earlier = {"arms": {"onerec_mix_slate": {"info": {"diversity_penalty": 1.0}}}}  # before level_weights existed
-    (run / "evaluate" / "metrics.json").write_text(json.dumps(earlier))
+    _write_evaluation(run, {"onerec_mix_slate": {"info": {"diversity_penalty": 1.0}}})  # before level_weights existed
     assert main(["recommend", str(run), "--users", "1", "--arm", "onerec_mix_slate"]) == 2
     assert "records no 'level_weights' for the 'onerec_mix_slate' arm" in capsys.readouterr().err
     arms = {
         "onerec_slate": {"info": {"diversity_penalty": 1.0}},
         "onerec_mix_slate": {"info": {"diversity_penalty": 1.0, "level_weights": [0.25] + [1.0] * (levels - 1)}},
     }
-    (run / "evaluate" / "metrics.json").write_text(json.dumps({"arms": arms}))
+    _write_evaluation(run, arms)
     mixed = Recommender.from_run_dir(run, arm="onerec_mix_slate")
     assert isinstance(mixed.model, LevelMixture) and mixed.slate and mixed.diversity_penalty == 1.0
     assert mixed.model.level_weights == (0.25,) + (1.0,) * (levels - 1)

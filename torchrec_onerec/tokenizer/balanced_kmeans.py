@@ -271,8 +271,9 @@ def _block_hits(packed_x: torch.Tensor, packed_sq: torch.Tensor, centres: torch.
 
     On CPU the product, the norms' addition, the comparison and the gather run on a few megabytes of rows at a
     time, while they are in cache, and the [n, b] block is never kept (memory traffic, not arithmetic, was much of
-    a block's time at a million points): the same values as one product over all the rows. The rare steps that
-    need every distance of a column (``_exact_thresholds``, a rescan) form the block again.
+    a block's time at a million points): the same values as one product over all the rows. The rare step that
+    needs every distance of a column (``_exact_thresholds``, after a sample placed a threshold too low) forms the
+    block again.
 
     Args:
         packed_x (torch.Tensor): [n, d] packed points.
