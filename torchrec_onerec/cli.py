@@ -16,7 +16,8 @@ Usage::
     onerec config CONFIG [key=value ...]               print the resolved config
     onerec config-reference                            every config key: type, default, meaning (docs/CONFIG.md)
     onerec recommend RUN_DIR --users ID[,ID...] [--sessions R] [--arm ARM] [--exclude-history]
-                                                       sessions for users (raw ids) as JSON lines
+                                                       sessions for users (raw ids) as JSON lines, from
+                                                       OneRec's models or the run's cascade (--arm cascade)
 
 Errors in the input (config keys, data files, ids) end the command with exit code 2 and one message that
 names the problem; nothing half-written is left looking complete in the run directory.
@@ -35,7 +36,7 @@ from torchrec_onerec import __version__
 from torchrec_onerec.config import ConfigError, OneRecConfig, load_config, to_yaml
 from torchrec_onerec.config_reference import render_reference
 from torchrec_onerec.pipeline import STAGES, run_pipeline, stage_closure
-from torchrec_onerec.recommend import SERVABLE_ARMS, Recommender
+from torchrec_onerec.recommend import SERVED_ARMS, load_recommender
 from torchrec_onerec.stages import STAGE_LIST
 
 EXIT_BAD_INPUT = 2
@@ -68,7 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("run_dir", help="a run directory that `onerec run` completed")
     rec.add_argument("--users", required=True, help="comma-separated user ids, as the data names them")
     rec.add_argument("--sessions", type=int, default=None, help="sessions per user (default eval.num_return)")
-    rec.add_argument("--arm", default="onerec", choices=list(SERVABLE_ARMS), help="which trained model serves")
+    rec.add_argument(
+        "--arm",
+        default="onerec",
+        choices=list(SERVED_ARMS),
+        help="which trained model serves (OneRec's or the cascade)",
+    )
     rec.add_argument(
         "--exclude-history", action="store_true", default=None, help="never recommend an item of the user's history"
     )
@@ -77,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _command_recommend(args: argparse.Namespace) -> str:
-    recommender = Recommender.from_run_dir(args.run_dir, arm=args.arm, device=args.device)
+    recommender = load_recommender(args.run_dir, arm=args.arm, device=args.device)
     users = [u for u in args.users.split(",") if u]
     if not users:
         raise ValueError("--users is empty; give comma-separated user ids, e.g. --users 12,40")

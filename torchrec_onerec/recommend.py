@@ -8,6 +8,10 @@ and builds every user's history the way the model was trained on it: the user's 
 interaction), up to the end of the data. ``recommend`` beam-searches sessions for a list of
 raw user ids; ``onerec recommend RUN_DIR --users ...`` prints them as JSON lines.
 
+``CascadeServer`` serves the run's cascade (``cascade``, or ``cascade_rerank`` with the re-rank weight its
+evaluation chose) to the same users from the same histories, in the same output format, so both arms of an A/B
+come from one run directory; ``load_recommender`` picks the class for an arm.
+
 Shape legend: U users, R sessions, M session items.
 """
 
@@ -21,6 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from torchrec_onerec.arm_scoring import chosen_setting
 from torchrec_onerec.arms import ARMS, SERVABLE_ARMS
 from torchrec_onerec.config import OneRecConfig, load_config
 from torchrec_onerec.data.batch import make_dataloader
@@ -31,12 +36,17 @@ from torchrec_onerec.datasets.interactions import InteractionData
 from torchrec_onerec.datasets.load import load_dataset
 from torchrec_onerec.generation.serving import serve_sessions
 from torchrec_onerec.generation.slate import LevelMixture
+from torchrec_onerec.models.cascade import CascadeRecommender, load_cascade
 from torchrec_onerec.models.onerec import OneRecModel
 from torchrec_onerec.pipeline import STAGE_SECTIONS, stage_closure, stage_fingerprint
 from torchrec_onerec.run_dir import RunDir, read_json
 from torchrec_onerec.runtime import resolve_device
 from torchrec_onerec.tokenizer.codebook import Codebook, catalogue_fingerprint
 from torchrec_onerec.train.export import load_exported
+
+
+CASCADE_ARMS = ("cascade", "cascade_rerank")  # served by CascadeServer
+SERVED_ARMS = SERVABLE_ARMS + CASCADE_ARMS  # what ``onerec recommend --arm`` accepts
 
 
 class UnknownUserError(ValueError):
@@ -145,31 +155,7 @@ class Recommender:
         Raises:
             UnknownUserError: an id the data does not hold, or a user with no positive to condition on.
         """
-        index = {str(raw): i for i, raw in enumerate(self.data.raw_user_ids)}
-        unknown = [u for u in raw_user_ids if str(u) not in index]
-        if unknown:
-            raise UnknownUserError(
-                f"user id(s) {unknown[:5]} are not in the run's data ({self.data.name}, "
-                f"{self.data.num_users} users); OneRec conditions on a user's history, so it "
-                "can only serve users seen in the data"
-            )
-        users = np.array([index[str(u)] for u in raw_user_ids], dtype=np.int64)
-        items, offsets = positive_histories(self.data, self.config)
-        end = offsets[users + 1]
-        start = np.maximum(offsets[users], end - self.config.split.max_history)
-        empty = [raw_user_ids[int(i)] for i in np.flatnonzero(end == start)]
-        if empty:
-            raise UnknownUserError(f"user id(s) {empty[:5]} have no positive interaction to condition on")
-        values, hist_offsets = take_slices(items, start, end - start)
-        M = self.config.model.session_items
-        return SampleSet(
-            users,
-            values,
-            hist_offsets,
-            np.full((len(users), M), PAD_ITEM, np.int64),
-            np.zeros((len(users), M, 0), np.float32),
-            [],
-        )
+        return current_histories(self.data, self.config, raw_user_ids, session_items=self.config.model.session_items)
 
     def recommend(
         self, raw_user_ids: Sequence[Any], *, num_sessions: Optional[int] = None, exclude_history: Optional[bool] = None
@@ -225,6 +211,124 @@ class Recommender:
                     ]
                     out.append({"user": _plain(self.data.raw_user_ids[samples.user[len(out)]]), "sessions": sessions})
         return out
+
+
+@dataclass
+class CascadeServer:
+    """The run's cascade (two-tower retrieval -> ranker, re-ranked for ``cascade_rerank``) ready to write sessions
+    for the users of its run, from the same histories and in the same format as ``Recommender``.
+
+    Args:
+        config (OneRecConfig): the config the run's cascade stage completed with.
+        data (InteractionData): the run's data (raw-id maps, histories).
+        cascade (CascadeRecommender): the trained models.
+        diversity_weight (float): the MMR re-rank's weight (0 for ``cascade``; for ``cascade_rerank`` the weight
+            the run's evaluation chose on the validation users).
+    """
+
+    config: OneRecConfig
+    data: InteractionData
+    cascade: CascadeRecommender
+    diversity_weight: float = 0.0
+
+    @classmethod
+    def from_run_dir(
+        cls, run_dir: Union[str, Path], *, arm: str = "cascade", device: Optional[str] = None
+    ) -> "CascadeServer":
+        """Load a completed run's cascade for ``arm`` (``cascade`` or ``cascade_rerank``).
+
+        Raises:
+            FileNotFoundError: the run lacks a completed cascade stage, or (``cascade_rerank``) an evaluation that
+                chose its weight (the message says what to run).
+            ValueError: an arm that is not the cascade's; a ``config.yaml`` other than the cascade stage's.
+        """
+        run = Path(run_dir)
+        if arm not in CASCADE_ARMS:
+            raise ValueError(f"arm={arm!r} is not a cascade arm; pick one of {list(CASCADE_ARMS)}")
+        for needed in (run / "config.yaml", run / "cascade" / "done.json"):
+            if not needed.is_file():
+                raise FileNotFoundError(
+                    f"{needed} is missing: run `onerec run` (at least up to the cascade stage) for this run "
+                    "directory first"
+                )
+        config = _config_of_stage(run, "cascade")
+        weight = float(chosen_setting(RunDir(run), arm, "diversity_weight")) if arm == "cascade_rerank" else 0.0
+        cascade = load_cascade(run / "cascade", config=config.cascade, device=resolve_device(device or config.device))
+        return cls(config, load_dataset(config.data, seed=config.seed), cascade, weight)
+
+    def recommend(
+        self, raw_user_ids: Sequence[Any], *, num_sessions: Optional[int] = None, exclude_history: Optional[bool] = None
+    ) -> List[Dict[str, Any]]:
+        """The cascade's sessions for each user, best first, with raw item ids and session scores (the mean of the
+        items' combined ranker scores, or of their re-rank values); arguments and output as
+        ``Recommender.recommend`` (a session the candidates cannot fill is left out)."""
+        cfg = self.config
+        R = cfg.eval.num_return if num_sessions is None else num_sessions
+        if R < 1:
+            raise ValueError(f"num_sessions={R} must be >= 1")
+        exclude = cfg.eval.exclude_history if exclude_history is None else exclude_history
+        M = 1 if cfg.split.protocol == "A" else cfg.split.session_items  # as the evaluation serves it
+        samples = current_histories(self.data, cfg, raw_user_ids, session_items=M)
+        sessions, scores = self.cascade.recommend(
+            samples, num_sessions=R, session_items=M, exclude_history=exclude, diversity_weight=self.diversity_weight
+        )
+        raw_items = np.asarray(self.data.raw_item_ids)
+        return [
+            {
+                "user": _plain(self.data.raw_user_ids[user]),
+                "sessions": [
+                    {"items": [_plain(raw_items[i]) for i in row], "score": float(score)}
+                    for row, score in zip(user_sessions, user_scores)
+                    if np.isfinite(score) and (row != PAD_ITEM).all()
+                ],
+            }
+            for user, user_sessions, user_scores in zip(samples.user, sessions, scores)
+        ]
+
+
+def load_recommender(
+    run_dir: Union[str, Path], *, arm: str = "onerec", device: Optional[str] = None
+) -> Union[Recommender, CascadeServer]:
+    """The server of ``arm`` (one of ``SERVED_ARMS``) for a completed run: ``CascadeServer`` for the cascade's
+    arms, ``Recommender`` for OneRec's; both ``recommend(raw_user_ids, ...)`` in the same format."""
+    if arm in CASCADE_ARMS:
+        return CascadeServer.from_run_dir(run_dir, arm=arm, device=device)
+    return Recommender.from_run_dir(run_dir, arm=arm, device=device)
+
+
+def current_histories(
+    data: InteractionData, config: OneRecConfig, raw_user_ids: Sequence[Any], *, session_items: int
+) -> SampleSet:
+    """The users' current histories (most recent n positives, as the run's models read them) as a SampleSet, in
+    the given order, with empty targets of width ``session_items``.
+
+    Raises:
+        UnknownUserError: an id the data does not hold, or a user with no positive to condition on.
+    """
+    index = {str(raw): i for i, raw in enumerate(data.raw_user_ids)}
+    unknown = [u for u in raw_user_ids if str(u) not in index]
+    if unknown:
+        raise UnknownUserError(
+            f"user id(s) {unknown[:5]} are not in the run's data ({data.name}, "
+            f"{data.num_users} users); the run's models condition on a user's history, so "
+            "they can only serve users seen in the data"
+        )
+    users = np.array([index[str(u)] for u in raw_user_ids], dtype=np.int64)
+    items, offsets = positive_histories(data, config)
+    end = offsets[users + 1]
+    start = np.maximum(offsets[users], end - config.split.max_history)
+    empty = [raw_user_ids[int(i)] for i in np.flatnonzero(end == start)]
+    if empty:
+        raise UnknownUserError(f"user id(s) {empty[:5]} have no positive interaction to condition on")
+    values, hist_offsets = take_slices(items, start, end - start)
+    return SampleSet(
+        users,
+        values,
+        hist_offsets,
+        np.full((len(users), session_items), PAD_ITEM, np.int64),
+        np.zeros((len(users), session_items, 0), np.float32),
+        [],
+    )
 
 
 def _config_of_stage(run: Path, stage: str) -> OneRecConfig:

@@ -12,7 +12,8 @@ from torchrec_onerec.data.batch import make_dataloader
 from torchrec_onerec.data.config import LoaderConfig
 from torchrec_onerec.data.semantic_batch import SemanticIdTransform
 from torchrec_onerec.generation.slate import LevelMixture, next_item_log_probs
-from torchrec_onerec.recommend import Recommender, UnknownUserError
+from torchrec_onerec.models.cascade import mmr_rerank
+from torchrec_onerec.recommend import CascadeServer, Recommender, UnknownUserError, current_histories, load_recommender
 
 TINY = str(Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml")
 
@@ -191,3 +192,52 @@ def test_a_run_evaluates_and_serves_the_level_mixed_arm(tmp_path: Path) -> None:
     for row in mixed.recommend([1, 2], num_sessions=2):
         served = [item for session in row["sessions"] for item in session["items"]]
         assert len(row["sessions"]) == 2 and len(set(served)) == len(served)
+
+
+@pytest.fixture(scope="module")
+def cascade_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("cascade_run")
+    assert main(["cascade", TINY, f"run_dir={path}"]) == 0
+    return path
+
+
+def test_the_cascade_serves_its_ranking_from_the_users_current_histories(cascade_run: Path) -> None:
+    server = load_recommender(cascade_run, arm="cascade")
+    assert isinstance(server, CascadeServer) and server.diversity_weight == 0.0
+    M = server.config.split.session_items
+    out = server.recommend([3, 11], num_sessions=3)
+    samples = current_histories(server.data, server.config, [3, 11], session_items=M)
+    ranked, _ = server.cascade.ranking(samples)
+    for row, order in zip(out, ranked):
+        served = [item for session in row["sessions"] for item in session["items"]]
+        assert len(row["sessions"]) == 3 and all(len(s["items"]) == M for s in row["sessions"])
+        assert served == server.data.raw_item_ids[order[: 3 * M]].tolist()  # the ranked list, cut into sessions
+    scores = [s["score"] for s in out[0]["sessions"]]
+    assert scores == sorted(scores, reverse=True)
+    history = set(server.data.raw_item_ids[samples[0].history].tolist())
+    kept = server.recommend([3], num_sessions=3, exclude_history=True)[0]["sessions"]
+    assert history and not history & {item for s in kept for item in s["items"]}
+
+
+def test_the_rerank_arm_serves_with_the_weight_its_evaluation_chose(
+    cascade_run: Path, run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(cascade_run, run)
+    assert main(["recommend", str(run), "--users", "1", "--arm", "cascade_rerank"]) == 2
+    assert "run `onerec evaluate` with compare.arms listing cascade_rerank" in capsys.readouterr().err
+    _write_evaluation(run, {"cascade_rerank": {"info": {"diversity_weight": 0.5}}})
+    server = load_recommender(run, arm="cascade_rerank")
+    assert isinstance(server, CascadeServer) and server.diversity_weight == 0.5
+    M = server.config.split.session_items
+    samples = current_histories(server.data, server.config, [2], session_items=M)
+    items, scores = server.cascade.ranking(samples)
+    expected, _ = mmr_rerank(items, scores, server.cascade.item_vectors(), weight=0.5, take=2 * M)
+    served = [item for s in server.recommend([2], num_sessions=2)[0]["sessions"] for item in s["items"]]
+    assert served == server.data.raw_item_ids[expected[0]].tolist()
+    assert main(["recommend", str(run), "--users", "1,2", "--sessions", "2", "--arm", "cascade_rerank"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and len(json.loads(lines[1])["sessions"]) == 2
+    # a run whose cascade stage has not completed says which stage to run
+    assert main(["recommend", str(run_dir), "--users", "1", "--arm", "cascade"]) == 2
+    assert "cascade/done.json is missing" in capsys.readouterr().err
