@@ -2,11 +2,11 @@
 
 ``evaluate`` (the stage) scores every arm of ``compare.arms`` with ``evaluate_arm``; ``compare`` writes each
 arm's ``chosen`` text into the report; ``onerec recommend --arm`` serves the arms that have a ``serves_from``
-stage. Adding an arm is one ``Arm`` entry in ``ARMS`` plus the function that scores it (and its name in
-``eval.config.ARM_KINDS``, which the config schema checks without importing this module). ``model:<path>``
-arms (any exported OneRec model file) are built on demand by ``arm_for``. What arms are made of, and the steps
-the generative ones share, are in ``arm_scoring``; an arm with more to it than a few lines has its own module
-(``interpolation``).
+stage (OneRec's models) and, through ``recommend.CascadeServer``, the two cascade arms. Adding an arm is one
+``Arm`` entry in ``ARMS`` plus the function that scores it (and its name in ``eval.config.ARM_KINDS``, which
+the config schema checks without importing this module). ``model:<path>`` arms (any exported OneRec model file)
+are built on demand by ``arm_for``. What arms are made of, and the steps the generative ones share, are in
+``arm_scoring``; an arm with more to it than a few lines has its own module (``interpolation``).
 """
 
 from __future__ import annotations
