@@ -20,6 +20,7 @@ Shape legend: B users, I items, L code levels (L' here), P distinct (L'-1)-code 
 from __future__ import annotations
 
 import hashlib
+import math
 from contextlib import contextmanager
 from typing import Dict, Iterator, Optional, Sequence, Tuple, Union
 
@@ -275,12 +276,14 @@ def slate_sessions(
     Session r is filled after sessions 0..r-1 from the items they left; each of its slots takes the item
     maximising ``log_probs - penalty * (earlier items of this session under the same first code)``. The sessions
     come back ordered by their score, the sum of the penalised values of their items (the first filled is
-    almost always first).
+    almost always first). A pick changes only its own first code's values, so after each slot only that code's
+    items are recomputed (by the same formula, so the result is ``slate_sessions_reference``'s bit for bit).
 
     Args:
         log_probs (torch.Tensor): [B, I] item scores; -inf for an item that may not be served.
         first_codes (torch.Tensor): [I] int64 first code of every item.
-        penalty (float): >= 0, per earlier same-cluster item of the session (0: the top R M items in order).
+        penalty (float): finite, >= 0, per earlier same-cluster item of the session (0: the top R M items in
+            order).
         num_sessions (int): R >= 1.
         session_items (int): M >= 1.
 
@@ -296,21 +299,41 @@ def slate_sessions(
         >>> slate_sessions(scores, torch.tensor([0, 0, 1, 1]), penalty=0.0, num_sessions=1, session_items=2)[0].tolist()
         [[[0, 1]]]
     """
-    if not penalty >= 0.0:
-        raise ValueError(f"penalty={penalty} must be >= 0 (0 serves the most probable items in order)")
-    if num_sessions < 1 or session_items < 1:
-        raise ValueError(f"num_sessions={num_sessions} and session_items={session_items} must be >= 1")
-    B = log_probs.shape[0]
-    R, M = num_sessions, session_items
-    device = log_probs.device
-    first_codes = first_codes.to(device)
-    open_items = log_probs.float().clone()
-    rows = torch.arange(B, device=device)
-    items = torch.full((B, R, M), -1, dtype=torch.long, device=device)
-    values = torch.zeros(B, R, M, device=device)
+    open_items, items, values, first_codes = _slate_state(log_probs, first_codes, penalty, num_sessions, session_items)
+    B, R, M = items.shape
+    rows = torch.arange(B, device=open_items.device)
+    clusters = int(first_codes.max()) + 1
+    order = first_codes.argsort(stable=True)
+    counts = torch.bincount(first_codes, minlength=clusters)
+    starts = counts.cumsum(0) - counts
+    slot = torch.arange(int(counts.max()), device=order.device)
+    # [C, W] the items of each first code, the shorter lists padded with their own first item (rewritten alike)
+    members = order[starts.unsqueeze(1) + torch.minimum(slot, (counts - 1).clamp_min(0).unsqueeze(1))]
+    for r in range(R):
+        shown = torch.zeros(B, clusters, device=open_items.device)
+        value = open_items.clone()  # no item of the session yet: open_items - penalty * 0, exactly
+        for j in range(M):
+            best, pick = value.max(dim=1)
+            items[:, r, j] = pick
+            values[:, r, j] = best
+            open_items[rows, pick] = float("-inf")
+            code = first_codes[pick]
+            shown[rows, code] += 1
+            cols = members[code]  # [B, W]: the only values the pick changed
+            value.scatter_(1, cols, open_items.gather(1, cols) - penalty * shown.gather(1, code.unsqueeze(1)))
+    return _ordered_sessions(items, values)
+
+
+def slate_sessions_reference(
+    log_probs: torch.Tensor, first_codes: torch.Tensor, *, penalty: float, num_sessions: int, session_items: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``slate_sessions`` as written: every item's value recomputed at every slot (the plain reference)."""
+    open_items, items, values, first_codes = _slate_state(log_probs, first_codes, penalty, num_sessions, session_items)
+    B, R, M = items.shape
+    rows = torch.arange(B, device=open_items.device)
     clusters = int(first_codes.max()) + 1
     for r in range(R):
-        shown = torch.zeros(B, clusters, device=device)  # this session's items per first code
+        shown = torch.zeros(B, clusters, device=open_items.device)  # this session's items per first code
         for j in range(M):
             value = open_items - penalty * shown[:, first_codes]
             best, pick = value.max(dim=1)
@@ -318,8 +341,28 @@ def slate_sessions(
             values[:, r, j] = best
             open_items[rows, pick] = float("-inf")
             shown[rows, first_codes[pick]] += 1
+    return _ordered_sessions(items, values)
+
+
+def _slate_state(
+    log_probs: torch.Tensor, first_codes: torch.Tensor, penalty: float, num_sessions: int, session_items: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Checked arguments as the fill's starting state: (open scores, items, values, first codes on the device)."""
+    if not (0.0 <= penalty < math.inf):
+        raise ValueError(f"penalty={penalty} must be finite and >= 0 (0 serves the most probable items in order)")
+    if num_sessions < 1 or session_items < 1:
+        raise ValueError(f"num_sessions={num_sessions} and session_items={session_items} must be >= 1")
+    B, device = log_probs.shape[0], log_probs.device
+    items = torch.full((B, num_sessions, session_items), -1, dtype=torch.long, device=device)
+    values = torch.zeros(B, num_sessions, session_items, device=device)
+    return log_probs.float().clone(), items, values, first_codes.to(device)
+
+
+def _ordered_sessions(items: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Filled sessions as returned: fillers marked, best score first."""
+    B, R, M = items.shape
     real = torch.isfinite(values).all(dim=2)  # [B, R]: every slot found a servable item
-    scores = torch.where(real, values.sum(dim=2), torch.tensor(float("-inf"), device=device))
+    scores = torch.where(real, values.sum(dim=2), torch.tensor(float("-inf"), device=values.device))
     items = torch.where(real.unsqueeze(2), items, torch.full_like(items, -1))
     order = scores.sort(dim=1, descending=True, stable=True).indices
     return items.gather(1, order.unsqueeze(2).expand(B, R, M)), scores.gather(1, order)

@@ -12,7 +12,13 @@ import torch
 from torchrec_onerec.generation import slate
 from torchrec_onerec.generation.beam_search import history_items
 from torchrec_onerec.generation.serving import serve_sessions
-from torchrec_onerec.generation.slate import LevelMixture, next_item_log_probs, slate_search, slate_sessions
+from torchrec_onerec.generation.slate import (
+    LevelMixture,
+    next_item_log_probs,
+    slate_search,
+    slate_sessions,
+    slate_sessions_reference,
+)
 from torchrec_onerec.models.config import model_size
 from torchrec_onerec.models.onerec import OneRecModel
 from torchrec_onerec.models.testing import random_batch, random_codes
@@ -69,8 +75,24 @@ def test_sessions_come_back_by_score_and_too_few_items_give_filler() -> None:
         scores, torch.zeros(5, dtype=torch.long), penalty=0.0, num_sessions=2, session_items=2
     )
     assert items.tolist() == [[[0, 1], [-1, -1]]] and session_scores[0, 1] == float("-inf")
-    with pytest.raises(ValueError, match="penalty=-1.0 must be >= 0"):
-        slate_sessions(scores, torch.zeros(5, dtype=torch.long), penalty=-1.0, num_sessions=1, session_items=1)
+    for bad in (-1.0, float("inf")):
+        with pytest.raises(ValueError, match=f"penalty={bad} must be finite and >= 0"):
+            slate_sessions(scores, torch.zeros(5, dtype=torch.long), penalty=bad, num_sessions=1, session_items=1)
+
+
+def test_slate_sessions_equal_the_plain_reference_bit_for_bit() -> None:
+    # ties, unservable items, exhausted rows, clusters of every size: the incremental fill must pick the same
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(30):
+        B, N, C = (int(torch.randint(lo, hi, (1,), generator=gen)) for lo, hi in ((1, 9), (2, 60), (1, 8)))
+        scores = torch.randint(-4, 1, (B, N), generator=gen).float() * 0.5
+        scores[torch.rand(B, N, generator=gen) < 0.3] = float("-inf")
+        first = torch.randint(0, C, (N,), generator=gen)
+        for penalty in (0.0, 0.5, 2.0, 1e9):
+            R, M = int(torch.randint(1, 6, (1,), generator=gen)), int(torch.randint(1, 5, (1,), generator=gen))
+            fast = slate_sessions(scores, first, penalty=penalty, num_sessions=R, session_items=M)
+            plain = slate_sessions_reference(scores, first, penalty=penalty, num_sessions=R, session_items=M)
+            assert torch.equal(fast[0], plain[0]) and torch.equal(fast[1], plain[1])
 
 
 def test_slate_search_serves_real_items_without_repeats_and_can_exclude_history() -> None:
