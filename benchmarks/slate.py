@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from typing import Callable, Dict, List
 
 import torch
+from generation import _time as median_seconds  # this folder's generation benchmark, beside this script
 
 from torchrec_onerec.generation.slate import slate_sessions, slate_sessions_reference
 from torchrec_onerec.peak_memory import peak_memory, reset_peak_memory
@@ -29,13 +28,8 @@ FILLS: Dict[str, Callable[..., object]] = {"reference": slate_sessions_reference
 def _measure(fn: Callable[[], object], repeats: int) -> Dict[str, float]:
     """Median wall seconds of ``fn()`` over ``repeats`` calls after one warm-up, and the host peak (MiB)."""
     since_reset = reset_peak_memory()
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return {"seconds": round(statistics.median(times), 4), "peak_host_mib": peak_memory(since_reset)["host_peak_mib"]}
+    seconds = median_seconds(fn, repeats)
+    return {"seconds": round(seconds, 4), "peak_host_mib": peak_memory(since_reset)["host_peak_mib"]}
 
 
 def run(args: argparse.Namespace) -> List[Dict[str, object]]:
