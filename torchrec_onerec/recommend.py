@@ -121,13 +121,7 @@ class Recommender:
         if arm not in SERVABLE_ARMS:
             raise ValueError(f"arm={arm!r} cannot be served; pick one of {list(SERVABLE_ARMS)}")
         served, stage = ARMS[arm], ARMS[arm].serves_from
-        for needed in (run / "config.yaml", run / "tokenize" / "done.json", run / stage / "done.json"):
-            if not needed.is_file():
-                raise FileNotFoundError(
-                    f"{needed} is missing: run `onerec run` (at least up to the {stage} stage) "
-                    f"for this run directory first"
-                )
-        config = _config_of_stage(run, stage)
+        config = _completed_stage_config(run, stage, also=("tokenize",))
         data = load_dataset(config.data, seed=config.seed)
         codebook = Codebook.load(
             run / "tokenize" / "codebook.pt",
@@ -173,10 +167,7 @@ class Recommender:
             (filler sessions, when the search finds fewer than R, are left out).
         """
         cfg = self.config
-        R = cfg.eval.num_return if num_sessions is None else num_sessions
-        if R < 1:
-            raise ValueError(f"num_sessions={R} must be >= 1")
-        exclude = cfg.eval.exclude_history if exclude_history is None else exclude_history
+        R, exclude = _serving_settings(cfg, num_sessions, exclude_history)
         samples = self.user_samples(raw_user_ids)
         index = self.codebook.prefix_index().to(self.device)
         loader = make_dataloader(
@@ -188,7 +179,6 @@ class Recommender:
                 self.codebook.codes, max_history=cfg.model.max_history, siblings=cfg.model.reads_siblings
             ),
         )
-        raw_items = np.asarray(self.data.raw_item_ids)
         out: List[Dict[str, Any]] = []
         with torch.no_grad():
             for batch in loader:
@@ -204,12 +194,7 @@ class Recommender:
                     exclude_history=exclude,
                 )
                 for items, scores in zip(found.items.cpu().numpy(), found.scores.float().cpu().numpy()):
-                    sessions = [
-                        {"items": [_plain(raw_items[i]) for i in row], "score": float(score)}
-                        for row, score in zip(items, scores)
-                        if np.isfinite(score)
-                    ]
-                    out.append({"user": _plain(self.data.raw_user_ids[samples.user[len(out)]]), "sessions": sessions})
+                    out.append(_user_record(self.data, samples.user[len(out)], items, scores))
         return out
 
 
@@ -245,13 +230,7 @@ class CascadeServer:
         run = Path(run_dir)
         if arm not in CASCADE_ARMS:
             raise ValueError(f"arm={arm!r} is not a cascade arm; pick one of {list(CASCADE_ARMS)}")
-        for needed in (run / "config.yaml", run / "cascade" / "done.json"):
-            if not needed.is_file():
-                raise FileNotFoundError(
-                    f"{needed} is missing: run `onerec run` (at least up to the cascade stage) for this run "
-                    "directory first"
-                )
-        config = _config_of_stage(run, "cascade")
+        config = _completed_stage_config(run, "cascade")
         weight = float(chosen_setting(RunDir(run), arm, "diversity_weight")) if arm == "cascade_rerank" else 0.0
         cascade = load_cascade(run / "cascade", config=config.cascade, device=resolve_device(device or config.device))
         return cls(config, load_dataset(config.data, seed=config.seed), cascade, weight)
@@ -263,27 +242,13 @@ class CascadeServer:
         items' combined ranker scores, or of their re-rank values); arguments and output as
         ``Recommender.recommend`` (a session the candidates cannot fill is left out)."""
         cfg = self.config
-        R = cfg.eval.num_return if num_sessions is None else num_sessions
-        if R < 1:
-            raise ValueError(f"num_sessions={R} must be >= 1")
-        exclude = cfg.eval.exclude_history if exclude_history is None else exclude_history
+        R, exclude = _serving_settings(cfg, num_sessions, exclude_history)
         M = 1 if cfg.split.protocol == "A" else cfg.split.session_items  # as the evaluation serves it
         samples = current_histories(self.data, cfg, raw_user_ids, session_items=M)
         sessions, scores = self.cascade.recommend(
             samples, num_sessions=R, session_items=M, exclude_history=exclude, diversity_weight=self.diversity_weight
         )
-        raw_items = np.asarray(self.data.raw_item_ids)
-        return [
-            {
-                "user": _plain(self.data.raw_user_ids[user]),
-                "sessions": [
-                    {"items": [_plain(raw_items[i]) for i in row], "score": float(score)}
-                    for row, score in zip(user_sessions, user_scores)
-                    if np.isfinite(score) and (row != PAD_ITEM).all()
-                ],
-            }
-            for user, user_sessions, user_scores in zip(samples.user, sessions, scores)
-        ]
+        return [_user_record(self.data, *user) for user in zip(samples.user, sessions, scores)]
 
 
 def load_recommender(
@@ -329,6 +294,39 @@ def current_histories(
         np.zeros((len(users), session_items, 0), np.float32),
         [],
     )
+
+
+def _completed_stage_config(run: Path, stage: str, *, also: Sequence[str] = ()) -> OneRecConfig:
+    """The config ``stage`` completed with, once the run's ``config.yaml`` and the ``done.json`` of ``also`` and
+    ``stage`` are there (else a FileNotFoundError naming the missing file and the stage to run)."""
+    for needed in (run / "config.yaml", *(run / name / "done.json" for name in (*also, stage))):
+        if not needed.is_file():
+            raise FileNotFoundError(
+                f"{needed} is missing: run `onerec run` (at least up to the {stage} stage) for this run directory first"
+            )
+    return _config_of_stage(run, stage)
+
+
+def _serving_settings(
+    config: OneRecConfig, num_sessions: Optional[int], exclude_history: Optional[bool]
+) -> tuple[int, bool]:
+    """(R sessions per user, whether history items are left out): the arguments, else the eval section's."""
+    R = config.eval.num_return if num_sessions is None else num_sessions
+    if R < 1:
+        raise ValueError(f"num_sessions={R} must be >= 1")
+    return R, config.eval.exclude_history if exclude_history is None else exclude_history
+
+
+def _user_record(data: InteractionData, user: int, items: np.ndarray, scores: np.ndarray) -> Dict[str, Any]:
+    """One user's output record in raw ids: its [R, M] sessions, filler ones (a non-finite score or a missing
+    item) left out."""
+    raw_items = np.asarray(data.raw_item_ids)
+    sessions = [
+        {"items": [_plain(raw_items[i]) for i in row], "score": float(score)}
+        for row, score in zip(items, scores)
+        if np.isfinite(score) and (row != PAD_ITEM).all()
+    ]
+    return {"user": _plain(data.raw_user_ids[user]), "sessions": sessions}
 
 
 def _config_of_stage(run: Path, stage: str) -> OneRecConfig:
