@@ -244,7 +244,13 @@ class CheckpointStore:
         barrier(self.ctx)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*ShardedTensor.*", category=FutureWarning)
-            dcp.save({"model": training.dmp.state_dict(), "optim": training.optimizer.state_dict()}, checkpoint_id=tmp)
+            warnings.filterwarnings("ignore", message=".*in a single process.*", category=UserWarning)
+            # one process: no collectives, which gloo would run on its worker thread (export.local_shards_assembled)
+            dcp.save(
+                {"model": training.dmp.state_dict(), "optim": training.optimizer.state_dict()},
+                checkpoint_id=tmp,
+                no_dist=self.ctx.world_size == 1,
+            )
         torch.save(_capture_rng(), tmp / f"rng-rank{self.ctx.rank}.pt")
         barrier(self.ctx)
         if self.ctx.is_rank0:
@@ -276,10 +282,11 @@ class CheckpointStore:
         meta = self.read_meta(path)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*ShardedTensor.*", category=FutureWarning)
+            warnings.filterwarnings("ignore", message=".*in a single process.*", category=UserWarning)
             training.optimizer.init_state()  # materialise AdamW's lazy state so DCP has tensors to load into
             state = {"model": training.dmp.state_dict(), "optim": training.optimizer.state_dict()}
             try:
-                dcp.load(state, checkpoint_id=path)
+                dcp.load(state, checkpoint_id=path, no_dist=self.ctx.world_size == 1)
             except READ_FAILURES as exc:
                 raise corrupt_checkpoint_error(path, exc) from None
             training.dmp.load_state_dict(state["model"])

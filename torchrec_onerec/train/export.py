@@ -5,8 +5,9 @@ under torchrun it can also run on the sharded model, every rank searching its sh
 (``eval.generative``, ``distributed=True``), so no rank holds a whole table (``sharded_model`` below, and
 validation during training, ``train.trainer``). Three ways to get an unsharded copy:
 
-- ``gather_model_state``: during training, every rank sends its table shards to rank 0 (a collective), which
-  gets the whole ``OneRecModel`` state dict; ``plain_model`` turns it into a model without touching the
+- ``gather_model_state``: during training, every rank sends its table shards to rank 0 (a collective; one
+  process reads its own shards instead, ``local_shards_assembled``), which gets the whole ``OneRecModel`` state
+  dict; ``plain_model`` turns it into a model without touching the
   random streams (built on the meta device, weights assigned), so validating does not perturb training;
 - ``save_exported`` / ``load_exported``: that state dict in one file with the model config, code-level sizes
   and training fingerprint (the best model of a run, ``train/best_model.pt``);
@@ -40,7 +41,8 @@ MODEL_PREFIX = "model."
 
 
 def gather_model_state(dmp: DistributedModelParallel, ctx: DistContext) -> Optional[Dict[str, torch.Tensor]]:
-    """The whole ``OneRecModel`` state dict on rank 0 (CPU tensors); None on the other ranks. A collective.
+    """The whole ``OneRecModel`` state dict on rank 0 (CPU tensors); None on the other ranks. A collective
+    under torchrun; with one process, no collective runs.
 
     Args:
         dmp (DistributedModelParallel): the sharded ``OneRecTrainStep``.
@@ -55,7 +57,10 @@ def gather_model_state(dmp: DistributedModelParallel, ctx: DistContext) -> Optio
         for key, value in dmp.state_dict().items():
             if not key.startswith(MODEL_PREFIX):
                 raise KeyError(f"unexpected state-dict key {key!r}: expected an OneRecTrainStep under DMP")
-            if isinstance(value, ShardedTensor):
+            full: Optional[torch.Tensor]
+            if isinstance(value, ShardedTensor) and ctx.world_size == 1:
+                full = local_shards_assembled(value)
+            elif isinstance(value, ShardedTensor):
                 full = torch.empty(value.size(), dtype=value.dtype, device=ctx.device) if ctx.is_rank0 else None
                 value.gather(dst=0, out=full)
             else:
@@ -63,6 +68,36 @@ def gather_model_state(dmp: DistributedModelParallel, ctx: DistContext) -> Optio
             if ctx.is_rank0 and full is not None:
                 out[key[len(MODEL_PREFIX) :]] = full.cpu().clone()
     return out if ctx.is_rank0 else None
+
+
+def local_shards_assembled(value: ShardedTensor) -> torch.Tensor:
+    """The whole tensor from this process's own shards, for a group of one process, which holds every shard.
+
+    ``ShardedTensor.gather`` would give the same values, but gloo runs its copy on the process group's own worker
+    thread, where ATen opens a second OpenMP team; from then on libgomp manages more threads than there are cores
+    and cuts the spin-wait of every parallel region, so every later multi-threaded op in the process pays a
+    sleep and wake-up (the synthetic run's evaluate stage took 218 s after the training stages against 127 s in a
+    fresh process). Reading the local shards takes no collective.
+
+    Raises:
+        ValueError: the local shards do not cover the tensor (it is sharded over more than this process).
+    """
+    shards = value.local_shards()
+    device = shards[0].tensor.device if shards else torch.device("cpu")
+    full = torch.empty(value.size(), dtype=value.dtype, device=device)
+    covered = 0
+    for shard in shards:
+        meta = shard.metadata
+        full[tuple(slice(start, start + size) for start, size in zip(meta.shard_offsets, meta.shard_sizes))] = (
+            shard.tensor
+        )
+        covered += shard.tensor.numel()
+    if covered != full.numel():
+        raise ValueError(
+            f"the local shards cover {covered} of {full.numel()} elements of a {tuple(value.size())} table: "
+            "it is sharded over other processes too; gather it with ShardedTensor.gather"
+        )
+    return full
 
 
 def load_plain_state(dmp: DistributedModelParallel, state: Dict[str, torch.Tensor]) -> None:

@@ -80,6 +80,31 @@ def test_round_trip_restores_weights_optimiser_state_and_rng(ctx: DistContext, t
     _assert_equal(_state(restored, ctx), _state(training, ctx))
 
 
+def test_one_process_saves_loads_and_gathers_without_a_collective(
+    ctx: DistContext, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # gloo runs a collective's copies on its own thread, where ATen opens a second OpenMP team that slows every
+    # later multi-threaded op of the process (export.local_shards_assembled); one process must not start one
+    training = build_sharded_training(CONFIG, SIZES, TRAIN, ctx, seed=0)
+    _step(training, 0)
+    before = _state(training, ctx)
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a collective ran in a one-process group")
+
+    for name in ("gather", "gather_object", "all_gather", "broadcast", "scatter_object_list", "broadcast_object_list"):
+        monkeypatch.setattr(dist, name, refuse)
+        monkeypatch.setattr(dist.distributed_c10d, name, refuse)
+    gathered = _state(training, ctx)
+    store = CheckpointStore(tmp_path, ctx, FINGERPRINT)
+    path = store.save(training, CheckpointMeta(fingerprint=FINGERPRINT, step=1, epoch=0, batch_in_epoch=1))
+    restored = build_sharded_training(CONFIG, SIZES, TRAIN, ctx, seed=1)
+    store.load(path, restored, seed=0)
+    monkeypatch.undo()
+    _assert_equal(gathered, before)
+    _assert_equal(_state(restored, ctx), before)
+
+
 def test_partial_saves_are_ignored_and_old_checkpoints_pruned(ctx: DistContext, tmp_path: Path) -> None:
     training = build_sharded_training(CONFIG, SIZES, TRAIN, ctx, seed=0)
     store = CheckpointStore(tmp_path, ctx, FINGERPRINT)
