@@ -17,19 +17,11 @@ import json
 from typing import Callable, Dict, List
 
 import torch
-from generation import _time as median_seconds  # this folder's generation benchmark, beside this script
+from item_head import _measure  # median seconds and host peak, from the item-head benchmark beside this script
 
 from torchrec_onerec.generation.slate import slate_sessions, slate_sessions_reference
-from torchrec_onerec.peak_memory import peak_memory, reset_peak_memory
 
 FILLS: Dict[str, Callable[..., object]] = {"reference": slate_sessions_reference, "fast": slate_sessions}
-
-
-def _measure(fn: Callable[[], object], repeats: int) -> Dict[str, float]:
-    """Median wall seconds of ``fn()`` over ``repeats`` calls after one warm-up, and the host peak (MiB)."""
-    since_reset = reset_peak_memory()
-    seconds = median_seconds(fn, repeats)
-    return {"seconds": round(seconds, 4), "peak_host_mib": peak_memory(since_reset)["host_peak_mib"]}
 
 
 def run(args: argparse.Namespace) -> List[Dict[str, object]]:
